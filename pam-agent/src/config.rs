@@ -1,0 +1,470 @@
+//! The agent's configuration: TOML on disk, checked in full before anything is attached.
+//!
+//! Parsing happens in two steps: serde reads the file into [`RawConfig`] (unknown keys are
+//! refused), then [`Config::validate`] turns it into typed values and reports the first
+//! problem with the dotted path of the field that has it (`resources[1].address`).
+
+use std::{
+    collections::HashSet,
+    fmt,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use ipnet::IpNet;
+use serde::Deserialize;
+
+use crate::cgroup;
+
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/pam-agent/config.toml";
+pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/pam-agent";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("config {path}: `{field}`: {reason}")]
+    Invalid {
+        path: PathBuf,
+        field: String,
+        reason: String,
+    },
+}
+
+/// The file as written, before validation.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    #[serde(default)]
+    pub agent: RawAgent,
+    pub listener: RawListener,
+    pub journal: RawJournal,
+    pub govern: RawGovern,
+    #[serde(default, rename = "resources")]
+    pub resources: Vec<RawResource>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAgent {
+    pub pin_dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawListener {
+    pub port: u16,
+    #[serde(default = "default_ipv4")]
+    pub ipv4: String,
+    #[serde(default = "default_ipv6")]
+    pub ipv6: String,
+    #[serde(default = "default_connect_timeout_ms")]
+    pub upstream_connect_timeout_ms: u64,
+}
+
+fn default_ipv4() -> String {
+    Ipv4Addr::LOCALHOST.to_string()
+}
+fn default_ipv6() -> String {
+    Ipv6Addr::LOCALHOST.to_string()
+}
+fn default_connect_timeout_ms() -> u64 {
+    5000
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawJournal {
+    pub path: PathBuf,
+    /// fsync after each group of records (default true).
+    #[serde(default = "default_true")]
+    pub fsync: bool,
+}
+
+fn default_true() -> bool {
+    true
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawGovern {
+    /// cgroup v2 paths, absolute or relative to the cgroup2 mount.
+    pub cgroups: Vec<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawResource {
+    pub name: String,
+    /// An address (`10.0.0.5`, `fd00::5`) or a CIDR (`10.0.0.0/24`).
+    pub address: String,
+    pub port: u16,
+    #[serde(default)]
+    pub protocol: Protocol,
+}
+
+/// How the proxy treats a resource's traffic.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    /// Bytes relayed as they are (connection-level audit only).
+    #[default]
+    Tcp,
+    /// PostgreSQL wire protocol.
+    Postgres,
+}
+
+impl fmt::Display for Protocol {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Protocol::Tcp => "tcp",
+            Protocol::Postgres => "postgres",
+        })
+    }
+}
+
+/// A validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub path: PathBuf,
+    pub pin_dir: PathBuf,
+    pub listener: Listener,
+    pub journal: JournalConfig,
+    pub governed: Vec<GovernedCgroup>,
+    pub resources: Vec<Resource>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Listener {
+    pub ipv4: Ipv4Addr,
+    pub ipv6: Ipv6Addr,
+    pub port: u16,
+    pub upstream_connect_timeout: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct JournalConfig {
+    pub path: PathBuf,
+    pub fsync: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GovernedCgroup {
+    /// As written in the config.
+    pub name: String,
+    /// Absolute directory in the cgroup2 hierarchy.
+    pub path: PathBuf,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Resource {
+    pub name: String,
+    pub net: IpNet,
+    pub port: u16,
+    pub protocol: Protocol,
+}
+
+impl Resource {
+    pub fn covers(&self, addr: SocketAddr) -> bool {
+        let ip = match addr.ip() {
+            IpAddr::V6(v6) => v6
+                .to_ipv4_mapped()
+                .map(IpAddr::V4)
+                .unwrap_or(IpAddr::V6(v6)),
+            v4 => v4,
+        };
+        addr.port() == self.port && self.net.contains(&ip)
+    }
+}
+
+impl Config {
+    /// Reads and validates a config file; `cgroup_root` is the cgroup2 mount used to
+    /// resolve relative cgroup names (found from /proc/self/mounts when `None`).
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::from_toml(path, &text)
+    }
+
+    pub fn from_toml(path: &Path, text: &str) -> Result<Config, ConfigError> {
+        let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_owned(),
+            message: e.to_string(),
+        })?;
+        Self::validate(path, raw)
+    }
+
+    fn validate(path: &Path, raw: RawConfig) -> Result<Config, ConfigError> {
+        let invalid = |field: &str, reason: String| ConfigError::Invalid {
+            path: path.to_owned(),
+            field: field.to_owned(),
+            reason,
+        };
+
+        if raw.listener.port == 0 {
+            return Err(invalid(
+                "listener.port",
+                "must be between 1 and 65535".into(),
+            ));
+        }
+        let ipv4: Ipv4Addr = raw.listener.ipv4.parse().map_err(|_| {
+            invalid(
+                "listener.ipv4",
+                format!("`{}` is not an IPv4 address", raw.listener.ipv4),
+            )
+        })?;
+        if !ipv4.is_loopback() {
+            return Err(invalid(
+                "listener.ipv4",
+                "must be a loopback address: the proxy is local to this host".into(),
+            ));
+        }
+        let ipv6: Ipv6Addr = raw.listener.ipv6.parse().map_err(|_| {
+            invalid(
+                "listener.ipv6",
+                format!("`{}` is not an IPv6 address", raw.listener.ipv6),
+            )
+        })?;
+        if !ipv6.is_loopback() {
+            return Err(invalid(
+                "listener.ipv6",
+                "must be the IPv6 loopback address `::1`".into(),
+            ));
+        }
+        if raw.listener.upstream_connect_timeout_ms == 0 {
+            return Err(invalid(
+                "listener.upstream_connect_timeout_ms",
+                "must be greater than 0".into(),
+            ));
+        }
+        let listener = Listener {
+            ipv4,
+            ipv6,
+            port: raw.listener.port,
+            upstream_connect_timeout: Duration::from_millis(
+                raw.listener.upstream_connect_timeout_ms,
+            ),
+        };
+
+        if raw.journal.path.as_os_str().is_empty() {
+            return Err(invalid("journal.path", "must not be empty".into()));
+        }
+        if raw.journal.path.is_dir() {
+            return Err(invalid(
+                "journal.path",
+                format!("{} is a directory; name a file", raw.journal.path.display()),
+            ));
+        }
+
+        let pin_dir = raw.agent.pin_dir.unwrap_or_else(|| DEFAULT_PIN_DIR.into());
+        if !pin_dir.is_absolute() {
+            return Err(invalid("agent.pin_dir", "must be an absolute path".into()));
+        }
+
+        if raw.govern.cgroups.is_empty() {
+            return Err(invalid(
+                "govern.cgroups",
+                "name at least one cgroup to govern".into(),
+            ));
+        }
+        let mut governed = Vec::new();
+        for (i, name) in raw.govern.cgroups.iter().enumerate() {
+            let field = format!("govern.cgroups[{i}]");
+            let path = cgroup::resolve(name).map_err(|e| invalid(&field, e.to_string()))?;
+            if governed.iter().any(|g: &GovernedCgroup| g.path == path) {
+                return Err(invalid(&field, format!("`{name}` is listed twice")));
+            }
+            governed.push(GovernedCgroup {
+                name: name.clone(),
+                path,
+            });
+        }
+
+        let mut resources = Vec::new();
+        let mut names = HashSet::new();
+        for (i, r) in raw.resources.into_iter().enumerate() {
+            let field = |f: &str| format!("resources[{i}].{f}");
+            if r.name.trim().is_empty() {
+                return Err(invalid(&field("name"), "must not be empty".into()));
+            }
+            if !names.insert(r.name.clone()) {
+                return Err(invalid(
+                    &field("name"),
+                    format!("`{}` is used by another resource", r.name),
+                ));
+            }
+            let net = parse_net(&r.address).map_err(|reason| invalid(&field("address"), reason))?;
+            if r.port == 0 {
+                return Err(invalid(
+                    &field("port"),
+                    "must be between 1 and 65535".into(),
+                ));
+            }
+            let resource = Resource {
+                name: r.name,
+                net,
+                port: r.port,
+                protocol: r.protocol,
+            };
+            for own in [
+                SocketAddr::new(IpAddr::V4(ipv4), listener.port),
+                SocketAddr::new(IpAddr::V6(ipv6), listener.port),
+            ] {
+                if resource.covers(own) {
+                    return Err(invalid(
+                        &field("address"),
+                        format!("covers the agent's own listener {own}: connections would loop"),
+                    ));
+                }
+            }
+            resources.push(resource);
+        }
+
+        Ok(Config {
+            path: path.to_owned(),
+            pin_dir,
+            listener,
+            journal: JournalConfig {
+                path: raw.journal.path,
+                fsync: raw.journal.fsync,
+            },
+            governed,
+            resources,
+        })
+    }
+
+    /// The resource a redirected connection was matched against, by the id the kernel
+    /// recorded (its index here).
+    pub fn resource(&self, id: u32) -> Option<&Resource> {
+        self.resources.get(id as usize)
+    }
+}
+
+/// Accepts `10.0.0.5`, `fd00::5`, `10.0.0.0/24`; refuses a CIDR with host bits set.
+fn parse_net(text: &str) -> Result<IpNet, String> {
+    let text = text.trim();
+    if text.contains('/') {
+        let net: IpNet = text
+            .parse()
+            .map_err(|_| format!("`{text}` is not an address or CIDR (e.g. 10.0.0.0/24)"))?;
+        if net.trunc() != net {
+            return Err(format!(
+                "`{text}` has host bits set; did you mean `{}`?",
+                net.trunc()
+            ));
+        }
+        Ok(net)
+    } else {
+        let ip: IpAddr = text
+            .parse()
+            .map_err(|_| format!("`{text}` is not an address or CIDR (e.g. 10.0.0.0/24)"))?;
+        Ok(IpNet::from(ip))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn base(extra: &str) -> String {
+        format!(
+            r#"
+[listener]
+port = 15432
+[journal]
+path = "/tmp/pam-test-journal.jsonl"
+[govern]
+cgroups = ["/"]
+{extra}
+"#
+        )
+    }
+
+    fn err(text: &str) -> String {
+        Config::from_toml(Path::new("t.toml"), text)
+            .unwrap_err()
+            .to_string()
+    }
+
+    #[test]
+    fn accepts_a_resource_with_cidr_and_single_address() {
+        let cfg = Config::from_toml(
+            Path::new("t.toml"),
+            &base(
+                r#"
+[[resources]]
+name = "db"
+address = "10.1.0.0/16"
+port = 5432
+protocol = "postgres"
+[[resources]]
+name = "v6"
+address = "fd00::5"
+port = 22
+"#,
+            ),
+        )
+        .unwrap();
+        assert_eq!(cfg.resources.len(), 2);
+        assert!(cfg.resources[0].covers("10.1.2.3:5432".parse().unwrap()));
+        assert!(cfg.resources[0].covers("[::ffff:10.1.2.3]:5432".parse().unwrap()));
+        assert!(!cfg.resources[0].covers("10.1.2.3:5433".parse().unwrap()));
+        assert!(cfg.resources[1].covers("[fd00::5]:22".parse().unwrap()));
+        assert_eq!(cfg.resources[1].protocol, Protocol::Tcp);
+    }
+
+    #[test]
+    fn bad_cidr_names_the_field() {
+        let e = err(&base(
+            "[[resources]]\nname=\"db\"\naddress=\"10.0.0.0/33\"\nport=5432\n",
+        ));
+        assert!(e.contains("resources[0].address"), "{e}");
+        let e = err(&base(
+            "[[resources]]\nname=\"db\"\naddress=\"10.0.0.1/24\"\nport=5432\n",
+        ));
+        assert!(e.contains("host bits") && e.contains("10.0.0.0/24"), "{e}");
+    }
+
+    #[test]
+    fn bad_port_names_the_field() {
+        let e = err(&base(
+            "[[resources]]\nname=\"db\"\naddress=\"10.0.0.1\"\nport=0\n",
+        ));
+        assert!(e.contains("resources[0].port"), "{e}");
+        // Out of range for u16: serde's own error, with the key and line.
+        let e = err(&base(
+            "[[resources]]\nname=\"db\"\naddress=\"10.0.0.1\"\nport=70000\n",
+        ));
+        assert!(e.contains("port"), "{e}");
+    }
+
+    #[test]
+    fn unknown_key_is_refused() {
+        let e = err(&base(
+            "[[resources]]\nname=\"db\"\naddress=\"10.0.0.1\"\nport=1\nprot=\"x\"\n",
+        ));
+        assert!(e.contains("unknown field `prot`"), "{e}");
+    }
+
+    #[test]
+    fn missing_cgroup_is_refused() {
+        let e = err(&base("").replace("[\"/\"]", "[\"/no/such/cgroup-pam-test\"]"));
+        assert!(e.contains("govern.cgroups[0]"), "{e}");
+    }
+
+    #[test]
+    fn resource_covering_the_listener_is_refused() {
+        let e = err(&base(
+            "[[resources]]\nname=\"loop\"\naddress=\"127.0.0.0/8\"\nport=15432\n",
+        ));
+        assert!(e.contains("loop"), "{e}");
+    }
+}

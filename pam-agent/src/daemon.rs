@@ -1,0 +1,102 @@
+//! `pam-agent run`: wires the journal, the listeners, the kernel programs and the proxy
+//! together, in the order that keeps the invariants (listen, then redirect; journal
+//! before traffic), and takes them down on SIGTERM/SIGINT.
+
+use std::{sync::Arc, time::Duration};
+
+use anyhow::Context;
+use tokio::signal::unix::{SignalKind, signal};
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
+
+use crate::{
+    config::Config,
+    journal::{Event, Journal, jsonl::JsonlStore},
+    proxy::{self, Listeners, Shared},
+    redirect::Redirector,
+};
+
+/// How long open sessions get to write their closing records at shutdown.
+const DRAIN: Duration = Duration::from_secs(5);
+
+pub async fn run(cfg: Config) -> anyhow::Result<()> {
+    let store = JsonlStore::open(&cfg.journal.path, cfg.journal.fsync)
+        .with_context(|| format!("opening journal {}", cfg.journal.path.display()))?;
+    let (journal, writer) = Journal::start(store);
+
+    let listeners = Listeners::bind(&cfg).context("binding the proxy listener")?;
+    let redirector = Redirector::start(&cfg).context("attaching the kernel programs")?;
+
+    journal
+        .record(
+            None,
+            Event::AgentStarted {
+                version: env!("CARGO_PKG_VERSION").into(),
+                config: cfg.path.display().to_string(),
+                governed: cfg
+                    .governed
+                    .iter()
+                    .map(|g| g.path.display().to_string())
+                    .collect(),
+                resources: cfg.resources.iter().map(|r| r.name.clone()).collect(),
+            },
+        )
+        .await
+        .context("writing the first journal record")?;
+
+    let shared = Arc::new(Shared {
+        config: cfg,
+        journal: journal.clone(),
+        redirector,
+    });
+    let shutdown = CancellationToken::new();
+    let sessions = TaskTracker::new();
+    let server = tokio::spawn(proxy::serve(
+        listeners,
+        shared.clone(),
+        shutdown.clone(),
+        sessions.clone(),
+    ));
+
+    let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
+    tracing::info!(
+        port = shared.config.listener.port,
+        governed = shared.config.governed.len(),
+        resources = shared.config.resources.len(),
+        "pam-agent ready"
+    );
+
+    let reason = wait_for_stop().await?;
+    tracing::info!(%reason, "stopping; governed connections fail until the agent is back");
+    let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
+    shutdown.cancel();
+    let _ = server.await;
+    sessions.close();
+    if tokio::time::timeout(DRAIN, sessions.wait()).await.is_err() {
+        tracing::warn!("some sessions did not finish within {DRAIN:?}");
+    }
+    journal
+        .record(None, Event::AgentStopped { reason })
+        .await
+        .context("writing the stop record")?;
+    drop(shared);
+    drop(journal);
+    tokio::task::spawn_blocking(move || writer.join())
+        .await
+        .ok();
+    Ok(())
+}
+
+async fn wait_for_stop() -> anyhow::Result<String> {
+    let mut term = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
+    let mut hup = signal(SignalKind::hangup()).context("installing SIGHUP handler")?;
+    loop {
+        tokio::select! {
+            _ = term.recv() => return Ok("SIGTERM".into()),
+            _ = int.recv() => return Ok("SIGINT".into()),
+            _ = hup.recv() => {
+                tracing::warn!("SIGHUP: live reload is not supported yet; restart the agent to apply config changes");
+            }
+        }
+    }
+}

@@ -1,0 +1,18 @@
+//! pam-agent: privileged access management in the data path of AI-agent workers.
+//!
+//! Layout (see ARCHITECTURE.md for the path of one connection):
+//! - [`config`]: the TOML config and its validation.
+//! - [`cgroup`]: the cgroup v2 hierarchy: naming governed cgroups, joining one.
+//! - [`redirect`]: the kernel programs, seen from userspace (the only aya user).
+//! - [`proxy`]: the local listener and one [`proxy::session`] per redirected connection.
+//! - [`principal`]: who is behind a connection.
+//! - [`journal`]: the audit journal interface and its store.
+//! - [`daemon`]: `pam-agent run`, the wiring and the shutdown order.
+
+pub mod cgroup;
+pub mod config;
+pub mod daemon;
+pub mod journal;
+pub mod principal;
+pub mod proxy;
+pub mod redirect;

@@ -1,0 +1,153 @@
+//! The `pam-agent` command: the daemon and the operator's tools.
+
+use std::{os::unix::process::CommandExt, path::PathBuf, process::ExitCode};
+
+use anyhow::{Context, bail};
+use clap::{Parser, Subcommand};
+use pam_agent::{
+    cgroup,
+    config::{Config, DEFAULT_CONFIG_PATH, DEFAULT_PIN_DIR},
+    daemon, redirect,
+};
+
+#[derive(Parser)]
+#[command(
+    name = "pam-agent",
+    version,
+    about = "Privileged access management for AI-agent workers"
+)]
+struct Cli {
+    /// Log format for the daemon's own log (stderr).
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the agent: attach to the governed cgroups and proxy their connections.
+    Run {
+        #[arg(long, default_value = DEFAULT_CONFIG_PATH)]
+        config: PathBuf,
+    },
+    /// Validate a config file without running anything.
+    Check {
+        #[arg(long, default_value = DEFAULT_CONFIG_PATH)]
+        config: PathBuf,
+    },
+    /// Start a command inside a governed cgroup (for tries and tests).
+    Exec {
+        /// Config whose first governed cgroup is used when --cgroup is not given.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// cgroup to run in: absolute, or relative to the cgroup2 mount.
+        #[arg(long)]
+        cgroup: Option<String>,
+        /// The command and its arguments.
+        #[arg(trailing_var_arg = true, required = true, num_args = 1..)]
+        command: Vec<String>,
+    },
+    /// Turn enforcement off: detach every program and remove the pinned state. Stop the
+    /// agent first; governed workers then connect directly.
+    Disable {
+        #[arg(long, conflicts_with = "pin_dir")]
+        config: Option<PathBuf>,
+        #[arg(long)]
+        pin_dir: Option<PathBuf>,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.log_format);
+    match dispatch(cli.command) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("pam-agent: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
+    match command {
+        Command::Run { config } => {
+            let cfg = Config::load(&config)?;
+            let rt = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+            rt.block_on(daemon::run(cfg))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Check { config } => {
+            let cfg = Config::load(&config)?;
+            println!("{}: ok", cfg.path.display());
+            println!(
+                "  listener: {}:{} and [{}]:{}",
+                cfg.listener.ipv4, cfg.listener.port, cfg.listener.ipv6, cfg.listener.port
+            );
+            for g in &cfg.governed {
+                println!("  governs:  {}", g.path.display());
+            }
+            for r in &cfg.resources {
+                println!(
+                    "  protects: {} {} port {} ({})",
+                    r.name, r.net, r.port, r.protocol
+                );
+            }
+            println!("  journal:  {}", cfg.journal.path.display());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Exec {
+            config,
+            cgroup: name,
+            command,
+        } => {
+            let path = match (name, config) {
+                (Some(name), _) => cgroup::resolve(&name)?,
+                (None, Some(config)) => {
+                    let cfg = Config::load(&config)?;
+                    cfg.governed[0].path.clone()
+                }
+                (None, None) => bail!("name the cgroup with --cgroup, or give --config"),
+            };
+            cgroup::join(&path, false)?;
+            let err = std::process::Command::new(&command[0])
+                .args(&command[1..])
+                .exec();
+            bail!("cannot run {}: {err}", command[0])
+        }
+        Command::Disable { config, pin_dir } => {
+            let dir = match (config, pin_dir) {
+                (Some(c), _) => Config::load(&c)?.pin_dir,
+                (None, Some(d)) => d,
+                (None, None) => PathBuf::from(DEFAULT_PIN_DIR),
+            };
+            let removed = redirect::disable(&dir)?;
+            println!(
+                "pam-agent disabled: detached {} program links, removed {} pinned maps from {}",
+                removed.links,
+                removed.maps,
+                dir.display()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}

@@ -1,0 +1,103 @@
+//! Who is behind a redirected connection: what the kernel captured at `connect()` (pid,
+//! uid, gid, cgroup id, command name), completed from /proc while the process still runs
+//! (user name, executable, cgroup path, systemd unit). The kernel's values are the
+//! evidence; the /proc ones are best effort and absent when the process already exited.
+
+use serde::{Deserialize, Serialize};
+
+use crate::cgroup;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Principal {
+    pub pid: u32,
+    /// Thread that called connect().
+    pub tid: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub cgroup_id: u64,
+    pub comm: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exe: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cgroup: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unit: Option<String>,
+}
+
+/// What the kernel recorded, in plain form.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Captured {
+    pub pid: u32,
+    pub tid: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub cgroup_id: u64,
+    pub comm: [u8; 16],
+}
+
+impl Principal {
+    pub fn from_captured(c: Captured) -> Principal {
+        let comm_len = c.comm.iter().position(|b| *b == 0).unwrap_or(c.comm.len());
+        let cgroup = cgroup::of_process(c.pid);
+        let unit = cgroup.as_deref().and_then(systemd_unit);
+        Principal {
+            pid: c.pid,
+            tid: c.tid,
+            uid: c.uid,
+            gid: c.gid,
+            cgroup_id: c.cgroup_id,
+            comm: String::from_utf8_lossy(&c.comm[..comm_len]).into_owned(),
+            user: nix::unistd::User::from_uid(c.uid.into())
+                .ok()
+                .flatten()
+                .map(|u| u.name),
+            exe: std::fs::read_link(format!("/proc/{}/exe", c.pid))
+                .ok()
+                .map(|p| p.display().to_string()),
+            cgroup,
+            unit,
+        }
+    }
+}
+
+/// The innermost systemd unit (`.service` or `.scope`) named in a cgroup path.
+fn systemd_unit(cgroup_path: &str) -> Option<String> {
+    cgroup_path
+        .rsplit('/')
+        .find(|c| c.ends_with(".service") || c.ends_with(".scope"))
+        .map(str::to_owned)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unit_is_the_innermost_service_or_scope() {
+        assert_eq!(
+            systemd_unit("/crew.slice/crew-worker@1.service").as_deref(),
+            Some("crew-worker@1.service")
+        );
+        assert_eq!(systemd_unit("/pamtest-1"), None);
+    }
+
+    #[test]
+    fn completes_from_proc_for_a_live_process() {
+        let me = std::process::id();
+        let mut comm = [0u8; 16];
+        comm[..4].copy_from_slice(b"test");
+        let p = Principal::from_captured(Captured {
+            pid: me,
+            tid: me,
+            uid: nix::unistd::getuid().as_raw(),
+            gid: nix::unistd::getgid().as_raw(),
+            cgroup_id: 1,
+            comm,
+        });
+        assert_eq!(p.comm, "test");
+        assert!(p.exe.is_some());
+        assert!(p.cgroup.is_some());
+    }
+}

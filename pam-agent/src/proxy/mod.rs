@@ -1,0 +1,100 @@
+//! The local proxy: accepts what the kernel redirected, and runs one session per
+//! connection. This file is the accept loop; [`session`] is the path of one connection
+//! from accept to its closing audit record, read top to bottom.
+
+mod relay;
+pub mod session;
+
+use std::{net::SocketAddr, sync::Arc};
+
+use tokio::net::{TcpListener, TcpSocket};
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
+
+use crate::{config::Config, journal::Journal, redirect::Redirector};
+
+/// Everything a session needs, shared by all of them.
+pub struct Shared {
+    pub config: Config,
+    pub journal: Journal,
+    pub redirector: Redirector,
+}
+
+/// The proxy's listeners: bound before the kernel programs point at them.
+pub struct Listeners {
+    pub v4: TcpListener,
+    /// None when IPv6 is unavailable on this host; IPv6 destinations then fail closed.
+    pub v6: Option<TcpListener>,
+}
+
+impl Listeners {
+    pub fn bind(cfg: &Config) -> std::io::Result<Listeners> {
+        let v4 = bind(SocketAddr::new(cfg.listener.ipv4.into(), cfg.listener.port))?;
+        let v6 = match bind(SocketAddr::new(cfg.listener.ipv6.into(), cfg.listener.port)) {
+            Ok(l) => Some(l),
+            Err(e) => {
+                tracing::warn!(error = %e, "no IPv6 listener: governed IPv6 connections will be refused");
+                None
+            }
+        };
+        Ok(Listeners { v4, v6 })
+    }
+}
+
+fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket
+        .bind(addr)
+        .map_err(|e| std::io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}")))?;
+    socket.listen(1024)
+}
+
+/// Accepts until `shutdown` fires; every session is tracked so the caller can wait for
+/// their closing records.
+pub async fn serve(
+    listeners: Listeners,
+    shared: Arc<Shared>,
+    shutdown: CancellationToken,
+    sessions: TaskTracker,
+) {
+    let mut tasks = vec![tokio::spawn(accept_loop(
+        listeners.v4,
+        shared.clone(),
+        shutdown.clone(),
+        sessions.clone(),
+    ))];
+    if let Some(v6) = listeners.v6 {
+        tasks.push(tokio::spawn(accept_loop(v6, shared, shutdown, sessions)));
+    }
+    for t in tasks {
+        let _ = t.await;
+    }
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    shared: Arc<Shared>,
+    shutdown: CancellationToken,
+    sessions: TaskTracker,
+) {
+    loop {
+        let accepted = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            r = listener.accept() => r,
+        };
+        match accepted {
+            Ok((stream, peer)) => {
+                sessions.spawn(session::run(stream, peer, shared.clone(), shutdown.clone()));
+            }
+            Err(e) => {
+                // EMFILE and friends: back off briefly instead of spinning.
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+        }
+    }
+}

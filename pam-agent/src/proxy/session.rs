@@ -1,0 +1,145 @@
+//! One redirected connection, from accept to its closing audit record.
+//!
+//! identify (kernel record) -> resource -> principal -> journal "opened" (before any
+//! byte moves) -> dial the original destination -> relay -> journal "closed".
+//! Any step that fails closes the worker's connection; nothing is relayed unaudited.
+
+use std::{net::SocketAddr, sync::Arc, time::Instant};
+
+use tokio::net::TcpStream;
+use tokio_util::sync::CancellationToken;
+
+use super::{Shared, relay};
+use crate::{
+    journal::{
+        Event, SessionId,
+        event::{ResourceRef, SessionEnd},
+    },
+    principal::Principal,
+};
+
+pub async fn run(
+    worker: TcpStream,
+    peer: SocketAddr,
+    shared: Arc<Shared>,
+    shutdown: CancellationToken,
+) {
+    let started = Instant::now();
+
+    // Identify: only connections the kernel redirected have a record.
+    let redirected = match shared.redirector.lookup(peer) {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::warn!(%peer, error = %e, "refusing connection");
+            refuse(&shared, peer, e.to_string()).await;
+            return;
+        }
+    };
+    let Some(resource) = shared.config.resource(redirected.resource_id) else {
+        let reason = format!(
+            "redirect names resource #{} which the running config does not have",
+            redirected.resource_id
+        );
+        refuse(&shared, peer, reason).await;
+        return;
+    };
+
+    let principal = Principal::from_captured(redirected.captured);
+    let session = SessionId::new();
+    let opened = Event::SessionOpened {
+        principal,
+        resource: ResourceRef {
+            name: resource.name.clone(),
+            protocol: resource.protocol.to_string(),
+        },
+        destination: redirected.destination,
+        client: peer,
+    };
+    // Write-ahead: no byte reaches the resource before the session is on record.
+    if let Err(e) = shared.journal.record(Some(session), opened).await {
+        tracing::error!(%session, error = %e, "cannot journal session; closing it");
+        return;
+    }
+    let _ = worker.set_nodelay(true);
+
+    let upstream_addr = redirected.upstream();
+    let timeout = shared.config.listener.upstream_connect_timeout;
+    let upstream = match tokio::time::timeout(timeout, TcpStream::connect(upstream_addr)).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => {
+            close(
+                &shared,
+                session,
+                started,
+                0,
+                0,
+                SessionEnd::UpstreamUnreachable,
+                Some(format!("{upstream_addr}: {e}")),
+            )
+            .await;
+            return;
+        }
+        Err(_) => {
+            let detail = format!(
+                "{upstream_addr}: no answer within {} ms",
+                timeout.as_millis()
+            );
+            close(
+                &shared,
+                session,
+                started,
+                0,
+                0,
+                SessionEnd::UpstreamUnreachable,
+                Some(detail),
+            )
+            .await;
+            return;
+        }
+    };
+    let _ = upstream.set_nodelay(true);
+    tracing::debug!(%session, resource = %resource.name, %upstream_addr, "session open");
+
+    let outcome = relay::relay(worker, upstream, &shutdown).await;
+    close(
+        &shared,
+        session,
+        started,
+        outcome.from_worker,
+        outcome.to_worker,
+        outcome.end,
+        outcome.detail,
+    )
+    .await;
+}
+
+async fn refuse(shared: &Shared, client: SocketAddr, reason: String) {
+    if let Err(e) = shared
+        .journal
+        .record(None, Event::ConnectionRefused { client, reason })
+        .await
+    {
+        tracing::error!(error = %e, "cannot journal refused connection");
+    }
+}
+
+async fn close(
+    shared: &Shared,
+    session: SessionId,
+    started: Instant,
+    bytes_from_worker: u64,
+    bytes_to_worker: u64,
+    end: SessionEnd,
+    detail: Option<String>,
+) {
+    let event = Event::SessionClosed {
+        bytes_from_worker,
+        bytes_to_worker,
+        duration_ms: started.elapsed().as_millis() as u64,
+        end,
+        detail,
+    };
+    if let Err(e) = shared.journal.record(Some(session), event).await {
+        tracing::error!(%session, error = %e, "cannot journal session close");
+    }
+}

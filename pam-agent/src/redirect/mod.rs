@@ -1,0 +1,538 @@
+//! The kernel side, seen from the agent: loads the embedded eBPF object, attaches it to
+//! the governed cgroups, keeps the maps filled, and answers "who is this accepted peer
+//! and where did it mean to go". This is the only module that touches aya.
+//!
+//! Enforcement outlives the agent: maps and links are pinned under the pin directory
+//! (see [`pins`]), so while the agent is stopped governed connects to protected
+//! resources still go to the (closed) listener and fail. A restart attaches a new
+//! generation of links before removing the old one, so there is never a moment with
+//! nothing attached and never two generations left behind.
+
+mod kernel;
+mod pins;
+
+use std::{
+    collections::HashSet,
+    fs::File,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6},
+    path::Path,
+    sync::Mutex,
+};
+
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{
+        Array, HashMap, MapData,
+        lpm_trie::{Key, LpmTrie},
+    },
+    programs::{CgroupAttachMode, CgroupSock, CgroupSockAddr, SockOps, links::FdLink},
+};
+use pam_common::{
+    AF_INET, ConnectRecord, PORT_PREFIX_BITS, PeerKey, ResourceKey, ResourceValue, Settings,
+    V4_MAPPED_PREFIX_BITS, as_v4, maps, programs, v4_mapped,
+};
+
+use crate::{
+    cgroup,
+    config::{Config, Resource},
+    principal::Captured,
+};
+
+pub use kernel::KernelError;
+pub use pins::disable;
+
+/// The kernel object built from `pam-ebpf` by the build script.
+static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/pam-ebpf.o"));
+
+#[derive(Debug, thiserror::Error)]
+pub enum RedirectError {
+    #[error(transparent)]
+    Kernel(#[from] KernelError),
+    #[error("cannot load the eBPF object: {0}")]
+    Load(#[source] aya::EbpfError),
+    #[error("this kernel cannot {action} the {program} program ({feature}): {source}")]
+    Program {
+        action: &'static str,
+        program: &'static str,
+        feature: &'static str,
+        #[source]
+        source: aya::programs::ProgramError,
+    },
+    #[error("cannot pin {what} at {path}: {source}")]
+    Pin {
+        what: String,
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("eBPF map {map}: {source}")]
+    Map {
+        map: &'static str,
+        #[source]
+        source: aya::maps::MapError,
+    },
+    #[error("cannot open governed cgroup {path}: {source}")]
+    Cgroup {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Why an accepted connection has no redirect record.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LookupError {
+    #[error("no redirect record for peer {0} (not redirected by the kernel programs)")]
+    NotRedirected(SocketAddr),
+    #[error("redirect record for peer {0} vanished before it was read")]
+    RecordGone(SocketAddr),
+    #[error("eBPF map lookup failed: {0}")]
+    Map(String),
+}
+
+/// What the kernel recorded for one redirected connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Redirected {
+    /// Where the worker meant to connect, in the family it used (`[::ffff:a.b.c.d]:p` for
+    /// a dual-stack socket's IPv4 connect).
+    pub destination: SocketAddr,
+    pub resource_id: u32,
+    pub captured: Captured,
+}
+
+impl Redirected {
+    /// The address to dial upstream (v4-mapped addresses as plain IPv4).
+    pub fn upstream(&self) -> SocketAddr {
+        SocketAddr::new(
+            self.destination.ip().to_canonical(),
+            self.destination.port(),
+        )
+    }
+}
+
+/// The programs in the object: name, program kind, and the kernel feature it needs.
+const PROGRAMS: &[(&str, Kind, &str)] = &[
+    (
+        programs::CONNECT4,
+        Kind::SockAddr,
+        "cgroup/connect4, Linux 4.17+ with CONFIG_CGROUP_BPF",
+    ),
+    (
+        programs::CONNECT6,
+        Kind::SockAddr,
+        "cgroup/connect6, Linux 4.17+ with CONFIG_CGROUP_BPF",
+    ),
+    (
+        programs::GETPEERNAME4,
+        Kind::SockAddr,
+        "cgroup/getpeername4, Linux 5.8+",
+    ),
+    (
+        programs::GETPEERNAME6,
+        Kind::SockAddr,
+        "cgroup/getpeername6, Linux 5.8+",
+    ),
+    (
+        programs::SOCK_OPS,
+        Kind::SockOps,
+        "cgroup sock_ops, Linux 4.13+",
+    ),
+    (
+        programs::SOCK_RELEASE,
+        Kind::SockRelease,
+        "cgroup/sock_release, Linux 5.9+",
+    ),
+];
+
+#[derive(Clone, Copy)]
+enum Kind {
+    SockAddr,
+    SockOps,
+    SockRelease,
+}
+
+pub struct Redirector {
+    // Keeps the programs and the log buffer alive; the links themselves are pinned.
+    _ebpf: Ebpf,
+    peers: Mutex<HashMap<MapData, PeerKey, u64>>,
+    connects: HashMap<MapData, u64, ConnectRecord>,
+}
+
+impl Redirector {
+    /// Loads, fills the maps and attaches to every governed cgroup. The listeners must
+    /// already be bound: from the moment this returns, governed connects arrive there.
+    pub fn start(cfg: &Config) -> Result<Redirector, RedirectError> {
+        kernel::preflight(&cfg.pin_dir)?;
+        let layout = pins::Layout::create(&cfg.pin_dir)?;
+
+        let mut loader = EbpfLoader::new();
+        for name in [maps::PROTECTED, maps::SETTINGS, maps::CONNECTS, maps::PEERS] {
+            loader.map_pin_path(name, layout.map(name));
+        }
+        let mut ebpf = loader.load(OBJECT).map_err(RedirectError::Load)?;
+        match aya_log::EbpfLogger::init(&mut ebpf) {
+            Ok(logger) => spawn_kernel_log(logger),
+            Err(e) => tracing::warn!(error = %e, "kernel-side logging unavailable"),
+        }
+
+        // Maps first: the settings and resources must be in place before any new
+        // program can run.
+        write_settings(&mut ebpf, cfg)?;
+        write_resources(&mut ebpf, &cfg.resources)?;
+
+        for (name, kind, feature) in PROGRAMS {
+            load_program(&mut ebpf, name, *kind, feature)?;
+        }
+
+        let generation = pins::Generation::new();
+        let mut governed_ids = HashSet::new();
+        for g in &cfg.governed {
+            let id = cgroup::id(&g.path).map_err(|source| RedirectError::Cgroup {
+                path: g.path.display().to_string(),
+                source,
+            })?;
+            governed_ids.insert(id);
+            let dir = File::open(&g.path).map_err(|source| RedirectError::Cgroup {
+                path: g.path.display().to_string(),
+                source,
+            })?;
+            for (name, kind, feature) in PROGRAMS {
+                let link = attach_program(&mut ebpf, name, *kind, feature, &dir)?;
+                let path = layout.link(id, name, generation);
+                link.pin(&path).map_err(|e| RedirectError::Pin {
+                    what: format!("link of {name} to {}", g.path.display()),
+                    path: path.display().to_string(),
+                    source: std::io::Error::other(e),
+                })?;
+                // Dropping the PinnedLink closes our fd; the pin keeps it attached.
+            }
+            tracing::info!(cgroup = %g.path.display(), cgroup_id = id, "governing cgroup");
+        }
+        // Only now remove what the previous run left: older generations everywhere,
+        // and links of cgroups that are no longer governed.
+        let removed = layout.remove_links_except(generation)?;
+        if removed > 0 {
+            tracing::info!(removed, "detached links of the previous run");
+        }
+
+        let peers = take_hash(&mut ebpf, maps::PEERS)?;
+        let connects = take_hash(&mut ebpf, maps::CONNECTS)?;
+        Ok(Redirector {
+            _ebpf: ebpf,
+            peers: Mutex::new(peers),
+            connects,
+        })
+    }
+
+    /// Finds the record of an accepted connection by its peer address (the worker
+    /// socket's local address). The peer entry is consumed; the connect record stays
+    /// until the worker's socket is released (getpeername needs it).
+    pub fn lookup(&self, peer: SocketAddr) -> Result<Redirected, LookupError> {
+        let key = peer_key(peer);
+        let cookie = {
+            let mut peers = self.peers.lock().unwrap_or_else(|p| p.into_inner());
+            let cookie = match peers.get(&key, 0) {
+                Ok(c) => c,
+                Err(aya::maps::MapError::KeyNotFound) => {
+                    return Err(LookupError::NotRedirected(peer));
+                }
+                Err(e) => return Err(LookupError::Map(e.to_string())),
+            };
+            let _ = peers.remove(&key);
+            cookie
+        };
+        let record = match self.connects.get(&cookie, 0) {
+            Ok(r) => r,
+            Err(aya::maps::MapError::KeyNotFound) => return Err(LookupError::RecordGone(peer)),
+            Err(e) => return Err(LookupError::Map(e.to_string())),
+        };
+        Ok(Redirected {
+            destination: destination(&record),
+            resource_id: record.resource_id,
+            captured: Captured {
+                pid: (record.pid_tgid >> 32) as u32,
+                tid: record.pid_tgid as u32,
+                uid: record.uid_gid as u32,
+                gid: (record.uid_gid >> 32) as u32,
+                cgroup_id: record.cgroup_id,
+                comm: record.comm,
+            },
+        })
+    }
+}
+
+fn destination(r: &ConnectRecord) -> SocketAddr {
+    let port = u16::from_be_bytes(r.orig_port);
+    match (r.family, as_v4(&r.orig_addr)) {
+        (AF_INET, Some(v4)) => SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::from(v4), port)),
+        _ => SocketAddr::V6(SocketAddrV6::new(Ipv6Addr::from(r.orig_addr), port, 0, 0)),
+    }
+}
+
+fn peer_key(peer: SocketAddr) -> PeerKey {
+    let addr = match peer.ip() {
+        IpAddr::V4(v4) => v4_mapped(v4.octets()),
+        IpAddr::V6(v6) => v6.octets(),
+    };
+    PeerKey {
+        addr,
+        port: peer.port().to_be_bytes(),
+        pad: [0; 2],
+    }
+}
+
+/// LPM-trie key for a resource: the port, then the network prefix (IPv4 in mapped form).
+fn resource_key(r: &Resource) -> Key<ResourceKey> {
+    let (addr, bits) = match r.net {
+        ipnet::IpNet::V4(n) => (
+            v4_mapped(n.network().octets()),
+            V4_MAPPED_PREFIX_BITS + u32::from(n.prefix_len()),
+        ),
+        ipnet::IpNet::V6(n) => (n.network().octets(), u32::from(n.prefix_len())),
+    };
+    Key::new(
+        PORT_PREFIX_BITS + bits,
+        ResourceKey {
+            port: r.port.to_be_bytes(),
+            addr,
+        },
+    )
+}
+
+fn write_settings(ebpf: &mut Ebpf, cfg: &Config) -> Result<(), RedirectError> {
+    let map_err = |source| RedirectError::Map {
+        map: maps::SETTINGS,
+        source,
+    };
+    let mut settings: Array<_, Settings> = Array::try_from(ebpf.map_mut(maps::SETTINGS).ok_or(
+        map_err(aya::maps::MapError::InvalidName {
+            name: maps::SETTINGS.into(),
+        }),
+    )?)
+    .map_err(map_err)?;
+    let value = Settings {
+        proxy_addr6: cfg.listener.ipv6.octets(),
+        proxy_addr4: cfg.listener.ipv4.octets(),
+        proxy_port: cfg.listener.port.to_be_bytes(),
+        configured: 1,
+        agent_tgid: std::process::id(),
+    };
+    settings.set(0, value, 0).map_err(map_err)
+}
+
+fn write_resources(ebpf: &mut Ebpf, resources: &[Resource]) -> Result<(), RedirectError> {
+    let map_err = |source| RedirectError::Map {
+        map: maps::PROTECTED,
+        source,
+    };
+    let mut trie: LpmTrie<_, ResourceKey, ResourceValue> = LpmTrie::try_from(
+        ebpf.map_mut(maps::PROTECTED)
+            .ok_or(map_err(aya::maps::MapError::InvalidName {
+                name: maps::PROTECTED.into(),
+            }))?,
+    )
+    .map_err(map_err)?;
+    let wanted: Vec<(Key<ResourceKey>, ResourceValue)> = resources
+        .iter()
+        .enumerate()
+        .map(|(i, r)| {
+            (
+                resource_key(r),
+                ResourceValue {
+                    resource_id: i as u32,
+                },
+            )
+        })
+        .collect();
+    // New entries in before stale ones out: a resource kept across a restart is never
+    // briefly unprotected.
+    for (key, value) in &wanted {
+        trie.insert(key, value, 0).map_err(map_err)?;
+    }
+    let existing: Vec<Key<ResourceKey>> = trie.keys().filter_map(Result::ok).collect();
+    for key in existing {
+        let keep = wanted
+            .iter()
+            .any(|(w, _)| w.prefix_len() == key.prefix_len() && w.data() == key.data());
+        if !keep {
+            trie.remove(&key).map_err(map_err)?;
+        }
+    }
+    Ok(())
+}
+
+fn take_hash<K: aya::Pod, V: aya::Pod>(
+    ebpf: &mut Ebpf,
+    name: &'static str,
+) -> Result<HashMap<MapData, K, V>, RedirectError> {
+    let map = ebpf.take_map(name).ok_or(RedirectError::Map {
+        map: name,
+        source: aya::maps::MapError::InvalidName { name: name.into() },
+    })?;
+    HashMap::try_from(map).map_err(|source| RedirectError::Map { map: name, source })
+}
+
+fn load_program(
+    ebpf: &mut Ebpf,
+    name: &'static str,
+    kind: Kind,
+    feature: &'static str,
+) -> Result<(), RedirectError> {
+    let err = |source| RedirectError::Program {
+        action: "load",
+        program: name,
+        feature,
+        source,
+    };
+    let prog = ebpf
+        .program_mut(name)
+        .ok_or_else(|| err(aya::programs::ProgramError::UnexpectedProgramType))?;
+    match kind {
+        Kind::SockAddr => {
+            let p: &mut CgroupSockAddr = prog.try_into().map_err(err)?;
+            p.load().map_err(err)
+        }
+        Kind::SockOps => {
+            let p: &mut SockOps = prog.try_into().map_err(err)?;
+            p.load().map_err(err)
+        }
+        Kind::SockRelease => {
+            let p: &mut CgroupSock = prog.try_into().map_err(err)?;
+            p.load().map_err(err)
+        }
+    }
+}
+
+fn attach_program(
+    ebpf: &mut Ebpf,
+    name: &'static str,
+    kind: Kind,
+    feature: &'static str,
+    cgroup: &File,
+) -> Result<FdLink, RedirectError> {
+    let err = |source| RedirectError::Program {
+        action: "attach",
+        program: name,
+        feature,
+        source,
+    };
+    let link_err = |e: aya::programs::links::LinkError| {
+        err(aya::programs::ProgramError::IOError(std::io::Error::other(
+            e,
+        )))
+    };
+    let prog = ebpf
+        .program_mut(name)
+        .ok_or_else(|| err(aya::programs::ProgramError::UnexpectedProgramType))?;
+    // Link-based cgroup attachment (bpf_link_create) always stacks with other links:
+    // other software's programs keep working and the next generation can attach before
+    // this one is removed. The kernel refuses the legacy ALLOW_MULTI flag on links, so
+    // the mode passed is the default, which maps to no flags.
+    let mode = CgroupAttachMode::Single;
+    match kind {
+        Kind::SockAddr => {
+            let p: &mut CgroupSockAddr = prog.try_into().map_err(err)?;
+            let id = p.attach(cgroup, mode).map_err(err)?;
+            FdLink::try_from(p.take_link(id).map_err(err)?).map_err(link_err)
+        }
+        Kind::SockOps => {
+            let p: &mut SockOps = prog.try_into().map_err(err)?;
+            let id = p.attach(cgroup, mode).map_err(err)?;
+            FdLink::try_from(p.take_link(id).map_err(err)?).map_err(link_err)
+        }
+        Kind::SockRelease => {
+            let p: &mut CgroupSock = prog.try_into().map_err(err)?;
+            let id = p.attach(cgroup, mode).map_err(err)?;
+            FdLink::try_from(p.take_link(id).map_err(err)?).map_err(link_err)
+        }
+    }
+}
+
+/// Forwards aya-log records from the kernel programs into the agent's log.
+fn spawn_kernel_log(logger: aya_log::EbpfLogger<&'static dyn log::Log>) {
+    let Ok(handle) = tokio::runtime::Handle::try_current() else {
+        return;
+    };
+    handle.spawn(async move {
+        // SAFETY: the logger owns its ring buffer's fd, which stays open and the same
+        // for as long as the AsyncFd (which owns the logger) lives.
+        let registered = unsafe {
+            tokio::io::unix::AsyncFd::register_with_interest(logger, tokio::io::Interest::READABLE)
+        };
+        let Ok(mut fd) = registered else {
+            return;
+        };
+        loop {
+            let Ok(mut guard) = fd.readable_mut().await else {
+                return;
+            };
+            guard.get_inner_mut().flush();
+            guard.clear_ready();
+        }
+    });
+}
+
+/// Whether `path` holds this agent's pinned state (used by `status`).
+pub fn is_pinned(pin_dir: &Path) -> bool {
+    pins::Layout::exists(pin_dir)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resource_keys_put_port_then_prefix() {
+        let r = Resource {
+            name: "db".into(),
+            net: "10.1.0.0/16".parse().unwrap(),
+            port: 5432,
+            protocol: crate::config::Protocol::Tcp,
+        };
+        let k = resource_key(&r);
+        assert_eq!(k.prefix_len(), 16 + 96 + 16);
+        assert_eq!(k.data().port, 5432u16.to_be_bytes());
+        assert_eq!(as_v4(&k.data().addr), Some([10, 1, 0, 0]));
+
+        let r6 = Resource {
+            net: "fd00:1::/64".parse().unwrap(),
+            ..r
+        };
+        assert_eq!(resource_key(&r6).prefix_len(), 16 + 64);
+    }
+
+    #[test]
+    fn destination_keeps_the_family_the_worker_used() {
+        let mut rec = ConnectRecord {
+            cgroup_id: 1,
+            pid_tgid: 0,
+            uid_gid: 0,
+            orig_addr: v4_mapped([10, 0, 0, 2]),
+            orig_port: 7000u16.to_be_bytes(),
+            family: AF_INET,
+            resource_id: 0,
+            comm: [0; 16],
+        };
+        assert_eq!(destination(&rec), "10.0.0.2:7000".parse().unwrap());
+        rec.family = pam_common::AF_INET6;
+        let d = destination(&rec);
+        assert_eq!(d, "[::ffff:10.0.0.2]:7000".parse().unwrap());
+        let red = Redirected {
+            destination: d,
+            resource_id: 0,
+            captured: Captured {
+                pid: 0,
+                tid: 0,
+                uid: 0,
+                gid: 0,
+                cgroup_id: 0,
+                comm: [0; 16],
+            },
+        };
+        assert_eq!(red.upstream(), "10.0.0.2:7000".parse().unwrap());
+        assert_eq!(
+            peer_key("127.0.0.1:5".parse().unwrap()).addr,
+            v4_mapped([127, 0, 0, 1])
+        );
+    }
+}

@@ -1,0 +1,128 @@
+//! Where pinned state lives and how generations of links replace each other.
+//!
+//! ```text
+//! <pin_dir>/maps/<MAP>                    the shared maps, reused across restarts
+//! <pin_dir>/links/<cgroup id>-<program>-<generation>
+//! ```
+//! A link pin is what keeps a program attached after the agent exits; removing the pin
+//! (with no process holding the link) detaches it. Nothing else in the agent names paths
+//! under the pin directory. (bpffs refuses names with a dot, hence the dashes.)
+
+use std::{
+    fs, io,
+    path::{Path, PathBuf},
+    time::{SystemTime, UNIX_EPOCH},
+};
+
+use super::RedirectError;
+
+/// Identifies one run's links; strictly increasing across restarts on one host.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Generation(u128);
+
+impl Generation {
+    pub fn new() -> Self {
+        Generation(
+            SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_nanos())
+                .unwrap_or(0),
+        )
+    }
+}
+
+pub struct Layout {
+    root: PathBuf,
+}
+
+impl Layout {
+    pub fn create(root: &Path) -> Result<Layout, RedirectError> {
+        for dir in [root.to_owned(), root.join("maps"), root.join("links")] {
+            fs::create_dir_all(&dir).map_err(|source| RedirectError::Pin {
+                what: "pin directory".into(),
+                path: dir.display().to_string(),
+                source,
+            })?;
+        }
+        Ok(Layout {
+            root: root.to_owned(),
+        })
+    }
+
+    pub fn exists(root: &Path) -> bool {
+        root.join("links").is_dir() || root.join("maps").is_dir()
+    }
+
+    pub fn map(&self, name: &str) -> PathBuf {
+        self.root.join("maps").join(name)
+    }
+
+    pub fn link(&self, cgroup_id: u64, program: &str, generation: Generation) -> PathBuf {
+        self.root
+            .join("links")
+            .join(format!("{cgroup_id}-{program}-{}", generation.0))
+    }
+
+    /// Removes (and so detaches) every link pin not of `keep`. Returns how many.
+    pub fn remove_links_except(&self, keep: Generation) -> Result<usize, RedirectError> {
+        let suffix = format!("-{}", keep.0);
+        let mut removed = 0;
+        for path in list(&self.root.join("links")).map_err(|source| pin_err(&self.root, source))? {
+            let name = path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .unwrap_or_default();
+            if !name.ends_with(&suffix) {
+                fs::remove_file(&path).map_err(|source| pin_err(&path, source))?;
+                removed += 1;
+            }
+        }
+        Ok(removed)
+    }
+}
+
+fn list(dir: &Path) -> io::Result<Vec<PathBuf>> {
+    match fs::read_dir(dir) {
+        Ok(entries) => entries.map(|e| e.map(|e| e.path())).collect(),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Vec::new()),
+        Err(e) => Err(e),
+    }
+}
+
+fn pin_err(path: &Path, source: io::Error) -> RedirectError {
+    RedirectError::Pin {
+        what: "pinned object".into(),
+        path: path.display().to_string(),
+        source,
+    }
+}
+
+/// What `disable` removed.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Disabled {
+    pub links: usize,
+    pub maps: usize,
+}
+
+/// Turns enforcement off: detaches every program (by removing its link pin), then
+/// removes the pinned maps and the pin directory. Run with the agent stopped; a running
+/// agent would keep its maps but no longer redirect anything.
+pub fn disable(root: &Path) -> Result<Disabled, RedirectError> {
+    let mut out = Disabled::default();
+    for path in list(&root.join("links")).map_err(|source| pin_err(root, source))? {
+        fs::remove_file(&path).map_err(|source| pin_err(&path, source))?;
+        out.links += 1;
+    }
+    for path in list(&root.join("maps")).map_err(|source| pin_err(root, source))? {
+        fs::remove_file(&path).map_err(|source| pin_err(&path, source))?;
+        out.maps += 1;
+    }
+    for dir in [root.join("links"), root.join("maps"), root.to_owned()] {
+        match fs::remove_dir(&dir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(source) => return Err(pin_err(&dir, source)),
+        }
+    }
+    Ok(out)
+}

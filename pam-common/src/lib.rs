@@ -1,0 +1,162 @@
+//! Types shared by the kernel programs (`pam-ebpf`) and the agent (`pam-agent`).
+//!
+//! Every type here is `#[repr(C)]`, `Copy` and free of padding: the agent reads and
+//! writes them as raw map bytes, so a hidden padding byte would be uninitialised memory
+//! crossing the kernel boundary. Addresses are always 16 bytes: IPv4 is stored in its
+//! IPv4-mapped IPv6 form (`::ffff:a.b.c.d`) so one key shape serves both families and a
+//! dual-stack socket's `::ffff:` connect matches the same resource as a plain IPv4 one.
+#![no_std]
+
+/// Names of the maps in the eBPF object. The agent pins them under its pin directory,
+/// so they outlive the agent process (fail-closed across restarts).
+pub mod maps {
+    /// LPM trie: [`ResourceKey`] -> [`ResourceValue`]. Filled by the agent.
+    pub const PROTECTED: &str = "PAM_PROTECTED";
+    /// Array with one [`Settings`] at index 0. Filled by the agent.
+    pub const SETTINGS: &str = "PAM_SETTINGS";
+    /// Hash: socket cookie (u64) -> [`ConnectRecord`]. Filled by connect4/6, read by
+    /// getpeername and the agent, removed by sock_release.
+    pub const CONNECTS: &str = "PAM_CONNECTS";
+    /// Hash: [`PeerKey`] (the worker socket's local address) -> socket cookie (u64).
+    /// Filled by sock_ops before the SYN leaves, consumed by the agent on accept.
+    pub const PEERS: &str = "PAM_PEERS";
+}
+
+/// Names of the programs in the eBPF object.
+pub mod programs {
+    pub const CONNECT4: &str = "pam_connect4";
+    pub const CONNECT6: &str = "pam_connect6";
+    pub const GETPEERNAME4: &str = "pam_getpeername4";
+    pub const GETPEERNAME6: &str = "pam_getpeername6";
+    pub const SOCK_OPS: &str = "pam_sock_ops";
+    pub const SOCK_RELEASE: &str = "pam_sock_release";
+}
+
+pub const MAX_PROTECTED: u32 = 4096;
+/// Sized for many concurrent governed connections; entries leave at socket release.
+pub const MAX_CONNECTS: u32 = 65536;
+pub const MAX_PEERS: u32 = 65536;
+
+/// Prefix bits taken by the port in a [`ResourceKey`] (the port is matched exactly).
+pub const PORT_PREFIX_BITS: u32 = 16;
+/// Prefix bits of an IPv4 address inside its mapped form (`::ffff:` is 96 bits).
+pub const V4_MAPPED_PREFIX_BITS: u32 = 96;
+
+pub const AF_INET: u16 = 2;
+pub const AF_INET6: u16 = 10;
+
+/// Data part of the LPM-trie key for protected resources. The port comes first so that
+/// a prefix reads "exactly this port, then the first N address bits".
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ResourceKey {
+    /// Destination port, big-endian bytes.
+    pub port: [u8; 2],
+    /// Destination address, IPv4 in mapped form.
+    pub addr: [u8; 16],
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ResourceValue {
+    /// Index of the resource in the agent's config, recorded with each connect.
+    pub resource_id: u32,
+}
+
+/// Where governed connections are sent, and who must never be redirected.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Settings {
+    /// The agent's IPv6 listener address (redirect target of real IPv6 destinations).
+    pub proxy_addr6: [u8; 16],
+    /// The agent's IPv4 listener address (target of IPv4 and IPv4-mapped destinations).
+    pub proxy_addr4: [u8; 4],
+    /// Listener port, big-endian bytes.
+    pub proxy_port: [u8; 2],
+    /// Non-zero once the agent has written these settings. A protected destination met
+    /// while this is zero is refused rather than let through.
+    pub configured: u16,
+    /// The agent's own process id (tgid): its upstream connections are never redirected.
+    pub agent_tgid: u32,
+}
+
+/// Who connected and where they meant to go, keyed by the worker socket's cookie.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConnectRecord {
+    pub cgroup_id: u64,
+    /// `bpf_get_current_pid_tgid()`: tgid (process id) in the upper 32 bits.
+    pub pid_tgid: u64,
+    /// `bpf_get_current_uid_gid()`: gid in the upper 32 bits.
+    pub uid_gid: u64,
+    /// Original destination, IPv4 in mapped form.
+    pub orig_addr: [u8; 16],
+    /// Original destination port, big-endian bytes.
+    pub orig_port: [u8; 2],
+    /// Address family the worker used: [`AF_INET`], or [`AF_INET6`] (also for `::ffff:`).
+    pub family: u16,
+    pub resource_id: u32,
+    /// Command name (`comm`), NUL-padded.
+    pub comm: [u8; 16],
+}
+
+/// The worker socket's local address as the agent sees it as the accepted peer.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct PeerKey {
+    /// IPv4 in mapped form.
+    pub addr: [u8; 16],
+    /// Big-endian bytes.
+    pub port: [u8; 2],
+    /// Explicit padding, always zero, so the key has no uninitialised bytes.
+    pub pad: [u8; 2],
+}
+
+/// Maps an IPv4 address (network-order bytes) to its `::ffff:a.b.c.d` form.
+pub const fn v4_mapped(v4: [u8; 4]) -> [u8; 16] {
+    [
+        0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, v4[0], v4[1], v4[2], v4[3],
+    ]
+}
+
+/// Returns the IPv4 address inside a mapped address, if it is one.
+pub fn as_v4(addr: &[u8; 16]) -> Option<[u8; 4]> {
+    if addr[..10].iter().all(|b| *b == 0) && addr[10] == 0xff && addr[11] == 0xff {
+        Some([addr[12], addr[13], addr[14], addr[15]])
+    } else {
+        None
+    }
+}
+
+#[cfg(feature = "user")]
+mod user {
+    // SAFETY: all are repr(C), Copy, and have no padding (checked by size tests below).
+    unsafe impl aya::Pod for super::ResourceKey {}
+    unsafe impl aya::Pod for super::ResourceValue {}
+    unsafe impl aya::Pod for super::Settings {}
+    unsafe impl aya::Pod for super::ConnectRecord {}
+    unsafe impl aya::Pod for super::PeerKey {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use core::mem::size_of;
+
+    #[test]
+    fn layouts_have_no_padding() {
+        assert_eq!(size_of::<ResourceKey>(), 2 + 16);
+        assert_eq!(size_of::<Settings>(), 16 + 4 + 2 + 2 + 4);
+        assert_eq!(size_of::<ConnectRecord>(), 8 * 3 + 16 + 2 + 2 + 4 + 16);
+        assert_eq!(size_of::<PeerKey>(), 20);
+    }
+
+    #[test]
+    fn mapped_round_trip() {
+        let m = v4_mapped([10, 1, 2, 3]);
+        assert_eq!(as_v4(&m), Some([10, 1, 2, 3]));
+        let mut v6 = [0u8; 16];
+        v6[0] = 0xfd;
+        assert_eq!(as_v4(&v6), None);
+    }
+}
