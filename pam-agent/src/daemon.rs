@@ -19,6 +19,9 @@ use crate::{
 const DRAIN: Duration = Duration::from_secs(5);
 
 pub async fn run(cfg: Config) -> anyhow::Result<()> {
+    // Handlers first: a SIGTERM that arrives right after READY must stop us in order,
+    // not by the default action.
+    let stop = StopSignals::install()?;
     let store = JsonlStore::open(&cfg.journal.path, cfg.journal.fsync)
         .with_context(|| format!("opening journal {}", cfg.journal.path.display()))?;
     let (journal, writer) = Journal::start(store);
@@ -65,7 +68,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         "pam-agent ready"
     );
 
-    let reason = wait_for_stop().await?;
+    let reason = stop.wait().await;
     tracing::info!(%reason, "stopping; governed connections fail until the agent is back");
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
     shutdown.cancel();
@@ -86,16 +89,29 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn wait_for_stop() -> anyhow::Result<String> {
-    let mut term = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
-    let mut int = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
-    let mut hup = signal(SignalKind::hangup()).context("installing SIGHUP handler")?;
-    loop {
-        tokio::select! {
-            _ = term.recv() => return Ok("SIGTERM".into()),
-            _ = int.recv() => return Ok("SIGINT".into()),
-            _ = hup.recv() => {
-                tracing::warn!("SIGHUP: live reload is not supported yet; restart the agent to apply config changes");
+struct StopSignals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
+}
+
+impl StopSignals {
+    fn install() -> anyhow::Result<Self> {
+        Ok(StopSignals {
+            term: signal(SignalKind::terminate()).context("installing SIGTERM handler")?,
+            int: signal(SignalKind::interrupt()).context("installing SIGINT handler")?,
+            hup: signal(SignalKind::hangup()).context("installing SIGHUP handler")?,
+        })
+    }
+
+    async fn wait(mut self) -> String {
+        loop {
+            tokio::select! {
+                _ = self.term.recv() => return "SIGTERM".into(),
+                _ = self.int.recv() => return "SIGINT".into(),
+                _ = self.hup.recv() => {
+                    tracing::warn!("SIGHUP: live reload is not supported yet; restart the agent to apply config changes");
+                }
             }
         }
     }

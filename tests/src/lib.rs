@@ -1,1 +1,500 @@
+//! Fixtures for pam-agent's end-to-end tests: every one is a real thing on this host
+//! (a network namespace test host, a cgroup v2 directory, the agent binary, worker
+//! processes) and every one cleans itself up on drop, also when the test panics.
+//!
+//! - [`TestHost`]: a network namespace with a veth pair, IPv4 and IPv6 addresses.
+//! - [`Cgroup`]: a governed cgroup under the cgroup2 mount.
+//! - [`Agent`]: `pam-agent run` with a generated config, ready when it says READY=1 on
+//!   its systemd notify socket.
+//! - [`worker`]: runs `pam-testpeer connect` as a worker (inside a cgroup or not).
 
+use std::{
+    io::Read,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
+    os::unix::net::UnixDatagram,
+    path::{Path, PathBuf},
+    process::{Child, Command, Output, Stdio},
+    sync::atomic::{AtomicU32, Ordering},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, bail};
+use serde_json::Value;
+
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+/// A small id unique among this process's fixtures and unlikely to collide with another
+/// test process (used in interface, namespace and cgroup names).
+fn unique() -> u32 {
+    (std::process::id() % 5000) * 10 + COUNTER.fetch_add(1, Ordering::Relaxed) % 10
+}
+
+/// True when the test can run (root with eBPF). Under `CI=true` a test that cannot run
+/// fails instead of skipping.
+pub fn require_root(test: &str) -> bool {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        return true;
+    }
+    if std::env::var("CI").as_deref() == Ok("true") {
+        panic!("{test}: needs root and eBPF, and CI=true forbids skipping");
+    }
+    eprintln!("skipping {test}: needs root");
+    false
+}
+
+/// Directory holding the workspace's built binaries (target/debug or target/release).
+pub fn bin_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("PAM_BIN_DIR") {
+        return dir.into();
+    }
+    let exe = std::env::current_exe().expect("test executable path");
+    // target/<profile>/deps/<test>-<hash>
+    exe.parent()
+        .and_then(Path::parent)
+        .expect("target profile dir")
+        .to_owned()
+}
+
+pub fn agent_bin() -> PathBuf {
+    let p = bin_dir().join("pam-agent");
+    assert!(
+        p.exists(),
+        "{} not built: run `cargo build --bins` (cargo xtask test does)",
+        p.display()
+    );
+    p
+}
+
+pub fn peer_bin() -> PathBuf {
+    bin_dir().join("pam-testpeer")
+}
+
+fn run(cmd: &mut Command) -> anyhow::Result<Output> {
+    let out = cmd.output().with_context(|| format!("running {cmd:?}"))?;
+    if !out.status.success() {
+        bail!(
+            "{cmd:?} failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(out)
+}
+
+fn ip(args: &[&str]) -> anyhow::Result<()> {
+    run(Command::new("ip").args(args)).map(|_| ())
+}
+
+/// A test host: a network namespace reachable from the host over a veth pair.
+pub struct TestHost {
+    pub ns: String,
+    host_if: String,
+    /// The test host's own addresses.
+    pub v4: Ipv4Addr,
+    pub v6: Ipv6Addr,
+    servers: Vec<Child>,
+}
+
+impl TestHost {
+    pub fn new() -> anyhow::Result<TestHost> {
+        let id = unique();
+        let ns = format!("pamt{id}");
+        let host_if = format!("pt{id}h");
+        let ns_if = format!("pt{id}n");
+        let (a, b) = ((id / 250) % 250 + 1, id % 250 + 1);
+        let host = TestHost {
+            ns: ns.clone(),
+            host_if: host_if.clone(),
+            v4: Ipv4Addr::new(10, 200 + (a % 50) as u8, b as u8, 2),
+            v6: format!("fd00:{a:x}:{b:x}::2").parse()?,
+            servers: Vec::new(),
+        };
+        let host_v4 = format!("10.{}.{}.1/24", 200 + (a % 50), b);
+        let ns_v4 = format!("{}/24", host.v4);
+        let host_v6 = format!("fd00:{a:x}:{b:x}::1/64");
+        let ns_v6 = format!("{}/64", host.v6);
+        ip(&["netns", "add", &ns])?;
+        ip(&[
+            "link", "add", &host_if, "type", "veth", "peer", "name", &ns_if,
+        ])?;
+        ip(&["link", "set", &ns_if, "netns", &ns])?;
+        ip(&["addr", "add", &host_v4, "dev", &host_if])?;
+        ip(&["-6", "addr", "add", &host_v6, "dev", &host_if, "nodad"])?;
+        ip(&["link", "set", &host_if, "up"])?;
+        ip(&["-n", &ns, "addr", "add", &ns_v4, "dev", &ns_if])?;
+        ip(&[
+            "-n", &ns, "-6", "addr", "add", &ns_v6, "dev", &ns_if, "nodad",
+        ])?;
+        ip(&["-n", &ns, "link", "set", &ns_if, "up"])?;
+        ip(&["-n", &ns, "link", "set", "lo", "up"])?;
+        Ok(host)
+    }
+
+    /// Runs a command inside the test host's namespace.
+    pub fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &self.ns]).arg(program);
+        c
+    }
+
+    /// Starts the echo server on the given ports (IPv4 and IPv6) and waits for it.
+    pub fn serve_echo(&mut self, ports: &[u16]) -> anyhow::Result<()> {
+        let mut cmd = self.command(peer_bin());
+        cmd.arg("serve");
+        for p in ports {
+            cmd.arg(format!("0.0.0.0:{p}")).arg(format!("[::]:{p}"));
+        }
+        let mut child = cmd
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .context("starting echo server")?;
+        let mut ready = [0u8; 6];
+        child
+            .stdout
+            .as_mut()
+            .expect("stdout")
+            .read_exact(&mut ready)
+            .context("echo server did not start")?;
+        self.servers.push(child);
+        Ok(())
+    }
+
+    pub fn addr4(&self, port: u16) -> SocketAddr {
+        SocketAddr::new(IpAddr::V4(self.v4), port)
+    }
+
+    pub fn addr6(&self, port: u16) -> SocketAddr {
+        SocketAddr::new(IpAddr::V6(self.v6), port)
+    }
+
+    /// The IPv4 address in IPv4-mapped IPv6 form, as a dual-stack socket would use it.
+    pub fn addr_mapped(&self, port: u16) -> SocketAddr {
+        SocketAddr::new(IpAddr::V6(self.v4.to_ipv6_mapped()), port)
+    }
+}
+
+impl Drop for TestHost {
+    fn drop(&mut self) {
+        for s in &mut self.servers {
+            let _ = s.kill();
+            let _ = s.wait();
+        }
+        let _ = Command::new("ip")
+            .args(["link", "del", &self.host_if])
+            .output();
+        let _ = Command::new("ip").args(["netns", "del", &self.ns]).output();
+    }
+}
+
+/// Finds the cgroup2 mount from /proc/self/mounts.
+pub fn cgroup2_root() -> PathBuf {
+    let mounts = std::fs::read_to_string("/proc/self/mounts").expect("/proc/self/mounts");
+    mounts
+        .lines()
+        .find_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            (f.get(2) == Some(&"cgroup2")).then(|| PathBuf::from(f[1]))
+        })
+        .expect("a cgroup2 mount")
+}
+
+/// A cgroup v2 directory the test creates and removes (killing what runs in it).
+pub struct Cgroup {
+    pub path: PathBuf,
+}
+
+impl Cgroup {
+    pub fn new(tag: &str) -> anyhow::Result<Cgroup> {
+        let path = cgroup2_root().join(format!("pamtest-{tag}-{}", unique()));
+        std::fs::create_dir(&path).with_context(|| format!("mkdir {}", path.display()))?;
+        Ok(Cgroup { path })
+    }
+
+    /// The cgroup id eBPF reports: the directory's inode.
+    pub fn id(&self) -> u64 {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::metadata(&self.path).expect("cgroup dir").ino()
+    }
+}
+
+impl Drop for Cgroup {
+    fn drop(&mut self) {
+        let _ = std::fs::write(self.path.join("cgroup.kill"), "1");
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while std::fs::remove_dir(&self.path).is_err() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+/// A protected resource as written into the agent's config.
+pub struct ResourceSpec {
+    pub name: String,
+    pub address: String,
+    pub port: u16,
+    pub protocol: &'static str,
+}
+
+impl ResourceSpec {
+    pub fn tcp(name: &str, address: impl ToString, port: u16) -> Self {
+        ResourceSpec {
+            name: name.into(),
+            address: address.to_string(),
+            port,
+            protocol: "tcp",
+        }
+    }
+}
+
+/// A running `pam-agent run` with its own config, journal and pin directory.
+pub struct Agent {
+    child: Option<Child>,
+    pub dir: tempfile::TempDir,
+    pub config: PathBuf,
+    pub journal: PathBuf,
+    pub pin_dir: PathBuf,
+    pub port: u16,
+}
+
+/// A free TCP port on loopback for the agent's listener.
+pub fn free_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+    l.local_addr().expect("local addr").port()
+}
+
+impl Agent {
+    /// Writes a config governing `cgroups` and protecting `resources`, then starts the
+    /// agent and waits until it is ready.
+    pub fn start(cgroups: &[&Cgroup], resources: &[ResourceSpec]) -> anyhow::Result<Agent> {
+        let dir = tempfile::Builder::new()
+            .prefix("pam-agent-test")
+            .tempdir()?;
+        let port = free_port();
+        let pin_dir = PathBuf::from(format!("/sys/fs/bpf/pamtest-{}", unique()));
+        let journal = dir.path().join("journal.jsonl");
+        let mut text = format!(
+            "[agent]\npin_dir = \"{}\"\n\n[listener]\nport = {port}\n\n[journal]\npath = \"{}\"\n\n[govern]\ncgroups = [{}]\n",
+            pin_dir.display(),
+            journal.display(),
+            cgroups
+                .iter()
+                .map(|c| format!("\"{}\"", c.path.display()))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        for r in resources {
+            text.push_str(&format!(
+                "\n[[resources]]\nname = \"{}\"\naddress = \"{}\"\nport = {}\nprotocol = \"{}\"\n",
+                r.name, r.address, r.port, r.protocol
+            ));
+        }
+        let config = dir.path().join("config.toml");
+        std::fs::write(&config, text)?;
+        let mut agent = Agent {
+            child: None,
+            dir,
+            config,
+            journal,
+            pin_dir,
+            port,
+        };
+        agent.restart()?;
+        Ok(agent)
+    }
+
+    /// Starts the agent (again) with the same config and waits for READY=1.
+    pub fn restart(&mut self) -> anyhow::Result<()> {
+        assert!(self.child.is_none(), "agent already running");
+        let notify_path = self.dir.path().join("notify.sock");
+        let _ = std::fs::remove_file(&notify_path);
+        let notify = UnixDatagram::bind(&notify_path)?;
+        notify.set_read_timeout(Some(Duration::from_millis(200)))?;
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("agent.log"))?;
+        let mut child = Command::new(agent_bin())
+            .args(["run", "--config"])
+            .arg(&self.config)
+            .env("NOTIFY_SOCKET", &notify_path)
+            .env("RUST_LOG", "info")
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .context("starting pam-agent")?;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let mut buf = [0u8; 512];
+        loop {
+            if let Ok(n) = notify.recv(&mut buf)
+                && String::from_utf8_lossy(&buf[..n]).contains("READY=1")
+            {
+                break;
+            }
+            if let Some(status) = child.try_wait()? {
+                bail!("pam-agent exited before ready ({status}):\n{}", self.log());
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                bail!("pam-agent not ready within 30 s:\n{}", self.log());
+            }
+        }
+        self.child = Some(child);
+        Ok(())
+    }
+
+    /// Stops the agent with SIGTERM (orderly) and waits for it to exit.
+    pub fn stop(&mut self) -> anyhow::Result<()> {
+        self.signal_and_wait(libc::SIGTERM)
+    }
+
+    /// Kills the agent with SIGKILL (a crash) and waits for it to exit.
+    pub fn kill(&mut self) -> anyhow::Result<()> {
+        self.signal_and_wait(libc::SIGKILL)
+    }
+
+    fn signal_and_wait(&mut self, sig: i32) -> anyhow::Result<()> {
+        if let Some(mut child) = self.child.take() {
+            // SAFETY: signalling our own child process by pid.
+            unsafe { libc::kill(child.id() as i32, sig) };
+            let status = child.wait()?;
+            if sig == libc::SIGTERM && !status.success() {
+                bail!("pam-agent exited with {status} on SIGTERM:\n{}", self.log());
+            }
+        }
+        Ok(())
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("agent.log")).unwrap_or_default()
+    }
+
+    /// Every journal record so far, as JSON.
+    pub fn journal(&self) -> Vec<Value> {
+        let text = std::fs::read_to_string(&self.journal).unwrap_or_default();
+        text.lines()
+            .filter(|l| !l.is_empty())
+            .map(|l| serde_json::from_str(l).expect("journal line is JSON"))
+            .collect()
+    }
+
+    /// Journal records of one kind.
+    pub fn records(&self, kind: &str) -> Vec<Value> {
+        self.journal()
+            .into_iter()
+            .filter(|r| r["kind"] == kind)
+            .collect()
+    }
+
+    /// The session_opened record for a worker pid, and the session's close record.
+    pub fn session_of_pid(&self, pid: u64) -> Option<(Value, Option<Value>)> {
+        let all = self.journal();
+        let opened = all
+            .iter()
+            .find(|r| r["kind"] == "session_opened" && r["principal"]["pid"] == pid)?
+            .clone();
+        let closed = all
+            .iter()
+            .find(|r| r["kind"] == "session_closed" && r["session"] == opened["session"])
+            .cloned();
+        Some((opened, closed))
+    }
+
+    /// Names of the link pins (each one attached program).
+    pub fn link_pins(&self) -> Vec<String> {
+        std::fs::read_dir(self.pin_dir.join("links"))
+            .map(|d| {
+                d.flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// `pam-agent disable` for this agent's pin directory.
+    pub fn disable(&self) -> anyhow::Result<String> {
+        let out = run(Command::new(agent_bin())
+            .args(["disable", "--config"])
+            .arg(&self.config))?;
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.kill();
+        if self.pin_dir.exists() {
+            let _ = Command::new(agent_bin())
+                .args(["disable", "--pin-dir"])
+                .arg(&self.pin_dir)
+                .output();
+        }
+    }
+}
+
+/// What a `pam-testpeer connect` worker reported.
+#[derive(Debug, Clone)]
+pub struct Report(pub Value);
+
+impl Report {
+    pub fn pid(&self) -> u64 {
+        self.0["pid"].as_u64().expect("pid in report")
+    }
+    pub fn ok(&self) -> bool {
+        self.0["echo_ok"] == true
+    }
+    pub fn peer(&self) -> String {
+        self.0["peer"].as_str().unwrap_or_default().to_owned()
+    }
+    pub fn local(&self) -> String {
+        self.0["local"].as_str().unwrap_or_default().to_owned()
+    }
+    pub fn errno(&self) -> Option<i64> {
+        self.0["errno"].as_i64()
+    }
+}
+
+/// How to run a worker.
+#[derive(Default, Clone, Copy)]
+pub struct WorkerOpts<'a> {
+    /// Run inside this cgroup (via `pam-agent exec`); outside any governed one if None.
+    pub cgroup: Option<&'a Cgroup>,
+    /// Drop to this uid/gid before connecting.
+    pub uid: Option<u32>,
+    pub bytes: usize,
+}
+
+/// Runs `pam-testpeer connect ADDR` as a worker and returns its report.
+pub fn worker(to: SocketAddr, opts: WorkerOpts<'_>) -> Report {
+    let mut cmd = match opts.cgroup {
+        Some(cg) => {
+            let mut c = Command::new(agent_bin());
+            c.args(["exec", "--cgroup"]).arg(&cg.path).arg("--");
+            c
+        }
+        None => Command::new("env"),
+    };
+    if let Some(uid) = opts.uid {
+        cmd.args([
+            "setpriv",
+            &format!("--reuid={uid}"),
+            &format!("--regid={uid}"),
+            "--clear-groups",
+        ]);
+    }
+    let bytes = if opts.bytes == 0 { 4096 } else { opts.bytes };
+    cmd.arg(peer_bin())
+        .arg("connect")
+        .arg(to.to_string())
+        .arg(bytes.to_string());
+    let out = cmd.output().expect("running worker");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let line = stdout.lines().last().unwrap_or_else(|| {
+        panic!(
+            "worker printed nothing; stderr: {}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    Report(serde_json::from_str(line).expect("worker report is JSON"))
+}
