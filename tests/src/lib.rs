@@ -8,6 +8,8 @@
 //!   its systemd notify socket.
 //! - [`worker`]: runs `pam-testpeer connect` as a worker (inside a cgroup or not).
 
+pub mod postgres;
+
 use std::{
     io::Read,
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},

@@ -1,1 +1,82 @@
-fn main() {}
+//! Project tasks: `cargo xtask <task>`. One module per task.
+//!
+//! - `setup`: install what building and testing need, skipping what is there.
+//! - `build`: build the agent (its build script builds the eBPF object).
+//! - `test`: the whole suite (fmt, clippy, unit and end-to-end tests).
+//! - `demo`: the main job, live: an unmodified worker against a real PostgreSQL through
+//!   the agent.
+//! - `bench`: measurements written to docs/benchmarks.md.
+//! - `install`: install the daemon as a systemd service.
+
+mod bench;
+mod demo;
+mod install;
+mod setup;
+mod util;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "cargo xtask")]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install prerequisites (apt packages, nightly rust-src, bpf-linker, Python clients).
+    Setup,
+    /// Build the agent and test binaries (debug, or --release).
+    Build {
+        #[arg(long)]
+        release: bool,
+    },
+    /// Run the whole test suite: fmt, clippy, unit tests, end-to-end tests (as root).
+    Test,
+    /// Set up a test host with PostgreSQL, run the agent, and run a worker through it.
+    Demo,
+    /// Run the benchmarks and write docs/benchmarks.md.
+    Bench {
+        /// Bytes for the bulk transfer (default 1 GiB).
+        #[arg(long, default_value_t = 1 << 30)]
+        bulk_bytes: u64,
+        /// connect() calls per connect-latency run.
+        #[arg(long, default_value_t = 10_000)]
+        connects: usize,
+    },
+    /// Install the release build, the systemd unit and the default config.
+    Install,
+}
+
+fn main() -> anyhow::Result<()> {
+    match Cli::parse().task {
+        Task::Setup => setup::run(),
+        Task::Build { release } => {
+            setup::run()?;
+            util::build(release)
+        }
+        Task::Test => {
+            setup::run()?;
+            util::test()
+        }
+        Task::Demo => {
+            setup::run()?;
+            util::build(false)?;
+            demo::run()
+        }
+        Task::Bench {
+            bulk_bytes,
+            connects,
+        } => {
+            setup::run()?;
+            util::build(true)?;
+            bench::run(bulk_bytes, connects)
+        }
+        Task::Install => {
+            setup::run()?;
+            util::build(true)?;
+            install::run()
+        }
+    }
+}

@@ -1,0 +1,155 @@
+//! A real PostgreSQL server on a test host: `initdb` into a temporary directory, started
+//! inside the host's network namespace, stopped and removed on drop.
+
+use std::{
+    path::PathBuf,
+    process::Command,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, bail};
+
+use crate::TestHost;
+
+const BIN: &str = "/usr/lib/postgresql/15/bin";
+
+pub struct PgServer {
+    dir: tempfile::TempDir,
+    ns: String,
+    pub port: u16,
+    /// Password of the `postgres` superuser (SCRAM-SHA-256).
+    pub password: String,
+    /// Addresses it listens on (the test host's).
+    pub hosts: Vec<String>,
+}
+
+fn postgres_uid() -> anyhow::Result<(u32, u32)> {
+    let uid = Command::new("id").args(["-u", "postgres"]).output()?;
+    let gid = Command::new("id").args(["-g", "postgres"]).output()?;
+    if !uid.status.success() {
+        bail!("no `postgres` user: install Debian's postgresql package (cargo xtask setup)");
+    }
+    Ok((
+        String::from_utf8_lossy(&uid.stdout).trim().parse()?,
+        String::from_utf8_lossy(&gid.stdout).trim().parse()?,
+    ))
+}
+
+impl PgServer {
+    pub fn start(host: &TestHost, port: u16, password: &str) -> anyhow::Result<PgServer> {
+        let (uid, gid) = postgres_uid()?;
+        let dir = tempfile::Builder::new().prefix("pam-pg").tempdir()?;
+        std::os::unix::fs::chown(dir.path(), Some(uid), Some(gid))?;
+        let data = dir.path().join("data");
+        let pwfile = dir.path().join("pw");
+        std::fs::write(&pwfile, password)?;
+        std::os::unix::fs::chown(&pwfile, Some(uid), Some(gid))?;
+        let out = Command::new("runuser")
+            .args(["-u", "postgres", "--"])
+            .arg(format!("{BIN}/initdb"))
+            .arg("-D")
+            .arg(&data)
+            .args(["--auth=scram-sha-256", "-U", "postgres", "--no-sync"])
+            .arg(format!("--pwfile={}", pwfile.display()))
+            .output()
+            .context("initdb")?;
+        if !out.status.success() {
+            bail!("initdb failed: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        // Clients on the host reach it over the veth pair.
+        let hba = data.join("pg_hba.conf");
+        let mut text = std::fs::read_to_string(&hba)?;
+        text.push_str("host all all 0.0.0.0/0 scram-sha-256\nhost all all ::/0 scram-sha-256\n");
+        std::fs::write(&hba, text)?;
+
+        let hosts = vec![host.v4.to_string(), host.v6.to_string()];
+        let opts = format!(
+            "-p {port} -k {} -c listen_addresses='{}' -c fsync=off -c max_connections=200",
+            dir.path().display(),
+            hosts.join(",")
+        );
+        let out = host
+            .command("runuser")
+            .args(["-u", "postgres", "--"])
+            .arg(format!("{BIN}/pg_ctl"))
+            .arg("-D")
+            .arg(&data)
+            .arg("-o")
+            .arg(&opts)
+            .arg("-l")
+            .arg(dir.path().join("server.log"))
+            .args(["-w", "start"])
+            .output()
+            .context("pg_ctl start")?;
+        if !out.status.success() {
+            bail!(
+                "pg_ctl start failed: {}{}",
+                String::from_utf8_lossy(&out.stderr),
+                std::fs::read_to_string(dir.path().join("server.log")).unwrap_or_default()
+            );
+        }
+        let server = PgServer {
+            dir,
+            ns: host.ns.clone(),
+            port,
+            password: password.into(),
+            hosts,
+        };
+        server.wait_ready()?;
+        Ok(server)
+    }
+
+    fn wait_ready(&self) -> anyhow::Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while let Err(e) = self.admin_sql("postgres", "select 1") {
+            if Instant::now() > deadline {
+                bail!("PostgreSQL did not accept connections within 20 s: {e}");
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Ok(())
+    }
+
+    /// Runs SQL as the superuser over the local socket (not through any agent).
+    pub fn admin_sql(&self, db: &str, sql: &str) -> anyhow::Result<String> {
+        let out = Command::new("ip")
+            .args([
+                "netns", "exec", &self.ns, "runuser", "-u", "postgres", "--", "psql",
+            ])
+            .arg("-h")
+            .arg(self.dir.path())
+            .args([
+                "-p",
+                &self.port.to_string(),
+                "-d",
+                db,
+                "-XAtq",
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-c",
+                sql,
+            ])
+            .env("PGPASSWORD", &self.password)
+            .output()?;
+        if !out.status.success() {
+            bail!("psql: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    pub fn log_path(&self) -> PathBuf {
+        self.dir.path().join("server.log")
+    }
+}
+
+impl Drop for PgServer {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "exec", &self.ns, "runuser", "-u", "postgres", "--"])
+            .arg(format!("{BIN}/pg_ctl"))
+            .arg("-D")
+            .arg(self.dir.path().join("data"))
+            .args(["-m", "immediate", "-w", "stop"])
+            .output();
+    }
+}

@@ -1,0 +1,201 @@
+//! `cargo xtask bench`: the foundation's measurements, each against a baseline taken in
+//! the same run on the same test host, written to docs/benchmarks.md.
+//!
+//! - hook cost: connect() latency of a governed vs an ungoverned process to the same
+//!   unprotected server port (the programs run, find nothing, let it pass);
+//! - redirected connect: a governed connect() to a protected port (answered by the agent);
+//! - relay: bulk echo throughput and small request/response round trips, through the
+//!   agent vs direct.
+
+use std::{fmt::Write as _, process::Command};
+
+use anyhow::Context;
+use pam_e2e::{Agent, Cgroup, ResourceSpec, TestHost};
+use serde_json::Value;
+
+use crate::util;
+
+const PROTECTED: u16 = 7000;
+const UNPROTECTED: u16 = 7001;
+const RR_ROUNDS: usize = 20_000;
+const RR_SIZE: usize = 64;
+
+pub fn run(bulk_bytes: u64, connects: usize) -> anyhow::Result<()> {
+    // SAFETY: single-threaded at this point; the fixtures read this variable.
+    unsafe { std::env::set_var("PAM_BIN_DIR", util::bin_dir(true)) };
+    let mut host = TestHost::new()?;
+    host.serve_echo(&[PROTECTED, UNPROTECTED])?;
+    let cg = Cgroup::new("bench")?;
+    let agent = Agent::start(&[&cg], &[ResourceSpec::tcp("echo", host.v4, PROTECTED)])?;
+
+    let peer = |governed: bool, args: &[String]| -> anyhow::Result<Value> {
+        let mut cmd = if governed {
+            let mut c = Command::new(pam_e2e::agent_bin());
+            c.args(["exec", "--cgroup"]).arg(&cg.path).arg("--");
+            c
+        } else {
+            Command::new("env")
+        };
+        cmd.arg(pam_e2e::peer_bin()).args(args);
+        let out = util::output(&mut cmd)?;
+        serde_json::from_str(out.trim()).context("peer output")
+    };
+    let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+    let unprot = host.addr4(UNPROTECTED).to_string();
+    let prot = host.addr4(PROTECTED).to_string();
+    let n = connects.to_string();
+
+    eprintln!("connect latency ({connects} connects each)...");
+    // Warm up caches and the ARP entry.
+    peer(false, &s(&["connect-bench", &unprot, "1000"]))?;
+    let c_direct = peer(false, &s(&["connect-bench", &unprot, &n]))?;
+    let c_hook = peer(true, &s(&["connect-bench", &unprot, &n]))?;
+    let c_direct2 = peer(false, &s(&["connect-bench", &unprot, &n]))?;
+    let c_hook2 = peer(true, &s(&["connect-bench", &unprot, &n]))?;
+    let c_redirect = peer(true, &s(&["connect-bench", &prot, &n]))?;
+
+    eprintln!("bulk transfer ({bulk_bytes} bytes each way)...");
+    let bytes = bulk_bytes.to_string();
+    let b_direct = peer(false, &s(&["bulk", &prot, &bytes]))?;
+    let b_agent = peer(true, &s(&["bulk", &prot, &bytes]))?;
+    let b_direct2 = peer(false, &s(&["bulk", &prot, &bytes]))?;
+    let b_agent2 = peer(true, &s(&["bulk", &prot, &bytes]))?;
+
+    eprintln!("request/response ({RR_ROUNDS} round trips of {RR_SIZE} bytes)...");
+    let rr = s(&["rr", &prot, &RR_ROUNDS.to_string(), &RR_SIZE.to_string()]);
+    let r_direct = peer(false, &rr)?;
+    let r_agent = peer(true, &rr)?;
+    let r_direct2 = peer(false, &rr)?;
+    let r_agent2 = peer(true, &rr)?;
+    drop(agent);
+
+    let f = |v: &Value, k: &str| v[k].as_f64().unwrap_or(f64::NAN);
+    let mean2 = |a: &Value, b: &Value, k: &str| (f(a, k) + f(b, k)) / 2.0;
+    let us = |ns: f64| ns / 1000.0;
+
+    let cd50 = mean2(&c_direct, &c_direct2, "p50_ns");
+    let cd99 = mean2(&c_direct, &c_direct2, "p99_ns");
+    let ch50 = mean2(&c_hook, &c_hook2, "p50_ns");
+    let ch99 = mean2(&c_hook, &c_hook2, "p99_ns");
+    let bd = mean2(&b_direct, &b_direct2, "mib_per_s");
+    let ba = mean2(&b_agent, &b_agent2, "mib_per_s");
+    let rd50 = mean2(&r_direct, &r_direct2, "p50_ns");
+    let ra50 = mean2(&r_agent, &r_agent2, "p50_ns");
+    let rd99 = mean2(&r_direct, &r_direct2, "p99_ns");
+    let ra99 = mean2(&r_agent, &r_agent2, "p99_ns");
+    let rdr = mean2(&r_direct, &r_direct2, "rps");
+    let rar = mean2(&r_agent, &r_agent2, "rps");
+
+    let mut md = String::new();
+    writeln!(md, "# Benchmarks\n")?;
+    writeln!(
+        md,
+        "Written by `cargo xtask bench` (release build). Every figure is paired with a baseline \
+         measured in the same run on the same machine; ratios are what to compare across runs. \
+         Test host: a network namespace on a veth pair; workers are `pam-testpeer` processes \
+         (governed ones started with `pam-agent exec`).\n"
+    )?;
+    writeln!(md, "Run: {}; {}\n", now(), machine())?;
+    writeln!(md, "## Redirect layer (issue 2)\n")?;
+    writeln!(
+        md,
+        "### connect() latency, {connects} connects per run, two runs each (mean of the runs)\n"
+    )?;
+    writeln!(md, "| case | p50 µs | p99 µs | p50 ratio to ungoverned |")?;
+    writeln!(md, "|---|---:|---:|---:|")?;
+    writeln!(
+        md,
+        "| ungoverned process → server (baseline) | {:.1} | {:.1} | 1.00 |",
+        us(cd50),
+        us(cd99)
+    )?;
+    writeln!(
+        md,
+        "| governed process → same server, unprotected port (hook runs, passes) | {:.1} | {:.1} | {:.2} |",
+        us(ch50),
+        us(ch99),
+        ch50 / cd50
+    )?;
+    writeln!(
+        md,
+        "| governed process → protected port (redirected; the agent answers) | {:.1} | {:.1} | {:.2} |",
+        us(f(&c_redirect, "p50_ns")),
+        us(f(&c_redirect, "p99_ns")),
+        f(&c_redirect, "p50_ns") / cd50
+    )?;
+    writeln!(
+        md,
+        "\nHook cost (governed minus ungoverned p50): **{:.2} µs** (goal < 1 µs).\n",
+        us(ch50 - cd50)
+    )?;
+    writeln!(md, "### Relay through the agent vs direct\n")?;
+    writeln!(md, "| measure | direct | through agent | ratio |")?;
+    writeln!(md, "|---|---:|---:|---:|")?;
+    writeln!(
+        md,
+        "| bulk echo, {} MiB each way, MiB/s | {:.0} | {:.0} | {:.2} |",
+        bulk_bytes >> 20,
+        bd,
+        ba,
+        ba / bd
+    )?;
+    writeln!(
+        md,
+        "| {RR_SIZE}-byte round trip p50 µs | {:.1} | {:.1} | {:.2} |",
+        us(rd50),
+        us(ra50),
+        ra50 / rd50
+    )?;
+    writeln!(
+        md,
+        "| {RR_SIZE}-byte round trip p99 µs | {:.1} | {:.1} | {:.2} |",
+        us(rd99),
+        us(ra99),
+        ra99 / rd99
+    )?;
+    writeln!(
+        md,
+        "| round trips per second | {:.0} | {:.0} | {:.2} |",
+        rdr,
+        rar,
+        rar / rdr
+    )?;
+    writeln!(
+        md,
+        "\nAdded round-trip latency p50: **{:.1} µs** (goal < 30 µs). Throughput ratio goal ≥ 0.95.",
+        us(ra50 - rd50)
+    )?;
+
+    let path = util::root().join("docs/benchmarks.md");
+    let existing = std::fs::read_to_string(&path).unwrap_or_default();
+    // Keep sections other tasks wrote (from "## " headings not ours).
+    let rest = existing
+        .split("\n## ")
+        .skip(1)
+        .filter(|sec| !sec.starts_with("Redirect layer"))
+        .map(|sec| format!("\n## {sec}"))
+        .collect::<String>();
+    std::fs::write(&path, md + &rest)?;
+    println!("{}", std::fs::read_to_string(&path)?);
+    Ok(())
+}
+
+fn now() -> String {
+    Command::new("date")
+        .args(["-u", "+%Y-%m-%d %H:%M UTC"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .unwrap_or_default()
+}
+
+fn machine() -> String {
+    let cpus = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(0);
+    let kernel = Command::new("uname")
+        .arg("-r")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .unwrap_or_default();
+    format!("{cpus} CPUs, Linux {kernel}")
+}

@@ -1,0 +1,146 @@
+//! Installs what building and testing need on a fresh Debian 12 machine, skipping
+//! whatever is already present, so running it again costs a few seconds.
+
+use std::process::Command;
+
+use anyhow::Context;
+
+use crate::util::{self, output};
+
+/// Debian packages: LLVM 22 for bpf-linker (matching rustc's LLVM), libclang for
+/// pg_query, PostgreSQL and pgbouncer for tests and benchmarks, iproute2 for test hosts,
+/// util-linux for setpriv.
+const APT: &[&str] = &[
+    "llvm-22-dev",
+    "libclang-dev",
+    "postgresql",
+    "postgresql-contrib",
+    "postgresql-client",
+    "pgbouncer",
+    "iproute2",
+    "util-linux",
+];
+
+/// Python clients used as real workers in tests (module name, pip requirement).
+const PIP: &[(&str, &str)] = &[];
+
+const BPF_LINKER_VERSION: &str = "0.13.0";
+
+pub fn run() -> anyhow::Result<()> {
+    apt()
+        .and_then(|()| rust())
+        .and_then(|()| bpf_linker())
+        .and_then(|()| pip())
+        .context("setting up prerequisites (cargo xtask setup)")
+}
+
+fn installed(pkg: &str) -> bool {
+    Command::new("dpkg-query")
+        .args(["-W", "-f=${Status}", pkg])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).contains("install ok installed"))
+        .unwrap_or(false)
+}
+
+fn apt() -> anyhow::Result<()> {
+    let missing: Vec<&str> = APT.iter().copied().filter(|p| !installed(p)).collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    util::run(Command::new("apt-get").arg("update").arg("-qq"))?;
+    util::run(
+        Command::new("apt-get")
+            .args(["install", "-y", "-qq", "--no-install-recommends"])
+            .args(&missing)
+            .env("DEBIAN_FRONTEND", "noninteractive"),
+    )
+}
+
+fn rust() -> anyhow::Result<()> {
+    let stable = output(Command::new("rustup").args(["component", "list", "--installed"]))?;
+    for c in ["rustfmt", "clippy"] {
+        if !stable.lines().any(|l| l.starts_with(c)) {
+            util::run(Command::new("rustup").args(["component", "add", c]))?;
+        }
+    }
+    let toolchains = output(Command::new("rustup").args(["toolchain", "list"]))?;
+    if !toolchains.lines().any(|l| l.starts_with("nightly")) {
+        util::run(Command::new("rustup").args([
+            "toolchain",
+            "install",
+            "nightly",
+            "--profile",
+            "minimal",
+            "--component",
+            "rust-src",
+        ]))?;
+    }
+    let nightly = output(Command::new("rustup").args([
+        "component",
+        "list",
+        "--installed",
+        "--toolchain",
+        "nightly",
+    ]))?;
+    if !nightly.lines().any(|l| l.starts_with("rust-src")) {
+        util::run(Command::new("rustup").args([
+            "component",
+            "add",
+            "rust-src",
+            "--toolchain",
+            "nightly",
+        ]))?;
+    }
+    Ok(())
+}
+
+fn bpf_linker() -> anyhow::Result<()> {
+    let have = Command::new("bpf-linker")
+        .arg("--version")
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false);
+    if have {
+        return Ok(());
+    }
+    // bpf-linker links against the system LLVM, which must match rustc's (22 here);
+    // its build finds llvm-config on PATH.
+    let path = format!(
+        "/usr/lib/llvm-22/bin:{}",
+        std::env::var("PATH").unwrap_or_default()
+    );
+    util::run(
+        Command::new("cargo")
+            .args(["install", "bpf-linker", "--version", BPF_LINKER_VERSION])
+            .args(["--no-default-features", "--features", "llvm-22"])
+            .env("PATH", path),
+    )
+}
+
+fn pip() -> anyhow::Result<()> {
+    let missing: Vec<&str> = PIP
+        .iter()
+        .filter(|(module, _)| {
+            !Command::new("python3")
+                .args(["-c", &format!("import {module}")])
+                .output()
+                .map(|o| o.status.success())
+                .unwrap_or(false)
+        })
+        .map(|(_, req)| *req)
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    util::run(
+        Command::new("python3")
+            .args([
+                "-m",
+                "pip",
+                "install",
+                "--quiet",
+                "--disable-pip-version-check",
+            ])
+            .args(&missing),
+    )
+}
