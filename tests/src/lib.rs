@@ -142,8 +142,17 @@ impl TestHost {
 
     /// Starts the echo server on the given ports (IPv4 and IPv6) and waits for it.
     pub fn serve_echo(&mut self, ports: &[u16]) -> anyhow::Result<()> {
+        self.serve("serve", ports)
+    }
+
+    /// Starts a server that accepts and at once closes (for connect benchmarks).
+    pub fn serve_close(&mut self, ports: &[u16]) -> anyhow::Result<()> {
+        self.serve("serve-close", ports)
+    }
+
+    fn serve(&mut self, mode: &str, ports: &[u16]) -> anyhow::Result<()> {
         let mut cmd = self.command(peer_bin());
-        cmd.arg("serve");
+        cmd.arg(mode);
         for p in ports {
             cmd.arg(format!("0.0.0.0:{p}")).arg(format!("[::]:{p}"));
         }

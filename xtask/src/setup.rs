@@ -9,7 +9,8 @@ use crate::util::{self, output};
 
 /// Debian packages: LLVM 22 for bpf-linker (matching rustc's LLVM), libclang for
 /// pg_query, PostgreSQL and pgbouncer for tests and benchmarks, iproute2 for test hosts,
-/// util-linux for setpriv.
+/// util-linux for setpriv,
+/// bpftool for the benchmarks' per-program run-time statistics.
 const APT: &[&str] = &[
     "llvm-22-dev",
     "libclang-dev",
@@ -19,6 +20,7 @@ const APT: &[&str] = &[
     "pgbouncer",
     "iproute2",
     "util-linux",
+    "bpftool",
 ];
 
 /// Python clients used as real workers in tests (module name, pip requirement).

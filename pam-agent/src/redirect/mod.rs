@@ -49,14 +49,14 @@ pub enum RedirectError {
     #[error(transparent)]
     Kernel(#[from] KernelError),
     #[error("cannot load the eBPF object: {0}")]
-    Load(#[source] aya::EbpfError),
+    Load(#[source] Box<aya::EbpfError>),
     #[error("this kernel cannot {action} the {program} program ({feature}): {source}")]
     Program {
         action: &'static str,
         program: &'static str,
         feature: &'static str,
         #[source]
-        source: aya::programs::ProgramError,
+        source: Box<aya::programs::ProgramError>,
     },
     #[error("cannot pin {what} at {path}: {source}")]
     Pin {
@@ -114,41 +114,42 @@ impl Redirected {
 const PROGRAMS: &[(&str, Kind, &str)] = &[
     (
         programs::CONNECT4,
-        Kind::SockAddr,
+        Kind::Addr,
         "cgroup/connect4, Linux 4.17+ with CONFIG_CGROUP_BPF",
     ),
     (
         programs::CONNECT6,
-        Kind::SockAddr,
+        Kind::Addr,
         "cgroup/connect6, Linux 4.17+ with CONFIG_CGROUP_BPF",
     ),
     (
         programs::GETPEERNAME4,
-        Kind::SockAddr,
+        Kind::Addr,
         "cgroup/getpeername4, Linux 5.8+",
     ),
     (
         programs::GETPEERNAME6,
-        Kind::SockAddr,
+        Kind::Addr,
         "cgroup/getpeername6, Linux 5.8+",
     ),
     (
         programs::SOCK_OPS,
-        Kind::SockOps,
+        Kind::Ops,
         "cgroup sock_ops, Linux 4.13+",
     ),
     (
         programs::SOCK_RELEASE,
-        Kind::SockRelease,
+        Kind::Release,
         "cgroup/sock_release, Linux 5.9+",
     ),
 ];
 
 #[derive(Clone, Copy)]
+/// Program kinds: cgroup sock_addr, sock_ops, cgroup sock (release).
 enum Kind {
-    SockAddr,
-    SockOps,
-    SockRelease,
+    Addr,
+    Ops,
+    Release,
 }
 
 pub struct Redirector {
@@ -169,7 +170,7 @@ impl Redirector {
         for name in [maps::PROTECTED, maps::SETTINGS, maps::CONNECTS, maps::PEERS] {
             loader.map_pin_path(name, layout.map(name));
         }
-        let mut ebpf = loader.load(OBJECT).map_err(RedirectError::Load)?;
+        let mut ebpf = loader.load(OBJECT).map_err(|e| RedirectError::Load(Box::new(e)))?;
         match aya_log::EbpfLogger::init(&mut ebpf) {
             Ok(logger) => spawn_kernel_log(logger),
             Err(e) => tracing::warn!(error = %e, "kernel-side logging unavailable"),
@@ -382,21 +383,21 @@ fn load_program(
         action: "load",
         program: name,
         feature,
-        source,
+        source: Box::new(source),
     };
     let prog = ebpf
         .program_mut(name)
         .ok_or_else(|| err(aya::programs::ProgramError::UnexpectedProgramType))?;
     match kind {
-        Kind::SockAddr => {
+        Kind::Addr => {
             let p: &mut CgroupSockAddr = prog.try_into().map_err(err)?;
             p.load().map_err(err)
         }
-        Kind::SockOps => {
+        Kind::Ops => {
             let p: &mut SockOps = prog.try_into().map_err(err)?;
             p.load().map_err(err)
         }
-        Kind::SockRelease => {
+        Kind::Release => {
             let p: &mut CgroupSock = prog.try_into().map_err(err)?;
             p.load().map_err(err)
         }
@@ -414,7 +415,7 @@ fn attach_program(
         action: "attach",
         program: name,
         feature,
-        source,
+        source: Box::new(source),
     };
     let link_err = |e: aya::programs::links::LinkError| {
         err(aya::programs::ProgramError::IOError(std::io::Error::other(
@@ -430,17 +431,17 @@ fn attach_program(
     // the mode passed is the default, which maps to no flags.
     let mode = CgroupAttachMode::Single;
     match kind {
-        Kind::SockAddr => {
+        Kind::Addr => {
             let p: &mut CgroupSockAddr = prog.try_into().map_err(err)?;
             let id = p.attach(cgroup, mode).map_err(err)?;
             FdLink::try_from(p.take_link(id).map_err(err)?).map_err(link_err)
         }
-        Kind::SockOps => {
+        Kind::Ops => {
             let p: &mut SockOps = prog.try_into().map_err(err)?;
             let id = p.attach(cgroup, mode).map_err(err)?;
             FdLink::try_from(p.take_link(id).map_err(err)?).map_err(link_err)
         }
-        Kind::SockRelease => {
+        Kind::Release => {
             let p: &mut CgroupSock = prog.try_into().map_err(err)?;
             let id = p.attach(cgroup, mode).map_err(err)?;
             FdLink::try_from(p.take_link(id).map_err(err)?).map_err(link_err)

@@ -3,6 +3,7 @@
 //!
 //! ```text
 //! pam-testpeer serve ADDR...            echo every connection's bytes back
+//! pam-testpeer serve-close ADDR...      accept and close at once (connect benchmarks)
 //! pam-testpeer connect ADDR [BYTES]     send BYTES (default 4096), read the echo, report
 //! pam-testpeer connect-bench ADDR N     time N connect()s, report latencies in ns
 //! pam-testpeer bulk ADDR BYTES          send BYTES, read them back, report duration
@@ -20,7 +21,8 @@ fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let mode = args.first().map(String::as_str).unwrap_or("");
     match mode {
-        "serve" => serve(&args[1..]),
+        "serve" => serve(&args[1..], echo),
+        "serve-close" => serve(&args[1..], drop),
         "connect" => connect(
             &args[1],
             args.get(2).map(|n| n.parse().unwrap()).unwrap_or(4096),
@@ -35,20 +37,19 @@ fn main() {
     }
 }
 
-fn serve(addrs: &[String]) {
+fn serve(addrs: &[String], handle: fn(TcpStream)) {
     let mut handles = Vec::new();
     for a in addrs {
         let addr: SocketAddr = a.parse().expect("listen address");
         let listener = if addr.is_ipv6() {
             // A v6-only socket, so 0.0.0.0 and [::] can share the port.
-            let s = socket2_v6only(addr);
-            s
+            socket2_v6only(addr)
         } else {
             TcpListener::bind(addr).expect("bind")
         };
         handles.push(thread::spawn(move || {
             for stream in listener.incoming().flatten() {
-                thread::spawn(move || echo(stream));
+                thread::spawn(move || handle(stream));
             }
         }));
     }
@@ -153,35 +154,17 @@ fn connect_bench(addr: &str, n: usize) {
     let mut lat = Vec::with_capacity(n);
     for _ in 0..n {
         let t = Instant::now();
-        let s = TcpStream::connect(addr).expect("connect");
+        let mut s = TcpStream::connect(addr).expect("connect");
         lat.push(t.elapsed().as_nanos() as u64);
-        abort_close(s);
+        // The server closes first, so TIME_WAIT lands on its side and tens of thousands
+        // of connects never exhaust this host's ephemeral ports.
+        let _ = s.read(&mut [0u8; 1]);
     }
     lat.sort_unstable();
     println!(
         "{}",
         serde_json::json!({"n": n, "p50_ns": percentile(&lat, 0.5), "p99_ns": percentile(&lat, 0.99)})
     );
-}
-
-/// Closes with RST (SO_LINGER 0) so tens of thousands of connects to one server do not
-/// exhaust ephemeral ports in TIME_WAIT.
-fn abort_close(s: TcpStream) {
-    use std::os::fd::AsRawFd;
-    let linger = libc::linger {
-        l_onoff: 1,
-        l_linger: 0,
-    };
-    // SAFETY: a valid socket fd and a correctly sized option value.
-    unsafe {
-        libc::setsockopt(
-            s.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_LINGER,
-            &linger as *const _ as *const libc::c_void,
-            std::mem::size_of::<libc::linger>() as u32,
-        );
-    }
 }
 
 fn bulk(addr: &str, bytes: u64) {
