@@ -7,6 +7,12 @@
 //! dual-stack socket's `::ffff:` connect matches the same resource as a plain IPv4 one.
 #![no_std]
 
+/// Version of the map layouts above. Maps are pinned under a name that carries it, so
+/// an upgrade that changes a shared type gets fresh maps instead of failing to reuse
+/// incompatible ones (the old programs keep their old maps until they are detached).
+/// Bump it whenever a type in this crate changes.
+pub const LAYOUT_VERSION: u32 = 2;
+
 /// Names of the maps in the eBPF object. The agent pins them under its pin directory,
 /// so they outlive the agent process (fail-closed across restarts).
 pub mod maps {
@@ -98,6 +104,12 @@ pub struct ConnectRecord {
     pub resource_id: u32,
     /// Command name (`comm`), NUL-padded.
     pub comm: [u8; 16],
+    /// The socket's local address and port (big-endian), filled in by sock_ops once the
+    /// kernel has chosen them, so sock_release can drop an unconsumed [`PeerKey`].
+    pub local_addr: [u8; 16],
+    pub local_port: [u8; 2],
+    /// Explicit padding, always zero.
+    pub pad: [u8; 6],
 }
 
 /// The worker socket's local address as the agent sees it as the accepted peer.
@@ -147,7 +159,10 @@ mod tests {
     fn layouts_have_no_padding() {
         assert_eq!(size_of::<ResourceKey>(), 2 + 16);
         assert_eq!(size_of::<Settings>(), 16 + 4 + 2 + 2 + 4);
-        assert_eq!(size_of::<ConnectRecord>(), 8 * 3 + 16 + 2 + 2 + 4 + 16);
+        assert_eq!(
+            size_of::<ConnectRecord>(),
+            8 * 3 + 16 + 2 + 2 + 4 + 16 + 16 + 2 + 6
+        );
         assert_eq!(size_of::<PeerKey>(), 20);
     }
 

@@ -23,7 +23,7 @@ use aya_ebpf::{
         bpf_get_current_uid_gid, generated::bpf_get_socket_cookie,
     },
     macros::{cgroup_sock, cgroup_sock_addr, map, sock_ops},
-    maps::{Array, LpmTrie, LruHashMap, lpm_trie::Key},
+    maps::{Array, HashMap, LpmTrie, lpm_trie::Key},
     programs::{SockAddrContext, SockContext, SockOpsContext},
 };
 use aya_log_ebpf::error;
@@ -39,6 +39,8 @@ const REFUSE: i32 = 0;
 
 const SOCK_STREAM: u32 = 1;
 const BPF_SOCK_OPS_TCP_CONNECT_CB: u32 = 3;
+/// Map update flag: only replace an existing entry.
+const BPF_EXIST: u64 = 2;
 
 #[map(name = "PAM_PROTECTED")]
 static PROTECTED: LpmTrie<ResourceKey, ResourceValue> = LpmTrie::pinned(MAX_PROTECTED, 0);
@@ -46,11 +48,13 @@ static PROTECTED: LpmTrie<ResourceKey, ResourceValue> = LpmTrie::pinned(MAX_PROT
 #[map(name = "PAM_SETTINGS")]
 static SETTINGS: Array<Settings> = Array::pinned(1, 0);
 
+// Plain preallocated hashes (cheaper inserts than LRU): entries leave when the socket is
+// released, and a full map refuses new governed connects rather than evicting a live one.
 #[map(name = "PAM_CONNECTS")]
-static CONNECTS: LruHashMap<u64, ConnectRecord> = LruHashMap::pinned(MAX_CONNECTS, 0);
+static CONNECTS: HashMap<u64, ConnectRecord> = HashMap::pinned(MAX_CONNECTS, 0);
 
 #[map(name = "PAM_PEERS")]
-static PEERS: LruHashMap<PeerKey, u64> = LruHashMap::pinned(MAX_PEERS, 0);
+static PEERS: HashMap<PeerKey, u64> = HashMap::pinned(MAX_PEERS, 0);
 
 /// What a connect hook decided to do with the destination it was given.
 enum Decision {
@@ -179,6 +183,9 @@ fn decide(
         family,
         resource_id,
         comm: bpf_get_current_comm().unwrap_or([0; 16]),
+        local_addr: [0; 16],
+        local_port: [0; 2],
+        pad: [0; 6],
     };
     // SAFETY: the helper only reads the socket behind a valid program context.
     let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
@@ -218,21 +225,34 @@ fn try_sock_ops(ctx: &SockOpsContext) -> Result<(), ()> {
     // SAFETY: the helper only reads the socket behind a valid program context.
     let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
     // Only sockets the connect hooks redirected.
-    if CONNECTS.get_ptr(&cookie).is_none() {
+    let Some(record) = CONNECTS.get_ptr(&cookie) else {
         return Ok(());
-    }
+    };
+    // SAFETY: the pointer comes from a successful map lookup.
+    let mut record = unsafe { *record };
     let addr = if family == AF_INET as u32 {
         v4_mapped(ip4.to_ne_bytes())
     } else {
         ip6
     };
     // local_port is in host order here.
-    let key = PeerKey {
-        addr,
-        port: (lport as u16).to_be_bytes(),
-        pad: [0; 2],
-    };
+    let key = peer_key(addr, lport);
+    // Remember the key in the record so sock_release can drop an unconsumed entry.
+    record.local_addr = key.addr;
+    record.local_port = key.port;
+    CONNECTS
+        .insert(&cookie, &record, BPF_EXIST)
+        .map_err(|_| ())?;
     PEERS.insert(&key, &cookie, 0).map_err(|_| ())
+}
+
+/// The key under which the agent finds a socket: its local address and port (host order).
+fn peer_key(addr: [u8; 16], port_host_order: u32) -> PeerKey {
+    PeerKey {
+        addr,
+        port: (port_host_order as u16).to_be_bytes(),
+        pad: [0; 2],
+    }
 }
 
 #[cgroup_sock_addr(getpeername4)]
@@ -275,6 +295,23 @@ pub fn pam_getpeername6(ctx: SockAddrContext) -> i32 {
 pub fn pam_sock_release(ctx: SockContext) -> i32 {
     // SAFETY: the helper only reads the socket behind a valid program context.
     let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+    let Some(record) = CONNECTS.get_ptr(&cookie) else {
+        return 1; // not a redirected socket
+    };
+    // SAFETY: the pointer comes from a successful map lookup.
+    let (addr, port) = unsafe { ((*record).local_addr, (*record).local_port) };
+    // A peer entry the agent never consumed (the connect failed, or the agent was down).
+    let key = PeerKey {
+        addr,
+        port,
+        pad: [0; 2],
+    };
+    if let Some(owner) = PEERS.get_ptr(&key)
+        // SAFETY: the pointer comes from a successful map lookup.
+        && unsafe { *owner } == cookie
+    {
+        let _ = PEERS.remove(&key);
+    }
     let _ = CONNECTS.remove(&cookie);
     1
 }

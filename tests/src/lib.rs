@@ -423,6 +423,28 @@ impl Agent {
             .unwrap_or_default()
     }
 
+    /// Number of entries in one of the agent's pinned maps (read with bpftool).
+    pub fn map_entries(&self, map: &str) -> usize {
+        let dir = self.pin_dir.join("maps");
+        let path = std::fs::read_dir(&dir)
+            .expect("maps pin dir")
+            .flatten()
+            .map(|e| e.path())
+            .find(|p| {
+                p.file_name()
+                    .and_then(|n| n.to_str())
+                    .is_some_and(|n| n.starts_with(&format!("{map}-v")))
+            })
+            .unwrap_or_else(|| panic!("no pinned map {map} in {}", dir.display()));
+        let out = run(Command::new("bpftool")
+            .args(["map", "dump", "pinned"])
+            .arg(&path)
+            .arg("-j"))
+        .expect("bpftool map dump (installed by cargo xtask setup)");
+        let v: Value = serde_json::from_slice(&out.stdout).expect("bpftool JSON");
+        v.as_array().map(Vec::len).unwrap_or(0)
+    }
+
     /// `pam-agent disable` for this agent's pin directory.
     pub fn disable(&self) -> anyhow::Result<String> {
         let out = run(Command::new(agent_bin())

@@ -287,3 +287,27 @@ fn several_governed_cgroups_are_all_captured() {
         assert_eq!(opened["resource"]["name"], "net");
     }
 }
+
+#[test]
+fn kernel_records_are_released_with_their_sockets() {
+    if !require_root("redirect") {
+        return;
+    }
+    let (host, cg, mut agent) = setup("cleanup");
+    for _ in 0..5 {
+        assert!(worker(host.addr4(PROTECTED), governed(&cg)).ok());
+    }
+    // Refused connects (agent down) leave peer entries nobody will consume.
+    agent.stop().expect("stop");
+    for _ in 0..5 {
+        assert!(!worker(host.addr6(PROTECTED), governed(&cg)).ok());
+    }
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    assert_eq!(
+        agent.map_entries("PAM_CONNECTS"),
+        0,
+        "connect records leaked"
+    );
+    assert_eq!(agent.map_entries("PAM_PEERS"), 0, "peer entries leaked");
+    assert_eq!(agent.map_entries("PAM_PROTECTED"), 2);
+}

@@ -26,7 +26,11 @@ pub struct Outcome {
     pub detail: Option<String>,
 }
 
-pub async fn relay(worker: TcpStream, upstream: TcpStream, shutdown: &CancellationToken) -> Outcome {
+pub async fn relay(
+    worker: TcpStream,
+    upstream: TcpStream,
+    shutdown: &CancellationToken,
+) -> Outcome {
     let from_worker = AtomicU64::new(0);
     let to_worker = AtomicU64::new(0);
     let both = async {
@@ -58,19 +62,28 @@ async fn pump(from: &TcpStream, to: &TcpStream, count: &AtomicU64) -> io::Result
     loop {
         let n = from
             .async_io(Interest::READABLE, || {
-                splice(from.as_fd(), None, pipe_w.as_fd(), None, CHUNK, flags).map_err(io::Error::from)
+                splice(from.as_fd(), None, pipe_w.as_fd(), None, CHUNK, flags)
+                    .map_err(io::Error::from)
             })
             .await?;
         if n == 0 {
-            nix::sys::socket::shutdown(to.as_raw_fd(), nix::sys::socket::Shutdown::Write)
-                .or_else(|e| if e == nix::Error::ENOTCONN { Ok(()) } else { Err(e) })?;
+            nix::sys::socket::shutdown(to.as_raw_fd(), nix::sys::socket::Shutdown::Write).or_else(
+                |e| {
+                    if e == nix::Error::ENOTCONN {
+                        Ok(())
+                    } else {
+                        Err(e)
+                    }
+                },
+            )?;
             return Ok(());
         }
         let mut left = n;
         while left > 0 {
             left -= to
                 .async_io(Interest::WRITABLE, || {
-                    splice(pipe_r.as_fd(), None, to.as_fd(), None, left, flags).map_err(io::Error::from)
+                    splice(pipe_r.as_fd(), None, to.as_fd(), None, left, flags)
+                        .map_err(io::Error::from)
                 })
                 .await?;
         }

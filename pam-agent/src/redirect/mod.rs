@@ -170,7 +170,9 @@ impl Redirector {
         for name in [maps::PROTECTED, maps::SETTINGS, maps::CONNECTS, maps::PEERS] {
             loader.map_pin_path(name, layout.map(name));
         }
-        let mut ebpf = loader.load(OBJECT).map_err(|e| RedirectError::Load(Box::new(e)))?;
+        let mut ebpf = loader
+            .load(OBJECT)
+            .map_err(|e| RedirectError::Load(Box::new(e)))?;
         match aya_log::EbpfLogger::init(&mut ebpf) {
             Ok(logger) => spawn_kernel_log(logger),
             Err(e) => tracing::warn!(error = %e, "kernel-side logging unavailable"),
@@ -214,6 +216,10 @@ impl Redirector {
         let removed = layout.remove_links_except(generation)?;
         if removed > 0 {
             tracing::info!(removed, "detached links of the previous run");
+        }
+        let stale = layout.remove_stale_maps()?;
+        if stale > 0 {
+            tracing::info!(stale, "removed maps of an older layout");
         }
 
         let peers = take_hash(&mut ebpf, maps::PEERS)?;
@@ -513,6 +519,9 @@ mod tests {
             family: AF_INET,
             resource_id: 0,
             comm: [0; 16],
+            local_addr: [0; 16],
+            local_port: [0; 2],
+            pad: [0; 6],
         };
         assert_eq!(destination(&rec), "10.0.0.2:7000".parse().unwrap());
         rec.family = pam_common::AF_INET6;

@@ -1,7 +1,7 @@
 //! Where pinned state lives and how generations of links replace each other.
 //!
 //! ```text
-//! <pin_dir>/maps/<MAP>                    the shared maps, reused across restarts
+//! <pin_dir>/maps/<MAP>-v<layout>          the shared maps, reused across restarts
 //! <pin_dir>/links/<cgroup id>-<program>-<generation>
 //! ```
 //! A link pin is what keeps a program attached after the agent exits; removing the pin
@@ -54,7 +54,27 @@ impl Layout {
     }
 
     pub fn map(&self, name: &str) -> PathBuf {
-        self.root.join("maps").join(name)
+        self.root
+            .join("maps")
+            .join(format!("{name}-v{}", pam_common::LAYOUT_VERSION))
+    }
+
+    /// Removes pinned maps of other layout versions (left by an older agent whose links
+    /// are gone by now). Returns how many.
+    pub fn remove_stale_maps(&self) -> Result<usize, RedirectError> {
+        let suffix = format!("-v{}", pam_common::LAYOUT_VERSION);
+        let mut removed = 0;
+        for path in list(&self.root.join("maps")).map_err(|source| pin_err(&self.root, source))? {
+            let name = path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .unwrap_or_default();
+            if !name.ends_with(&suffix) {
+                fs::remove_file(&path).map_err(|source| pin_err(&path, source))?;
+                removed += 1;
+            }
+        }
+        Ok(removed)
     }
 
     pub fn link(&self, cgroup_id: u64, program: &str, generation: Generation) -> PathBuf {
