@@ -54,6 +54,12 @@ enum Command {
         #[arg(trailing_var_arg = true, required = true, num_args = 1..)]
         command: Vec<String>,
     },
+    /// Show whether enforcement is attached to every governed cgroup and the agent is
+    /// listening. Exits 0 when both hold, 3 otherwise.
+    Status {
+        #[arg(long, default_value = DEFAULT_CONFIG_PATH)]
+        config: PathBuf,
+    },
     /// Turn enforcement off: detach every program and remove the pinned state. Stop the
     /// agent first; governed workers then connect directly.
     Disable {
@@ -122,6 +128,7 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
                 .exec();
             bail!("cannot run {}: {err}", command[0])
         }
+        Command::Status { config } => status(&Config::load(&config)?),
         Command::Disable { config, pin_dir } => {
             let dir = match (config, pin_dir) {
                 (Some(c), _) => Config::load(&c)?.pin_dir,
@@ -138,6 +145,46 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+fn status(cfg: &Config) -> anyhow::Result<ExitCode> {
+    let links = redirect::pinned_links(&cfg.pin_dir)?;
+    let mut healthy = true;
+    println!("pin directory: {}", cfg.pin_dir.display());
+    for g in &cfg.governed {
+        let id = cgroup::id(&g.path).with_context(|| format!("cgroup {}", g.path.display()))?;
+        let missing: Vec<&str> = redirect::program_names()
+            .filter(|p| !links.iter().any(|l| l.cgroup_id == id && l.program == *p))
+            .collect();
+        if missing.is_empty() {
+            println!("governed:  {} (cgroup id {id}): enforced", g.path.display());
+        } else {
+            healthy = false;
+            println!(
+                "governed:  {} (cgroup id {id}): NOT enforced, missing {}",
+                g.path.display(),
+                missing.join(", ")
+            );
+        }
+    }
+    // Something holds the listener port if we cannot bind it (without connecting, so
+    // the probe leaves no trace in the journal).
+    let addr = std::net::SocketAddr::from((cfg.listener.ipv4, cfg.listener.port));
+    let listening = std::net::TcpListener::bind(addr).is_err();
+    println!(
+        "listener:  {addr} {}",
+        if listening {
+            "in use (agent running)"
+        } else {
+            "free: agent NOT running, governed connections are refused"
+        }
+    );
+    healthy &= listening;
+    Ok(if healthy {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(3)
+    })
 }
 
 fn init_logging(format: LogFormat) {

@@ -445,6 +445,20 @@ impl Agent {
         v.as_array().map(Vec::len).unwrap_or(0)
     }
 
+    /// `pam-agent status` for this agent: (exit code, output).
+    pub fn status(&self) -> (i32, String) {
+        let out = Command::new(agent_bin())
+            .args(["status", "--config"])
+            .arg(&self.config)
+            .output()
+            .expect("running pam-agent status");
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned()
+                + &String::from_utf8_lossy(&out.stderr),
+        )
+    }
+
     /// `pam-agent disable` for this agent's pin directory.
     pub fn disable(&self) -> anyhow::Result<String> {
         let out = run(Command::new(agent_bin())

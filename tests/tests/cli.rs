@@ -108,3 +108,65 @@ fn exec_without_a_cgroup_says_what_is_missing() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("--cgroup"));
 }
+
+/// The shipped default config parses and validates (its governed slice swapped for one
+/// that exists on a test machine).
+#[test]
+fn the_shipped_default_config_is_valid() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap();
+    let text = std::fs::read_to_string(root.join("deploy/config.toml")).unwrap();
+    assert!(text.contains("cgroups = [\"pam-workers.slice\"]"));
+    let (ok, out) = check(&text.replace("cgroups = [\"pam-workers.slice\"]", "cgroups = [\"/\"]"));
+    assert!(ok, "{out}");
+    assert!(out.contains("protects: orders-db"), "{out}");
+}
+
+/// systemd accepts the shipped unit (with ExecStart pointing at the built binary).
+#[test]
+fn the_systemd_unit_verifies() {
+    let have = Command::new("systemd-analyze")
+        .arg("--version")
+        .output()
+        .is_ok();
+    if !have {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "systemd-analyze missing in CI"
+        );
+        eprintln!("skipping: no systemd-analyze");
+        return;
+    }
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap();
+    let unit = std::fs::read_to_string(root.join("deploy/pam-agent.service")).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("pam-agent.service");
+    std::fs::write(
+        &path,
+        unit.replace(
+            "/usr/local/bin/pam-agent",
+            &agent_bin().display().to_string(),
+        ),
+    )
+    .unwrap();
+    std::fs::copy(
+        root.join("deploy/pam-workers.slice"),
+        dir.path().join("pam-workers.slice"),
+    )
+    .unwrap();
+    let out = Command::new("systemd-analyze")
+        .arg("verify")
+        .arg(&path)
+        .output()
+        .unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stderr).into_owned() + &String::from_utf8_lossy(&out.stdout);
+    let problems: Vec<&str> = text
+        .lines()
+        .filter(|l| l.contains("pam-agent.service") || l.contains("pam-workers.slice"))
+        .collect();
+    assert!(out.status.success() && problems.is_empty(), "{text}");
+}

@@ -167,6 +167,12 @@ fn stopped_or_killed_agent_fails_closed_and_restart_resumes_without_duplicates()
     let (host, cg, mut agent) = setup("failclosed");
     let pins = agent.link_pins();
     assert_eq!(pins.len(), 6, "one link per program: {pins:?}");
+    let (code, out) = agent.status();
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("enforced") && out.contains("agent running"),
+        "{out}"
+    );
 
     for crash in [false, true] {
         if crash {
@@ -187,6 +193,12 @@ fn stopped_or_killed_agent_fails_closed_and_restart_resumes_without_duplicates()
             );
             assert_eq!(r.errno(), Some(i64::from(libc::ECONNREFUSED)), "{:?}", r.0);
         }
+        let (code, out) = agent.status();
+        assert_eq!(code, 3, "{out}");
+        assert!(
+            out.contains(": enforced") && out.contains("agent NOT running"),
+            "{out}"
+        );
         // Everything else is untouched.
         assert!(worker(host.addr4(PROTECTED), WorkerOpts::default()).ok());
         assert!(worker(host.addr4(UNPROTECTED), governed(&cg)).ok());
@@ -238,6 +250,9 @@ fn disable_detaches_everything_and_leaves_no_pins() {
     let out = agent.disable().expect("disable");
     assert!(out.contains("detached 6 program links"), "{out}");
     assert!(!agent.pin_dir.exists(), "pin dir left behind");
+    let (code, out) = agent.status();
+    assert_eq!(code, 3, "{out}");
+    assert!(out.contains("NOT enforced"), "{out}");
     // Enforcement is off: the governed worker now connects directly.
     let r = worker(host.addr4(PROTECTED), governed(&cg));
     assert!(r.ok(), "{:?}", r.0);

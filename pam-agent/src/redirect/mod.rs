@@ -15,7 +15,6 @@ use std::{
     collections::HashSet,
     fs::File,
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6},
-    path::Path,
     sync::Mutex,
 };
 
@@ -39,7 +38,12 @@ use crate::{
 };
 
 pub use kernel::KernelError;
-pub use pins::disable;
+pub use pins::{PinnedLink, disable, pinned_links};
+
+/// Names of every program the agent attaches to each governed cgroup.
+pub fn program_names() -> impl Iterator<Item = &'static str> {
+    PROGRAMS.iter().map(|(name, _, _)| *name)
+}
 
 /// The kernel object built from `pam-ebpf` by the build script.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/pam-ebpf.o"));
@@ -477,11 +481,6 @@ fn spawn_kernel_log(logger: aya_log::EbpfLogger<&'static dyn log::Log>) {
             guard.clear_ready();
         }
     });
-}
-
-/// Whether `path` holds this agent's pinned state (used by `status`).
-pub fn is_pinned(pin_dir: &Path) -> bool {
-    pins::Layout::exists(pin_dir)
 }
 
 #[cfg(test)]

@@ -49,10 +49,6 @@ impl Layout {
         })
     }
 
-    pub fn exists(root: &Path) -> bool {
-        root.join("links").is_dir() || root.join("maps").is_dir()
-    }
-
     pub fn map(&self, name: &str) -> PathBuf {
         self.root
             .join("maps")
@@ -142,6 +138,35 @@ pub fn disable(root: &Path) -> Result<Disabled, RedirectError> {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
             Err(source) => return Err(pin_err(&dir, source)),
+        }
+    }
+    Ok(out)
+}
+
+/// One attached program, as its pin names it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PinnedLink {
+    pub cgroup_id: u64,
+    pub program: String,
+}
+
+/// The link pins under `root` (each is one program attached to one cgroup).
+pub fn pinned_links(root: &Path) -> Result<Vec<PinnedLink>, RedirectError> {
+    let mut out = Vec::new();
+    for path in list(&root.join("links")).map_err(|source| pin_err(root, source))? {
+        let name = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or_default();
+        // <cgroup id>-<program>-<generation>; program names contain no dashes.
+        let mut parts = name.splitn(3, '-');
+        if let (Some(id), Some(program)) = (parts.next(), parts.next())
+            && let Ok(cgroup_id) = id.parse()
+        {
+            out.push(PinnedLink {
+                cgroup_id,
+                program: program.to_owned(),
+            });
         }
     }
     Ok(out)
