@@ -24,7 +24,12 @@ const APT: &[&str] = &[
 ];
 
 /// Python clients used as real workers in tests (module name, pip requirement).
-const PIP: &[(&str, &str)] = &[];
+const PIP: &[(&str, &str)] = &[
+    ("psycopg2", "psycopg2-binary==2.9.13"),
+    ("sqlalchemy", "SQLAlchemy==2.1.9"),
+    ("crewai", "crewai==1.15.30"),
+    ("crewai_tools", "crewai-tools==1.15.30"),
+];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";
 
