@@ -326,3 +326,32 @@ fn kernel_records_are_released_with_their_sockets() {
     assert_eq!(agent.map_entries("PAM_PEERS"), 0, "peer entries leaked");
     assert_eq!(agent.map_entries("PAM_PROTECTED"), 2);
 }
+
+#[test]
+fn a_second_agent_on_the_same_pin_directory_is_refused() {
+    if !require_root("redirect") {
+        return;
+    }
+    let (host, cg, agent) = setup("second");
+    // Same pins, another listener port: it must not take over.
+    let config = std::fs::read_to_string(&agent.config).unwrap();
+    let other = agent.dir.path().join("second.toml");
+    let port = pam_e2e::free_port();
+    std::fs::write(
+        &other,
+        config.replace(&format!("port = {}", agent.port), &format!("port = {port}")),
+    )
+    .unwrap();
+    let out = std::process::Command::new(pam_e2e::agent_bin())
+        .args(["run", "--config"])
+        .arg(&other)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("another pam-agent is running"), "{err}");
+    // The first one still works, with its links intact.
+    assert_eq!(agent.link_pins().len(), 6);
+    let r = worker(host.addr4(PROTECTED), governed(&cg));
+    assert!(r.ok(), "{:?}", r.0);
+}

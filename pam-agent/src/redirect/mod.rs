@@ -75,6 +75,12 @@ pub enum RedirectError {
         #[source]
         source: aya::maps::MapError,
     },
+    #[error("another pam-agent is running with pin directory {path} ({source})")]
+    Busy {
+        path: String,
+        #[source]
+        source: nix::Error,
+    },
     #[error("cannot open governed cgroup {path}: {source}")]
     Cgroup {
         path: String,
@@ -159,6 +165,8 @@ enum Kind {
 pub struct Redirector {
     // Keeps the programs and the log buffer alive; the links themselves are pinned.
     _ebpf: Ebpf,
+    // Holds the pin directory lock.
+    _layout: pins::Layout,
     peers: Mutex<HashMap<MapData, PeerKey, u64>>,
     connects: HashMap<MapData, u64, ConnectRecord>,
 }
@@ -230,6 +238,7 @@ impl Redirector {
         let connects = take_hash(&mut ebpf, maps::CONNECTS)?;
         Ok(Redirector {
             _ebpf: ebpf,
+            _layout: layout,
             peers: Mutex::new(peers),
             connects,
         })

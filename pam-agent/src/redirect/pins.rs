@@ -33,6 +33,9 @@ impl Generation {
 
 pub struct Layout {
     root: PathBuf,
+    /// Held for the agent's lifetime: one agent per pin directory, or two would fight
+    /// over the settings and each other's links.
+    _lock: nix::fcntl::Flock<fs::File>,
 }
 
 impl Layout {
@@ -44,8 +47,15 @@ impl Layout {
                 source,
             })?;
         }
+        let dir = fs::File::open(root).map_err(|source| pin_err(root, source))?;
+        let lock = nix::fcntl::Flock::lock(dir, nix::fcntl::FlockArg::LockExclusiveNonblock)
+            .map_err(|(_, errno)| RedirectError::Busy {
+                path: root.display().to_string(),
+                source: errno,
+            })?;
         Ok(Layout {
             root: root.to_owned(),
+            _lock: lock,
         })
     }
 
