@@ -199,6 +199,61 @@ impl Drop for TestHost {
     }
 }
 
+/// Removes what killed test runs left behind (a Drop never runs under SIGKILL): test
+/// network namespaces and their veths, test cgroups (killing their processes), and test
+/// pin directories (detaching their programs). Returns how many objects it removed.
+pub fn sweep_leftovers() -> usize {
+    let mut removed = 0;
+    if let Ok(out) = Command::new("ip").args(["netns", "list"]).output() {
+        for line in String::from_utf8_lossy(&out.stdout).lines() {
+            let ns = line.split_whitespace().next().unwrap_or_default();
+            if ns.starts_with("pamt")
+                && Command::new("ip")
+                    .args(["netns", "del", ns])
+                    .status()
+                    .is_ok_and(|s| s.success())
+            {
+                removed += 1;
+            }
+        }
+    }
+    if let Ok(out) = Command::new("ip").args(["-o", "link", "show"]).output() {
+        for line in String::from_utf8_lossy(&out.stdout).lines() {
+            // "12: pt1234h@if11: <...>"
+            if let Some(name) = line.split(": ").nth(1).and_then(|n| n.split('@').next())
+                && name.starts_with("pt")
+                && name.ends_with('h')
+                && Command::new("ip")
+                    .args(["link", "del", name])
+                    .status()
+                    .is_ok_and(|s| s.success())
+            {
+                removed += 1;
+            }
+        }
+    }
+    if let Ok(entries) = std::fs::read_dir(cgroup2_root()) {
+        for e in entries.flatten() {
+            if e.file_name().to_string_lossy().starts_with("pamtest-") {
+                drop(Cgroup { path: e.path() });
+                removed += 1;
+            }
+        }
+    }
+    if let Ok(entries) = std::fs::read_dir("/sys/fs/bpf") {
+        for e in entries.flatten() {
+            if e.file_name().to_string_lossy().starts_with("pamtest-") {
+                let _ = Command::new(agent_bin())
+                    .args(["disable", "--pin-dir"])
+                    .arg(e.path())
+                    .output();
+                removed += 1;
+            }
+        }
+    }
+    removed
+}
+
 /// Finds the cgroup2 mount from /proc/self/mounts.
 pub fn cgroup2_root() -> PathBuf {
     let mounts = std::fs::read_to_string("/proc/self/mounts").expect("/proc/self/mounts");

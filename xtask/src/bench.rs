@@ -23,8 +23,7 @@ const RR_ROUNDS: usize = 20_000;
 const RR_SIZE: usize = 64;
 
 pub fn run(bulk_bytes: u64, connects: usize) -> anyhow::Result<()> {
-    // SAFETY: single-threaded at this point; the fixtures read this variable.
-    unsafe { std::env::set_var("PAM_BIN_DIR", util::bin_dir(true)) };
+    util::sweep(true);
     let mut host = TestHost::new()?;
     host.serve_echo(&[PROTECTED])?;
     host.serve_close(&[CLOSE_UNPROTECTED, CLOSE_PROTECTED])?;

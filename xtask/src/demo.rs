@@ -17,8 +17,7 @@ pub fn run() -> anyhow::Result<()> {
             "the demo attaches eBPF programs and creates network namespaces: run it as root"
         );
     }
-    // SAFETY: single-threaded at this point; the fixtures read this variable.
-    unsafe { std::env::set_var("PAM_BIN_DIR", util::bin_dir(false)) };
+    util::sweep(false);
 
     step("test host: a network namespace with its own IPv4/IPv6 addresses");
     let host = TestHost::new()?;

@@ -79,11 +79,26 @@ pub fn bin_dir(release: bool) -> PathBuf {
         .join(if release { "release" } else { "debug" })
 }
 
+/// Removes leftovers of killed test runs (namespaces, cgroups, pins) before a run.
+pub fn sweep(release: bool) {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        return;
+    }
+    // SAFETY: called before any thread is spawned; the fixtures read this variable.
+    unsafe { std::env::set_var("PAM_BIN_DIR", bin_dir(release)) };
+    let n = pam_e2e::sweep_leftovers();
+    if n > 0 {
+        eprintln!("removed {n} leftovers of earlier test runs");
+    }
+}
+
 /// The whole suite. End-to-end tests share kernel state, so they run one at a time.
 pub fn test() -> anyhow::Result<()> {
     run(cargo().args(["fmt", "--all", "--check"]))?;
     run(cargo().args(["clippy", "--all-targets", "--", "-D", "warnings"]))?;
     build(false)?;
+    sweep(false);
     // Default members: everything but the BPF-only kernel crate.
     run(cargo().args(["test", "--", "--test-threads=1"]))
 }
