@@ -137,6 +137,10 @@ pub enum AuditCommand {
         /// start, or a file holding it); repeat for several.
         #[arg(long)]
         trusted_key: Vec<String>,
+        /// The journal must reach at least this seq: the newest checkpoint an outside
+        /// witness saw (the agent logs each one). Catches a cut within the unsigned tail.
+        #[arg(long)]
+        expect_seq: Option<u64>,
     },
     /// Measure how many records/s this disk journals durably, on a scratch journal.
     Bench(bench::BenchArgs),
@@ -270,14 +274,31 @@ fn dispatch(journal: &JournalArgs, command: AuditCommand) -> Result<ExitCode, Au
             }
             Ok(ExitCode::SUCCESS)
         }
-        AuditCommand::Verify { trusted_key } => {
+        AuditCommand::Verify {
+            trusted_key,
+            expect_seq,
+        } => {
             let trusted_keys = trusted_key
                 .iter()
                 .map(|k| parse_key(k))
                 .collect::<Result<Vec<_>, _>>()?;
             let path = journal.path()?;
-            let reader = Reader::open(&path).map_err(|e| AuditError::Usage(e.to_string()))?;
-            let report = verify::verify(&reader, &VerifyOptions { trusted_keys });
+            // The file exists: if it cannot be opened as a journal, that is a finding.
+            let reader = match Reader::open(&path) {
+                Ok(r) => r,
+                Err(e) => {
+                    println!("TAMPERED the database cannot be read: {e}");
+                    println!("FAILED: 1 problem");
+                    return Ok(ExitCode::FAILURE);
+                }
+            };
+            let report = verify::verify(
+                &reader,
+                &VerifyOptions {
+                    trusted_keys,
+                    expect_seq,
+                },
+            );
             print_report(&path, &report);
             Ok(if report.ok() {
                 ExitCode::SUCCESS

@@ -92,7 +92,7 @@ impl fmt::Display for Problem {
             ),
             Problem::Truncated { last_seq, signed_seq } => write!(
                 f,
-                "seq {}: journal truncated: records end at {last_seq} but a checkpoint signed seq {signed_seq}",
+                "seq {}: journal truncated: records end at {last_seq} but a checkpoint signed seq {signed_seq} (or a witness saw it)",
                 last_seq + 1
             ),
             Problem::CheckpointGap { after, until, every } => write!(
@@ -131,6 +131,8 @@ impl Report {
 pub struct VerifyOptions {
     /// When not empty, checkpoints and anchors must be signed by one of these keys.
     pub trusted_keys: Vec<[u8; 32]>,
+    /// The journal must reach at least this seq (from a witness outside the file).
+    pub expect_seq: Option<u64>,
 }
 
 struct Signed {
@@ -207,7 +209,8 @@ fn walk(reader: &Reader, opts: &VerifyOptions, report: &mut Report) -> rusqlite:
 
     let first_seq: Option<u64> = conn.query_row("SELECT min(seq) FROM records", [], |r| r.get(0))?;
     let Some(first_seq) = first_seq else {
-        if let Some((&seq, _)) = checkpoints.last_key_value() {
+        let beyond = checkpoints.last_key_value().map(|(s, _)| *s);
+        if let Some(seq) = beyond.max(opts.expect_seq.filter(|&e| e > 0)) {
             report.problems.push(Problem::Truncated {
                 last_seq: 0,
                 signed_seq: seq,
@@ -343,7 +346,8 @@ fn walk(reader: &Reader, opts: &VerifyOptions, report: &mut Report) -> rusqlite:
     report.first_seq = Some(first_seq);
     let last_seq = report.last_seq.unwrap_or(0);
 
-    if let Some((&signed_seq, _)) = checkpoints.range(last_seq + 1..).next_back() {
+    let beyond = checkpoints.range(last_seq + 1..).next_back().map(|(s, _)| *s);
+    if let Some(signed_seq) = beyond.max(opts.expect_seq.filter(|&e| e > last_seq)) {
         report.problems.push(Problem::Truncated {
             last_seq,
             signed_seq,
