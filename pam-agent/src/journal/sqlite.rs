@@ -320,7 +320,15 @@ impl SqliteStore {
             }
         }
         if removed > 0 {
-            let _ = self.conn.execute_batch("PRAGMA incremental_vacuum;");
+            // Give the freed pages back to the file system (it returns a row per page).
+            let vacuum = self.conn.prepare("PRAGMA incremental_vacuum").and_then(|mut st| {
+                let mut rows = st.query([])?;
+                while rows.next()?.is_some() {}
+                Ok(())
+            });
+            if let Err(e) = vacuum {
+                tracing::warn!(error = %e, "journal retention could not shrink the file");
+            }
         }
         Ok(removed)
     }
