@@ -2,7 +2,7 @@
 //! indexed columns, in sequence order. Opening read-only never creates or changes the
 //! file, so a member of the journal's read group can use it.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use rusqlite::{Connection, OpenFlags, Row, ToSql, types::Value};
 
@@ -125,6 +125,19 @@ impl Filter {
     }
 }
 
+/// `file:PATH?immutable=1`, with the characters URIs reserve escaped.
+fn immutable_uri(path: &Path) -> String {
+    let mut uri = String::from("file:");
+    for c in path.display().to_string().chars() {
+        match c {
+            '%' | '?' | '#' => uri.push_str(&format!("%{:02X}", c as u32)),
+            c => uri.push(c),
+        }
+    }
+    uri.push_str("?immutable=1");
+    uri
+}
+
 /// A journal opened for reading.
 pub struct Reader {
     conn: Connection,
@@ -135,14 +148,29 @@ impl Reader {
         if !path.exists() {
             return Err(JournalError::Schema(format!("{}: no such journal", path.display())));
         }
-        let conn = Connection::open_with_flags(
-            path,
-            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-        )
-        .map_err(|e| JournalError::Database(e.into()))?;
+        let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+        let db = |e: rusqlite::Error| JournalError::Database(e.into());
+        let mut conn = Connection::open_with_flags(path, flags).map_err(db)?;
         conn.busy_timeout(std::time::Duration::from_secs(5))
-            .map_err(|e| JournalError::Database(e.into()))?;
-        let ok = schema::exists(&conn).map_err(|e| {
+            .map_err(db)?;
+        let mut found = schema::exists(&conn);
+        // A reader in the journal's group cannot create the -shm file SQLite wants next to
+        // a WAL database. With the agent stopped there is no -wal file (it folded it into
+        // the database on close), so the file alone is the whole journal: read it as
+        // immutable, which needs no -shm.
+        let wal = PathBuf::from(format!("{}-wal", path.display()));
+        if let Err(e) = &found
+            && e.sqlite_error_code() == Some(rusqlite::ErrorCode::ReadOnly)
+            && !wal.exists()
+        {
+            conn = Connection::open_with_flags(
+                immutable_uri(path),
+                flags | OpenFlags::SQLITE_OPEN_URI,
+            )
+            .map_err(db)?;
+            found = schema::exists(&conn);
+        }
+        let ok = found.map_err(|e| {
             JournalError::Schema(format!("{} is not a readable journal: {e}", path.display()))
         })?;
         if !ok {
