@@ -381,7 +381,10 @@ impl Config {
 /// Checks the `[journal]` section; errors name the field.
 fn validate_journal(raw: RawJournal) -> Result<JournalConfig, (&'static str, String)> {
     if raw.checkpoint_records == 0 {
-        return Err(("journal.checkpoint_records", "must be greater than 0".into()));
+        return Err((
+            "journal.checkpoint_records",
+            "must be greater than 0".into(),
+        ));
     }
     if raw.checkpoint_interval_ms == 0 {
         return Err((
@@ -403,7 +406,7 @@ fn validate_journal(raw: RawJournal) -> Result<JournalConfig, (&'static str, Str
     }
     let read_group = match raw.read_group.as_deref().map(str::trim) {
         None => None,
-        Some(g) if g.is_empty() => return Err(("journal.read_group", "must not be empty".into())),
+        Some("") => return Err(("journal.read_group", "must not be empty".into())),
         Some(g) => Some(match g.parse::<u32>() {
             Ok(gid) => gid,
             Err(_) => nix::unistd::Group::from_name(g)
@@ -583,8 +586,15 @@ port = 22
         .unwrap();
         assert_eq!(cfg.journal.read_group, Some(0));
         assert_eq!(cfg.journal.max_size_bytes, Some(64 << 20));
-        assert!(cfg.journal.signing_key.ends_with("pam-test-journal.jsonl.key"));
-        let e = err(&base("").replace("[journal]\n", "[journal]\nread_group = \"no-such-group-pam\"\n"));
+        assert!(
+            cfg.journal
+                .signing_key
+                .ends_with("pam-test-journal.jsonl.key")
+        );
+        let e = err(&base("").replace(
+            "[journal]\n",
+            "[journal]\nread_group = \"no-such-group-pam\"\n",
+        ));
         assert!(e.contains("journal.read_group"), "{e}");
         let e = err(&base("").replace("[journal]\n", "[journal]\nretention = 3\n"));
         assert!(e.contains("unknown field `retention`"), "{e}");

@@ -14,7 +14,13 @@ use common::*;
 use pam_agent::journal::{Event, Record, SessionId};
 
 /// A journal holding every kind of event, plus a second principal's session.
-fn journal_with_everything(dir: &Scratch) -> (std::path::PathBuf, SessionId, Vec<(Option<SessionId>, Event)>) {
+fn journal_with_everything(
+    dir: &Scratch,
+) -> (
+    std::path::PathBuf,
+    SessionId,
+    Vec<(Option<SessionId>, Event)>,
+) {
     let path = dir.path("journal.db");
     let session = SessionId::new();
     let events = every_kind(session);
@@ -59,11 +65,21 @@ fn every_kind_is_written_and_read_back() {
     }
     // Every kind the agent produces is covered (journal_pruned: see journal_retention).
     let kinds: BTreeSet<&str> = all.iter().map(|r| r.event.kind()).collect();
-    let expected: BTreeSet<&str> = Event::KINDS.iter().copied().filter(|k| *k != "journal_pruned").collect();
+    let expected: BTreeSet<&str> = Event::KINDS
+        .iter()
+        .copied()
+        .filter(|k| *k != "journal_pruned")
+        .collect();
     assert_eq!(kinds, expected);
     for kind in &expected {
-        let got = jsonl(&audit(&path, &["query", "--format", "jsonl", "--kind", kind]));
-        assert!(!got.is_empty() && got.iter().all(|r| r.event.kind() == *kind), "{kind}");
+        let got = jsonl(&audit(
+            &path,
+            &["query", "--format", "jsonl", "--kind", kind],
+        ));
+        assert!(
+            !got.is_empty() && got.iter().all(|r| r.event.kind() == *kind),
+            "{kind}"
+        );
     }
 
     // The table shows every record, one line each, and the verify passes.
@@ -96,7 +112,10 @@ fn filters_select_what_they_say() {
         jsonl(&audit(&path, &a)).iter().map(|r| r.seq).collect()
     };
     // alice's session: opened..closed are seq 3..=11; bob's opening is 14.
-    assert_eq!(seqs(&["--principal", "alice"]), (3..=11).collect::<Vec<_>>());
+    assert_eq!(
+        seqs(&["--principal", "alice"]),
+        (3..=11).collect::<Vec<_>>()
+    );
     assert_eq!(seqs(&["--principal", "1001"]), (3..=11).collect::<Vec<_>>());
     assert_eq!(seqs(&["--principal", "bob"]), vec![14]);
     assert_eq!(seqs(&["--process", "node"]), vec![14]);
@@ -105,12 +124,26 @@ fn filters_select_what_they_say() {
     assert_eq!(seqs(&["--session", &session.to_string()]).len(), 9);
     assert_eq!(seqs(&["--decision", "deny"]), vec![5]);
     assert_eq!(seqs(&["--decision", "refused"]), vec![12]);
-    assert_eq!(seqs(&["--kind", "statement", "--decision", "allow"]), vec![4]);
-    assert_eq!(seqs(&["--kind", "approval_requested,approval_expired"]), vec![6, 8]);
+    assert_eq!(
+        seqs(&["--kind", "statement", "--decision", "allow"]),
+        vec![4]
+    );
+    assert_eq!(
+        seqs(&["--kind", "approval_requested,approval_expired"]),
+        vec![6, 8]
+    );
     assert_eq!(seqs(&["--text", "OPS-12"]), vec![7]);
     assert_eq!(seqs(&["--since", "1h"]).len(), 14);
     assert!(seqs(&["--until", "1h"]).is_empty());
-    assert!(seqs(&["--since", "2000-01-01T00:00:00Z", "--until", "2000-01-02T00:00:00Z"]).is_empty());
+    assert!(
+        seqs(&[
+            "--since",
+            "2000-01-01T00:00:00Z",
+            "--until",
+            "2000-01-02T00:00:00Z"
+        ])
+        .is_empty()
+    );
     assert_eq!(seqs(&["--limit", "2"]), vec![13, 14]);
 }
 
@@ -120,13 +153,21 @@ fn export_ocsf_uses_fitting_classes() {
     let (path, _, _) = journal_with_everything(&dir);
     let o = audit(&path, &["export", "--format", "ocsf"]);
     assert!(o.status.success(), "{}", stderr(&o));
-    let events: Vec<serde_json::Value> = stdout(&o).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let events: Vec<serde_json::Value> = stdout(&o)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
     assert_eq!(events.len(), 14);
     let class = |seq: u64| {
         events
             .iter()
             .find(|e| e["metadata"]["sequence"] == seq)
-            .map(|e| (e["class_uid"].as_u64().unwrap(), e["activity_id"].as_u64().unwrap()))
+            .map(|e| {
+                (
+                    e["class_uid"].as_u64().unwrap(),
+                    e["activity_id"].as_u64().unwrap(),
+                )
+            })
             .unwrap()
     };
     assert_eq!(class(1), (6002, 3)); // agent started
@@ -135,12 +176,21 @@ fn export_ocsf_uses_fitting_classes() {
     assert_eq!(class(11), (3002, 2)); // logoff
     assert_eq!(class(12), (4001, 5)); // refused
     assert_eq!(class(13), (6002, 4)); // agent stopped
-    let stmt = events.iter().find(|e| e["metadata"]["sequence"] == 4).unwrap();
+    let stmt = events
+        .iter()
+        .find(|e| e["metadata"]["sequence"] == 4)
+        .unwrap();
     assert_eq!(stmt["type_uid"], 600504);
     assert_eq!(stmt["actor"]["user"]["name"], "alice");
-    assert_eq!(stmt["query_info"]["query_string"], "SELECT * FROM orders WHERE id = 7");
+    assert_eq!(
+        stmt["query_info"]["query_string"],
+        "SELECT * FROM orders WHERE id = 7"
+    );
     assert_eq!(stmt["database"]["name"], "orders-db");
-    let denied = events.iter().find(|e| e["metadata"]["sequence"] == 5).unwrap();
+    let denied = events
+        .iter()
+        .find(|e| e["metadata"]["sequence"] == 5)
+        .unwrap();
     assert_eq!(denied["status_id"], 2);
     // Plain export: exactly the stored records.
     let plain = jsonl(&audit(&path, &["export", "--format", "jsonl"]));
@@ -187,7 +237,16 @@ fn tail_follow_prints_new_records() {
     let dir = Scratch::new("cli-tail");
     let (path, _, _) = journal_with_everything(&dir);
     let mut child = bin()
-        .args(["audit", "tail", "-f", "-n", "1", "--format", "jsonl", "--journal"])
+        .args([
+            "audit",
+            "tail",
+            "-f",
+            "-n",
+            "1",
+            "--format",
+            "jsonl",
+            "--journal",
+        ])
         .arg(&path)
         .stdout(Stdio::piped())
         .spawn()
@@ -196,7 +255,13 @@ fn tail_follow_prints_new_records() {
     let first: Record = serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap();
     assert_eq!(first.seq, 14);
     let (j, h) = open(options(&path));
-    j.record_blocking(None, Event::AgentStopped { reason: "tail test".into() }).unwrap();
+    j.record_blocking(
+        None,
+        Event::AgentStopped {
+            reason: "tail test".into(),
+        },
+    )
+    .unwrap();
     drop(j);
     h.join().unwrap();
     let started = Instant::now();

@@ -55,7 +55,8 @@ fn full_disk_refuses_writes_and_keeps_acknowledged_records() {
     let mut failure = None;
     {
         let (j, h) = open(options(&path));
-        j.record_blocking(Some(session), events[2].1.clone()).unwrap();
+        j.record_blocking(Some(session), events[2].1.clone())
+            .unwrap();
         for i in 0..100_000u64 {
             let mut e = events[3].1.clone();
             if let Event::Statement { text, .. } = &mut e {
@@ -73,7 +74,12 @@ fn full_disk_refuses_writes_and_keeps_acknowledged_records() {
         // whatever is acknowledged must be kept.
         let mut failed_again = 0;
         for _ in 0..20 {
-            match j.record_blocking(None, Event::AgentStopped { reason: "full".into() }) {
+            match j.record_blocking(
+                None,
+                Event::AgentStopped {
+                    reason: "full".into(),
+                },
+            ) {
                 Ok(seq) => acked.push(seq),
                 Err(_) => failed_again += 1,
             }
@@ -84,21 +90,37 @@ fn full_disk_refuses_writes_and_keeps_acknowledged_records() {
     }
     let failure = failure.expect("a 1 MiB file system must fill up");
     assert!(matches!(failure, JournalError::Database(_)), "{failure:?}");
-    assert!(failure.to_string().contains("disk is full"), "unclear error: {failure}");
+    assert!(
+        failure.to_string().contains("disk is full"),
+        "unclear error: {failure}"
+    );
     assert!(acked.len() > 10, "only {} records fit", acked.len());
 
     // Everything acknowledged is there, and the journal verifies.
     let v = audit(&path, &["verify"]);
     assert!(v.status.success(), "{}{}", stdout(&v), stderr(&v));
     let c = Connection::open_with_flags(&path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY).unwrap();
-    let max: u64 = c.query_row("SELECT max(seq) FROM records", [], |r| r.get(0)).unwrap();
-    assert_eq!(max, *acked.last().unwrap(), "no unacknowledged record was kept either");
+    let max: u64 = c
+        .query_row("SELECT max(seq) FROM records", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(
+        max,
+        *acked.last().unwrap(),
+        "no unacknowledged record was kept either"
+    );
     drop(c);
 
     // With room again, writing continues right after the last acknowledged record.
     fs.resize("8m");
     let (j, h) = open(options(&path));
-    let seq = j.record_blocking(None, Event::AgentStopped { reason: "room again".into() }).unwrap();
+    let seq = j
+        .record_blocking(
+            None,
+            Event::AgentStopped {
+                reason: "room again".into(),
+            },
+        )
+        .unwrap();
     assert_eq!(seq, max + 1);
     drop(j);
     h.join().unwrap();

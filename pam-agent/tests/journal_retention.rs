@@ -40,7 +40,9 @@ fn append(store: &mut SqliteStore, session: SessionId, count: u64) {
 fn first_last(path: &std::path::Path) -> (u64, u64) {
     Connection::open(path)
         .unwrap()
-        .query_row("SELECT min(seq), max(seq) FROM records", [], |r| Ok((r.get(0)?, r.get(1)?)))
+        .query_row("SELECT min(seq), max(seq) FROM records", [], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })
         .unwrap()
 }
 
@@ -72,7 +74,10 @@ fn age_retention_keeps_the_rest_verifiable() {
     let out = assert_verifies(&path);
     assert!(out.contains("seq 36..=41"), "{out}");
     // The removal is itself a chained, signed record.
-    let pruned = audit(&path, &["query", "--kind", "journal_pruned", "--format", "jsonl"]);
+    let pruned = audit(
+        &path,
+        &["query", "--kind", "journal_pruned", "--format", "jsonl"],
+    );
     let r: Record = serde_json::from_str(stdout(&pruned).trim()).unwrap();
     assert_eq!(
         r.event,
@@ -83,7 +88,10 @@ fn age_retention_keeps_the_rest_verifiable() {
         }
     );
     // Deleting the anchor makes the cut look like what it then is: a deletion.
-    Connection::open(&path).unwrap().execute("DELETE FROM anchors", []).unwrap();
+    Connection::open(&path)
+        .unwrap()
+        .execute("DELETE FROM anchors", [])
+        .unwrap();
     let v = audit(&path, &["verify"]);
     assert_eq!(v.status.code(), Some(1));
     assert!(stdout(&v).contains("no signed anchor"), "{}", stdout(&v));
@@ -106,7 +114,14 @@ fn writer_applies_retention_on_its_own_and_numbering_continues() {
     // The writer's first upkeep tick (after about a second) removes 1..=19 (the newest
     // record always stays) and journals it as seq 21.
     std::thread::sleep(Duration::from_millis(1600));
-    let seq = j.record_blocking(None, Event::AgentStopped { reason: "after retention".into() }).unwrap();
+    let seq = j
+        .record_blocking(
+            None,
+            Event::AgentStopped {
+                reason: "after retention".into(),
+            },
+        )
+        .unwrap();
     assert_eq!(seq, 22, "seq 21 is the journal_pruned record");
     drop(j);
     h.join().unwrap();
@@ -138,7 +153,10 @@ fn size_retention_keeps_the_journal_under_its_bound() {
         )
         .unwrap();
     assert!(used <= max, "{used} bytes in use, bound {max}");
-    assert!(std::fs::metadata(&path).unwrap().len() <= max + 64 * 1024, "file did not shrink");
+    assert!(
+        std::fs::metadata(&path).unwrap().len() <= max + 64 * 1024,
+        "file did not shrink"
+    );
     let (first, last) = first_last(&path);
     assert_eq!(first, removed + 1);
     assert_eq!(last, 6001);
@@ -192,7 +210,12 @@ fn journal_is_0640_for_the_read_group_and_the_key_0600() {
                 .unwrap()
         };
         let reader = as_user(65534, 65534);
-        assert!(reader.status.success(), "{phase}: {}{}", stdout(&reader), stderr(&reader));
+        assert!(
+            reader.status.success(),
+            "{phase}: {}{}",
+            stdout(&reader),
+            stderr(&reader)
+        );
         let other = as_user(65533, 65533);
         assert!(!other.status.success());
     }

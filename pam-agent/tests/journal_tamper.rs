@@ -26,7 +26,11 @@ fn journal(dir: &Scratch) -> std::path::PathBuf {
     drop(j);
     h.join().unwrap();
     let ok = audit(&path, &["verify"]);
-    assert!(ok.status.success(), "fresh journal must verify: {}", stdout(&ok));
+    assert!(
+        ok.status.success(),
+        "fresh journal must verify: {}",
+        stdout(&ok)
+    );
     path
 }
 
@@ -40,12 +44,21 @@ fn assert_detected(path: &Path, args: &[&str], needle: &str) {
     a.extend_from_slice(args);
     let o = audit(path, &a);
     let out = stdout(&o);
-    assert_eq!(o.status.code(), Some(1), "verify passed a tampered journal:\n{out}{}", stderr(&o));
+    assert_eq!(
+        o.status.code(),
+        Some(1),
+        "verify passed a tampered journal:\n{out}{}",
+        stderr(&o)
+    );
     assert!(out.contains(needle), "expected `{needle}` in:\n{out}");
 }
 
 fn get_hash(c: &Connection, seq: u64) -> [u8; 32] {
-    let h: Vec<u8> = c.query_row("SELECT hash FROM records WHERE seq = ?1", [seq], |r| r.get(0)).unwrap();
+    let h: Vec<u8> = c
+        .query_row("SELECT hash FROM records WHERE seq = ?1", [seq], |r| {
+            r.get(0)
+        })
+        .unwrap();
     h.try_into().unwrap()
 }
 
@@ -63,7 +76,9 @@ fn edited_record() {
 fn edited_index_column() {
     let dir = Scratch::new("tamper-column");
     let path = journal(&dir);
-    db(&path).execute("UPDATE records SET user = 'mallory' WHERE seq = 23", []).unwrap();
+    db(&path)
+        .execute("UPDATE records SET user = 'mallory' WHERE seq = 23", [])
+        .unwrap();
     assert_detected(&path, &[], "seq 23: indexed column `user`");
 }
 
@@ -71,7 +86,9 @@ fn edited_index_column() {
 fn deleted_record() {
     let dir = Scratch::new("tamper-delete");
     let path = journal(&dir);
-    db(&path).execute("DELETE FROM records WHERE seq = 17", []).unwrap();
+    db(&path)
+        .execute("DELETE FROM records WHERE seq = 17", [])
+        .unwrap();
     assert_detected(&path, &[], "seq 17: record missing");
 }
 
@@ -79,8 +96,14 @@ fn deleted_record() {
 fn deleted_first_records() {
     let dir = Scratch::new("tamper-head");
     let path = journal(&dir);
-    db(&path).execute("DELETE FROM records WHERE seq <= 5", []).unwrap();
-    assert_detected(&path, &[], "seq 6: the journal starts here but no signed anchor");
+    db(&path)
+        .execute("DELETE FROM records WHERE seq <= 5", [])
+        .unwrap();
+    assert_detected(
+        &path,
+        &[],
+        "seq 6: the journal starts here but no signed anchor",
+    );
 }
 
 #[test]
@@ -121,8 +144,14 @@ fn inserted_record_with_a_correct_link() {
 fn truncated_tail() {
     let dir = Scratch::new("tamper-truncate");
     let path = journal(&dir);
-    db(&path).execute("DELETE FROM records WHERE seq > 45", []).unwrap();
-    assert_detected(&path, &[], "journal truncated: records end at 45 but a checkpoint signed seq 50");
+    db(&path)
+        .execute("DELETE FROM records WHERE seq > 45", [])
+        .unwrap();
+    assert_detected(
+        &path,
+        &[],
+        "journal truncated: records end at 45 but a checkpoint signed seq 50",
+    );
 }
 
 #[test]
@@ -132,14 +161,21 @@ fn truncated_tail_with_checkpoints_removed() {
     let c = db(&path);
     // Cut the tail and the checkpoints that would betray it, leaving 10 unsigned records.
     c.execute("DELETE FROM records WHERE seq > 40", []).unwrap();
-    c.execute("DELETE FROM checkpoints WHERE seq > 30", []).unwrap();
-    assert_detected(&path, &[], "no checkpoint, though the journal signs one every 10 records");
+    c.execute("DELETE FROM checkpoints WHERE seq > 30", [])
+        .unwrap();
+    assert_detected(
+        &path,
+        &[],
+        "no checkpoint, though the journal signs one every 10 records",
+    );
     // A shorter cut stays within the unsigned window; a witness of the last seq catches it.
     let dir2 = Scratch::new("tamper-truncate-witness");
     let path2 = journal(&dir2);
     let c2 = db(&path2);
-    c2.execute("DELETE FROM records WHERE seq > 45", []).unwrap();
-    c2.execute("DELETE FROM checkpoints WHERE seq > 40", []).unwrap();
+    c2.execute("DELETE FROM records WHERE seq > 45", [])
+        .unwrap();
+    c2.execute("DELETE FROM checkpoints WHERE seq > 40", [])
+        .unwrap();
     assert_detected(&path2, &["--expect-seq", "50"], "journal truncated");
 }
 
@@ -148,12 +184,19 @@ fn rewritten_chain_fails_at_the_signed_checkpoint() {
     let dir = Scratch::new("tamper-rechain");
     let path = journal(&dir);
     let c = db(&path);
-    c.execute("UPDATE records SET record = replace(record, '\"rows\":21', '\"rows\":0') WHERE seq = 23", [])
-        .unwrap();
+    c.execute(
+        "UPDATE records SET record = replace(record, '\"rows\":21', '\"rows\":0') WHERE seq = 23",
+        [],
+    )
+    .unwrap();
     // Recompute every hash from 23 on, as an attacker without the signing key can.
     let mut prev = get_hash(&c, 22);
     for seq in 23..=50u64 {
-        let json: String = c.query_row("SELECT record FROM records WHERE seq = ?1", [seq], |r| r.get(0)).unwrap();
+        let json: String = c
+            .query_row("SELECT record FROM records WHERE seq = ?1", [seq], |r| {
+                r.get(0)
+            })
+            .unwrap();
         let hash = chain::link(&prev, json.as_bytes());
         c.execute(
             "UPDATE records SET prev_hash = ?1, hash = ?2 WHERE seq = ?3",
@@ -162,7 +205,11 @@ fn rewritten_chain_fails_at_the_signed_checkpoint() {
         .unwrap();
         prev = hash;
     }
-    assert_detected(&path, &[], "seq 30: chain differs from the signed checkpoint: a record in 21..=30 was altered");
+    assert_detected(
+        &path,
+        &[],
+        "seq 30: chain differs from the signed checkpoint: a record in 21..=30 was altered",
+    );
 }
 
 #[test]
@@ -170,7 +217,10 @@ fn forged_checkpoint_signature() {
     let dir = Scratch::new("tamper-signature");
     let path = journal(&dir);
     db(&path)
-        .execute("UPDATE checkpoints SET signature = zeroblob(64) WHERE seq = 20", [])
+        .execute(
+            "UPDATE checkpoints SET signature = zeroblob(64) WHERE seq = 20",
+            [],
+        )
         .unwrap();
     assert_detected(&path, &[], "seq 20: checkpoint signature invalid");
 }
@@ -179,10 +229,16 @@ fn forged_checkpoint_signature() {
 fn untrusted_key() {
     let dir = Scratch::new("tamper-key");
     let path = journal(&dir);
-    assert_detected(&path, &["--trusted-key", &"ab".repeat(32)], "signature invalid or by an unexpected key");
+    assert_detected(
+        &path,
+        &["--trusted-key", &"ab".repeat(32)],
+        "signature invalid or by an unexpected key",
+    );
     // The right key passes.
     let key: String = db(&path)
-        .query_row("SELECT value FROM meta WHERE key = 'public_key'", [], |r| r.get(0))
+        .query_row("SELECT value FROM meta WHERE key = 'public_key'", [], |r| {
+            r.get(0)
+        })
         .unwrap();
     let o = audit(&path, &["verify", "--trusted-key", &key]);
     assert!(o.status.success(), "{}", stdout(&o));
@@ -199,5 +255,8 @@ fn truncated_file() {
     let o = audit(&path, &["verify"]);
     assert_eq!(o.status.code(), Some(1), "{}{}", stdout(&o), stderr(&o));
     let all = format!("{}{}", stdout(&o), stderr(&o));
-    assert!(all.contains("cannot be read") || all.contains("malformed"), "{all}");
+    assert!(
+        all.contains("cannot be read") || all.contains("malformed"),
+        "{all}"
+    );
 }

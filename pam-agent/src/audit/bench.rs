@@ -169,7 +169,7 @@ pub fn statement(n: u64) -> Event {
             "SELECT id, status, total FROM orders WHERE customer_id = {n} AND created_at > now() - interval '1 day'"
         )),
         fingerprint: Some("a3f1c2d4e5b60718".into()),
-        decision: if n % 50 == 0 {
+        decision: if n.is_multiple_of(50) {
             Decision::Deny
         } else {
             Decision::Allow

@@ -65,11 +65,7 @@ impl FilterArgs {
                 Err(_) => (None, Some(p.to_owned())),
             },
         };
-        let session = self
-            .session
-            .as_deref()
-            .map(parse_session)
-            .transpose()?;
+        let session = self.session.as_deref().map(parse_session).transpose()?;
         for k in &self.kind {
             if !Event::KINDS.contains(&k.as_str()) {
                 return Err(usage(format!(

@@ -126,7 +126,10 @@ pub fn detail(r: &StoredRecord) -> String {
             "{} pid {} {client} -> {destination}{}",
             principal.comm,
             principal.pid,
-            principal.exe.map(|e| format!(" exe {e}")).unwrap_or_default()
+            principal
+                .exe
+                .map(|e| format!(" exe {e}"))
+                .unwrap_or_default()
         ),
         Event::SessionClosed {
             bytes_from_worker,

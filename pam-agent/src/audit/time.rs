@@ -8,7 +8,10 @@ pub fn parse(text: &str, now: Timestamp) -> Result<i64, String> {
     let text = text.trim();
     if let Some(age) = parse_age(text) {
         return age
-            .and_then(|secs| now.as_microsecond().checked_sub(secs.checked_mul(1_000_000)?))
+            .and_then(|secs| {
+                now.as_microsecond()
+                    .checked_sub(secs.checked_mul(1_000_000)?)
+            })
             .ok_or_else(|| format!("`{text}` is too far in the past"));
     }
     text.parse::<Timestamp>()

@@ -29,10 +29,12 @@ pub fn link(prev: &Hash, json: &[u8]) -> Hash {
 /// Lower-case hex, for showing hashes and keys to people.
 pub fn hex(bytes: &[u8]) -> String {
     use std::fmt::Write;
-    bytes.iter().fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
-        let _ = write!(s, "{b:02x}");
-        s
-    })
+    bytes
+        .iter()
+        .fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
+            let _ = write!(s, "{b:02x}");
+            s
+        })
 }
 
 /// Parses lower- or upper-case hex of exactly `N` bytes.

@@ -45,7 +45,14 @@ impl SessionIndex {
     pub fn derive(&mut self, record: &Record) -> (Columns, Undo) {
         let mut undo = Undo::Nothing;
         let info = match (&record.event, record.session) {
-            (Event::SessionOpened { principal, resource, .. }, session) => {
+            (
+                Event::SessionOpened {
+                    principal,
+                    resource,
+                    ..
+                },
+                session,
+            ) => {
                 let info = SessionInfo {
                     uid: Some(principal.uid),
                     user: principal.user.clone(),

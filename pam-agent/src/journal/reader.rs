@@ -113,7 +113,10 @@ impl Filter {
             values.push(Value::Text(t.clone()));
         }
         if !self.kinds.is_empty() {
-            clauses.push(format!("kind IN ({})", vec!["?"; self.kinds.len()].join(", ")));
+            clauses.push(format!(
+                "kind IN ({})",
+                vec!["?"; self.kinds.len()].join(", ")
+            ));
             values.extend(self.kinds.iter().cloned().map(Value::Text));
         }
         let sql = if clauses.is_empty() {
@@ -146,7 +149,10 @@ pub struct Reader {
 impl Reader {
     pub fn open(path: &Path) -> Result<Self, JournalError> {
         if !path.exists() {
-            return Err(JournalError::Schema(format!("{}: no such journal", path.display())));
+            return Err(JournalError::Schema(format!(
+                "{}: no such journal",
+                path.display()
+            )));
         }
         let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
         let db = |e: rusqlite::Error| JournalError::Database(e.into());

@@ -116,7 +116,12 @@ pub fn checkpoint_message(journal_id: &[u8; 16], seq: u64, hash: &Hash, ts_us: i
 }
 
 /// What an anchor signature covers: "the record `first_seq` follows `prev_hash`".
-pub fn anchor_message(journal_id: &[u8; 16], first_seq: u64, prev_hash: &Hash, ts_us: i64) -> Vec<u8> {
+pub fn anchor_message(
+    journal_id: &[u8; 16],
+    first_seq: u64,
+    prev_hash: &Hash,
+    ts_us: i64,
+) -> Vec<u8> {
     message(ANCHOR_DOMAIN, journal_id, first_seq, prev_hash, ts_us)
 }
 
@@ -158,15 +163,25 @@ mod tests {
         let _ = fs::remove_dir_all(&dir);
         let path = dir.join("k.pem");
         let a = load_or_create(&path).unwrap();
-        assert_eq!(fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+        assert_eq!(
+            fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
         let b = load_or_create(&path).unwrap();
         assert_eq!(a.verifying_key(), b.verifying_key());
         let m = checkpoint_message(&[7; 16], 5, &[1; 32], 42);
         let sig = sign(&a, &m);
         assert!(verify(a.verifying_key().as_bytes(), &m, &sig));
-        assert!(!verify(a.verifying_key().as_bytes(), &anchor_message(&[7; 16], 5, &[1; 32], 42), &sig));
+        assert!(!verify(
+            a.verifying_key().as_bytes(),
+            &anchor_message(&[7; 16], 5, &[1; 32], 42),
+            &sig
+        ));
         fs::set_permissions(&path, fs::Permissions::from_mode(0o644)).unwrap();
-        assert!(matches!(load_or_create(&path), Err(KeyError::TooOpen { .. })));
+        assert!(matches!(
+            load_or_create(&path),
+            Err(KeyError::TooOpen { .. })
+        ));
         fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -110,7 +110,8 @@ impl SqliteStore {
             .mode(0o640)
             .open(path)?;
         set_permissions(path, opts.read_group)?;
-        let key = signing::load_or_create(&opts.signing_key).map_err(|e| JournalError::Key(e.to_string()))?;
+        let key = signing::load_or_create(&opts.signing_key)
+            .map_err(|e| JournalError::Key(e.to_string()))?;
         let public = key.verifying_key().to_bytes();
 
         let conn = Connection::open_with_flags(
@@ -121,13 +122,17 @@ impl SqliteStore {
         let fresh = !schema::exists(&conn).map_err(db_err)?;
         if fresh {
             // Must precede the first table so freed pages can be returned to the OS.
-            conn.execute_batch("PRAGMA auto_vacuum = INCREMENTAL;").map_err(db_err)?;
+            conn.execute_batch("PRAGMA auto_vacuum = INCREMENTAL;")
+                .map_err(db_err)?;
         }
         let mode: String = conn
             .query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))
             .map_err(db_err)?;
         if !mode.eq_ignore_ascii_case("wal") {
-            return Err(JournalError::Schema(format!("cannot switch {} to WAL mode (got {mode})", path.display())));
+            return Err(JournalError::Schema(format!(
+                "cannot switch {} to WAL mode (got {mode})",
+                path.display()
+            )));
         }
         conn.execute_batch(if opts.fsync {
             "PRAGMA synchronous = FULL;"
@@ -179,16 +184,19 @@ impl SqliteStore {
     fn reload_tip(&mut self) -> Result<(), JournalError> {
         let tip: Option<(u64, Vec<u8>)> = self
             .conn
-            .query_row("SELECT seq, hash FROM records ORDER BY seq DESC LIMIT 1", [], |r| {
-                Ok((r.get(0)?, r.get(1)?))
-            })
+            .query_row(
+                "SELECT seq, hash FROM records ORDER BY seq DESC LIMIT 1",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
             .optional()
             .map_err(db_err)?;
         (self.last_seq, self.last_hash) = match tip {
             Some((seq, hash)) => (
                 seq,
-                chain::from_blob(&hash)
-                    .ok_or_else(|| JournalError::Schema(format!("record {seq} has a malformed hash")))?,
+                chain::from_blob(&hash).ok_or_else(|| {
+                    JournalError::Schema(format!("record {seq} has a malformed hash"))
+                })?,
             ),
             None => (0, chain::genesis(&self.journal_id)),
         };
@@ -206,7 +214,10 @@ impl SqliteStore {
 
     fn insert_checkpoint(&self, tx: &Transaction, seq: u64, hash: &Hash) -> rusqlite::Result<()> {
         let ts_us = Timestamp::now().as_microsecond();
-        let sig = signing::sign(&self.key, &signing::checkpoint_message(&self.journal_id, seq, hash, ts_us));
+        let sig = signing::sign(
+            &self.key,
+            &signing::checkpoint_message(&self.journal_id, seq, hash, ts_us),
+        );
         tx.prepare_cached(
             "INSERT OR REPLACE INTO checkpoints (seq, hash, ts_us, public_key, signature) VALUES (?1, ?2, ?3, ?4, ?5)",
         )?
@@ -215,7 +226,11 @@ impl SqliteStore {
     }
 
     /// Writes the records and any due checkpoint in one transaction.
-    fn write(&mut self, records: &[Record], undos: &mut Vec<Undo>) -> Result<(Hash, u64), JournalError> {
+    fn write(
+        &mut self,
+        records: &[Record],
+        undos: &mut Vec<Undo>,
+    ) -> Result<(Hash, u64), JournalError> {
         let tx = self.conn.unchecked_transaction().map_err(db_err)?;
         let mut prev = self.last_hash;
         let mut signed_seq = self.signed_seq;
@@ -228,8 +243,11 @@ impl SqliteStore {
                 .map_err(db_err)?;
             for r in records {
                 self.json.clear();
-                serde_json::to_writer(&mut self.json, r).map_err(|e| JournalError::Schema(format!("cannot encode record {}: {e}", r.seq)))?;
-                let json = std::str::from_utf8(&self.json).map_err(|e| JournalError::Schema(e.to_string()))?;
+                serde_json::to_writer(&mut self.json, r).map_err(|e| {
+                    JournalError::Schema(format!("cannot encode record {}: {e}", r.seq))
+                })?;
+                let json = std::str::from_utf8(&self.json)
+                    .map_err(|e| JournalError::Schema(e.to_string()))?;
                 let hash = chain::link(&prev, json.as_bytes());
                 let (c, undo) = self.sessions.derive(r);
                 undos.push(undo);
@@ -270,7 +288,8 @@ impl SqliteStore {
             return Ok(());
         }
         let tx = self.conn.unchecked_transaction().map_err(db_err)?;
-        self.insert_checkpoint(&tx, self.last_seq, &self.last_hash).map_err(db_err)?;
+        self.insert_checkpoint(&tx, self.last_seq, &self.last_hash)
+            .map_err(db_err)?;
         tx.commit().map_err(db_err)?;
         self.mark_signed(self.last_seq);
         Ok(())
@@ -290,7 +309,8 @@ impl SqliteStore {
     pub fn enforce_retention(&mut self) -> Result<u64, JournalError> {
         let mut removed = 0;
         if let Some(age) = self.opts.max_age {
-            let cutoff = Timestamp::now().as_microsecond() - i64::try_from(age.as_micros()).unwrap_or(i64::MAX);
+            let cutoff = Timestamp::now().as_microsecond()
+                - i64::try_from(age.as_micros()).unwrap_or(i64::MAX);
             let through: Option<u64> = self
                 .conn
                 .query_row(
@@ -309,7 +329,9 @@ impl SqliteStore {
             if used > max {
                 let (first, last): (Option<u64>, Option<u64>) = self
                     .conn
-                    .query_row("SELECT min(seq), max(seq) FROM records", [], |r| Ok((r.get(0)?, r.get(1)?)))
+                    .query_row("SELECT min(seq), max(seq) FROM records", [], |r| {
+                        Ok((r.get(0)?, r.get(1)?))
+                    })
                     .map_err(db_err)?;
                 if let (Some(first), Some(last)) = (first, last) {
                     let total = last - first + 1;
@@ -321,11 +343,14 @@ impl SqliteStore {
         }
         if removed > 0 {
             // Give the freed pages back to the file system (it returns a row per page).
-            let vacuum = self.conn.prepare("PRAGMA incremental_vacuum").and_then(|mut st| {
-                let mut rows = st.query([])?;
-                while rows.next()?.is_some() {}
-                Ok(())
-            });
+            let vacuum = self
+                .conn
+                .prepare("PRAGMA incremental_vacuum")
+                .and_then(|mut st| {
+                    let mut rows = st.query([])?;
+                    while rows.next()?.is_some() {}
+                    Ok(())
+                });
             if let Err(e) = vacuum {
                 tracing::warn!(error = %e, "journal retention could not shrink the file");
             }
@@ -335,7 +360,11 @@ impl SqliteStore {
 
     /// Bytes of the database in use (pages not on the free list).
     fn used_bytes(&self) -> Result<u64, JournalError> {
-        let q = |p: &str| self.conn.query_row(p, [], |r| r.get::<_, u64>(0)).map_err(db_err);
+        let q = |p: &str| {
+            self.conn
+                .query_row(p, [], |r| r.get::<_, u64>(0))
+                .map_err(db_err)
+        };
         let pages = q("PRAGMA page_count")?;
         let free = q("PRAGMA freelist_count")?;
         Ok(pages.saturating_sub(free) * q("PRAGMA page_size")?)
@@ -357,24 +386,39 @@ impl SqliteStore {
             let end = (start + PRUNE_CHUNK - 1).min(through);
             let tx = self.conn.unchecked_transaction().map_err(db_err)?;
             let hash: Vec<u8> = tx
-                .query_row("SELECT hash FROM records WHERE seq = ?1", [end], |r| r.get(0))
+                .query_row("SELECT hash FROM records WHERE seq = ?1", [end], |r| {
+                    r.get(0)
+                })
                 .map_err(db_err)?;
-            let hash = chain::from_blob(&hash).ok_or_else(|| JournalError::Schema(format!("record {end} has a malformed hash")))?;
+            let hash = chain::from_blob(&hash).ok_or_else(|| {
+                JournalError::Schema(format!("record {end} has a malformed hash"))
+            })?;
             let ts_us = Timestamp::now().as_microsecond();
-            let sig = signing::sign(&self.key, &signing::anchor_message(&self.journal_id, end + 1, &hash, ts_us));
+            let sig = signing::sign(
+                &self.key,
+                &signing::anchor_message(&self.journal_id, end + 1, &hash, ts_us),
+            );
             tx.execute(
                 "INSERT OR REPLACE INTO anchors (first_seq, prev_hash, ts_us, public_key, signature) VALUES (?1, ?2, ?3, ?4, ?5)",
                 params![end + 1, &hash[..], ts_us, &self.public[..], &sig[..]],
             )
             .map_err(db_err)?;
-            tx.execute("DELETE FROM records WHERE seq <= ?1", [end]).map_err(db_err)?;
-            tx.execute("DELETE FROM checkpoints WHERE seq <= ?1", [end]).map_err(db_err)?;
-            tx.execute("DELETE FROM anchors WHERE first_seq <= ?1", [end]).map_err(db_err)?;
+            tx.execute("DELETE FROM records WHERE seq <= ?1", [end])
+                .map_err(db_err)?;
+            tx.execute("DELETE FROM checkpoints WHERE seq <= ?1", [end])
+                .map_err(db_err)?;
+            tx.execute("DELETE FROM anchors WHERE first_seq <= ?1", [end])
+                .map_err(db_err)?;
             tx.commit().map_err(db_err)?;
             start = end + 1;
         }
         let removed = through - first + 1;
-        tracing::info!(through, removed, reason, "journal retention removed old records");
+        tracing::info!(
+            through,
+            removed,
+            reason,
+            "journal retention removed old records"
+        );
         let record = Record::new(
             self.last_seq + 1,
             None,
@@ -390,10 +434,19 @@ impl SqliteStore {
 }
 
 /// Reads (or creates) the journal's id and records the checkpoint policy.
-fn init_meta(conn: &Connection, opts: &StoreOptions, public: &[u8; 32]) -> Result<[u8; 16], JournalError> {
+fn init_meta(
+    conn: &Connection,
+    opts: &StoreOptions,
+    public: &[u8; 32],
+) -> Result<[u8; 16], JournalError> {
     let version = schema::meta(conn, schema::META_VERSION).map_err(db_err)?;
     match version {
-        None => schema::set_meta(conn, schema::META_VERSION, &schema::SCHEMA_VERSION.to_string()).map_err(db_err)?,
+        None => schema::set_meta(
+            conn,
+            schema::META_VERSION,
+            &schema::SCHEMA_VERSION.to_string(),
+        )
+        .map_err(db_err)?,
         Some(v) if v == schema::SCHEMA_VERSION.to_string() => {}
         Some(v) => {
             return Err(JournalError::Schema(format!(
@@ -404,7 +457,8 @@ fn init_meta(conn: &Connection, opts: &StoreOptions, public: &[u8; 32]) -> Resul
         }
     }
     let id = match schema::meta(conn, schema::META_JOURNAL_ID).map_err(db_err)? {
-        Some(hex) => chain::unhex::<16>(&hex).ok_or_else(|| JournalError::Schema(format!("malformed journal_id {hex}")))?,
+        Some(hex) => chain::unhex::<16>(&hex)
+            .ok_or_else(|| JournalError::Schema(format!("malformed journal_id {hex}")))?,
         None => {
             let id = *uuid::Uuid::now_v7().as_bytes();
             schema::set_meta(conn, schema::META_JOURNAL_ID, &chain::hex(&id)).map_err(db_err)?;
@@ -471,7 +525,9 @@ impl JournalStore for SqliteStore {
 
     fn tick(&mut self) -> Result<(), JournalError> {
         self.checkpoint_if_due(false)?;
-        if (self.opts.max_age.is_some() || self.opts.max_bytes.is_some()) && Instant::now() >= self.next_retention {
+        if (self.opts.max_age.is_some() || self.opts.max_bytes.is_some())
+            && Instant::now() >= self.next_retention
+        {
             self.next_retention = Instant::now() + RETENTION_CHECK;
             self.enforce_retention()?;
         }

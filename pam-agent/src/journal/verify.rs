@@ -22,7 +22,10 @@ pub enum Problem {
     /// The journal does not start at seq 1 and no signed anchor explains why.
     MissingStart { first_seq: u64 },
     /// The anchor the remaining records start from is not validly signed or not followed.
-    BadAnchor { first_seq: u64, reason: &'static str },
+    BadAnchor {
+        first_seq: u64,
+        reason: &'static str,
+    },
     /// Records in `from..=to` are absent.
     Missing { from: u64, to: u64 },
     /// The record's content does not match its stored hash.
@@ -64,10 +67,17 @@ impl fmt::Display for Problem {
                 write!(f, "seq {from}: record missing (deleted)")
             }
             Problem::Missing { from, to } => {
-                write!(f, "seq {from}..={to}: {} records missing (deleted)", to - from + 1)
+                write!(
+                    f,
+                    "seq {from}..={to}: {} records missing (deleted)",
+                    to - from + 1
+                )
             }
             Problem::Edited { seq } => {
-                write!(f, "seq {seq}: record edited (content does not match its hash)")
+                write!(
+                    f,
+                    "seq {seq}: record edited (content does not match its hash)"
+                )
             }
             Problem::Misplaced { seq, holds } => write!(
                 f,
@@ -83,19 +93,29 @@ impl fmt::Display for Problem {
             ),
             Problem::Unparsable { seq } => write!(f, "seq {seq}: content is not a journal record"),
             Problem::BadSignature { seq } => {
-                write!(f, "seq {seq}: checkpoint signature invalid or by an unexpected key")
+                write!(
+                    f,
+                    "seq {seq}: checkpoint signature invalid or by an unexpected key"
+                )
             }
             Problem::CheckpointMismatch { seq, since } => write!(
                 f,
                 "seq {seq}: chain differs from the signed checkpoint: a record in {}..={seq} was altered and the hashes after it recomputed",
                 since + 1
             ),
-            Problem::Truncated { last_seq, signed_seq } => write!(
+            Problem::Truncated {
+                last_seq,
+                signed_seq,
+            } => write!(
                 f,
                 "seq {}: journal truncated: records end at {last_seq} but a checkpoint signed seq {signed_seq} (or a witness saw it)",
                 last_seq + 1
             ),
-            Problem::CheckpointGap { after, until, every } => write!(
+            Problem::CheckpointGap {
+                after,
+                until,
+                every,
+            } => write!(
                 f,
                 "seq {}..={until}: no checkpoint, though the journal signs one every {every} records (checkpoints removed; the tail may be truncated)",
                 after + 1
@@ -186,8 +206,9 @@ fn walk(reader: &Reader, opts: &VerifyOptions, report: &mut Report) -> rusqlite:
     // Checkpoints: signature first, chain agreement during the walk.
     let mut checkpoints: BTreeMap<u64, Signed> = BTreeMap::new();
     {
-        let mut stmt =
-            conn.prepare("SELECT seq, hash, ts_us, public_key, signature FROM checkpoints ORDER BY seq")?;
+        let mut stmt = conn.prepare(
+            "SELECT seq, hash, ts_us, public_key, signature FROM checkpoints ORDER BY seq",
+        )?;
         let mut rows = stmt.query([])?;
         while let Some(r) = rows.next()? {
             let seq: u64 = r.get(0)?;
@@ -207,7 +228,8 @@ fn walk(reader: &Reader, opts: &VerifyOptions, report: &mut Report) -> rusqlite:
     }
     report.checkpoints = checkpoints.len() as u64;
 
-    let first_seq: Option<u64> = conn.query_row("SELECT min(seq) FROM records", [], |r| r.get(0))?;
+    let first_seq: Option<u64> =
+        conn.query_row("SELECT min(seq) FROM records", [], |r| r.get(0))?;
     let Some(first_seq) = first_seq else {
         let beyond = checkpoints.last_key_value().map(|(s, _)| *s);
         if let Some(seq) = beyond.max(opts.expect_seq.filter(|&e| e > 0)) {
@@ -304,19 +326,27 @@ fn walk(reader: &Reader, opts: &VerifyOptions, report: &mut Report) -> rusqlite:
                 let (cols, _) = sessions.derive(&record);
                 let mut mismatch = |column: &'static str, same: bool| {
                     if !same {
-                        report.problems.push(Problem::ColumnMismatch { seq, column });
+                        report
+                            .problems
+                            .push(Problem::ColumnMismatch { seq, column });
                     }
                 };
                 mismatch("ts_us", r.get::<_, i64>(1)? == cols.ts_us);
                 mismatch("kind", r.get_ref(2)?.as_str().ok() == Some(cols.kind));
                 mismatch("session", r.get::<_, Option<String>>(3)? == cols.session);
-                mismatch("decision", r.get_ref(9)?.as_str_or_null().ok().flatten() == cols.decision);
+                mismatch(
+                    "decision",
+                    r.get_ref(9)?.as_str_or_null().ok().flatten() == cols.decision,
+                );
                 if known {
                     mismatch("uid", r.get::<_, Option<u32>>(4)? == cols.info.uid);
                     mismatch("user", r.get::<_, Option<String>>(5)? == cols.info.user);
                     mismatch("comm", r.get::<_, Option<String>>(6)? == cols.info.comm);
                     mismatch("exe", r.get::<_, Option<String>>(7)? == cols.info.exe);
-                    mismatch("resource", r.get::<_, Option<String>>(8)? == cols.info.resource);
+                    mismatch(
+                        "resource",
+                        r.get::<_, Option<String>>(8)? == cols.info.resource,
+                    );
                 }
             }
             Err(_) => match serde_json::from_str::<serde_json::Value>(json) {
@@ -346,7 +376,10 @@ fn walk(reader: &Reader, opts: &VerifyOptions, report: &mut Report) -> rusqlite:
     report.first_seq = Some(first_seq);
     let last_seq = report.last_seq.unwrap_or(0);
 
-    let beyond = checkpoints.range(last_seq + 1..).next_back().map(|(s, _)| *s);
+    let beyond = checkpoints
+        .range(last_seq + 1..)
+        .next_back()
+        .map(|(s, _)| *s);
     if let Some(signed_seq) = beyond.max(opts.expect_seq.filter(|&e| e > last_seq)) {
         report.problems.push(Problem::Truncated {
             last_seq,
