@@ -39,7 +39,7 @@ use tokio::sync::{mpsc, oneshot};
 pub use event::{Event, Record, SessionId};
 
 /// Upper bound on records written in one group; keeps one slow batch from starving acks.
-const MAX_BATCH: usize = 1024;
+const MAX_BATCH: usize = 4096;
 /// Queue depth before `record` waits: back-pressure instead of unbounded memory.
 const QUEUE_DEPTH: usize = 8192;
 
