@@ -85,6 +85,30 @@ pub struct RawJournal {
     /// fsync after each group of records (default true).
     #[serde(default = "default_true")]
     pub fsync: bool,
+    /// Ed25519 key (PKCS#8 PEM, mode 0600) for checkpoints; default `<path>.key`.
+    pub signing_key: Option<PathBuf>,
+    /// Longest wait for companions before a group is committed (0: commit at once).
+    #[serde(default)]
+    pub commit_interval_ms: u64,
+    /// Sign a checkpoint at least every this many records (default 1000)...
+    #[serde(default = "default_checkpoint_records")]
+    pub checkpoint_records: u64,
+    /// ...and when records wait unsigned this long (default 10 s).
+    #[serde(default = "default_checkpoint_interval_ms")]
+    pub checkpoint_interval_ms: u64,
+    /// Remove records older than this many days.
+    pub max_age_days: Option<u64>,
+    /// Keep the journal under this many MiB by removing the oldest records.
+    pub max_size_mb: Option<u64>,
+    /// Group (name or gid) allowed to read the journal.
+    pub read_group: Option<String>,
+}
+
+fn default_checkpoint_records() -> u64 {
+    1000
+}
+fn default_checkpoint_interval_ms() -> u64 {
+    10_000
 }
 
 fn default_true() -> bool {
@@ -152,6 +176,13 @@ pub struct Listener {
 pub struct JournalConfig {
     pub path: PathBuf,
     pub fsync: bool,
+    pub signing_key: PathBuf,
+    pub commit_interval: Duration,
+    pub checkpoint_records: u64,
+    pub checkpoint_interval: Duration,
+    pub max_age: Option<Duration>,
+    pub max_size_bytes: Option<u64>,
+    pub read_group: Option<u32>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -264,6 +295,8 @@ impl Config {
             ));
         }
 
+        let journal = validate_journal(raw.journal).map_err(|(f, r)| invalid(f, r))?;
+
         let pin_dir = raw.agent.pin_dir.unwrap_or_else(|| DEFAULT_PIN_DIR.into());
         if !pin_dir.is_absolute() {
             return Err(invalid("agent.pin_dir", "must be an absolute path".into()));
@@ -332,10 +365,7 @@ impl Config {
             path: path.to_owned(),
             pin_dir,
             listener,
-            journal: JournalConfig {
-                path: raw.journal.path,
-                fsync: raw.journal.fsync,
-            },
+            journal,
             governed,
             resources,
         })
@@ -345,6 +375,90 @@ impl Config {
     /// recorded (its index here).
     pub fn resource(&self, id: u32) -> Option<&Resource> {
         self.resources.get(id as usize)
+    }
+}
+
+/// Checks the `[journal]` section; errors name the field.
+fn validate_journal(raw: RawJournal) -> Result<JournalConfig, (&'static str, String)> {
+    if raw.checkpoint_records == 0 {
+        return Err((
+            "journal.checkpoint_records",
+            "must be greater than 0".into(),
+        ));
+    }
+    if raw.checkpoint_interval_ms == 0 {
+        return Err((
+            "journal.checkpoint_interval_ms",
+            "must be greater than 0".into(),
+        ));
+    }
+    if raw.commit_interval_ms > 1000 {
+        return Err((
+            "journal.commit_interval_ms",
+            "at most 1000: every session waits this long for its record".into(),
+        ));
+    }
+    if raw.max_age_days == Some(0) {
+        return Err(("journal.max_age_days", "must be at least 1".into()));
+    }
+    if raw.max_size_mb == Some(0) {
+        return Err(("journal.max_size_mb", "must be at least 1".into()));
+    }
+    let read_group = match raw.read_group.as_deref().map(str::trim) {
+        None => None,
+        Some("") => return Err(("journal.read_group", "must not be empty".into())),
+        Some(g) => Some(match g.parse::<u32>() {
+            Ok(gid) => gid,
+            Err(_) => nix::unistd::Group::from_name(g)
+                .ok()
+                .flatten()
+                .map(|grp| grp.gid.as_raw())
+                .ok_or_else(|| ("journal.read_group", format!("no group named `{g}`")))?,
+        }),
+    };
+    let signing_key = raw
+        .signing_key
+        .unwrap_or_else(|| crate::journal::sqlite::default_key_path(&raw.path));
+    if signing_key == raw.path {
+        return Err((
+            "journal.signing_key",
+            "must not be the journal file itself".into(),
+        ));
+    }
+    Ok(JournalConfig {
+        path: raw.path,
+        fsync: raw.fsync,
+        signing_key,
+        commit_interval: Duration::from_millis(raw.commit_interval_ms),
+        checkpoint_records: raw.checkpoint_records,
+        checkpoint_interval: Duration::from_millis(raw.checkpoint_interval_ms),
+        max_age: raw.max_age_days.map(|d| Duration::from_secs(d * 86_400)),
+        max_size_bytes: raw.max_size_mb.map(|m| m * 1024 * 1024),
+        read_group,
+    })
+}
+
+impl JournalConfig {
+    /// The store's settings.
+    pub fn store_options(&self) -> crate::journal::sqlite::StoreOptions {
+        crate::journal::sqlite::StoreOptions {
+            path: self.path.clone(),
+            signing_key: self.signing_key.clone(),
+            fsync: self.fsync,
+            checkpoint_every: self.checkpoint_records,
+            checkpoint_interval: self.checkpoint_interval,
+            max_age: self.max_age,
+            max_bytes: self.max_size_bytes,
+            read_group: self.read_group,
+        }
+    }
+
+    /// The writer's grouping settings.
+    pub fn writer_options(&self) -> crate::journal::WriterOptions {
+        crate::journal::WriterOptions {
+            commit_interval: self.commit_interval,
+            ..Default::default()
+        }
     }
 }
 
@@ -458,6 +572,32 @@ port = 22
     fn missing_cgroup_is_refused() {
         let e = err(&base("").replace("[\"/\"]", "[\"/no/such/cgroup-pam-test\"]"));
         assert!(e.contains("govern.cgroups[0]"), "{e}");
+    }
+
+    #[test]
+    fn journal_settings_are_checked() {
+        let cfg = Config::from_toml(
+            Path::new("t.toml"),
+            &base("").replace(
+                "[journal]\n",
+                "[journal]\ncommit_interval_ms = 2\nmax_age_days = 30\nmax_size_mb = 64\nread_group = \"0\"\n",
+            ),
+        )
+        .unwrap();
+        assert_eq!(cfg.journal.read_group, Some(0));
+        assert_eq!(cfg.journal.max_size_bytes, Some(64 << 20));
+        assert!(
+            cfg.journal
+                .signing_key
+                .ends_with("pam-test-journal.jsonl.key")
+        );
+        let e = err(&base("").replace(
+            "[journal]\n",
+            "[journal]\nread_group = \"no-such-group-pam\"\n",
+        ));
+        assert!(e.contains("journal.read_group"), "{e}");
+        let e = err(&base("").replace("[journal]\n", "[journal]\nretention = 3\n"));
+        assert!(e.contains("unknown field `retention`"), "{e}");
     }
 
     #[test]

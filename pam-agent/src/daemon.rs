@@ -8,9 +8,10 @@ use anyhow::Context;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
+use crate::journal::JournalStore;
 use crate::{
     config::Config,
-    journal::{Event, Journal, jsonl::JsonlStore},
+    journal::{Event, Journal, sqlite::SqliteStore},
     proxy::{self, Listeners, Shared},
     redirect::Redirector,
 };
@@ -22,9 +23,15 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     // Handlers first: a SIGTERM that arrives right after READY must stop us in order,
     // not by the default action.
     let stop = StopSignals::install()?;
-    let store = JsonlStore::open(&cfg.journal.path, cfg.journal.fsync)
+    let store = SqliteStore::open(cfg.journal.store_options())
         .with_context(|| format!("opening journal {}", cfg.journal.path.display()))?;
-    let (journal, writer) = Journal::start(store);
+    tracing::info!(
+        path = %cfg.journal.path.display(),
+        records = store.last_seq(),
+        public_key = %crate::journal::chain::hex(&store.public_key()),
+        "audit journal open"
+    );
+    let (journal, writer) = Journal::start_with(store, cfg.journal.writer_options());
 
     let listeners = Listeners::bind(&cfg).context("binding the proxy listener")?;
     let redirector = Redirector::start(&cfg).context("attaching the kernel programs")?;

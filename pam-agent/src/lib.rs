@@ -8,7 +8,9 @@
 //! - [`principal`]: who is behind a connection.
 //! - [`journal`]: the audit journal interface and its store.
 //! - [`daemon`]: `pam-agent run`, the wiring and the shutdown order.
+//! - [`audit`]: `pam-agent audit`: query, verify and export the journal.
 
+pub mod audit;
 pub mod cgroup;
 pub mod config;
 pub mod daemon;

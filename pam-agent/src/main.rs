@@ -5,7 +5,7 @@ use std::{os::unix::process::CommandExt, path::PathBuf, process::ExitCode};
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
 use pam_agent::{
-    cgroup,
+    audit, cgroup,
     config::{Config, DEFAULT_CONFIG_PATH, DEFAULT_PIN_DIR},
     daemon, redirect,
 };
@@ -68,11 +68,21 @@ enum Command {
         #[arg(long)]
         pin_dir: Option<PathBuf>,
     },
+    /// Read, verify and export the audit journal.
+    Audit {
+        #[command(flatten)]
+        journal: audit::JournalArgs,
+        #[command(subcommand)]
+        command: Box<audit::AuditCommand>,
+    },
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.log_format);
+    if let Command::Audit { journal, command } = cli.command {
+        return audit::run(&journal, *command);
+    }
     match dispatch(cli.command) {
         Ok(code) => code,
         Err(e) => {
@@ -144,6 +154,7 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             );
             Ok(ExitCode::SUCCESS)
         }
+        Command::Audit { journal, command } => Ok(audit::run(&journal, *command)),
     }
 }
 

@@ -339,7 +339,7 @@ impl Agent {
             .tempdir()?;
         let port = free_port();
         let pin_dir = PathBuf::from(format!("/sys/fs/bpf/pamtest-{}", unique()));
-        let journal = dir.path().join("journal.jsonl");
+        let journal = dir.path().join("journal.db");
         let mut text = format!(
             "[agent]\npin_dir = \"{}\"\n\n[listener]\nport = {port}\n\n[journal]\npath = \"{}\"\n\n[govern]\ncgroups = [{}]\n",
             pin_dir.display(),
@@ -436,13 +436,35 @@ impl Agent {
         std::fs::read_to_string(self.dir.path().join("agent.log")).unwrap_or_default()
     }
 
-    /// Every journal record so far, as JSON.
+    /// Every journal record so far, as JSON, read the way a security engineer would:
+    /// `pam-agent audit query --format jsonl`.
     pub fn journal(&self) -> Vec<Value> {
-        let text = std::fs::read_to_string(&self.journal).unwrap_or_default();
-        text.lines()
+        if !self.journal.exists() {
+            return Vec::new();
+        }
+        let out = run(Command::new(agent_bin())
+            .args(["audit", "query", "--format", "jsonl", "--journal"])
+            .arg(&self.journal))
+        .expect("pam-agent audit query");
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
             .filter(|l| !l.is_empty())
             .map(|l| serde_json::from_str(l).expect("journal line is JSON"))
             .collect()
+    }
+
+    /// `pam-agent audit verify` on this agent's journal: (passed, output).
+    pub fn verify_journal(&self) -> (bool, String) {
+        let out = Command::new(agent_bin())
+            .args(["audit", "verify", "--journal"])
+            .arg(&self.journal)
+            .output()
+            .expect("pam-agent audit verify");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned()
+                + &String::from_utf8_lossy(&out.stderr),
+        )
     }
 
     /// Journal records of one kind.

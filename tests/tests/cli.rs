@@ -21,7 +21,7 @@ fn check(config: &str) -> (bool, String) {
 
 fn config(resource: &str, cgroup: &str) -> String {
     format!(
-        "[listener]\nport = 15432\n[journal]\npath = \"/tmp/pam-cli-test.jsonl\"\n[govern]\ncgroups = [\"{cgroup}\"]\n{resource}"
+        "[listener]\nport = 15432\n[journal]\npath = \"/tmp/pam-cli-test.db\"\n[govern]\ncgroups = [\"{cgroup}\"]\n{resource}"
     )
 }
 

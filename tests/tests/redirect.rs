@@ -238,6 +238,9 @@ fn stopped_or_killed_agent_fails_closed_and_restart_resumes_without_duplicates()
             "agent_started"
         ]
     );
+    // The journal survived the kill -9 whole: the hash chain and signatures verify.
+    let (ok, out) = agent.verify_journal();
+    assert!(ok, "audit verify failed after kill -9:\n{out}");
 }
 
 #[test]

@@ -1,5 +1,6 @@
-//! What the journal records. One [`Record`] per line/row: a sequence number, a time, the
-//! session it belongs to (if any) and the [`Event`].
+//! What the journal records. One [`Record`] per row: a sequence number, a time, the
+//! session it belongs to (if any) and the [`Event`]. The record's JSON form (serde, field
+//! order as declared) is what the hash chain covers, so it is part of the on-disk format.
 
 use std::net::SocketAddr;
 
@@ -60,6 +61,9 @@ pub struct ResourceRef {
     pub protocol: String,
 }
 
+/// Everything the agent journals. The `kind` tag names the variant in snake case; it is
+/// also the `kind` column of the store, so names are part of the on-disk format: add
+/// variants and optional fields, never rename.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Event {
@@ -71,6 +75,14 @@ pub enum Event {
     },
     AgentStopped {
         reason: String,
+    },
+    /// The configuration was re-read (SIGHUP or the control API); `ok: false` when the new
+    /// file was refused and the old one stays in force.
+    ConfigReloaded {
+        config: String,
+        ok: bool,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        detail: Option<String>,
     },
     /// A redirected connection was accepted and will be relayed.
     SessionOpened {
@@ -95,6 +107,179 @@ pub enum Event {
         client: SocketAddr,
         reason: String,
     },
+    /// One statement judged by a protocol inspector, written before it goes upstream
+    /// (`duration_ms`/`rows` are then absent) or after it completed.
+    Statement {
+        /// Full text, when the config records text; absent when it records fingerprints only.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        text: Option<String>,
+        /// Normalised form with constants removed, so repeated statements group together.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        fingerprint: Option<String>,
+        decision: Decision,
+        /// The policy rule that decided, when one matched.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        rule: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        duration_ms: Option<u64>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        rows: Option<u64>,
+        /// The upstream's error (e.g. SQLSTATE and message) when the statement failed.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        error: Option<String>,
+    },
+    /// A statement (or other action) waits for a human decision.
+    ApprovalRequested {
+        approval: Uuid,
+        rule: String,
+        /// What is to be approved, as shown to the approver (text or fingerprint).
+        request: String,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        approvers: Vec<String>,
+        expires_at: Timestamp,
+    },
+    ApprovalDecided {
+        approval: Uuid,
+        outcome: ApprovalOutcome,
+        /// Who decided (as authenticated by the approval channel).
+        by: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reason: Option<String>,
+    },
+    /// Nobody decided in time; the request was refused.
+    ApprovalExpired {
+        approval: Uuid,
+    },
+    /// Result values were masked before reaching the worker. Names and counts only: the
+    /// journal never holds the values themselves.
+    MaskingApplied {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        rule: Option<String>,
+        columns: Vec<MaskedColumn>,
+        /// Rows that had at least one masked value.
+        rows: u64,
+    },
+    /// Something failed that an auditor should see (a policy could not load, an upstream
+    /// misbehaved, the agent lost a kernel record).
+    Error {
+        component: String,
+        message: String,
+    },
+    /// Retention removed the records up to `through_seq`; the chain goes on from a signed
+    /// anchor, so what remains still verifies.
+    JournalPruned {
+        through_seq: u64,
+        records: u64,
+        reason: String,
+    },
+}
+
+impl Event {
+    /// Every `kind` value, for validating filters.
+    pub const KINDS: &'static [&'static str] = &[
+        "agent_started",
+        "agent_stopped",
+        "config_reloaded",
+        "session_opened",
+        "session_closed",
+        "connection_refused",
+        "statement",
+        "approval_requested",
+        "approval_decided",
+        "approval_expired",
+        "masking_applied",
+        "error",
+        "journal_pruned",
+    ];
+
+    /// The `kind` tag of this event.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Event::AgentStarted { .. } => "agent_started",
+            Event::AgentStopped { .. } => "agent_stopped",
+            Event::ConfigReloaded { .. } => "config_reloaded",
+            Event::SessionOpened { .. } => "session_opened",
+            Event::SessionClosed { .. } => "session_closed",
+            Event::ConnectionRefused { .. } => "connection_refused",
+            Event::Statement { .. } => "statement",
+            Event::ApprovalRequested { .. } => "approval_requested",
+            Event::ApprovalDecided { .. } => "approval_decided",
+            Event::ApprovalExpired { .. } => "approval_expired",
+            Event::MaskingApplied { .. } => "masking_applied",
+            Event::Error { .. } => "error",
+            Event::JournalPruned { .. } => "journal_pruned",
+        }
+    }
+
+    /// The value of the store's `decision` column: what was decided about the work this
+    /// event describes, when it decides anything.
+    pub fn decision(&self) -> Option<&'static str> {
+        match self {
+            Event::Statement { decision, .. } => Some(decision.as_str()),
+            Event::ApprovalRequested { .. } => Some("pending"),
+            Event::ApprovalDecided { outcome, .. } => Some(outcome.as_str()),
+            Event::ApprovalExpired { .. } => Some("expired"),
+            Event::ConnectionRefused { .. } => Some("refused"),
+            _ => None,
+        }
+    }
+
+    /// Every value the `decision` column can hold, for validating filters.
+    pub const DECISIONS: &'static [&'static str] = &[
+        "allow",
+        "deny",
+        "require_approval",
+        "pending",
+        "approved",
+        "rejected",
+        "expired",
+        "refused",
+    ];
+}
+
+/// A policy verdict on a statement.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Decision {
+    Allow,
+    Deny,
+    /// Held until a human approves (see the approval events with the same session).
+    RequireApproval,
+}
+
+impl Decision {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Decision::Allow => "allow",
+            Decision::Deny => "deny",
+            Decision::RequireApproval => "require_approval",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ApprovalOutcome {
+    Approved,
+    Rejected,
+}
+
+impl ApprovalOutcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ApprovalOutcome::Approved => "approved",
+            ApprovalOutcome::Rejected => "rejected",
+        }
+    }
+}
+
+/// One masked result column and how many of its values were masked.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MaskedColumn {
+    pub name: String,
+    /// How values were masked (`redact`, `hash`, `partial`, ...), as the rule says.
+    pub method: String,
+    pub values: u64,
 }
 
 /// How a session ended.

@@ -5,19 +5,41 @@
 //! returns only once the record is stored (per the store's durability setting). Records
 //! are numbered and written by one writer thread that drains the queue in groups, so
 //! many sessions share one fsync (group commit). The storage format lives behind
-//! [`JournalStore`]; [`jsonl::JsonlStore`] is the current one.
+//! [`JournalStore`]; the agent uses [`sqlite::SqliteStore`] (docs/journal.md).
+//!
+//! Layout:
+//! - [`event`]: the record model, every kind of event.
+//! - [`chain`]: the hash chain over records' canonical JSON.
+//! - [`signing`]: the ed25519 key and what checkpoints and anchors sign.
+//! - [`schema`]: the SQLite tables.
+//! - [`index`]: the indexed columns derived from a record.
+//! - [`sqlite`]: the store: group commit, checkpoints, retention, permissions.
+//! - [`reader`]: read-only access and filtered queries (the `audit` CLI).
+//! - [`verify`]: walks a journal and reports what was changed, and where.
+//! - [`jsonl`]: the earlier JSON-lines store, kept for tools that still read it.
 
+pub mod chain;
 pub mod event;
+pub mod index;
 pub mod jsonl;
+pub mod reader;
+pub mod schema;
+pub mod signing;
+pub mod sqlite;
+pub mod verify;
 
-use std::{sync::Arc, thread};
+use std::{
+    sync::Arc,
+    thread,
+    time::{Duration, Instant},
+};
 
 use tokio::sync::{mpsc, oneshot};
 
 pub use event::{Event, Record, SessionId};
 
 /// Upper bound on records written in one group; keeps one slow batch from starving acks.
-const MAX_BATCH: usize = 1024;
+const MAX_BATCH: usize = 4096;
 /// Queue depth before `record` waits: back-pressure instead of unbounded memory.
 const QUEUE_DEPTH: usize = 8192;
 
@@ -27,6 +49,13 @@ pub enum JournalError {
     Write(Arc<std::io::Error>),
     #[error("journal is closed")]
     Closed,
+    /// SQLite refused: the text says why ("database or disk is full", an I/O error...).
+    #[error("journal database error: {0}")]
+    Database(Arc<rusqlite::Error>),
+    #[error("journal signing key: {0}")]
+    Key(String),
+    #[error("journal format: {0}")]
+    Schema(String),
     #[error("journal file {path} is corrupt at line {line}: {reason}")]
     Corrupt {
         path: String,
@@ -48,6 +77,35 @@ pub trait JournalStore: Send + 'static {
     /// Stores the records durably (as configured) or fails without partial success
     /// being reported as success.
     fn append(&mut self, records: &[Record]) -> Result<(), JournalError>;
+    /// Periodic upkeep (time-based checkpoints, retention); may append records of its own,
+    /// so the writer re-reads [`JournalStore::last_seq`] afterwards.
+    fn tick(&mut self) -> Result<(), JournalError> {
+        Ok(())
+    }
+    /// Called once when the last handle is gone and everything is written.
+    fn close(&mut self) -> Result<(), JournalError> {
+        Ok(())
+    }
+}
+
+/// How the writer groups records.
+#[derive(Debug, Clone, Copy)]
+pub struct WriterOptions {
+    /// How long the first record of a group may wait for others before the commit.
+    /// Zero commits as soon as the writer is free (records that arrived meanwhile still
+    /// share the commit); more trades latency for fewer fsyncs under light load.
+    pub commit_interval: Duration,
+    /// How often [`JournalStore::tick`] runs.
+    pub tick: Duration,
+}
+
+impl Default for WriterOptions {
+    fn default() -> Self {
+        WriterOptions {
+            commit_interval: Duration::ZERO,
+            tick: Duration::from_secs(1),
+        }
+    }
 }
 
 struct Pending {
@@ -66,10 +124,18 @@ impl Journal {
     /// Starts the writer thread over `store`. The thread ends when every handle is dropped
     /// and the queue is drained; join the returned handle to be sure all is written.
     pub fn start<S: JournalStore>(store: S) -> (Journal, thread::JoinHandle<()>) {
+        Self::start_with(store, WriterOptions::default())
+    }
+
+    /// [`Journal::start`] with explicit grouping options.
+    pub fn start_with<S: JournalStore>(
+        store: S,
+        opts: WriterOptions,
+    ) -> (Journal, thread::JoinHandle<()>) {
         let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
         let handle = thread::Builder::new()
             .name("pam-journal".into())
-            .spawn(move || writer(store, rx))
+            .spawn(move || writer(store, rx, opts))
             .expect("spawning the journal thread");
         (Journal { tx }, handle)
     }
@@ -110,12 +176,54 @@ impl Journal {
     }
 }
 
-fn writer<S: JournalStore>(mut store: S, mut rx: mpsc::Receiver<Pending>) {
+fn writer<S: JournalStore>(store: S, rx: mpsc::Receiver<Pending>, opts: WriterOptions) {
+    // A small runtime of its own, only for timed waits on the queue.
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot start the journal writer's timer");
+            return;
+        }
+    };
+    rt.block_on(write_loop(store, rx, opts));
+}
+
+async fn write_loop<S: JournalStore>(
+    mut store: S,
+    mut rx: mpsc::Receiver<Pending>,
+    opts: WriterOptions,
+) {
     let mut next_seq = store.last_seq() + 1;
     let mut batch: Vec<Pending> = Vec::with_capacity(MAX_BATCH);
     let mut records: Vec<Record> = Vec::with_capacity(MAX_BATCH);
-    while let Some(first) = rx.blocking_recv() {
+    let mut next_tick = Instant::now() + opts.tick;
+    loop {
+        let wait = next_tick.saturating_duration_since(Instant::now());
+        let first = match tokio::time::timeout(wait, rx.recv()).await {
+            Ok(Some(p)) => p,
+            Ok(None) => break,
+            Err(_) => {
+                if let Err(e) = store.tick() {
+                    tracing::error!(error = %e, "audit journal upkeep failed");
+                }
+                next_seq = store.last_seq() + 1;
+                next_tick = Instant::now() + opts.tick;
+                continue;
+            }
+        };
         batch.push(first);
+        if !opts.commit_interval.is_zero() {
+            let deadline = tokio::time::Instant::now() + opts.commit_interval;
+            while batch.len() < MAX_BATCH {
+                match tokio::time::timeout_at(deadline, rx.recv()).await {
+                    Ok(Some(p)) => batch.push(p),
+                    _ => break,
+                }
+            }
+        }
         while batch.len() < MAX_BATCH {
             match rx.try_recv() {
                 Ok(p) => batch.push(p),
@@ -134,13 +242,24 @@ fn writer<S: JournalStore>(mut store: S, mut rx: mpsc::Receiver<Pending>) {
                 next_seq += records.len() as u64;
             }
             Err(e) => {
-                // Nothing in this group is acknowledged; the sequence is not advanced,
-                // so the next successful group continues without a gap.
-                tracing::error!(error = %e, records = batch.len(), "audit journal write failed");
+                // Nothing in this group is acknowledged. Numbering continues after what
+                // the store holds, so the next successful group leaves no gap.
+                tracing::error!(error = %e, records = batch.len(), "audit journal write failed; the work it describes is refused");
                 for p in batch.drain(..) {
                     let _ = p.ack.send(Err(e.clone()));
                 }
+                next_seq = store.last_seq() + 1;
             }
         }
+        if Instant::now() >= next_tick {
+            if let Err(e) = store.tick() {
+                tracing::error!(error = %e, "audit journal upkeep failed");
+            }
+            next_seq = store.last_seq() + 1;
+            next_tick = Instant::now() + opts.tick;
+        }
+    }
+    if let Err(e) = store.close() {
+        tracing::error!(error = %e, "closing the audit journal failed");
     }
 }

@@ -1,0 +1,273 @@
+//! Every kind of record written through the agent's journal and read back through the
+//! real `pam-agent audit` binary: query filters, show, export, tail, bad input.
+
+mod common;
+
+use std::{
+    collections::BTreeSet,
+    io::{BufRead, BufReader},
+    process::Stdio,
+    time::{Duration, Instant},
+};
+
+use common::*;
+use pam_agent::journal::{Event, Record, SessionId};
+
+/// A journal holding every kind of event, plus a second principal's session.
+fn journal_with_everything(
+    dir: &Scratch,
+) -> (
+    std::path::PathBuf,
+    SessionId,
+    Vec<(Option<SessionId>, Event)>,
+) {
+    let path = dir.path("journal.db");
+    let session = SessionId::new();
+    let events = every_kind(session);
+    let (j, h) = open(options(&path));
+    for (s, e) in &events {
+        j.record_blocking(*s, e.clone()).unwrap();
+    }
+    let other = SessionId::new();
+    let mut opened = events[2].1.clone();
+    if let Event::SessionOpened { principal, .. } = &mut opened {
+        *principal = principal_of(2002, "bob", "node");
+    }
+    j.record_blocking(Some(other), opened).unwrap();
+    drop(j);
+    h.join().unwrap();
+    (path, session, events)
+}
+
+fn principal_of(uid: u32, user: &str, comm: &str) -> pam_agent::principal::Principal {
+    principal(uid, user, comm)
+}
+
+fn jsonl(o: &std::process::Output) -> Vec<Record> {
+    assert!(o.status.success(), "{}", stderr(o));
+    stdout(o)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect()
+}
+
+#[test]
+fn every_kind_is_written_and_read_back() {
+    let dir = Scratch::new("cli-kinds");
+    let (path, session, events) = journal_with_everything(&dir);
+
+    let all = jsonl(&audit(&path, &["query", "--format", "jsonl"]));
+    assert_eq!(all.len(), events.len() + 1);
+    for (i, (r, (s, e))) in all.iter().zip(&events).enumerate() {
+        assert_eq!(r.seq, i as u64 + 1);
+        assert_eq!(&r.session, s);
+        assert_eq!(&r.event, e);
+    }
+    // Every kind the agent produces is covered (journal_pruned: see journal_retention).
+    let kinds: BTreeSet<&str> = all.iter().map(|r| r.event.kind()).collect();
+    let expected: BTreeSet<&str> = Event::KINDS
+        .iter()
+        .copied()
+        .filter(|k| *k != "journal_pruned")
+        .collect();
+    assert_eq!(kinds, expected);
+    for kind in &expected {
+        let got = jsonl(&audit(
+            &path,
+            &["query", "--format", "jsonl", "--kind", kind],
+        ));
+        assert!(
+            !got.is_empty() && got.iter().all(|r| r.event.kind() == *kind),
+            "{kind}"
+        );
+    }
+
+    // The table shows every record, one line each, and the verify passes.
+    let table = audit(&path, &["query"]);
+    assert!(table.status.success());
+    assert_eq!(stdout(&table).lines().count(), all.len() + 1);
+    assert!(stdout(&table).contains("alice(1001)"));
+    let v = audit(&path, &["verify"]);
+    assert!(v.status.success(), "{}", stdout(&v));
+    assert!(stdout(&v).contains("OK: chain intact"));
+
+    // show SESSION: the session's records in order.
+    let shown = jsonl(&bin_show(&path, &session.to_string()));
+    assert_eq!(shown.len(), 9);
+    assert!(matches!(shown[0].event, Event::SessionOpened { .. }));
+    assert!(matches!(shown[8].event, Event::SessionClosed { .. }));
+}
+
+fn bin_show(path: &std::path::Path, session: &str) -> std::process::Output {
+    audit(path, &["show", session, "--format", "jsonl"])
+}
+
+#[test]
+fn filters_select_what_they_say() {
+    let dir = Scratch::new("cli-filters");
+    let (path, session, _) = journal_with_everything(&dir);
+    let seqs = |args: &[&str]| -> Vec<u64> {
+        let mut a = vec!["query", "--format", "jsonl"];
+        a.extend_from_slice(args);
+        jsonl(&audit(&path, &a)).iter().map(|r| r.seq).collect()
+    };
+    // alice's session: opened..closed are seq 3..=11; bob's opening is 14.
+    assert_eq!(
+        seqs(&["--principal", "alice"]),
+        (3..=11).collect::<Vec<_>>()
+    );
+    assert_eq!(seqs(&["--principal", "1001"]), (3..=11).collect::<Vec<_>>());
+    assert_eq!(seqs(&["--principal", "bob"]), vec![14]);
+    assert_eq!(seqs(&["--process", "node"]), vec![14]);
+    assert_eq!(seqs(&["--process", "/usr/bin/pyth"]).len(), 9);
+    assert_eq!(seqs(&["--resource", "orders-db"]).len(), 10);
+    assert_eq!(seqs(&["--session", &session.to_string()]).len(), 9);
+    assert_eq!(seqs(&["--decision", "deny"]), vec![5]);
+    assert_eq!(seqs(&["--decision", "refused"]), vec![12]);
+    assert_eq!(
+        seqs(&["--kind", "statement", "--decision", "allow"]),
+        vec![4]
+    );
+    assert_eq!(
+        seqs(&["--kind", "approval_requested,approval_expired"]),
+        vec![6, 8]
+    );
+    assert_eq!(seqs(&["--text", "OPS-12"]), vec![7]);
+    assert_eq!(seqs(&["--since", "1h"]).len(), 14);
+    assert!(seqs(&["--until", "1h"]).is_empty());
+    assert!(
+        seqs(&[
+            "--since",
+            "2000-01-01T00:00:00Z",
+            "--until",
+            "2000-01-02T00:00:00Z"
+        ])
+        .is_empty()
+    );
+    assert_eq!(seqs(&["--limit", "2"]), vec![13, 14]);
+}
+
+#[test]
+fn export_ocsf_uses_fitting_classes() {
+    let dir = Scratch::new("cli-ocsf");
+    let (path, _, _) = journal_with_everything(&dir);
+    let o = audit(&path, &["export", "--format", "ocsf"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let events: Vec<serde_json::Value> = stdout(&o)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(events.len(), 14);
+    let class = |seq: u64| {
+        events
+            .iter()
+            .find(|e| e["metadata"]["sequence"] == seq)
+            .map(|e| {
+                (
+                    e["class_uid"].as_u64().unwrap(),
+                    e["activity_id"].as_u64().unwrap(),
+                )
+            })
+            .unwrap()
+    };
+    assert_eq!(class(1), (6002, 3)); // agent started
+    assert_eq!(class(3), (3002, 1)); // logon
+    assert_eq!(class(4), (6005, 4)); // statement: query
+    assert_eq!(class(11), (3002, 2)); // logoff
+    assert_eq!(class(12), (4001, 5)); // refused
+    assert_eq!(class(13), (6002, 4)); // agent stopped
+    let stmt = events
+        .iter()
+        .find(|e| e["metadata"]["sequence"] == 4)
+        .unwrap();
+    assert_eq!(stmt["type_uid"], 600504);
+    assert_eq!(stmt["actor"]["user"]["name"], "alice");
+    assert_eq!(
+        stmt["query_info"]["query_string"],
+        "SELECT * FROM orders WHERE id = 7"
+    );
+    assert_eq!(stmt["database"]["name"], "orders-db");
+    let denied = events
+        .iter()
+        .find(|e| e["metadata"]["sequence"] == 5)
+        .unwrap();
+    assert_eq!(denied["status_id"], 2);
+    // Plain export: exactly the stored records.
+    let plain = jsonl(&audit(&path, &["export", "--format", "jsonl"]));
+    assert_eq!(plain.len(), 14);
+}
+
+#[test]
+fn bad_input_exits_2_with_a_clear_message() {
+    let dir = Scratch::new("cli-bad");
+    let (path, _, _) = journal_with_everything(&dir);
+    let cases: &[(&[&str], &str)] = &[
+        (&["query", "--since", "yesterday"], "--since"),
+        (&["query", "--until", "2025-13-01T00:00:00Z"], "--until"),
+        (&["query", "--since", "1h", "--until", "2h"], "before"),
+        (&["query", "--kind", "statment"], "unknown kind `statment`"),
+        (&["query", "--decision", "maybe"], "unknown decision"),
+        (&["query", "--session", "not-a-uuid"], "not a session id"),
+        (&["query", "--principal", " "], "--principal"),
+        (&["query", "--colour"], "unexpected argument"),
+        (&["query", "--format", "xml"], "invalid value"),
+        (&["show", "123"], "not a session id"),
+        (&["verify", "--trusted-key", "abc"], "--trusted-key"),
+    ];
+    for (args, msg) in cases {
+        let o = audit(&path, args);
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {}", stderr(&o));
+        assert!(stderr(&o).contains(msg), "{args:?}: {}", stderr(&o));
+    }
+    let o = audit(&dir.path("missing.db"), &["query"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("no such journal"), "{}", stderr(&o));
+    std::fs::write(dir.path("junk.db"), b"this is not sqlite at all, just text").unwrap();
+    let o = audit(&dir.path("junk.db"), &["verify"]);
+    assert_ne!(o.status.code(), Some(0));
+    assert!(!stderr(&o).contains("panicked"), "{}", stderr(&o));
+    // A session with no records is not an error of input, but says so.
+    let o = audit(&path, &["show", &SessionId::new().to_string()]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("no records"));
+}
+
+#[test]
+fn tail_follow_prints_new_records() {
+    let dir = Scratch::new("cli-tail");
+    let (path, _, _) = journal_with_everything(&dir);
+    let mut child = bin()
+        .args([
+            "audit",
+            "tail",
+            "-f",
+            "-n",
+            "1",
+            "--format",
+            "jsonl",
+            "--journal",
+        ])
+        .arg(&path)
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let first: Record = serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap();
+    assert_eq!(first.seq, 14);
+    let (j, h) = open(options(&path));
+    j.record_blocking(
+        None,
+        Event::AgentStopped {
+            reason: "tail test".into(),
+        },
+    )
+    .unwrap();
+    drop(j);
+    h.join().unwrap();
+    let started = Instant::now();
+    let next: Record = serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap();
+    assert_eq!(next.seq, 15);
+    assert!(started.elapsed() < Duration::from_secs(5));
+    child.kill().unwrap();
+    child.wait().unwrap();
+}

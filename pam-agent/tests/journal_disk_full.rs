@@ -1,0 +1,129 @@
+//! A journal on a full file system: writes fail with a clear error (so callers refuse the
+//! work), nothing acknowledged is lost, and writing resumes once there is room.
+//! Needs root (it mounts a 1 MiB tmpfs); fails rather than skips on CI.
+
+mod common;
+
+use std::{path::PathBuf, process::Command};
+
+use common::*;
+use pam_agent::journal::{Event, JournalError, SessionId};
+use rusqlite::Connection;
+
+/// A tmpfs mounted for the test, unmounted on drop.
+struct Tmpfs(PathBuf);
+
+impl Tmpfs {
+    fn mount(dir: PathBuf, size: &str) -> Tmpfs {
+        std::fs::create_dir_all(&dir).unwrap();
+        let ok = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(&dir)
+            .status()
+            .unwrap();
+        assert!(ok.success(), "mount tmpfs failed");
+        Tmpfs(dir)
+    }
+
+    fn resize(&self, size: &str) {
+        let ok = Command::new("mount")
+            .args(["-o", &format!("remount,size={size}")])
+            .arg(&self.0)
+            .status()
+            .unwrap();
+        assert!(ok.success());
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+#[test]
+fn full_disk_refuses_writes_and_keeps_acknowledged_records() {
+    if !require_root("full_disk_refuses_writes_and_keeps_acknowledged_records") {
+        return;
+    }
+    let dir = Scratch::new("diskfull");
+    let fs = Tmpfs::mount(dir.path("fs"), "1m");
+    let path = fs.0.join("journal.db");
+    let session = SessionId::new();
+    let events = every_kind(session);
+    let mut acked = Vec::new();
+    let mut failure = None;
+    {
+        let (j, h) = open(options(&path));
+        j.record_blocking(Some(session), events[2].1.clone())
+            .unwrap();
+        for i in 0..100_000u64 {
+            let mut e = events[3].1.clone();
+            if let Event::Statement { text, .. } = &mut e {
+                *text = Some(format!("SELECT '{}' -- {i}", "x".repeat(200)));
+            }
+            match j.record_blocking(Some(session), e) {
+                Ok(seq) => acked.push(seq),
+                Err(err) => {
+                    failure = Some(err);
+                    break;
+                }
+            }
+        }
+        // Later writes fail the same way, or fit in what little room a failed group left;
+        // whatever is acknowledged must be kept.
+        let mut failed_again = 0;
+        for _ in 0..20 {
+            match j.record_blocking(
+                None,
+                Event::AgentStopped {
+                    reason: "full".into(),
+                },
+            ) {
+                Ok(seq) => acked.push(seq),
+                Err(_) => failed_again += 1,
+            }
+        }
+        assert!(failed_again > 0, "the file system stopped being full");
+        drop(j);
+        h.join().unwrap();
+    }
+    let failure = failure.expect("a 1 MiB file system must fill up");
+    assert!(matches!(failure, JournalError::Database(_)), "{failure:?}");
+    assert!(
+        failure.to_string().contains("disk is full"),
+        "unclear error: {failure}"
+    );
+    assert!(acked.len() > 10, "only {} records fit", acked.len());
+
+    // Everything acknowledged is there, and the journal verifies.
+    let v = audit(&path, &["verify"]);
+    assert!(v.status.success(), "{}{}", stdout(&v), stderr(&v));
+    let c = Connection::open_with_flags(&path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY).unwrap();
+    let max: u64 = c
+        .query_row("SELECT max(seq) FROM records", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(
+        max,
+        *acked.last().unwrap(),
+        "no unacknowledged record was kept either"
+    );
+    drop(c);
+
+    // With room again, writing continues right after the last acknowledged record.
+    fs.resize("8m");
+    let (j, h) = open(options(&path));
+    let seq = j
+        .record_blocking(
+            None,
+            Event::AgentStopped {
+                reason: "room again".into(),
+            },
+        )
+        .unwrap();
+    assert_eq!(seq, max + 1);
+    drop(j);
+    h.join().unwrap();
+    let v = audit(&path, &["verify"]);
+    assert!(v.status.success(), "{}{}", stdout(&v), stderr(&v));
+}

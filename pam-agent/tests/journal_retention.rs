@@ -1,0 +1,222 @@
+//! Retention by age and by size removes the oldest records without breaking the
+//! verification of what remains: the chain restarts from a signed anchor and the removal
+//! itself is journaled. Also: file permissions for the agent and the read group.
+
+mod common;
+
+use std::{
+    os::unix::fs::{MetadataExt, PermissionsExt},
+    time::Duration,
+};
+
+use common::*;
+use pam_agent::journal::{
+    Event, JournalStore, Record, SessionId,
+    sqlite::{SqliteStore, StoreOptions},
+};
+use rusqlite::Connection;
+
+fn statement(session: SessionId, n: u64) -> Event {
+    let mut e = every_kind(session)[3].1.clone();
+    if let Event::Statement { rows, .. } = &mut e {
+        *rows = Some(n);
+    }
+    e
+}
+
+fn append(store: &mut SqliteStore, session: SessionId, count: u64) {
+    let mut batch = Vec::new();
+    for _ in 0..count {
+        let seq = store.last_seq() + 1 + batch.len() as u64;
+        batch.push(Record::new(seq, Some(session), statement(session, seq)));
+        if batch.len() == 500 {
+            store.append(&batch).unwrap();
+            batch.clear();
+        }
+    }
+    store.append(&batch).unwrap();
+}
+
+fn first_last(path: &std::path::Path) -> (u64, u64) {
+    Connection::open(path)
+        .unwrap()
+        .query_row("SELECT min(seq), max(seq) FROM records", [], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })
+        .unwrap()
+}
+
+fn assert_verifies(path: &std::path::Path) -> String {
+    let v = audit(path, &["verify"]);
+    assert!(v.status.success(), "{}{}", stdout(&v), stderr(&v));
+    stdout(&v)
+}
+
+#[test]
+fn age_retention_keeps_the_rest_verifiable() {
+    let dir = Scratch::new("retain-age");
+    let path = dir.path("journal.db");
+    let mut opts: StoreOptions = options(&path);
+    let session = SessionId::new();
+    {
+        let mut store = SqliteStore::open(opts.clone()).unwrap();
+        append(&mut store, session, 35);
+        store.close().unwrap();
+    }
+    std::thread::sleep(Duration::from_millis(1200));
+    opts.max_age = Some(Duration::from_secs(1));
+    let mut store = SqliteStore::open(opts.clone()).unwrap();
+    append(&mut store, session, 5); // 36..=40, young
+    assert_eq!(store.enforce_retention().unwrap(), 35);
+    store.close().unwrap();
+    drop(store);
+    assert_eq!(first_last(&path), (36, 41));
+    let out = assert_verifies(&path);
+    assert!(out.contains("seq 36..=41"), "{out}");
+    // The removal is itself a chained, signed record.
+    let pruned = audit(
+        &path,
+        &["query", "--kind", "journal_pruned", "--format", "jsonl"],
+    );
+    let r: Record = serde_json::from_str(stdout(&pruned).trim()).unwrap();
+    assert_eq!(
+        r.event,
+        Event::JournalPruned {
+            through_seq: 35,
+            records: 35,
+            reason: "max_age".into()
+        }
+    );
+    // Deleting the anchor makes the cut look like what it then is: a deletion.
+    Connection::open(&path)
+        .unwrap()
+        .execute("DELETE FROM anchors", [])
+        .unwrap();
+    let v = audit(&path, &["verify"]);
+    assert_eq!(v.status.code(), Some(1));
+    assert!(stdout(&v).contains("no signed anchor"), "{}", stdout(&v));
+}
+
+#[test]
+fn writer_applies_retention_on_its_own_and_numbering_continues() {
+    let dir = Scratch::new("retain-writer");
+    let path = dir.path("journal.db");
+    let mut opts = options(&path);
+    let session = SessionId::new();
+    {
+        let mut store = SqliteStore::open(opts.clone()).unwrap();
+        append(&mut store, session, 20);
+        store.close().unwrap();
+    }
+    std::thread::sleep(Duration::from_millis(1100));
+    opts.max_age = Some(Duration::from_secs(1));
+    let (j, h) = open(opts);
+    // The writer's first upkeep tick (after about a second) removes 1..=19 (the newest
+    // record always stays) and journals it as seq 21.
+    std::thread::sleep(Duration::from_millis(1600));
+    let seq = j
+        .record_blocking(
+            None,
+            Event::AgentStopped {
+                reason: "after retention".into(),
+            },
+        )
+        .unwrap();
+    assert_eq!(seq, 22, "seq 21 is the journal_pruned record");
+    drop(j);
+    h.join().unwrap();
+    assert_eq!(first_last(&path), (20, 22));
+    assert_verifies(&path);
+}
+
+#[test]
+fn size_retention_keeps_the_journal_under_its_bound() {
+    let dir = Scratch::new("retain-size");
+    let path = dir.path("journal.db");
+    let mut opts = options(&path);
+    opts.checkpoint_every = 100;
+    let session = SessionId::new();
+    let max = 512 * 1024;
+    opts.max_bytes = Some(max);
+    let mut store = SqliteStore::open(opts).unwrap();
+    append(&mut store, session, 6000);
+    let removed = store.enforce_retention().unwrap();
+    assert!(removed > 1000, "removed {removed}");
+    store.close().unwrap();
+    drop(store);
+    let c = Connection::open(&path).unwrap();
+    let used: u64 = c
+        .query_row(
+            "SELECT (page_count - freelist_count) * page_size FROM pragma_page_count, pragma_freelist_count, pragma_page_size",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert!(used <= max, "{used} bytes in use, bound {max}");
+    assert!(
+        std::fs::metadata(&path).unwrap().len() <= max + 64 * 1024,
+        "file did not shrink"
+    );
+    let (first, last) = first_last(&path);
+    assert_eq!(first, removed + 1);
+    assert_eq!(last, 6001);
+    assert_verifies(&path);
+}
+
+#[test]
+fn journal_is_0640_for_the_read_group_and_the_key_0600() {
+    if !require_root("journal_is_0640_for_the_read_group_and_the_key_0600") {
+        return;
+    }
+    let dir = Scratch::new("perms");
+    std::fs::set_permissions(&dir.0, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let path = dir.path("journal.db");
+    let mut opts = options(&path);
+    opts.read_group = Some(65534); // nogroup
+    let (j, h) = open(opts.clone());
+    for (s, e) in every_kind(SessionId::new()) {
+        j.record_blocking(s, e).unwrap();
+    }
+    // While the agent runs (WAL and shared memory present), and after it stopped.
+    let mut running = Some((j, h));
+    for phase in ["running", "stopped"] {
+        if phase == "stopped"
+            && let Some((j, h)) = running.take()
+        {
+            drop(j);
+            h.join().unwrap();
+        }
+        for file in ["journal.db", "journal.db-wal", "journal.db-shm"] {
+            // SQLite removes -wal and -shm when the last connection closes.
+            let Ok(m) = std::fs::metadata(dir.path(file)) else {
+                assert_eq!(phase, "stopped", "{file} missing while running");
+                continue;
+            };
+            assert_eq!(m.permissions().mode() & 0o777, 0o640, "{file}");
+            assert_eq!(m.gid(), 65534, "{file}");
+            assert_eq!(m.uid(), 0, "{file}");
+        }
+        let key = std::fs::metadata(&opts.signing_key).unwrap();
+        assert_eq!(key.permissions().mode() & 0o777, 0o600);
+        // A member of the read group can verify and query; anyone else cannot read.
+        let as_user = |uid: u32, gid: u32| {
+            use std::os::unix::process::CommandExt;
+            bin()
+                .args(["audit", "verify", "--journal"])
+                .arg(&path)
+                .uid(uid)
+                .gid(gid)
+                .output()
+                .unwrap()
+        };
+        let reader = as_user(65534, 65534);
+        assert!(
+            reader.status.success(),
+            "{phase}: {}{}",
+            stdout(&reader),
+            stderr(&reader)
+        );
+        let other = as_user(65533, 65533);
+        assert!(!other.status.success());
+    }
+}
