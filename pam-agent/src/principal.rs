@@ -3,6 +3,11 @@
 //! (user name, executable, cgroup path, systemd unit). The kernel's values are the
 //! evidence; the /proc ones are best effort and absent when the process already exited.
 
+use std::{
+    collections::HashMap,
+    sync::{Mutex, OnceLock},
+};
+
 use serde::{Deserialize, Serialize};
 
 use crate::cgroup;
@@ -49,10 +54,7 @@ impl Principal {
             gid: c.gid,
             cgroup_id: c.cgroup_id,
             comm: String::from_utf8_lossy(&c.comm[..comm_len]).into_owned(),
-            user: nix::unistd::User::from_uid(c.uid.into())
-                .ok()
-                .flatten()
-                .map(|u| u.name),
+            user: user_name(c.uid),
             exe: std::fs::read_link(format!("/proc/{}/exe", c.pid))
                 .ok()
                 .map(|p| p.display().to_string()),
@@ -60,6 +62,25 @@ impl Principal {
             unit,
         }
     }
+}
+
+/// User names by uid, remembered: a name service lookup (NSS: files, LDAP, sssd) per
+/// connection would put its latency on every session's first byte.
+fn user_name(uid: u32) -> Option<String> {
+    static NAMES: OnceLock<Mutex<HashMap<u32, Option<String>>>> = OnceLock::new();
+    let names = NAMES.get_or_init(Default::default);
+    if let Some(name) = names.lock().unwrap_or_else(|p| p.into_inner()).get(&uid) {
+        return name.clone();
+    }
+    let name = nix::unistd::User::from_uid(uid.into())
+        .ok()
+        .flatten()
+        .map(|u| u.name);
+    names
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .insert(uid, name.clone());
+    name
 }
 
 /// The innermost systemd unit (`.service` or `.scope`) named in a cgroup path.
