@@ -49,3 +49,6 @@ pub use resolve::{
 pub use rules::{MaskingConfig, Selector, Strategy, Subject};
 pub use side_channel::{Clause, ColumnReference, SideChannel};
 pub use strategy::StrategyKind;
+
+#[cfg(test)]
+mod tests;
