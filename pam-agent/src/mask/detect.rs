@@ -237,6 +237,9 @@ impl std::fmt::Debug for Detectors {
     }
 }
 
+/// Candidates refused per pattern and value before the search stops looking inside them.
+const MAX_RETRIES: usize = 32;
+
 /// Bounds compile-time memory of a regex (custom patterns come from config).
 const REGEX_SIZE_LIMIT: usize = 4 << 20;
 
@@ -313,13 +316,29 @@ impl Detectors {
             if !*hit || !active.get(p.detector).copied().unwrap_or(false) {
                 continue;
             }
-            for m in p.regex.find_iter(hay) {
-                if let Some(end) = confirm(p.confirm, hay, m.start(), m.end()) {
-                    scratch.found.push(Found {
-                        start: m.start(),
-                        end,
-                        detector: p.detector,
-                    });
+            // Not find_iter: a confirmation may shorten a match (the rest can hold the next
+            // finding), and a refused candidate may contain a real one starting later.
+            let mut pos = 0;
+            let mut retries = 0;
+            while let Some(m) = p.regex.find_at(hay, pos) {
+                match confirm(p.confirm, hay, m.start(), m.end()) {
+                    Some(end) if end > m.start() => {
+                        scratch.found.push(Found {
+                            start: m.start(),
+                            end,
+                            detector: p.detector,
+                        });
+                        pos = end;
+                    }
+                    // Bounded, so a long adversarial value costs linear time, not quadratic.
+                    _ if retries < MAX_RETRIES => {
+                        retries += 1;
+                        pos = m.start() + 1;
+                    }
+                    _ => pos = m.end().max(m.start() + 1),
+                }
+                if pos >= hay.len() {
+                    break;
                 }
             }
         }
@@ -630,7 +649,8 @@ mod tests {
         );
         only("j@x.io", "email", "j@x.io");
         none("user@localhost");
-        none("a..b@example.com");
+        // Not an address as a whole, but its tail is one: masking errs towards masking.
+        only("a..b@example.com", "email", "b@example.com");
         none("version 1.2@3.4");
         none("@example.com");
     }
