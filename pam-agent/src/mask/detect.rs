@@ -476,7 +476,7 @@ pub fn luhn_ok(s: &[u8]) -> bool {
         };
         n += 1;
     }
-    n > 0 && sum % 10 == 0
+    n > 0 && sum.is_multiple_of(10)
 }
 
 fn card_ok(s: &[u8]) -> bool {

@@ -151,7 +151,7 @@ impl ColumnResolver {
         let attnums: Vec<String> = pairs.iter().map(|p| p.attnum.to_string()).collect();
         Some(format!(
             "WITH want(relid, attnum) AS (\
-               SELECT * FROM pg_catalog.unnest('{{{oids}}}'::pg_catalog.oid[], '{{{attnums}}}'::pg_catalog.int2[])) \
+               SELECT * FROM ROWS FROM (pg_catalog.unnest('{{{oids}}}'::pg_catalog.oid[]), pg_catalog.unnest('{{{attnums}}}'::pg_catalog.int2[]))) \
              SELECT w.relid, w.attnum, 'c', n.nspname, c.relname, a.attname \
              FROM want w \
              JOIN pg_catalog.pg_class c ON c.oid = w.relid \
@@ -254,7 +254,7 @@ mod tests {
         assert_eq!(ask, [f(16384, 1), f(16384, 2)]);
         let sql = ColumnResolver::catalog_query(&ask).unwrap();
         assert!(
-            sql.contains("'{16384,16384}'::pg_catalog.oid[], '{1,2}'::pg_catalog.int2[]"),
+            sql.contains("unnest('{16384,16384}'::pg_catalog.oid[]), pg_catalog.unnest('{1,2}'::pg_catalog.int2[])"),
             "{sql}"
         );
         r.absorb(&ask, [row(16384, 1, false, "public", "customers", "email")]);

@@ -221,7 +221,7 @@ fn passthrough_and_other_subjects_leave_rows_byte_identical() {
     plan.rewrite_data_row(&body, &mut out).unwrap();
     assert_eq!(&out[5..], &body[..]);
     let ops = p.with_rules(&["ops-notes"]).unwrap();
-    let mut plan = ops
+    let plan = ops
         .plan_columns(&[col("public", "customers", "email", 25, 0)])
         .unwrap();
     assert!(
