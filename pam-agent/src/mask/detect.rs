@@ -311,6 +311,8 @@ impl Detectors {
         }
         scratch.hits.clear();
         scratch.hits.resize(self.patterns.len(), false);
+        // `is_match` first: most values have no findings, and it can use the plain forward
+        // DFA; the overlapping search that says *which* shapes occur runs only on the rest.
         self.set.matches_read_at(&mut scratch.hits, hay, 0);
         for (p, hit) in self.patterns.iter().zip(&scratch.hits) {
             if !*hit || !active.get(p.detector).copied().unwrap_or(false) {

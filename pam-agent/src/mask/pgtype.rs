@@ -145,7 +145,8 @@ pub fn write_masked(
             let Some(n) = int_value(class, format, value) else {
                 return Masked::Null;
             };
-            let digest = h.digest(n.to_string().as_bytes());
+            let mut buf = [0u8; 20];
+            let digest = h.digest(decimal(n, &mut buf));
             let x = u64::from_be_bytes(digest[..8].try_into().unwrap_or_default());
             match class {
                 TypeClass::Int2 => {
@@ -224,9 +225,29 @@ fn int_value(class: TypeClass, format: Format, value: &[u8]) -> Option<i64> {
 
 fn write_int(format: Format, n: i64, width: usize, out: &mut Vec<u8>) {
     match format {
-        Format::Text => out.extend_from_slice(n.to_string().as_bytes()),
+        Format::Text => out.extend_from_slice(decimal(n, &mut [0u8; 20])),
         Format::Binary => out.extend_from_slice(&n.to_be_bytes()[8 - width..]),
     }
+}
+
+/// `n` in decimal, without a heap allocation (the hot path of hashing integer ids).
+fn decimal(n: i64, buf: &mut [u8; 20]) -> &[u8] {
+    let mut i = buf.len();
+    let mut m = n.unsigned_abs();
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (m % 10) as u8;
+        m /= 10;
+        if m == 0 {
+            break;
+        }
+    }
+    if n < 0 {
+        // i64::MIN has 19 digits, so there is room for the sign.
+        i -= 1;
+        buf[i] = b'-';
+    }
+    &buf[i..]
 }
 
 fn uuid_text(format: Format, value: &[u8]) -> Option<String> {
@@ -317,6 +338,13 @@ mod tests {
             None,
             "wrong width"
         );
+    }
+
+    #[test]
+    fn decimal_matches_display() {
+        for n in [0, 7, -7, 42, i64::MAX, i64::MIN, 1_000_000] {
+            assert_eq!(decimal(n, &mut [0u8; 20]), n.to_string().as_bytes());
+        }
     }
 
     #[test]

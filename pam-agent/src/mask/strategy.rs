@@ -116,18 +116,21 @@ fn write_partial(value: &[u8], keep_last: usize, mask_char: char, out: &mut Vec<
                 .char_indices()
                 .nth(n - visible)
                 .map_or(s.len(), |(i, _)| i);
-            for _ in 0..n - visible {
-                out.extend_from_slice(mask);
-            }
+            push_repeated(mask, n - visible, out);
             out.extend_from_slice(&value[cut..]);
         }
         Err(_) => {
             let visible = keep_last.min(value.len() / 2);
-            for _ in 0..value.len() - visible {
-                out.extend_from_slice(mask);
-            }
+            push_repeated(mask, value.len() - visible, out);
             out.extend_from_slice(&value[value.len() - visible..]);
         }
+    }
+}
+
+fn push_repeated(unit: &[u8], times: usize, out: &mut Vec<u8>) {
+    match unit {
+        [b] => out.resize(out.len() + times, *b),
+        _ => (0..times).for_each(|_| out.extend_from_slice(unit)),
     }
 }
 
