@@ -183,7 +183,15 @@ impl Client {
         loop {
             let m = self.read();
             match m.tag {
-                b'T' => r.fields = row_description(&m.body),
+                b'T' => {
+                    r.fields = row_description(&m.body);
+                    let engine = pam_agent::mask::row_description::parse(&m.body).unwrap();
+                    let ours: Vec<FieldInfo> = r.fields.iter().map(|f| f.info).collect();
+                    assert_eq!(
+                        engine, ours,
+                        "the engine reads RowDescription as this client does"
+                    );
+                }
                 b'D' => r.rows.push(m.body),
                 b'd' => r.copy.push(m.body),
                 b'E' => panic!("server error: {}", String::from_utf8_lossy(&m.body)),

@@ -111,6 +111,16 @@ pub fn escape_into(value: &[u8], delimiter: u8, out: &mut Vec<u8>) {
     }
 }
 
+/// [`RowPlan::rewrite_copy_text_row`] as a function of (row, plan, options, output).
+pub fn rewrite_copy_text_row(
+    row: &[u8],
+    plan: &mut RowPlan,
+    opts: &CopyTextOptions,
+    out: &mut Vec<u8>,
+) -> Result<(), CopyRowError> {
+    plan.rewrite_copy_text_row(row, opts, out)
+}
+
 /// Splits a row (without its newline) into raw field ranges.
 fn split_fields(
     row: &[u8],

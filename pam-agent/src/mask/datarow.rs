@@ -146,6 +146,15 @@ impl RowPlan {
     }
 }
 
+/// [`RowPlan::rewrite_data_row`] as a function of (body, plan, output).
+pub fn rewrite_data_row(
+    body: &[u8],
+    plan: &mut RowPlan,
+    out: &mut Vec<u8>,
+) -> Result<(), DataRowError> {
+    plan.rewrite_data_row(body, out)
+}
+
 /// Builds a DataRow body from values (`None` = NULL): for tests, benches and fixtures.
 pub fn encode_body(values: &[Option<&[u8]>]) -> Vec<u8> {
     let mut body = Vec::new();

@@ -551,6 +551,9 @@ const IBAN_LENGTHS: &[(&[u8; 2], usize)] = &[
 
 /// ISO 13616: move the first four characters to the end, letters become 10..35, mod 97 == 1.
 pub fn iban_ok(s: &[u8]) -> bool {
+    if s.len() < 15 {
+        return false;
+    }
     let chars = || s.iter().copied().filter(|&b| b != b' ');
     let len = chars().count();
     let country = [s[0], s[1]];

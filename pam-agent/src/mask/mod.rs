@@ -15,6 +15,7 @@
 //! - [`glob`]: `*` patterns for column names and selectors.
 //! - [`engine`]: compiled rules ([`MaskingPolicy`]) and one connection's active set ([`Masker`]).
 //! - [`resolve`]: column names from the catalog, and their cache.
+//! - [`row_description`]: the RowDescription fields masking needs, and Bind's result formats.
 //! - [`plan`]: what to do with each column of one result set ([`RowPlan`]).
 //! - [`detect`]: content detectors (one `RegexSet` pre-filter, then checksum confirmation).
 //! - [`strategy`]: how a text value is masked (redact, partial, keyed hash, NULL, e-mail).
@@ -33,6 +34,7 @@ pub mod pgtype;
 pub mod plan;
 pub mod report;
 pub mod resolve;
+pub mod row_description;
 pub mod rules;
 pub mod side_channel;
 pub mod strategy;
@@ -46,6 +48,7 @@ pub use report::{MaskSource, MaskingReport, ReportEntry};
 pub use resolve::{
     CatalogRow, ColumnName, ColumnResolver, FieldSource, ResolveError, ResolvedColumn,
 };
+pub use row_description::RowDescriptionError;
 pub use rules::{MaskingConfig, Selector, Strategy, Subject};
 pub use side_channel::{Clause, ColumnReference, SideChannel};
 pub use strategy::StrategyKind;
