@@ -789,6 +789,34 @@ mod tests {
     }
 
     #[test]
+    fn common_non_personal_strings_find_nothing() {
+        for text in [
+            "a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11",
+            "2024-05-01 10:00:00+00",
+            "2024-05-01T10:00:00.123456Z",
+            "version 1.2.3, build 20240501.4",
+            "HTTP/1.1 200 OK",
+            "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855",
+            "commit 9fceb02d0ae598e95dc970b74767f19372d61af8",
+            "ISBN 978-3-16-148410-0",
+            "price 1,234.56 USD; qty 12; total 14814.72",
+            "https://example.com/orders?id=12345678&page=2",
+            "/var/lib/postgresql/15/main/base/16384/2619",
+            "SGVsbG8gd29ybGQsIHRoaXMgaXMgbm90IGEgc2VjcmV0Lg==",
+            "tracking 1Z999AA10123456784",
+            "lat 52.520008, lon 13.404954",
+            "invoice INV-2024-000123, PO 4500012345",
+            "user@localhost and root@server",
+            "call me maybe: 555-0100",
+            "ratio 3:2:1, time 12:30",
+            "AKIA is the prefix of AWS keys",
+            "the sk-learn package",
+        ] {
+            none(text);
+        }
+    }
+
+    #[test]
     fn plain_prose_and_non_utf8_find_nothing() {
         none("Shipped 3 items to Berlin on 2024-05-01, order #88412, total 129.90 EUR");
         none("");
