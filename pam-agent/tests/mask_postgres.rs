@@ -542,6 +542,36 @@ fn masks_real_postgres_results() {
         masked_rows(&mut plan_for(&mut c, &mut resolver, &m, &r), &r)[2][0]
     );
 
+    // --- Preloading: one catalog query at connection start names every column the rules can
+    // name; afterwards no result waits for the catalog, and the output is the same.
+    let mut preloaded = ColumnResolver::new();
+    let sql = m.preload_query().expect("the rules name columns");
+    let rows = c.query(&sql).rows;
+    preloaded.absorb_preload(rows.iter().map(|b| CatalogRow::from_data_row(b).unwrap()));
+    for result in [&r, &view, &aliased] {
+        let sources: Vec<FieldSource> = result.fields.iter().map(|f| f.info.source).collect();
+        assert!(preloaded.unresolved(&sources).is_empty());
+        let infos: Vec<FieldInfo> = result.fields.iter().map(|f| f.info).collect();
+        let mut p1 = m.plan(&infos, &preloaded).unwrap();
+        let mut p2 = plan_for(&mut c, &mut resolver, &m, result);
+        let (a, b) = (masked_rows(&mut p1, result), masked_rows(&mut p2, result));
+        // Keyed hashes are equal too: same key, same values.
+        assert_eq!(a, b, "preloaded and per-result resolution mask alike");
+    }
+    let view_email = preloaded
+        .lookup(view.fields[2].info.source)
+        .flatten()
+        .unwrap();
+    assert_eq!(
+        view_email.base,
+        [ColumnName::new("public", "customers", "email")]
+    );
+    assert_eq!(
+        preloaded.lookup(r.fields[1].info.source),
+        Some(None),
+        "full_name: no rule can name it"
+    );
+
     // --- Binary format (extended protocol, result format 1).
     let b =
         c.query_binary("SELECT id, email, ssn, ext_id, balance, notes FROM customers ORDER BY id");

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use super::detect::{DetectorKind, Detectors};
 use super::glob;
-use super::resolve::{ColumnName, ResolvedColumn};
+use super::resolve::{ColumnName, ColumnResolver, ResolvedColumn};
 use super::rules::{MaskingConfig, Selector, Strategy, Subject};
 use super::strategy::KeyedHasher;
 
@@ -359,6 +359,18 @@ impl Masker {
                 .position(|m| col.names().any(|n| m.pattern.matches(n)))
                 .map(|m| (r, m, rule.columns[m].strategy))
         })
+    }
+
+    /// The column patterns of the active rules (`schema.table.column` globs).
+    pub fn column_patterns(&self) -> impl Iterator<Item = &str> {
+        self.active_compiled()
+            .flat_map(|r| r.columns.iter().map(|m| m.source.as_str()))
+    }
+
+    /// [`ColumnResolver::preload_query`] for this connection's rules; `None` when no active
+    /// rule names columns (then nothing needs resolving at all).
+    pub fn preload_query(&self) -> Option<String> {
+        ColumnResolver::preload_query(self.column_patterns())
     }
 
     /// Active rules in order, for the side-channel guard.

@@ -120,6 +120,9 @@ impl CatalogRow {
 pub struct ColumnResolver {
     /// `None`: asked the catalog, which knows no such column (dropped meanwhile).
     cache: HashMap<FieldSource, Option<ResolvedColumn>>,
+    /// Filled by [`ColumnResolver::absorb_preload`]: the cache holds every column a rule can
+    /// name, so any other column is known to be unnamed without asking.
+    complete: bool,
 }
 
 impl ColumnResolver {
@@ -130,6 +133,9 @@ impl ColumnResolver {
     /// Table columns of `fields` the cache cannot name yet, each once, in order of appearance.
     pub fn unresolved(&self, fields: &[FieldSource]) -> Vec<FieldSource> {
         let mut out: Vec<FieldSource> = Vec::new();
+        if self.complete {
+            return out;
+        }
         for f in fields {
             if f.is_table_column() && !self.cache.contains_key(f) && !out.contains(f) {
                 out.push(*f);
@@ -177,16 +183,28 @@ impl ColumnResolver {
     }
 
     /// Stores the answer to the catalog query for `asked`; pairs without a row are remembered
-    /// as unnamed, so they are not asked again.
+    /// as unnamed, so they are not asked again. (A session that cannot ask right now, say in
+    /// the middle of a result, may absorb no rows: column rules then do not apply to those
+    /// columns, content detectors still do.)
     pub fn absorb(&mut self, asked: &[FieldSource], rows: impl IntoIterator<Item = CatalogRow>) {
         for a in asked {
             self.cache.insert(*a, None);
         }
+        let asked: std::collections::HashSet<FieldSource> = asked.iter().copied().collect();
+        self.insert_rows(rows.into_iter().filter(|r| asked.contains(&r.source)));
+    }
+
+    /// Replaces the cache with the answer to [`ColumnResolver::preload_query`]: from then on
+    /// no RowDescription needs a catalog round trip, until [`ColumnResolver::invalidate_all`].
+    pub fn absorb_preload(&mut self, rows: impl IntoIterator<Item = CatalogRow>) {
+        self.cache.clear();
+        self.insert_rows(rows);
+        self.complete = true;
+    }
+
+    fn insert_rows(&mut self, rows: impl IntoIterator<Item = CatalogRow>) {
         let mut bases = Vec::new();
         for row in rows {
-            if !asked.contains(&row.source) {
-                continue;
-            }
             if row.is_base {
                 bases.push(row);
             } else {
@@ -208,14 +226,73 @@ impl ColumnResolver {
         }
     }
 
+    /// One SQL statement listing every column that one of `patterns` (`schema.table.column`
+    /// globs, as in column rules) can name: table columns by their own name, view columns by
+    /// their own name or a same-named base column. Same six columns as
+    /// [`ColumnResolver::catalog_query`]. Run it once per connection before the first
+    /// statement (and again after DDL) so that no result has to wait for a catalog query.
+    pub fn preload_query<'a>(patterns: impl IntoIterator<Item = &'a str>) -> Option<String> {
+        let mut values = Vec::new();
+        for p in patterns {
+            let mut parts = p.split('.');
+            if let (Some(s), Some(t), Some(c), None) =
+                (parts.next(), parts.next(), parts.next(), parts.next())
+            {
+                values.push(format!(
+                    "({}, {}, {})",
+                    like_literal(s),
+                    like_literal(t),
+                    like_literal(c)
+                ));
+            }
+        }
+        if values.is_empty() {
+            return None;
+        }
+        Some(format!(
+            "WITH pat(s, t, c) AS (VALUES {values}), \
+             base AS (\
+               SELECT c.oid AS relid, a.attnum, bn.nspname, bc.relname, ba.attname \
+               FROM pg_catalog.pg_class c \
+               JOIN pg_catalog.pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped \
+               JOIN pg_catalog.pg_rewrite r ON r.ev_class = c.oid \
+               JOIN pg_catalog.pg_depend d ON d.classid = 'pg_catalog.pg_rewrite'::pg_catalog.regclass \
+                 AND d.objid = r.oid AND d.refclassid = 'pg_catalog.pg_class'::pg_catalog.regclass \
+                 AND d.refobjsubid > 0 AND d.refobjid <> c.oid \
+               JOIN pg_catalog.pg_class bc ON bc.oid = d.refobjid \
+               JOIN pg_catalog.pg_namespace bn ON bn.oid = bc.relnamespace \
+               JOIN pg_catalog.pg_attribute ba ON ba.attrelid = bc.oid AND ba.attnum = d.refobjsubid \
+                 AND ba.attname = a.attname \
+               WHERE c.relkind IN ('v', 'm') \
+                 AND EXISTS (SELECT 1 FROM pat WHERE bn.nspname LIKE pat.s AND bc.relname LIKE pat.t AND ba.attname LIKE pat.c)) \
+             SELECT c.oid, a.attnum, 'c', n.nspname, c.relname, a.attname \
+             FROM pg_catalog.pg_attribute a \
+             JOIN pg_catalog.pg_class c ON c.oid = a.attrelid \
+             JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
+             WHERE a.attnum > 0 AND NOT a.attisdropped \
+               AND (EXISTS (SELECT 1 FROM pat WHERE n.nspname LIKE pat.s AND c.relname LIKE pat.t AND a.attname LIKE pat.c) \
+                 OR EXISTS (SELECT 1 FROM base b WHERE b.relid = c.oid AND b.attnum = a.attnum)) \
+             UNION ALL \
+             SELECT relid, attnum, 'b', nspname, relname, attname FROM base \
+             ORDER BY 1, 2, 3 DESC, 4, 5",
+            values = values.join(", "),
+        ))
+    }
+
     /// The cached answer: `None` if never asked, `Some(None)` if the catalog had no such column.
     pub fn lookup(&self, field: FieldSource) -> Option<Option<&ResolvedColumn>> {
-        self.cache.get(&field).map(Option::as_ref)
+        match self.cache.get(&field) {
+            Some(found) => Some(found.as_ref()),
+            None if self.complete && field.is_table_column() => Some(None),
+            None => None,
+        }
     }
 
     /// Forget everything: table OIDs and attribute numbers may mean other columns after DDL.
+    /// A preloaded cache stops being complete: preload again, or resolve per result.
     pub fn invalidate_all(&mut self) {
         self.cache.clear();
+        self.complete = false;
     }
 
     pub fn len(&self) -> usize {
@@ -225,6 +302,27 @@ impl ColumnResolver {
     pub fn is_empty(&self) -> bool {
         self.cache.is_empty()
     }
+}
+
+/// A glob part as a SQL LIKE pattern in an escape string literal: `*` → `%`, LIKE's own
+/// wildcards and the escape character taken literally, quotes doubled.
+fn like_literal(glob: &str) -> String {
+    let mut out = String::from("E'");
+    for ch in glob.chars() {
+        match ch {
+            '*' => out.push('%'),
+            // LIKE sees `\_`-style escapes; the escape string literal doubles each backslash.
+            '%' | '_' => {
+                out.push_str("\\\\");
+                out.push(ch);
+            }
+            '\\' => out.push_str("\\\\\\\\"),
+            '\'' => out.push_str("''"),
+            c => out.push(c),
+        }
+    }
+    out.push('\'');
+    out
 }
 
 #[cfg(test)]
@@ -272,6 +370,40 @@ mod tests {
         r.invalidate_all();
         assert_eq!(r.unresolved(&fields).len(), 2);
         assert_eq!(ColumnResolver::catalog_query(&[]), None);
+    }
+
+    #[test]
+    fn preload_makes_every_other_column_known_unnamed() {
+        let sql = ColumnResolver::preload_query(["public.customers.card_number", "*.*.ssn", "bad"])
+            .unwrap();
+        assert!(
+            sql.contains("(E'public', E'customers', E'card\\\\_number'), (E'%', E'%', E'ssn')"),
+            "{sql}"
+        );
+        assert_eq!(like_literal("o'k\\"), "E'o''k\\\\\\\\'");
+        assert_eq!(ColumnResolver::preload_query(["no.dots"]), None);
+        let mut r = ColumnResolver::new();
+        let card = FieldSource {
+            table_oid: 16384,
+            attnum: 6,
+        };
+        let other = FieldSource {
+            table_oid: 16384,
+            attnum: 2,
+        };
+        r.absorb_preload([row(16384, 6, false, "public", "customers", "card_number")]);
+        assert!(r.unresolved(&[card, other]).is_empty());
+        assert_eq!(r.lookup(card).unwrap().unwrap().name.column, "card_number");
+        assert_eq!(r.lookup(other), Some(None));
+        assert_eq!(
+            r.lookup(FieldSource {
+                table_oid: 0,
+                attnum: 0
+            }),
+            None
+        );
+        r.invalidate_all();
+        assert_eq!(r.unresolved(&[card, other]), [card, other]);
     }
 
     #[test]
