@@ -6,7 +6,7 @@
 //!
 //! | type (OID) | text format | binary format | strategies that keep the type valid |
 //! |---|---|---|---|
-//! | text, varchar, bpchar, name, unknown | UTF-8 | the same UTF-8 bytes | all |
+//! | text, varchar, bpchar, name, unknown | UTF-8 | the same UTF-8 bytes | all (bpchar padding is dropped first) |
 //! | json | JSON text | the same | all, the masked text written as a JSON string |
 //! | jsonb | JSON text | version byte 1 + JSON text | all, as for json |
 //! | bytea | `\x` + hex | raw bytes | redact, keyed_hash (bytes of the text) |
@@ -42,6 +42,8 @@ impl Format {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TypeClass {
     Text,
+    /// `char(n)`: text padded with spaces, which are not significant.
+    Bpchar,
     Json,
     Jsonb,
     Bytea,
@@ -55,7 +57,8 @@ pub enum TypeClass {
 /// Built-in type OIDs (pg_type.dat); RowDescription reports a domain's base type.
 pub fn class_of(type_oid: u32) -> TypeClass {
     match type_oid {
-        25 | 1043 | 1042 | 19 | 705 => TypeClass::Text,
+        25 | 1043 | 19 | 705 => TypeClass::Text,
+        1042 => TypeClass::Bpchar,
         114 => TypeClass::Json,
         3802 => TypeClass::Jsonb,
         17 => TypeClass::Bytea,
@@ -70,7 +73,10 @@ pub fn class_of(type_oid: u32) -> TypeClass {
 impl TypeClass {
     /// Whether content detectors look inside values of this type.
     pub fn scannable(self) -> bool {
-        matches!(self, TypeClass::Text | TypeClass::Json | TypeClass::Jsonb)
+        matches!(
+            self,
+            TypeClass::Text | TypeClass::Bpchar | TypeClass::Json | TypeClass::Jsonb
+        )
     }
 
     /// Bytes before the text of a value (jsonb's binary version byte).
@@ -95,6 +101,12 @@ pub fn write_masked(
     }
     match class {
         TypeClass::Text => strategy::write_text(strategy, value, hasher, out),
+        // Padding is not part of the value: `partial` would otherwise keep only spaces, and a
+        // hash would differ from the same text in a varchar column.
+        TypeClass::Bpchar => {
+            let end = value.iter().rposition(|&b| b != b' ').map_or(0, |i| i + 1);
+            strategy::write_text(strategy, &value[..end], hasher, out)
+        }
         TypeClass::Json | TypeClass::Jsonb => {
             let json = value.get(class.text_offset(format)..).unwrap_or_default();
             // Mask the string itself when the value is a JSON string, the whole text otherwise.
@@ -297,6 +309,23 @@ mod tests {
         let b = run(class_of(1043), Format::Binary, &s, b"4111111111111111").unwrap();
         assert_eq!(t, b"************1111");
         assert_eq!(t, b);
+    }
+
+    #[test]
+    fn bpchar_padding_is_not_kept_or_hashed() {
+        let s = Strategy::Partial {
+            keep_last: 4,
+            mask_char: '*',
+        };
+        assert_eq!(
+            run(class_of(1042), Format::Text, &s, b"536-22-1234    ").unwrap(),
+            b"*******1234"
+        );
+        let padded = run(class_of(1042), Format::Binary, &HASH, b"ab12  ").unwrap();
+        assert_eq!(
+            padded,
+            run(class_of(1043), Format::Text, &HASH, b"ab12").unwrap()
+        );
     }
 
     #[test]
