@@ -31,6 +31,8 @@ pub enum ConfigError {
         name: String,
         source: regex::Error,
     },
+    #[error("the detectors together exceed the regex size limit: {0}")]
+    DetectorSet(regex::Error),
     #[error("masking rule {0:?} uses keyed_hash, but neither hash_key nor hash_key_file is set")]
     MissingKey(String),
     #[error("set hash_key or hash_key_file, not both")]
@@ -186,11 +188,8 @@ impl MaskingPolicy {
         if let (Some(rule), None) = (hashes, &hasher) {
             return Err(ConfigError::MissingKey(rule));
         }
-        let detectors = Detectors::new(&custom).map_err(|(name, source)| ConfigError::Regex {
-            rule: String::new(),
-            name,
-            source,
-        })?;
+        let detectors =
+            Detectors::new(&custom).map_err(|(_, source)| ConfigError::DetectorSet(source))?;
         Ok(MaskingPolicy {
             compiled: Arc::new(Compiled {
                 rules,
