@@ -7,6 +7,7 @@
 //! - [`proxy`]: the local listener and one [`proxy::session`] per redirected connection.
 //! - [`principal`]: who is behind a connection.
 //! - [`journal`]: the audit journal interface and its store.
+//! - [`mask`]: inline masking of sensitive values in PostgreSQL results.
 //! - [`daemon`]: `pam-agent run`, the wiring and the shutdown order.
 //! - [`audit`]: `pam-agent audit`: query, verify and export the journal.
 
@@ -15,6 +16,7 @@ pub mod cgroup;
 pub mod config;
 pub mod daemon;
 pub mod journal;
+pub mod mask;
 pub mod principal;
 pub mod proxy;
 pub mod redirect;

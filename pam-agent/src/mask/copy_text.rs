@@ -1,0 +1,265 @@
+//! Rewriting one row of `COPY … TO STDOUT` in text format (one CopyData message per row):
+//! fields separated by the delimiter (tab by default), `\N` for NULL, backslash escapes for
+//! backslash, control characters and the delimiter, a newline at the end.
+//!
+//! Masked and scanned fields are unescaped before detection and masking, and re-escaped
+//! after; other fields are copied byte for byte.
+
+use super::plan::{Action, Outcome, RowPlan};
+
+/// The COPY options that shape text rows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CopyTextOptions {
+    /// `DELIMITER`: one single-byte character.
+    pub delimiter: u8,
+    /// `NULL`: the text standing for NULL.
+    pub null: Vec<u8>,
+}
+
+impl Default for CopyTextOptions {
+    fn default() -> Self {
+        CopyTextOptions {
+            delimiter: b'\t',
+            null: b"\\N".to_vec(),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum CopyRowError {
+    #[error("COPY row does not end with a newline")]
+    NoNewline,
+    #[error("COPY row has a raw line break inside")]
+    RawLineBreak,
+    #[error("COPY row ends with a lone backslash")]
+    TrailingBackslash,
+    #[error("COPY row has {got} fields, the plan {expected}")]
+    FieldCount { got: usize, expected: usize },
+}
+
+/// Appends the unescaped form of one field.
+pub fn unescape_into(field: &[u8], out: &mut Vec<u8>) -> Result<(), CopyRowError> {
+    let mut i = 0;
+    while i < field.len() {
+        let b = field[i];
+        i += 1;
+        if b != b'\\' {
+            out.push(b);
+            continue;
+        }
+        let Some(&e) = field.get(i) else {
+            return Err(CopyRowError::TrailingBackslash);
+        };
+        i += 1;
+        match e {
+            b'b' => out.push(0x08),
+            b'f' => out.push(0x0c),
+            b'n' => out.push(b'\n'),
+            b'r' => out.push(b'\r'),
+            b't' => out.push(b'\t'),
+            b'v' => out.push(0x0b),
+            b'0'..=b'7' => {
+                let mut v = u32::from(e - b'0');
+                for _ in 0..2 {
+                    match field.get(i) {
+                        Some(&d @ b'0'..=b'7') => {
+                            v = v * 8 + u32::from(d - b'0');
+                            i += 1;
+                        }
+                        _ => break,
+                    }
+                }
+                out.push(v as u8);
+            }
+            b'x' if field.get(i).is_some_and(u8::is_ascii_hexdigit) => {
+                let mut v = 0u8;
+                for _ in 0..2 {
+                    match field.get(i).and_then(|d| (*d as char).to_digit(16)) {
+                        Some(d) => {
+                            v = v * 16 + d as u8;
+                            i += 1;
+                        }
+                        None => break,
+                    }
+                }
+                out.push(v);
+            }
+            // Any other escaped character stands for itself (backslash, delimiter, …).
+            other => out.push(other),
+        }
+    }
+    Ok(())
+}
+
+/// Appends `value` escaped as PostgreSQL writes it.
+pub fn escape_into(value: &[u8], delimiter: u8, out: &mut Vec<u8>) {
+    for &b in value {
+        let letter = match b {
+            0x08 => Some(b'b'),
+            0x0c => Some(b'f'),
+            b'\n' => Some(b'n'),
+            b'\r' => Some(b'r'),
+            b'\t' => Some(b't'),
+            0x0b => Some(b'v'),
+            _ => None,
+        };
+        match letter {
+            Some(l) => out.extend_from_slice(&[b'\\', l]),
+            None if b == b'\\' || b == delimiter => out.extend_from_slice(&[b'\\', b]),
+            None => out.push(b),
+        }
+    }
+}
+
+/// [`RowPlan::rewrite_copy_text_row`] as a function of (row, plan, options, output).
+pub fn rewrite_copy_text_row(
+    row: &[u8],
+    plan: &mut RowPlan,
+    opts: &CopyTextOptions,
+    out: &mut Vec<u8>,
+) -> Result<(), CopyRowError> {
+    plan.rewrite_copy_text_row(row, opts, out)
+}
+
+/// Splits a row (without its newline) into raw field ranges.
+fn split_fields(
+    row: &[u8],
+    delimiter: u8,
+    fields: &mut Vec<(usize, usize)>,
+) -> Result<(), CopyRowError> {
+    fields.clear();
+    let mut start = 0;
+    let mut i = 0;
+    while i < row.len() {
+        match row[i] {
+            b'\\' => {
+                if i + 1 >= row.len() {
+                    return Err(CopyRowError::TrailingBackslash);
+                }
+                i += 2;
+                continue;
+            }
+            b'\n' | b'\r' => return Err(CopyRowError::RawLineBreak),
+            b if b == delimiter => {
+                fields.push((start, i));
+                start = i + 1;
+            }
+            _ => {}
+        }
+        i += 1;
+    }
+    fields.push((start, row.len()));
+    Ok(())
+}
+
+impl RowPlan {
+    /// Appends the rewritten row (newline included) to `out`. On error `out` is left as it was.
+    pub fn rewrite_copy_text_row(
+        &mut self,
+        row: &[u8],
+        opts: &CopyTextOptions,
+        out: &mut Vec<u8>,
+    ) -> Result<(), CopyRowError> {
+        let Some(body) = row.strip_suffix(b"\n") else {
+            return Err(CopyRowError::NoNewline);
+        };
+        let mut fields = std::mem::take(&mut self.scratch.fields);
+        let split = split_fields(body, opts.delimiter, &mut fields);
+        let result = split.and_then(|()| {
+            if fields.len() != self.columns.len() {
+                return Err(CopyRowError::FieldCount {
+                    got: fields.len(),
+                    expected: self.columns.len(),
+                });
+            }
+            // Validate every escape before writing anything.
+            let mut check = std::mem::take(&mut self.scratch.unescaped);
+            for (i, &(s, e)) in fields.iter().enumerate() {
+                if self.columns[i].action != Action::Pass && &body[s..e] != opts.null.as_slice() {
+                    check.clear();
+                    if let Err(err) = unescape_into(&body[s..e], &mut check) {
+                        self.scratch.unescaped = check;
+                        return Err(err);
+                    }
+                }
+            }
+            self.scratch.unescaped = check;
+            Ok(())
+        });
+        if let Err(e) = result {
+            self.scratch.fields = fields;
+            return Err(e);
+        }
+        if self.passthrough {
+            out.extend_from_slice(row);
+        } else {
+            for (i, &(s, e)) in fields.iter().enumerate() {
+                if i > 0 {
+                    out.push(opts.delimiter);
+                }
+                let raw = &body[s..e];
+                if self.columns[i].action == Action::Pass || raw == opts.null.as_slice() {
+                    out.extend_from_slice(raw);
+                    continue;
+                }
+                let mut value = std::mem::take(&mut self.scratch.unescaped);
+                let mut masked = std::mem::take(&mut self.scratch.masked);
+                value.clear();
+                masked.clear();
+                // Validated above; an error here cannot happen and would leave the raw field.
+                let _ = unescape_into(raw, &mut value);
+                match self.mask_value(i, &value, &mut masked) {
+                    Outcome::Unchanged => out.extend_from_slice(raw),
+                    Outcome::Written => escape_into(&masked, opts.delimiter, out),
+                    Outcome::Null => out.extend_from_slice(&opts.null),
+                }
+                self.scratch.unescaped = value;
+                self.scratch.masked = masked;
+            }
+            out.push(b'\n');
+        }
+        self.scratch.fields = fields;
+        self.rows += 1;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn unescape(s: &[u8]) -> Vec<u8> {
+        let mut out = Vec::new();
+        unescape_into(s, &mut out).unwrap();
+        out
+    }
+
+    #[test]
+    fn escapes_as_postgres_does() {
+        let mut out = Vec::new();
+        escape_into(b"a\tb\\c\nd\re\x08\x0b\x0c|", b'|', &mut out);
+        assert_eq!(out, b"a\\tb\\\\c\\nd\\re\\b\\v\\f\\|");
+        assert_eq!(unescape(&out), b"a\tb\\c\nd\re\x08\x0b\x0c|");
+    }
+
+    #[test]
+    fn unescapes_what_copy_from_accepts() {
+        assert_eq!(unescape(br"\101\x41\x4g\q\\"), b"AA\x04gq\\");
+        assert_eq!(unescape(br"\0"), b"\0");
+        assert_eq!(
+            unescape_into(b"abc\\", &mut Vec::new()),
+            Err(CopyRowError::TrailingBackslash)
+        );
+    }
+
+    #[test]
+    fn splits_on_unescaped_delimiters_only() {
+        let mut f = Vec::new();
+        split_fields(b"a\\\tb\tc\t", b'\t', &mut f).unwrap();
+        assert_eq!(f, [(0, 4), (5, 6), (7, 7)]);
+        assert_eq!(
+            split_fields(b"a\rb", b'\t', &mut f),
+            Err(CopyRowError::RawLineBreak)
+        );
+    }
+}
