@@ -8,11 +8,17 @@
 //! - [`principal`]: who is behind a connection.
 //! - [`journal`]: the audit journal interface and its store.
 //! - [`daemon`]: `pam-agent run`, the wiring and the shutdown order.
+//! - [`postgres`]: the PostgreSQL wire protocol session (judges statements, relays the rest).
+//! - [`sql`]: what a SQL text does (PostgreSQL's parser behind one function).
+//! - [`policy`]: rules, decisions and their explanation (no I/O).
 
 pub mod cgroup;
 pub mod config;
 pub mod daemon;
 pub mod journal;
+
+
 pub mod principal;
 pub mod proxy;
 pub mod redirect;
+pub mod sql;
