@@ -16,6 +16,7 @@ pub mod cgroup;
 pub mod config;
 pub mod daemon;
 pub mod journal;
+pub mod policy;
 
 
 pub mod principal;
