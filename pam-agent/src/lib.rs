@@ -17,6 +17,7 @@ pub mod config;
 pub mod daemon;
 pub mod journal;
 pub mod policy;
+pub mod postgres;
 
 
 pub mod principal;

@@ -95,6 +95,42 @@ pub enum Event {
         client: SocketAddr,
         reason: String,
     },
+
+    // ---- Statement records (postgres branch). Kept in one block so the lead can
+    // reconcile them with the decision events of the parallel journal work. The
+    // principal is in the session's SessionOpened record. ----
+    /// A statement was judged. Written before any byte of it goes upstream; a refused
+    /// statement never goes upstream at all.
+    Statement {
+        /// Number of the statement within its session; completion records refer to it.
+        statement: u64,
+        /// The statement's text (one statement of a multi-statement query), or a
+        /// description for a protocol-level function call.
+        text: String,
+        /// libpg_query fingerprint (constants removed), when the text parsed.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        fingerprint: Option<String>,
+        /// Primary kind first (`select`, `delete`, ...); empty when not understood.
+        kinds: Vec<String>,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        tables: Vec<String>,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        flags: Vec<String>,
+        decision: crate::policy::Action,
+        rule: String,
+        reason: String,
+    },
+    /// An allowed statement finished upstream (one per execution).
+    StatementCompleted {
+        statement: u64,
+        duration_ms: u64,
+        /// From CommandComplete (`INSERT 0 5`, `SELECT 3`, `COPY 10`...), when it says.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        rows: Option<u64>,
+        /// SQLSTATE when the server reported an error instead.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        error: Option<String>,
+    },
 }
 
 /// How a session ended.

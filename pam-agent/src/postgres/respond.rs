@@ -1,0 +1,264 @@
+//! The server's half of a session: forwards what the server sends, completes the audit
+//! of each execution (rows from CommandComplete, duration), and answers refusals in
+//! their place in the stream: after every group sent before them, with the
+//! transaction status the server last reported.
+
+use std::{
+    collections::VecDeque,
+    sync::{Arc, atomic::Ordering},
+};
+
+use bytes::BytesMut;
+use tokio::{io::WriteHalf, net::tcp::OwnedReadHalf, sync::mpsc};
+use tokio_util::sync::CancellationToken;
+
+use super::{
+    Context, SessionError, Shared,
+    backend::{self, sqlstate},
+    frame::{Frame, FrameReader},
+    handshake::write_out,
+    judge::{Exec, Note},
+    startup::dangerous_encoding,
+    stream::WorkerStream,
+};
+use crate::journal::Event;
+
+/// Output is written when nothing more is buffered, or at this size.
+const FLUSH_AT: usize = 64 * 1024;
+
+enum Pending {
+    /// Messages sent upstream that one ReadyForQuery will answer (once closed).
+    Group {
+        execs: VecDeque<Exec>,
+        closed: bool,
+        failed: bool,
+        replace: Option<Frame>,
+    },
+    /// A refusal to answer once the groups ahead of it are answered.
+    Refusal(Frame),
+}
+
+pub struct Respond<'a> {
+    reader: FrameReader<OwnedReadHalf>,
+    worker: WriteHalf<WorkerStream>,
+    notes: mpsc::Receiver<Note>,
+    notes_open: bool,
+    queue: VecDeque<Pending>,
+    status: u8,
+    out: BytesMut,
+    ctx: &'a Context,
+    shared: Arc<Shared>,
+}
+
+impl<'a> Respond<'a> {
+    pub fn new(
+        reader: FrameReader<OwnedReadHalf>,
+        worker: WriteHalf<WorkerStream>,
+        notes: mpsc::Receiver<Note>,
+        status: u8,
+        ctx: &'a Context,
+        shared: Arc<Shared>,
+    ) -> Self {
+        Respond {
+            reader,
+            worker,
+            notes,
+            notes_open: true,
+            queue: VecDeque::new(),
+            status,
+            out: BytesMut::with_capacity(FLUSH_AT),
+            ctx,
+            shared,
+        }
+    }
+
+    pub async fn run(mut self, done: &CancellationToken) -> Result<Option<String>, SessionError> {
+        let r = self.run_inner(done).await;
+        let _ = write_out(&mut self.worker, &mut self.out, &self.shared).await;
+        r
+    }
+
+    async fn run_inner(&mut self, done: &CancellationToken) -> Result<Option<String>, SessionError> {
+        loop {
+            tokio::select! {
+                n = self.notes.recv(), if self.notes_open => match n {
+                    Some(n) => {
+                        if self.apply(n)? {
+                            return Ok(None);
+                        }
+                    }
+                    None => self.notes_open = false,
+                },
+                f = self.reader.next() => {
+                    let Some(f) = f.map_err(SessionError::Upstream)? else {
+                        return Ok(Some("server closed the connection".into()));
+                    };
+                    // Everything noted so far was noted before its bytes went upstream,
+                    // so it is known before the answer to it is handled.
+                    while let Ok(n) = self.notes.try_recv() {
+                        if self.apply(n)? {
+                            return Ok(None);
+                        }
+                    }
+                    self.server_message(f).await?;
+                }
+                _ = done.cancelled(), if !self.notes_open => return Ok(None),
+            }
+            if !self.reader.has_frame() || self.out.len() >= FLUSH_AT {
+                write_out(&mut self.worker, &mut self.out, &self.shared).await?;
+            }
+        }
+    }
+
+    /// Returns true when the session must end (fatal error written).
+    fn apply(&mut self, n: Note) -> Result<bool, SessionError> {
+        match n {
+            Note::Execs(execs) => {
+                if let Pending::Group { execs: e, failed, .. } = self.open_group()
+                    && !*failed
+                {
+                    e.extend(execs);
+                }
+            }
+            Note::Close { replace } => {
+                if let Pending::Group { closed, replace: r, .. } = self.open_group() {
+                    *closed = true;
+                    *r = replace;
+                }
+            }
+            Note::Refuse(f) => {
+                self.queue.push_back(Pending::Refusal(f));
+                self.answer_refusals();
+            }
+            Note::Fatal(f) => {
+                self.out.extend_from_slice(&f.raw);
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
+    fn open_group(&mut self) -> &mut Pending {
+        let open = matches!(self.queue.back(), Some(Pending::Group { closed: false, .. }));
+        if !open {
+            self.queue.push_back(Pending::Group {
+                execs: VecDeque::new(),
+                closed: false,
+                failed: false,
+                replace: None,
+            });
+        }
+        self.queue.back_mut().expect("just pushed")
+    }
+
+    fn answer_refusals(&mut self) {
+        while let Some(Pending::Refusal(_)) = self.queue.front() {
+            if let Some(Pending::Refusal(f)) = self.queue.pop_front() {
+                self.out.extend_from_slice(&f.raw);
+                self.out
+                    .extend_from_slice(&backend::ready_for_query(self.status).raw);
+            }
+        }
+    }
+
+    async fn server_message(&mut self, f: Frame) -> Result<(), SessionError> {
+        match f.tag {
+            backend::COMMAND_COMPLETE => {
+                let rows = backend::command_rows(&f);
+                self.out.extend_from_slice(&f.raw);
+                self.complete(rows, None).await?;
+            }
+            backend::EMPTY_QUERY | backend::PORTAL_SUSPENDED => {
+                self.out.extend_from_slice(&f.raw);
+                self.complete(None, None).await?;
+            }
+            backend::ERROR_RESPONSE => {
+                let code = backend::error_code(&f);
+                let replacement = match self.queue.front_mut() {
+                    Some(Pending::Group { replace, .. })
+                        if code.as_deref() == Some(sqlstate::INVALID_CURSOR_NAME) =>
+                    {
+                        replace.take()
+                    }
+                    _ => None,
+                };
+                match replacement {
+                    Some(r) => self.out.extend_from_slice(&r.raw),
+                    None => {
+                        self.out.extend_from_slice(&f.raw);
+                        self.complete(None, code).await?;
+                    }
+                }
+                // The server skips the rest of the group (until Sync / end of Query).
+                if let Some(Pending::Group { execs, failed, .. }) = self.queue.front_mut() {
+                    execs.clear();
+                    *failed = true;
+                }
+            }
+            backend::READY_FOR_QUERY => {
+                self.status = backend::ready_status(&f)
+                    .map_err(|e| SessionError::UpstreamProtocol(e.to_string()))?;
+                self.out.extend_from_slice(&f.raw);
+                if let Some(Pending::Group { execs, .. }) = self.queue.front_mut() {
+                    // Executions without a CommandComplete (FunctionCall) end here.
+                    let rest: Vec<Exec> = execs.drain(..).collect();
+                    for e in rest {
+                        self.record(e, None, None).await?;
+                    }
+                    self.queue.pop_front();
+                }
+                self.answer_refusals();
+            }
+            backend::PARAMETER_STATUS => {
+                watch_parameter(&f, &self.shared);
+                self.out.extend_from_slice(&f.raw);
+            }
+            backend::BACKEND_KEY_DATA => {
+                // Only valid at startup; never let the server's key reach the worker.
+                tracing::warn!(session = %self.ctx.session, "server sent BackendKeyData mid-session; dropped");
+            }
+            _ => self.out.extend_from_slice(&f.raw),
+        }
+        Ok(())
+    }
+
+    async fn complete(&mut self, rows: Option<u64>, error: Option<String>) -> Result<(), SessionError> {
+        let exec = match self.queue.front_mut() {
+            Some(Pending::Group { execs, .. }) => execs.pop_front(),
+            _ => None,
+        };
+        if let Some(e) = exec {
+            self.record(e, rows, error).await?;
+        }
+        Ok(())
+    }
+
+    async fn record(&self, e: Exec, rows: Option<u64>, error: Option<String>) -> Result<(), SessionError> {
+        if e.statement == 0 {
+            return Ok(());
+        }
+        let event = Event::StatementCompleted {
+            statement: e.statement,
+            duration_ms: e.started.elapsed().as_millis() as u64,
+            rows,
+            error,
+        };
+        self.ctx.journal.record(Some(self.ctx.session), event).await?;
+        Ok(())
+    }
+}
+
+/// Notes settings under which the proxy's parser and the server would lex SQL
+/// differently.
+pub fn watch_parameter(f: &Frame, shared: &Shared) {
+    if let Ok((k, v)) = backend::parameter_status(f) {
+        let unsafe_now = match k.as_str() {
+            "client_encoding" => dangerous_encoding(&v),
+            "standard_conforming_strings" => !v.eq_ignore_ascii_case("on"),
+            _ => false,
+        };
+        if unsafe_now {
+            shared.lexer_unsafe.store(true, Ordering::Relaxed);
+        }
+    }
+}
