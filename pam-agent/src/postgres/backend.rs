@@ -11,6 +11,7 @@ pub const PARAMETER_STATUS: u8 = b'S';
 pub const COMMAND_COMPLETE: u8 = b'C';
 pub const EMPTY_QUERY: u8 = b'I';
 pub const PORTAL_SUSPENDED: u8 = b's';
+pub const DATA_ROW: u8 = b'D';
 
 /// SQLSTATEs the proxy uses.
 pub mod sqlstate {

@@ -126,6 +126,6 @@ pub fn execute_missing_portal() -> Frame {
     Frame::build(EXECUTE, b"pam_agent_refused\0\0\0\0\0")
 }
 
-pub fn sync() -> Frame {
-    Frame::build(SYNC, b"")
+pub fn flush() -> Frame {
+    Frame::build(FLUSH, b"")
 }

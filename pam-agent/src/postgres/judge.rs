@@ -4,11 +4,13 @@
 //! - Query: every statement of the text is judged; if any is refused none runs, and
 //!   the worker gets ErrorResponse 42501 + ReadyForQuery as if the server refused it.
 //! - Extended protocol: Parse is judged; Bind/Describe/Execute/Close are held with it
-//!   until Sync or Flush, so a refusal in a batch drops the whole unsent batch. After a
-//!   refusal the rest of the batch is discarded until Sync, as PostgreSQL does after an
-//!   error. If part of the batch had already gone upstream (Flush, or a large batch),
-//!   an Execute of a missing portal makes the server fail the batch itself (rolling
-//!   back its implicit transaction) and its error is replaced with the refusal.
+//!   until Sync or Flush, so a refusal in a batch drops the whole unsent batch. A
+//!   refusal is answered at once (as the server answers an error), the rest of the
+//!   batch is discarded until Sync, and that Sync gets ReadyForQuery, as PostgreSQL
+//!   does after an error. If part of the batch had already gone upstream (Flush, or a
+//!   large batch), an Execute of a missing portal makes the server fail the batch
+//!   itself (rolling back its implicit transaction) and its error is replaced with
+//!   the refusal.
 //! - FunctionCall is judged as kind `function_call` (refused unless a rule allows it).
 //! - COPY data, Terminate: forwarded. Anything else ends the session (fail closed).
 
@@ -53,12 +55,15 @@ pub enum Note {
     /// Executions now sent upstream, in order.
     Execs(Vec<Exec>),
     /// The message that ends the current group (Query, Sync, FunctionCall) is sent:
-    /// one ReadyForQuery will answer it. `replace`: an error to show instead of the
-    /// server's missing-portal error (see the module docs).
-    Close { replace: Option<Frame> },
-    /// A refusal answered by the proxy: the error, then ReadyForQuery, once every
-    /// group sent before it is answered.
+    /// one ReadyForQuery will answer it.
+    Close,
+    /// Show this refusal instead of the server's answer to the missing-portal Execute
+    /// just sent in the current group (see the module docs).
+    Replace(Frame),
+    /// A refusal answered by the proxy, once every group sent before it is answered.
     Refuse(Frame),
+    /// A ReadyForQuery answered by the proxy (after a refusal), in the same order.
+    Ready,
     /// End the session with this error.
     Fatal(Frame),
 }
@@ -139,9 +144,11 @@ impl<'a> Judge<'a> {
                 _ = done.cancelled() => return Ok(None),
             };
             let Some(f) = f else {
+                tracing::trace!(session = %self.ctx.session, "worker: end of stream");
                 let _ = self.upstream.shutdown().await;
                 return Ok(Some("worker closed the connection".into()));
             };
+            tracing::trace!(session = %self.ctx.session, tag = %f.tag.escape_ascii(), len = f.raw.len(), "worker message");
             match f.tag {
                 frontend::QUERY => self.query(f).await?,
                 frontend::PARSE => self.parse(f).await?,
@@ -224,10 +231,11 @@ impl<'a> Judge<'a> {
                 })
                 .collect();
             self.note(Note::Execs(execs)).await?;
-            self.note(Note::Close { replace: None }).await?;
+            self.note(Note::Close).await?;
             self.upstream.write_all(&f.raw).await?;
         } else {
             self.note(Note::Refuse(refusal(&decision))).await?;
+            self.note(Note::Ready).await?;
         }
         Ok(())
     }
@@ -246,8 +254,7 @@ impl<'a> Judge<'a> {
             self.hold(f).await
         } else {
             self.prepared.remove(&name);
-            self.refuse_batch(decision);
-            Ok(())
+            self.refuse_batch(decision).await
         }
     }
 
@@ -267,10 +274,11 @@ impl<'a> Judge<'a> {
                 started: Instant::now(),
             }]))
             .await?;
-            self.note(Note::Close { replace: None }).await?;
+            self.note(Note::Close).await?;
             self.upstream.write_all(&f.raw).await?;
         } else {
             self.note(Note::Refuse(refusal(&decision))).await?;
+            self.note(Note::Ready).await?;
         }
         Ok(())
     }
@@ -281,32 +289,38 @@ impl<'a> Judge<'a> {
                 self.held.push(f.raw);
                 let execs = std::mem::take(&mut self.held_execs);
                 self.note(Note::Execs(execs)).await?;
-                self.note(Note::Close { replace: None }).await?;
+                self.note(Note::Close).await?;
                 self.write_held().await?;
             }
-            Some(decision) if self.batch_sent => {
-                self.note(Note::Close {
-                    replace: Some(refusal(&decision)),
-                })
-                .await?;
-                let mut bytes = frontend::execute_missing_portal().raw.to_vec();
-                bytes.extend_from_slice(&frontend::sync().raw);
-                self.upstream.write_all(&bytes).await?;
+            // The server was already made to fail this batch: its Sync ends it.
+            Some(_) if self.batch_sent => {
+                self.note(Note::Close).await?;
+                self.upstream.write_all(&f.raw).await?;
             }
-            Some(decision) => {
-                self.note(Note::Refuse(refusal(&decision))).await?;
-            }
+            Some(_) => self.note(Note::Ready).await?,
         }
         self.batch_sent = false;
         Ok(())
     }
 
-    /// Drops the unsent part of the batch and discards the rest until Sync.
-    fn refuse_batch(&mut self, decision: Decision) {
+    /// Drops the unsent part of the batch, answers the refusal now (as the server
+    /// answers an error at once), and discards the rest of the batch until Sync.
+    async fn refuse_batch(&mut self, decision: Decision) -> Result<(), SessionError> {
         self.held.clear();
         self.held_bytes = 0;
         self.held_execs.clear();
+        if self.batch_sent {
+            // Part of the batch is on the server: make it fail there, so its implicit
+            // transaction is rolled back and it skips to Sync like after any error.
+            self.note(Note::Replace(refusal(&decision))).await?;
+            let mut bytes = frontend::execute_missing_portal().raw.to_vec();
+            bytes.extend_from_slice(&frontend::flush().raw);
+            self.upstream.write_all(&bytes).await?;
+        } else {
+            self.note(Note::Refuse(refusal(&decision))).await?;
+        }
         self.refused = Some(decision);
+        Ok(())
     }
 
     async fn hold(&mut self, f: Frame) -> Result<(), SessionError> {

@@ -36,6 +36,8 @@ enum Pending {
     },
     /// A refusal to answer once the groups ahead of it are answered.
     Refusal(Frame),
+    /// A ReadyForQuery to answer likewise (after a refusal).
+    Ready,
 }
 
 pub struct Respond<'a> {
@@ -45,6 +47,8 @@ pub struct Respond<'a> {
     notes_open: bool,
     queue: VecDeque<Pending>,
     status: u8,
+    /// DataRows since the last completion (rows of a suspended portal).
+    rows_seen: u64,
     out: BytesMut,
     ctx: &'a Context,
     shared: Arc<Shared>,
@@ -66,6 +70,7 @@ impl<'a> Respond<'a> {
             notes_open: true,
             queue: VecDeque::new(),
             status,
+            rows_seen: 0,
             out: BytesMut::with_capacity(FLUSH_AT),
             ctx,
             shared,
@@ -120,14 +125,22 @@ impl<'a> Respond<'a> {
                     e.extend(execs);
                 }
             }
-            Note::Close { replace } => {
-                if let Pending::Group { closed, replace: r, .. } = self.open_group() {
+            Note::Close => {
+                if let Pending::Group { closed, .. } = self.open_group() {
                     *closed = true;
-                    *r = replace;
+                }
+            }
+            Note::Replace(f) => {
+                if let Pending::Group { replace, .. } = self.open_group() {
+                    *replace = Some(f);
                 }
             }
             Note::Refuse(f) => {
                 self.queue.push_back(Pending::Refusal(f));
+                self.answer_refusals();
+            }
+            Note::Ready => {
+                self.queue.push_back(Pending::Ready);
                 self.answer_refusals();
             }
             Note::Fatal(f) => {
@@ -152,23 +165,35 @@ impl<'a> Respond<'a> {
     }
 
     fn answer_refusals(&mut self) {
-        while let Some(Pending::Refusal(_)) = self.queue.front() {
-            if let Some(Pending::Refusal(f)) = self.queue.pop_front() {
-                self.out.extend_from_slice(&f.raw);
-                self.out
-                    .extend_from_slice(&backend::ready_for_query(self.status).raw);
+        loop {
+            match self.queue.front() {
+                Some(Pending::Refusal(f)) => self.out.extend_from_slice(&f.raw),
+                Some(Pending::Ready) => self
+                    .out
+                    .extend_from_slice(&backend::ready_for_query(self.status).raw),
+                _ => return,
             }
+            self.queue.pop_front();
         }
     }
 
     async fn server_message(&mut self, f: Frame) -> Result<(), SessionError> {
+        tracing::trace!(session = %self.ctx.session, tag = %f.tag.escape_ascii(), len = f.raw.len(), "server message");
         match f.tag {
+            backend::DATA_ROW => {
+                self.rows_seen += 1;
+                self.out.extend_from_slice(&f.raw);
+            }
             backend::COMMAND_COMPLETE => {
                 let rows = backend::command_rows(&f);
                 self.out.extend_from_slice(&f.raw);
                 self.complete(rows, None).await?;
             }
-            backend::EMPTY_QUERY | backend::PORTAL_SUSPENDED => {
+            backend::PORTAL_SUSPENDED => {
+                self.out.extend_from_slice(&f.raw);
+                self.complete(Some(self.rows_seen), None).await?;
+            }
+            backend::EMPTY_QUERY => {
                 self.out.extend_from_slice(&f.raw);
                 self.complete(None, None).await?;
             }
@@ -223,6 +248,7 @@ impl<'a> Respond<'a> {
     }
 
     async fn complete(&mut self, rows: Option<u64>, error: Option<String>) -> Result<(), SessionError> {
+        self.rows_seen = 0;
         let exec = match self.queue.front_mut() {
             Some(Pending::Group { execs, .. }) => execs.pop_front(),
             _ => None,

@@ -158,6 +158,11 @@ impl Proxy {
     }
 
     pub fn with(server: &PgServer, opts: Options) -> Proxy {
+        // RUST_LOG=pam_agent=trace shows every message of every session.
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_test_writer()
+            .try_init();
         let raw: RawPolicy = toml::from_str(&opts.policy).expect("policy TOML");
         let (policy, mut limits) = raw.validate(&["db"]).expect("valid policy");
         if let Some(m) = opts.max_message_bytes {
