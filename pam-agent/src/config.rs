@@ -141,7 +141,8 @@ pub struct Config {
     pub journal: JournalConfig,
     pub governed: Vec<GovernedCgroup>,
     pub resources: Vec<Resource>,
-    pub policy: crate::policy::Policy,
+    /// Shared with every session (a reload swaps the Arc, open sessions keep theirs).
+    pub policy: std::sync::Arc<crate::policy::Policy>,
     pub limits: crate::policy::Limits,
 }
 
@@ -333,14 +334,17 @@ impl Config {
             resources.push(resource);
         }
 
-        let names: Vec<&str> = resources.iter().map(|r: &Resource| r.name.as_str()).collect();
+        let names: Vec<&str> = resources
+            .iter()
+            .map(|r: &Resource| r.name.as_str())
+            .collect();
         let (policy, limits) = raw
             .policy
             .validate(&names)
             .map_err(|(field, reason)| invalid(&field, reason))?;
 
         Ok(Config {
-            policy,
+            policy: std::sync::Arc::new(policy),
             limits,
             path: path.to_owned(),
             pin_dir,

@@ -19,7 +19,6 @@ pub mod journal;
 pub mod policy;
 pub mod postgres;
 
-
 pub mod principal;
 pub mod proxy;
 pub mod redirect;

@@ -223,7 +223,11 @@ fn parse_principal(spec: &str) -> anyhow::Result<Principal> {
         };
         match k {
             "user" => p.user = Some(v.to_owned()),
-            "uid" => p.uid = v.parse().with_context(|| format!("--principal: uid `{v}`"))?,
+            "uid" => {
+                p.uid = v
+                    .parse()
+                    .with_context(|| format!("--principal: uid `{v}`"))?
+            }
             "cgroup" => p.cgroup = Some(v.to_owned()),
             "exe" => p.exe = Some(v.to_owned()),
             other => bail!("--principal: unknown key `{other}` (user, uid, cgroup, exe)"),

@@ -38,11 +38,9 @@ fn asyncpg_extended_protocol() {
     let parse_n = records
         .iter()
         .find_map(|r| match &r.event {
-            pam_agent::journal::Event::Statement { statement, text, .. }
-                if text == "SELECT qty FROM orders WHERE id = $1" =>
-            {
-                Some(*statement)
-            }
+            pam_agent::journal::Event::Statement {
+                statement, text, ..
+            } if text == "SELECT qty FROM orders WHERE id = $1" => Some(*statement),
             _ => None,
         })
         .expect("prepared statement journaled");
@@ -74,7 +72,13 @@ fn psycopg_pipeline_copy_and_cursors() {
     assert_eq!(out["named_cursor"], json!([1, 2, 3, 4, 5]));
     // COPY FROM STDIN's rows come from its CommandComplete ("COPY 1000").
     let rows_1000 = proxy.records().iter().any(|r| {
-        matches!(r.event, pam_agent::journal::Event::StatementCompleted { rows: Some(1000), .. })
+        matches!(
+            r.event,
+            pam_agent::journal::Event::StatementCompleted {
+                rows: Some(1000),
+                ..
+            }
+        )
     });
     assert!(rows_1000);
 }
@@ -86,7 +90,12 @@ fn sqlalchemy_over_psycopg2() {
     let out = json_of(&proxy.python("sqlalchemy_psycopg2.py", &[]));
     assert_eq!(out["rows"], json!([[3, 30], [4, 40], [5, 50]]));
     assert_eq!(out["secret"][0], json!("42501"));
-    assert!(out["secret"][1].as_str().unwrap().contains("pam-agent refused"));
+    assert!(
+        out["secret"][1]
+            .as_str()
+            .unwrap()
+            .contains("pam-agent refused")
+    );
     assert_eq!(out["count"], json!(1));
 }
 
@@ -136,11 +145,17 @@ tables = ["public.pgbench_*", "pg_catalog.*"]
         text
     };
     pgbench(&["-i", "-s", "1", "-q"]);
-    assert_eq!(pg.direct("SELECT count(*) FROM pgbench_accounts"), "100000\n");
+    assert_eq!(
+        pg.direct("SELECT count(*) FROM pgbench_accounts"),
+        "100000\n"
+    );
     for mode in ["simple", "extended", "prepared"] {
         let text = pgbench(&["-M", mode, "-c", "2", "-t", "50", "-n"]);
         assert!(text.contains("number of failed transactions: 0"), "{text}");
-        assert!(text.contains("number of transactions actually processed: 100/100"), "{text}");
+        assert!(
+            text.contains("number of transactions actually processed: 100/100"),
+            "{text}"
+        );
     }
     assert_eq!(pg.direct("SELECT count(*) FROM pgbench_history"), "300\n");
 }

@@ -34,16 +34,18 @@ fn valid_frontend() -> impl Strategy<Value = Frame> {
             }
             Frame::build(b'P', &b)
         }),
-        (prop::collection::vec(prop::collection::vec(any::<u8>(), 0..8), 0..4)).prop_map(|params| {
-            let mut b = b"portal\0stmt\0\0\0".to_vec();
-            b.extend_from_slice(&(params.len() as i16).to_be_bytes());
-            for p in &params {
-                b.extend_from_slice(&(p.len() as i32).to_be_bytes());
-                b.extend_from_slice(p);
+        (prop::collection::vec(prop::collection::vec(any::<u8>(), 0..8), 0..4)).prop_map(
+            |params| {
+                let mut b = b"portal\0stmt\0\0\0".to_vec();
+                b.extend_from_slice(&(params.len() as i16).to_be_bytes());
+                for p in &params {
+                    b.extend_from_slice(&(p.len() as i32).to_be_bytes());
+                    b.extend_from_slice(p);
+                }
+                b.extend_from_slice(&0i16.to_be_bytes());
+                Frame::build(b'B', &b)
             }
-            b.extend_from_slice(&0i16.to_be_bytes());
-            Frame::build(b'B', &b)
-        }),
+        ),
         "[a-z]{0,8}".prop_map(|p| Frame::build(b'E', format!("{p}\0\0\0\0\0").as_bytes())),
     ]
 }
@@ -144,7 +146,9 @@ proptest! {
 fn deep_nesting_is_refused_or_classified_without_overflow() {
     // Run where the daemon runs the parser: a Classifier thread with a sized stack.
     let classifier = sql::Classifier::start(sql::ClassifierConfig::default()).unwrap();
-    let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
     for depth in [100, 1_000, 10_000, 100_000] {
         let text = format!("SELECT {}1{}", "(".repeat(depth), ")".repeat(depth));
         let out = rt.block_on(classifier.classify(&text));

@@ -45,7 +45,10 @@ impl Raw {
     /// Logs in as `trusty` and reads up to the first ReadyForQuery.
     fn login(proxy: &Proxy) -> Raw {
         let mut r = Raw::connect(proxy);
-        r.send(&Self::startup_packet(&[("user", "trusty"), ("database", "postgres")]));
+        r.send(&Self::startup_packet(&[
+            ("user", "trusty"),
+            ("database", "postgres"),
+        ]));
         loop {
             let (tag, _) = r.frame().expect("login answer");
             if tag == b'Z' {
@@ -75,7 +78,11 @@ impl Raw {
         let (tag, body) = self.frame().expect("an ErrorResponse");
         assert_eq!(tag, b'E');
         let fields = fields(&body);
-        assert_eq!(fields.get(&b'S').map(String::as_str), Some("FATAL"), "{fields:?}");
+        assert_eq!(
+            fields.get(&b'S').map(String::as_str),
+            Some("FATAL"),
+            "{fields:?}"
+        );
         let out = (fields[&b'C'].clone(), fields[&b'M'].clone());
         self.eof();
         out
@@ -83,7 +90,11 @@ impl Raw {
 
     fn eof(&mut self) {
         let mut b = [0u8; 1];
-        assert_eq!(self.s.read(&mut b).unwrap_or(0), 0, "connection should be closed");
+        assert_eq!(
+            self.s.read(&mut b).unwrap_or(0),
+            0,
+            "connection should be closed"
+        );
     }
 }
 
@@ -146,7 +157,10 @@ fn encryption_requests_without_tls_are_answered_n() {
     assert_eq!(r.byte(), b'N');
     r.send(&[0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f]); // SSLRequest
     assert_eq!(r.byte(), b'N');
-    r.send(&Raw::startup_packet(&[("user", "trusty"), ("database", "postgres")]));
+    r.send(&Raw::startup_packet(&[
+        ("user", "trusty"),
+        ("database", "postgres"),
+    ]));
     let mut tags = Vec::new();
     while let Some((tag, _)) = r.frame() {
         tags.push(tag);
@@ -173,7 +187,11 @@ fn malformed_messages_after_login_end_that_connection_only() {
         // Query without its terminating NUL.
         (frame(b'Q', b"SELECT 1"), "08P01", "malformed"),
         // Bind whose parameter count lies.
-        (frame(b'B', b"\0\0\0\0\0\x05\0\0\0\x01x"), "08P01", "malformed"),
+        (
+            frame(b'B', b"\0\0\0\0\0\x05\0\0\0\x01x"),
+            "08P01",
+            "malformed",
+        ),
         // Parse with a negative parameter count.
         (frame(b'P', b"\0SELECT 1\0\xff\xff"), "08P01", "malformed"),
         // Describe of neither statement nor portal.
@@ -219,7 +237,10 @@ fn refused_extended_batch_after_flush_is_rolled_back_by_the_server() {
     let mut r = Raw::login(&proxy);
     // Parse/Bind/Execute an INSERT, Flush (it goes upstream and runs), then Parse a
     // refused statement and Sync: the server must roll the insert back.
-    let mut b = frame(b'P', b"\0INSERT INTO audit_log (note) VALUES ('flushed')\0\0\0");
+    let mut b = frame(
+        b'P',
+        b"\0INSERT INTO audit_log (note) VALUES ('flushed')\0\0\0",
+    );
     b.extend(frame(b'B', b"\0\0\0\0\0\0\0\0"));
     b.extend(frame(b'E', b"\0\0\0\0\0"));
     b.extend(frame(b'H', b""));
@@ -241,6 +262,8 @@ fn refused_extended_batch_after_flush_is_rolled_back_by_the_server() {
     assert_eq!(pg.direct("SELECT count(*) FROM audit_log"), "0\n");
     // The connection is usable afterwards.
     r.send(&frame(b'Q', b"SELECT 7\0"));
-    let tags: Vec<u8> = std::iter::from_fn(|| r.frame().map(|f| f.0)).take(4).collect();
+    let tags: Vec<u8> = std::iter::from_fn(|| r.frame().map(|f| f.0))
+        .take(4)
+        .collect();
     assert_eq!(tags, b"TDCZ");
 }

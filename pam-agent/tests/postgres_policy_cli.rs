@@ -78,9 +78,18 @@ fn explains_an_allowed_statement() {
     assert_eq!(code, 0, "{text}");
     assert!(text.contains("kinds:     select"), "{text}");
     assert!(text.contains("tables:    public.orders"), "{text}");
-    assert!(text.contains("rule \"no-unbounded-writes\" (deny): no match"), "{text}");
-    assert!(text.contains("rule \"crew-reads\" (allow): MATCH"), "{text}");
-    assert!(text.contains("decision: allow (rule: crew-reads)"), "{text}");
+    assert!(
+        text.contains("rule \"no-unbounded-writes\" (deny): no match"),
+        "{text}"
+    );
+    assert!(
+        text.contains("rule \"crew-reads\" (allow): MATCH"),
+        "{text}"
+    );
+    assert!(
+        text.contains("decision: allow (rule: crew-reads)"),
+        "{text}"
+    );
 }
 
 #[test]
@@ -88,7 +97,10 @@ fn explains_refusals() {
     let (code, text) = explain("user=crew", "DELETE FROM orders");
     assert_eq!(code, 2, "{text}");
     assert!(text.contains("flags:     delete_without_where"), "{text}");
-    assert!(text.contains("decision: deny (rule: no-unbounded-writes)"), "{text}");
+    assert!(
+        text.contains("decision: deny (rule: no-unbounded-writes)"),
+        "{text}"
+    );
 
     let (code, text) = explain("user=bob", "SELECT 1 FROM orders");
     assert_eq!(code, 2);
@@ -97,9 +109,15 @@ fn explains_refusals() {
 
     let (code, text) = explain("user=crew", "SELECT pg_read_file('/etc/passwd')");
     assert_eq!(code, 2);
-    assert!(text.contains("flag side_effect_function not in permit_flags"), "{text}");
+    assert!(
+        text.contains("flag side_effect_function not in permit_flags"),
+        "{text}"
+    );
 
     let (code, text) = explain("user=crew", "SELEC 1");
     assert_eq!(code, 2);
-    assert!(text.contains("decision: deny (rule: unclassifiable)"), "{text}");
+    assert!(
+        text.contains("decision: deny (rule: unclassifiable)"),
+        "{text}"
+    );
 }

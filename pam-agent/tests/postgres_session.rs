@@ -18,13 +18,25 @@ fn allowed_statements_return_what_a_direct_connection_returns() {
     assert_eq!(via.stdout.lines().count(), 5);
 
     let decisions = proxy.decisions();
-    assert_eq!(decisions, vec![(sql.to_owned(), "allow".to_owned(), "crew-public-rw".to_owned())]);
+    assert_eq!(
+        decisions,
+        vec![(
+            sql.to_owned(),
+            "allow".to_owned(),
+            "crew-public-rw".to_owned()
+        )]
+    );
     // The completion record carries the rows from CommandComplete ("SELECT 5").
     let completed: Vec<_> = proxy
         .records()
         .into_iter()
         .filter_map(|r| match r.event {
-            Event::StatementCompleted { statement, rows, error, .. } => Some((statement, rows, error)),
+            Event::StatementCompleted {
+                statement,
+                rows,
+                error,
+                ..
+            } => Some((statement, rows, error)),
             _ => None,
         })
         .collect();
@@ -47,13 +59,22 @@ fn refused_statement_gets_42501_naming_the_rule_and_the_session_continues() {
          SELECT k FROM secret.keys;
          SELECT 'still here';",
     );
-    assert_eq!(run.stdout, "5\n5\nBEGIN\nINSERT 0 1\n6\nCOMMIT\nstill here\n", "{run:?}");
+    assert_eq!(
+        run.stdout, "5\n5\nBEGIN\nINSERT 0 1\n6\nCOMMIT\nstill here\n",
+        "{run:?}"
+    );
     assert!(
-        run.stderr.contains("ERROR:  42501: pam-agent refused the statement (rule \"no-unbounded-writes\")"),
+        run.stderr.contains(
+            "ERROR:  42501: pam-agent refused the statement (rule \"no-unbounded-writes\")"
+        ),
         "{}",
         run.stderr
     );
-    assert!(run.stderr.contains("rule \"schema-changes-need-approval\""), "{}", run.stderr);
+    assert!(
+        run.stderr.contains("rule \"schema-changes-need-approval\""),
+        "{}",
+        run.stderr
+    );
     assert!(run.stderr.contains("approval required"), "{}", run.stderr);
     assert!(run.stderr.contains("rule \"default\""), "{}", run.stderr);
     // Refused statements never reached the server: the table and the insert are there.
@@ -77,7 +98,8 @@ fn every_statement_of_a_multi_statement_query_is_judged() {
     // None of it ran.
     assert_eq!(pg.direct("SELECT count(*) FROM audit_log"), "0\n");
     assert_eq!(pg.direct("SELECT count(*) FROM orders"), "5\n");
-    let run = proxy.psql("INSERT INTO audit_log (note) VALUES ('x'); SELECT count(*) FROM audit_log");
+    let run =
+        proxy.psql("INSERT INTO audit_log (note) VALUES ('x'); SELECT count(*) FROM audit_log");
     assert!(run.ok, "{run:?}");
     assert_eq!(run.stdout, "INSERT 0 1\n1\n");
 }
@@ -123,14 +145,26 @@ fn evasion_forms_are_refused() {
         );
     }
     // Nothing happened on the server.
-    assert_eq!(pg.direct("SELECT count(*), sum(qty) FROM orders"), "5|150\n");
-    assert_eq!(pg.direct("SELECT count(*) FROM pg_tables WHERE tablename = 'stolen'"), "0\n");
+    assert_eq!(
+        pg.direct("SELECT count(*), sum(qty) FROM orders"),
+        "5|150\n"
+    );
+    assert_eq!(
+        pg.direct("SELECT count(*) FROM pg_tables WHERE tablename = 'stolen'"),
+        "0\n"
+    );
     assert!(!std::path::Path::new("/tmp/pam-pwned").exists());
     // Each refusal is journaled with its decision.
     let d = proxy.decisions();
-    assert!(d.iter().all(|(_, decision, _)| decision != "allow"), "{d:?}");
+    assert!(
+        d.iter().all(|(_, decision, _)| decision != "allow"),
+        "{d:?}"
+    );
     for sql in ["SET ROLE postgres", "SELEC broken"] {
-        assert!(d.iter().any(|(t, dec, _)| t == sql && dec != "allow"), "{sql} not journaled: {d:?}");
+        assert!(
+            d.iter().any(|(t, dec, _)| t == sql && dec != "allow"),
+            "{sql} not journaled: {d:?}"
+        );
     }
 }
 
@@ -149,7 +183,9 @@ permit_flags = [\"data_modifying_cte\"]
     );
     // crew-public-rw comes first and does not permit the flag; cte-cleanup does.
     let proxy = Proxy::start(&pg, &policy);
-    let run = proxy.psql("WITH gone AS (DELETE FROM orders WHERE id > 3 RETURNING *) SELECT count(*) FROM gone");
+    let run = proxy.psql(
+        "WITH gone AS (DELETE FROM orders WHERE id > 3 RETURNING *) SELECT count(*) FROM gone",
+    );
     assert!(run.ok, "{run:?}");
     assert_eq!(run.stdout, "2\n");
     let d = proxy.decisions();

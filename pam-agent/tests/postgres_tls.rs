@@ -13,7 +13,10 @@ fn psql_verifies_the_agent_certificate() {
     let ca_file = pg.dir().join("agent-ca.pem");
     std::fs::write(&ca_file, ca.cert_pem()).unwrap();
     let mut opts = Options::policy(CREW_POLICY);
-    opts.tls = Some(ca.acceptor(&["localhost".into(), "127.0.0.1".into()]).unwrap());
+    opts.tls = Some(
+        ca.acceptor(&["localhost".into(), "127.0.0.1".into()])
+            .unwrap(),
+    );
     let proxy = Proxy::with(&pg, opts);
 
     let conninfo = format!(
@@ -24,14 +27,27 @@ fn psql_verifies_the_agent_certificate() {
     let out = std::process::Command::new("psql")
         .args(["-X", "-At"])
         .arg(&conninfo)
-        .args(["-c", "\\conninfo", "-c", "SELECT count(*) FROM orders", "-c", "DELETE FROM orders"])
+        .args([
+            "-c",
+            "\\conninfo",
+            "-c",
+            "SELECT count(*) FROM orders",
+            "-c",
+            "DELETE FROM orders",
+        ])
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stdout.contains("SSL connection (protocol: TLSv1.3"), "{stdout}{stderr}");
+    assert!(
+        stdout.contains("SSL connection (protocol: TLSv1.3"),
+        "{stdout}{stderr}"
+    );
     assert!(stdout.contains("\n5\n"), "{stdout}");
-    assert!(stderr.contains("pam-agent refused the statement"), "{stderr}");
+    assert!(
+        stderr.contains("pam-agent refused the statement"),
+        "{stderr}"
+    );
 
     // A certificate from another CA is not accepted by a verifying client.
     let other = AgentCa::generate("someone else").unwrap();
@@ -39,7 +55,10 @@ fn psql_verifies_the_agent_certificate() {
     std::fs::write(&other_file, other.cert_pem()).unwrap();
     let out = std::process::Command::new("psql")
         .args(["-X", "-At"])
-        .arg(conninfo.replace(&ca_file.display().to_string(), &other_file.display().to_string()))
+        .arg(conninfo.replace(
+            &ca_file.display().to_string(),
+            &other_file.display().to_string(),
+        ))
         .args(["-c", "SELECT 1"])
         .output()
         .unwrap();

@@ -75,11 +75,16 @@ impl RawPolicy {
     /// Validates against the configured resource names. Errors are (field, reason).
     pub fn validate(self, resources: &[&str]) -> Result<(Policy, Limits), (String, String)> {
         let limits = Limits {
-            max_statement_bytes: self.max_statement_bytes.unwrap_or(DEFAULT_MAX_STATEMENT_BYTES),
+            max_statement_bytes: self
+                .max_statement_bytes
+                .unwrap_or(DEFAULT_MAX_STATEMENT_BYTES),
             max_message_bytes: self.max_message_bytes.unwrap_or(DEFAULT_MAX_MESSAGE_BYTES),
         };
         if limits.max_statement_bytes == 0 {
-            return Err(("policy.max_statement_bytes".into(), "must be greater than 0".into()));
+            return Err((
+                "policy.max_statement_bytes".into(),
+                "must be greater than 0".into(),
+            ));
         }
         if !(1024..=(1 << 30)).contains(&limits.max_message_bytes) {
             return Err((
@@ -104,7 +109,10 @@ impl RawPolicy {
                 return Err((field("name"), "must not be empty".into()));
             }
             if rules.iter().any(|r: &Rule| r.name == raw.name) {
-                return Err((field("name"), format!("`{}` is used by another rule", raw.name)));
+                return Err((
+                    field("name"),
+                    format!("`{}` is used by another rule", raw.name),
+                ));
             }
             if let Some(rs) = &raw.resources {
                 for r in rs {
@@ -120,7 +128,10 @@ impl RawPolicy {
                         .map(|k| {
                             Kind::parse(k).ok_or_else(|| {
                                 let all: Vec<&str> = Kind::ALL.iter().map(|k| k.as_str()).collect();
-                                (field("kinds"), format!("unknown kind `{k}` (one of {})", all.join(", ")))
+                                (
+                                    field("kinds"),
+                                    format!("unknown kind `{k}` (one of {})", all.join(", ")),
+                                )
                             })
                         })
                         .collect::<Result<Vec<_>, _>>()
@@ -132,7 +143,10 @@ impl RawPolicy {
                         .map(|f| {
                             Flag::parse(f).ok_or_else(|| {
                                 let all: Vec<&str> = Flag::ALL.iter().map(|k| k.as_str()).collect();
-                                (field(name), format!("unknown flag `{f}` (one of {})", all.join(", ")))
+                                (
+                                    field(name),
+                                    format!("unknown flag `{f}` (one of {})", all.join(", ")),
+                                )
                             })
                         })
                         .collect::<Result<Vec<_>, _>>()

@@ -195,7 +195,11 @@ impl Policy {
             Ok(s) => s,
             Err(e) => {
                 let d = Decision::unclassifiable(e);
-                let _ = writeln!(out, "decision: {} (rule: {})\n  {}", d.action, d.rule, d.reason);
+                let _ = writeln!(
+                    out,
+                    "decision: {} (rule: {})\n  {}",
+                    d.action, d.rule, d.reason
+                );
                 return out;
             }
         };
@@ -206,12 +210,20 @@ impl Policy {
             let _ = writeln!(out, "  tables:    {}", join(st.tables.iter()));
             let _ = writeln!(out, "  writes:    {}", join(st.writes.iter()));
             let _ = writeln!(out, "  functions: {}", join(st.functions.iter()));
-            let _ = writeln!(out, "  flags:     {}", join(st.flags.iter().map(|f| f.as_str())));
+            let _ = writeln!(
+                out,
+                "  flags:     {}",
+                join(st.flags.iter().map(|f| f.as_str()))
+            );
             let mut decided = false;
             for rule in &self.rules {
                 match rule.mismatch(who, resource, st) {
                     Some(why) => {
-                        let _ = writeln!(out, "  rule {:?} ({}): no match: {why}", rule.name, rule.action);
+                        let _ = writeln!(
+                            out,
+                            "  rule {:?} ({}): no match: {why}",
+                            rule.name, rule.action
+                        );
                     }
                     None => {
                         let _ = writeln!(out, "  rule {:?} ({}): MATCH", rule.name, rule.action);
@@ -229,14 +241,22 @@ impl Policy {
             }
         }
         let d = self.decide_all(who, resource, classified);
-        let _ = writeln!(out, "decision: {} (rule: {})\n  {}", d.action, d.rule, d.reason);
+        let _ = writeln!(
+            out,
+            "decision: {} (rule: {})\n  {}",
+            d.action, d.rule, d.reason
+        );
         out
     }
 }
 
 fn join<I: IntoIterator<Item = S>, S: AsRef<str>>(items: I) -> String {
     let v: Vec<String> = items.into_iter().map(|s| s.as_ref().to_owned()).collect();
-    if v.is_empty() { "-".into() } else { v.join(", ") }
+    if v.is_empty() {
+        "-".into()
+    } else {
+        v.join(", ")
+    }
 }
 
 impl Rule {
@@ -244,7 +264,9 @@ impl Rule {
         let reason = match (&self.message, self.action) {
             (Some(m), _) => m.clone(),
             (None, Action::Allow) => format!("allowed by rule \"{}\"", self.name),
-            (None, Action::Deny) => format!("{} statement denied by rule \"{}\"", st.kind(), self.name),
+            (None, Action::Deny) => {
+                format!("{} statement denied by rule \"{}\"", st.kind(), self.name)
+            }
             (None, Action::RequireApproval) => format!(
                 "approval required by rule \"{}\" for this {} statement (approvals are not available yet)",
                 self.name,
@@ -268,7 +290,10 @@ impl Rule {
         if let Some(us) = &self.users
             && !who.user.as_ref().is_some_and(|u| us.contains(u))
         {
-            return Some(format!("user {:?} not listed", who.user.as_deref().unwrap_or("?")));
+            return Some(format!(
+                "user {:?} not listed",
+                who.user.as_deref().unwrap_or("?")
+            ));
         }
         if let Some(uids) = &self.uids
             && !uids.contains(&who.uid)
@@ -276,14 +301,26 @@ impl Rule {
             return Some(format!("uid {} not listed", who.uid));
         }
         if let Some(cg) = &self.cgroups
-            && !who.cgroup.as_ref().is_some_and(|c| cg.iter().any(|p| glob::matches(p, c)))
+            && !who
+                .cgroup
+                .as_ref()
+                .is_some_and(|c| cg.iter().any(|p| glob::matches(p, c)))
         {
-            return Some(format!("cgroup {:?} not listed", who.cgroup.as_deref().unwrap_or("?")));
+            return Some(format!(
+                "cgroup {:?} not listed",
+                who.cgroup.as_deref().unwrap_or("?")
+            ));
         }
         if let Some(ex) = &self.exes
-            && !who.exe.as_ref().is_some_and(|e| ex.iter().any(|p| glob::matches(p, e)))
+            && !who
+                .exe
+                .as_ref()
+                .is_some_and(|e| ex.iter().any(|p| glob::matches(p, e)))
         {
-            return Some(format!("exe {:?} not listed", who.exe.as_deref().unwrap_or("?")));
+            return Some(format!(
+                "exe {:?} not listed",
+                who.exe.as_deref().unwrap_or("?")
+            ));
         }
         if let Some(kinds) = &self.kinds
             && let Some(k) = st.kinds.iter().find(|k| !kinds.contains(k))
@@ -291,7 +328,10 @@ impl Rule {
             return Some(format!("kind {k} not listed"));
         }
         if let Some(pats) = &self.tables
-            && let Some(t) = st.tables.iter().find(|t| !pats.iter().any(|p| glob::matches(p, t)))
+            && let Some(t) = st
+                .tables
+                .iter()
+                .find(|t| !pats.iter().any(|p| glob::matches(p, t)))
         {
             return Some(format!("table {t} not covered"));
         }

@@ -52,7 +52,10 @@ fn first_matching_rule_decides() {
     let d = decide(&p, "SELECT * FROM orders WHERE id = 1");
     assert_eq!((d.action, d.rule.as_str()), (Action::Allow, "crew-rw"));
     let d = decide(&p, "DELETE FROM orders");
-    assert_eq!((d.action, d.rule.as_str()), (Action::Deny, "no-unbounded-writes"));
+    assert_eq!(
+        (d.action, d.rule.as_str()),
+        (Action::Deny, "no-unbounded-writes")
+    );
     let d = decide(&p, "CREATE TABLE x (a int)");
     assert_eq!(d.action, Action::RequireApproval);
     assert!(d.reason.contains("approval required"), "{}", d.reason);
@@ -88,7 +91,10 @@ kinds = ["select", "delete"]
 permit_flags = ["data_modifying_cte"]
 "#,
     );
-    let d = decide(&p, "WITH d AS (DELETE FROM orders WHERE id = 1 RETURNING *) SELECT * FROM d");
+    let d = decide(
+        &p,
+        "WITH d AS (DELETE FROM orders WHERE id = 1 RETURNING *) SELECT * FROM d",
+    );
     assert_eq!(d.action, Action::Allow);
 }
 
@@ -105,7 +111,10 @@ fn multi_statement_refused_as_a_whole() {
 fn unclassifiable_is_denied() {
     let p = policy("default = \"allow\"");
     let d = decide(&p, "SELEC 1");
-    assert_eq!((d.action, d.rule.as_str()), (Action::Deny, UNCLASSIFIABLE_RULE));
+    assert_eq!(
+        (d.action, d.rule.as_str()),
+        (Action::Deny, UNCLASSIFIABLE_RULE)
+    );
     assert_eq!(decide(&p, "SELECT 1").action, Action::Allow);
 }
 

@@ -89,7 +89,11 @@ mod tests {
         let (pid, secret, guard) = reg.register(up.clone()).unwrap();
         assert_eq!(secret.len(), 4);
         assert_eq!(reg.lookup(pid, &secret), Some(up));
-        assert_eq!(reg.lookup(42, &[9; 4]), None, "the server's key is not accepted");
+        assert_eq!(
+            reg.lookup(42, &[9; 4]),
+            None,
+            "the server's key is not accepted"
+        );
         drop(guard);
         assert_eq!(reg.lookup(pid, &secret), None);
     }

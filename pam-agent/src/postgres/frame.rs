@@ -227,7 +227,7 @@ mod tests {
     #[test]
     fn frames_split_and_wait() {
         let mut buf = BytesMut::new();
-        buf.extend_from_slice(b"Q\0\0\0\x09abc\0");
+        buf.extend_from_slice(b"Q\0\0\0\x08abc\0");
         buf.extend_from_slice(b"S\0\0");
         let f = parse_frame(&mut buf, 1024).unwrap().unwrap();
         assert_eq!(f.tag, b'Q');
@@ -240,11 +240,20 @@ mod tests {
     #[test]
     fn bad_lengths_are_errors() {
         let mut buf = BytesMut::from(&b"Q\0\0\0\x03"[..]);
-        assert!(matches!(parse_frame(&mut buf, 1024), Err(FrameError::BadLength(3))));
+        assert!(matches!(
+            parse_frame(&mut buf, 1024),
+            Err(FrameError::BadLength(3))
+        ));
         let mut buf = BytesMut::from(&b"Q\xff\xff\xff\xff"[..]);
-        assert!(matches!(parse_frame(&mut buf, 1024), Err(FrameError::BadLength(-1))));
+        assert!(matches!(
+            parse_frame(&mut buf, 1024),
+            Err(FrameError::BadLength(-1))
+        ));
         let mut buf = BytesMut::from(&b"Q\0\x10\0\0"[..]);
-        assert!(matches!(parse_frame(&mut buf, 1024), Err(FrameError::TooLarge { .. })));
+        assert!(matches!(
+            parse_frame(&mut buf, 1024),
+            Err(FrameError::TooLarge { .. })
+        ));
     }
 
     #[test]

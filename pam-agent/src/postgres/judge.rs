@@ -137,7 +137,10 @@ impl<'a> Judge<'a> {
         r
     }
 
-    async fn run_inner(&mut self, done: &CancellationToken) -> Result<Option<String>, SessionError> {
+    async fn run_inner(
+        &mut self,
+        done: &CancellationToken,
+    ) -> Result<Option<String>, SessionError> {
         loop {
             let f = tokio::select! {
                 f = self.reader.next() => f.map_err(SessionError::Worker)?,
@@ -199,8 +202,10 @@ impl<'a> Judge<'a> {
                 frontend::COPY_DATA | frontend::COPY_DONE | frontend::COPY_FAIL => {
                     // Data of a COPY the server accepted; outside COPY the server
                     // ignores them. Never judged: the COPY statement was.
-                    self.send_held().await?;
-                    self.upstream.write_all(&f.raw).await?;
+                    if self.refused.is_none() {
+                        self.send_held().await?;
+                        self.upstream.write_all(&f.raw).await?;
+                    }
                 }
                 frontend::TERMINATE => {
                     self.send_held().await?;
@@ -219,6 +224,10 @@ impl<'a> Judge<'a> {
     }
 
     async fn query(&mut self, f: Frame) -> Result<(), SessionError> {
+        if self.refused.is_some() {
+            // After an error the server discards everything until Sync; so do we.
+            return Ok(());
+        }
         self.send_held().await?;
         let text = frontend::query(&f).map_err(protocol)?;
         let (decision, numbers) = self.judge_text(text).await?;
@@ -250,7 +259,8 @@ impl<'a> Judge<'a> {
         if decision.allowed() {
             // A Parse holds one statement (the server refuses more); an empty one
             // gets number 0 (nothing to audit at completion).
-            self.prepared.insert(name, numbers.first().copied().unwrap_or(0));
+            self.prepared
+                .insert(name, numbers.first().copied().unwrap_or(0));
             self.hold(f).await
         } else {
             self.prepared.remove(&name);
@@ -259,13 +269,18 @@ impl<'a> Judge<'a> {
     }
 
     async fn function_call(&mut self, f: Frame) -> Result<(), SessionError> {
+        if self.refused.is_some() {
+            return Ok(());
+        }
         self.send_held().await?;
         let oid = frontend::function_call(&f).map_err(protocol)?;
         let st = Policy::function_call_statement(oid);
         let decision = if self.shared.lexer_unsafe.load(Ordering::Relaxed) {
             unsafe_session()
         } else {
-            self.ctx.policy.decide(&self.ctx.principal, &self.ctx.resource, &st)
+            self.ctx
+                .policy
+                .decide(&self.ctx.principal, &self.ctx.resource, &st)
         };
         let n = self.record(&st, &decision).await?;
         if decision.allowed() {
@@ -420,7 +435,10 @@ impl<'a> Judge<'a> {
             rule: d.rule.clone(),
             reason: d.reason.clone(),
         };
-        self.ctx.journal.record(Some(self.ctx.session), event).await?;
+        self.ctx
+            .journal
+            .record(Some(self.ctx.session), event)
+            .await?;
         Ok(n)
     }
 
@@ -438,7 +456,10 @@ impl<'a> Judge<'a> {
             rule: d.rule.clone(),
             reason: d.reason.clone(),
         };
-        self.ctx.journal.record(Some(self.ctx.session), event).await?;
+        self.ctx
+            .journal
+            .record(Some(self.ctx.session), event)
+            .await?;
         Ok(())
     }
 }
@@ -470,11 +491,22 @@ fn audit_text(text: &str) -> String {
 
 /// The ErrorResponse a refused statement gets: 42501, naming the rule.
 pub fn refusal(d: &Decision) -> Frame {
-    let message = format!("pam-agent refused the statement (rule \"{}\"): {}", d.rule, d.reason);
+    let message = format!(
+        "pam-agent refused the statement (rule \"{}\"): {}",
+        d.rule, d.reason
+    );
     let detail = format!("rule: {}; decision: {}", d.rule, d.action);
     let hint = match d.action {
-        Action::RequireApproval => Some("This statement needs an approval, which pam-agent cannot grant yet."),
+        Action::RequireApproval => {
+            Some("This statement needs an approval, which pam-agent cannot grant yet.")
+        }
         _ => None,
     };
-    backend::error(Severity::Error, sqlstate::REFUSED, &message, Some(&detail), hint)
+    backend::error(
+        Severity::Error,
+        sqlstate::REFUSED,
+        &message,
+        Some(&detail),
+        hint,
+    )
 }

@@ -160,7 +160,14 @@ async fn run(
     let (notes, rx) = tokio::sync::mpsc::channel(1024);
     let done = CancellationToken::new();
     let judge = judge::Judge::new(worker_reader, upstream_writer, notes, ctx, shared.clone());
-    let respond = respond::Respond::new(upstream_reader, worker_writer, rx, status, ctx, shared.clone());
+    let respond = respond::Respond::new(
+        upstream_reader,
+        worker_writer,
+        rx,
+        status,
+        ctx,
+        shared.clone(),
+    );
     let worker_half = async {
         let r = judge.run(&done).await;
         if r.is_err() {

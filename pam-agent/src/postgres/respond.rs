@@ -83,7 +83,10 @@ impl<'a> Respond<'a> {
         r
     }
 
-    async fn run_inner(&mut self, done: &CancellationToken) -> Result<Option<String>, SessionError> {
+    async fn run_inner(
+        &mut self,
+        done: &CancellationToken,
+    ) -> Result<Option<String>, SessionError> {
         loop {
             tokio::select! {
                 n = self.notes.recv(), if self.notes_open => match n {
@@ -119,7 +122,9 @@ impl<'a> Respond<'a> {
     fn apply(&mut self, n: Note) -> Result<bool, SessionError> {
         match n {
             Note::Execs(execs) => {
-                if let Pending::Group { execs: e, failed, .. } = self.open_group()
+                if let Pending::Group {
+                    execs: e, failed, ..
+                } = self.open_group()
                     && !*failed
                 {
                     e.extend(execs);
@@ -152,7 +157,10 @@ impl<'a> Respond<'a> {
     }
 
     fn open_group(&mut self) -> &mut Pending {
-        let open = matches!(self.queue.back(), Some(Pending::Group { closed: false, .. }));
+        let open = matches!(
+            self.queue.back(),
+            Some(Pending::Group { closed: false, .. })
+        );
         if !open {
             self.queue.push_back(Pending::Group {
                 execs: VecDeque::new(),
@@ -247,7 +255,11 @@ impl<'a> Respond<'a> {
         Ok(())
     }
 
-    async fn complete(&mut self, rows: Option<u64>, error: Option<String>) -> Result<(), SessionError> {
+    async fn complete(
+        &mut self,
+        rows: Option<u64>,
+        error: Option<String>,
+    ) -> Result<(), SessionError> {
         self.rows_seen = 0;
         let exec = match self.queue.front_mut() {
             Some(Pending::Group { execs, .. }) => execs.pop_front(),
@@ -259,7 +271,12 @@ impl<'a> Respond<'a> {
         Ok(())
     }
 
-    async fn record(&self, e: Exec, rows: Option<u64>, error: Option<String>) -> Result<(), SessionError> {
+    async fn record(
+        &self,
+        e: Exec,
+        rows: Option<u64>,
+        error: Option<String>,
+    ) -> Result<(), SessionError> {
         if e.statement == 0 {
             return Ok(());
         }
@@ -269,7 +286,10 @@ impl<'a> Respond<'a> {
             rows,
             error,
         };
-        self.ctx.journal.record(Some(self.ctx.session), event).await?;
+        self.ctx
+            .journal
+            .record(Some(self.ctx.session), event)
+            .await?;
         Ok(())
     }
 }

@@ -12,7 +12,10 @@ pub const CANCEL_REQUEST: i32 = 80877102;
 pub enum Startup {
     Ssl,
     GssEnc,
-    Cancel { pid: i32, secret: Vec<u8> },
+    Cancel {
+        pid: i32,
+        secret: Vec<u8>,
+    },
     Start {
         /// Major version 3; the minor is relayed (the server negotiates it down).
         version: i32,
@@ -88,8 +91,19 @@ pub fn dangerous_encoding(name: &str) -> bool {
         .to_ascii_lowercase();
     matches!(
         n.as_str(),
-        "sjis" | "shiftjis" | "mskanji" | "big5" | "gbk" | "cp936" | "windows936" | "uhc"
-            | "cp949" | "windows949" | "gb18030" | "johab" | "shiftjis2004"
+        "sjis"
+            | "shiftjis"
+            | "mskanji"
+            | "big5"
+            | "gbk"
+            | "cp936"
+            | "windows936"
+            | "uhc"
+            | "cp949"
+            | "windows949"
+            | "gb18030"
+            | "johab"
+            | "shiftjis2004"
     )
 }
 
@@ -102,15 +116,24 @@ pub fn check_params(params: &[(String, String)]) -> Result<(), StartupError> {
     for (k, v) in params {
         let lower = k.to_ascii_lowercase();
         let forbidden = match lower.as_str() {
-            "replication" => !matches!(v.to_ascii_lowercase().as_str(), "false" | "0" | "off" | "no"),
+            "replication" => !matches!(
+                v.to_ascii_lowercase().as_str(),
+                "false" | "0" | "off" | "no"
+            ),
             "role" | "session_authorization" | "search_path" => true,
             "standard_conforming_strings" => !v.eq_ignore_ascii_case("on"),
             "client_encoding" => dangerous_encoding(v),
             "options" => {
                 let o = v.to_ascii_lowercase();
-                ["role", "session_authorization", "search_path", "standard_conforming_strings", "client_encoding"]
-                    .iter()
-                    .any(|p| o.contains(p))
+                [
+                    "role",
+                    "session_authorization",
+                    "search_path",
+                    "standard_conforming_strings",
+                    "client_encoding",
+                ]
+                .iter()
+                .any(|p| o.contains(p))
             }
             _ => false,
         };
@@ -140,24 +163,37 @@ mod tests {
         assert_eq!(parse(&SSL_REQUEST.to_be_bytes()).unwrap(), Startup::Ssl);
         let mut b = 196608i32.to_be_bytes().to_vec();
         b.extend_from_slice(b"user\0bob\0database\0db\0\0");
-        let Startup::Start { params, .. } = parse(&b).unwrap() else { panic!() };
+        let Startup::Start { params, .. } = parse(&b).unwrap() else {
+            panic!()
+        };
         assert_eq!(params[1], ("database".into(), "db".into()));
         assert!(check_params(&params).is_ok());
         let c = cancel_request(7, &[1, 2, 3, 4]);
         assert_eq!(
             parse(&c[4..]).unwrap(),
-            Startup::Cancel { pid: 7, secret: vec![1, 2, 3, 4] }
+            Startup::Cancel {
+                pid: 7,
+                secret: vec![1, 2, 3, 4]
+            }
         );
     }
 
     #[test]
     fn refuses_bad_packets() {
         assert!(parse(&[0, 1]).is_err());
-        assert!(matches!(parse(&(2i32 << 16).to_be_bytes()), Err(StartupError::Version { .. })));
+        assert!(matches!(
+            parse(&(2i32 << 16).to_be_bytes()),
+            Err(StartupError::Version { .. })
+        ));
         let mut b = 196608i32.to_be_bytes().to_vec();
         b.extend_from_slice(b"user\0bob"); // no terminator
         assert!(parse(&b).is_err());
-        let p = |k: &str, v: &str| vec![("user".to_owned(), "u".to_owned()), (k.to_owned(), v.to_owned())];
+        let p = |k: &str, v: &str| {
+            vec![
+                ("user".to_owned(), "u".to_owned()),
+                (k.to_owned(), v.to_owned()),
+            ]
+        };
         assert!(check_params(&p("options", "-c role=postgres")).is_err());
         assert!(check_params(&p("client_encoding", "SJIS")).is_err());
         assert!(check_params(&p("client_encoding", "UTF8")).is_ok());

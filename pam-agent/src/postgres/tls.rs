@@ -56,14 +56,18 @@ impl AgentCa {
     /// addresses the workers connect to).
     pub fn acceptor(&self, names: &[String]) -> Result<TlsAcceptor, TlsError> {
         let mut params = CertificateParams::new(names.to_vec())?;
-        params
-            .distinguished_name
-            .push(DnType::CommonName, names.first().map(String::as_str).unwrap_or("pam-agent"));
+        params.distinguished_name.push(
+            DnType::CommonName,
+            names.first().map(String::as_str).unwrap_or("pam-agent"),
+        );
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         let key = KeyPair::generate()?;
         let leaf = params.signed_by(&key, &self.issuer)?;
-        let chain = vec![leaf.der().clone(), CertificateDer::from(self.issuer.der().to_vec())];
+        let chain = vec![
+            leaf.der().clone(),
+            CertificateDer::from(self.issuer.der().to_vec()),
+        ];
         let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
         let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
         let mut config = ServerConfig::builder_with_provider(provider)

@@ -119,7 +119,7 @@ pub async fn run(
                 principal,
                 resource: resource.name.clone(),
                 journal: shared.journal.clone(),
-                policy: Arc::new(shared.config.policy.clone()),
+                policy: shared.config.policy.clone(),
                 limits: shared.config.limits,
                 classifier: services.classifier.clone(),
                 cancels: services.cancels.clone(),

@@ -130,6 +130,10 @@ pub enum Flag {
     RoleChange,
     /// SET search_path or set_config('search_path', ...): changes what names mean.
     SearchPathChange,
+    /// SET client_encoding / standard_conforming_strings (or set_config of them):
+    /// changes how the server reads SQL text, which the proxy's parser could then read
+    /// differently.
+    LexerChange,
     /// SQL whose text is not visible to the parser: DO, EXECUTE, query_to_xml(...).
     DynamicSql,
     /// A function with effects outside the statement: files, large objects, dblink,
@@ -149,6 +153,7 @@ impl Flag {
             Flag::ServerFile => "server_file",
             Flag::RoleChange => "role_change",
             Flag::SearchPathChange => "search_path_change",
+            Flag::LexerChange => "lexer_change",
             Flag::DynamicSql => "dynamic_sql",
             Flag::SideEffectFunction => "side_effect_function",
         }
@@ -158,7 +163,7 @@ impl Flag {
         Flag::ALL.iter().copied().find(|k| k.as_str() == s)
     }
 
-    pub const ALL: [Flag; 11] = [
+    pub const ALL: [Flag; 12] = [
         Flag::UpdateWithoutWhere,
         Flag::DeleteWithoutWhere,
         Flag::DataModifyingCte,
@@ -168,6 +173,7 @@ impl Flag {
         Flag::ServerFile,
         Flag::RoleChange,
         Flag::SearchPathChange,
+        Flag::LexerChange,
         Flag::DynamicSql,
         Flag::SideEffectFunction,
     ];
@@ -311,7 +317,10 @@ fn node_of_map(map: &Map<String, Value>) -> Option<(&str, &Map<String, Value>)> 
     Some((k.as_str(), v.as_object()?))
 }
 
-fn inner_node<'a>(map: &'a Map<String, Value>, field: &str) -> Option<(&'a str, &'a Map<String, Value>)> {
+fn inner_node<'a>(
+    map: &'a Map<String, Value>,
+    field: &str,
+) -> Option<(&'a str, &'a Map<String, Value>)> {
     map.get(field).and_then(node_of)
 }
 
@@ -349,8 +358,7 @@ fn top_kind(
                 .flatten()
                 .filter_map(node_of)
                 .any(|(t, d)| {
-                    t == "DefElem"
-                        && d.get("defname").and_then(Value::as_str) == Some("analyze")
+                    t == "DefElem" && d.get("defname").and_then(Value::as_str) == Some("analyze")
                 });
             if analyze {
                 flags.insert(Flag::ExplainAnalyze);
@@ -380,6 +388,9 @@ fn top_kind(
                 "search_path" => {
                     flags.insert(Flag::SearchPathChange);
                 }
+                "client_encoding" | "standard_conforming_strings" => {
+                    flags.insert(Flag::LexerChange);
+                }
                 // RESET ALL / SET SESSION CHARACTERISTICS etc. carry no name; RESET ALL
                 // returns to the authenticated role and default path, which is safe.
                 _ => {}
@@ -393,20 +404,47 @@ fn top_kind(
         "VacuumStmt" | "ClusterStmt" | "ReindexStmt" | "CheckPointStmt" | "RefreshMatViewStmt" => {
             Kind::Maintenance
         }
-        "AlterSystemStmt" | "LoadStmt" | "CreatedbStmt" | "DropdbStmt" | "AlterDatabaseStmt"
-        | "AlterDatabaseSetStmt" | "AlterDatabaseRefreshCollStmt" | "CreateTableSpaceStmt"
-        | "DropTableSpaceStmt" | "AlterTableSpaceOptionsStmt" | "CreateExtensionStmt"
-        | "AlterExtensionStmt" | "AlterExtensionContentsStmt" | "CreateSubscriptionStmt"
-        | "AlterSubscriptionStmt" | "DropSubscriptionStmt" | "CreatePublicationStmt"
-        | "AlterPublicationStmt" | "CreateFdwStmt" | "AlterFdwStmt"
-        | "CreateForeignServerStmt" | "AlterForeignServerStmt" | "CreateUserMappingStmt"
-        | "AlterUserMappingStmt" | "DropUserMappingStmt" | "ImportForeignSchemaStmt"
-        | "CreateEventTrigStmt" | "AlterEventTrigStmt" | "CreatePLangStmt" => Kind::Admin,
-        "GrantStmt" | "GrantRoleStmt" | "CreateRoleStmt" | "AlterRoleStmt" | "AlterRoleSetStmt"
-        | "DropRoleStmt" | "AlterDefaultPrivilegesStmt" | "ReassignOwnedStmt"
-        | "DropOwnedStmt" | "CreatePolicyStmt" | "AlterPolicyStmt" | "AlterOwnerStmt" => {
-            Kind::Dcl
-        }
+        "AlterSystemStmt"
+        | "LoadStmt"
+        | "CreatedbStmt"
+        | "DropdbStmt"
+        | "AlterDatabaseStmt"
+        | "AlterDatabaseSetStmt"
+        | "AlterDatabaseRefreshCollStmt"
+        | "CreateTableSpaceStmt"
+        | "DropTableSpaceStmt"
+        | "AlterTableSpaceOptionsStmt"
+        | "CreateExtensionStmt"
+        | "AlterExtensionStmt"
+        | "AlterExtensionContentsStmt"
+        | "CreateSubscriptionStmt"
+        | "AlterSubscriptionStmt"
+        | "DropSubscriptionStmt"
+        | "CreatePublicationStmt"
+        | "AlterPublicationStmt"
+        | "CreateFdwStmt"
+        | "AlterFdwStmt"
+        | "CreateForeignServerStmt"
+        | "AlterForeignServerStmt"
+        | "CreateUserMappingStmt"
+        | "AlterUserMappingStmt"
+        | "DropUserMappingStmt"
+        | "ImportForeignSchemaStmt"
+        | "CreateEventTrigStmt"
+        | "AlterEventTrigStmt"
+        | "CreatePLangStmt" => Kind::Admin,
+        "GrantStmt"
+        | "GrantRoleStmt"
+        | "CreateRoleStmt"
+        | "AlterRoleStmt"
+        | "AlterRoleSetStmt"
+        | "DropRoleStmt"
+        | "AlterDefaultPrivilegesStmt"
+        | "ReassignOwnedStmt"
+        | "DropOwnedStmt"
+        | "CreatePolicyStmt"
+        | "AlterPolicyStmt"
+        | "AlterOwnerStmt" => Kind::Dcl,
         "CallStmt" => Kind::Call,
         "DoStmt" => {
             flags.insert(Flag::DynamicSql);
@@ -602,6 +640,9 @@ impl Walk<'_> {
                 Some("search_path") => {
                     self.st.flags.insert(Flag::SearchPathChange);
                 }
+                Some("client_encoding" | "standard_conforming_strings") => {
+                    self.st.flags.insert(Flag::LexerChange);
+                }
                 _ => {}
             },
             _ => {}
@@ -678,10 +719,14 @@ impl Walk<'_> {
                 Some("search_path") => {
                     self.st.flags.insert(Flag::SearchPathChange);
                 }
+                Some("client_encoding" | "standard_conforming_strings") => {
+                    self.st.flags.insert(Flag::LexerChange);
+                }
                 Some(_) => {}
                 None => {
                     self.st.flags.insert(Flag::RoleChange);
                     self.st.flags.insert(Flag::SearchPathChange);
+                    self.st.flags.insert(Flag::LexerChange);
                 }
             }
         }
@@ -779,7 +824,9 @@ mod tests {
 
     #[test]
     fn select_reads_resolved_tables() {
-        let s = one("SELECT a FROM orders o JOIN sales.items i ON true WHERE x IN (SELECT 1 FROM pg_class)");
+        let s = one(
+            "SELECT a FROM orders o JOIN sales.items i ON true WHERE x IN (SELECT 1 FROM pg_class)",
+        );
         assert_eq!(s.kinds, vec![Kind::Select]);
         assert_eq!(
             s.tables.iter().map(String::as_str).collect::<Vec<_>>(),
@@ -791,8 +838,16 @@ mod tests {
 
     #[test]
     fn update_and_delete_without_where() {
-        assert!(one("UPDATE t SET a = 1").flags.contains(&Flag::UpdateWithoutWhere));
-        assert!(!one("UPDATE t SET a = 1 WHERE id = 2").flags.contains(&Flag::UpdateWithoutWhere));
+        assert!(
+            one("UPDATE t SET a = 1")
+                .flags
+                .contains(&Flag::UpdateWithoutWhere)
+        );
+        assert!(
+            !one("UPDATE t SET a = 1 WHERE id = 2")
+                .flags
+                .contains(&Flag::UpdateWithoutWhere)
+        );
         let d = one("DELETE FROM s.t");
         assert!(d.flags.contains(&Flag::DeleteWithoutWhere));
         assert_eq!(d.writes.iter().next().unwrap(), "s.t");
@@ -813,7 +868,10 @@ mod tests {
         let s = one("SELECT * FROM secret, (WITH secret AS (SELECT 1) SELECT * FROM secret) x");
         assert!(s.tables.contains("public.secret"));
         let s = one("WITH a AS (SELECT * FROM a) SELECT * FROM a");
-        assert!(s.tables.contains("public.a"), "non-recursive CTE body sees the table");
+        assert!(
+            s.tables.contains("public.a"),
+            "non-recursive CTE body sees the table"
+        );
     }
 
     #[test]
@@ -854,11 +912,38 @@ mod tests {
     #[test]
     fn role_and_path_changes() {
         assert!(one("SET ROLE admin").flags.contains(&Flag::RoleChange));
-        assert!(one("SET SESSION AUTHORIZATION admin").flags.contains(&Flag::RoleChange));
-        assert!(one("SELECT set_config('role', 'admin', false)").flags.contains(&Flag::RoleChange));
-        assert!(one("SELECT set_config($1, 'x', false)").flags.contains(&Flag::RoleChange));
-        assert!(one("SET search_path = evil").flags.contains(&Flag::SearchPathChange));
+        assert!(
+            one("SET SESSION AUTHORIZATION admin")
+                .flags
+                .contains(&Flag::RoleChange)
+        );
+        assert!(
+            one("SELECT set_config('role', 'admin', false)")
+                .flags
+                .contains(&Flag::RoleChange)
+        );
+        assert!(
+            one("SELECT set_config($1, 'x', false)")
+                .flags
+                .contains(&Flag::RoleChange)
+        );
+        assert!(
+            one("SET search_path = evil")
+                .flags
+                .contains(&Flag::SearchPathChange)
+        );
         assert!(one("SET statement_timeout = 5").flags.is_empty());
+        assert!(one("SET NAMES 'SJIS'").flags.contains(&Flag::LexerChange));
+        assert!(
+            one("SET standard_conforming_strings = off")
+                .flags
+                .contains(&Flag::LexerChange)
+        );
+        assert!(
+            one("SELECT set_config('client_encoding', 'BIG5', false)")
+                .flags
+                .contains(&Flag::LexerChange)
+        );
     }
 
     #[test]
@@ -894,8 +979,17 @@ mod tests {
 
     #[test]
     fn unclassifiable() {
-        assert!(matches!(classify("SELEC 1", 100), Err(Unclassifiable::Syntax(_))));
-        assert!(matches!(classify("SELECT 1", 3), Err(Unclassifiable::TooLong { .. })));
-        assert!(matches!(classify("SELECT '\0'", 100), Err(Unclassifiable::Nul)));
+        assert!(matches!(
+            classify("SELEC 1", 100),
+            Err(Unclassifiable::Syntax(_))
+        ));
+        assert!(matches!(
+            classify("SELECT 1", 3),
+            Err(Unclassifiable::TooLong { .. })
+        ));
+        assert!(matches!(
+            classify("SELECT '\0'", 100),
+            Err(Unclassifiable::Nul)
+        ));
     }
 }

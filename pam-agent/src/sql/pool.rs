@@ -122,9 +122,7 @@ impl Classifier {
             match rx.await {
                 Ok(c) => c,
                 Err(_) => {
-                    return Arc::new(Err(Unclassifiable::Internal(
-                        "parser thread failed".into(),
-                    )));
+                    return Arc::new(Err(Unclassifiable::Internal("parser thread failed".into())));
                 }
             }
         };

@@ -56,20 +56,30 @@ impl PgServer {
         std::fs::write(dir.join("pw"), PASSWORD).unwrap();
         run(Command::new("chown").arg("-R").arg("postgres").arg(&dir));
         let data = dir.join("data");
-        run(Command::new("runuser").args(["-u", "postgres", "--"]).arg(format!("{BIN}/initdb")).arg("-D").arg(&data).args([
-            "--auth=scram-sha-256",
-            "-U",
-            "postgres",
-            "--no-sync",
-        ]).arg(format!("--pwfile={}", dir.join("pw").display())));
+        run(Command::new("runuser")
+            .args(["-u", "postgres", "--"])
+            .arg(format!("{BIN}/initdb"))
+            .arg("-D")
+            .arg(&data)
+            .args(["--auth=scram-sha-256", "-U", "postgres", "--no-sync"])
+            .arg(format!("--pwfile={}", dir.join("pw").display())));
         let hba = data.join("pg_hba.conf");
         let old = std::fs::read_to_string(&hba).unwrap();
         std::fs::write(&hba, format!("host all trusty 127.0.0.1/32 trust\n{old}")).unwrap();
         let port = free_port();
-        run(Command::new("runuser").args(["-u", "postgres", "--"]).arg(format!("{BIN}/pg_ctl")).arg("-D").arg(&data).arg("-o").arg(format!(
-            "-p {port} -k {} -c listen_addresses=127.0.0.1 -c fsync=off",
-            dir.display()
-        )).arg("-l").arg(dir.join("log")).args(["-w", "start"]));
+        run(Command::new("runuser")
+            .args(["-u", "postgres", "--"])
+            .arg(format!("{BIN}/pg_ctl"))
+            .arg("-D")
+            .arg(&data)
+            .arg("-o")
+            .arg(format!(
+                "-p {port} -k {} -c listen_addresses=127.0.0.1 -c fsync=off",
+                dir.display()
+            ))
+            .arg("-l")
+            .arg(dir.join("log"))
+            .args(["-w", "start"]));
         let server = PgServer { dir, port };
         server.direct(
             "CREATE ROLE trusty LOGIN SUPERUSER;
@@ -87,7 +97,18 @@ impl PgServer {
     pub fn direct(&self, sql: &str) -> String {
         let out = run(Command::new("psql")
             .env("PGPASSWORD", PASSWORD)
-            .args(["-X", "-At", "-v", "ON_ERROR_STOP=1", "-h", "127.0.0.1", "-U", "postgres", "-d", "postgres"])
+            .args([
+                "-X",
+                "-At",
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-h",
+                "127.0.0.1",
+                "-U",
+                "postgres",
+                "-d",
+                "postgres",
+            ])
             .arg("-p")
             .arg(self.port.to_string())
             .arg("-c")
@@ -169,7 +190,9 @@ impl Proxy {
             limits.max_message_bytes = m;
         }
         let policy = Arc::new(policy);
-        let journal_path = server.dir().join(format!("journal-{}.jsonl", uuid::Uuid::now_v7()));
+        let journal_path = server
+            .dir()
+            .join(format!("journal-{}.jsonl", uuid::Uuid::now_v7()));
         let shutdown = CancellationToken::new();
         let (port_tx, port_rx) = mpsc::channel();
         let upstream = format!("127.0.0.1:{}", server.port);
@@ -293,7 +316,14 @@ impl Proxy {
     pub fn psql_script(&self, script: &str) -> PsqlRun {
         use std::io::Write;
         let mut child = Command::new("psql")
-            .args(["-X", "-At", "-v", "VERBOSITY=verbose", "-v", "ON_ERROR_STOP=0"])
+            .args([
+                "-X",
+                "-At",
+                "-v",
+                "VERBOSITY=verbose",
+                "-v",
+                "ON_ERROR_STOP=0",
+            ])
             .arg(self.conninfo())
             .stdin(std::process::Stdio::piped())
             .stdout(std::process::Stdio::piped())
