@@ -41,6 +41,60 @@ fn allowed_statements_return_what_a_direct_connection_returns() {
         })
         .collect();
     assert_eq!(completed, vec![(1, Some(5), None)]);
+    // The decision was on record before the statement went upstream.
+    let seq_of = |f: &dyn Fn(&Event) -> bool| proxy.records().iter().find(|r| f(&r.event)).unwrap().seq;
+    assert!(
+        seq_of(&|e| matches!(e, Event::Statement { .. })) < seq_of(&|e| matches!(e, Event::StatementCompleted { .. }))
+    );
+}
+
+#[test]
+fn notices_notifications_and_copy_through_psql() {
+    let pg = PgServer::start();
+    let proxy = Proxy::start(&pg, CREW_POLICY);
+    let data = pg.dir().join("rows.tsv");
+    std::fs::write(&data, "10\tten\t100\n11\televen\t110\n").unwrap();
+    let out_file = pg.dir().join("out.tsv");
+    let run = proxy.psql_script(&format!(
+        "ROLLBACK;
+         LISTEN jobs;
+         SELECT pg_notify('jobs', 'hello');
+         \\copy orders FROM '{}'
+         \\copy (SELECT id, item FROM orders WHERE id >= 10 ORDER BY id) TO '{}'
+         SELECT count(*) FROM orders;
+         \\copy secret.keys TO '/dev/null'
+",
+        data.display(),
+        out_file.display()
+    ));
+    assert!(run.stderr.contains("WARNING:  25P01: there is no transaction in progress"), "{run:?}");
+    assert!(run.stdout.contains("Asynchronous notification \"jobs\" with payload \"hello\" received"), "{run:?}");
+    assert!(run.stdout.contains("COPY 2\n"), "{run:?}");
+    assert!(run.stdout.contains("\n7\n"), "{run:?}");
+    assert_eq!(std::fs::read_to_string(&out_file).unwrap(), "10\tten\n11\televen\n");
+    assert!(run.stderr.contains("42501"), "{run:?}");
+}
+
+#[test]
+fn fastpath_function_calls_are_judged_by_kind() {
+    let pg = PgServer::start();
+    // psql's \lo_import uses libpq's fast-path FunctionCall messages (lo_creat, lo_open,
+    // lowrite...): refused unless a rule allows kind function_call.
+    let proxy = Proxy::start(&pg, CREW_POLICY);
+    let run = proxy.psql_script("\\lo_import '/etc/hostname'\nSELECT 'alive';\n");
+    assert!(run.stderr.contains("42501") && run.stderr.contains("pam-agent refused"), "{run:?}");
+    assert!(run.stdout.contains("alive"), "{run:?}");
+    assert_eq!(pg.direct("SELECT count(*) FROM pg_largeobject_metadata"), "0\n");
+    let d = proxy.decisions();
+    assert!(d.iter().any(|(t, dec, _)| t.starts_with("<FunctionCall oid") && dec == "deny"), "{d:?}");
+
+    let policy = format!(
+        "[[rules]]\nname = \"large-objects\"\naction = \"allow\"\nkinds = [\"function_call\", \"transaction\", \"select\"]\n{CREW_POLICY}"
+    );
+    let proxy = Proxy::start(&pg, &policy);
+    let run = proxy.psql_script("\\lo_import '/etc/hostname'\n");
+    assert!(run.stdout.starts_with("lo_import "), "{run:?}");
+    assert_eq!(pg.direct("SELECT count(*) FROM pg_largeobject_metadata"), "1\n");
 }
 
 #[test]
@@ -134,6 +188,9 @@ fn evasion_forms_are_refused() {
         "GRANT ALL ON secret.keys TO PUBLIC",
         "SELEC broken",
         "SELECT 1; SELECT k FROM secret.keys",
+        "SET NAMES 'SJIS'",
+        "SET standard_conforming_strings = off",
+        "SELECT set_config('client_encoding', 'BIG5', false)",
     ];
     for sql in evasions {
         let run = proxy.psql(sql);

@@ -21,4 +21,7 @@ with psycopg.connect(dsn, autocommit=True) as conn:
         out["cancel"] = e.sqlstate
     out["seconds"] = time.monotonic() - started
     out["after"] = conn.execute("SELECT 42").fetchone()[0]
+    # The key the worker holds is the agent's, not the server's.
+    out["visible_pid"] = conn.info.backend_pid
+    out["server_pid"] = conn.execute("SELECT pg_backend_pid()").fetchone()[0]
 print(json.dumps(out))
