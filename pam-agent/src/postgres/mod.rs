@@ -113,6 +113,9 @@ pub async fn serve(
     shutdown: &CancellationToken,
 ) -> Outcome {
     let shared = Arc::new(Shared::default());
+    // Small messages in both directions: never wait for Nagle.
+    let _ = worker.set_nodelay(true);
+    let _ = upstream.set_nodelay(true);
     let result = tokio::select! {
         r = run(worker, upstream, &ctx, &shared) => r,
         _ = shutdown.cancelled() => Ok(Ended::Shutdown),

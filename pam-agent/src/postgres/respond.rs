@@ -25,6 +25,10 @@ use crate::journal::Event;
 
 /// Output is written when nothing more is buffered, or at this size.
 const FLUSH_AT: usize = 64 * 1024;
+/// Completion records waiting for the journal. Completions are written in order by
+/// a companion task so the data path does not wait for each one (decisions, which
+/// must precede the statement, are awaited by the judge); a full queue does wait.
+const COMPLETIONS_QUEUE: usize = 1024;
 
 enum Pending {
     /// Messages sent upstream that one ReadyForQuery will answer (once closed).
@@ -52,6 +56,7 @@ pub struct Respond<'a> {
     out: BytesMut,
     ctx: &'a Context,
     shared: Arc<Shared>,
+    completions: Option<mpsc::Sender<Event>>,
 }
 
 impl<'a> Respond<'a> {
@@ -74,12 +79,29 @@ impl<'a> Respond<'a> {
             out: BytesMut::with_capacity(FLUSH_AT),
             ctx,
             shared,
+            completions: None,
         }
     }
 
     pub async fn run(mut self, done: &CancellationToken) -> Result<Option<String>, SessionError> {
-        let r = self.run_inner(done).await;
-        let _ = write_out(&mut self.worker, &mut self.out, &self.shared).await;
+        let (tx, mut rx) = mpsc::channel::<Event>(COMPLETIONS_QUEUE);
+        self.completions = Some(tx);
+        let (journal, session) = (self.ctx.journal.clone(), self.ctx.session);
+        let writer = async move {
+            while let Some(event) = rx.recv().await {
+                journal.record(Some(session), event).await?;
+            }
+            Ok::<(), crate::journal::JournalError>(())
+        };
+        let main = async {
+            let r = self.run_inner(done).await;
+            let _ = write_out(&mut self.worker, &mut self.out, &self.shared).await;
+            // Lets the writer finish once the queue is drained.
+            self.completions = None;
+            r
+        };
+        let (r, w) = tokio::join!(main, writer);
+        w?;
         r
     }
 
@@ -286,11 +308,15 @@ impl<'a> Respond<'a> {
             rows,
             error,
         };
-        self.ctx
-            .journal
-            .record(Some(self.ctx.session), event)
-            .await?;
-        Ok(())
+        let sent = match &self.completions {
+            Some(tx) => tx.send(event).await.is_ok(),
+            None => false,
+        };
+        if sent {
+            Ok(())
+        } else {
+            Err(SessionError::Journal(crate::journal::JournalError::Closed))
+        }
     }
 }
 
