@@ -3,10 +3,6 @@
 
 use std::process::Command;
 
-fn config() -> tempdir::Dir {
-    tempdir::Dir::new()
-}
-
 mod tempdir {
     pub struct Dir(pub std::path::PathBuf);
     impl Dir {
@@ -51,7 +47,7 @@ tables = ["public.*"]
 "#;
 
 fn explain(principal: &str, sql: &str) -> (i32, String) {
-    let dir = config();
+    let dir = tempdir::Dir::new();
     let path = dir.0.join("config.toml");
     std::fs::write(
         &path,

@@ -42,9 +42,11 @@ fn allowed_statements_return_what_a_direct_connection_returns() {
         .collect();
     assert_eq!(completed, vec![(1, Some(5), None)]);
     // The decision was on record before the statement went upstream.
-    let seq_of = |f: &dyn Fn(&Event) -> bool| proxy.records().iter().find(|r| f(&r.event)).unwrap().seq;
+    let seq_of =
+        |f: &dyn Fn(&Event) -> bool| proxy.records().iter().find(|r| f(&r.event)).unwrap().seq;
     assert!(
-        seq_of(&|e| matches!(e, Event::Statement { .. })) < seq_of(&|e| matches!(e, Event::StatementCompleted { .. }))
+        seq_of(&|e| matches!(e, Event::Statement { .. }))
+            < seq_of(&|e| matches!(e, Event::StatementCompleted { .. }))
     );
 }
 
@@ -67,11 +69,22 @@ fn notices_notifications_and_copy_through_psql() {
         data.display(),
         out_file.display()
     ));
-    assert!(run.stderr.contains("WARNING:  25P01: there is no transaction in progress"), "{run:?}");
-    assert!(run.stdout.contains("Asynchronous notification \"jobs\" with payload \"hello\" received"), "{run:?}");
+    assert!(
+        run.stderr
+            .contains("WARNING:  25P01: there is no transaction in progress"),
+        "{run:?}"
+    );
+    assert!(
+        run.stdout
+            .contains("Asynchronous notification \"jobs\" with payload \"hello\" received"),
+        "{run:?}"
+    );
     assert!(run.stdout.contains("COPY 2\n"), "{run:?}");
     assert!(run.stdout.contains("\n7\n"), "{run:?}");
-    assert_eq!(std::fs::read_to_string(&out_file).unwrap(), "10\tten\n11\televen\n");
+    assert_eq!(
+        std::fs::read_to_string(&out_file).unwrap(),
+        "10\tten\n11\televen\n"
+    );
     assert!(run.stderr.contains("42501"), "{run:?}");
 }
 
@@ -82,11 +95,21 @@ fn fastpath_function_calls_are_judged_by_kind() {
     // lowrite...): refused unless a rule allows kind function_call.
     let proxy = Proxy::start(&pg, CREW_POLICY);
     let run = proxy.psql_script("\\lo_import '/etc/hostname'\nSELECT 'alive';\n");
-    assert!(run.stderr.contains("42501") && run.stderr.contains("pam-agent refused"), "{run:?}");
+    assert!(
+        run.stderr.contains("42501") && run.stderr.contains("pam-agent refused"),
+        "{run:?}"
+    );
     assert!(run.stdout.contains("alive"), "{run:?}");
-    assert_eq!(pg.direct("SELECT count(*) FROM pg_largeobject_metadata"), "0\n");
+    assert_eq!(
+        pg.direct("SELECT count(*) FROM pg_largeobject_metadata"),
+        "0\n"
+    );
     let d = proxy.decisions();
-    assert!(d.iter().any(|(t, dec, _)| t.starts_with("<FunctionCall oid") && dec == "deny"), "{d:?}");
+    assert!(
+        d.iter()
+            .any(|(t, dec, _)| t.starts_with("<FunctionCall oid") && dec == "deny"),
+        "{d:?}"
+    );
 
     let policy = format!(
         "[[rules]]\nname = \"large-objects\"\naction = \"allow\"\nkinds = [\"function_call\", \"transaction\", \"select\"]\n{CREW_POLICY}"
@@ -94,7 +117,10 @@ fn fastpath_function_calls_are_judged_by_kind() {
     let proxy = Proxy::start(&pg, &policy);
     let run = proxy.psql_script("\\lo_import '/etc/hostname'\n");
     assert!(run.stdout.starts_with("lo_import "), "{run:?}");
-    assert_eq!(pg.direct("SELECT count(*) FROM pg_largeobject_metadata"), "1\n");
+    assert_eq!(
+        pg.direct("SELECT count(*) FROM pg_largeobject_metadata"),
+        "1\n"
+    );
 }
 
 #[test]
