@@ -267,3 +267,35 @@ fn refused_extended_batch_after_flush_is_rolled_back_by_the_server() {
         .collect();
     assert_eq!(tags, b"TDCZ");
 }
+
+#[test]
+fn refusals_report_the_transaction_status_the_server_last_reported() {
+    let pg = PgServer::start();
+    let proxy = Proxy::start(&pg, CREW_POLICY);
+    let mut r = Raw::login(&proxy);
+    let mut query = |sql: &str| -> (Vec<u8>, Option<String>, u8) {
+        r.send(&frame(b'Q', format!("{sql}\0").as_bytes()));
+        let mut tags = Vec::new();
+        let mut code = None;
+        loop {
+            let (tag, body) = r.frame().unwrap();
+            if tag == b'E' {
+                code = Some(fields(&body)[&b'C'].clone());
+            }
+            if tag == b'Z' {
+                return (tags, code, body[0]);
+            }
+            tags.push(tag);
+        }
+    };
+    let refused = "SELECT k FROM secret.keys";
+    assert_eq!(query(refused), (b"E".to_vec(), Some("42501".into()), b'I'));
+    assert_eq!(query("BEGIN").2, b'T');
+    assert_eq!(query(refused), (b"E".to_vec(), Some("42501".into()), b'T'));
+    // The refusal did not touch the transaction: it is still usable.
+    assert_eq!(query("SELECT count(*) FROM orders").2, b'T');
+    assert_eq!(query("SELECT 1/0").1.as_deref(), Some("22012"));
+    assert_eq!(query(refused), (b"E".to_vec(), Some("42501".into()), b'E'));
+    assert_eq!(query("ROLLBACK").2, b'I');
+    assert_eq!(query(refused).2, b'I');
+}

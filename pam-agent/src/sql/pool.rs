@@ -24,6 +24,9 @@ pub struct ClassifierConfig {
     pub stack_bytes: usize,
     /// Cached texts; the cache is cleared when full (simple and bounded).
     pub cache_entries: usize,
+    /// Longer texts are classified every time: with `cache_entries` this bounds the
+    /// cache's memory (4096 x 16 KiB = 64 MiB at most).
+    pub cache_max_text: usize,
 }
 
 impl Default for ClassifierConfig {
@@ -33,6 +36,7 @@ impl Default for ClassifierConfig {
             threads: 2,
             stack_bytes: 64 << 20,
             cache_entries: 4096,
+            cache_max_text: 16 * 1024,
         }
     }
 }
@@ -146,7 +150,9 @@ impl Classifier {
 
     fn store(&self, text: &str, out: &Classified) {
         // Internal failures are not cached: they may be transient.
-        if matches!(out.as_ref(), Err(Unclassifiable::Internal(_))) {
+        if matches!(out.as_ref(), Err(Unclassifiable::Internal(_)))
+            || text.len() > self.inner.config.cache_max_text
+        {
             return;
         }
         if let Ok(mut cache) = self.inner.cache.lock() {
