@@ -75,7 +75,10 @@ impl Raw {
 
     /// Reads the FATAL error that ends the connection: (SQLSTATE, message).
     fn fatal(&mut self) -> (String, String) {
-        let (tag, body) = self.frame().expect("an ErrorResponse");
+        let (tag, body) = match self.frame() {
+            Some(f) => f,
+            None => panic!("no ErrorResponse: {:?}", self.s.take_error()),
+        };
         assert_eq!(tag, b'E');
         let fields = fields(&body);
         assert_eq!(
@@ -205,7 +208,7 @@ fn malformed_messages_after_login_end_that_connection_only() {
         let mut r = Raw::login(&proxy);
         r.send(&bytes);
         let (c, m) = r.fatal();
-        assert_eq!(c, code, "{m}");
+        assert_eq!(c, code, "{text}: {m}");
         assert!(m.contains(text), "{m}");
     }
     // Other sessions are unaffected.

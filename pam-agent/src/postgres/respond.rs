@@ -120,16 +120,18 @@ impl<'a> Respond<'a> {
                     None => self.notes_open = false,
                 },
                 f = self.reader.next() => {
-                    let Some(f) = f.map_err(SessionError::Upstream)? else {
-                        return Ok(Some("server closed the connection".into()));
-                    };
                     // Everything noted so far was noted before its bytes went upstream,
-                    // so it is known before the answer to it is handled.
+                    // so it is known before the answer to it is handled. (Also before an
+                    // end of stream: the worker half closing the server's side after a
+                    // fatal error must not hide that error.)
                     while let Ok(n) = self.notes.try_recv() {
                         if self.apply(n)? {
                             return Ok(None);
                         }
                     }
+                    let Some(f) = f.map_err(SessionError::Upstream)? else {
+                        return Ok(Some("server closed the connection".into()));
+                    };
                     self.server_message(f).await?;
                 }
                 _ = done.cancelled(), if !self.notes_open => return Ok(None),
@@ -144,21 +146,21 @@ impl<'a> Respond<'a> {
     fn apply(&mut self, n: Note) -> Result<bool, SessionError> {
         match n {
             Note::Execs(execs) => {
-                if let Pending::Group {
+                if let Some(Pending::Group {
                     execs: e, failed, ..
-                } = self.open_group()
+                }) = self.open_group()
                     && !*failed
                 {
                     e.extend(execs);
                 }
             }
             Note::Close => {
-                if let Pending::Group { closed, .. } = self.open_group() {
+                if let Some(Pending::Group { closed, .. }) = self.open_group() {
                     *closed = true;
                 }
             }
             Note::Replace(f) => {
-                if let Pending::Group { replace, .. } = self.open_group() {
+                if let Some(Pending::Group { replace, .. }) = self.open_group() {
                     *replace = Some(f);
                 }
             }
@@ -178,7 +180,7 @@ impl<'a> Respond<'a> {
         Ok(false)
     }
 
-    fn open_group(&mut self) -> &mut Pending {
+    fn open_group(&mut self) -> Option<&mut Pending> {
         let open = matches!(
             self.queue.back(),
             Some(Pending::Group { closed: false, .. })
@@ -191,7 +193,7 @@ impl<'a> Respond<'a> {
                 replace: None,
             });
         }
-        self.queue.back_mut().expect("just pushed")
+        self.queue.back_mut()
     }
 
     fn answer_refusals(&mut self) {
