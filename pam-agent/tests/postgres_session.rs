@@ -274,3 +274,22 @@ permit_flags = [\"data_modifying_cte\"]
     let d = proxy.decisions();
     assert_eq!(d[0].2, "cte-cleanup");
 }
+
+#[test]
+fn a_statement_that_cannot_be_journaled_does_not_run() {
+    let pg = PgServer::start();
+    let mut opts = Options::policy(CREW_POLICY);
+    opts.fail_journal_on = Some("unrecorded".into());
+    let proxy = Proxy::with(&pg, opts);
+    let run = proxy.psql("INSERT INTO audit_log (note) VALUES ('unrecorded')");
+    assert!(!run.ok);
+    assert!(
+        run.stderr.contains("FATAL:  08006: pam-agent: audit journal unavailable"),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(pg.direct("SELECT count(*) FROM audit_log"), "0\n");
+    // Statements the journal can store still run.
+    assert!(proxy.psql("INSERT INTO audit_log (note) VALUES ('recorded')").ok);
+    assert_eq!(pg.direct("SELECT count(*) FROM audit_log"), "1\n");
+}

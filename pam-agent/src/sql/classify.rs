@@ -904,6 +904,13 @@ mod tests {
         assert_eq!(s.kind(), Kind::CopyIn);
         assert!(s.flags.contains(&Flag::ServerFile));
         assert!(s.writes.contains("public.t"));
+        let s = one("COPY (DELETE FROM t RETURNING *) TO STDOUT");
+        assert_eq!(s.kinds, vec![Kind::CopyOut, Kind::Delete]);
+        assert!(s.flags.contains(&Flag::DeleteWithoutWhere));
+        let s = one("TABLE secret.keys");
+        assert!(s.tables.contains("secret.keys"));
+        let s = one("SELECT \"PG_READ_FILE\"('x'), U&\"pg\\005fls_dir\"('.')");
+        assert!(s.functions.contains("pg_ls_dir"), "{:?}", s.functions);
         let s = one("COPY (SELECT * FROM s.x) TO STDOUT");
         assert!(s.flags.is_empty());
         assert!(s.tables.contains("s.x"));

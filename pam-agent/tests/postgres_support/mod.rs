@@ -154,6 +154,30 @@ pub struct Options {
     pub policy: String,
     pub max_message_bytes: Option<usize>,
     pub tls: Option<tokio_rustls::TlsAcceptor>,
+    /// The journal fails to store any Statement record whose text contains this.
+    pub fail_journal_on: Option<String>,
+}
+
+/// A journal store that fails on chosen records (a full disk, a lost volume).
+struct FailingStore {
+    inner: jsonl::JsonlStore,
+    needle: String,
+}
+
+impl pam_agent::journal::JournalStore for FailingStore {
+    fn last_seq(&self) -> u64 {
+        self.inner.last_seq()
+    }
+
+    fn append(&mut self, records: &[Record]) -> Result<(), pam_agent::journal::JournalError> {
+        let fails = records.iter().any(|r| {
+            matches!(&r.event, Event::Statement { text, .. } if text.contains(&self.needle))
+        });
+        if fails {
+            return Err(std::io::Error::other("disk full (test)").into());
+        }
+        self.inner.append(records)
+    }
 }
 
 impl Options {
@@ -162,6 +186,7 @@ impl Options {
             policy: p.to_owned(),
             max_message_bytes: None,
             tls: None,
+            fail_journal_on: None,
         }
     }
 }
@@ -206,7 +231,10 @@ impl Proxy {
                 .unwrap();
             rt.block_on(async move {
                 let store = jsonl::JsonlStore::open(&jp, false).unwrap();
-                let (journal, writer) = Journal::start(store);
+                let (journal, writer) = match opts.fail_journal_on.clone() {
+                    Some(needle) => Journal::start(FailingStore { inner: store, needle }),
+                    None => Journal::start(store),
+                };
                 let classifier = Classifier::start(ClassifierConfig {
                     max_statement_bytes: limits.max_statement_bytes,
                     ..Default::default()
