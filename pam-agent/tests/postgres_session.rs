@@ -284,12 +284,17 @@ fn a_statement_that_cannot_be_journaled_does_not_run() {
     let run = proxy.psql("INSERT INTO audit_log (note) VALUES ('unrecorded')");
     assert!(!run.ok);
     assert!(
-        run.stderr.contains("FATAL:  08006: pam-agent: audit journal unavailable"),
+        run.stderr
+            .contains("FATAL:  08006: pam-agent: audit journal unavailable"),
         "{}",
         run.stderr
     );
     assert_eq!(pg.direct("SELECT count(*) FROM audit_log"), "0\n");
     // Statements the journal can store still run.
-    assert!(proxy.psql("INSERT INTO audit_log (note) VALUES ('recorded')").ok);
+    assert!(
+        proxy
+            .psql("INSERT INTO audit_log (note) VALUES ('recorded')")
+            .ok
+    );
     assert_eq!(pg.direct("SELECT count(*) FROM audit_log"), "1\n");
 }

@@ -170,9 +170,9 @@ impl pam_agent::journal::JournalStore for FailingStore {
     }
 
     fn append(&mut self, records: &[Record]) -> Result<(), pam_agent::journal::JournalError> {
-        let fails = records.iter().any(|r| {
-            matches!(&r.event, Event::Statement { text, .. } if text.contains(&self.needle))
-        });
+        let fails = records.iter().any(
+            |r| matches!(&r.event, Event::Statement { text, .. } if text.contains(&self.needle)),
+        );
         if fails {
             return Err(std::io::Error::other("disk full (test)").into());
         }
@@ -232,7 +232,10 @@ impl Proxy {
             rt.block_on(async move {
                 let store = jsonl::JsonlStore::open(&jp, false).unwrap();
                 let (journal, writer) = match opts.fail_journal_on.clone() {
-                    Some(needle) => Journal::start(FailingStore { inner: store, needle }),
+                    Some(needle) => Journal::start(FailingStore {
+                        inner: store,
+                        needle,
+                    }),
                     None => Journal::start(store),
                 };
                 let classifier = Classifier::start(ClassifierConfig {
