@@ -206,8 +206,10 @@ pub struct Statement {
 }
 
 impl Statement {
+    /// The primary kind ([`classify`] always sets one; a hand-built statement
+    /// without kinds reads as `execute`, which no broad rule allows by accident).
     pub fn kind(&self) -> Kind {
-        self.kinds[0]
+        self.kinds.first().copied().unwrap_or(Kind::Execute)
     }
 }
 
