@@ -11,6 +11,7 @@ use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use crate::{
     config::Config,
     journal::{Event, Journal, jsonl::JsonlStore},
+    policy::PolicyHandle,
     proxy::{self, Listeners, Shared},
     redirect::Redirector,
 };
@@ -44,6 +45,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         .context("writing the first journal record")?;
 
     let shared = Arc::new(Shared {
+        policy: PolicyHandle::new(cfg.policy.clone()),
         config: cfg,
         journal: journal.clone(),
         redirector,
@@ -65,7 +67,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         "pam-agent ready"
     );
 
-    let reason = wait_for_stop().await?;
+    let reason = wait_for_stop(&shared).await?;
     tracing::info!(%reason, "stopping; governed connections fail until the agent is back");
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
     shutdown.cancel();
@@ -86,7 +88,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn wait_for_stop() -> anyhow::Result<String> {
+async fn wait_for_stop(shared: &Shared) -> anyhow::Result<String> {
     let mut term = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
     let mut int = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
     let mut hup = signal(SignalKind::hangup()).context("installing SIGHUP handler")?;
@@ -94,9 +96,39 @@ async fn wait_for_stop() -> anyhow::Result<String> {
         tokio::select! {
             _ = term.recv() => return Ok("SIGTERM".into()),
             _ = int.recv() => return Ok("SIGINT".into()),
-            _ = hup.recv() => {
-                tracing::warn!("SIGHUP: live reload is not supported yet; restart the agent to apply config changes");
+            _ = hup.recv() => reload_policy(shared).await,
+        }
+    }
+}
+
+/// SIGHUP: re-reads the config and replaces the statement policy; open sessions judge
+/// their next statement by it. Other sections need a restart (said in the log). An
+/// invalid file changes nothing.
+async fn reload_policy(shared: &Shared) {
+    let path = &shared.config.path;
+    match Config::load(path) {
+        Ok(new) => {
+            if new.resources != shared.config.resources
+                || new.governed != shared.config.governed
+                || new.limits != shared.config.limits
+            {
+                tracing::warn!(
+                    "SIGHUP: only [policy] rules and defaults are reloaded; restart the agent to apply other changes"
+                );
             }
+            let rules = new.policy.rules.len();
+            shared.policy.replace(new.policy.clone());
+            tracing::info!(config = %path.display(), rules, "SIGHUP: policy reloaded");
+            let event = Event::PolicyReloaded {
+                config: path.display().to_string(),
+                rules,
+            };
+            if let Err(e) = shared.journal.record(None, event).await {
+                tracing::error!(error = %e, "cannot journal the policy reload");
+            }
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "SIGHUP: config not reloaded; the running policy stays")
         }
     }
 }

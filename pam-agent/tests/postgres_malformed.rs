@@ -272,6 +272,41 @@ fn refused_extended_batch_after_flush_is_rolled_back_by_the_server() {
 }
 
 #[test]
+fn a_reloaded_policy_applies_to_open_sessions_without_dropping_them() {
+    let pg = PgServer::start();
+    let proxy = Proxy::start(&pg, CREW_POLICY);
+    let mut r = Raw::login(&proxy);
+    let mut query = |sql: &str| -> Vec<(u8, Vec<u8>)> {
+        r.send(&frame(b'Q', format!("{sql}\0").as_bytes()));
+        let mut out = Vec::new();
+        loop {
+            let f = r.frame().expect("session still open");
+            let done = f.0 == b'Z';
+            out.push(f);
+            if done {
+                return out;
+            }
+        }
+    };
+    let secret = "SELECT k FROM secret.keys";
+    assert_eq!(query(secret)[0].0, b'E');
+    // What `pam-agent run` does on SIGHUP: the new [policy] replaces the old one.
+    let raw: pam_agent::policy::RawPolicy = toml::from_str(&format!(
+        "[[rules]]\nname = \"secrets-too\"\naction = \"allow\"\ntables = [\"secret.*\"]\nkinds = [\"select\"]\n{CREW_POLICY}"
+    ))
+    .unwrap();
+    proxy
+        .policy
+        .replace(std::sync::Arc::new(raw.validate(&["db"]).unwrap().0));
+    let answer = query(secret);
+    let tags: Vec<u8> = answer.iter().map(|f| f.0).collect();
+    assert_eq!(tags, b"TDCZ");
+    assert!(String::from_utf8_lossy(&answer[1].1).contains("the-key"));
+    let d = proxy.decisions();
+    assert_eq!(d.last().unwrap().2, "secrets-too");
+}
+
+#[test]
 fn refusals_report_the_transaction_status_the_server_last_reported() {
     let pg = PgServer::start();
     let proxy = Proxy::start(&pg, CREW_POLICY);

@@ -120,6 +120,12 @@ pub enum Event {
         rule: String,
         reason: String,
     },
+    /// The statement policy was replaced (SIGHUP); sessions use it from their next
+    /// statement on.
+    PolicyReloaded {
+        config: String,
+        rules: usize,
+    },
     /// An allowed statement finished upstream (one per execution).
     StatementCompleted {
         statement: u64,

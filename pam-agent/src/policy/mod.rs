@@ -80,6 +80,25 @@ impl Decision {
     }
 }
 
+/// The policy in force, shared by the daemon and every session: a reload replaces it,
+/// and open sessions judge their next statement by the new one (no session drops).
+#[derive(Debug, Clone)]
+pub struct PolicyHandle(std::sync::Arc<std::sync::RwLock<std::sync::Arc<Policy>>>);
+
+impl PolicyHandle {
+    pub fn new(policy: std::sync::Arc<Policy>) -> Self {
+        PolicyHandle(std::sync::Arc::new(std::sync::RwLock::new(policy)))
+    }
+
+    pub fn current(&self) -> std::sync::Arc<Policy> {
+        self.0.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    pub fn replace(&self, policy: std::sync::Arc<Policy>) {
+        *self.0.write().unwrap_or_else(|p| p.into_inner()) = policy;
+    }
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct Policy {
     pub default: Action,

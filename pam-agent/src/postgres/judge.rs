@@ -280,6 +280,7 @@ impl<'a> Judge<'a> {
         } else {
             self.ctx
                 .policy
+                .current()
                 .decide(&self.ctx.principal, &self.ctx.resource, &st)
         };
         let n = self.record(&st, &decision).await?;
@@ -399,9 +400,8 @@ impl<'a> Judge<'a> {
         }
         let classified = self.ctx.classifier.classify(text).await;
         let ctx = self.ctx;
-        let decision = ctx
-            .policy
-            .decide_all(&ctx.principal, &ctx.resource, &classified);
+        let policy = ctx.policy.current();
+        let decision = policy.decide_all(&ctx.principal, &ctx.resource, &classified);
         let mut numbers = Vec::new();
         match classified.as_ref() {
             Ok(statements) => {
@@ -409,7 +409,7 @@ impl<'a> Judge<'a> {
                     // Each allowed statement is recorded with its own rule; a refused
                     // text is recorded with the refusing decision throughout.
                     let d = if decision.allowed() {
-                        ctx.policy.decide(&ctx.principal, &ctx.resource, st)
+                        policy.decide(&ctx.principal, &ctx.resource, st)
                     } else {
                         decision.clone()
                     };

@@ -40,7 +40,7 @@ pub use cancel::CancelRegistry;
 
 use crate::{
     journal::{Journal, SessionId, event::SessionEnd},
-    policy::{Limits, Policy},
+    policy::{Limits, PolicyHandle},
     principal::Principal,
     sql::Classifier,
 };
@@ -56,7 +56,8 @@ pub struct Context {
     /// The resource's configured name.
     pub resource: String,
     pub journal: Journal,
-    pub policy: Arc<Policy>,
+    /// Read per statement: a reload applies to open sessions' next statements.
+    pub policy: PolicyHandle,
     pub limits: Limits,
     pub classifier: Classifier,
     pub cancels: Arc<CancelRegistry>,

@@ -119,7 +119,7 @@ pub async fn run(
                 principal,
                 resource: resource.name.clone(),
                 journal: shared.journal.clone(),
-                policy: shared.config.policy.clone(),
+                policy: shared.policy.clone(),
                 limits: shared.config.limits,
                 classifier: services.classifier.clone(),
                 cancels: services.cancels.clone(),

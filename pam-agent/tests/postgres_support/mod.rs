@@ -13,7 +13,7 @@ use std::{
 
 use pam_agent::{
     journal::{Event, Journal, Record, SessionId, jsonl},
-    policy::RawPolicy,
+    policy::{PolicyHandle, RawPolicy},
     postgres::{self, CancelRegistry},
     principal::Principal,
     sql::{Classifier, ClassifierConfig},
@@ -193,6 +193,8 @@ impl Options {
 
 pub struct Proxy {
     pub port: u16,
+    /// Replace the policy here to act as a reload.
+    pub policy: PolicyHandle,
     pub journal_path: PathBuf,
     shutdown: CancellationToken,
     thread: Option<thread::JoinHandle<()>>,
@@ -214,7 +216,8 @@ impl Proxy {
         if let Some(m) = opts.max_message_bytes {
             limits.max_message_bytes = m;
         }
-        let policy = Arc::new(policy);
+        let policy = PolicyHandle::new(Arc::new(policy));
+        let handle = policy.clone();
         let journal_path = server
             .dir()
             .join(format!("journal-{}.jsonl", uuid::Uuid::now_v7()));
@@ -293,6 +296,7 @@ impl Proxy {
         let port = port_rx.recv().unwrap();
         Proxy {
             port,
+            policy: handle,
             journal_path,
             shutdown,
             thread: Some(thread),
