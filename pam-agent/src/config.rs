@@ -48,6 +48,9 @@ pub struct RawConfig {
     pub govern: RawGovern,
     #[serde(default, rename = "resources")]
     pub resources: Vec<RawResource>,
+    /// Statement policy for protocol-aware resources (see [`crate::policy`]).
+    #[serde(default)]
+    pub policy: crate::policy::RawPolicy,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -162,6 +165,9 @@ pub struct Config {
     pub journal: JournalConfig,
     pub governed: Vec<GovernedCgroup>,
     pub resources: Vec<Resource>,
+    /// Shared with every session (a reload swaps the Arc, open sessions keep theirs).
+    pub policy: std::sync::Arc<crate::policy::Policy>,
+    pub limits: crate::policy::Limits,
 }
 
 #[derive(Debug, Clone)]
@@ -361,7 +367,18 @@ impl Config {
             resources.push(resource);
         }
 
+        let names: Vec<&str> = resources
+            .iter()
+            .map(|r: &Resource| r.name.as_str())
+            .collect();
+        let (policy, limits) = raw
+            .policy
+            .validate(&names)
+            .map_err(|(field, reason)| invalid(&field, reason))?;
+
         Ok(Config {
+            policy: std::sync::Arc::new(policy),
+            limits,
             path: path.to_owned(),
             pin_dir,
             listener,
@@ -598,6 +615,36 @@ port = 22
         assert!(e.contains("journal.read_group"), "{e}");
         let e = err(&base("").replace("[journal]\n", "[journal]\nretention = 3\n"));
         assert!(e.contains("unknown field `retention`"), "{e}");
+    }
+
+    #[test]
+    fn policy_section_is_validated() {
+        let cfg = Config::from_toml(
+            Path::new("t.toml"),
+            &base(
+                r#"
+[[resources]]
+name = "db"
+address = "10.0.0.1"
+port = 5432
+protocol = "postgres"
+[policy]
+max_message_bytes = 4096
+[[policy.rules]]
+name = "read"
+action = "allow"
+kinds = ["select"]
+"#,
+            ),
+        )
+        .unwrap();
+        assert_eq!(cfg.policy.rules.len(), 1);
+        assert_eq!(cfg.limits.max_message_bytes, 4096);
+        assert_eq!(cfg.policy.default, crate::policy::Action::Deny);
+        let e = err(&base(
+            "[[policy.rules]]\nname=\"r\"\naction=\"allow\"\nresources=[\"db\"]\n",
+        ));
+        assert!(e.contains("policy.rules[0].resources"), "{e}");
     }
 
     #[test]

@@ -12,6 +12,7 @@ use crate::journal::JournalStore;
 use crate::{
     config::Config,
     journal::{Event, Journal, sqlite::SqliteStore},
+    policy::PolicyHandle,
     proxy::{self, Listeners, Shared},
     redirect::Redirector,
 };
@@ -54,6 +55,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         .context("writing the first journal record")?;
 
     let shared = Arc::new(Shared {
+        policy: PolicyHandle::new(cfg.policy.clone()),
         config: cfg,
         journal: journal.clone(),
         redirector,
@@ -75,7 +77,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         "pam-agent ready"
     );
 
-    let reason = stop.wait().await;
+    let reason = stop.wait(&shared).await;
     tracing::info!(%reason, "stopping; governed connections fail until the agent is back");
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
     shutdown.cancel();
@@ -111,15 +113,46 @@ impl StopSignals {
         })
     }
 
-    async fn wait(mut self) -> String {
+    /// Waits for SIGTERM or SIGINT; SIGHUP reloads the statement policy meanwhile.
+    async fn wait(mut self, shared: &Shared) -> String {
         loop {
             tokio::select! {
                 _ = self.term.recv() => return "SIGTERM".into(),
                 _ = self.int.recv() => return "SIGINT".into(),
-                _ = self.hup.recv() => {
-                    tracing::warn!("SIGHUP: live reload is not supported yet; restart the agent to apply config changes");
-                }
+                _ = self.hup.recv() => reload_policy(shared).await,
             }
+        }
+    }
+}
+
+/// SIGHUP: re-reads the config and replaces the statement policy; open sessions judge
+/// their next statement by it. Other sections need a restart (said in the log). An
+/// invalid file changes nothing.
+async fn reload_policy(shared: &Shared) {
+    let path = &shared.config.path;
+    match Config::load(path) {
+        Ok(new) => {
+            if new.resources != shared.config.resources
+                || new.governed != shared.config.governed
+                || new.limits != shared.config.limits
+            {
+                tracing::warn!(
+                    "SIGHUP: only [policy] rules and defaults are reloaded; restart the agent to apply other changes"
+                );
+            }
+            let rules = new.policy.rules.len();
+            shared.policy.replace(new.policy.clone());
+            tracing::info!(config = %path.display(), rules, "SIGHUP: policy reloaded");
+            let event = Event::PolicyReloaded {
+                config: path.display().to_string(),
+                rules,
+            };
+            if let Err(e) = shared.journal.record(None, event).await {
+                tracing::error!(error = %e, "cannot journal the policy reload");
+            }
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "SIGHUP: config not reloaded; the running policy stays")
         }
     }
 }

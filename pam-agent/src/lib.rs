@@ -10,6 +10,9 @@
 //! - [`mask`]: inline masking of sensitive values in PostgreSQL results.
 //! - [`daemon`]: `pam-agent run`, the wiring and the shutdown order.
 //! - [`audit`]: `pam-agent audit`: query, verify and export the journal.
+//! - [`postgres`]: the PostgreSQL wire protocol session (judges statements, relays the rest).
+//! - [`sql`]: what a SQL text does (PostgreSQL's parser behind one function).
+//! - [`policy`]: rules, decisions and their explanation (no I/O).
 
 pub mod audit;
 pub mod cgroup;
@@ -17,6 +20,10 @@ pub mod config;
 pub mod daemon;
 pub mod journal;
 pub mod mask;
+pub mod policy;
+pub mod postgres;
+
 pub mod principal;
 pub mod proxy;
 pub mod redirect;
+pub mod sql;

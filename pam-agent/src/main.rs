@@ -7,7 +7,10 @@ use clap::{Parser, Subcommand};
 use pam_agent::{
     audit, cgroup,
     config::{Config, DEFAULT_CONFIG_PATH, DEFAULT_PIN_DIR},
-    daemon, redirect,
+    daemon,
+    principal::Principal,
+    redirect,
+    sql::{self, ClassifierConfig},
 };
 
 #[derive(Parser)]
@@ -75,6 +78,30 @@ enum Command {
         #[command(subcommand)]
         command: Box<audit::AuditCommand>,
     },
+    /// Statement policy tools.
+    Policy {
+        #[command(subcommand)]
+        command: PolicyCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum PolicyCommand {
+    /// Show how the policy judges a SQL text: its classification, every rule tried,
+    /// and the decision. Exits 0 when allowed, 2 when refused.
+    Explain {
+        #[arg(long, default_value = DEFAULT_CONFIG_PATH)]
+        config: PathBuf,
+        /// Who runs it: comma-separated `user=NAME,uid=N,cgroup=PATH,exe=PATH`
+        /// (any subset; absent values match no rule that asks for them).
+        #[arg(long, default_value = "")]
+        principal: String,
+        /// The resource's name in the config.
+        #[arg(long)]
+        resource: String,
+        /// The SQL text (may hold several statements).
+        sql: String,
+    },
 }
 
 fn main() -> ExitCode {
@@ -139,6 +166,15 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             bail!("cannot run {}: {err}", command[0])
         }
         Command::Status { config } => status(&Config::load(&config)?),
+        Command::Policy {
+            command:
+                PolicyCommand::Explain {
+                    config,
+                    principal,
+                    resource,
+                    sql,
+                },
+        } => policy_explain(&config, &principal, &resource, &sql),
         Command::Disable { config, pin_dir } => {
             let dir = match (config, pin_dir) {
                 (Some(c), _) => Config::load(&c)?.pin_dir,
@@ -196,6 +232,66 @@ fn status(cfg: &Config) -> anyhow::Result<ExitCode> {
     } else {
         ExitCode::from(3)
     })
+}
+
+fn policy_explain(
+    config: &std::path::Path,
+    principal: &str,
+    resource: &str,
+    sql: &str,
+) -> anyhow::Result<ExitCode> {
+    let cfg = Config::load(config)?;
+    if !cfg.resources.iter().any(|r| r.name == resource) {
+        bail!("{}: no resource is named `{resource}`", cfg.path.display());
+    }
+    let who = parse_principal(principal)?;
+    // Classify on a thread with the daemon's parser stack size.
+    let max = cfg.limits.max_statement_bytes;
+    let text = sql.to_owned();
+    let classified = std::thread::Builder::new()
+        .stack_size(ClassifierConfig::default().stack_bytes)
+        .spawn(move || sql::classify(&text, max))?
+        .join()
+        .map_err(|_| anyhow::anyhow!("the SQL parser failed"))?;
+    print!("{}", cfg.policy.explain(&who, resource, &classified));
+    let decision = cfg.policy.decide_all(&who, resource, &classified);
+    Ok(if decision.allowed() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(2)
+    })
+}
+
+fn parse_principal(spec: &str) -> anyhow::Result<Principal> {
+    let mut p = Principal {
+        pid: 0,
+        tid: 0,
+        uid: u32::MAX,
+        gid: u32::MAX,
+        cgroup_id: 0,
+        comm: String::new(),
+        user: None,
+        exe: None,
+        cgroup: None,
+        unit: None,
+    };
+    for part in spec.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        let Some((k, v)) = part.split_once('=') else {
+            bail!("--principal: `{part}` is not key=value");
+        };
+        match k {
+            "user" => p.user = Some(v.to_owned()),
+            "uid" => {
+                p.uid = v
+                    .parse()
+                    .with_context(|| format!("--principal: uid `{v}`"))?
+            }
+            "cgroup" => p.cgroup = Some(v.to_owned()),
+            "exe" => p.exe = Some(v.to_owned()),
+            other => bail!("--principal: unknown key `{other}` (user, uid, cgroup, exe)"),
+        }
+    }
+    Ok(p)
 }
 
 fn init_logging(format: LogFormat) {

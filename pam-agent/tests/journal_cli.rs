@@ -63,12 +63,14 @@ fn every_kind_is_written_and_read_back() {
         assert_eq!(&r.session, s);
         assert_eq!(&r.event, e);
     }
-    // Every kind the agent produces is covered (journal_pruned: see journal_retention).
+    // Every kind the agent produces is covered (journal_pruned: see journal_retention;
+    // the PostgreSQL session's statement_completed and policy_reloaded: see
+    // statement_completion_and_policy_reload_are_read_back).
     let kinds: BTreeSet<&str> = all.iter().map(|r| r.event.kind()).collect();
     let expected: BTreeSet<&str> = Event::KINDS
         .iter()
         .copied()
-        .filter(|k| *k != "journal_pruned")
+        .filter(|k| !["journal_pruned", "statement_completed", "policy_reloaded"].contains(k))
         .collect();
     assert_eq!(kinds, expected);
     for kind in &expected {
@@ -251,7 +253,11 @@ fn tail_follow_prints_new_records() {
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let stdout = child.stdout.take().unwrap();
+    // Killed on every exit from this test, also a failing one: a leftover `tail -f`
+    // would keep the test harness waiting.
+    let mut child = KillOnDrop(child);
+    let mut lines = BufReader::new(stdout).lines();
     let first: Record = serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap();
     assert_eq!(first.seq, 14);
     let (j, h) = open(options(&path));
@@ -268,6 +274,67 @@ fn tail_follow_prints_new_records() {
     let next: Record = serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap();
     assert_eq!(next.seq, 15);
     assert!(started.elapsed() < Duration::from_secs(5));
-    child.kill().unwrap();
-    child.wait().unwrap();
+    child.0.kill().unwrap();
+    child.0.wait().unwrap();
+}
+
+#[test]
+fn statement_completion_and_policy_reload_are_read_back() {
+    let dir = Scratch::new("cli-completion");
+    let path = dir.path("journal.db");
+    let session = SessionId::new();
+    let events = [
+        (
+            Some(session),
+            Event::StatementCompleted {
+                statement: 7,
+                duration_ms: 4,
+                rows: Some(3),
+                error: None,
+            },
+        ),
+        (
+            None,
+            Event::PolicyReloaded {
+                config: "/etc/pam-agent/config.toml".into(),
+                rules: 4,
+            },
+        ),
+    ];
+    {
+        let (j, h) = open(options(&path));
+        for (s, e) in &events {
+            j.record_blocking(*s, e.clone()).unwrap();
+        }
+        drop(j);
+        h.join().unwrap();
+    }
+    for (kind, (s, e)) in ["statement_completed", "policy_reloaded"]
+        .iter()
+        .zip(&events)
+    {
+        let got = jsonl(&audit(
+            &path,
+            &["query", "--format", "jsonl", "--kind", kind],
+        ));
+        assert_eq!(got.len(), 1, "{kind}");
+        assert_eq!(&got[0].session, s);
+        assert_eq!(&got[0].event, e);
+    }
+    let table = stdout(&audit(&path, &["query"]));
+    assert!(
+        table.contains("statement #7 done in 4 ms rows=3"),
+        "{table}"
+    );
+    assert!(table.contains("4 rules"), "{table}");
+    assert!(audit(&path, &["verify"]).status.success());
+}
+
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }

@@ -25,6 +25,8 @@ const APT: &[&str] = &[
 
 /// Python clients used as real workers in tests (module name, pip requirement).
 const PIP: &[(&str, &str)] = &[
+    ("psycopg", "psycopg[binary]==3.3.9"),
+    ("asyncpg", "asyncpg==0.32.0"),
     ("psycopg2", "psycopg2-binary==2.9.13"),
     ("sqlalchemy", "SQLAlchemy==2.1.9"),
     ("crewai", "crewai==1.15.30"),

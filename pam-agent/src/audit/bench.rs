@@ -165,6 +165,11 @@ pub fn opened(worker: u64) -> Event {
 /// A typical statement record (about 250 bytes of JSON).
 pub fn statement(n: u64) -> Event {
     Event::Statement {
+        statement: Some(n),
+        kinds: vec!["select".into()],
+        tables: vec!["public.orders".into()],
+        flags: Vec::new(),
+        reason: None,
         text: Some(format!(
             "SELECT id, status, total FROM orders WHERE customer_id = {n} AND created_at > now() - interval '1 day'"
         )),

@@ -196,6 +196,22 @@ pub fn detail(r: &StoredRecord) -> String {
                 .join(", "),
             rule.map(|r| format!(" [rule {r}]")).unwrap_or_default()
         ),
+        Event::StatementCompleted {
+            statement,
+            duration_ms,
+            rows,
+            error,
+        } => {
+            let mut s = format!("statement #{statement} done in {duration_ms} ms");
+            if let Some(rows) = rows {
+                s.push_str(&format!(" rows={rows}"));
+            }
+            if let Some(error) = error {
+                s.push_str(&format!(" error={error}"));
+            }
+            s
+        }
+        Event::PolicyReloaded { config, rules } => format!("{config}: {rules} rules"),
         Event::Error { component, message } => format!("{component}: {message}"),
         Event::JournalPruned {
             through_seq,

@@ -107,19 +107,34 @@ pub enum Event {
         client: SocketAddr,
         reason: String,
     },
-    /// One statement judged by a protocol inspector, written before it goes upstream
-    /// (`duration_ms`/`rows` are then absent) or after it completed.
+    /// One statement judged by a protocol inspector, written before any byte of it goes
+    /// upstream (a refused statement never goes upstream at all). `duration_ms`/`rows`
+    /// are then absent and follow in a `StatementCompleted` record.
     Statement {
+        /// Number of the statement within its session; completion records refer to it.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        statement: Option<u64>,
         /// Full text, when the config records text; absent when it records fingerprints only.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         text: Option<String>,
         /// Normalised form with constants removed, so repeated statements group together.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         fingerprint: Option<String>,
+        /// Statement kinds, primary first (`select`, `delete`, ...); empty when not understood.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        kinds: Vec<String>,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        tables: Vec<String>,
+        /// Risk flags the classifier raised (`update_without_where`, `dynamic_sql`, ...).
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        flags: Vec<String>,
         decision: Decision,
         /// The policy rule that decided, when one matched.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         rule: Option<String>,
+        /// Why, in words (shown to the worker on refusal).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reason: Option<String>,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         duration_ms: Option<u64>,
         #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -127,6 +142,23 @@ pub enum Event {
         /// The upstream's error (e.g. SQLSTATE and message) when the statement failed.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         error: Option<String>,
+    },
+    /// An allowed statement finished upstream (one per execution).
+    StatementCompleted {
+        statement: u64,
+        duration_ms: u64,
+        /// From CommandComplete (`INSERT 0 5`, `SELECT 3`, `COPY 10`...), when it says.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        rows: Option<u64>,
+        /// SQLSTATE when the server reported an error instead.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        error: Option<String>,
+    },
+    /// The statement policy was replaced (SIGHUP); sessions use it from their next
+    /// statement on.
+    PolicyReloaded {
+        config: String,
+        rules: usize,
     },
     /// A statement (or other action) waits for a human decision.
     ApprovalRequested {
@@ -184,6 +216,8 @@ impl Event {
         "session_closed",
         "connection_refused",
         "statement",
+        "statement_completed",
+        "policy_reloaded",
         "approval_requested",
         "approval_decided",
         "approval_expired",
@@ -202,6 +236,8 @@ impl Event {
             Event::SessionClosed { .. } => "session_closed",
             Event::ConnectionRefused { .. } => "connection_refused",
             Event::Statement { .. } => "statement",
+            Event::StatementCompleted { .. } => "statement_completed",
+            Event::PolicyReloaded { .. } => "policy_reloaded",
             Event::ApprovalRequested { .. } => "approval_requested",
             Event::ApprovalDecided { .. } => "approval_decided",
             Event::ApprovalExpired { .. } => "approval_expired",
@@ -245,6 +281,16 @@ pub enum Decision {
     Deny,
     /// Held until a human approves (see the approval events with the same session).
     RequireApproval,
+}
+
+impl From<crate::policy::Action> for Decision {
+    fn from(a: crate::policy::Action) -> Self {
+        match a {
+            crate::policy::Action::Allow => Decision::Allow,
+            crate::policy::Action::Deny => Decision::Deny,
+            crate::policy::Action::RequireApproval => Decision::RequireApproval,
+        }
+    }
 }
 
 impl Decision {

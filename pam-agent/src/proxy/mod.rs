@@ -15,6 +15,9 @@ use crate::{config::Config, journal::Journal, redirect::Redirector};
 /// Everything a session needs, shared by all of them.
 pub struct Shared {
     pub config: Config,
+    /// The statement policy in force (replaced on SIGHUP; `config.policy` is the one
+    /// the agent started with).
+    pub policy: crate::policy::PolicyHandle,
     pub journal: Journal,
     pub redirector: Redirector,
 }

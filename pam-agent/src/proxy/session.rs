@@ -11,10 +11,12 @@ use tokio_util::sync::CancellationToken;
 
 use super::{Shared, relay};
 use crate::{
+    config::Protocol,
     journal::{
         Event, SessionId,
         event::{ResourceRef, SessionEnd},
     },
+    postgres,
     principal::Principal,
 };
 
@@ -47,7 +49,7 @@ pub async fn run(
     let principal = Principal::from_captured(redirected.captured);
     let session = SessionId::new();
     let opened = Event::SessionOpened {
-        principal,
+        principal: principal.clone(),
         resource: ResourceRef {
             name: resource.name.clone(),
             protocol: resource.protocol.to_string(),
@@ -100,7 +102,38 @@ pub async fn run(
     let _ = upstream.set_nodelay(true);
     tracing::debug!(%session, resource = %resource.name, %upstream_addr, "session open");
 
-    let outcome = relay::relay(worker, upstream, &shutdown).await;
+    let outcome = match resource.protocol {
+        Protocol::Tcp => relay::relay(worker, upstream, &shutdown).await,
+        Protocol::Postgres => {
+            // Statement-aware session: judged by the policy, journaled per statement.
+            let services = match postgres::services(&shared.config.limits) {
+                Ok(s) => s,
+                Err(e) => {
+                    let detail = Some(format!("cannot start the SQL parser: {e}"));
+                    close(&shared, session, started, 0, 0, SessionEnd::Error, detail).await;
+                    return;
+                }
+            };
+            let ctx = postgres::Context {
+                session,
+                principal,
+                resource: resource.name.clone(),
+                journal: shared.journal.clone(),
+                policy: shared.policy.clone(),
+                limits: shared.config.limits,
+                classifier: services.classifier.clone(),
+                cancels: services.cancels.clone(),
+                tls: None,
+            };
+            let o = postgres::serve(worker, upstream, ctx, &shutdown).await;
+            relay::Outcome {
+                from_worker: o.from_worker,
+                to_worker: o.to_worker,
+                end: o.end,
+                detail: o.detail,
+            }
+        }
+    };
     close(
         &shared,
         session,

@@ -133,6 +133,11 @@ pub fn every_kind(session: SessionId) -> Vec<(Option<SessionId>, Event)> {
         (
             s,
             Event::Statement {
+                statement: None,
+                kinds: vec!["select".into()],
+                tables: Vec::new(),
+                flags: Vec::new(),
+                reason: None,
                 text: Some("SELECT * FROM orders WHERE id = 7".into()),
                 fingerprint: Some("fp-orders-by-id".into()),
                 decision: Decision::Allow,
@@ -145,6 +150,11 @@ pub fn every_kind(session: SessionId) -> Vec<(Option<SessionId>, Event)> {
         (
             s,
             Event::Statement {
+                statement: None,
+                kinds: vec!["select".into()],
+                tables: Vec::new(),
+                flags: Vec::new(),
+                reason: None,
                 text: None,
                 fingerprint: Some("fp-drop-table".into()),
                 decision: Decision::Deny,

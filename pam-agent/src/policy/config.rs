@@ -1,0 +1,190 @@
+//! The `[policy]` section as written, and its validation into a [`Policy`].
+//!
+//! ```toml
+//! [policy]
+//! default = "deny"                  # every resource without its own default
+//! max_statement_bytes = 1048576     # longer SQL texts are refused unparsed
+//! max_message_bytes = 67108864      # longer protocol messages end the connection
+//! [policy.resource_defaults]
+//! scratch-db = "allow"
+//!
+//! [[policy.rules]]
+//! name = "crew-reads-orders"
+//! action = "allow"                  # allow | deny | require_approval
+//! resources = ["orders-db"]
+//! users = ["crew"]
+//! kinds = ["select"]
+//! tables = ["public.*"]
+//! ```
+
+use serde::Deserialize;
+
+use super::{Action, Policy, Rule};
+use crate::sql::{Flag, Kind};
+
+pub const DEFAULT_MAX_STATEMENT_BYTES: usize = 1 << 20;
+pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 64 << 20;
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPolicy {
+    pub default: Option<Action>,
+    pub max_statement_bytes: Option<usize>,
+    pub max_message_bytes: Option<usize>,
+    #[serde(default)]
+    pub resource_defaults: std::collections::BTreeMap<String, Action>,
+    #[serde(default)]
+    pub rules: Vec<RawRule>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRule {
+    pub name: String,
+    pub action: Action,
+    pub message: Option<String>,
+    pub resources: Option<Vec<String>>,
+    pub users: Option<Vec<String>>,
+    pub uids: Option<Vec<u32>>,
+    pub cgroups: Option<Vec<String>>,
+    pub exes: Option<Vec<String>>,
+    pub kinds: Option<Vec<String>>,
+    pub tables: Option<Vec<String>>,
+    pub functions: Option<Vec<String>>,
+    pub if_flags: Option<Vec<String>>,
+    pub permit_flags: Option<Vec<String>>,
+}
+
+/// Limits that come with the policy section.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    pub max_statement_bytes: usize,
+    pub max_message_bytes: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_statement_bytes: DEFAULT_MAX_STATEMENT_BYTES,
+            max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
+        }
+    }
+}
+
+impl RawPolicy {
+    /// Validates against the configured resource names. Errors are (field, reason).
+    pub fn validate(self, resources: &[&str]) -> Result<(Policy, Limits), (String, String)> {
+        let limits = Limits {
+            max_statement_bytes: self
+                .max_statement_bytes
+                .unwrap_or(DEFAULT_MAX_STATEMENT_BYTES),
+            max_message_bytes: self.max_message_bytes.unwrap_or(DEFAULT_MAX_MESSAGE_BYTES),
+        };
+        if limits.max_statement_bytes == 0 {
+            return Err((
+                "policy.max_statement_bytes".into(),
+                "must be greater than 0".into(),
+            ));
+        }
+        if !(1024..=(1 << 30)).contains(&limits.max_message_bytes) {
+            return Err((
+                "policy.max_message_bytes".into(),
+                "must be between 1024 and 1073741824".into(),
+            ));
+        }
+        let mut resource_defaults = Vec::new();
+        for (r, a) in self.resource_defaults {
+            if !resources.contains(&r.as_str()) {
+                return Err((
+                    format!("policy.resource_defaults.{r}"),
+                    format!("no resource is named `{r}`"),
+                ));
+            }
+            resource_defaults.push((r, a));
+        }
+        let mut rules = Vec::new();
+        for (i, raw) in self.rules.into_iter().enumerate() {
+            let field = |f: &str| format!("policy.rules[{i}].{f}");
+            if raw.name.trim().is_empty() {
+                return Err((field("name"), "must not be empty".into()));
+            }
+            if rules.iter().any(|r: &Rule| r.name == raw.name) {
+                return Err((
+                    field("name"),
+                    format!("`{}` is used by another rule", raw.name),
+                ));
+            }
+            if let Some(rs) = &raw.resources {
+                for r in rs {
+                    if !resources.contains(&r.as_str()) {
+                        return Err((field("resources"), format!("no resource is named `{r}`")));
+                    }
+                }
+            }
+            let kinds = raw
+                .kinds
+                .map(|ks| {
+                    ks.iter()
+                        .map(|k| {
+                            Kind::parse(k).ok_or_else(|| {
+                                let all: Vec<&str> = Kind::ALL.iter().map(|k| k.as_str()).collect();
+                                (
+                                    field("kinds"),
+                                    format!("unknown kind `{k}` (one of {})", all.join(", ")),
+                                )
+                            })
+                        })
+                        .collect::<Result<Vec<_>, _>>()
+                })
+                .transpose()?;
+            let flags = |name: &str, v: Option<Vec<String>>| {
+                v.map(|fs| {
+                    fs.iter()
+                        .map(|f| {
+                            Flag::parse(f).ok_or_else(|| {
+                                let all: Vec<&str> = Flag::ALL.iter().map(|k| k.as_str()).collect();
+                                (
+                                    field(name),
+                                    format!("unknown flag `{f}` (one of {})", all.join(", ")),
+                                )
+                            })
+                        })
+                        .collect::<Result<Vec<_>, _>>()
+                })
+                .transpose()
+            };
+            let if_flags = flags("if_flags", raw.if_flags)?;
+            let permit_flags = flags("permit_flags", raw.permit_flags)?;
+            if permit_flags.is_some() && raw.action != Action::Allow {
+                return Err((
+                    field("permit_flags"),
+                    "only allow rules permit flags; use if_flags to target flagged statements"
+                        .into(),
+                ));
+            }
+            rules.push(Rule {
+                name: raw.name,
+                action: raw.action,
+                message: raw.message,
+                resources: raw.resources,
+                users: raw.users,
+                uids: raw.uids,
+                cgroups: raw.cgroups,
+                exes: raw.exes,
+                kinds,
+                tables: raw.tables,
+                functions: raw.functions,
+                if_flags,
+                permit_flags: permit_flags.unwrap_or_default(),
+            });
+        }
+        Ok((
+            Policy {
+                default: self.default.unwrap_or(Action::Deny),
+                resource_defaults,
+                rules,
+            },
+            limits,
+        ))
+    }
+}

@@ -1,0 +1,146 @@
+use super::*;
+use crate::sql::classify;
+
+fn crew() -> Principal {
+    Principal {
+        pid: 1,
+        tid: 1,
+        uid: 1001,
+        gid: 1001,
+        cgroup_id: 7,
+        comm: "python3".into(),
+        user: Some("crew".into()),
+        exe: Some("/usr/bin/python3.11".into()),
+        cgroup: Some("/crew.slice/w1.service".into()),
+        unit: Some("w1.service".into()),
+    }
+}
+
+fn policy(toml_text: &str) -> Policy {
+    let raw: RawPolicy = toml::from_str(toml_text).unwrap();
+    raw.validate(&["db", "other"]).unwrap().0
+}
+
+fn decide(p: &Policy, sql: &str) -> Decision {
+    p.decide_all(&crew(), "db", &classify(sql, 1 << 20))
+}
+
+const RULES: &str = r#"
+[[rules]]
+name = "no-unbounded-writes"
+action = "deny"
+if_flags = ["update_without_where", "delete_without_where"]
+
+[[rules]]
+name = "ddl-needs-approval"
+action = "require_approval"
+kinds = ["ddl"]
+
+[[rules]]
+name = "crew-rw"
+action = "allow"
+resources = ["db"]
+users = ["crew"]
+cgroups = ["/crew.slice/*"]
+kinds = ["select", "insert", "update", "delete", "transaction"]
+tables = ["public.*"]
+"#;
+
+#[test]
+fn first_matching_rule_decides() {
+    let p = policy(RULES);
+    let d = decide(&p, "SELECT * FROM orders WHERE id = 1");
+    assert_eq!((d.action, d.rule.as_str()), (Action::Allow, "crew-rw"));
+    let d = decide(&p, "DELETE FROM orders");
+    assert_eq!(
+        (d.action, d.rule.as_str()),
+        (Action::Deny, "no-unbounded-writes")
+    );
+    let d = decide(&p, "CREATE TABLE x (a int)");
+    assert_eq!(d.action, Action::RequireApproval);
+    assert!(d.reason.contains("approval required"), "{}", d.reason);
+}
+
+#[test]
+fn default_is_deny_and_names_the_default() {
+    let p = policy(RULES);
+    let d = decide(&p, "SELECT * FROM secret.keys");
+    assert_eq!((d.action, d.rule.as_str()), (Action::Deny, DEFAULT_RULE));
+    let d = p.decide_all(&crew(), "other", &classify("SELECT 1", 100));
+    assert_eq!(d.action, Action::Deny);
+}
+
+#[test]
+fn flags_are_never_allowed_by_accident() {
+    let p = policy(RULES);
+    for sql in [
+        "SELECT pg_read_file('/etc/passwd')",
+        "WITH d AS (DELETE FROM orders WHERE id = 1 RETURNING *) SELECT * FROM d",
+        "SELECT set_config('role', 'postgres', false)",
+        "SELECT query_to_xml('select * from secret.keys', true, true, '')",
+        "SELECT * INTO public.copy FROM orders",
+    ] {
+        assert_ne!(decide(&p, sql).action, Action::Allow, "{sql}");
+    }
+    let p = policy(
+        r#"
+[[rules]]
+name = "cte-ok"
+action = "allow"
+kinds = ["select", "delete"]
+permit_flags = ["data_modifying_cte"]
+"#,
+    );
+    let d = decide(
+        &p,
+        "WITH d AS (DELETE FROM orders WHERE id = 1 RETURNING *) SELECT * FROM d",
+    );
+    assert_eq!(d.action, Action::Allow);
+}
+
+#[test]
+fn multi_statement_refused_as_a_whole() {
+    let p = policy(RULES);
+    let d = decide(&p, "SELECT 1 FROM orders; DROP TABLE orders");
+    assert_eq!(d.action, Action::RequireApproval);
+    let d = decide(&p, "SELECT 1 FROM orders; SELECT 2 FROM orders");
+    assert_eq!(d.action, Action::Allow);
+}
+
+#[test]
+fn unclassifiable_is_denied() {
+    let p = policy("default = \"allow\"");
+    let d = decide(&p, "SELEC 1");
+    assert_eq!(
+        (d.action, d.rule.as_str()),
+        (Action::Deny, UNCLASSIFIABLE_RULE)
+    );
+    assert_eq!(decide(&p, "SELECT 1").action, Action::Allow);
+}
+
+#[test]
+fn principal_conditions() {
+    let p = policy(RULES);
+    let mut other = crew();
+    other.user = Some("bob".into());
+    let d = p.decide_all(&other, "db", &classify("SELECT * FROM orders", 100));
+    assert_eq!(d.rule, DEFAULT_RULE);
+    let text = p.explain(&other, "db", &classify("SELECT * FROM orders", 100));
+    assert!(text.contains("user \"bob\" not listed"), "{text}");
+    assert!(text.contains("decision: deny (rule: default)"), "{text}");
+}
+
+#[test]
+fn validation_names_the_field() {
+    let bad = |t: &str| {
+        let raw: RawPolicy = toml::from_str(t).unwrap();
+        raw.validate(&["db"]).unwrap_err()
+    };
+    let (f, _) = bad("[[rules]]\nname='a'\naction='allow'\nkinds=['selekt']");
+    assert_eq!(f, "policy.rules[0].kinds");
+    let (f, _) = bad("[[rules]]\nname='a'\naction='deny'\npermit_flags=['dynamic_sql']");
+    assert_eq!(f, "policy.rules[0].permit_flags");
+    let (f, _) = bad("[[rules]]\nname='a'\naction='deny'\nresources=['nope']");
+    assert_eq!(f, "policy.rules[0].resources");
+    assert!(toml::from_str::<RawPolicy>("[[rules]]\nname='a'\naction='maybe'").is_err());
+}

@@ -1,0 +1,100 @@
+//! Cancel keys. The worker sees a key minted here, never the server's: a cancel
+//! arrives on a new (redirected) connection carrying that key, and is sent upstream
+//! with the server's key only when the key is known and the new connection goes to
+//! the same resource and server as the session that minted it.
+
+use std::{
+    collections::HashMap,
+    net::SocketAddr,
+    sync::{Arc, Mutex},
+};
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Upstream {
+    pub resource: String,
+    pub server: SocketAddr,
+    pub pid: i32,
+    pub secret: Vec<u8>,
+}
+
+type Key = (i32, Vec<u8>);
+
+#[derive(Default)]
+pub struct CancelRegistry {
+    keys: Mutex<HashMap<Key, Upstream>>,
+}
+
+/// Removes its key from the registry when the session ends.
+pub struct Registration {
+    registry: Arc<CancelRegistry>,
+    key: Key,
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        if let Ok(mut keys) = self.registry.keys.lock() {
+            keys.remove(&self.key);
+        }
+    }
+}
+
+impl CancelRegistry {
+    /// Mints a worker-visible key (same secret length as the server's) for `upstream`.
+    pub fn register(
+        self: &Arc<Self>,
+        upstream: Upstream,
+    ) -> Result<(i32, Vec<u8>, Registration), getrandom::Error> {
+        let mut keys = self.keys.lock().unwrap_or_else(|p| p.into_inner());
+        loop {
+            let mut pid = [0u8; 4];
+            getrandom::fill(&mut pid)?;
+            // Positive, like a real process id (some clients print it).
+            let pid = i32::from_be_bytes(pid) & 0x7fff_ffff;
+            let mut secret = vec![0u8; upstream.secret.len()];
+            getrandom::fill(&mut secret)?;
+            let key = (pid, secret.clone());
+            if pid != 0 && !keys.contains_key(&key) {
+                keys.insert(key.clone(), upstream);
+                return Ok((
+                    pid,
+                    secret,
+                    Registration {
+                        registry: self.clone(),
+                        key,
+                    },
+                ));
+            }
+        }
+    }
+
+    pub fn lookup(&self, pid: i32, secret: &[u8]) -> Option<Upstream> {
+        let keys = self.keys.lock().ok()?;
+        keys.get(&(pid, secret.to_vec())).cloned()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn register_lookup_forget() {
+        let reg = Arc::new(CancelRegistry::default());
+        let up = Upstream {
+            resource: "db".into(),
+            server: "127.0.0.1:5432".parse().unwrap(),
+            pid: 42,
+            secret: vec![9; 4],
+        };
+        let (pid, secret, guard) = reg.register(up.clone()).unwrap();
+        assert_eq!(secret.len(), 4);
+        assert_eq!(reg.lookup(pid, &secret), Some(up));
+        assert_eq!(
+            reg.lookup(42, &[9; 4]),
+            None,
+            "the server's key is not accepted"
+        );
+        drop(guard);
+        assert_eq!(reg.lookup(pid, &secret), None);
+    }
+}

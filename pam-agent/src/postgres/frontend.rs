@@ -1,0 +1,131 @@
+//! Frontend (F) messages the proxy reads fields from. Every other frontend message is
+//! forwarded as its original bytes.
+
+use super::frame::{Fields, Frame, Malformed};
+
+pub const QUERY: u8 = b'Q';
+pub const PARSE: u8 = b'P';
+pub const BIND: u8 = b'B';
+pub const DESCRIBE: u8 = b'D';
+pub const EXECUTE: u8 = b'E';
+pub const CLOSE: u8 = b'C';
+pub const SYNC: u8 = b'S';
+pub const FLUSH: u8 = b'H';
+pub const FUNCTION_CALL: u8 = b'F';
+pub const COPY_DATA: u8 = b'd';
+pub const COPY_DONE: u8 = b'c';
+pub const COPY_FAIL: u8 = b'f';
+pub const TERMINATE: u8 = b'X';
+/// PasswordMessage / SASLInitialResponse / SASLResponse / GSSResponse.
+pub const AUTH_RESPONSE: u8 = b'p';
+
+/// SQL text as sent. Non-UTF-8 text is kept as `Err` so the caller refuses it.
+pub fn text(b: &[u8]) -> Result<&str, Malformed> {
+    std::str::from_utf8(b).map_err(|_| Malformed("SQL text is not UTF-8"))
+}
+
+fn name(b: &[u8]) -> Result<String, Malformed> {
+    std::str::from_utf8(b)
+        .map(str::to_owned)
+        .map_err(|_| Malformed("name is not UTF-8"))
+}
+
+/// Query: the SQL text (NUL-terminated).
+pub fn query(f: &Frame) -> Result<&[u8], Malformed> {
+    let mut r = Fields::new(f.body());
+    let q = r.cstr()?;
+    r.end()?;
+    Ok(q)
+}
+
+pub struct Parse<'a> {
+    pub statement: String,
+    pub query: &'a [u8],
+}
+
+pub fn parse(f: &Frame) -> Result<Parse<'_>, Malformed> {
+    let mut r = Fields::new(f.body());
+    let statement = name(r.cstr()?)?;
+    let query = r.cstr()?;
+    let n = r.i16()?;
+    if n < 0 {
+        return Err(Malformed("negative parameter count"));
+    }
+    r.bytes(n as usize * 4)?;
+    r.end()?;
+    Ok(Parse { statement, query })
+}
+
+pub struct Bind {
+    pub portal: String,
+    pub statement: String,
+}
+
+/// Bind: only the names are needed; the rest of the body is checked for shape so a
+/// lying length cannot pass.
+pub fn bind(f: &Frame) -> Result<Bind, Malformed> {
+    let mut r = Fields::new(f.body());
+    let portal = name(r.cstr()?)?;
+    let statement = name(r.cstr()?)?;
+    let nfmt = r.i16()?;
+    if nfmt < 0 {
+        return Err(Malformed("negative format count"));
+    }
+    r.bytes(nfmt as usize * 2)?;
+    let nparams = r.i16()?;
+    if nparams < 0 {
+        return Err(Malformed("negative parameter count"));
+    }
+    for _ in 0..nparams {
+        let len = r.i32()?;
+        if len >= 0 {
+            r.bytes(len as usize)?;
+        } else if len != -1 {
+            return Err(Malformed("negative parameter length"));
+        }
+    }
+    let nres = r.i16()?;
+    if nres < 0 {
+        return Err(Malformed("negative result format count"));
+    }
+    r.bytes(nres as usize * 2)?;
+    r.end()?;
+    Ok(Bind { portal, statement })
+}
+
+/// Execute: portal name (row limit ignored).
+pub fn execute(f: &Frame) -> Result<String, Malformed> {
+    let mut r = Fields::new(f.body());
+    let portal = name(r.cstr()?)?;
+    r.i32()?;
+    r.end()?;
+    Ok(portal)
+}
+
+/// Close / Describe: ('S' statement | 'P' portal, name).
+pub fn target(f: &Frame) -> Result<(u8, String), Malformed> {
+    let mut r = Fields::new(f.body());
+    let kind = r.u8()?;
+    if kind != b'S' && kind != b'P' {
+        return Err(Malformed("target must be 'S' or 'P'"));
+    }
+    let n = name(r.cstr()?)?;
+    r.end()?;
+    Ok((kind, n))
+}
+
+/// FunctionCall: the function's OID (arguments are relayed untouched).
+pub fn function_call(f: &Frame) -> Result<u32, Malformed> {
+    let mut r = Fields::new(f.body());
+    Ok(r.i32()? as u32)
+}
+
+/// Execute of a portal that cannot exist: makes the server fail the current batch (and
+/// roll back its implicit transaction) exactly as if a statement had failed there.
+pub fn execute_missing_portal() -> Frame {
+    Frame::build(EXECUTE, b"pam_agent_refused\0\0\0\0\0")
+}
+
+pub fn flush() -> Frame {
+    Frame::build(FLUSH, b"")
+}

@@ -1,0 +1,518 @@
+//! The worker's half of a session: reads each message, judges what runs SQL, journals
+//! the decision, then forwards (allowed) or answers (refused).
+//!
+//! - Query: every statement of the text is judged; if any is refused none runs, and
+//!   the worker gets ErrorResponse 42501 + ReadyForQuery as if the server refused it.
+//! - Extended protocol: Parse is judged; Bind/Describe/Execute/Close are held with it
+//!   until Sync or Flush, so a refusal in a batch drops the whole unsent batch. A
+//!   refusal is answered at once (as the server answers an error), the rest of the
+//!   batch is discarded until Sync, and that Sync gets ReadyForQuery, as PostgreSQL
+//!   does after an error. If part of the batch had already gone upstream (Flush, or a
+//!   large batch), an Execute of a missing portal makes the server fail the batch
+//!   itself (rolling back its implicit transaction) and its error is replaced with
+//!   the refusal.
+//! - FunctionCall is judged as kind `function_call` (refused unless a rule allows it).
+//! - COPY data, Terminate: forwarded. Anything else ends the session (fail closed).
+
+use std::{collections::HashMap, sync::Arc, sync::atomic::Ordering, time::Instant};
+
+use bytes::Bytes;
+use tokio::{
+    io::{AsyncWriteExt, ReadHalf},
+    net::tcp::OwnedWriteHalf,
+    sync::mpsc,
+};
+use tokio_util::sync::CancellationToken;
+
+use super::{
+    Context, SessionError, Shared,
+    backend::{self, Severity, sqlstate},
+    frame::{Frame, FrameError, FrameReader},
+    frontend,
+    stream::WorkerStream,
+};
+use crate::{
+    journal::Event,
+    policy::{Action, Decision, Policy},
+    sql::{Statement, Unclassifiable},
+};
+
+/// Held batch size before it is sent upstream without waiting for Sync.
+const MAX_HELD_BYTES: usize = 1 << 20;
+/// Statement text kept in a journal record.
+const MAX_AUDIT_TEXT: usize = 16 * 1024;
+
+/// One execution whose completion the server half audits.
+#[derive(Debug, Clone, Copy)]
+pub struct Exec {
+    pub statement: u64,
+    pub started: Instant,
+}
+
+/// What the worker half tells the server half, always before the bytes concerned go
+/// upstream (so the server half knows of them before any answer arrives).
+pub enum Note {
+    /// Executions now sent upstream, in order.
+    Execs(Vec<Exec>),
+    /// The message that ends the current group (Query, Sync, FunctionCall) is sent:
+    /// one ReadyForQuery will answer it.
+    Close,
+    /// Show this refusal instead of the server's answer to the missing-portal Execute
+    /// just sent in the current group (see the module docs).
+    Replace(Frame),
+    /// A refusal answered by the proxy, once every group sent before it is answered.
+    Refuse(Frame),
+    /// A ReadyForQuery answered by the proxy (after a refusal), in the same order.
+    Ready,
+    /// End the session with this error.
+    Fatal(Frame),
+}
+
+pub struct Judge<'a> {
+    reader: FrameReader<ReadHalf<WorkerStream>>,
+    upstream: OwnedWriteHalf,
+    notes: mpsc::Sender<Note>,
+    ctx: &'a Context,
+    shared: Arc<Shared>,
+    /// Held extended-protocol messages of the current batch.
+    held: Vec<Bytes>,
+    held_bytes: usize,
+    held_execs: Vec<Exec>,
+    /// Part of the current batch already went upstream.
+    batch_sent: bool,
+    /// The batch had a refusal: discard until Sync.
+    refused: Option<Decision>,
+    /// Prepared statement name -> statement number (the unnamed one is "").
+    prepared: HashMap<String, u64>,
+    portals: HashMap<String, u64>,
+    next_statement: u64,
+}
+
+impl<'a> Judge<'a> {
+    pub fn new(
+        reader: FrameReader<ReadHalf<WorkerStream>>,
+        upstream: OwnedWriteHalf,
+        notes: mpsc::Sender<Note>,
+        ctx: &'a Context,
+        shared: Arc<Shared>,
+    ) -> Self {
+        Judge {
+            reader,
+            upstream,
+            notes,
+            ctx,
+            shared,
+            held: Vec::new(),
+            held_bytes: 0,
+            held_execs: Vec::new(),
+            batch_sent: false,
+            refused: None,
+            prepared: HashMap::new(),
+            portals: HashMap::new(),
+            next_statement: 1,
+        }
+    }
+
+    /// Returns a closing detail on a normal end.
+    pub async fn run(mut self, done: &CancellationToken) -> Result<Option<String>, SessionError> {
+        let before = self.reader.bytes;
+        let r = self.run_inner(done).await;
+        self.shared
+            .from_worker
+            .fetch_add(self.reader.bytes - before, Ordering::Relaxed);
+        if let Err(e) = &r {
+            let (code, msg) = match e {
+                SessionError::Worker(FrameError::TooLarge { .. }) => {
+                    (sqlstate::TOO_LARGE, format!("pam-agent: {e}"))
+                }
+                SessionError::Journal(_) => (
+                    sqlstate::CONNECTION_FAILURE,
+                    format!("pam-agent: {e}; the statement was not run"),
+                ),
+                _ => (sqlstate::PROTOCOL_VIOLATION, format!("pam-agent: {e}")),
+            };
+            let f = backend::error(Severity::Fatal, code, &msg, None, None);
+            let _ = self.notes.send(Note::Fatal(f)).await;
+        }
+        r
+    }
+
+    async fn run_inner(
+        &mut self,
+        done: &CancellationToken,
+    ) -> Result<Option<String>, SessionError> {
+        loop {
+            let f = tokio::select! {
+                f = self.reader.next() => f.map_err(SessionError::Worker)?,
+                _ = done.cancelled() => return Ok(None),
+            };
+            let Some(f) = f else {
+                tracing::trace!(session = %self.ctx.session, "worker: end of stream");
+                let _ = self.upstream.shutdown().await;
+                return Ok(Some("worker closed the connection".into()));
+            };
+            tracing::trace!(session = %self.ctx.session, tag = %f.tag.escape_ascii(), len = f.raw.len(), "worker message");
+            match f.tag {
+                frontend::QUERY => self.query(f).await?,
+                frontend::PARSE => self.parse(f).await?,
+                frontend::BIND => {
+                    let b = frontend::bind(&f).map_err(protocol)?;
+                    if self.refused.is_none() {
+                        if let Some(n) = self.prepared.get(&b.statement) {
+                            self.portals.insert(b.portal, *n);
+                        } else {
+                            self.portals.remove(&b.portal);
+                        }
+                        self.hold(f).await?;
+                    }
+                }
+                frontend::EXECUTE => {
+                    let portal = frontend::execute(&f).map_err(protocol)?;
+                    if self.refused.is_none() {
+                        if let Some(n) = self.portals.get(&portal) {
+                            self.held_execs.push(Exec {
+                                statement: *n,
+                                started: Instant::now(),
+                            });
+                        }
+                        self.hold(f).await?;
+                    }
+                }
+                frontend::DESCRIBE | frontend::CLOSE => {
+                    let (kind, name) = frontend::target(&f).map_err(protocol)?;
+                    if self.refused.is_none() {
+                        if f.tag == frontend::CLOSE {
+                            if kind == b'S' {
+                                self.prepared.remove(&name);
+                            } else {
+                                self.portals.remove(&name);
+                            }
+                        }
+                        self.hold(f).await?;
+                    }
+                }
+                frontend::FLUSH => {
+                    if self.refused.is_none() {
+                        self.held.push(f.raw);
+                        self.send_held().await?;
+                    }
+                }
+                frontend::SYNC => self.sync(f).await?,
+                frontend::FUNCTION_CALL => self.function_call(f).await?,
+                frontend::COPY_DATA | frontend::COPY_DONE | frontend::COPY_FAIL => {
+                    // Data of a COPY the server accepted; outside COPY the server
+                    // ignores them. Never judged: the COPY statement was.
+                    if self.refused.is_none() {
+                        self.send_held().await?;
+                        self.upstream.write_all(&f.raw).await?;
+                    }
+                }
+                frontend::TERMINATE => {
+                    self.send_held().await?;
+                    self.upstream.write_all(&f.raw).await?;
+                    let _ = self.upstream.shutdown().await;
+                    return Ok(Some("worker terminated the session".into()));
+                }
+                other => {
+                    return Err(SessionError::Protocol(format!(
+                        "unexpected message type '{}'",
+                        other.escape_ascii()
+                    )));
+                }
+            }
+        }
+    }
+
+    async fn query(&mut self, f: Frame) -> Result<(), SessionError> {
+        if self.refused.is_some() {
+            // After an error the server discards everything until Sync; so do we.
+            return Ok(());
+        }
+        self.send_held().await?;
+        let text = frontend::query(&f).map_err(protocol)?;
+        let (decision, numbers) = self.judge_text(text).await?;
+        if decision.allowed() {
+            let execs = numbers
+                .into_iter()
+                .map(|statement| Exec {
+                    statement,
+                    started: Instant::now(),
+                })
+                .collect();
+            self.note(Note::Execs(execs)).await?;
+            self.note(Note::Close).await?;
+            self.upstream.write_all(&f.raw).await?;
+        } else {
+            self.note(Note::Refuse(refusal(&decision))).await?;
+            self.note(Note::Ready).await?;
+        }
+        Ok(())
+    }
+
+    async fn parse(&mut self, f: Frame) -> Result<(), SessionError> {
+        let p = frontend::parse(&f).map_err(protocol)?;
+        if self.refused.is_some() {
+            return Ok(());
+        }
+        let name = p.statement.clone();
+        let (decision, numbers) = self.judge_text(p.query).await?;
+        if decision.allowed() {
+            // A Parse holds one statement (the server refuses more); an empty one
+            // gets number 0 (nothing to audit at completion).
+            self.prepared
+                .insert(name, numbers.first().copied().unwrap_or(0));
+            self.hold(f).await
+        } else {
+            self.prepared.remove(&name);
+            self.refuse_batch(decision).await
+        }
+    }
+
+    async fn function_call(&mut self, f: Frame) -> Result<(), SessionError> {
+        if self.refused.is_some() {
+            return Ok(());
+        }
+        self.send_held().await?;
+        let oid = frontend::function_call(&f).map_err(protocol)?;
+        let st = Policy::function_call_statement(oid);
+        let decision = if self.shared.lexer_unsafe.load(Ordering::Relaxed) {
+            unsafe_session()
+        } else {
+            self.ctx
+                .policy
+                .current()
+                .decide(&self.ctx.principal, &self.ctx.resource, &st)
+        };
+        let n = self.record(&st, &decision).await?;
+        if decision.allowed() {
+            self.note(Note::Execs(vec![Exec {
+                statement: n,
+                started: Instant::now(),
+            }]))
+            .await?;
+            self.note(Note::Close).await?;
+            self.upstream.write_all(&f.raw).await?;
+        } else {
+            self.note(Note::Refuse(refusal(&decision))).await?;
+            self.note(Note::Ready).await?;
+        }
+        Ok(())
+    }
+
+    async fn sync(&mut self, f: Frame) -> Result<(), SessionError> {
+        match self.refused.take() {
+            None => {
+                self.held.push(f.raw);
+                let execs = std::mem::take(&mut self.held_execs);
+                self.note(Note::Execs(execs)).await?;
+                self.note(Note::Close).await?;
+                self.write_held().await?;
+            }
+            // The server was already made to fail this batch: its Sync ends it.
+            Some(_) if self.batch_sent => {
+                self.note(Note::Close).await?;
+                self.upstream.write_all(&f.raw).await?;
+            }
+            Some(_) => self.note(Note::Ready).await?,
+        }
+        self.batch_sent = false;
+        Ok(())
+    }
+
+    /// Drops the unsent part of the batch, answers the refusal now (as the server
+    /// answers an error at once), and discards the rest of the batch until Sync.
+    async fn refuse_batch(&mut self, decision: Decision) -> Result<(), SessionError> {
+        self.held.clear();
+        self.held_bytes = 0;
+        self.held_execs.clear();
+        if self.batch_sent {
+            // Part of the batch is on the server: make it fail there, so its implicit
+            // transaction is rolled back and it skips to Sync like after any error.
+            self.note(Note::Replace(refusal(&decision))).await?;
+            let mut bytes = frontend::execute_missing_portal().raw.to_vec();
+            bytes.extend_from_slice(&frontend::flush().raw);
+            self.upstream.write_all(&bytes).await?;
+        } else {
+            self.note(Note::Refuse(refusal(&decision))).await?;
+        }
+        self.refused = Some(decision);
+        Ok(())
+    }
+
+    async fn hold(&mut self, f: Frame) -> Result<(), SessionError> {
+        self.held_bytes += f.raw.len();
+        self.held.push(f.raw);
+        if self.held_bytes > MAX_HELD_BYTES {
+            self.send_held().await?;
+        }
+        Ok(())
+    }
+
+    /// Sends the held part of the batch upstream now (Flush, COPY data, size).
+    async fn send_held(&mut self) -> Result<(), SessionError> {
+        if self.held.is_empty() {
+            return Ok(());
+        }
+        let execs = std::mem::take(&mut self.held_execs);
+        if !execs.is_empty() {
+            self.note(Note::Execs(execs)).await?;
+        }
+        self.batch_sent = true;
+        self.write_held().await
+    }
+
+    async fn write_held(&mut self) -> Result<(), SessionError> {
+        let total: usize = self.held.iter().map(Bytes::len).sum();
+        let mut buf = Vec::with_capacity(total);
+        for b in self.held.drain(..) {
+            buf.extend_from_slice(&b);
+        }
+        self.held_bytes = 0;
+        self.upstream.write_all(&buf).await?;
+        Ok(())
+    }
+
+    async fn note(&self, n: Note) -> Result<(), SessionError> {
+        self.notes
+            .send(n)
+            .await
+            .map_err(|_| SessionError::Io(std::io::Error::other("session is ending")))
+    }
+
+    /// Classifies and decides a SQL text, journals one record per statement, and
+    /// returns the decision with the statements' numbers.
+    async fn judge_text(&mut self, text: &[u8]) -> Result<(Decision, Vec<u64>), SessionError> {
+        let text = match frontend::text(text) {
+            Ok(t) => t,
+            Err(_) => {
+                let d = Decision::unclassifiable(&Unclassifiable::Unsupported(
+                    "text that is not UTF-8".into(),
+                ));
+                let lossy = String::from_utf8_lossy(text);
+                self.record_unclassified(&lossy, &d).await?;
+                return Ok((d, Vec::new()));
+            }
+        };
+        if self.shared.lexer_unsafe.load(Ordering::Relaxed) {
+            let d = unsafe_session();
+            self.record_unclassified(text, &d).await?;
+            return Ok((d, Vec::new()));
+        }
+        let classified = self.ctx.classifier.classify(text).await;
+        let ctx = self.ctx;
+        let policy = ctx.policy.current();
+        let decision = policy.decide_all(&ctx.principal, &ctx.resource, &classified);
+        let mut numbers = Vec::new();
+        match classified.as_ref() {
+            Ok(statements) => {
+                for st in statements {
+                    // Each allowed statement is recorded with its own rule; a refused
+                    // text is recorded with the refusing decision throughout.
+                    let d = if decision.allowed() {
+                        policy.decide(&ctx.principal, &ctx.resource, st)
+                    } else {
+                        decision.clone()
+                    };
+                    numbers.push(self.record(st, &d).await?);
+                }
+            }
+            Err(_) => self.record_unclassified(text, &decision).await?,
+        }
+        Ok((decision, numbers))
+    }
+
+    async fn record(&mut self, st: &Statement, d: &Decision) -> Result<u64, SessionError> {
+        let n = self.next_statement;
+        self.next_statement += 1;
+        let event = Event::Statement {
+            statement: Some(n),
+            text: Some(audit_text(&st.text)),
+            fingerprint: (!st.fingerprint.is_empty()).then(|| st.fingerprint.clone()),
+            kinds: st.kinds.iter().map(|k| k.as_str().to_owned()).collect(),
+            tables: st.tables.iter().cloned().collect(),
+            flags: st.flags.iter().map(|f| f.as_str().to_owned()).collect(),
+            decision: d.action.into(),
+            rule: Some(d.rule.clone()),
+            reason: Some(d.reason.clone()),
+            duration_ms: None,
+            rows: None,
+            error: None,
+        };
+        self.ctx
+            .journal
+            .record(Some(self.ctx.session), event)
+            .await?;
+        Ok(n)
+    }
+
+    async fn record_unclassified(&mut self, text: &str, d: &Decision) -> Result<(), SessionError> {
+        let n = self.next_statement;
+        self.next_statement += 1;
+        let event = Event::Statement {
+            statement: Some(n),
+            text: Some(audit_text(text)),
+            fingerprint: None,
+            kinds: Vec::new(),
+            tables: Vec::new(),
+            flags: Vec::new(),
+            decision: d.action.into(),
+            rule: Some(d.rule.clone()),
+            reason: Some(d.reason.clone()),
+            duration_ms: None,
+            rows: None,
+            error: None,
+        };
+        self.ctx
+            .journal
+            .record(Some(self.ctx.session), event)
+            .await?;
+        Ok(())
+    }
+}
+
+fn protocol(e: super::frame::Malformed) -> SessionError {
+    SessionError::Protocol(e.to_string())
+}
+
+fn unsafe_session() -> Decision {
+    Decision {
+        action: Action::Deny,
+        rule: crate::policy::UNCLASSIFIABLE_RULE.into(),
+        reason: "the session's client_encoding or standard_conforming_strings makes SQL text \
+                 ambiguous; statements are refused"
+            .into(),
+    }
+}
+
+fn audit_text(text: &str) -> String {
+    if text.len() <= MAX_AUDIT_TEXT {
+        return text.to_owned();
+    }
+    let mut end = MAX_AUDIT_TEXT;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}... [{} bytes]", &text[..end], text.len())
+}
+
+/// The ErrorResponse a refused statement gets: 42501, naming the rule.
+pub fn refusal(d: &Decision) -> Frame {
+    let message = format!(
+        "pam-agent refused the statement (rule \"{}\"): {}",
+        d.rule, d.reason
+    );
+    let detail = format!("rule: {}; decision: {}", d.rule, d.action);
+    let hint = match d.action {
+        Action::RequireApproval => {
+            Some("This statement needs an approval, which pam-agent cannot grant yet.")
+        }
+        _ => None,
+    };
+    backend::error(
+        Severity::Error,
+        sqlstate::REFUSED,
+        &message,
+        Some(&detail),
+        hint,
+    )
+}

@@ -1,0 +1,338 @@
+//! The server's half of a session: forwards what the server sends, completes the audit
+//! of each execution (rows from CommandComplete, duration), and answers refusals in
+//! their place in the stream: after every group sent before them, with the
+//! transaction status the server last reported.
+
+use std::{
+    collections::VecDeque,
+    sync::{Arc, atomic::Ordering},
+};
+
+use bytes::BytesMut;
+use tokio::{io::WriteHalf, net::tcp::OwnedReadHalf, sync::mpsc};
+use tokio_util::sync::CancellationToken;
+
+use super::{
+    Context, SessionError, Shared,
+    backend::{self, sqlstate},
+    frame::{Frame, FrameReader},
+    handshake::write_out,
+    judge::{Exec, Note},
+    startup::dangerous_encoding,
+    stream::WorkerStream,
+};
+use crate::journal::Event;
+
+/// Output is written when nothing more is buffered, or at this size.
+const FLUSH_AT: usize = 64 * 1024;
+/// Completion records waiting for the journal. Completions are written in order by
+/// a companion task so the data path does not wait for each one (decisions, which
+/// must precede the statement, are awaited by the judge); a full queue does wait.
+const COMPLETIONS_QUEUE: usize = 1024;
+
+enum Pending {
+    /// Messages sent upstream that one ReadyForQuery will answer (once closed).
+    Group {
+        execs: VecDeque<Exec>,
+        closed: bool,
+        failed: bool,
+        replace: Option<Frame>,
+    },
+    /// A refusal to answer once the groups ahead of it are answered.
+    Refusal(Frame),
+    /// A ReadyForQuery to answer likewise (after a refusal).
+    Ready,
+}
+
+pub struct Respond<'a> {
+    reader: FrameReader<OwnedReadHalf>,
+    worker: WriteHalf<WorkerStream>,
+    notes: mpsc::Receiver<Note>,
+    notes_open: bool,
+    queue: VecDeque<Pending>,
+    status: u8,
+    /// DataRows since the last completion (rows of a suspended portal).
+    rows_seen: u64,
+    out: BytesMut,
+    ctx: &'a Context,
+    shared: Arc<Shared>,
+    completions: Option<mpsc::Sender<Event>>,
+}
+
+impl<'a> Respond<'a> {
+    pub fn new(
+        reader: FrameReader<OwnedReadHalf>,
+        worker: WriteHalf<WorkerStream>,
+        notes: mpsc::Receiver<Note>,
+        status: u8,
+        ctx: &'a Context,
+        shared: Arc<Shared>,
+    ) -> Self {
+        Respond {
+            reader,
+            worker,
+            notes,
+            notes_open: true,
+            queue: VecDeque::new(),
+            status,
+            rows_seen: 0,
+            out: BytesMut::with_capacity(FLUSH_AT),
+            ctx,
+            shared,
+            completions: None,
+        }
+    }
+
+    pub async fn run(mut self, done: &CancellationToken) -> Result<Option<String>, SessionError> {
+        let (tx, mut rx) = mpsc::channel::<Event>(COMPLETIONS_QUEUE);
+        self.completions = Some(tx);
+        let (journal, session) = (self.ctx.journal.clone(), self.ctx.session);
+        let writer = async move {
+            while let Some(event) = rx.recv().await {
+                journal.record(Some(session), event).await?;
+            }
+            Ok::<(), crate::journal::JournalError>(())
+        };
+        let main = async {
+            let r = self.run_inner(done).await;
+            let _ = write_out(&mut self.worker, &mut self.out, &self.shared).await;
+            // Lets the writer finish once the queue is drained.
+            self.completions = None;
+            r
+        };
+        let (r, w) = tokio::join!(main, writer);
+        w?;
+        r
+    }
+
+    async fn run_inner(
+        &mut self,
+        done: &CancellationToken,
+    ) -> Result<Option<String>, SessionError> {
+        loop {
+            tokio::select! {
+                n = self.notes.recv(), if self.notes_open => match n {
+                    Some(n) => {
+                        if self.apply(n)? {
+                            return Ok(None);
+                        }
+                    }
+                    None => self.notes_open = false,
+                },
+                f = self.reader.next() => {
+                    // Everything noted so far was noted before its bytes went upstream,
+                    // so it is known before the answer to it is handled. (Also before an
+                    // end of stream: the worker half closing the server's side after a
+                    // fatal error must not hide that error.)
+                    while let Ok(n) = self.notes.try_recv() {
+                        if self.apply(n)? {
+                            return Ok(None);
+                        }
+                    }
+                    let Some(f) = f.map_err(SessionError::Upstream)? else {
+                        return Ok(Some("server closed the connection".into()));
+                    };
+                    self.server_message(f).await?;
+                }
+                _ = done.cancelled(), if !self.notes_open => return Ok(None),
+            }
+            if !self.reader.has_frame() || self.out.len() >= FLUSH_AT {
+                write_out(&mut self.worker, &mut self.out, &self.shared).await?;
+            }
+        }
+    }
+
+    /// Returns true when the session must end (fatal error written).
+    fn apply(&mut self, n: Note) -> Result<bool, SessionError> {
+        match n {
+            Note::Execs(execs) => {
+                if let Some(Pending::Group {
+                    execs: e, failed, ..
+                }) = self.open_group()
+                    && !*failed
+                {
+                    e.extend(execs);
+                }
+            }
+            Note::Close => {
+                if let Some(Pending::Group { closed, .. }) = self.open_group() {
+                    *closed = true;
+                }
+            }
+            Note::Replace(f) => {
+                if let Some(Pending::Group { replace, .. }) = self.open_group() {
+                    *replace = Some(f);
+                }
+            }
+            Note::Refuse(f) => {
+                self.queue.push_back(Pending::Refusal(f));
+                self.answer_refusals();
+            }
+            Note::Ready => {
+                self.queue.push_back(Pending::Ready);
+                self.answer_refusals();
+            }
+            Note::Fatal(f) => {
+                self.out.extend_from_slice(&f.raw);
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
+    fn open_group(&mut self) -> Option<&mut Pending> {
+        let open = matches!(
+            self.queue.back(),
+            Some(Pending::Group { closed: false, .. })
+        );
+        if !open {
+            self.queue.push_back(Pending::Group {
+                execs: VecDeque::new(),
+                closed: false,
+                failed: false,
+                replace: None,
+            });
+        }
+        self.queue.back_mut()
+    }
+
+    fn answer_refusals(&mut self) {
+        loop {
+            match self.queue.front() {
+                Some(Pending::Refusal(f)) => self.out.extend_from_slice(&f.raw),
+                Some(Pending::Ready) => self
+                    .out
+                    .extend_from_slice(&backend::ready_for_query(self.status).raw),
+                _ => return,
+            }
+            self.queue.pop_front();
+        }
+    }
+
+    async fn server_message(&mut self, f: Frame) -> Result<(), SessionError> {
+        tracing::trace!(session = %self.ctx.session, tag = %f.tag.escape_ascii(), len = f.raw.len(), "server message");
+        match f.tag {
+            backend::DATA_ROW => {
+                self.rows_seen += 1;
+                self.out.extend_from_slice(&f.raw);
+            }
+            backend::COMMAND_COMPLETE => {
+                let rows = backend::command_rows(&f);
+                self.out.extend_from_slice(&f.raw);
+                self.complete(rows, None).await?;
+            }
+            backend::PORTAL_SUSPENDED => {
+                self.out.extend_from_slice(&f.raw);
+                self.complete(Some(self.rows_seen), None).await?;
+            }
+            backend::EMPTY_QUERY => {
+                self.out.extend_from_slice(&f.raw);
+                self.complete(None, None).await?;
+            }
+            backend::ERROR_RESPONSE => {
+                let code = backend::error_code(&f);
+                let replacement = match self.queue.front_mut() {
+                    Some(Pending::Group { replace, .. })
+                        if code.as_deref() == Some(sqlstate::INVALID_CURSOR_NAME) =>
+                    {
+                        replace.take()
+                    }
+                    _ => None,
+                };
+                match replacement {
+                    Some(r) => self.out.extend_from_slice(&r.raw),
+                    None => {
+                        self.out.extend_from_slice(&f.raw);
+                        self.complete(None, code).await?;
+                    }
+                }
+                // The server skips the rest of the group (until Sync / end of Query).
+                if let Some(Pending::Group { execs, failed, .. }) = self.queue.front_mut() {
+                    execs.clear();
+                    *failed = true;
+                }
+            }
+            backend::READY_FOR_QUERY => {
+                self.status = backend::ready_status(&f)
+                    .map_err(|e| SessionError::UpstreamProtocol(e.to_string()))?;
+                self.out.extend_from_slice(&f.raw);
+                if let Some(Pending::Group { execs, .. }) = self.queue.front_mut() {
+                    // Executions without a CommandComplete (FunctionCall) end here.
+                    let rest: Vec<Exec> = execs.drain(..).collect();
+                    for e in rest {
+                        self.record(e, None, None).await?;
+                    }
+                    self.queue.pop_front();
+                }
+                self.answer_refusals();
+            }
+            backend::PARAMETER_STATUS => {
+                watch_parameter(&f, &self.shared);
+                self.out.extend_from_slice(&f.raw);
+            }
+            backend::BACKEND_KEY_DATA => {
+                // Only valid at startup; never let the server's key reach the worker.
+                tracing::warn!(session = %self.ctx.session, "server sent BackendKeyData mid-session; dropped");
+            }
+            _ => self.out.extend_from_slice(&f.raw),
+        }
+        Ok(())
+    }
+
+    async fn complete(
+        &mut self,
+        rows: Option<u64>,
+        error: Option<String>,
+    ) -> Result<(), SessionError> {
+        self.rows_seen = 0;
+        let exec = match self.queue.front_mut() {
+            Some(Pending::Group { execs, .. }) => execs.pop_front(),
+            _ => None,
+        };
+        if let Some(e) = exec {
+            self.record(e, rows, error).await?;
+        }
+        Ok(())
+    }
+
+    async fn record(
+        &self,
+        e: Exec,
+        rows: Option<u64>,
+        error: Option<String>,
+    ) -> Result<(), SessionError> {
+        if e.statement == 0 {
+            return Ok(());
+        }
+        let event = Event::StatementCompleted {
+            statement: e.statement,
+            duration_ms: e.started.elapsed().as_millis() as u64,
+            rows,
+            error,
+        };
+        let sent = match &self.completions {
+            Some(tx) => tx.send(event).await.is_ok(),
+            None => false,
+        };
+        if sent {
+            Ok(())
+        } else {
+            Err(SessionError::Journal(crate::journal::JournalError::Closed))
+        }
+    }
+}
+
+/// Notes settings under which the proxy's parser and the server would lex SQL
+/// differently.
+pub fn watch_parameter(f: &Frame, shared: &Shared) {
+    if let Ok((k, v)) = backend::parameter_status(f) {
+        let unsafe_now = match k.as_str() {
+            "client_encoding" => dangerous_encoding(&v),
+            "standard_conforming_strings" => !v.eq_ignore_ascii_case("on"),
+            _ => false,
+        };
+        if unsafe_now {
+            shared.lexer_unsafe.store(true, Ordering::Relaxed);
+        }
+    }
+}

@@ -1,0 +1,203 @@
+//! Startup-phase packets (F): StartupMessage, SSLRequest, GSSENCRequest, CancelRequest.
+
+use bytes::Bytes;
+
+use super::frame::{Fields, Malformed};
+
+pub const SSL_REQUEST: i32 = 80877103;
+pub const GSSENC_REQUEST: i32 = 80877104;
+pub const CANCEL_REQUEST: i32 = 80877102;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Startup {
+    Ssl,
+    GssEnc,
+    Cancel {
+        pid: i32,
+        secret: Vec<u8>,
+    },
+    Start {
+        /// Major version 3; the minor is relayed (the server negotiates it down).
+        version: i32,
+        params: Vec<(String, String)>,
+    },
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum StartupError {
+    #[error(transparent)]
+    Malformed(#[from] Malformed),
+    #[error("unsupported protocol version {major}.{minor}")]
+    Version { major: i32, minor: i32 },
+    #[error("startup parameter is not UTF-8")]
+    NotUtf8,
+    #[error("startup parameter `{0}` is not allowed through pam-agent")]
+    Forbidden(String),
+    #[error("startup message has no `user`")]
+    NoUser,
+}
+
+/// `body` is the packet after its length word.
+pub fn parse(body: &[u8]) -> Result<Startup, StartupError> {
+    let mut f = Fields::new(body);
+    let code = f.i32()?;
+    match code {
+        SSL_REQUEST => {
+            f.end()?;
+            Ok(Startup::Ssl)
+        }
+        GSSENC_REQUEST => {
+            f.end()?;
+            Ok(Startup::GssEnc)
+        }
+        CANCEL_REQUEST => {
+            let pid = f.i32()?;
+            let secret = f.rest().to_vec();
+            if !(4..=256).contains(&secret.len()) {
+                return Err(Malformed("cancel key length").into());
+            }
+            Ok(Startup::Cancel { pid, secret })
+        }
+        version => {
+            let (major, minor) = (version >> 16, version & 0xffff);
+            if major != 3 {
+                return Err(StartupError::Version { major, minor });
+            }
+            let mut params = Vec::new();
+            loop {
+                let k = f.cstr()?;
+                if k.is_empty() {
+                    break;
+                }
+                let v = f.cstr()?;
+                let k = std::str::from_utf8(k).map_err(|_| StartupError::NotUtf8)?;
+                let v = std::str::from_utf8(v).map_err(|_| StartupError::NotUtf8)?;
+                params.push((k.to_owned(), v.to_owned()));
+            }
+            f.end()?;
+            Ok(Startup::Start { version, params })
+        }
+    }
+}
+
+/// Client-only encodings whose multibyte characters can contain ASCII quote or
+/// backslash bytes: the proxy's parser (UTF-8) and the server would read such text
+/// differently, so they are refused.
+pub fn dangerous_encoding(name: &str) -> bool {
+    let n: String = name
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric())
+        .collect::<String>()
+        .to_ascii_lowercase();
+    matches!(
+        n.as_str(),
+        "sjis"
+            | "shiftjis"
+            | "mskanji"
+            | "big5"
+            | "gbk"
+            | "cp936"
+            | "windows936"
+            | "uhc"
+            | "cp949"
+            | "windows949"
+            | "gb18030"
+            | "johab"
+            | "shiftjis2004"
+    )
+}
+
+/// Parameters that would change, before the first statement, what later statements
+/// mean (role, name resolution, lexing) or turn the session into something else.
+pub fn check_params(params: &[(String, String)]) -> Result<(), StartupError> {
+    if !params.iter().any(|(k, _)| k == "user") {
+        return Err(StartupError::NoUser);
+    }
+    for (k, v) in params {
+        let lower = k.to_ascii_lowercase();
+        let forbidden = match lower.as_str() {
+            "replication" => !matches!(
+                v.to_ascii_lowercase().as_str(),
+                "false" | "0" | "off" | "no"
+            ),
+            "role" | "session_authorization" | "search_path" => true,
+            "standard_conforming_strings" => !v.eq_ignore_ascii_case("on"),
+            "client_encoding" => dangerous_encoding(v),
+            "options" => {
+                let o = v.to_ascii_lowercase();
+                [
+                    "role",
+                    "session_authorization",
+                    "search_path",
+                    "standard_conforming_strings",
+                    "client_encoding",
+                ]
+                .iter()
+                .any(|p| o.contains(p))
+            }
+            _ => false,
+        };
+        if forbidden {
+            return Err(StartupError::Forbidden(k.clone()));
+        }
+    }
+    Ok(())
+}
+
+/// Re-encodes a CancelRequest with the upstream's key.
+pub fn cancel_request(pid: i32, secret: &[u8]) -> Bytes {
+    let mut out = Vec::with_capacity(12 + secret.len());
+    out.extend_from_slice(&((12 + secret.len()) as i32).to_be_bytes());
+    out.extend_from_slice(&CANCEL_REQUEST.to_be_bytes());
+    out.extend_from_slice(&pid.to_be_bytes());
+    out.extend_from_slice(secret);
+    Bytes::from(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_each_packet() {
+        assert_eq!(parse(&SSL_REQUEST.to_be_bytes()).unwrap(), Startup::Ssl);
+        let mut b = 196608i32.to_be_bytes().to_vec();
+        b.extend_from_slice(b"user\0bob\0database\0db\0\0");
+        let Startup::Start { params, .. } = parse(&b).unwrap() else {
+            panic!()
+        };
+        assert_eq!(params[1], ("database".into(), "db".into()));
+        assert!(check_params(&params).is_ok());
+        let c = cancel_request(7, &[1, 2, 3, 4]);
+        assert_eq!(
+            parse(&c[4..]).unwrap(),
+            Startup::Cancel {
+                pid: 7,
+                secret: vec![1, 2, 3, 4]
+            }
+        );
+    }
+
+    #[test]
+    fn refuses_bad_packets() {
+        assert!(parse(&[0, 1]).is_err());
+        assert!(matches!(
+            parse(&(2i32 << 16).to_be_bytes()),
+            Err(StartupError::Version { .. })
+        ));
+        let mut b = 196608i32.to_be_bytes().to_vec();
+        b.extend_from_slice(b"user\0bob"); // no terminator
+        assert!(parse(&b).is_err());
+        let p = |k: &str, v: &str| {
+            vec![
+                ("user".to_owned(), "u".to_owned()),
+                (k.to_owned(), v.to_owned()),
+            ]
+        };
+        assert!(check_params(&p("options", "-c role=postgres")).is_err());
+        assert!(check_params(&p("client_encoding", "SJIS")).is_err());
+        assert!(check_params(&p("client_encoding", "UTF8")).is_ok());
+        assert!(check_params(&p("replication", "database")).is_err());
+        assert!(check_params(&p("application_name", "x")).is_ok());
+    }
+}

@@ -1,0 +1,1004 @@
+//! Statement classification over the parse tree.
+//!
+//! The tree is walked generically (every field of every node, through the serialized
+//! form of the protobuf tree), so no node kind is skipped by omission: a function call
+//! inside a VALUES list, a DEFAULT, a sub-select in ORDER BY or a CTE is seen like any
+//! other. Only the node kinds that matter to policy are interpreted.
+
+use std::collections::BTreeSet;
+
+use serde::Serialize;
+use serde_json::{Map, Value};
+
+/// What a statement is, for policy. A statement can have several kinds (a SELECT
+/// whose CTE deletes has `select` and `delete`); the first is its primary kind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Kind {
+    Select,
+    Insert,
+    Update,
+    Delete,
+    Merge,
+    /// COPY ... FROM (writes a table).
+    CopyIn,
+    /// COPY ... TO (reads a table or query).
+    CopyOut,
+    /// CREATE / ALTER / DROP / TRUNCATE / COMMENT and other schema changes.
+    Ddl,
+    /// GRANT / REVOKE / roles.
+    Dcl,
+    /// BEGIN / COMMIT / ROLLBACK / SAVEPOINT / PREPARE TRANSACTION.
+    Transaction,
+    /// SET / SHOW / RESET / DISCARD / DEALLOCATE / LISTEN / NOTIFY / UNLISTEN.
+    Session,
+    /// FETCH / MOVE / CLOSE of a cursor.
+    Cursor,
+    /// LOCK TABLE.
+    Lock,
+    /// VACUUM / ANALYZE / CLUSTER / REINDEX / CHECKPOINT / REFRESH MATERIALIZED VIEW.
+    Maintenance,
+    /// ALTER SYSTEM, LOAD, CREATE/DROP DATABASE, tablespaces, extensions.
+    Admin,
+    /// CALL procedure.
+    Call,
+    /// DO block (procedural code, not analysed).
+    Do,
+    /// SQL-level EXECUTE of a prepared statement (its text is not seen here).
+    Execute,
+    /// Protocol-level FunctionCall message (by function OID).
+    FunctionCall,
+}
+
+impl Kind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Select => "select",
+            Kind::Insert => "insert",
+            Kind::Update => "update",
+            Kind::Delete => "delete",
+            Kind::Merge => "merge",
+            Kind::CopyIn => "copy_in",
+            Kind::CopyOut => "copy_out",
+            Kind::Ddl => "ddl",
+            Kind::Dcl => "dcl",
+            Kind::Transaction => "transaction",
+            Kind::Session => "session",
+            Kind::Cursor => "cursor",
+            Kind::Lock => "lock",
+            Kind::Maintenance => "maintenance",
+            Kind::Admin => "admin",
+            Kind::Call => "call",
+            Kind::Do => "do",
+            Kind::Execute => "execute",
+            Kind::FunctionCall => "function_call",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Kind> {
+        Kind::ALL.iter().copied().find(|k| k.as_str() == s)
+    }
+
+    pub const ALL: [Kind; 19] = [
+        Kind::Select,
+        Kind::Insert,
+        Kind::Update,
+        Kind::Delete,
+        Kind::Merge,
+        Kind::CopyIn,
+        Kind::CopyOut,
+        Kind::Ddl,
+        Kind::Dcl,
+        Kind::Transaction,
+        Kind::Session,
+        Kind::Cursor,
+        Kind::Lock,
+        Kind::Maintenance,
+        Kind::Admin,
+        Kind::Call,
+        Kind::Do,
+        Kind::Execute,
+        Kind::FunctionCall,
+    ];
+}
+
+impl std::fmt::Display for Kind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A risky feature of a statement. An allow rule matches a statement with a flag only
+/// when it names that flag in `permit_flags`: risky features are never allowed by
+/// accident of a broad rule.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Flag {
+    UpdateWithoutWhere,
+    DeleteWithoutWhere,
+    /// INSERT/UPDATE/DELETE/MERGE inside WITH.
+    DataModifyingCte,
+    /// EXPLAIN ANALYZE: the explained statement runs.
+    ExplainAnalyze,
+    /// Creates a table from a query (CREATE TABLE AS, SELECT INTO).
+    CreateTableAs,
+    /// COPY ... PROGRAM: runs a shell command on the database server.
+    CopyProgram,
+    /// COPY to or from a file on the database server.
+    ServerFile,
+    /// SET ROLE, SET SESSION AUTHORIZATION, set_config('role', ...).
+    RoleChange,
+    /// SET search_path or set_config('search_path', ...): changes what names mean.
+    SearchPathChange,
+    /// SET client_encoding / standard_conforming_strings (or set_config of them):
+    /// changes how the server reads SQL text, which the proxy's parser could then read
+    /// differently.
+    LexerChange,
+    /// SQL whose text is not visible to the parser: DO, EXECUTE, query_to_xml(...).
+    DynamicSql,
+    /// A function with effects outside the statement: files, large objects, dblink,
+    /// signalling backends, reloading configuration, replication slots.
+    SideEffectFunction,
+}
+
+impl Flag {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Flag::UpdateWithoutWhere => "update_without_where",
+            Flag::DeleteWithoutWhere => "delete_without_where",
+            Flag::DataModifyingCte => "data_modifying_cte",
+            Flag::ExplainAnalyze => "explain_analyze",
+            Flag::CreateTableAs => "create_table_as",
+            Flag::CopyProgram => "copy_program",
+            Flag::ServerFile => "server_file",
+            Flag::RoleChange => "role_change",
+            Flag::SearchPathChange => "search_path_change",
+            Flag::LexerChange => "lexer_change",
+            Flag::DynamicSql => "dynamic_sql",
+            Flag::SideEffectFunction => "side_effect_function",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Flag> {
+        Flag::ALL.iter().copied().find(|k| k.as_str() == s)
+    }
+
+    pub const ALL: [Flag; 12] = [
+        Flag::UpdateWithoutWhere,
+        Flag::DeleteWithoutWhere,
+        Flag::DataModifyingCte,
+        Flag::ExplainAnalyze,
+        Flag::CreateTableAs,
+        Flag::CopyProgram,
+        Flag::ServerFile,
+        Flag::RoleChange,
+        Flag::SearchPathChange,
+        Flag::LexerChange,
+        Flag::DynamicSql,
+        Flag::SideEffectFunction,
+    ];
+}
+
+impl std::fmt::Display for Flag {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One statement, as policy sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Statement {
+    /// This statement's own text (a slice of a multi-statement string).
+    pub text: String,
+    /// libpg_query fingerprint (constants removed): groups executions of "the same" query.
+    pub fingerprint: String,
+    /// Primary kind first, then kinds of nested data-modifying statements.
+    pub kinds: Vec<Kind>,
+    /// Every relation touched, `schema.name`. Unqualified names are resolved as the
+    /// default search_path would: `pg_*` to `pg_catalog`, others to `public`.
+    pub tables: BTreeSet<String>,
+    /// The subset of `tables` written (INSERT/UPDATE/DELETE/MERGE/COPY FROM/TRUNCATE
+    /// targets, and every relation of a DDL statement).
+    pub writes: BTreeSet<String>,
+    /// Functions called, as written (`lower`, `pg_catalog.pg_read_file`).
+    pub functions: BTreeSet<String>,
+    pub flags: BTreeSet<Flag>,
+}
+
+impl Statement {
+    /// The primary kind ([`classify`] always sets one; a hand-built statement
+    /// without kinds reads as `execute`, which no broad rule allows by accident).
+    pub fn kind(&self) -> Kind {
+        self.kinds.first().copied().unwrap_or(Kind::Execute)
+    }
+}
+
+/// Why a text cannot be judged. Such text is always refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Unclassifiable {
+    #[error("statement is {len} bytes, over the {max}-byte limit for analysis")]
+    TooLong { len: usize, max: usize },
+    #[error("statement contains a NUL byte")]
+    Nul,
+    #[error("statement does not parse: {0}")]
+    Syntax(String),
+    #[error("statement of type {0} is not understood")]
+    Unsupported(String),
+    #[error("parser unavailable: {0}")]
+    Internal(String),
+}
+
+/// Parses `text` and describes each of its statements. An empty text (or only
+/// comments) yields no statements.
+///
+/// Call it on a thread with a large stack (see [`super::Classifier`]): the tree
+/// conversion and walk recurse as deep as the statement nests.
+pub fn classify(text: &str, max_len: usize) -> Result<Vec<Statement>, Unclassifiable> {
+    if text.len() > max_len {
+        return Err(Unclassifiable::TooLong {
+            len: text.len(),
+            max: max_len,
+        });
+    }
+    if text.as_bytes().contains(&0) {
+        return Err(Unclassifiable::Nul);
+    }
+    let parsed = pg_query::parse(text, 0).map_err(|e| Unclassifiable::Syntax(error_text(e)))?;
+    let mut out = Vec::with_capacity(parsed.protobuf.stmts.len());
+    for raw in &parsed.protobuf.stmts {
+        let stmt_text = slice(text, raw.stmt_location, raw.stmt_len);
+        let Some(node) = raw.stmt.as_ref() else {
+            return Err(Unclassifiable::Unsupported("empty node".into()));
+        };
+        let value = serde_json::to_value(node.as_ref())
+            .map_err(|e| Unclassifiable::Internal(e.to_string()))?;
+        let fingerprint = pg_query::fingerprint(stmt_text, 0, 0)
+            .map(|f| f.hex)
+            .map_err(|e| Unclassifiable::Syntax(error_text(e)))?;
+        let mut st = Statement {
+            text: stmt_text.to_owned(),
+            fingerprint,
+            kinds: Vec::new(),
+            tables: BTreeSet::new(),
+            writes: BTreeSet::new(),
+            functions: BTreeSet::new(),
+            flags: BTreeSet::new(),
+        };
+        let (ty, inner) = node_of(&value)
+            .ok_or_else(|| Unclassifiable::Unsupported("statement without a node".into()))?;
+        let primary = top_kind(ty, inner, &mut st.flags)?;
+        st.kinds.push(primary);
+        let mut walk = Walk {
+            st: &mut st,
+            ddl: primary == Kind::Ddl
+                || primary == Kind::Dcl
+                || primary == Kind::Admin
+                || primary == Kind::Maintenance,
+        };
+        walk.value(&value, &[]);
+        out.push(st);
+    }
+    Ok(out)
+}
+
+fn error_text(e: pg_query::Error) -> String {
+    match e {
+        pg_query::Error::Parse(m) => m,
+        other => other.to_string(),
+    }
+}
+
+/// The statement's own text; location/len are byte offsets, len 0 meaning "to the end".
+fn slice(text: &str, location: i32, len: i32) -> &str {
+    let start = usize::try_from(location).unwrap_or(0).min(text.len());
+    let end = if len <= 0 {
+        text.len()
+    } else {
+        start.saturating_add(len as usize).min(text.len())
+    };
+    text.get(start..end).unwrap_or(text).trim()
+}
+
+/// `{"node": {"SelectStmt": {...}}}` or `{"SelectStmt": {...}}` -> ("SelectStmt", {...}).
+fn node_of(v: &Value) -> Option<(&str, &Map<String, Value>)> {
+    node_of_map(v.as_object()?)
+}
+
+fn node_of_map(map: &Map<String, Value>) -> Option<(&str, &Map<String, Value>)> {
+    let map = match map.get("node") {
+        Some(Value::Object(inner)) if map.len() == 1 => inner,
+        _ => map,
+    };
+    if map.len() != 1 {
+        return None;
+    }
+    let (k, v) = map.iter().next()?;
+    if !k.starts_with(|c: char| c.is_ascii_uppercase()) {
+        return None;
+    }
+    Some((k.as_str(), v.as_object()?))
+}
+
+fn inner_node<'a>(
+    map: &'a Map<String, Value>,
+    field: &str,
+) -> Option<(&'a str, &'a Map<String, Value>)> {
+    map.get(field).and_then(node_of)
+}
+
+/// The primary kind of a top-level statement node.
+fn top_kind(
+    ty: &str,
+    inner: &Map<String, Value>,
+    flags: &mut BTreeSet<Flag>,
+) -> Result<Kind, Unclassifiable> {
+    Ok(match ty {
+        "SelectStmt" => {
+            if has(inner, "into_clause") {
+                flags.insert(Flag::CreateTableAs);
+                Kind::Ddl
+            } else {
+                Kind::Select
+            }
+        }
+        "InsertStmt" => Kind::Insert,
+        "UpdateStmt" => Kind::Update,
+        "DeleteStmt" => Kind::Delete,
+        "MergeStmt" => Kind::Merge,
+        "CopyStmt" => {
+            if bool_field(inner, "is_from") {
+                Kind::CopyIn
+            } else {
+                Kind::CopyOut
+            }
+        }
+        "ExplainStmt" => {
+            let analyze = inner
+                .get("options")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .filter_map(node_of)
+                .any(|(t, d)| {
+                    t == "DefElem" && d.get("defname").and_then(Value::as_str) == Some("analyze")
+                });
+            if analyze {
+                flags.insert(Flag::ExplainAnalyze);
+            }
+            // EXPLAIN is judged as what it explains (conservative even without
+            // ANALYZE: planning can evaluate functions).
+            let (t, i) = inner_node(inner, "query")
+                .ok_or_else(|| Unclassifiable::Unsupported("EXPLAIN without query".into()))?;
+            top_kind(t, i, flags)?
+        }
+        "PrepareStmt" | "DeclareCursorStmt" => {
+            let (t, i) = inner_node(inner, "query")
+                .ok_or_else(|| Unclassifiable::Unsupported(format!("{ty} without query")))?;
+            top_kind(t, i, flags)?
+        }
+        "CreateTableAsStmt" => {
+            flags.insert(Flag::CreateTableAs);
+            Kind::Ddl
+        }
+        "TransactionStmt" => Kind::Transaction,
+        "VariableSetStmt" => {
+            let name = inner.get("name").and_then(Value::as_str).unwrap_or("");
+            match name {
+                "role" | "session_authorization" => {
+                    flags.insert(Flag::RoleChange);
+                }
+                "search_path" => {
+                    flags.insert(Flag::SearchPathChange);
+                }
+                "client_encoding" | "standard_conforming_strings" => {
+                    flags.insert(Flag::LexerChange);
+                }
+                // RESET ALL / SET SESSION CHARACTERISTICS etc. carry no name; RESET ALL
+                // returns to the authenticated role and default path, which is safe.
+                _ => {}
+            }
+            Kind::Session
+        }
+        "VariableShowStmt" | "DiscardStmt" | "DeallocateStmt" | "ListenStmt" | "UnlistenStmt"
+        | "NotifyStmt" | "ConstraintsSetStmt" => Kind::Session,
+        "FetchStmt" | "ClosePortalStmt" => Kind::Cursor,
+        "LockStmt" => Kind::Lock,
+        "VacuumStmt" | "ClusterStmt" | "ReindexStmt" | "CheckPointStmt" | "RefreshMatViewStmt" => {
+            Kind::Maintenance
+        }
+        "AlterSystemStmt"
+        | "LoadStmt"
+        | "CreatedbStmt"
+        | "DropdbStmt"
+        | "AlterDatabaseStmt"
+        | "AlterDatabaseSetStmt"
+        | "AlterDatabaseRefreshCollStmt"
+        | "CreateTableSpaceStmt"
+        | "DropTableSpaceStmt"
+        | "AlterTableSpaceOptionsStmt"
+        | "CreateExtensionStmt"
+        | "AlterExtensionStmt"
+        | "AlterExtensionContentsStmt"
+        | "CreateSubscriptionStmt"
+        | "AlterSubscriptionStmt"
+        | "DropSubscriptionStmt"
+        | "CreatePublicationStmt"
+        | "AlterPublicationStmt"
+        | "CreateFdwStmt"
+        | "AlterFdwStmt"
+        | "CreateForeignServerStmt"
+        | "AlterForeignServerStmt"
+        | "CreateUserMappingStmt"
+        | "AlterUserMappingStmt"
+        | "DropUserMappingStmt"
+        | "ImportForeignSchemaStmt"
+        | "CreateEventTrigStmt"
+        | "AlterEventTrigStmt"
+        | "CreatePLangStmt" => Kind::Admin,
+        "GrantStmt"
+        | "GrantRoleStmt"
+        | "CreateRoleStmt"
+        | "AlterRoleStmt"
+        | "AlterRoleSetStmt"
+        | "DropRoleStmt"
+        | "AlterDefaultPrivilegesStmt"
+        | "ReassignOwnedStmt"
+        | "DropOwnedStmt"
+        | "CreatePolicyStmt"
+        | "AlterPolicyStmt"
+        | "AlterOwnerStmt" => Kind::Dcl,
+        "CallStmt" => Kind::Call,
+        "DoStmt" => {
+            flags.insert(Flag::DynamicSql);
+            Kind::Do
+        }
+        "ExecuteStmt" => {
+            flags.insert(Flag::DynamicSql);
+            Kind::Execute
+        }
+        t if t.ends_with("Stmt")
+            && (t.starts_with("Create")
+                || t.starts_with("Alter")
+                || t.starts_with("Drop")
+                || t.starts_with("Define")
+                || t.starts_with("Rename")
+                || t.starts_with("Comment")
+                || t.starts_with("SecLabel")
+                || t.starts_with("Truncate")
+                || t.starts_with("Index")
+                || t.starts_with("View")
+                || t.starts_with("Rule")
+                || t.starts_with("Composite")
+                || t.starts_with("Stats")) =>
+        {
+            Kind::Ddl
+        }
+        other => return Err(Unclassifiable::Unsupported(other.to_owned())),
+    })
+}
+
+fn has(map: &Map<String, Value>, field: &str) -> bool {
+    !matches!(map.get(field), None | Some(Value::Null))
+}
+
+fn bool_field(map: &Map<String, Value>, field: &str) -> bool {
+    map.get(field).and_then(Value::as_bool).unwrap_or(false)
+}
+
+struct Walk<'a> {
+    st: &'a mut Statement,
+    /// Every relation of a DDL/DCL/admin statement counts as written.
+    ddl: bool,
+}
+
+impl Walk<'_> {
+    /// `scope`: CTE names visible here (references to them are not tables).
+    fn value(&mut self, v: &Value, scope: &[String]) {
+        match v {
+            Value::Array(items) => {
+                for i in items {
+                    self.value(i, scope);
+                }
+            }
+            Value::Object(map) => self.object(map, scope),
+            _ => {}
+        }
+    }
+
+    fn object(&mut self, map: &Map<String, Value>, scope: &[String]) {
+        if let Some((ty, inner)) = node_of_map(map) {
+            self.node(ty, inner, scope);
+            return;
+        }
+        // Typed (not Node-wrapped) fields: recognise the structs that matter.
+        if map.contains_key("relname") && map.contains_key("schemaname") {
+            self.range_var(map, scope, false);
+        }
+        if map.contains_key("funcname") && map.contains_key("funcformat") {
+            self.func_call(map);
+        }
+        self.fields(map, scope);
+    }
+
+    fn fields(&mut self, map: &Map<String, Value>, scope: &[String]) {
+        let mut scope_owned;
+        let mut scope = scope;
+        if let Some(with) = map.get("with_clause").and_then(Value::as_object) {
+            let recursive = bool_field(with, "recursive");
+            let ctes: Vec<&Value> = with
+                .get("ctes")
+                .and_then(Value::as_array)
+                .map(|a| a.iter().collect())
+                .unwrap_or_default();
+            let names: Vec<String> = ctes
+                .iter()
+                .filter_map(|c| node_of(c))
+                .filter_map(|(_, c)| c.get("ctename").and_then(Value::as_str))
+                .map(str::to_owned)
+                .collect();
+            // Each CTE body sees the CTEs before it (all of them when RECURSIVE).
+            for (i, cte) in ctes.iter().enumerate() {
+                let mut visible = scope.to_vec();
+                let upto = if recursive { names.len() } else { i };
+                visible.extend(names[..upto].iter().cloned());
+                if let Some((_, c)) = node_of(cte)
+                    && let Some((qt, _)) = inner_node(c, "ctequery")
+                    && matches!(qt, "InsertStmt" | "UpdateStmt" | "DeleteStmt" | "MergeStmt")
+                {
+                    self.st.flags.insert(Flag::DataModifyingCte);
+                }
+                self.value(cte, &visible);
+            }
+            scope_owned = scope.to_vec();
+            scope_owned.extend(names);
+            scope = &scope_owned;
+        }
+        for (k, v) in map {
+            if k == "with_clause" {
+                continue;
+            }
+            self.value(v, scope);
+        }
+    }
+
+    fn node(&mut self, ty: &str, inner: &Map<String, Value>, scope: &[String]) {
+        match ty {
+            "RangeVar" => self.range_var(inner, scope, false),
+            "FuncCall" => self.func_call(inner),
+            "InsertStmt" | "UpdateStmt" | "DeleteStmt" | "MergeStmt" => {
+                let kind = match ty {
+                    "InsertStmt" => Kind::Insert,
+                    "UpdateStmt" => Kind::Update,
+                    "DeleteStmt" => Kind::Delete,
+                    _ => Kind::Merge,
+                };
+                if !self.st.kinds.contains(&kind) {
+                    self.st.kinds.push(kind);
+                }
+                if ty == "UpdateStmt" && !has(inner, "where_clause") {
+                    self.st.flags.insert(Flag::UpdateWithoutWhere);
+                }
+                if ty == "DeleteStmt" && !has(inner, "where_clause") {
+                    self.st.flags.insert(Flag::DeleteWithoutWhere);
+                }
+                if let Some(rel) = inner.get("relation").and_then(Value::as_object) {
+                    self.range_var(rel, scope, true);
+                }
+            }
+            "SelectStmt" if has(inner, "into_clause") => {
+                self.st.flags.insert(Flag::CreateTableAs);
+                if let Some(rel) = inner
+                    .get("into_clause")
+                    .and_then(Value::as_object)
+                    .and_then(|i| i.get("rel"))
+                    .and_then(Value::as_object)
+                {
+                    self.range_var(rel, scope, true);
+                }
+            }
+            "CreateTableAsStmt" => {
+                if let Some(rel) = inner
+                    .get("into")
+                    .and_then(Value::as_object)
+                    .and_then(|i| i.get("rel"))
+                    .and_then(Value::as_object)
+                {
+                    self.range_var(rel, scope, true);
+                }
+            }
+            "CopyStmt" => {
+                if bool_field(inner, "is_program") {
+                    self.st.flags.insert(Flag::CopyProgram);
+                } else if inner
+                    .get("filename")
+                    .and_then(Value::as_str)
+                    .is_some_and(|f| !f.is_empty())
+                {
+                    self.st.flags.insert(Flag::ServerFile);
+                }
+                if let Some(rel) = inner.get("relation").and_then(Value::as_object) {
+                    self.range_var(rel, scope, bool_field(inner, "is_from"));
+                }
+            }
+            "TruncateStmt" => {
+                for r in inner
+                    .get("relations")
+                    .and_then(Value::as_array)
+                    .into_iter()
+                    .flatten()
+                {
+                    if let Some(("RangeVar", rel)) = node_of(r) {
+                        self.range_var(rel, scope, true);
+                    }
+                }
+            }
+            "DoStmt" | "ExecuteStmt" => {
+                self.st.flags.insert(Flag::DynamicSql);
+            }
+            "VariableSetStmt" => match inner.get("name").and_then(Value::as_str) {
+                Some("role" | "session_authorization") => {
+                    self.st.flags.insert(Flag::RoleChange);
+                }
+                Some("search_path") => {
+                    self.st.flags.insert(Flag::SearchPathChange);
+                }
+                Some("client_encoding" | "standard_conforming_strings") => {
+                    self.st.flags.insert(Flag::LexerChange);
+                }
+                _ => {}
+            },
+            _ => {}
+        }
+        self.fields(inner, scope);
+    }
+
+    fn range_var(&mut self, rv: &Map<String, Value>, scope: &[String], written: bool) {
+        let s = |k: &str| rv.get(k).and_then(Value::as_str).unwrap_or("");
+        let (catalog, schema, rel) = (s("catalogname"), s("schemaname"), s("relname"));
+        if rel.is_empty() {
+            return;
+        }
+        if schema.is_empty() && catalog.is_empty() && scope.iter().any(|c| c == rel) {
+            return;
+        }
+        let schema = if !schema.is_empty() {
+            schema
+        } else if rel.starts_with("pg_") {
+            "pg_catalog"
+        } else {
+            "public"
+        };
+        let name = if catalog.is_empty() {
+            format!("{schema}.{rel}")
+        } else {
+            format!("{catalog}.{schema}.{rel}")
+        };
+        if written || self.ddl {
+            self.st.writes.insert(name.clone());
+        }
+        self.st.tables.insert(name);
+    }
+
+    fn func_call(&mut self, fc: &Map<String, Value>) {
+        let parts: Vec<&str> = fc
+            .get("funcname")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .filter_map(|n| node_of(n))
+            .filter_map(|(t, s)| (t == "String").then(|| s.get("sval")?.as_str()).flatten())
+            .collect();
+        if parts.is_empty() {
+            return;
+        }
+        let name = parts.join(".");
+        let base = parts[parts.len() - 1];
+        if is_side_effect_function(base) {
+            self.st.flags.insert(Flag::SideEffectFunction);
+        }
+        if is_dynamic_sql_function(base) {
+            self.st.flags.insert(Flag::DynamicSql);
+        }
+        if base == "set_config" {
+            // set_config('role' | 'session_authorization' | 'search_path', ...): judged by
+            // its first argument when it is a literal; any other first argument could be
+            // one of them.
+            let first = fc
+                .get("args")
+                .and_then(Value::as_array)
+                .and_then(|a| a.first())
+                .and_then(node_of)
+                .and_then(|(t, c)| (t == "AConst").then_some(c))
+                .and_then(|c| c.get("sval"))
+                .and_then(Value::as_object)
+                .and_then(|s| s.get("sval"))
+                .and_then(Value::as_str)
+                .map(str::to_ascii_lowercase);
+            match first.as_deref() {
+                Some("role" | "session_authorization") => {
+                    self.st.flags.insert(Flag::RoleChange);
+                }
+                Some("search_path") => {
+                    self.st.flags.insert(Flag::SearchPathChange);
+                }
+                Some("client_encoding" | "standard_conforming_strings") => {
+                    self.st.flags.insert(Flag::LexerChange);
+                }
+                Some(_) => {}
+                None => {
+                    self.st.flags.insert(Flag::RoleChange);
+                    self.st.flags.insert(Flag::SearchPathChange);
+                    self.st.flags.insert(Flag::LexerChange);
+                }
+            }
+        }
+        self.st.functions.insert(name);
+    }
+}
+
+/// Functions whose effects reach beyond the rows of the statement.
+fn is_side_effect_function(name: &str) -> bool {
+    const EXACT: &[&str] = &[
+        "pg_read_file",
+        "pg_read_binary_file",
+        "pg_stat_file",
+        "pg_ls_dir",
+        "pg_ls_logdir",
+        "pg_ls_waldir",
+        "pg_ls_tmpdir",
+        "pg_ls_archive_statusdir",
+        "pg_ls_logicalsnapdir",
+        "pg_ls_logicalmapdir",
+        "pg_ls_replslotdir",
+        "pg_file_write",
+        "pg_file_rename",
+        "pg_file_unlink",
+        "pg_file_sync",
+        "pg_logdir_ls",
+        "lo_import",
+        "lo_export",
+        "lo_unlink",
+        "lo_put",
+        "lo_from_bytea",
+        "lo_create",
+        "lo_creat",
+        "lo_truncate",
+        "pg_terminate_backend",
+        "pg_cancel_backend",
+        "pg_reload_conf",
+        "pg_rotate_logfile",
+        "pg_promote",
+        "pg_switch_wal",
+        "pg_create_restore_point",
+        "pg_backup_start",
+        "pg_backup_stop",
+        "pg_log_backend_memory_contexts",
+        "pg_logical_emit_message",
+        "pg_import_system_collations",
+        "pg_wal_replay_pause",
+        "pg_wal_replay_resume",
+    ];
+    const PREFIX: &[&str] = &[
+        "dblink",
+        "pg_replication_",
+        "pg_create_physical_replication_slot",
+        "pg_create_logical_replication_slot",
+        "pg_drop_replication_slot",
+        "pg_copy_",
+        "pg_stat_reset",
+        "pg_logical_slot_",
+    ];
+    EXACT.contains(&name) || PREFIX.iter().any(|p| name.starts_with(p))
+}
+
+/// Functions that run SQL given to them as a string or name a relation by string.
+fn is_dynamic_sql_function(name: &str) -> bool {
+    matches!(
+        name,
+        "query_to_xml"
+            | "query_to_xmlschema"
+            | "query_to_xml_and_xmlschema"
+            | "cursor_to_xml"
+            | "cursor_to_xmlschema"
+            | "table_to_xml"
+            | "table_to_xmlschema"
+            | "table_to_xml_and_xmlschema"
+            | "schema_to_xml"
+            | "schema_to_xmlschema"
+            | "schema_to_xml_and_xmlschema"
+            | "database_to_xml"
+            | "database_to_xmlschema"
+            | "database_to_xml_and_xmlschema"
+            | "ts_stat"
+            | "ts_rewrite"
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn one(sql: &str) -> Statement {
+        let mut v = classify(sql, 1 << 20).unwrap();
+        assert_eq!(v.len(), 1, "{sql}");
+        v.remove(0)
+    }
+
+    #[test]
+    fn select_reads_resolved_tables() {
+        let s = one(
+            "SELECT a FROM orders o JOIN sales.items i ON true WHERE x IN (SELECT 1 FROM pg_class)",
+        );
+        assert_eq!(s.kinds, vec![Kind::Select]);
+        assert_eq!(
+            s.tables.iter().map(String::as_str).collect::<Vec<_>>(),
+            ["pg_catalog.pg_class", "public.orders", "sales.items"]
+        );
+        assert!(s.writes.is_empty());
+        assert!(s.flags.is_empty());
+    }
+
+    #[test]
+    fn update_and_delete_without_where() {
+        assert!(
+            one("UPDATE t SET a = 1")
+                .flags
+                .contains(&Flag::UpdateWithoutWhere)
+        );
+        assert!(
+            !one("UPDATE t SET a = 1 WHERE id = 2")
+                .flags
+                .contains(&Flag::UpdateWithoutWhere)
+        );
+        let d = one("DELETE FROM s.t");
+        assert!(d.flags.contains(&Flag::DeleteWithoutWhere));
+        assert_eq!(d.writes.iter().next().unwrap(), "s.t");
+    }
+
+    #[test]
+    fn data_modifying_cte_adds_its_kind() {
+        let s = one("WITH d AS (DELETE FROM t RETURNING *) SELECT * FROM d");
+        assert_eq!(s.kinds, vec![Kind::Select, Kind::Delete]);
+        assert!(s.flags.contains(&Flag::DataModifyingCte));
+        assert!(s.flags.contains(&Flag::DeleteWithoutWhere));
+        assert!(s.tables.contains("public.t"));
+        assert!(!s.tables.contains("public.d"), "CTE name is not a table");
+    }
+
+    #[test]
+    fn cte_name_does_not_hide_a_table_outside_its_scope() {
+        let s = one("SELECT * FROM secret, (WITH secret AS (SELECT 1) SELECT * FROM secret) x");
+        assert!(s.tables.contains("public.secret"));
+        let s = one("WITH a AS (SELECT * FROM a) SELECT * FROM a");
+        assert!(
+            s.tables.contains("public.a"),
+            "non-recursive CTE body sees the table"
+        );
+    }
+
+    #[test]
+    fn functions_anywhere_are_seen() {
+        let s = one("INSERT INTO t VALUES (pg_read_file('/etc/passwd'))");
+        assert!(s.flags.contains(&Flag::SideEffectFunction));
+        let s = one("SELECT * FROM pg_catalog.pg_ls_dir('.')");
+        assert!(s.flags.contains(&Flag::SideEffectFunction));
+        let s = one("SELECT lower(x) FROM t ORDER BY (SELECT dblink_exec('x', 'drop table t'))");
+        assert!(s.flags.contains(&Flag::SideEffectFunction));
+        assert!(s.functions.contains("lower"));
+        let s = one("SELECT query_to_xml('delete from t', true, true, '')");
+        assert!(s.flags.contains(&Flag::DynamicSql));
+    }
+
+    #[test]
+    fn explain_is_judged_as_what_it_explains() {
+        let s = one("EXPLAIN ANALYZE DELETE FROM t WHERE id = 1");
+        assert_eq!(s.kind(), Kind::Delete);
+        assert!(s.flags.contains(&Flag::ExplainAnalyze));
+        assert_eq!(one("EXPLAIN SELECT 1").kind(), Kind::Select);
+    }
+
+    #[test]
+    fn copy_forms() {
+        let s = one("COPY t TO PROGRAM 'sh -c id'");
+        assert_eq!(s.kind(), Kind::CopyOut);
+        assert!(s.flags.contains(&Flag::CopyProgram));
+        let s = one("COPY t FROM '/etc/passwd'");
+        assert_eq!(s.kind(), Kind::CopyIn);
+        assert!(s.flags.contains(&Flag::ServerFile));
+        assert!(s.writes.contains("public.t"));
+        let s = one("COPY (DELETE FROM t RETURNING *) TO STDOUT");
+        assert_eq!(s.kinds, vec![Kind::CopyOut, Kind::Delete]);
+        assert!(s.flags.contains(&Flag::DeleteWithoutWhere));
+        let s = one("TABLE secret.keys");
+        assert!(s.tables.contains("secret.keys"));
+        let s = one("SELECT \"PG_READ_FILE\"('x'), U&\"pg\\005fls_dir\"('.')");
+        assert!(s.functions.contains("pg_ls_dir"), "{:?}", s.functions);
+        let s = one("COPY (SELECT * FROM s.x) TO STDOUT");
+        assert!(s.flags.is_empty());
+        assert!(s.tables.contains("s.x"));
+    }
+
+    #[test]
+    fn role_and_path_changes() {
+        assert!(one("SET ROLE admin").flags.contains(&Flag::RoleChange));
+        assert!(
+            one("SET SESSION AUTHORIZATION admin")
+                .flags
+                .contains(&Flag::RoleChange)
+        );
+        assert!(
+            one("SELECT set_config('role', 'admin', false)")
+                .flags
+                .contains(&Flag::RoleChange)
+        );
+        assert!(
+            one("SELECT set_config($1, 'x', false)")
+                .flags
+                .contains(&Flag::RoleChange)
+        );
+        assert!(
+            one("SET search_path = evil")
+                .flags
+                .contains(&Flag::SearchPathChange)
+        );
+        assert!(one("SET statement_timeout = 5").flags.is_empty());
+        assert!(one("SET NAMES 'SJIS'").flags.contains(&Flag::LexerChange));
+        assert!(
+            one("SET standard_conforming_strings = off")
+                .flags
+                .contains(&Flag::LexerChange)
+        );
+        assert!(
+            one("SELECT set_config('client_encoding', 'BIG5', false)")
+                .flags
+                .contains(&Flag::LexerChange)
+        );
+    }
+
+    #[test]
+    fn ctas_and_select_into_create_tables() {
+        let s = one("CREATE TABLE x AS SELECT * FROM secret");
+        assert_eq!(s.kind(), Kind::Ddl);
+        assert!(s.flags.contains(&Flag::CreateTableAs));
+        assert!(s.writes.contains("public.x"));
+        let s = one("SELECT * INTO x FROM secret");
+        assert_eq!(s.kind(), Kind::Ddl);
+        assert!(s.writes.contains("public.x"));
+    }
+
+    #[test]
+    fn do_and_execute_are_dynamic() {
+        let s = one("DO $$ BEGIN EXECUTE 'drop table t'; END $$");
+        assert_eq!(s.kind(), Kind::Do);
+        assert!(s.flags.contains(&Flag::DynamicSql));
+        assert_eq!(one("EXECUTE p(1)").kind(), Kind::Execute);
+        let s = one("PREPARE p AS DELETE FROM t");
+        assert_eq!(s.kind(), Kind::Delete);
+    }
+
+    #[test]
+    fn multi_statement_is_split() {
+        let v = classify("SELECT 1; DROP TABLE t; ", 1 << 20).unwrap();
+        assert_eq!(v.len(), 2);
+        assert_eq!(v[0].text, "SELECT 1");
+        assert_eq!(v[1].text, "DROP TABLE t");
+        assert_eq!(v[1].kind(), Kind::Ddl);
+        assert!(classify("  -- nothing\n", 100).unwrap().is_empty());
+    }
+
+    #[test]
+    fn unclassifiable() {
+        assert!(matches!(
+            classify("SELEC 1", 100),
+            Err(Unclassifiable::Syntax(_))
+        ));
+        assert!(matches!(
+            classify("SELECT 1", 3),
+            Err(Unclassifiable::TooLong { .. })
+        ));
+        assert!(matches!(
+            classify("SELECT '\0'", 100),
+            Err(Unclassifiable::Nul)
+        ));
+    }
+}

@@ -1,0 +1,339 @@
+//! Malformed and oversized input: the connection that sent it ends with a FATAL
+//! error the client can read, the proxy never desynchronises or panics, and other
+//! sessions carry on. Raw frames are sent by a minimal client logging in as `trusty`
+//! (trust authentication in the test server's pg_hba.conf).
+
+mod postgres_support;
+
+use std::{
+    io::{Read, Write},
+    net::TcpStream,
+    time::Duration,
+};
+
+use postgres_support::*;
+
+struct Raw {
+    s: TcpStream,
+}
+
+impl Raw {
+    fn connect(proxy: &Proxy) -> Raw {
+        let s = TcpStream::connect(("127.0.0.1", proxy.port)).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        Raw { s }
+    }
+
+    fn send(&mut self, b: &[u8]) {
+        self.s.write_all(b).unwrap();
+    }
+
+    fn startup_packet(params: &[(&str, &str)]) -> Vec<u8> {
+        let mut body = 196608i32.to_be_bytes().to_vec();
+        for (k, v) in params {
+            body.extend_from_slice(k.as_bytes());
+            body.push(0);
+            body.extend_from_slice(v.as_bytes());
+            body.push(0);
+        }
+        body.push(0);
+        let mut p = ((body.len() + 4) as i32).to_be_bytes().to_vec();
+        p.extend_from_slice(&body);
+        p
+    }
+
+    /// Logs in as `trusty` and reads up to the first ReadyForQuery.
+    fn login(proxy: &Proxy) -> Raw {
+        let mut r = Raw::connect(proxy);
+        r.send(&Self::startup_packet(&[
+            ("user", "trusty"),
+            ("database", "postgres"),
+        ]));
+        loop {
+            let (tag, _) = r.frame().expect("login answer");
+            if tag == b'Z' {
+                return r;
+            }
+            assert_ne!(tag, b'E', "login failed");
+        }
+    }
+
+    fn frame(&mut self) -> Option<(u8, Vec<u8>)> {
+        let mut head = [0u8; 5];
+        self.s.read_exact(&mut head).ok()?;
+        let len = i32::from_be_bytes([head[1], head[2], head[3], head[4]]) as usize;
+        let mut body = vec![0u8; len - 4];
+        self.s.read_exact(&mut body).ok()?;
+        Some((head[0], body))
+    }
+
+    fn byte(&mut self) -> u8 {
+        let mut b = [0u8; 1];
+        self.s.read_exact(&mut b).unwrap();
+        b[0]
+    }
+
+    /// Reads the FATAL error that ends the connection: (SQLSTATE, message).
+    fn fatal(&mut self) -> (String, String) {
+        let (tag, body) = match self.frame() {
+            Some(f) => f,
+            None => panic!("no ErrorResponse: {:?}", self.s.take_error()),
+        };
+        assert_eq!(tag, b'E');
+        let fields = fields(&body);
+        assert_eq!(
+            fields.get(&b'S').map(String::as_str),
+            Some("FATAL"),
+            "{fields:?}"
+        );
+        let out = (fields[&b'C'].clone(), fields[&b'M'].clone());
+        self.eof();
+        out
+    }
+
+    fn eof(&mut self) {
+        let mut b = [0u8; 1];
+        assert_eq!(
+            self.s.read(&mut b).unwrap_or(0),
+            0,
+            "connection should be closed"
+        );
+    }
+}
+
+fn fields(body: &[u8]) -> std::collections::HashMap<u8, String> {
+    let mut out = std::collections::HashMap::new();
+    let mut i = 0;
+    while i < body.len() && body[i] != 0 {
+        let t = body[i];
+        let end = body[i + 1..].iter().position(|b| *b == 0).unwrap() + i + 1;
+        out.insert(t, String::from_utf8_lossy(&body[i + 1..end]).into_owned());
+        i = end + 1;
+    }
+    out
+}
+
+fn frame(tag: u8, body: &[u8]) -> Vec<u8> {
+    let mut f = vec![tag];
+    f.extend_from_slice(&((body.len() + 4) as i32).to_be_bytes());
+    f.extend_from_slice(body);
+    f
+}
+
+#[test]
+fn malformed_startup_and_forbidden_parameters_end_with_fatal() {
+    let pg = PgServer::start();
+    let proxy = Proxy::start(&pg, CREW_POLICY);
+
+    let mut r = Raw::connect(&proxy);
+    r.send(&3i32.to_be_bytes());
+    let (code, msg) = r.fatal();
+    assert_eq!(code, "08P01");
+    assert!(msg.contains("invalid startup packet"), "{msg}");
+
+    let mut r = Raw::connect(&proxy);
+    r.send(&1_000_000i32.to_be_bytes());
+    let (code, msg) = r.fatal();
+    assert_eq!(code, "08P01");
+    assert!(msg.contains("exceeds the limit"), "{msg}");
+
+    for (k, v) in [
+        ("options", "-c role=postgres"),
+        ("search_path", "secret"),
+        ("client_encoding", "SJIS"),
+        ("replication", "database"),
+    ] {
+        let mut r = Raw::connect(&proxy);
+        r.send(&Raw::startup_packet(&[("user", "trusty"), (k, v)]));
+        let (code, msg) = r.fatal();
+        assert_eq!(code, "42501", "{k}");
+        assert!(msg.contains(&format!("`{k}`")), "{msg}");
+    }
+}
+
+#[test]
+fn encryption_requests_without_tls_are_answered_n() {
+    let pg = PgServer::start();
+    let proxy = Proxy::start(&pg, CREW_POLICY);
+    let mut r = Raw::connect(&proxy);
+    r.send(&[0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x30]); // GSSENCRequest
+    assert_eq!(r.byte(), b'N');
+    r.send(&[0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f]); // SSLRequest
+    assert_eq!(r.byte(), b'N');
+    r.send(&Raw::startup_packet(&[
+        ("user", "trusty"),
+        ("database", "postgres"),
+    ]));
+    let mut tags = Vec::new();
+    while let Some((tag, _)) = r.frame() {
+        tags.push(tag);
+        if tag == b'Z' {
+            break;
+        }
+    }
+    assert_eq!(tags.first(), Some(&b'R'));
+    assert!(tags.contains(&b'K'));
+    // psql with sslmode=prefer falls back to clear text the same way.
+    let run = proxy.psql_args("SELECT 1", &[]);
+    assert!(run.ok);
+}
+
+#[test]
+fn malformed_messages_after_login_end_that_connection_only() {
+    let pg = PgServer::start();
+    let proxy = Proxy::start(&pg, CREW_POLICY);
+    let cases: Vec<(Vec<u8>, &str, &str)> = vec![
+        // Length below 4.
+        (b"Q\0\0\0\x02".to_vec(), "08P01", "length 2 is invalid"),
+        // Length announcing 1 GiB: refused before any of it is read.
+        (b"Q\x40\0\0\0".to_vec(), "54000", "exceeds the limit"),
+        // Query without its terminating NUL.
+        (frame(b'Q', b"SELECT 1"), "08P01", "malformed"),
+        // Bind whose parameter count lies.
+        (
+            frame(b'B', b"\0\0\0\0\0\x05\0\0\0\x01x"),
+            "08P01",
+            "malformed",
+        ),
+        // Parse with a negative parameter count.
+        (frame(b'P', b"\0SELECT 1\0\xff\xff"), "08P01", "malformed"),
+        // Describe of neither statement nor portal.
+        (frame(b'D', b"X\0"), "08P01", "malformed"),
+        // A backend message type from the client.
+        (frame(b'Z', b"I"), "08P01", "unexpected message type"),
+        // Authentication response after login.
+        (frame(b'p', b"pw\0"), "08P01", "unexpected message type"),
+    ];
+    for (bytes, code, text) in cases {
+        let mut r = Raw::login(&proxy);
+        r.send(&bytes);
+        let (c, m) = r.fatal();
+        assert_eq!(c, code, "{text}: {m}");
+        assert!(m.contains(text), "{m}");
+    }
+    // Other sessions are unaffected.
+    let run = proxy.psql("SELECT count(*) FROM orders");
+    assert_eq!(run.stdout, "5\n", "{run:?}");
+}
+
+#[test]
+fn oversized_query_from_a_real_client_is_refused_clearly() {
+    let pg = PgServer::start();
+    let mut opts = Options::policy(CREW_POLICY);
+    opts.max_message_bytes = Some(4096);
+    let proxy = Proxy::with(&pg, opts);
+    let big = format!("SELECT '{}'", "x".repeat(10_000));
+    let run = proxy.psql(&big);
+    assert!(!run.ok);
+    assert!(
+        run.stderr.contains("FATAL:  54000: pam-agent: worker: message of 10015 bytes exceeds the limit of 4096 bytes"),
+        "{}",
+        run.stderr
+    );
+    assert!(proxy.psql("SELECT 1").ok);
+}
+
+#[test]
+fn refused_extended_batch_after_flush_is_rolled_back_by_the_server() {
+    let pg = PgServer::start();
+    let proxy = Proxy::start(&pg, CREW_POLICY);
+    let mut r = Raw::login(&proxy);
+    // Parse/Bind/Execute an INSERT, Flush (it goes upstream and runs), then Parse a
+    // refused statement and Sync: the server must roll the insert back.
+    let mut b = frame(
+        b'P',
+        b"\0INSERT INTO audit_log (note) VALUES ('flushed')\0\0\0",
+    );
+    b.extend(frame(b'B', b"\0\0\0\0\0\0\0\0"));
+    b.extend(frame(b'E', b"\0\0\0\0\0"));
+    b.extend(frame(b'H', b""));
+    r.send(&b);
+    let tags: Vec<u8> = (0..3).map(|_| r.frame().unwrap().0).collect();
+    assert_eq!(tags, b"12C"); // ParseComplete, BindComplete, CommandComplete
+    let mut b = frame(b'P', b"\0SELECT k FROM secret.keys\0\0\0");
+    b.extend(frame(b'B', b"\0\0\0\0\0\0\0\0"));
+    b.extend(frame(b'E', b"\0\0\0\0\0"));
+    b.extend(frame(b'S', b""));
+    r.send(&b);
+    let (tag, body) = r.frame().unwrap();
+    assert_eq!(tag, b'E');
+    let f = fields(&body);
+    assert_eq!(f[&b'C'], "42501");
+    assert!(f[&b'M'].contains("rule \"default\""), "{f:?}");
+    let (tag, body) = r.frame().unwrap();
+    assert_eq!((tag, body), (b'Z', b"I".to_vec()));
+    assert_eq!(pg.direct("SELECT count(*) FROM audit_log"), "0\n");
+    // The connection is usable afterwards.
+    r.send(&frame(b'Q', b"SELECT 7\0"));
+    let tags: Vec<u8> = std::iter::from_fn(|| r.frame().map(|f| f.0))
+        .take(4)
+        .collect();
+    assert_eq!(tags, b"TDCZ");
+}
+
+#[test]
+fn a_reloaded_policy_applies_to_open_sessions_without_dropping_them() {
+    let pg = PgServer::start();
+    let proxy = Proxy::start(&pg, CREW_POLICY);
+    let mut r = Raw::login(&proxy);
+    let mut query = |sql: &str| -> Vec<(u8, Vec<u8>)> {
+        r.send(&frame(b'Q', format!("{sql}\0").as_bytes()));
+        let mut out = Vec::new();
+        loop {
+            let f = r.frame().expect("session still open");
+            let done = f.0 == b'Z';
+            out.push(f);
+            if done {
+                return out;
+            }
+        }
+    };
+    let secret = "SELECT k FROM secret.keys";
+    assert_eq!(query(secret)[0].0, b'E');
+    // What `pam-agent run` does on SIGHUP: the new [policy] replaces the old one.
+    let raw: pam_agent::policy::RawPolicy = toml::from_str(&format!(
+        "[[rules]]\nname = \"secrets-too\"\naction = \"allow\"\ntables = [\"secret.*\"]\nkinds = [\"select\"]\n{CREW_POLICY}"
+    ))
+    .unwrap();
+    proxy
+        .policy
+        .replace(std::sync::Arc::new(raw.validate(&["db"]).unwrap().0));
+    let answer = query(secret);
+    let tags: Vec<u8> = answer.iter().map(|f| f.0).collect();
+    assert_eq!(tags, b"TDCZ");
+    assert!(String::from_utf8_lossy(&answer[1].1).contains("the-key"));
+    let d = proxy.decisions();
+    assert_eq!(d.last().unwrap().2, "secrets-too");
+}
+
+#[test]
+fn refusals_report_the_transaction_status_the_server_last_reported() {
+    let pg = PgServer::start();
+    let proxy = Proxy::start(&pg, CREW_POLICY);
+    let mut r = Raw::login(&proxy);
+    let mut query = |sql: &str| -> (Vec<u8>, Option<String>, u8) {
+        r.send(&frame(b'Q', format!("{sql}\0").as_bytes()));
+        let mut tags = Vec::new();
+        let mut code = None;
+        loop {
+            let (tag, body) = r.frame().unwrap();
+            if tag == b'E' {
+                code = Some(fields(&body)[&b'C'].clone());
+            }
+            if tag == b'Z' {
+                return (tags, code, body[0]);
+            }
+            tags.push(tag);
+        }
+    };
+    let refused = "SELECT k FROM secret.keys";
+    assert_eq!(query(refused), (b"E".to_vec(), Some("42501".into()), b'I'));
+    assert_eq!(query("BEGIN").2, b'T');
+    assert_eq!(query(refused), (b"E".to_vec(), Some("42501".into()), b'T'));
+    // The refusal did not touch the transaction: it is still usable.
+    assert_eq!(query("SELECT count(*) FROM orders").2, b'T');
+    assert_eq!(query("SELECT 1/0").1.as_deref(), Some("22012"));
+    assert_eq!(query(refused), (b"E".to_vec(), Some("42501".into()), b'E'));
+    assert_eq!(query("ROLLBACK").2, b'I');
+    assert_eq!(query(refused).2, b'I');
+}

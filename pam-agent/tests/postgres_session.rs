@@ -1,0 +1,300 @@
+//! The postgres session against a real PostgreSQL 15 with real clients (psql,
+//! pgbench): what a worker sees for allowed and refused statements, and what the
+//! journal says about them.
+
+mod postgres_support;
+
+use pam_agent::journal::Event;
+use postgres_support::*;
+
+#[test]
+fn allowed_statements_return_what_a_direct_connection_returns() {
+    let pg = PgServer::start();
+    let proxy = Proxy::start(&pg, CREW_POLICY);
+    let sql = "SELECT id, item, qty FROM orders ORDER BY id";
+    let via = proxy.psql(sql);
+    assert!(via.ok, "{via:?}");
+    assert_eq!(via.stdout, pg.direct(sql));
+    assert_eq!(via.stdout.lines().count(), 5);
+
+    let decisions = proxy.decisions();
+    assert_eq!(
+        decisions,
+        vec![(
+            sql.to_owned(),
+            "allow".to_owned(),
+            "crew-public-rw".to_owned()
+        )]
+    );
+    // The completion record carries the rows from CommandComplete ("SELECT 5").
+    let completed: Vec<_> = proxy
+        .records()
+        .into_iter()
+        .filter_map(|r| match r.event {
+            Event::StatementCompleted {
+                statement,
+                rows,
+                error,
+                ..
+            } => Some((statement, rows, error)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(completed, vec![(1, Some(5), None)]);
+    // The decision was on record before the statement went upstream.
+    let seq_of =
+        |f: &dyn Fn(&Event) -> bool| proxy.records().iter().find(|r| f(&r.event)).unwrap().seq;
+    assert!(
+        seq_of(&|e| matches!(e, Event::Statement { .. }))
+            < seq_of(&|e| matches!(e, Event::StatementCompleted { .. }))
+    );
+}
+
+#[test]
+fn notices_notifications_and_copy_through_psql() {
+    let pg = PgServer::start();
+    let proxy = Proxy::start(&pg, CREW_POLICY);
+    let data = pg.dir().join("rows.tsv");
+    std::fs::write(&data, "10\tten\t100\n11\televen\t110\n").unwrap();
+    let out_file = pg.dir().join("out.tsv");
+    let run = proxy.psql_script(&format!(
+        "ROLLBACK;
+         LISTEN jobs;
+         SELECT pg_notify('jobs', 'hello');
+         \\copy orders FROM '{}'
+         \\copy (SELECT id, item FROM orders WHERE id >= 10 ORDER BY id) TO '{}'
+         SELECT count(*) FROM orders;
+         \\copy secret.keys TO '/dev/null'
+",
+        data.display(),
+        out_file.display()
+    ));
+    assert!(
+        run.stderr
+            .contains("WARNING:  25P01: there is no transaction in progress"),
+        "{run:?}"
+    );
+    assert!(
+        run.stdout
+            .contains("Asynchronous notification \"jobs\" with payload \"hello\" received"),
+        "{run:?}"
+    );
+    assert!(run.stdout.contains("COPY 2\n"), "{run:?}");
+    assert!(run.stdout.contains("\n7\n"), "{run:?}");
+    assert_eq!(
+        std::fs::read_to_string(&out_file).unwrap(),
+        "10\tten\n11\televen\n"
+    );
+    assert!(run.stderr.contains("42501"), "{run:?}");
+}
+
+#[test]
+fn fastpath_function_calls_are_judged_by_kind() {
+    let pg = PgServer::start();
+    // psql's \lo_import uses libpq's fast-path FunctionCall messages (lo_creat, lo_open,
+    // lowrite...): refused unless a rule allows kind function_call.
+    let proxy = Proxy::start(&pg, CREW_POLICY);
+    let run = proxy.psql_script("\\lo_import '/etc/hostname'\nSELECT 'alive';\n");
+    assert!(
+        run.stderr.contains("42501") && run.stderr.contains("pam-agent refused"),
+        "{run:?}"
+    );
+    assert!(run.stdout.contains("alive"), "{run:?}");
+    assert_eq!(
+        pg.direct("SELECT count(*) FROM pg_largeobject_metadata"),
+        "0\n"
+    );
+    let d = proxy.decisions();
+    assert!(
+        d.iter()
+            .any(|(t, dec, _)| t.starts_with("<FunctionCall oid") && dec == "deny"),
+        "{d:?}"
+    );
+
+    let policy = format!(
+        "[[rules]]\nname = \"large-objects\"\naction = \"allow\"\nkinds = [\"function_call\", \"transaction\", \"select\"]\n{CREW_POLICY}"
+    );
+    let proxy = Proxy::start(&pg, &policy);
+    let run = proxy.psql_script("\\lo_import '/etc/hostname'\n");
+    assert!(run.stdout.starts_with("lo_import "), "{run:?}");
+    assert_eq!(
+        pg.direct("SELECT count(*) FROM pg_largeobject_metadata"),
+        "1\n"
+    );
+}
+
+#[test]
+fn refused_statement_gets_42501_naming_the_rule_and_the_session_continues() {
+    let pg = PgServer::start();
+    let proxy = Proxy::start(&pg, CREW_POLICY);
+    let run = proxy.psql_script(
+        "SELECT count(*) FROM orders;
+         DELETE FROM orders;
+         SELECT count(*) FROM orders;
+         BEGIN;
+         INSERT INTO orders VALUES (6, 'six', 60);
+         DROP TABLE orders;
+         SELECT count(*) FROM orders;
+         COMMIT;
+         SELECT k FROM secret.keys;
+         SELECT 'still here';",
+    );
+    assert_eq!(
+        run.stdout, "5\n5\nBEGIN\nINSERT 0 1\n6\nCOMMIT\nstill here\n",
+        "{run:?}"
+    );
+    assert!(
+        run.stderr.contains(
+            "ERROR:  42501: pam-agent refused the statement (rule \"no-unbounded-writes\")"
+        ),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        run.stderr.contains("rule \"schema-changes-need-approval\""),
+        "{}",
+        run.stderr
+    );
+    assert!(run.stderr.contains("approval required"), "{}", run.stderr);
+    assert!(run.stderr.contains("rule \"default\""), "{}", run.stderr);
+    // Refused statements never reached the server: the table and the insert are there.
+    assert_eq!(pg.direct("SELECT count(*) FROM orders"), "6\n");
+
+    let d = proxy.decisions();
+    let find = |t: &str| d.iter().find(|(text, ..)| text == t).cloned().unwrap();
+    assert_eq!(find("DELETE FROM orders").1, "deny");
+    assert_eq!(find("DROP TABLE orders").1, "require_approval");
+    assert_eq!(find("SELECT k FROM secret.keys").2, "default");
+}
+
+#[test]
+fn every_statement_of_a_multi_statement_query_is_judged() {
+    let pg = PgServer::start();
+    let proxy = Proxy::start(&pg, CREW_POLICY);
+    let run = proxy.psql("INSERT INTO audit_log (note) VALUES ('x'); DROP TABLE orders; SELECT 1");
+    assert!(!run.ok);
+    assert!(run.stderr.contains("42501"), "{}", run.stderr);
+    assert_eq!(run.stdout, "");
+    // None of it ran.
+    assert_eq!(pg.direct("SELECT count(*) FROM audit_log"), "0\n");
+    assert_eq!(pg.direct("SELECT count(*) FROM orders"), "5\n");
+    let run =
+        proxy.psql("INSERT INTO audit_log (note) VALUES ('x'); SELECT count(*) FROM audit_log");
+    assert!(run.ok, "{run:?}");
+    assert_eq!(run.stdout, "INSERT 0 1\n1\n");
+}
+
+#[test]
+fn evasion_forms_are_refused() {
+    let pg = PgServer::start();
+    pg.direct("CREATE EXTENSION IF NOT EXISTS dblink; SELECT lo_create(4242)");
+    let proxy = Proxy::start(&pg, CREW_POLICY);
+    let evasions = [
+        "WITH gone AS (DELETE FROM orders WHERE id > 0 RETURNING *) SELECT count(*) FROM gone",
+        "EXPLAIN ANALYZE DELETE FROM orders",
+        "CREATE TABLE stolen AS SELECT * FROM secret.keys",
+        "SELECT * INTO stolen FROM orders",
+        "DO $$ BEGIN EXECUTE 'DROP TABLE orders'; END $$",
+        "COPY orders TO PROGRAM 'touch /tmp/pam-pwned'",
+        "COPY orders FROM '/etc/passwd'",
+        "SET ROLE postgres",
+        "SET SESSION AUTHORIZATION postgres",
+        "SELECT set_config('role', 'postgres', false)",
+        "SET search_path = secret, public",
+        "SELECT pg_read_file('/etc/passwd')",
+        "SELECT * FROM orders WHERE item = (SELECT pg_read_file('/etc/hostname'))",
+        "SELECT lo_export(4242, '/tmp/pam-lo')",
+        "SELECT dblink_exec('dbname=postgres', 'DROP TABLE orders')",
+        "SELECT query_to_xml('DELETE FROM orders RETURNING 1', true, true, '')",
+        "PREPARE p AS DELETE FROM orders",
+        "EXECUTE p",
+        "SELECT * FROM pg_catalog.pg_authid, secret.keys",
+        "UPDATE orders SET qty = 0",
+        "ALTER SYSTEM SET log_statement = 'none'",
+        "GRANT ALL ON secret.keys TO PUBLIC",
+        "SELEC broken",
+        "SELECT 1; SELECT k FROM secret.keys",
+        "SET NAMES 'SJIS'",
+        "SET standard_conforming_strings = off",
+        "SELECT set_config('client_encoding', 'BIG5', false)",
+    ];
+    for sql in evasions {
+        let run = proxy.psql(sql);
+        assert!(!run.ok, "{sql} was not refused: {run:?}");
+        assert!(
+            run.stderr.contains("42501") && run.stderr.contains("pam-agent refused"),
+            "{sql}: {}",
+            run.stderr
+        );
+    }
+    // Nothing happened on the server.
+    assert_eq!(
+        pg.direct("SELECT count(*), sum(qty) FROM orders"),
+        "5|150\n"
+    );
+    assert_eq!(
+        pg.direct("SELECT count(*) FROM pg_tables WHERE tablename = 'stolen'"),
+        "0\n"
+    );
+    assert!(!std::path::Path::new("/tmp/pam-pwned").exists());
+    // Each refusal is journaled with its decision.
+    let d = proxy.decisions();
+    assert!(
+        d.iter().all(|(_, decision, _)| decision != "allow"),
+        "{d:?}"
+    );
+    for sql in ["SET ROLE postgres", "SELEC broken"] {
+        assert!(
+            d.iter().any(|(t, dec, _)| t == sql && dec != "allow"),
+            "{sql} not journaled: {d:?}"
+        );
+    }
+}
+
+#[test]
+fn rules_can_allow_flagged_statements_explicitly() {
+    let pg = PgServer::start();
+    let policy = format!(
+        "{CREW_POLICY}
+[[rules]]
+name = \"cte-cleanup\"
+action = \"allow\"
+kinds = [\"select\", \"delete\"]
+tables = [\"public.*\"]
+permit_flags = [\"data_modifying_cte\"]
+"
+    );
+    // crew-public-rw comes first and does not permit the flag; cte-cleanup does.
+    let proxy = Proxy::start(&pg, &policy);
+    let run = proxy.psql(
+        "WITH gone AS (DELETE FROM orders WHERE id > 3 RETURNING *) SELECT count(*) FROM gone",
+    );
+    assert!(run.ok, "{run:?}");
+    assert_eq!(run.stdout, "2\n");
+    let d = proxy.decisions();
+    assert_eq!(d[0].2, "cte-cleanup");
+}
+
+#[test]
+fn a_statement_that_cannot_be_journaled_does_not_run() {
+    let pg = PgServer::start();
+    let mut opts = Options::policy(CREW_POLICY);
+    opts.fail_journal_on = Some("unrecorded".into());
+    let proxy = Proxy::with(&pg, opts);
+    let run = proxy.psql("INSERT INTO audit_log (note) VALUES ('unrecorded')");
+    assert!(!run.ok);
+    assert!(
+        run.stderr
+            .contains("FATAL:  08006: pam-agent: audit journal unavailable"),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(pg.direct("SELECT count(*) FROM audit_log"), "0\n");
+    // Statements the journal can store still run.
+    assert!(
+        proxy
+            .psql("INSERT INTO audit_log (note) VALUES ('recorded')")
+            .ok
+    );
+    assert_eq!(pg.direct("SELECT count(*) FROM audit_log"), "1\n");
+}
