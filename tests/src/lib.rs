@@ -312,6 +312,13 @@ impl ResourceSpec {
             protocol: "tcp",
         }
     }
+
+    pub fn postgres(name: &str, address: impl ToString, port: u16) -> Self {
+        ResourceSpec {
+            protocol: "postgres",
+            ..Self::tcp(name, address, port)
+        }
+    }
 }
 
 /// A running `pam-agent run` with its own config, journal and pin directory.
@@ -334,6 +341,15 @@ impl Agent {
     /// Writes a config governing `cgroups` and protecting `resources`, then starts the
     /// agent and waits until it is ready.
     pub fn start(cgroups: &[&Cgroup], resources: &[ResourceSpec]) -> anyhow::Result<Agent> {
+        Self::start_with(cgroups, resources, "")
+    }
+
+    /// Like [`Agent::start`], with more config appended (a `[policy]` section, say).
+    pub fn start_with(
+        cgroups: &[&Cgroup],
+        resources: &[ResourceSpec],
+        extra: &str,
+    ) -> anyhow::Result<Agent> {
         let dir = tempfile::Builder::new()
             .prefix("pam-agent-test")
             .tempdir()?;
@@ -356,6 +372,8 @@ impl Agent {
                 r.name, r.address, r.port, r.protocol
             ));
         }
+        text.push('\n');
+        text.push_str(extra);
         let config = dir.path().join("config.toml");
         std::fs::write(&config, text)?;
         let mut agent = Agent {

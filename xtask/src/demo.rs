@@ -10,6 +10,34 @@ use crate::util;
 
 const PASSWORD: &str = "demo-worker-password";
 
+/// Crews may read orders and write single orders; everything else is refused.
+const POLICY: &str = r#"
+[policy]
+default = "deny"
+
+[[policy.rules]]
+name = "no-unbounded-writes"
+action = "deny"
+if_flags = ["update_without_where", "delete_without_where"]
+
+[[policy.rules]]
+name = "drivers-housekeeping"
+action = "allow"
+kinds = ["transaction", "session"]
+
+[[policy.rules]]
+name = "crew-reads-orders"
+action = "allow"
+kinds = ["select"]
+tables = ["public.orders", "pg_catalog.*", "information_schema.*"]
+
+[[policy.rules]]
+name = "crew-writes-orders"
+action = "allow"
+kinds = ["insert", "update", "delete"]
+tables = ["public.orders"]
+"#;
+
 pub fn run() -> anyhow::Result<()> {
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
@@ -30,17 +58,20 @@ pub fn run() -> anyhow::Result<()> {
         "shop",
         "create table orders(id serial primary key, customer text, total numeric(10,2));
          insert into orders(customer, total)
-           select 'customer-' || g, (g * 7.5)::numeric from generate_series(1, 250) g;",
+           select 'customer-' || g, (g * 7.5)::numeric from generate_series(1, 250) g;
+         create table api_keys(id int, owner text, secret text);
+         insert into api_keys values (1, 'billing', 'sk-live-demo');",
     )?;
 
     step("governed cgroup for workers, and the agent protecting the database");
     let workers = Cgroup::new("demo-workers")?;
-    let mut agent = Agent::start(
+    let mut agent = Agent::start_with(
         &[&workers],
         &[
-            ResourceSpec::tcp("shop-db", host.v4, 5432),
-            ResourceSpec::tcp("shop-db-v6", host.v6, 5432),
+            ResourceSpec::postgres("shop-db", host.v4, 5432),
+            ResourceSpec::postgres("shop-db-v6", host.v6, 5432),
         ],
+        POLICY,
     )?;
     println!("  cgroup {}", workers.path.display());
     println!("  config {}", agent.config.display());
@@ -52,6 +83,39 @@ pub fn run() -> anyhow::Result<()> {
     );
     let out = psql(Some(&workers), &host.v4.to_string(), sql)?;
     println!("{out}");
+
+    step("statements the policy refuses: the worker gets an error naming the rule, nothing runs");
+    for sql in [
+        "select * from api_keys",
+        "delete from orders",
+        "drop table orders",
+    ] {
+        match psql(Some(&workers), &host.v4.to_string(), sql) {
+            Ok(out) => anyhow::bail!("policy let `{sql}` through:\n{out}"),
+            Err(e) => println!(
+                "  {sql}\n    -> {}",
+                e.to_string()
+                    .split("ERROR:")
+                    .nth(1)
+                    .and_then(|rest| rest.lines().next())
+                    .unwrap_or_default()
+                    .trim()
+            ),
+        }
+    }
+    step("why: pam-agent policy explain");
+    let explain = Command::new(pam_e2e::agent_bin())
+        .args(["policy", "explain", "--config"])
+        .arg(&agent.config)
+        .args([
+            "--principal",
+            "user=root",
+            "--resource",
+            "shop-db",
+            "delete from orders",
+        ])
+        .output()?;
+    println!("{}", String::from_utf8_lossy(&explain.stdout));
 
     step("the same over IPv6");
     println!(
@@ -75,12 +139,19 @@ pub fn run() -> anyhow::Result<()> {
         .arg("select customer, total from orders order by total desc limit 3");
     println!("{}", util::output(&mut crew)?);
 
-    step("what the agent journaled");
+    step("what the agent journaled (pam-agent audit query)");
     // The closing record follows the worker's exit by a moment.
     std::thread::sleep(std::time::Duration::from_millis(300));
-    for r in agent.journal() {
-        println!("  {}", serde_json::to_string(&r)?);
-    }
+    let table = Command::new(pam_e2e::agent_bin())
+        .args(["audit", "query", "--journal"])
+        .arg(&agent.journal)
+        .output()?;
+    println!("{}", String::from_utf8_lossy(&table.stdout));
+    let verify = Command::new(pam_e2e::agent_bin())
+        .args(["audit", "verify", "--journal"])
+        .arg(&agent.journal)
+        .output()?;
+    println!("{}", String::from_utf8_lossy(&verify.stdout));
 
     step("agent stopped: the governed worker cannot reach the database (fail closed)");
     agent.stop()?;
