@@ -13,6 +13,36 @@ use crate::TestHost;
 
 const BIN: &str = "/usr/lib/postgresql/15/bin";
 
+/// A crew's statement policy, used by the end-to-end tests and the demo: drivers'
+/// housekeeping and reads of `public.orders` are allowed, single-row writes to it too;
+/// unbounded writes, other tables and everything else are refused.
+pub const CREW_POLICY: &str = r#"
+[policy]
+default = "deny"
+
+[[policy.rules]]
+name = "no-unbounded-writes"
+action = "deny"
+if_flags = ["update_without_where", "delete_without_where"]
+
+[[policy.rules]]
+name = "drivers-housekeeping"
+action = "allow"
+kinds = ["transaction", "session"]
+
+[[policy.rules]]
+name = "crew-reads-orders"
+action = "allow"
+kinds = ["select"]
+tables = ["public.orders", "pg_catalog.*", "information_schema.*"]
+
+[[policy.rules]]
+name = "crew-writes-orders"
+action = "allow"
+kinds = ["insert", "update", "delete"]
+tables = ["public.orders"]
+"#;
+
 pub struct PgServer {
     dir: tempfile::TempDir,
     ns: String,

@@ -8,36 +8,6 @@ use pam_e2e::{Agent, Cgroup, ResourceSpec, TestHost, agent_bin, postgres::PgServ
 
 const PASSWORD: &str = "pg-e2e-password";
 
-/// Reads are allowed, writes to `orders` are allowed, everything else (DDL, other
-/// tables, unbounded deletes) is refused by the shipped deny default or a rule.
-const POLICY: &str = r#"
-[policy]
-default = "deny"
-
-[[policy.rules]]
-name = "no-unbounded-writes"
-action = "deny"
-if_flags = ["update_without_where", "delete_without_where"]
-
-# Drivers (SQLAlchemy, psycopg) open transactions and read session settings.
-[[policy.rules]]
-name = "housekeeping"
-action = "allow"
-kinds = ["transaction", "session"]
-
-[[policy.rules]]
-name = "crew-reads"
-action = "allow"
-kinds = ["select"]
-tables = ["public.orders", "pg_catalog.*", "information_schema.*"]
-
-[[policy.rules]]
-name = "crew-order-writes"
-action = "allow"
-kinds = ["insert", "update", "delete"]
-tables = ["public.orders"]
-"#;
-
 struct Fixture {
     // Field order is drop order: the agent and database go before the test host.
     agent: Agent,
@@ -64,7 +34,7 @@ fn setup() -> Fixture {
             ResourceSpec::postgres("shop-db", host.v4, 5432),
             ResourceSpec::postgres("shop-db-v6", host.v6, 5432),
         ],
-        POLICY,
+        pam_e2e::postgres::CREW_POLICY,
     )
     .expect("agent");
     Fixture {
@@ -181,7 +151,7 @@ fn allowed_statements_match_a_direct_connection_and_refused_ones_get_42501() {
             .clone()
     };
     assert_eq!(decided("sum(total)")["decision"], "allow");
-    assert_eq!(decided("sum(total)")["rule"], "crew-reads");
+    assert_eq!(decided("sum(total)")["rule"], "crew-reads-orders");
     assert_eq!(decided("secrets")["decision"], "deny");
     assert_eq!(decided("drop table")["decision"], "deny");
     assert_eq!(decided("delete from orders")["rule"], "no-unbounded-writes");

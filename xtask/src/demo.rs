@@ -10,34 +10,6 @@ use crate::util;
 
 const PASSWORD: &str = "demo-worker-password";
 
-/// Crews may read orders and write single orders; everything else is refused.
-const POLICY: &str = r#"
-[policy]
-default = "deny"
-
-[[policy.rules]]
-name = "no-unbounded-writes"
-action = "deny"
-if_flags = ["update_without_where", "delete_without_where"]
-
-[[policy.rules]]
-name = "drivers-housekeeping"
-action = "allow"
-kinds = ["transaction", "session"]
-
-[[policy.rules]]
-name = "crew-reads-orders"
-action = "allow"
-kinds = ["select"]
-tables = ["public.orders", "pg_catalog.*", "information_schema.*"]
-
-[[policy.rules]]
-name = "crew-writes-orders"
-action = "allow"
-kinds = ["insert", "update", "delete"]
-tables = ["public.orders"]
-"#;
-
 pub fn run() -> anyhow::Result<()> {
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
@@ -71,7 +43,7 @@ pub fn run() -> anyhow::Result<()> {
             ResourceSpec::postgres("shop-db", host.v4, 5432),
             ResourceSpec::postgres("shop-db-v6", host.v6, 5432),
         ],
-        POLICY,
+        pam_e2e::postgres::CREW_POLICY,
     )?;
     println!("  cgroup {}", workers.path.display());
     println!("  config {}", agent.config.display());

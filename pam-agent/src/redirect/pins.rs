@@ -68,19 +68,10 @@ impl Layout {
     /// Removes pinned maps of other layout versions (left by an older agent whose links
     /// are gone by now). Returns how many.
     pub fn remove_stale_maps(&self) -> Result<usize, RedirectError> {
-        let suffix = format!("-v{}", pam_common::LAYOUT_VERSION);
-        let mut removed = 0;
-        for path in list(&self.root.join("maps")).map_err(|source| pin_err(&self.root, source))? {
-            let name = path
-                .file_name()
-                .and_then(|n| n.to_str())
-                .unwrap_or_default();
-            if !name.ends_with(&suffix) {
-                fs::remove_file(&path).map_err(|source| pin_err(&path, source))?;
-                removed += 1;
-            }
-        }
-        Ok(removed)
+        remove_not_ending(
+            &self.root.join("maps"),
+            &format!("-v{}", pam_common::LAYOUT_VERSION),
+        )
     }
 
     pub fn link(&self, cgroup_id: u64, program: &str, generation: Generation) -> PathBuf {
@@ -91,20 +82,24 @@ impl Layout {
 
     /// Removes (and so detaches) every link pin not of `keep`. Returns how many.
     pub fn remove_links_except(&self, keep: Generation) -> Result<usize, RedirectError> {
-        let suffix = format!("-{}", keep.0);
-        let mut removed = 0;
-        for path in list(&self.root.join("links")).map_err(|source| pin_err(&self.root, source))? {
-            let name = path
-                .file_name()
-                .and_then(|n| n.to_str())
-                .unwrap_or_default();
-            if !name.ends_with(&suffix) {
-                fs::remove_file(&path).map_err(|source| pin_err(&path, source))?;
-                removed += 1;
-            }
-        }
-        Ok(removed)
+        remove_not_ending(&self.root.join("links"), &format!("-{}", keep.0))
     }
+}
+
+/// Removes every pin in `dir` whose name does not end with `suffix`; returns how many.
+fn remove_not_ending(dir: &Path, suffix: &str) -> Result<usize, RedirectError> {
+    let mut removed = 0;
+    for path in list(dir).map_err(|source| pin_err(dir, source))? {
+        let name = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or_default();
+        if !name.ends_with(suffix) {
+            fs::remove_file(&path).map_err(|source| pin_err(&path, source))?;
+            removed += 1;
+        }
+    }
+    Ok(removed)
 }
 
 fn list(dir: &Path) -> io::Result<Vec<PathBuf>> {
