@@ -54,7 +54,10 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         .await
         .context("writing the first journal record")?;
 
+    let postgres =
+        crate::postgres::Services::start(&cfg.limits).context("starting the SQL parser threads")?;
     let shared = Arc::new(Shared {
+        postgres,
         policy: PolicyHandle::new(cfg.policy.clone()),
         config: cfg,
         journal: journal.clone(),

@@ -421,16 +421,40 @@ impl<'a> Judge<'a> {
         Ok((decision, numbers))
     }
 
+    /// Journals a classified statement; returns its number within the session.
     async fn record(&mut self, st: &Statement, d: &Decision) -> Result<u64, SessionError> {
+        self.journal_statement(&st.text, Some(st), d).await
+    }
+
+    /// Journals a text the classifier could not read (it is refused).
+    async fn record_unclassified(&mut self, text: &str, d: &Decision) -> Result<(), SessionError> {
+        self.journal_statement(text, None, d).await.map(|_| ())
+    }
+
+    /// The one place a statement record is built: written before anything goes upstream.
+    async fn journal_statement(
+        &mut self,
+        text: &str,
+        st: Option<&Statement>,
+        d: &Decision,
+    ) -> Result<u64, SessionError> {
         let n = self.next_statement;
         self.next_statement += 1;
         let event = Event::Statement {
             statement: Some(n),
-            text: Some(audit_text(&st.text)),
-            fingerprint: (!st.fingerprint.is_empty()).then(|| st.fingerprint.clone()),
-            kinds: st.kinds.iter().map(|k| k.as_str().to_owned()).collect(),
-            tables: st.tables.iter().cloned().collect(),
-            flags: st.flags.iter().map(|f| f.as_str().to_owned()).collect(),
+            text: Some(audit_text(text)),
+            fingerprint: st
+                .filter(|st| !st.fingerprint.is_empty())
+                .map(|st| st.fingerprint.clone()),
+            kinds: st
+                .map(|st| st.kinds.iter().map(|k| k.as_str().to_owned()).collect())
+                .unwrap_or_default(),
+            tables: st
+                .map(|st| st.tables.iter().cloned().collect())
+                .unwrap_or_default(),
+            flags: st
+                .map(|st| st.flags.iter().map(|f| f.as_str().to_owned()).collect())
+                .unwrap_or_default(),
             decision: d.action.into(),
             rule: Some(d.rule.clone()),
             reason: Some(d.reason.clone()),
@@ -443,30 +467,6 @@ impl<'a> Judge<'a> {
             .record(Some(self.ctx.session), event)
             .await?;
         Ok(n)
-    }
-
-    async fn record_unclassified(&mut self, text: &str, d: &Decision) -> Result<(), SessionError> {
-        let n = self.next_statement;
-        self.next_statement += 1;
-        let event = Event::Statement {
-            statement: Some(n),
-            text: Some(audit_text(text)),
-            fingerprint: None,
-            kinds: Vec::new(),
-            tables: Vec::new(),
-            flags: Vec::new(),
-            decision: d.action.into(),
-            rule: Some(d.rule.clone()),
-            reason: Some(d.reason.clone()),
-            duration_ms: None,
-            rows: None,
-            error: None,
-        };
-        self.ctx
-            .journal
-            .record(Some(self.ctx.session), event)
-            .await?;
-        Ok(())
     }
 }
 

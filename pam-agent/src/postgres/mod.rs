@@ -196,24 +196,21 @@ async fn run(
 }
 
 /// What all postgres sessions of the daemon share: parser threads and cache, cancel
-/// keys. Started on first use (the proxy's accept loop knows nothing of postgres).
+/// keys. Started once by the daemon, before it accepts connections.
 pub struct Services {
     pub classifier: Classifier,
     pub cancels: Arc<CancelRegistry>,
 }
 
-static SERVICES: std::sync::OnceLock<Services> = std::sync::OnceLock::new();
-
-pub fn services(limits: &Limits) -> std::io::Result<&'static Services> {
-    if let Some(s) = SERVICES.get() {
-        return Ok(s);
+impl Services {
+    pub fn start(limits: &Limits) -> std::io::Result<Services> {
+        let classifier = Classifier::start(crate::sql::ClassifierConfig {
+            max_statement_bytes: limits.max_statement_bytes,
+            ..Default::default()
+        })?;
+        Ok(Services {
+            classifier,
+            cancels: Arc::new(CancelRegistry::default()),
+        })
     }
-    let classifier = Classifier::start(crate::sql::ClassifierConfig {
-        max_statement_bytes: limits.max_statement_bytes,
-        ..Default::default()
-    })?;
-    Ok(SERVICES.get_or_init(|| Services {
-        classifier,
-        cancels: Arc::new(CancelRegistry::default()),
-    }))
 }

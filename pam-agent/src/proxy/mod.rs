@@ -20,6 +20,8 @@ pub struct Shared {
     pub policy: crate::policy::PolicyHandle,
     pub journal: Journal,
     pub redirector: Redirector,
+    /// Parser threads and cancel keys for `postgres` resources.
+    pub postgres: crate::postgres::Services,
 }
 
 /// The proxy's listeners: bound before the kernel programs point at them.

@@ -106,14 +106,7 @@ pub async fn run(
         Protocol::Tcp => relay::relay(worker, upstream, &shutdown).await,
         Protocol::Postgres => {
             // Statement-aware session: judged by the policy, journaled per statement.
-            let services = match postgres::services(&shared.config.limits) {
-                Ok(s) => s,
-                Err(e) => {
-                    let detail = Some(format!("cannot start the SQL parser: {e}"));
-                    close(&shared, session, started, 0, 0, SessionEnd::Error, detail).await;
-                    return;
-                }
-            };
+            let services = &shared.postgres;
             let ctx = postgres::Context {
                 session,
                 principal,
