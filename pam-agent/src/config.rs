@@ -51,6 +51,9 @@ pub struct RawConfig {
     /// Statement policy for protocol-aware resources (see [`crate::policy`]).
     #[serde(default)]
     pub policy: crate::policy::RawPolicy,
+    /// Masking of result values (see [`crate::mask`]).
+    #[serde(default)]
+    pub masking: crate::mask::MaskingConfig,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -371,10 +374,22 @@ impl Config {
             .iter()
             .map(|r: &Resource| r.name.as_str())
             .collect();
-        let (policy, limits) = raw
+        let (mut policy, limits) = raw
             .policy
             .validate(&names)
             .map_err(|(field, reason)| invalid(&field, reason))?;
+        policy.masking = crate::mask::MaskingPolicy::compile(&raw.masking)
+            .map_err(|e| invalid("masking", e.to_string()))?;
+        if let Some((rule, r)) = policy
+            .masking
+            .selector_resources()
+            .find(|(_, r)| !r.contains('*') && !names.contains(r))
+        {
+            return Err(invalid(
+                "masking.rules.when.resources",
+                format!("rule `{rule}` names `{r}`, but no resource is named `{r}`"),
+            ));
+        }
 
         Ok(Config {
             policy: std::sync::Arc::new(policy),

@@ -99,11 +99,13 @@ impl PolicyHandle {
     }
 }
 
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone)]
 pub struct Policy {
     pub default: Action,
     pub resource_defaults: Vec<(String, Action)>,
     pub rules: Vec<Rule>,
+    /// What a principal may see: the compiled `[masking]` rules, reloaded with the rest.
+    pub masking: crate::mask::MaskingPolicy,
 }
 
 impl Default for Policy {
@@ -112,6 +114,7 @@ impl Default for Policy {
             default: Action::Deny,
             resource_defaults: Vec::new(),
             rules: Vec::new(),
+            masking: crate::mask::MaskingPolicy::none(),
         }
     }
 }

@@ -5,11 +5,14 @@
 //!   Pure; no I/O. Deep ASTs need a big stack: call it on a [`Classifier`] thread.
 //! - [`Classifier`]: a small pool of parser threads with a known stack size, and a
 //!   bounded cache of results keyed by the exact statement text.
+//! - [`copy_out`]: the columns and row format of a `COPY ... TO STDOUT`, for masking.
 //!
 //! Architecture invariant: nothing here knows about the wire protocol or the policy.
 
 mod classify;
+mod copy;
 mod pool;
 
 pub use classify::{Flag, Kind, Statement, Unclassifiable, classify};
+pub use copy::{CopyOut, CopyOutError, copy_out};
 pub use pool::{Classified, Classifier, ClassifierConfig};
