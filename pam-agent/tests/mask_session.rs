@@ -71,8 +71,11 @@ fn lines(run: &PsqlRun) -> Vec<String> {
     run.stdout.lines().map(str::to_owned).collect()
 }
 
-/// Every `masking_applied` record: (statement, [(name, method, values, nulled)]).
-fn masking_records(proxy: &Proxy) -> Vec<(Option<u64>, Vec<(String, String, u64, u64)>)> {
+/// One masked column or detector of a `masking_applied` record: (name, method, values, nulled).
+type Masked = (String, String, u64, u64);
+
+/// Every `masking_applied` record: (statement, its entries).
+fn masking_records(proxy: &Proxy) -> Vec<(Option<u64>, Vec<Masked>)> {
     proxy
         .records()
         .into_iter()
