@@ -9,6 +9,7 @@
 //! - `install`: install the daemon as a systemd service.
 
 mod bench;
+mod bench_mask;
 mod demo;
 mod install;
 mod setup;
@@ -44,6 +45,12 @@ enum Task {
         /// connect() calls per connect-latency run.
         #[arg(long, default_value_t = 10_000)]
         connects: usize,
+        /// Size of the large result read through masking (default 1 GiB).
+        #[arg(long, default_value_t = 1 << 30)]
+        mask_bytes: u64,
+        /// Run only these parts (`redirect`, `masking`); all by default.
+        #[arg(long, value_delimiter = ',')]
+        only: Vec<String>,
     },
     /// Install the release build, the systemd unit and the default config.
     Install,
@@ -68,10 +75,19 @@ fn main() -> anyhow::Result<()> {
         Task::Bench {
             bulk_bytes,
             connects,
+            mask_bytes,
+            only,
         } => {
             setup::run()?;
             util::build(true)?;
-            bench::run(bulk_bytes, connects)
+            let wanted = |part: &str| only.is_empty() || only.iter().any(|o| o == part);
+            if wanted("redirect") {
+                bench::run(bulk_bytes, connects)?;
+            }
+            if wanted("masking") {
+                bench_mask::run(mask_bytes)?;
+            }
+            Ok(())
         }
         Task::Install => {
             setup::run()?;
