@@ -663,6 +663,44 @@ kinds = ["select"]
     }
 
     #[test]
+    fn masking_section_is_validated() {
+        let db = "[[resources]]\nname = \"db\"\naddress = \"10.0.0.1\"\nport = 5432\nprotocol = \"postgres\"\n";
+        let rule = |body: &str| format!("{db}[[masking.rules]]\nname = \"pii\"\n{body}");
+        let cfg = Config::from_toml(
+            Path::new("t.toml"),
+            &base(&rule(
+                "when = { resources = [\"db\"] }\n[[masking.rules.columns]]\ncolumns = [\"public.t.email\"]\nstrategy = { kind = \"email\" }\n",
+            )),
+        )
+        .unwrap();
+        assert_eq!(cfg.policy.masking.rule_names().collect::<Vec<_>>(), ["pii"]);
+        for (body, want) in [
+            (
+                "[[masking.rules.columns]]\ncolumns = [\"email\"]\nstrategy = { kind = \"email\" }\n",
+                "must be schema.table.column",
+            ),
+            (
+                "[[masking.rules.columns]]\ncolumns = [\"a.b.c\"]\nstrategy = { kind = \"keyed_hash\" }\n",
+                "neither hash_key nor hash_key_file",
+            ),
+            (
+                "[[masking.rules.columns]]\ncolumns = [\"a.b.c\"]\nstrategy = { kind = \"scramble\" }\n",
+                "unknown variant `scramble`",
+            ),
+            (
+                "when = { resources = [\"nope\"] }\n[[masking.rules.columns]]\ncolumns = [\"a.b.c\"]\nstrategy = { kind = \"null\" }\n",
+                "no resource is named `nope`",
+            ),
+            ("", "masks nothing"),
+        ] {
+            let e = err(&base(&rule(body)));
+            // Validation errors name the section; a TOML error shows the line.
+            assert!(e.contains(want), "{body}: {e}");
+            assert!(e.contains("masking") || e.contains("line"), "{body}: {e}");
+        }
+    }
+
+    #[test]
     fn resource_covering_the_listener_is_refused() {
         let e = err(&base(
             "[[resources]]\nname=\"loop\"\naddress=\"127.0.0.0/8\"\nport=15432\n",

@@ -78,10 +78,10 @@ pub fn run(result_bytes: u64) -> anyhow::Result<()> {
                '123-45-' || lpad((g % 10000)::text, 4, '0'),
                'customer since 2019, prefers e-mail; account in good standing; tier ' || (g % 7)
                || repeat('.', 40)
-             from generate_series(1, {rows}) g;
-             vacuum analyze people;"
+             from generate_series(1, {rows}) g;"
         ),
     )?;
+    pg.admin_sql("postgres", "vacuum analyze people")?;
     let plain = Cgroup::new("maskplain")?;
     let cols = Cgroup::new("maskcol")?;
     let detect = Cgroup::new("maskdet")?;
@@ -109,7 +109,10 @@ pub fn run(result_bytes: u64) -> anyhow::Result<()> {
         ("direct (baseline)", None),
         ("through the agent, no masking rules", Some(&plain)),
         ("through the agent, column rules", Some(&cols)),
-        ("through the agent, detectors on every text value", Some(&detect)),
+        (
+            "through the agent, detectors on every text value",
+            Some(&detect),
+        ),
     ];
     let mut results = Vec::new();
     for (name, cg) in setups {
@@ -186,7 +189,10 @@ fn psql_command(cg: Option<&Cgroup>, addr: &str) -> Command {
     let mut c = match cg {
         Some(cg) => {
             let mut c = Command::new(pam_e2e::agent_bin());
-            c.args(["exec", "--cgroup"]).arg(&cg.path).arg("--").arg("psql");
+            c.args(["exec", "--cgroup"])
+                .arg(&cg.path)
+                .arg("--")
+                .arg("psql");
             c
         }
         None => Command::new("psql"),
@@ -214,7 +220,10 @@ fn read(cg: Option<&Cgroup>, addr: &str, mode: Mode) -> anyhow::Result<Read> {
     let mut stdout = child.stdout.take().context("psql stdout")?;
     let bytes = std::io::copy(&mut stdout, &mut std::io::sink())?;
     let status = child.wait()?;
-    let secs = started.elapsed().max(Duration::from_millis(1)).as_secs_f64();
+    let secs = started
+        .elapsed()
+        .max(Duration::from_millis(1))
+        .as_secs_f64();
     if !status.success() {
         let mut err = String::new();
         if let Some(mut e) = child.stderr.take() {
