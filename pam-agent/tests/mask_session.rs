@@ -295,6 +295,26 @@ fn columns_created_in_the_session_are_masked_after_ddl() {
 }
 
 #[test]
+fn tables_other_sessions_create_are_not_shown_unmasked() {
+    let pg = server();
+    let proxy = masked_proxy(&pg);
+    // A table another session creates after this one loaded the column names: its
+    // columns are withheld once, then named by the rules after a reload.
+    let direct = format!(
+        "psql -X -q -h 127.0.0.1 -p {} -U postgres -d postgres -c \
+         \"CREATE TABLE later (email text); INSERT INTO later VALUES ('lee@example.com')\"",
+        pg.port
+    );
+    let run = proxy.psql_script(&format!(
+        "SELECT email FROM customers WHERE id = 1;\n\\! PGPASSWORD={PASSWORD} {direct}\n\
+         SELECT email, email IS NULL FROM later;\n\
+         SELECT email FROM later;\n"
+    ));
+    assert!(run.stderr.is_empty(), "{}", run.stderr);
+    assert_eq!(lines(&run), ["m***@example.com", "|f", "l***@example.com"]);
+}
+
+#[test]
 fn drivers_see_masked_values_in_text_and_binary_formats() {
     let pg = server();
     let proxy = masked_proxy(&pg);

@@ -220,6 +220,14 @@ impl RowPlan {
         self.columns.len()
     }
 
+    /// Columns sent as NULL because their names were unknown ([`Masker::plan_or_withhold`]).
+    pub fn withheld_columns(&self) -> usize {
+        self.columns
+            .iter()
+            .filter(|c| c.action == Action::Withhold)
+            .count()
+    }
+
     /// Masks one value of `column` (a valid index), appending to `out` unless the outcome says
     /// otherwise.
     pub(super) fn mask_value(&mut self, column: usize, value: &[u8], out: &mut Vec<u8>) -> Outcome {

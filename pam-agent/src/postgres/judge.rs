@@ -51,6 +51,9 @@ const MAX_AUDIT_TEXT: usize = 16 * 1024;
 
 /// Names of what the proxy prepares on the server itself (never shown to the worker).
 const INJECTED_STATEMENT: &str = "pam_agent_injected";
+/// Column names are reloaded at least this often on a masked session, so columns other
+/// sessions add or rename are followed (tables they create are caught by the horizon).
+const PRELOAD_MAX_AGE: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// One execution whose completion the server half audits.
 #[derive(Debug, Clone, Copy)]
@@ -65,7 +68,8 @@ pub struct Exec {
 pub enum Catalog {
     #[default]
     Unchanged,
-    /// DDL: OIDs and attribute numbers may now name other columns.
+    /// DDL, or procedural code (DO, CALL) that may run it: OIDs and attribute numbers
+    /// may now name other columns.
     Ddl,
     /// BEGIN / COMMIT / ROLLBACK / SAVEPOINT: may undo or publish earlier DDL.
     Transaction,
@@ -73,7 +77,11 @@ pub enum Catalog {
 
 impl Catalog {
     fn of(st: &Statement) -> Catalog {
-        if st.kinds.contains(&Kind::Ddl) || st.kinds.contains(&Kind::Do) {
+        if st
+            .kinds
+            .iter()
+            .any(|k| matches!(k, Kind::Ddl | Kind::Do | Kind::Call))
+        {
             Catalog::Ddl
         } else if st.kind() == Kind::Transaction {
             Catalog::Transaction
@@ -151,6 +159,8 @@ pub struct Judge<'a> {
     held_describes: Vec<bool>,
     /// DDL was sent since the last transaction statement.
     ddl_in_txn: bool,
+    /// When the last preload was sent.
+    preloaded_at: Option<Instant>,
 }
 
 impl<'a> Judge<'a> {
@@ -180,6 +190,7 @@ impl<'a> Judge<'a> {
             described: None,
             held_describes: Vec::new(),
             ddl_in_txn: false,
+            preloaded_at: None,
         }
     }
 
@@ -484,14 +495,16 @@ impl<'a> Judge<'a> {
                 | frontend::EXECUTE
                 | frontend::FUNCTION_CALL
         );
-        if !starts_work
-            || !self.held.is_empty()
-            || self.batch_sent
-            || self.refused.is_some()
-            || !self.shared.mask_stale.swap(false, Ordering::AcqRel)
-        {
+        if !starts_work || !self.held.is_empty() || self.batch_sent || self.refused.is_some() {
             return Ok(());
         }
+        let old = self
+            .preloaded_at
+            .is_some_and(|t| t.elapsed() > PRELOAD_MAX_AGE);
+        if !self.shared.mask_stale.swap(false, Ordering::AcqRel) && !old {
+            return Ok(());
+        }
+        self.preloaded_at = Some(Instant::now());
         let Some(sql) = &self.preload else {
             return Ok(());
         };

@@ -28,6 +28,8 @@ pub struct ResultMasking {
     copy: Option<(RowPlan, CopyTextOptions)>,
     /// Counts since the last completed execution.
     report: MaskingReport,
+    /// The preload's horizon row, applied when the preload is absorbed.
+    horizon: Option<u32>,
 }
 
 impl ResultMasking {
@@ -44,12 +46,22 @@ impl ResultMasking {
             copy_next: None,
             copy: None,
             report: MaskingReport::default(),
+            horizon: None,
         }
     }
 
     /// The preload's answer: every column an active rule can name.
     pub fn absorb_preload(&mut self, rows: Vec<CatalogRow>) {
         self.resolver.absorb_preload(rows);
+        if let Some(h) = self.horizon.take() {
+            self.resolver.set_horizon(h);
+        }
+    }
+
+    /// The preload's horizon row: relations created after it (by any session) are not
+    /// known to be unnamed, so their columns are withheld until the next preload.
+    pub fn set_horizon(&mut self, oid: u32) {
+        self.horizon = Some(oid);
     }
 
     /// After DDL (or a rollback that may undo it): table OIDs and attribute numbers may
@@ -60,10 +72,14 @@ impl ResultMasking {
         }
     }
 
-    pub fn row_description(&mut self, f: &Frame) -> Result<(), SessionError> {
+    /// Plans the result this RowDescription announces. Returns true when some column had
+    /// to be withheld: the names need reloading.
+    pub fn row_description(&mut self, f: &Frame) -> Result<bool, SessionError> {
         self.finish_result();
-        self.plan = Some(self.plan_for(f)?);
-        Ok(())
+        let plan = self.plan_for(f)?;
+        let withheld = plan.withheld_columns() > 0;
+        self.plan = Some(plan);
+        Ok(withheld)
     }
 
     fn plan_for(&self, f: &Frame) -> Result<RowPlan, SessionError> {

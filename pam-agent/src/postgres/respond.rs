@@ -25,7 +25,7 @@ use super::{
 };
 use crate::{
     journal::{Event, event::MaskedColumn},
-    mask::{CatalogRow, MaskSource, MaskingReport},
+    mask::{CatalogRow, ColumnResolver, MaskSource, MaskingReport},
 };
 
 /// Output is written when nothing more is buffered, or at this size.
@@ -271,7 +271,9 @@ impl<'a> Respond<'a> {
                 };
                 if let Some(m) = &mut self.masking {
                     if f.tag == backend::ROW_DESCRIPTION {
-                        m.row_description(&f)?;
+                        if m.row_description(&f)? {
+                            self.shared.mask_stale.store(true, Ordering::Release);
+                        }
                     } else {
                         m.finish_result();
                     }
@@ -457,6 +459,12 @@ impl<'a> Respond<'a> {
         };
         match f.tag {
             backend::DATA_ROW if matches!(what, Injected::Preload) => {
+                if let (Some(oid), Some(m)) =
+                    (ColumnResolver::horizon_of(f.body()), &mut self.masking)
+                {
+                    m.set_horizon(oid);
+                    return Ok(());
+                }
                 match CatalogRow::from_data_row(f.body()) {
                     Ok(r) => rows.push(r),
                     Err(e) => {
