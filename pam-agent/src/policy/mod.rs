@@ -198,6 +198,8 @@ impl Policy {
             writes: Default::default(),
             functions: [format!("oid:{oid}")].into_iter().collect(),
             flags: Default::default(),
+            columns: Vec::new(),
+            prepared: None,
         }
     }
 
