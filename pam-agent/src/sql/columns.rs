@@ -365,7 +365,7 @@ impl Walker {
     }
 
     /// One FROM item into `rels`; join conditions recorded against the item's own relations.
-    fn from_item(&mut self, v: &Value, scope: &Scope<'_>, rels: &mut Vec<Rel>) {
+    fn range_item(&mut self, v: &Value, scope: &Scope<'_>, rels: &mut Vec<Rel>) {
         let Some((ty, inner)) = node_of(v) else {
             return;
         };
@@ -409,7 +409,7 @@ impl Walker {
                 let mut own = Vec::new();
                 for side in ["larg", "rarg"] {
                     if let Some(s) = inner.get(side) {
-                        self.from_item(s, scope, &mut own);
+                        self.range_item(s, scope, &mut own);
                     }
                 }
                 let join_scope = Scope {
@@ -515,7 +515,7 @@ impl Walker {
             .into_iter()
             .flatten()
         {
-            self.from_item(item, &scope, &mut rels);
+            self.range_item(item, &scope, &mut rels);
         }
         scope.rels = rels;
         let targets: Vec<(&str, Option<&Value>)> = sel
@@ -646,7 +646,7 @@ impl Walker {
                 "RangeVar".to_owned(),
                 Value::Object(rel.clone()),
             )]));
-            self.from_item(&v, &scope, &mut rels);
+            self.range_item(&v, &scope, &mut rels);
         }
         let mut sink = Vec::new();
         match ty {
@@ -674,7 +674,7 @@ impl Walker {
                     .into_iter()
                     .flatten()
                 {
-                    self.from_item(item, &scope, &mut rels);
+                    self.range_item(item, &scope, &mut rels);
                 }
                 scope.rels = rels;
                 self.clause(st.get("where_clause"), &scope, Clause::Where);
@@ -682,7 +682,7 @@ impl Walker {
             }
             _ => {
                 if let Some(src) = st.get("source_relation") {
-                    self.from_item(src, &scope, &mut rels);
+                    self.range_item(src, &scope, &mut rels);
                 }
                 scope.rels = rels;
                 self.clause(st.get("join_condition"), &scope, Clause::Join);
