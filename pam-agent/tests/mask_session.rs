@@ -21,6 +21,7 @@ hash_key = "00112233445566778899aabbccddeeff"
 
 [[rules]]
 name = "crew-pii"
+refuse_side_channels = true
 
 [[rules.columns]]
 columns = ["public.*.email"]
@@ -375,6 +376,48 @@ fn drivers_see_masked_values_in_text_and_binary_formats() {
             ["3", "a***@example.org", "*******9999"]
         ])
     );
+}
+
+#[test]
+fn filtering_or_sorting_on_a_masked_column_is_refused() {
+    let pg = server();
+    let proxy = masked_proxy(&pg);
+    for (sql, column) in [
+        (
+            "SELECT id FROM customers WHERE ssn LIKE '123%'",
+            "customers.ssn",
+        ),
+        ("SELECT id FROM customers ORDER BY email", "customers.email"),
+        (
+            "SELECT id FROM customers c WHERE EXISTS (SELECT 1 FROM customers d WHERE d.ssn = c.ssn AND d.id <> c.id)",
+            "customers.ssn",
+        ),
+        (
+            "SELECT count(*) FROM customers GROUP BY lower(email)",
+            "customers.email",
+        ),
+    ] {
+        let run = proxy.psql(sql);
+        assert!(!run.ok, "{sql}: {run:?}");
+        assert!(
+            run.stderr.contains("42501")
+                && run.stderr.contains("rule \"crew-pii\"")
+                && run.stderr.contains(column),
+            "{sql}: {}",
+            run.stderr
+        );
+    }
+    // Reading the masked column, or filtering on others, is fine.
+    assert_eq!(
+        lines(&proxy.psql("SELECT ssn FROM customers WHERE name = 'Wei Chen'")),
+        ["*******1120"]
+    );
+    let refused = proxy
+        .decisions()
+        .into_iter()
+        .filter(|(_, d, rule)| d == "deny" && rule == "crew-pii")
+        .count();
+    assert_eq!(refused, 4);
 }
 
 #[test]

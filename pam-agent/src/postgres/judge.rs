@@ -56,11 +56,14 @@ const INJECTED_STATEMENT: &str = "pam_agent_injected";
 const PRELOAD_MAX_AGE: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// One execution whose completion the server half audits.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Exec {
     pub statement: u64,
     pub started: Instant,
     pub catalog: Catalog,
+    /// A SQL-level PREPARE / DEALLOCATE / DISCARD: applied to the session's prepared
+    /// statements once the server completes it (a failed PREPARE changes nothing).
+    pub prepares: Option<Arc<Statement>>,
 }
 
 /// What an execution may change in the catalog, which the masking column names follow.
@@ -91,11 +94,23 @@ impl Catalog {
     }
 }
 
-/// A statement number with what it does to the catalog.
-#[derive(Debug, Clone, Copy)]
-struct Prepared {
+/// A statement number with what its execution changes besides data.
+#[derive(Debug, Clone)]
+struct Judged {
     statement: u64,
     catalog: Catalog,
+    prepares: Option<Arc<Statement>>,
+}
+
+impl Judged {
+    fn exec(&self) -> Exec {
+        Exec {
+            statement: self.statement,
+            started: Instant::now(),
+            catalog: self.catalog,
+            prepares: self.prepares.clone(),
+        }
+    }
 }
 
 /// A group of messages the proxy sends upstream on its own, at a point where no batch
@@ -147,8 +162,8 @@ pub struct Judge<'a> {
     /// The batch had a refusal: discard until Sync.
     refused: Option<Decision>,
     /// Prepared statement name -> statement number (the unnamed one is "").
-    prepared: HashMap<String, Prepared>,
-    portals: HashMap<String, Prepared>,
+    prepared: HashMap<String, Judged>,
+    portals: HashMap<String, Judged>,
     next_statement: u64,
     /// Masked connection: results must be planned (see the module docs).
     masked: bool,
@@ -244,7 +259,7 @@ impl<'a> Judge<'a> {
                     let b = frontend::bind(&f).map_err(protocol)?;
                     if self.refused.is_none() {
                         if let Some(p) = self.prepared.get(&b.statement) {
-                            self.portals.insert(b.portal, *p);
+                            self.portals.insert(b.portal, p.clone());
                         } else {
                             self.portals.remove(&b.portal);
                         }
@@ -260,11 +275,7 @@ impl<'a> Judge<'a> {
                             self.hold(frontend::describe_portal(&portal)).await?;
                         }
                         if let Some(p) = self.portals.get(&portal) {
-                            self.held_execs.push(Exec {
-                                statement: p.statement,
-                                started: Instant::now(),
-                                catalog: p.catalog,
-                            });
+                            self.held_execs.push(p.exec());
                         }
                         self.hold(f).await?;
                     }
@@ -334,14 +345,7 @@ impl<'a> Judge<'a> {
             if let Some(copy) = copy {
                 self.inject_copy_describe(copy).await?;
             }
-            let execs = numbers
-                .into_iter()
-                .map(|p| Exec {
-                    statement: p.statement,
-                    started: Instant::now(),
-                    catalog: p.catalog,
-                })
-                .collect();
+            let execs = numbers.iter().map(Judged::exec).collect();
             self.note(Note::Execs(execs)).await?;
             self.note(Note::Close).await?;
             self.upstream.write_all(&f.raw).await?;
@@ -362,9 +366,10 @@ impl<'a> Judge<'a> {
         if decision.allowed() {
             // A Parse holds one statement (the server refuses more); an empty one
             // gets number 0 (nothing to audit at completion).
-            let p = numbers.first().copied().unwrap_or(Prepared {
+            let p = numbers.into_iter().next().unwrap_or(Judged {
                 statement: 0,
                 catalog: Catalog::Unchanged,
+                prepares: None,
             });
             self.prepared.insert(name, p);
             self.hold(f).await
@@ -399,6 +404,7 @@ impl<'a> Judge<'a> {
                 statement: n,
                 started: Instant::now(),
                 catalog: Catalog::Unchanged,
+                prepares: None,
             }]))
             .await?;
             self.note(Note::Close).await?;
@@ -571,7 +577,7 @@ impl<'a> Judge<'a> {
         &mut self,
         text: &[u8],
         via: Via,
-    ) -> Result<(Decision, Vec<Prepared>, Option<CopyOut>), SessionError> {
+    ) -> Result<(Decision, Vec<Judged>, Option<CopyOut>), SessionError> {
         let text = match frontend::text(text) {
             Ok(t) => t,
             Err(_) => {
@@ -589,18 +595,30 @@ impl<'a> Judge<'a> {
             return Ok((d, Vec::new(), None));
         }
         let classified = self.ctx.classifier.classify(text).await;
+        // SQL-level EXECUTE is judged as the statement PREPARE gave that name.
+        let resolved = classified
+            .as_ref()
+            .as_ref()
+            .ok()
+            .filter(|sts| sts.iter().any(|st| st.prepared.is_some()))
+            .map(|sts| Ok(self.resolve_prepared(sts)));
+        let classified = match &resolved {
+            Some(r) => r,
+            None => classified.as_ref(),
+        };
         let ctx = self.ctx;
         let policy = ctx.policy.current();
-        let mut decision = policy.decide_all(&ctx.principal, &ctx.resource, &classified);
+        let mut decision = policy.decide_all(&ctx.principal, &ctx.resource, classified);
         let mut copy = None;
-        if let (true, true, Ok(statements)) = (self.masked, decision.allowed(), &*classified) {
-            match masking_check(statements, via).await {
+        if let (Some(masker), true, Ok(statements)) = (&ctx.masker, decision.allowed(), classified)
+        {
+            match masking_check(masker, statements, via).await {
                 Ok(c) => copy = c,
                 Err(refusal) => decision = refusal,
             }
         }
         let mut numbers = Vec::new();
-        match classified.as_ref() {
+        match classified {
             Ok(statements) => {
                 for st in statements {
                     // Each allowed statement is recorded with its own rule; a refused
@@ -614,15 +632,41 @@ impl<'a> Judge<'a> {
                     if decision.allowed() {
                         self.note_catalog(catalog);
                     }
-                    numbers.push(Prepared {
+                    let prepares = st
+                        .prepared
+                        .as_ref()
+                        .filter(|p| !matches!(p, crate::sql::Prepared::Execute(_)))
+                        .map(|_| Arc::new(st.clone()));
+                    numbers.push(Judged {
                         statement: self.record(st, &d).await?,
                         catalog,
+                        prepares,
                     });
                 }
             }
             Err(_) => self.record_unclassified(text, &decision).await?,
         }
         Ok((decision, numbers, copy))
+    }
+
+    /// Each `EXECUTE name` replaced by what `name` was prepared as (by PREPAREs the server
+    /// completed, and earlier ones in the same text); unknown names stay `execute` with
+    /// `dynamic_sql`, which policy refuses unless a rule permits it.
+    fn resolve_prepared(&self, statements: &[Statement]) -> Vec<Statement> {
+        let mut known = self
+            .shared
+            .prepared
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        statements
+            .iter()
+            .map(|st| {
+                let r = known.resolve(st).unwrap_or_else(|| st.clone());
+                known.completed(st);
+                r
+            })
+            .collect()
     }
 
     /// On a masked connection: DDL (and the end of a transaction that had DDL) makes the
@@ -703,9 +747,37 @@ enum Via {
     Parse,
 }
 
-/// What a masked connection cannot run, whatever the policy allows: a COPY TO STDOUT
-/// other than alone in a simple Query, in text format. Returns the COPY to describe.
-async fn masking_check(statements: &[Statement], via: Via) -> Result<Option<CopyOut>, Decision> {
+/// What a masked connection cannot run, whatever the policy allows: statements that
+/// filter, join, sort or group on a column a rule masks with `refuse_side_channels`, and
+/// a COPY TO STDOUT other than alone in a simple Query, in text format. Returns the COPY
+/// to describe.
+async fn masking_check(
+    masker: &crate::mask::Masker,
+    statements: &[Statement],
+    via: Via,
+) -> Result<Option<CopyOut>, Decision> {
+    for st in statements {
+        if let Some(hit) = masker.side_channels(&st.columns).into_iter().next() {
+            let r = &hit.reference;
+            let column = [
+                r.schema.as_deref(),
+                r.table.as_deref(),
+                Some(r.column.as_str()),
+            ]
+            .into_iter()
+            .flatten()
+            .collect::<Vec<_>>()
+            .join(".");
+            return Err(Decision {
+                action: Action::Deny,
+                rule: hit.rule.clone(),
+                reason: format!(
+                    "{column} is masked (pattern {}); using it in {:?} could reveal its values",
+                    hit.pattern, r.clause
+                ),
+            });
+        }
+    }
     let Some(st) = statements
         .iter()
         .find(|st| st.kinds.contains(&Kind::CopyOut))

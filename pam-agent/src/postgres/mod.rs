@@ -110,6 +110,9 @@ struct Shared {
     /// (set at the start and after DDL; taken by the worker half when it injects the
     /// preload).
     mask_stale: AtomicBool,
+    /// SQL-level prepared statements the server holds: updated by the server half when a
+    /// PREPARE / DEALLOCATE completes, read by the worker half to judge `EXECUTE name`.
+    prepared: std::sync::Mutex<crate::sql::PreparedStatements>,
 }
 
 /// Runs one session to its end. `upstream` is a connection to the server the worker

@@ -408,6 +408,13 @@ impl<'a> Respond<'a> {
         error: Option<String>,
     ) -> Result<(), SessionError> {
         let report = self.masking.as_mut().and_then(ResultMasking::take_report);
+        if let (Some(st), None) = (&e.prepares, &error) {
+            self.shared
+                .prepared
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .completed(st);
+        }
         match e.catalog {
             Catalog::Ddl => {
                 self.ddl_in_txn = self.status != b'I' || self.ddl_in_txn;
