@@ -4,7 +4,8 @@
 //! - GSSENCRequest: 'N' (the client then continues in clear or with TLS).
 //! - CancelRequest: mapped to the server's key and sent on the new upstream
 //!   connection when the worker-visible key is known (no reply, as PostgreSQL does).
-//! - StartupMessage: parameters checked, then forwarded as sent; authentication
+//! - StartupMessage: parameters checked; TLS toward the server negotiated when the
+//!   resource asks for it (FATAL 08006 if the server refuses); then forwarded as sent; authentication
 //!   messages then flow untouched both ways until the server's ReadyForQuery.
 
 use std::sync::{Arc, atomic::Ordering};
@@ -26,6 +27,7 @@ use super::{
     frontend,
     startup::{self, Startup},
     stream::WorkerStream,
+    upstream_tls::{self, UpstreamTls, UpstreamTlsError},
 };
 
 pub enum Handshake {
@@ -50,6 +52,8 @@ pub async fn handshake(
     ctx: &Context,
     shared: &Arc<Shared>,
 ) -> Result<Handshake, SessionError> {
+    // Taken before TLS may put a loopback bridge in front of the server.
+    let server = upstream.peer_addr()?;
     let mut worker = WorkerStream::Plain(worker);
     let mut ssl_asked = false;
     let mut gss_asked = false;
@@ -99,7 +103,9 @@ pub async fn handshake(
                 return Err(SessionError::Protocol(msg.into()));
             }
             Startup::Cancel { pid, secret } => {
-                return Ok(Handshake::Done(cancel(upstream, ctx, pid, &secret).await));
+                return Ok(Handshake::Done(
+                    cancel(upstream, server, ctx, pid, &secret).await,
+                ));
             }
             Startup::Start { params, .. } => {
                 if let Err(e) = startup::check_params(&params) {
@@ -112,13 +118,31 @@ pub async fn handshake(
         }
     };
 
+    // TLS toward the server first, when the resource asks for it; a server that
+    // refuses it ends the session (never plaintext instead).
+    if let Some(tls) = &ctx.upstream_tls {
+        upstream = match secure_upstream(upstream, server, tls).await {
+            Ok(s) => s,
+            Err(source) => {
+                let msg = format!(
+                    "pam-agent: resource \"{}\" requires TLS to the server (upstream_tls = \"{}\"), but {server}: {source}",
+                    ctx.resource, tls.mode
+                );
+                fatal(&mut worker, sqlstate::CONNECTION_FAILURE, &msg).await;
+                return Err(SessionError::UpstreamTls {
+                    mode: tls.mode,
+                    source,
+                });
+            }
+        };
+    }
+
     // Forward the startup message as the worker sent it.
     let mut packet = BytesMut::with_capacity(startup_body.len() + 4);
     packet.extend_from_slice(&((startup_body.len() + 4) as i32).to_be_bytes());
     packet.extend_from_slice(&startup_body);
     upstream.write_all(&packet).await?;
 
-    let server = upstream.peer_addr()?;
     let (wr, mut ww) = tokio::io::split(worker);
     let (ur, mut uw) = upstream.into_split();
     let mut wreader = FrameReader::new(wr, ctx.limits.max_message_bytes);
@@ -221,25 +245,55 @@ async fn fatal(worker: &mut WorkerStream, code: &str, message: &str) {
     let _ = worker.flush().await;
 }
 
+/// The server's connection after SSLRequest, 'S' and the TLS handshake (behind the
+/// loopback bridge, see [`upstream_tls::bridge`]).
+async fn secure_upstream(
+    upstream: TcpStream,
+    server: std::net::SocketAddr,
+    tls: &UpstreamTls,
+) -> Result<TcpStream, UpstreamTlsError> {
+    let stream = tls.negotiate(upstream, server).await?;
+    Ok(upstream_tls::bridge(stream).await?)
+}
+
 /// Sends the cancel upstream when the key is one this agent minted for the same
-/// resource and server. Answers nothing to the worker (PostgreSQL doesn't either).
-async fn cancel(mut upstream: TcpStream, ctx: &Context, pid: i32, secret: &[u8]) -> String {
+/// resource and server, over TLS when the resource asks for it (the key is a secret).
+/// Answers nothing to the worker (PostgreSQL doesn't either).
+async fn cancel(
+    mut upstream: TcpStream,
+    server: std::net::SocketAddr,
+    ctx: &Context,
+    pid: i32,
+    secret: &[u8],
+) -> String {
     let Some(target) = ctx.cancels.lookup(pid, secret) else {
         return "cancel request with an unknown key: ignored".into();
     };
-    let server = upstream.peer_addr().ok();
-    if target.resource != ctx.resource || server != Some(target.server) {
+    if target.resource != ctx.resource || server != target.server {
         return format!(
             "cancel request for resource `{}` arrived on a connection to `{}`: ignored",
             target.resource, ctx.resource
         );
     }
     let req = startup::cancel_request(target.pid, &target.secret);
-    match upstream.write_all(&req).await {
-        Ok(()) => {
-            let _ = upstream.shutdown().await;
-            format!("cancel request forwarded to backend pid {}", target.pid)
-        }
+    let sent = match &ctx.upstream_tls {
+        Some(tls) => match tls.negotiate(upstream, server).await {
+            Ok(mut s) => send_and_close(&mut s, &req).await,
+            Err(e) => return format!("cancel request not sent: TLS to the server: {e}"),
+        },
+        None => send_and_close(&mut upstream, &req).await,
+    };
+    match sent {
+        Ok(()) => format!("cancel request forwarded to backend pid {}", target.pid),
         Err(e) => format!("cancel request could not be sent: {e}"),
     }
+}
+
+async fn send_and_close<S: tokio::io::AsyncWrite + Unpin>(
+    s: &mut S,
+    bytes: &[u8],
+) -> std::io::Result<()> {
+    s.write_all(bytes).await?;
+    let _ = s.shutdown().await;
+    Ok(())
 }

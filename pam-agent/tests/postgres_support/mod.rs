@@ -265,6 +265,7 @@ impl Proxy {
                         classifier: classifier.clone(),
                         cancels: cancels.clone(),
                         tls: opts.tls.clone(),
+                        upstream_tls: None,
                     };
                     let upstream = upstream.clone();
                     let sd = sd.clone();
