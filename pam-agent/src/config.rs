@@ -807,6 +807,107 @@ kinds = ["select"]
     }
 
     #[test]
+    fn worker_tls_section_is_checked() {
+        let ok = "[worker_tls]\nca_cert = \"/var/lib/pam-agent/ca.pem\"\nca_key = \"/var/lib/pam-agent/ca.key\"\n";
+        let cfg = Config::from_toml(Path::new("t.toml"), &base(ok)).unwrap();
+        let tls = cfg.worker_tls.unwrap();
+        assert_eq!(tls.leaf_validity, Duration::from_secs(24 * 3600));
+        assert!(
+            Config::from_toml(Path::new("t.toml"), &base(""))
+                .unwrap()
+                .worker_tls
+                .is_none()
+        );
+        let e = err(&base(&ok.replace("\"/var/lib/pam-agent/ca.pem\"", "\"ca.pem\"")));
+        assert!(e.contains("worker_tls.ca_cert") && e.contains("absolute"), "{e}");
+        let e = err(&base(&ok.replace("ca.key", "ca.pem")));
+        assert!(e.contains("worker_tls.ca_key"), "{e}");
+        let e = err(&base(&format!("{ok}leaf_validity_hours = 0\n")));
+        assert!(e.contains("worker_tls.leaf_validity_hours"), "{e}");
+        let e = err(&base(&format!("{ok}leaf_validity_hours = 3000\n")));
+        assert!(e.contains("worker_tls.leaf_validity_hours"), "{e}");
+        let e = err(&base(&format!("{ok}ca = \"x\"\n")));
+        assert!(e.contains("unknown field `ca`"), "{e}");
+        let e = err(&base(&ok.replace(
+            "\"/var/lib/pam-agent/ca.key\"",
+            "\"/tmp/pam-test-journal.jsonl\"",
+        )));
+        assert!(e.contains("worker_tls.ca_key") && e.contains("journal"), "{e}");
+    }
+
+    #[test]
+    fn resource_tls_fields_are_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = dir.path().join("server-ca.pem");
+        let ca_pem = crate::postgres::tls::AgentCa::generate("db ca")
+            .unwrap()
+            .cert_pem();
+        std::fs::write(&ca, ca_pem).unwrap();
+        let not_pem = dir.path().join("junk.pem");
+        std::fs::write(&not_pem, "hello").unwrap();
+        let res = |extra: &str| {
+            base(&format!(
+                "[[resources]]\nname=\"db\"\naddress=\"10.0.0.1\"\nport=5432\nprotocol=\"postgres\"\n{extra}\n"
+            ))
+        };
+        let cfg = Config::from_toml(
+            Path::new("t.toml"),
+            &res(&format!(
+                "tls_names = [\"db.internal\", \"10.9.9.9\"]\nupstream_tls = \"verify-full\"\nupstream_ca = \"{}\"\nupstream_server_name = \"db.internal\"",
+                ca.display()
+            )),
+        )
+        .unwrap();
+        let r = &cfg.resources[0];
+        assert_eq!(r.upstream_tls, UpstreamTlsMode::VerifyFull);
+        assert_eq!(r.tls_names, ["db.internal", "10.9.9.9"]);
+        assert_eq!(
+            Config::from_toml(Path::new("t.toml"), &res("upstream_tls = \"require\""))
+                .unwrap()
+                .resources[0]
+                .upstream_tls,
+            UpstreamTlsMode::Require
+        );
+
+        for (extra, field, says) in [
+            ("upstream_tls = \"verify-full\"", "resources[0].upstream_ca", "needs"),
+            (
+                &format!("upstream_tls = \"require\"\nupstream_ca = \"{}\"", ca.display()),
+                "resources[0].upstream_ca",
+                "only used with",
+            ),
+            (
+                &format!(
+                    "upstream_tls = \"verify-full\"\nupstream_ca = \"{}\"",
+                    not_pem.display()
+                ),
+                "resources[0].upstream_ca",
+                "no PEM certificate",
+            ),
+            (
+                "upstream_tls = \"verify-full\"\nupstream_ca = \"/no/such/ca.pem\"",
+                "resources[0].upstream_ca",
+                "/no/such/ca.pem",
+            ),
+            (
+                "upstream_server_name = \"db\"",
+                "resources[0].upstream_server_name",
+                "only used with",
+            ),
+            ("tls_names = [\"not a name\"]", "resources[0].tls_names", "neither"),
+        ] {
+            let e = err(&res(extra));
+            assert!(e.contains(field) && e.contains(says), "{extra}: {e}");
+        }
+        let e = err(&res("upstream_tls = \"prefer\""));
+        assert!(e.contains("unknown variant `prefer`"), "{e}");
+        let e = err(&base(
+            "[[resources]]\nname=\"t\"\naddress=\"10.0.0.1\"\nport=22\nupstream_tls = \"require\"\n",
+        ));
+        assert!(e.contains("resources[0].upstream_tls") && e.contains("postgres"), "{e}");
+    }
+
+    #[test]
     fn resource_covering_the_listener_is_refused() {
         let e = err(&base(
             "[[resources]]\nname=\"loop\"\naddress=\"127.0.0.0/8\"\nport=15432\n",
