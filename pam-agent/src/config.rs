@@ -464,7 +464,10 @@ fn validate_worker_tls(
             return Err((field, "must be an absolute path".into()));
         }
         if path.is_dir() {
-            return Err((field, format!("{} is a directory; name a file", path.display())));
+            return Err((
+                field,
+                format!("{} is a directory; name a file", path.display()),
+            ));
         }
         if *path == journal.path || *path == journal.signing_key {
             return Err((field, "must not be a journal file".into()));
@@ -818,8 +821,13 @@ kinds = ["select"]
                 .worker_tls
                 .is_none()
         );
-        let e = err(&base(&ok.replace("\"/var/lib/pam-agent/ca.pem\"", "\"ca.pem\"")));
-        assert!(e.contains("worker_tls.ca_cert") && e.contains("absolute"), "{e}");
+        let e = err(&base(
+            &ok.replace("\"/var/lib/pam-agent/ca.pem\"", "\"ca.pem\""),
+        ));
+        assert!(
+            e.contains("worker_tls.ca_cert") && e.contains("absolute"),
+            "{e}"
+        );
         let e = err(&base(&ok.replace("ca.key", "ca.pem")));
         assert!(e.contains("worker_tls.ca_key"), "{e}");
         let e = err(&base(&format!("{ok}leaf_validity_hours = 0\n")));
@@ -832,7 +840,10 @@ kinds = ["select"]
             "\"/var/lib/pam-agent/ca.key\"",
             "\"/tmp/pam-test-journal.jsonl\"",
         )));
-        assert!(e.contains("worker_tls.ca_key") && e.contains("journal"), "{e}");
+        assert!(
+            e.contains("worker_tls.ca_key") && e.contains("journal"),
+            "{e}"
+        );
     }
 
     #[test]
@@ -870,9 +881,16 @@ kinds = ["select"]
         );
 
         for (extra, field, says) in [
-            ("upstream_tls = \"verify-full\"", "resources[0].upstream_ca", "needs"),
             (
-                &format!("upstream_tls = \"require\"\nupstream_ca = \"{}\"", ca.display()),
+                "upstream_tls = \"verify-full\"",
+                "resources[0].upstream_ca",
+                "needs",
+            ),
+            (
+                &format!(
+                    "upstream_tls = \"require\"\nupstream_ca = \"{}\"",
+                    ca.display()
+                ),
                 "resources[0].upstream_ca",
                 "only used with",
             ),
@@ -894,7 +912,11 @@ kinds = ["select"]
                 "resources[0].upstream_server_name",
                 "only used with",
             ),
-            ("tls_names = [\"not a name\"]", "resources[0].tls_names", "neither"),
+            (
+                "tls_names = [\"not a name\"]",
+                "resources[0].tls_names",
+                "neither",
+            ),
         ] {
             let e = err(&res(extra));
             assert!(e.contains(field) && e.contains(says), "{extra}: {e}");
@@ -904,7 +926,10 @@ kinds = ["select"]
         let e = err(&base(
             "[[resources]]\nname=\"t\"\naddress=\"10.0.0.1\"\nport=22\nupstream_tls = \"require\"\n",
         ));
-        assert!(e.contains("resources[0].upstream_tls") && e.contains("postgres"), "{e}");
+        assert!(
+            e.contains("resources[0].upstream_tls") && e.contains("postgres"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -246,7 +246,11 @@ fn ca(command: CaCommand) -> anyhow::Result<ExitCode> {
             let (_, created) = AgentCa::load_or_create(&tls.ca_cert, &tls.ca_key)?;
             println!(
                 "{} agent CA: certificate {}, key {}",
-                if created { "created" } else { "kept the existing" },
+                if created {
+                    "created"
+                } else {
+                    "kept the existing"
+                },
                 tls.ca_cert.display(),
                 tls.ca_key.display()
             );

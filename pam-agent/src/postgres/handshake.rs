@@ -143,12 +143,15 @@ pub async fn handshake(
     packet.extend_from_slice(&startup_body);
     upstream.write_all(&packet).await?;
 
+    let worker_tls = worker.is_tls();
     let (wr, mut ww) = tokio::io::split(worker);
     let (ur, mut uw) = upstream.into_split();
     let mut wreader = FrameReader::new(wr, ctx.limits.max_message_bytes);
     let mut ureader = FrameReader::new(ur, UPSTREAM_MAX_MESSAGE);
     let mut registration = None;
     let mut out = BytesMut::new();
+    // Set by AuthenticationSASL: the worker's next message names its mechanism.
+    let mut sasl_pending = false;
 
     // Authentication, relayed. The server speaks first and ends with ReadyForQuery
     // (or an ErrorResponse, after which it closes).
@@ -193,6 +196,16 @@ pub async fn handshake(
                         super::respond::watch_parameter(&f, shared);
                         out.extend_from_slice(&f.raw);
                     }
+                    backend::AUTHENTICATION => {
+                        sasl_pending = backend::auth_code(&f) == Ok(AUTH_SASL);
+                        if sasl_pending && !worker_tls {
+                            // A server on TLS offers channel binding; a worker in clear
+                            // text (libpq) refuses such an offer. It could not bind anyway.
+                            out.extend_from_slice(&without_scram_plus(&f).raw);
+                        } else {
+                            out.extend_from_slice(&f.raw);
+                        }
+                    }
                     _ => out.extend_from_slice(&f.raw),
                 }
                 if !ureader.has_frame() {
@@ -216,11 +229,68 @@ pub async fn handshake(
                     let _ = write_out(&mut ww, &mut out, shared).await;
                     return Err(SessionError::Protocol(msg));
                 }
+                if std::mem::take(&mut sasl_pending) && f.body().starts_with(SCRAM_PLUS) {
+                    // Channel binding ties SCRAM to the TLS certificate the worker saw:
+                    // the agent's, not the server's. The server would refuse the proof;
+                    // say why instead.
+                    let msg = "pam-agent: SCRAM channel binding cannot pass through the agent (the worker's TLS ends at the agent, so the binding names the agent's certificate, not the server's); connect with channel_binding=disable";
+                    out.extend_from_slice(&backend::error(Severity::Fatal, INVALID_AUTHORIZATION, msg, None, None).raw);
+                    let _ = write_out(&mut ww, &mut out, shared).await;
+                    return Ok(Handshake::Done(
+                        "worker chose SCRAM-SHA-256-PLUS (channel binding), which cannot pass through the agent".into(),
+                    ));
+                }
                 uw.write_all(&f.raw).await?;
             }
         }
     }
 }
+
+/// AuthenticationSASL without SCRAM-SHA-256-PLUS (the same frame if it is not offered).
+fn without_scram_plus(f: &Frame) -> Frame {
+    let body = f.body();
+    let plus = &SCRAM_PLUS[..SCRAM_PLUS.len() - 1];
+    // Body: Int32 10, then NUL-terminated mechanism names, then an empty name.
+    let Some(names) = body.get(4..) else {
+        return f.clone();
+    };
+    if !names.split(|b| *b == 0).any(|n| n == plus) {
+        return f.clone();
+    }
+    let mut out = body[..4].to_vec();
+    for name in names
+        .split(|b| *b == 0)
+        .filter(|n| !n.is_empty() && *n != plus)
+    {
+        out.extend_from_slice(name);
+        out.push(0);
+    }
+    out.push(0);
+    Frame::build(backend::AUTHENTICATION, &out)
+}
+
+/// AuthenticationSASL: the server lists its mechanisms.
+const AUTH_SASL: i32 = 10;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scram_plus_is_removed_from_the_offer() {
+        let mut body = 10i32.to_be_bytes().to_vec();
+        body.extend_from_slice(b"SCRAM-SHA-256-PLUS\0SCRAM-SHA-256\0\0");
+        let f = Frame::build(backend::AUTHENTICATION, &body);
+        let mut want = 10i32.to_be_bytes().to_vec();
+        want.extend_from_slice(b"SCRAM-SHA-256\0\0");
+        assert_eq!(without_scram_plus(&f).body(), &want[..]);
+        let plain = Frame::build(backend::AUTHENTICATION, &want);
+        assert_eq!(without_scram_plus(&plain).raw, plain.raw);
+    }
+}
+/// The mechanism name at the start of a SASLInitialResponse, NUL-terminated.
+const SCRAM_PLUS: &[u8] = b"SCRAM-SHA-256-PLUS\0";
+const INVALID_AUTHORIZATION: &str = "28000";
 
 pub async fn write_out<W: tokio::io::AsyncWrite + Unpin>(
     w: &mut W,

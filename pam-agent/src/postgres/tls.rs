@@ -20,8 +20,8 @@ use std::{
 };
 
 use rcgen::{
-    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer,
-    KeyPair, KeyUsagePurpose,
+    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+    KeyUsagePurpose,
 };
 use tokio_rustls::{
     TlsAcceptor,
@@ -231,10 +231,12 @@ impl AgentCa {
         let (chain, _) = self.issue(&[name.into()], Duration::from_secs(600))?;
         let mut roots = rustls::RootCertStore::empty();
         roots.add(self.cert_der.clone())?;
-        let verifier =
-            rustls::client::WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider())
-                .build()
-                .map_err(|e| rustls::Error::General(e.to_string()))?;
+        let verifier = rustls::client::WebPkiServerVerifier::builder_with_provider(
+            Arc::new(roots),
+            provider(),
+        )
+        .build()
+        .map_err(|e| rustls::Error::General(e.to_string()))?;
         verifier.verify_server_cert(
             &chain[0],
             &chain[1..],
@@ -400,10 +402,7 @@ mod tests {
 
     #[test]
     fn leaves_are_cached_per_destination() {
-        let cache = LeafCache::new(
-            AgentCa::generate("t").unwrap(),
-            Duration::from_secs(3600),
-        );
+        let cache = LeafCache::new(AgentCa::generate("t").unwrap(), Duration::from_secs(3600));
         let ip: IpAddr = "10.0.0.5".parse().unwrap();
         let a = cache.acceptor("db", ip, &[]).unwrap();
         let b = cache.acceptor("db", ip, &[]).unwrap();

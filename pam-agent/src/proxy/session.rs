@@ -119,8 +119,16 @@ pub async fn run(
                     Err(e) => {
                         let detail = format!("cannot issue a certificate for the worker: {e}");
                         tracing::error!(%session, error = %detail);
-                        close(&shared, session, started, 0, 0, SessionEnd::Error, Some(detail))
-                            .await;
+                        close(
+                            &shared,
+                            session,
+                            started,
+                            0,
+                            0,
+                            SessionEnd::Error,
+                            Some(detail),
+                        )
+                        .await;
                         return;
                     }
                 },
