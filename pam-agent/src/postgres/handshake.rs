@@ -272,22 +272,6 @@ fn without_scram_plus(f: &Frame) -> Frame {
 /// AuthenticationSASL: the server lists its mechanisms.
 const AUTH_SASL: i32 = 10;
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn scram_plus_is_removed_from_the_offer() {
-        let mut body = 10i32.to_be_bytes().to_vec();
-        body.extend_from_slice(b"SCRAM-SHA-256-PLUS\0SCRAM-SHA-256\0\0");
-        let f = Frame::build(backend::AUTHENTICATION, &body);
-        let mut want = 10i32.to_be_bytes().to_vec();
-        want.extend_from_slice(b"SCRAM-SHA-256\0\0");
-        assert_eq!(without_scram_plus(&f).body(), &want[..]);
-        let plain = Frame::build(backend::AUTHENTICATION, &want);
-        assert_eq!(without_scram_plus(&plain).raw, plain.raw);
-    }
-}
 /// The mechanism name at the start of a SASLInitialResponse, NUL-terminated.
 const SCRAM_PLUS: &[u8] = b"SCRAM-SHA-256-PLUS\0";
 const INVALID_AUTHORIZATION: &str = "28000";
@@ -366,4 +350,21 @@ async fn send_and_close<S: tokio::io::AsyncWrite + Unpin>(
     s.write_all(bytes).await?;
     let _ = s.shutdown().await;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scram_plus_is_removed_from_the_offer() {
+        let mut body = 10i32.to_be_bytes().to_vec();
+        body.extend_from_slice(b"SCRAM-SHA-256-PLUS\0SCRAM-SHA-256\0\0");
+        let f = Frame::build(backend::AUTHENTICATION, &body);
+        let mut want = 10i32.to_be_bytes().to_vec();
+        want.extend_from_slice(b"SCRAM-SHA-256\0\0");
+        assert_eq!(without_scram_plus(&f).body(), &want[..]);
+        let plain = Frame::build(backend::AUTHENTICATION, &want);
+        assert_eq!(without_scram_plus(&plain).raw, plain.raw);
+    }
 }
