@@ -175,7 +175,15 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
                 );
             }
             match &cfg.worker_tls {
-                Some(t) => println!("  worker TLS: agent CA {}", t.ca_cert.display()),
+                Some(t) => {
+                    let state = if t.ca_cert.exists() || t.ca_key.exists() {
+                        AgentCa::load(&t.ca_cert, &t.ca_key)?;
+                        "present"
+                    } else {
+                        "not made yet: pam-agent ca init, or the first start"
+                    };
+                    println!("  worker TLS: agent CA {} ({state})", t.ca_cert.display())
+                }
                 None => println!("  worker TLS: off (SSLRequest answered 'N')"),
             }
             println!("  journal:  {}", cfg.journal.path.display());

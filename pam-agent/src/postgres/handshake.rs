@@ -5,8 +5,10 @@
 //! - CancelRequest: mapped to the server's key and sent on the new upstream
 //!   connection when the worker-visible key is known (no reply, as PostgreSQL does).
 //! - StartupMessage: parameters checked; TLS toward the server negotiated when the
-//!   resource asks for it (FATAL 08006 if the server refuses); then forwarded as sent; authentication
-//!   messages then flow untouched both ways until the server's ReadyForQuery.
+//!   resource asks for it (FATAL 08006 if the server refuses); then forwarded as sent.
+//!   Authentication messages then flow untouched both ways until the server's
+//!   ReadyForQuery, except SCRAM channel binding, which cannot pass a TLS-terminating
+//!   proxy: not offered to clear-text workers, refused with a clear FATAL otherwise.
 
 use std::sync::{Arc, atomic::Ordering};
 

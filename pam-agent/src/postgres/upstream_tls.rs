@@ -245,3 +245,98 @@ pub async fn bridge(tls: TlsStream<TcpStream>) -> std::io::Result<TcpStream> {
     });
     Ok(near)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::postgres::tls::AgentCa;
+
+    /// A server that answers SSLRequest with `answer`, then (for 'S') TLS with a leaf
+    /// for 127.0.0.1 from `ca`, then echoes one byte.
+    async fn server(ca: &AgentCa, answer: u8) -> SocketAddr {
+        let acceptor = ca
+            .acceptor(&["127.0.0.1".into()], Duration::from_secs(600))
+            .unwrap();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = listener.accept().await {
+                let mut req = [0u8; 8];
+                s.read_exact(&mut req).await.unwrap();
+                assert_eq!(&req[4..], &startup::SSL_REQUEST.to_be_bytes());
+                s.write_all(&[answer]).await.unwrap();
+                if answer == b'S'
+                    && let Ok(mut tls) = acceptor.accept(s).await
+                {
+                    let b = tls.read_u8().await.unwrap();
+                    tls.write_all(&[b]).await.unwrap();
+                    tls.flush().await.unwrap();
+                }
+            }
+        });
+        addr
+    }
+
+    async fn try_mode(
+        mode: UpstreamTlsMode,
+        ca_file: Option<&Path>,
+        name: Option<&str>,
+        addr: SocketAddr,
+    ) -> Result<(), UpstreamTlsError> {
+        let tls = UpstreamTls::new(mode, ca_file, name).unwrap().unwrap();
+        let tcp = TcpStream::connect(addr).await.unwrap();
+        let mut s = tls.negotiate(tcp, addr).await?;
+        s.write_all(b"x").await?;
+        s.flush().await?;
+        assert_eq!(s.read_u8().await?, b'x');
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn verify_full_checks_the_ca_and_the_name_and_never_falls_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = AgentCa::generate("server CA").unwrap();
+        let other = AgentCa::generate("other CA").unwrap();
+        let (good, bad) = (dir.path().join("good.pem"), dir.path().join("bad.pem"));
+        std::fs::write(&good, ca.cert_pem()).unwrap();
+        std::fs::write(&bad, other.cert_pem()).unwrap();
+        let addr = server(&ca, b'S').await;
+        use UpstreamTlsMode::*;
+
+        try_mode(VerifyFull, Some(&good), None, addr).await.unwrap();
+        try_mode(Require, None, None, addr).await.unwrap();
+        // Another CA, or a name the certificate does not carry: refused.
+        let e = try_mode(VerifyFull, Some(&bad), None, addr)
+            .await
+            .unwrap_err();
+        assert!(matches!(e, UpstreamTlsError::Handshake(_)), "{e}");
+        let e = try_mode(VerifyFull, Some(&good), Some("db.example"), addr)
+            .await
+            .unwrap_err();
+        assert!(e.to_string().contains("certificate"), "{e}");
+        // A server without TLS: an error, not plain text.
+        let plain = server(&ca, b'N').await;
+        let e = try_mode(Require, None, None, plain).await.unwrap_err();
+        assert!(matches!(e, UpstreamTlsError::Refused), "{e}");
+        assert!(UpstreamTls::new(Disable, None, None).unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn the_bridge_carries_bytes_both_ways() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = AgentCa::generate("server CA").unwrap();
+        let file = dir.path().join("ca.pem");
+        std::fs::write(&file, ca.cert_pem()).unwrap();
+        let addr = server(&ca, b'S').await;
+        let tls = UpstreamTls::new(UpstreamTlsMode::VerifyFull, Some(&file), None)
+            .unwrap()
+            .unwrap();
+        let stream = tls
+            .negotiate(TcpStream::connect(addr).await.unwrap(), addr)
+            .await
+            .unwrap();
+        let mut near = bridge(stream).await.unwrap();
+        near.write_all(b"q").await.unwrap();
+        assert_eq!(near.read_u8().await.unwrap(), b'q');
+    }
+}
