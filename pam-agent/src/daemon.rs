@@ -134,6 +134,7 @@ fn tls_setup(cfg: &Config) -> anyhow::Result<TlsSetup> {
                 r.upstream_tls,
                 r.upstream_ca.as_deref(),
                 r.upstream_server_name.as_deref(),
+                cfg.listener.upstream_connect_timeout,
             )
             .with_context(|| format!("resource `{}`: upstream TLS", r.name))
         })

@@ -62,6 +62,8 @@ pub enum UpstreamTlsError {
     Handshake(std::io::Error),
     #[error("connection error during TLS negotiation: {0}")]
     Io(#[from] std::io::Error),
+    #[error("no TLS session with the server within {} ms", .0.as_millis())]
+    Timeout(Duration),
     #[error("{0}")]
     Config(String),
 }
@@ -73,6 +75,9 @@ pub struct UpstreamTls {
     connector: TlsConnector,
     /// The name to verify; the destination IP when `None`.
     server_name: Option<ServerName<'static>>,
+    /// Longest wait for 'S' and the handshake (a server that never answers would
+    /// otherwise hold the worker forever).
+    timeout: Duration,
 }
 
 impl UpstreamTls {
@@ -81,6 +86,7 @@ impl UpstreamTls {
         mode: UpstreamTlsMode,
         ca: Option<&Path>,
         server_name: Option<&str>,
+        timeout: Duration,
     ) -> Result<Option<UpstreamTls>, UpstreamTlsError> {
         let builder = ClientConfig::builder_with_provider(provider())
             .with_safe_default_protocol_versions()
@@ -111,11 +117,22 @@ impl UpstreamTls {
             mode,
             connector: TlsConnector::from(Arc::new(config)),
             server_name,
+            timeout,
         }))
     }
 
     /// SSLRequest, 'S', handshake; then the startup goes over the returned stream.
     pub async fn negotiate(
+        &self,
+        tcp: TcpStream,
+        server: SocketAddr,
+    ) -> Result<TlsStream<TcpStream>, UpstreamTlsError> {
+        tokio::time::timeout(self.timeout, self.negotiate_now(tcp, server))
+            .await
+            .map_err(|_| UpstreamTlsError::Timeout(self.timeout))?
+    }
+
+    async fn negotiate_now(
         &self,
         mut tcp: TcpStream,
         server: SocketAddr,
@@ -283,7 +300,9 @@ mod tests {
         name: Option<&str>,
         addr: SocketAddr,
     ) -> Result<(), UpstreamTlsError> {
-        let tls = UpstreamTls::new(mode, ca_file, name).unwrap().unwrap();
+        let tls = UpstreamTls::new(mode, ca_file, name, Duration::from_secs(10))
+            .unwrap()
+            .unwrap();
         let tcp = TcpStream::connect(addr).await.unwrap();
         let mut s = tls.negotiate(tcp, addr).await?;
         s.write_all(b"x").await?;
@@ -318,7 +337,20 @@ mod tests {
         let plain = server(&ca, b'N').await;
         let e = try_mode(Require, None, None, plain).await.unwrap_err();
         assert!(matches!(e, UpstreamTlsError::Refused), "{e}");
-        assert!(UpstreamTls::new(Disable, None, None).unwrap().is_none());
+        assert!(
+            UpstreamTls::new(Disable, None, None, Duration::from_secs(1))
+                .unwrap()
+                .is_none()
+        );
+        // A server that never answers: a timeout, not a hang.
+        let silent = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = silent.local_addr().unwrap();
+        let tls = UpstreamTls::new(Require, None, None, Duration::from_millis(50))
+            .unwrap()
+            .unwrap();
+        let tcp = TcpStream::connect(addr).await.unwrap();
+        let e = tls.negotiate(tcp, addr).await.unwrap_err();
+        assert!(matches!(e, UpstreamTlsError::Timeout(_)), "{e}");
     }
 
     #[tokio::test]
@@ -328,9 +360,14 @@ mod tests {
         let file = dir.path().join("ca.pem");
         std::fs::write(&file, ca.cert_pem()).unwrap();
         let addr = server(&ca, b'S').await;
-        let tls = UpstreamTls::new(UpstreamTlsMode::VerifyFull, Some(&file), None)
-            .unwrap()
-            .unwrap();
+        let tls = UpstreamTls::new(
+            UpstreamTlsMode::VerifyFull,
+            Some(&file),
+            None,
+            Duration::from_secs(10),
+        )
+        .unwrap()
+        .unwrap();
         let stream = tls
             .negotiate(TcpStream::connect(addr).await.unwrap(), addr)
             .await
