@@ -185,6 +185,38 @@ fn workers_verify_the_agent_and_the_agent_verifies_the_server() {
     assert!(!ok);
     assert!(err.contains("certificate verify failed"), "{err}");
 
+    // A cancel request for a session whose server link is TLS goes over TLS too and
+    // reaches the right backend.
+    let sleeper = Command::new(agent_bin())
+        .args(["exec", "--cgroup"])
+        .arg(&cg.path)
+        .args(["--", "psql", "-XAt"])
+        .arg(format!(
+            "host={v4} sslmode=verify-full {root} user=postgres dbname=shop password={PASSWORD}"
+        ))
+        .args(["-c", "select pg_sleep(120)"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let running = "select count(*) from pg_stat_activity where query = 'select pg_sleep(120)'";
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while pg.admin_sql("shop", running).unwrap().trim() != "1" {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "pg_sleep never started"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    // SAFETY: signalling our own child (psql, exec'd by pam-agent exec).
+    unsafe { libc::kill(sleeper.id() as i32, libc::SIGINT) };
+    let out = sleeper.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("canceling statement due to user request"),
+        "{err}"
+    );
+
     // Statements are still judged over TLS.
     let (ok, _, err) = psql(
         &cg,
@@ -235,14 +267,22 @@ fn a_server_without_tls_is_never_used_in_plain_text() {
         err.contains("requires TLS to the server") && err.contains("does not accept TLS"),
         "{err}"
     );
-    let closed = agent.records("session_closed");
-    assert!(
-        closed.iter().any(|r| r["end"] == "error"
+    // The close record is written after the worker got its error: wait for it.
+    let refused = |r: &serde_json::Value| {
+        r["end"] == "error"
             && r["detail"]
                 .as_str()
-                .is_some_and(|d| d.contains("does not accept TLS"))),
-        "{closed:#?}"
-    );
+                .is_some_and(|d| d.contains("does not accept TLS"))
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let closed = agent.records("session_closed");
+        if closed.iter().any(refused) {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{closed:#?}");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
     assert!(pg.log_path().exists());
 
     // No [worker_tls]: SSLRequest is answered 'N' as PostgreSQL does with ssl=off, so a
