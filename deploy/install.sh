@@ -21,6 +21,10 @@ if [ ! -e /etc/pam-agent/config.toml ]; then
     install -m 0640 "$here/config.toml" /etc/pam-agent/config.toml
     echo "installed default config /etc/pam-agent/config.toml: edit resources and cgroups"
 fi
+if grep -q '^\[worker_tls\]' /etc/pam-agent/config.toml; then
+    # The agent CA exists before the first start, so it can be given to workers now.
+    /usr/local/bin/pam-agent ca init --config /etc/pam-agent/config.toml
+fi
 install -m 0644 "$here/pam-agent.service" /etc/systemd/system/pam-agent.service
 install -m 0644 "$here/pam-workers.slice" /etc/systemd/system/pam-workers.slice
 if command -v systemctl >/dev/null && [ -d /run/systemd/system ]; then

@@ -15,7 +15,7 @@ use std::{
 use ipnet::IpNet;
 use serde::Deserialize;
 
-use crate::cgroup;
+use crate::{cgroup, postgres::upstream_tls::UpstreamTlsMode};
 
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/pam-agent/config.toml";
 pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/pam-agent";
@@ -54,6 +54,24 @@ pub struct RawConfig {
     /// Masking of result values (see [`crate::mask`]).
     #[serde(default)]
     pub masking: crate::mask::MaskingConfig,
+    /// TLS toward workers (postgres resources); without it SSLRequest gets 'N'.
+    pub worker_tls: Option<RawWorkerTls>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawWorkerTls {
+    /// The agent CA's certificate (PEM), for workers to trust.
+    pub ca_cert: PathBuf,
+    /// Its private key (PKCS#8 PEM, 0600).
+    pub ca_key: PathBuf,
+    /// Lifetime of the leaf certificates shown to workers (re-issued at half of it).
+    #[serde(default = "default_leaf_validity_hours")]
+    pub leaf_validity_hours: u64,
+}
+
+fn default_leaf_validity_hours() -> u64 {
+    24
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -137,6 +155,17 @@ pub struct RawResource {
     pub port: u16,
     #[serde(default)]
     pub protocol: Protocol,
+    /// Extra names (DNS) for the certificate shown to workers that connect by name;
+    /// the destination IP is always in it.
+    #[serde(default)]
+    pub tls_names: Vec<String>,
+    /// TLS from the agent to the server: disable (default), require, verify-full.
+    #[serde(default)]
+    pub upstream_tls: UpstreamTlsMode,
+    /// CA certificate(s) (PEM) that sign the server's certificate; for verify-full.
+    pub upstream_ca: Option<PathBuf>,
+    /// The name the server's certificate must carry; the destination IP by default.
+    pub upstream_server_name: Option<String>,
 }
 
 /// How the proxy treats a resource's traffic.
@@ -171,6 +200,8 @@ pub struct Config {
     /// Shared with every session (a reload swaps the Arc, open sessions keep theirs).
     pub policy: std::sync::Arc<crate::policy::Policy>,
     pub limits: crate::policy::Limits,
+    /// TLS toward workers; `None`: SSLRequest is answered 'N' (as `ssl = off`).
+    pub worker_tls: Option<WorkerTls>,
 }
 
 #[derive(Debug, Clone)]
@@ -208,6 +239,19 @@ pub struct Resource {
     pub net: IpNet,
     pub port: u16,
     pub protocol: Protocol,
+    /// Names added to the worker-facing certificate (besides the destination IP).
+    pub tls_names: Vec<String>,
+    pub upstream_tls: UpstreamTlsMode,
+    pub upstream_ca: Option<PathBuf>,
+    pub upstream_server_name: Option<String>,
+}
+
+/// `[worker_tls]`: the agent CA on disk and the lifetime of the leaves it issues.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WorkerTls {
+    pub ca_cert: PathBuf,
+    pub ca_key: PathBuf,
+    pub leaf_validity: Duration,
 }
 
 impl Resource {
@@ -350,11 +394,16 @@ impl Config {
                     "must be between 1 and 65535".into(),
                 ));
             }
+            validate_resource_tls(&r).map_err(|(f, reason)| invalid(&field(f), reason))?;
             let resource = Resource {
                 name: r.name,
                 net,
                 port: r.port,
                 protocol: r.protocol,
+                tls_names: r.tls_names,
+                upstream_tls: r.upstream_tls,
+                upstream_ca: r.upstream_ca,
+                upstream_server_name: r.upstream_server_name,
             };
             for own in [
                 SocketAddr::new(IpAddr::V4(ipv4), listener.port),
@@ -369,6 +418,12 @@ impl Config {
             }
             resources.push(resource);
         }
+
+        let worker_tls = raw
+            .worker_tls
+            .map(|t| validate_worker_tls(t, &journal))
+            .transpose()
+            .map_err(|(f, r)| invalid(f, r))?;
 
         let names: Vec<&str> = resources
             .iter()
@@ -400,6 +455,7 @@ impl Config {
             journal,
             governed,
             resources,
+            worker_tls,
         })
     }
 
@@ -408,6 +464,112 @@ impl Config {
     pub fn resource(&self, id: u32) -> Option<&Resource> {
         self.resources.get(id as usize)
     }
+}
+
+/// Checks `[worker_tls]`; the CA itself is read (or made) when the agent starts.
+fn validate_worker_tls(
+    raw: RawWorkerTls,
+    journal: &JournalConfig,
+) -> Result<WorkerTls, (&'static str, String)> {
+    for (field, path) in [
+        ("worker_tls.ca_cert", &raw.ca_cert),
+        ("worker_tls.ca_key", &raw.ca_key),
+    ] {
+        if !path.is_absolute() {
+            return Err((field, "must be an absolute path".into()));
+        }
+        if path.is_dir() {
+            return Err((
+                field,
+                format!("{} is a directory; name a file", path.display()),
+            ));
+        }
+        if *path == journal.path || *path == journal.signing_key {
+            return Err((field, "must not be a journal file".into()));
+        }
+    }
+    if raw.ca_cert == raw.ca_key {
+        return Err((
+            "worker_tls.ca_key",
+            "must not be the certificate's file".into(),
+        ));
+    }
+    // Up to 90 days, the most public CAs allow; workers never see an expired leaf
+    // since leaves are re-issued at half their lifetime.
+    if !(1..=90 * 24).contains(&raw.leaf_validity_hours) {
+        return Err((
+            "worker_tls.leaf_validity_hours",
+            "must be between 1 and 2160 (90 days)".into(),
+        ));
+    }
+    Ok(WorkerTls {
+        ca_cert: raw.ca_cert,
+        ca_key: raw.ca_key,
+        leaf_validity: Duration::from_secs(raw.leaf_validity_hours * 3600),
+    })
+}
+
+/// Checks a resource's TLS fields; the field name returned is relative to the resource.
+fn validate_resource_tls(r: &RawResource) -> Result<(), (&'static str, String)> {
+    let postgres_only = |f: &'static str| {
+        (
+            f,
+            "only for `protocol = \"postgres\"` (a `tcp` resource is relayed as it is, TLS included)"
+                .to_string(),
+        )
+    };
+    if r.protocol != Protocol::Postgres {
+        if !r.tls_names.is_empty() {
+            return Err(postgres_only("tls_names"));
+        }
+        if r.upstream_tls != UpstreamTlsMode::Disable {
+            return Err(postgres_only("upstream_tls"));
+        }
+    }
+    for name in &r.tls_names {
+        let ok = tokio_rustls::rustls::pki_types::DnsName::try_from(name.as_str()).is_ok()
+            || name.parse::<IpAddr>().is_ok();
+        if !ok {
+            return Err((
+                "tls_names",
+                format!("`{name}` is neither a DNS name nor an IP address"),
+            ));
+        }
+    }
+    match (r.upstream_tls, &r.upstream_ca) {
+        (UpstreamTlsMode::VerifyFull, None) => {
+            return Err((
+                "upstream_ca",
+                "`upstream_tls = \"verify-full\"` needs the CA certificate (PEM) that signs the server's certificate".into(),
+            ));
+        }
+        (UpstreamTlsMode::VerifyFull, Some(ca)) => {
+            crate::postgres::upstream_tls::load_roots(ca)
+                .map_err(|e| ("upstream_ca", e.to_string()))?;
+        }
+        (mode, Some(_)) => {
+            return Err((
+                "upstream_ca",
+                format!("only used with `upstream_tls = \"verify-full\"` (it is `{mode}`)"),
+            ));
+        }
+        (_, None) => {}
+    }
+    if let Some(name) = &r.upstream_server_name {
+        if r.upstream_tls != UpstreamTlsMode::VerifyFull {
+            return Err((
+                "upstream_server_name",
+                "only used with `upstream_tls = \"verify-full\"`".into(),
+            ));
+        }
+        if tokio_rustls::rustls::pki_types::ServerName::try_from(name.as_str()).is_err() {
+            return Err((
+                "upstream_server_name",
+                format!("`{name}` is neither a DNS name nor an IP address"),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Checks the `[journal]` section; errors name the field.
@@ -698,6 +860,129 @@ kinds = ["select"]
             assert!(e.contains(want), "{body}: {e}");
             assert!(e.contains("masking") || e.contains("line"), "{body}: {e}");
         }
+    }
+
+    #[test]
+    fn worker_tls_section_is_checked() {
+        let ok = "[worker_tls]\nca_cert = \"/var/lib/pam-agent/ca.pem\"\nca_key = \"/var/lib/pam-agent/ca.key\"\n";
+        let cfg = Config::from_toml(Path::new("t.toml"), &base(ok)).unwrap();
+        let tls = cfg.worker_tls.unwrap();
+        assert_eq!(tls.leaf_validity, Duration::from_secs(24 * 3600));
+        assert!(
+            Config::from_toml(Path::new("t.toml"), &base(""))
+                .unwrap()
+                .worker_tls
+                .is_none()
+        );
+        let e = err(&base(
+            &ok.replace("\"/var/lib/pam-agent/ca.pem\"", "\"ca.pem\""),
+        ));
+        assert!(
+            e.contains("worker_tls.ca_cert") && e.contains("absolute"),
+            "{e}"
+        );
+        let e = err(&base(&ok.replace("ca.key", "ca.pem")));
+        assert!(e.contains("worker_tls.ca_key"), "{e}");
+        let e = err(&base(&format!("{ok}leaf_validity_hours = 0\n")));
+        assert!(e.contains("worker_tls.leaf_validity_hours"), "{e}");
+        let e = err(&base(&format!("{ok}leaf_validity_hours = 3000\n")));
+        assert!(e.contains("worker_tls.leaf_validity_hours"), "{e}");
+        let e = err(&base(&format!("{ok}ca = \"x\"\n")));
+        assert!(e.contains("unknown field `ca`"), "{e}");
+        let e = err(&base(&ok.replace(
+            "\"/var/lib/pam-agent/ca.key\"",
+            "\"/tmp/pam-test-journal.jsonl\"",
+        )));
+        assert!(
+            e.contains("worker_tls.ca_key") && e.contains("journal"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn resource_tls_fields_are_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = dir.path().join("server-ca.pem");
+        let ca_pem = crate::postgres::tls::AgentCa::generate("db ca")
+            .unwrap()
+            .cert_pem();
+        std::fs::write(&ca, ca_pem).unwrap();
+        let not_pem = dir.path().join("junk.pem");
+        std::fs::write(&not_pem, "hello").unwrap();
+        let res = |extra: &str| {
+            base(&format!(
+                "[[resources]]\nname=\"db\"\naddress=\"10.0.0.1\"\nport=5432\nprotocol=\"postgres\"\n{extra}\n"
+            ))
+        };
+        let cfg = Config::from_toml(
+            Path::new("t.toml"),
+            &res(&format!(
+                "tls_names = [\"db.internal\", \"10.9.9.9\"]\nupstream_tls = \"verify-full\"\nupstream_ca = \"{}\"\nupstream_server_name = \"db.internal\"",
+                ca.display()
+            )),
+        )
+        .unwrap();
+        let r = &cfg.resources[0];
+        assert_eq!(r.upstream_tls, UpstreamTlsMode::VerifyFull);
+        assert_eq!(r.tls_names, ["db.internal", "10.9.9.9"]);
+        assert_eq!(
+            Config::from_toml(Path::new("t.toml"), &res("upstream_tls = \"require\""))
+                .unwrap()
+                .resources[0]
+                .upstream_tls,
+            UpstreamTlsMode::Require
+        );
+
+        for (extra, field, says) in [
+            (
+                "upstream_tls = \"verify-full\"",
+                "resources[0].upstream_ca",
+                "needs",
+            ),
+            (
+                &format!(
+                    "upstream_tls = \"require\"\nupstream_ca = \"{}\"",
+                    ca.display()
+                ),
+                "resources[0].upstream_ca",
+                "only used with",
+            ),
+            (
+                &format!(
+                    "upstream_tls = \"verify-full\"\nupstream_ca = \"{}\"",
+                    not_pem.display()
+                ),
+                "resources[0].upstream_ca",
+                "no PEM certificate",
+            ),
+            (
+                "upstream_tls = \"verify-full\"\nupstream_ca = \"/no/such/ca.pem\"",
+                "resources[0].upstream_ca",
+                "/no/such/ca.pem",
+            ),
+            (
+                "upstream_server_name = \"db\"",
+                "resources[0].upstream_server_name",
+                "only used with",
+            ),
+            (
+                "tls_names = [\"not a name\"]",
+                "resources[0].tls_names",
+                "neither",
+            ),
+        ] {
+            let e = err(&res(extra));
+            assert!(e.contains(field) && e.contains(says), "{extra}: {e}");
+        }
+        let e = err(&res("upstream_tls = \"prefer\""));
+        assert!(e.contains("unknown variant `prefer`"), "{e}");
+        let e = err(&base(
+            "[[resources]]\nname=\"t\"\naddress=\"10.0.0.1\"\nport=22\nupstream_tls = \"require\"\n",
+        ));
+        assert!(
+            e.contains("resources[0].upstream_tls") && e.contains("postgres"),
+            "{e}"
+        );
     }
 
     #[test]

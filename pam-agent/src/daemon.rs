@@ -13,7 +13,11 @@ use crate::{
     config::Config,
     journal::{Event, Journal, sqlite::SqliteStore},
     policy::PolicyHandle,
-    proxy::{self, Listeners, Shared},
+    postgres::{
+        tls::{AgentCa, LeafCache},
+        upstream_tls::UpstreamTls,
+    },
+    proxy::{self, Listeners, Shared, TlsSetup},
     redirect::Redirector,
 };
 
@@ -34,6 +38,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     );
     let (journal, writer) = Journal::start_with(store, cfg.journal.writer_options());
 
+    let tls = tls_setup(&cfg)?;
     let listeners = Listeners::bind(&cfg).context("binding the proxy listener")?;
     let redirector = Redirector::start(&cfg).context("attaching the kernel programs")?;
 
@@ -62,6 +67,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         config: cfg,
         journal: journal.clone(),
         redirector,
+        tls,
     });
     let shutdown = CancellationToken::new();
     let sessions = TaskTracker::new();
@@ -101,6 +107,41 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Loads the agent CA (made on the first start when neither file exists) and each
+/// resource's client TLS settings. Before anything is attached: a bad CA stops here.
+fn tls_setup(cfg: &Config) -> anyhow::Result<TlsSetup> {
+    let leaves = match &cfg.worker_tls {
+        None => None,
+        Some(t) => {
+            let (ca, created) = AgentCa::load_or_create(&t.ca_cert, &t.ca_key)
+                .context("loading the agent CA ([worker_tls])")?;
+            if created {
+                tracing::warn!(
+                    cert = %t.ca_cert.display(),
+                    "created a new agent CA: workers that verify must trust this certificate (pam-agent ca show)"
+                );
+            } else {
+                tracing::info!(cert = %t.ca_cert.display(), "agent CA loaded");
+            }
+            Some(LeafCache::new(ca, t.leaf_validity))
+        }
+    };
+    let upstream = cfg
+        .resources
+        .iter()
+        .map(|r| {
+            UpstreamTls::new(
+                r.upstream_tls,
+                r.upstream_ca.as_deref(),
+                r.upstream_server_name.as_deref(),
+                cfg.listener.upstream_connect_timeout,
+            )
+            .with_context(|| format!("resource `{}`: upstream TLS", r.name))
+        })
+        .collect::<anyhow::Result<_>>()?;
+    Ok(TlsSetup { leaves, upstream })
+}
+
 struct StopSignals {
     term: tokio::signal::unix::Signal,
     int: tokio::signal::unix::Signal,
@@ -138,6 +179,7 @@ async fn reload_policy(shared: &Shared) {
             if new.resources != shared.config.resources
                 || new.governed != shared.config.governed
                 || new.limits != shared.config.limits
+                || new.worker_tls != shared.config.worker_tls
             {
                 tracing::warn!(
                     "SIGHUP: only [policy] rules and defaults are reloaded; restart the agent to apply other changes"

@@ -8,6 +8,7 @@ use pam_agent::{
     audit, cgroup,
     config::{Config, DEFAULT_CONFIG_PATH, DEFAULT_PIN_DIR},
     daemon,
+    postgres::tls::AgentCa,
     principal::Principal,
     redirect,
     sql::{self, ClassifierConfig},
@@ -83,6 +84,27 @@ enum Command {
         #[command(subcommand)]
         command: PolicyCommand,
     },
+    /// The agent CA that signs the certificates workers see (`[worker_tls]`).
+    Ca {
+        #[command(subcommand)]
+        command: CaCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum CaCommand {
+    /// Create the CA certificate and key at the configured paths (key 0600). Does
+    /// nothing when both exist; `run` also creates them on its first start.
+    Init {
+        #[arg(long, default_value = DEFAULT_CONFIG_PATH)]
+        config: PathBuf,
+    },
+    /// Print the CA certificate (PEM) to give to workers (`sslrootcert` / PGSSLROOTCERT
+    /// or the system trust store).
+    Show {
+        #[arg(long, default_value = DEFAULT_CONFIG_PATH)]
+        config: PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
@@ -139,9 +161,30 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             }
             for r in &cfg.resources {
                 println!(
-                    "  protects: {} {} port {} ({})",
-                    r.name, r.net, r.port, r.protocol
+                    "  protects: {} {} port {} ({}{})",
+                    r.name,
+                    r.net,
+                    r.port,
+                    r.protocol,
+                    match r.upstream_tls {
+                        pam_agent::postgres::upstream_tls::UpstreamTlsMode::Disable => {
+                            String::new()
+                        }
+                        mode => format!(", TLS to the server: {mode}"),
+                    }
                 );
+            }
+            match &cfg.worker_tls {
+                Some(t) => {
+                    let state = if t.ca_cert.exists() || t.ca_key.exists() {
+                        AgentCa::load(&t.ca_cert, &t.ca_key)?;
+                        "present"
+                    } else {
+                        "not made yet: pam-agent ca init, or the first start"
+                    };
+                    println!("  worker TLS: agent CA {} ({state})", t.ca_cert.display())
+                }
+                None => println!("  worker TLS: off (SSLRequest answered 'N')"),
             }
             println!("  journal:  {}", cfg.journal.path.display());
             Ok(ExitCode::SUCCESS)
@@ -191,7 +234,48 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Audit { journal, command } => Ok(audit::run(&journal, *command)),
+        Command::Ca { command } => ca(command),
     }
+}
+
+fn ca(command: CaCommand) -> anyhow::Result<ExitCode> {
+    let config = match &command {
+        CaCommand::Init { config } | CaCommand::Show { config } => config,
+    };
+    let cfg = Config::load(config)?;
+    let Some(tls) = &cfg.worker_tls else {
+        bail!(
+            "{}: no [worker_tls] section: the agent answers workers' SSLRequest with 'N'",
+            cfg.path.display()
+        );
+    };
+    match command {
+        CaCommand::Init { .. } => {
+            let (_, created) = AgentCa::load_or_create(&tls.ca_cert, &tls.ca_key)?;
+            println!(
+                "{} agent CA: certificate {}, key {}",
+                if created {
+                    "created"
+                } else {
+                    "kept the existing"
+                },
+                tls.ca_cert.display(),
+                tls.ca_key.display()
+            );
+            println!("give the certificate to workers: pam-agent ca show > pam-agent-ca.pem");
+        }
+        CaCommand::Show { .. } => {
+            if !tls.ca_cert.exists() {
+                bail!(
+                    "{} does not exist yet: run `pam-agent ca init` (or start the agent)",
+                    tls.ca_cert.display()
+                );
+            }
+            // The certificate alone: showing it needs no access to the key.
+            print!("{}", AgentCa::read_cert_pem(&tls.ca_cert)?);
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn status(cfg: &Config) -> anyhow::Result<ExitCode> {

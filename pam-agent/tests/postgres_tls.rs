@@ -14,8 +14,11 @@ fn psql_verifies_the_agent_certificate() {
     std::fs::write(&ca_file, ca.cert_pem()).unwrap();
     let mut opts = Options::policy(CREW_POLICY);
     opts.tls = Some(
-        ca.acceptor(&["localhost".into(), "127.0.0.1".into()])
-            .unwrap(),
+        ca.acceptor(
+            &["localhost".into(), "127.0.0.1".into()],
+            std::time::Duration::from_secs(3600),
+        )
+        .unwrap(),
     );
     let proxy = Proxy::with(&pg, opts);
 

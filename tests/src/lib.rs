@@ -301,6 +301,8 @@ pub struct ResourceSpec {
     pub address: String,
     pub port: u16,
     pub protocol: &'static str,
+    /// More `key = value` lines for this resource's table (TLS settings, say).
+    pub extra: Vec<String>,
 }
 
 impl ResourceSpec {
@@ -310,7 +312,14 @@ impl ResourceSpec {
             address: address.to_string(),
             port,
             protocol: "tcp",
+            extra: Vec::new(),
         }
+    }
+
+    /// Adds a `key = value` line to the resource's table.
+    pub fn with(mut self, line: impl Into<String>) -> Self {
+        self.extra.push(line.into());
+        self
     }
 
     pub fn postgres(name: &str, address: impl ToString, port: u16) -> Self {
@@ -371,6 +380,10 @@ impl Agent {
                 "\n[[resources]]\nname = \"{}\"\naddress = \"{}\"\nport = {}\nprotocol = \"{}\"\n",
                 r.name, r.address, r.port, r.protocol
             ));
+            for line in &r.extra {
+                text.push_str(line);
+                text.push('\n');
+            }
         }
         text.push('\n');
         text.push_str(extra);

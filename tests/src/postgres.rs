@@ -51,7 +51,12 @@ pub struct PgServer {
     pub password: String,
     /// Addresses it listens on (the test host's).
     pub hosts: Vec<String>,
+    /// With `ssl = on`: the CA (PEM) that signed the server's certificate.
+    pub server_ca: Option<PathBuf>,
 }
+
+/// Server certificate names when started with TLS: the test host's addresses and this.
+pub const SERVER_DNS_NAME: &str = "db.pam.test";
 
 fn postgres_uid() -> anyhow::Result<(u32, u32)> {
     let uid = Command::new("id").args(["-u", "postgres"]).output()?;
@@ -67,6 +72,21 @@ fn postgres_uid() -> anyhow::Result<(u32, u32)> {
 
 impl PgServer {
     pub fn start(host: &TestHost, port: u16, password: &str) -> anyhow::Result<PgServer> {
+        Self::start_opts(host, port, password, false)
+    }
+
+    /// Like [`PgServer::start`] with `ssl = on`: a certificate for the host's addresses
+    /// and [`SERVER_DNS_NAME`], signed by a CA made for this server ([`PgServer::server_ca`]).
+    pub fn start_tls(host: &TestHost, port: u16, password: &str) -> anyhow::Result<PgServer> {
+        Self::start_opts(host, port, password, true)
+    }
+
+    fn start_opts(
+        host: &TestHost,
+        port: u16,
+        password: &str,
+        ssl: bool,
+    ) -> anyhow::Result<PgServer> {
         let (uid, gid) = postgres_uid()?;
         let dir = tempfile::Builder::new().prefix("pam-pg").tempdir()?;
         std::os::unix::fs::chown(dir.path(), Some(uid), Some(gid))?;
@@ -93,11 +113,27 @@ impl PgServer {
         std::fs::write(&hba, text)?;
 
         let hosts = vec![host.v4.to_string(), host.v6.to_string()];
-        let opts = format!(
+        let mut opts = format!(
             "-p {port} -k {} -c listen_addresses='{}' -c fsync=off -c max_connections=200",
             dir.path().display(),
             hosts.join(",")
         );
+        let server_ca = if ssl {
+            let tls = dir.path().join("tls");
+            std::fs::create_dir(&tls)?;
+            make_server_cert(&tls, host)?;
+            for f in ["server.pem", "server.key"] {
+                std::os::unix::fs::chown(tls.join(f), Some(uid), Some(gid))?;
+            }
+            opts.push_str(&format!(
+                " -c ssl=on -c ssl_cert_file={} -c ssl_key_file={}",
+                tls.join("server.pem").display(),
+                tls.join("server.key").display()
+            ));
+            Some(tls.join("ca.pem"))
+        } else {
+            None
+        };
         let out = host
             .command("runuser")
             .args(["-u", "postgres", "--"])
@@ -124,6 +160,7 @@ impl PgServer {
             port,
             password: password.into(),
             hosts,
+            server_ca,
         };
         server.wait_ready()?;
         Ok(server)
@@ -170,6 +207,83 @@ impl PgServer {
     pub fn log_path(&self) -> PathBuf {
         self.dir.path().join("server.log")
     }
+}
+
+/// A CA and a server certificate signed by it (openssl), in `dir`: ca.pem, server.pem,
+/// server.key (0600, as PostgreSQL demands).
+fn make_server_cert(dir: &std::path::Path, host: &TestHost) -> anyhow::Result<()> {
+    let openssl = |args: &[&str]| -> anyhow::Result<()> {
+        let out = Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .context("openssl")?;
+        if !out.status.success() {
+            bail!("openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        Ok(())
+    };
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+    ];
+    let mut ca = vec!["req", "-x509"];
+    ca.extend(ec);
+    ca.extend([
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=pam-e2e server CA",
+    ]);
+    openssl(&ca)?;
+    let mut csr = vec!["req"];
+    csr.extend(ec);
+    csr.extend([
+        "-keyout",
+        "server.key",
+        "-out",
+        "server.csr",
+        "-subj",
+        "/CN=pam-e2e db",
+    ]);
+    openssl(&csr)?;
+    std::fs::write(
+        dir.join("ext.cnf"),
+        format!(
+            "subjectAltName=IP:{},IP:{},DNS:{SERVER_DNS_NAME}\nextendedKeyUsage=serverAuth\nbasicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature\n",
+            host.v4, host.v6
+        ),
+    )?;
+    openssl(&[
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-days",
+        "2",
+        "-out",
+        "server.pem",
+        "-extfile",
+        "ext.cnf",
+    ])?;
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(
+        dir.join("server.key"),
+        std::fs::Permissions::from_mode(0o600),
+    )?;
+    Ok(())
 }
 
 impl Drop for PgServer {

@@ -121,6 +121,74 @@ fn the_shipped_default_config_is_valid() {
     let (ok, out) = check(&text.replace("cgroups = [\"pam-workers.slice\"]", "cgroups = [\"/\"]"));
     assert!(ok, "{out}");
     assert!(out.contains("protects: orders-db"), "{out}");
+    assert!(out.contains("worker TLS: off"), "{out}");
+
+    // The commented TLS example is valid once uncommented.
+    let tls: String = text
+        .lines()
+        .map(|l| {
+            let keys = [
+                "[worker_tls]",
+                "ca_cert",
+                "ca_key",
+                "leaf_validity_hours",
+                "tls_names",
+            ];
+            match l.strip_prefix("# ") {
+                Some(rest) if keys.iter().any(|k| rest.starts_with(k)) => rest,
+                _ => l,
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    let (ok, out) = check(&tls.replace("cgroups = [\"pam-workers.slice\"]", "cgroups = [\"/\"]"));
+    assert!(ok, "{out}");
+    assert!(
+        out.contains("worker TLS: agent CA /var/lib/pam-agent/ca.pem"),
+        "{out}"
+    );
+}
+
+/// `pam-agent ca` makes the CA once, shows it, and says when TLS is not configured.
+#[test]
+fn ca_init_and_show() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = dir.path().join("tls/ca.pem");
+    let text = config(GOOD_RESOURCE, "/")
+        + &format!(
+            "[worker_tls]\nca_cert = \"{}\"\nca_key = \"{}\"\n",
+            ca.display(),
+            dir.path().join("tls/ca.key").display()
+        );
+    let path = dir.path().join("config.toml");
+    std::fs::write(&path, text).unwrap();
+    let ca_cmd = |verb: &str, config: &std::path::Path| {
+        let out = Command::new(agent_bin())
+            .args(["ca", verb, "--config"])
+            .arg(config)
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned()
+                + &String::from_utf8_lossy(&out.stderr),
+        )
+    };
+    let (ok, out) = ca_cmd("show", &path);
+    assert!(!ok && out.contains("ca init"), "{out}");
+    let (ok, out) = ca_cmd("init", &path);
+    assert!(ok && out.contains("created"), "{out}");
+    let (ok, out) = ca_cmd("show", &path);
+    assert!(ok, "{out}");
+    assert_eq!(out, std::fs::read_to_string(&ca).unwrap());
+    assert!(out.starts_with("-----BEGIN CERTIFICATE-----"));
+    let (ok, again) = ca_cmd("init", &path);
+    assert!(ok && again.contains("kept the existing"), "{again}");
+
+    let plain = dir.path().join("plain.toml");
+    std::fs::write(&plain, config(GOOD_RESOURCE, "/")).unwrap();
+    let (ok, out) = ca_cmd("init", &plain);
+    assert!(!ok && out.contains("no [worker_tls] section"), "{out}");
 }
 
 /// systemd accepts the shipped unit (with ExecStart pointing at the built binary).

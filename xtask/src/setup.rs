@@ -10,7 +10,8 @@ use crate::util::{self, output};
 /// Debian packages: LLVM 22 for bpf-linker (matching rustc's LLVM), libclang for
 /// pg_query, PostgreSQL and pgbouncer for tests and benchmarks, iproute2 for test hosts,
 /// util-linux for setpriv,
-/// bpftool for the benchmarks' per-program run-time statistics.
+/// bpftool for the benchmarks' per-program run-time statistics, openssl for the TLS
+/// tests' server certificates.
 const APT: &[&str] = &[
     "llvm-22-dev",
     "libclang-dev",
@@ -21,6 +22,7 @@ const APT: &[&str] = &[
     "iproute2",
     "util-linux",
     "bpftool",
+    "openssl",
 ];
 
 /// Python clients used as real workers in tests (module name, pip requirement).

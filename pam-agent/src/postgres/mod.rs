@@ -5,7 +5,8 @@
 //! 1. [`handshake`]: startup packets (TLS toward the worker, GSSENC refused, cancel
 //!    requests mapped to the right backend, parameters checked), then authentication
 //!    relayed untouched until the server's first ReadyForQuery; BackendKeyData is
-//!    replaced by a key minted in [`cancel`].
+//!    replaced by a key minted in [`cancel`]. TLS toward the server, when the resource
+//!    asks for it, is negotiated before the startup message goes up ([`upstream_tls`]).
 //! 2. Two halves run together:
 //!    - [`judge`] reads the worker: Query, Parse and FunctionCall are judged (the rest
 //!      of an extended-protocol batch waits for Sync/Flush), decisions are journaled,
@@ -27,6 +28,7 @@ mod respond;
 pub mod startup;
 mod stream;
 pub mod tls;
+pub mod upstream_tls;
 
 use std::sync::{
     Arc,
@@ -66,6 +68,8 @@ pub struct Context {
     pub tls: Option<TlsAcceptor>,
     /// The masking rules for this worker and resource; `None` when none apply.
     pub masker: Option<crate::mask::Masker>,
+    /// TLS toward the server; `None`: plain TCP.
+    pub upstream_tls: Option<upstream_tls::UpstreamTls>,
 }
 
 /// How the session went, for its closing journal record.
@@ -91,6 +95,11 @@ pub enum SessionError {
     Startup(#[from] startup::StartupError),
     #[error("TLS handshake with the worker failed: {0}")]
     Tls(std::io::Error),
+    #[error("TLS to the server ({mode}): {source}")]
+    UpstreamTls {
+        mode: upstream_tls::UpstreamTlsMode,
+        source: upstream_tls::UpstreamTlsError,
+    },
     #[error("audit journal unavailable: {0}")]
     Journal(#[from] crate::journal::JournalError),
     #[error("connection error: {0}")]

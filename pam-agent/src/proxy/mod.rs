@@ -22,6 +22,16 @@ pub struct Shared {
     pub redirector: Redirector,
     /// Parser threads and cancel keys for `postgres` resources.
     pub postgres: crate::postgres::Services,
+    /// TLS toward workers and servers of `postgres` resources.
+    pub tls: TlsSetup,
+}
+
+/// TLS material the daemon loads once at start.
+pub struct TlsSetup {
+    /// Leaves from the agent CA (`[worker_tls]`); `None`: SSLRequest gets 'N'.
+    pub leaves: Option<crate::postgres::tls::LeafCache>,
+    /// Per resource (by index, as the kernel records it): client TLS to its server.
+    pub upstream: Vec<Option<crate::postgres::upstream_tls::UpstreamTls>>,
 }
 
 /// The proxy's listeners: bound before the kernel programs point at them.

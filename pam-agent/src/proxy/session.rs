@@ -108,6 +108,38 @@ pub async fn run(
             // Statement-aware session: judged by the policy, journaled per statement.
             let services = &shared.postgres;
             let masker = masker_for(&shared, &principal, &resource.name);
+            // The leaf names the address the worker dialed, so verify-full holds.
+            let tls = match &shared.tls.leaves {
+                None => None,
+                Some(leaves) => match leaves.acceptor(
+                    &resource.name,
+                    redirected.destination.ip(),
+                    &resource.tls_names,
+                ) {
+                    Ok(a) => Some(a),
+                    Err(e) => {
+                        let detail = format!("cannot issue a certificate for the worker: {e}");
+                        tracing::error!(%session, error = %detail);
+                        close(
+                            &shared,
+                            session,
+                            started,
+                            0,
+                            0,
+                            SessionEnd::Error,
+                            Some(detail),
+                        )
+                        .await;
+                        return;
+                    }
+                },
+            };
+            let upstream_tls = shared
+                .tls
+                .upstream
+                .get(redirected.resource_id as usize)
+                .cloned()
+                .flatten();
             let ctx = postgres::Context {
                 session,
                 principal,
@@ -117,7 +149,8 @@ pub async fn run(
                 limits: shared.config.limits,
                 classifier: services.classifier.clone(),
                 cancels: services.cancels.clone(),
-                tls: None,
+                tls,
+                upstream_tls,
                 masker,
             };
             let o = postgres::serve(worker, upstream, ctx, &shutdown).await;

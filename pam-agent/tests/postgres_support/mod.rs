@@ -292,6 +292,7 @@ impl Proxy {
                         cancels: cancels.clone(),
                         tls: opts.tls.clone(),
                         masker: masker.clone(),
+                        upstream_tls: None,
                     };
                     let upstream = upstream.clone();
                     let sd = sd.clone();
