@@ -15,10 +15,7 @@ use std::sync::{Arc, atomic::Ordering};
 use bytes::BytesMut;
 use tokio::{
     io::{AsyncWriteExt, ReadHalf, WriteHalf},
-    net::{
-        TcpStream,
-        tcp::{OwnedReadHalf, OwnedWriteHalf},
-    },
+    net::TcpStream,
 };
 
 use super::{
@@ -28,8 +25,7 @@ use super::{
     frame::{Frame, FrameReader, read_startup},
     frontend,
     startup::{self, Startup},
-    stream::WorkerStream,
-    upstream_tls::{self, UpstreamTls, UpstreamTlsError},
+    stream::{UpstreamStream, WorkerStream},
 };
 
 pub enum Handshake {
@@ -41,8 +37,8 @@ pub enum Handshake {
 pub struct Ready {
     pub worker_reader: FrameReader<ReadHalf<WorkerStream>>,
     pub worker_writer: WriteHalf<WorkerStream>,
-    pub upstream_reader: FrameReader<OwnedReadHalf>,
-    pub upstream_writer: OwnedWriteHalf,
+    pub upstream_reader: FrameReader<ReadHalf<UpstreamStream>>,
+    pub upstream_writer: WriteHalf<UpstreamStream>,
     /// Transaction status of the first ReadyForQuery.
     pub status: u8,
     pub registration: Option<Registration>,
@@ -50,11 +46,10 @@ pub struct Ready {
 
 pub async fn handshake(
     worker: TcpStream,
-    mut upstream: TcpStream,
+    upstream: TcpStream,
     ctx: &Context,
     shared: &Arc<Shared>,
 ) -> Result<Handshake, SessionError> {
-    // Taken before TLS may put a loopback bridge in front of the server.
     let server = upstream.peer_addr()?;
     let mut worker = WorkerStream::Plain(worker);
     let mut ssl_asked = false;
@@ -122,9 +117,10 @@ pub async fn handshake(
 
     // TLS toward the server first, when the resource asks for it; a server that
     // refuses it ends the session (never plaintext instead).
-    if let Some(tls) = &ctx.upstream_tls {
-        upstream = match secure_upstream(upstream, server, tls).await {
-            Ok(s) => s,
+    let mut upstream = match &ctx.upstream_tls {
+        None => UpstreamStream::Plain(upstream),
+        Some(tls) => match tls.negotiate(upstream, server).await {
+            Ok(s) => UpstreamStream::Tls(Box::new(s)),
             Err(source) => {
                 let msg = format!(
                     "pam-agent: resource \"{}\" requires TLS to the server (upstream_tls = \"{}\"), but {server}: {source}",
@@ -136,8 +132,8 @@ pub async fn handshake(
                     source,
                 });
             }
-        };
-    }
+        },
+    };
 
     // Forward the startup message as the worker sent it.
     let mut packet = BytesMut::with_capacity(startup_body.len() + 4);
@@ -147,7 +143,7 @@ pub async fn handshake(
 
     let worker_tls = worker.is_tls();
     let (wr, mut ww) = tokio::io::split(worker);
-    let (ur, mut uw) = upstream.into_split();
+    let (ur, mut uw) = tokio::io::split(upstream);
     let mut wreader = FrameReader::new(wr, ctx.limits.max_message_bytes);
     let mut ureader = FrameReader::new(ur, UPSTREAM_MAX_MESSAGE);
     let mut registration = None;
@@ -299,17 +295,6 @@ async fn fatal(worker: &mut WorkerStream, code: &str, message: &str) {
     let f: Frame = backend::error(Severity::Fatal, code, message, None, None);
     let _ = worker.write_all(&f.raw).await;
     let _ = worker.flush().await;
-}
-
-/// The server's connection after SSLRequest, 'S' and the TLS handshake (behind the
-/// loopback bridge, see [`upstream_tls::bridge`]).
-async fn secure_upstream(
-    upstream: TcpStream,
-    server: std::net::SocketAddr,
-    tls: &UpstreamTls,
-) -> Result<TcpStream, UpstreamTlsError> {
-    let stream = tls.negotiate(upstream, server).await?;
-    Ok(upstream_tls::bridge(stream).await?)
 }
 
 /// Sends the cancel upstream when the key is one this agent minted for the same

@@ -24,8 +24,7 @@ use std::{collections::HashMap, sync::Arc, sync::atomic::Ordering, time::Instant
 
 use bytes::Bytes;
 use tokio::{
-    io::{AsyncWriteExt, ReadHalf},
-    net::tcp::OwnedWriteHalf,
+    io::{AsyncWriteExt, ReadHalf, WriteHalf},
     sync::mpsc,
 };
 use tokio_util::sync::CancellationToken;
@@ -35,7 +34,7 @@ use super::{
     backend::{self, Severity, sqlstate},
     frame::{Frame, FrameError, FrameReader},
     frontend,
-    stream::WorkerStream,
+    stream::{UpstreamStream, WorkerStream},
 };
 use crate::{
     journal::Event,
@@ -149,7 +148,7 @@ pub enum Note {
 
 pub struct Judge<'a> {
     reader: FrameReader<ReadHalf<WorkerStream>>,
-    upstream: OwnedWriteHalf,
+    upstream: WriteHalf<UpstreamStream>,
     notes: mpsc::Sender<Note>,
     ctx: &'a Context,
     shared: Arc<Shared>,
@@ -181,7 +180,7 @@ pub struct Judge<'a> {
 impl<'a> Judge<'a> {
     pub fn new(
         reader: FrameReader<ReadHalf<WorkerStream>>,
-        upstream: OwnedWriteHalf,
+        upstream: WriteHalf<UpstreamStream>,
         notes: mpsc::Sender<Note>,
         ctx: &'a Context,
         shared: Arc<Shared>,

@@ -10,7 +10,10 @@ use std::{
     sync::{Arc, atomic::Ordering},
 };
 
-use tokio::{io::WriteHalf, net::tcp::OwnedReadHalf, sync::mpsc};
+use tokio::{
+    io::{ReadHalf, WriteHalf},
+    sync::mpsc,
+};
 use tokio_util::sync::CancellationToken;
 
 use super::{
@@ -21,7 +24,7 @@ use super::{
     judge::{Catalog, Exec, Injected, Note},
     masking::ResultMasking,
     startup::dangerous_encoding,
-    stream::WorkerStream,
+    stream::{UpstreamStream, WorkerStream},
 };
 use crate::{
     journal::{Event, event::MaskedColumn},
@@ -58,7 +61,7 @@ enum Pending {
 }
 
 pub struct Respond<'a> {
-    reader: FrameReader<OwnedReadHalf>,
+    reader: FrameReader<ReadHalf<UpstreamStream>>,
     worker: WriteHalf<WorkerStream>,
     notes: mpsc::Receiver<Note>,
     notes_open: bool,
@@ -77,7 +80,7 @@ pub struct Respond<'a> {
 
 impl<'a> Respond<'a> {
     pub fn new(
-        reader: FrameReader<OwnedReadHalf>,
+        reader: FrameReader<ReadHalf<UpstreamStream>>,
         worker: WriteHalf<WorkerStream>,
         notes: mpsc::Receiver<Note>,
         status: u8,

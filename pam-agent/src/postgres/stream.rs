@@ -1,4 +1,5 @@
-//! The worker's side of the connection: plain TCP, or TLS after an SSLRequest.
+//! Either side of a session's connections: plain TCP, or TLS after an SSLRequest (the
+//! worker's, ended by the agent; the server's, when the resource asks for it).
 
 use std::{
     io,
@@ -10,55 +11,58 @@ use tokio::{
     io::{AsyncRead, AsyncWrite, ReadBuf},
     net::TcpStream,
 };
-use tokio_rustls::server::TlsStream;
-
-pub enum WorkerStream {
+pub enum MaybeTls<S> {
     Plain(TcpStream),
-    Tls(Box<TlsStream<TcpStream>>),
+    Tls(Box<S>),
 }
 
-impl WorkerStream {
+/// The worker's connection (the agent is the TLS server).
+pub type WorkerStream = MaybeTls<tokio_rustls::server::TlsStream<TcpStream>>;
+/// The server's connection (the agent is the TLS client).
+pub type UpstreamStream = MaybeTls<tokio_rustls::client::TlsStream<TcpStream>>;
+
+impl<S> MaybeTls<S> {
     pub fn is_tls(&self) -> bool {
-        matches!(self, WorkerStream::Tls(_))
+        matches!(self, MaybeTls::Tls(_))
     }
 }
 
-impl AsyncRead for WorkerStream {
+impl<S: AsyncRead + Unpin> AsyncRead for MaybeTls<S> {
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         match self.get_mut() {
-            WorkerStream::Plain(s) => Pin::new(s).poll_read(cx, buf),
-            WorkerStream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+            MaybeTls::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            MaybeTls::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
         }
     }
 }
 
-impl AsyncWrite for WorkerStream {
+impl<S: AsyncWrite + Unpin> AsyncWrite for MaybeTls<S> {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         match self.get_mut() {
-            WorkerStream::Plain(s) => Pin::new(s).poll_write(cx, buf),
-            WorkerStream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+            MaybeTls::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            MaybeTls::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
         }
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
-            WorkerStream::Plain(s) => Pin::new(s).poll_flush(cx),
-            WorkerStream::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+            MaybeTls::Plain(s) => Pin::new(s).poll_flush(cx),
+            MaybeTls::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
         }
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
-            WorkerStream::Plain(s) => Pin::new(s).poll_shutdown(cx),
-            WorkerStream::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+            MaybeTls::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            MaybeTls::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
         }
     }
 }

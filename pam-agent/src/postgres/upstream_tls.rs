@@ -6,7 +6,7 @@
 //! and a worker's TLS ends at the agent either way.
 
 use std::{
-    net::{IpAddr, Ipv4Addr, SocketAddr},
+    net::{IpAddr, SocketAddr},
     path::Path,
     sync::Arc,
     time::Duration,
@@ -14,7 +14,7 @@ use std::{
 
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
-    net::{TcpListener, TcpStream},
+    net::TcpStream,
 };
 use tokio_rustls::{
     TlsConnector,
@@ -234,39 +234,11 @@ impl ServerCertVerifier for NoCertCheck {
     }
 }
 
-/// The statement halves (`judge.rs`, `respond.rs`) take the upstream as the two halves
-/// of a `TcpStream`. Until they take a stream type, an encrypted upstream reaches them
-/// through a loopback TCP pair that a task pumps to and from the TLS stream. The far
-/// end is accepted only from the near end's own address, so no other local process can
-/// take its place.
-pub async fn bridge(tls: TlsStream<TcpStream>) -> std::io::Result<TcpStream> {
-    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await?;
-    let near = TcpStream::connect(listener.local_addr()?).await?;
-    let expected = near.local_addr()?;
-    let far = tokio::time::timeout(Duration::from_secs(5), async {
-        loop {
-            let (s, peer) = listener.accept().await?;
-            if peer == expected {
-                return Ok::<_, std::io::Error>(s);
-            }
-        }
-    })
-    .await
-    .map_err(|_| std::io::Error::other("loopback bridge: own connection not accepted"))??;
-    drop(listener);
-    let _ = near.set_nodelay(true);
-    let _ = far.set_nodelay(true);
-    tokio::spawn(async move {
-        let (mut far, mut tls) = (far, tls);
-        let _ = tokio::io::copy_bidirectional(&mut far, &mut tls).await;
-    });
-    Ok(near)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::postgres::tls::AgentCa;
+    use tokio::net::TcpListener;
 
     /// A server that answers SSLRequest with `answer`, then (for 'S') TLS with a leaf
     /// for 127.0.0.1 from `ca`, then echoes one byte.
@@ -351,29 +323,5 @@ mod tests {
         let tcp = TcpStream::connect(addr).await.unwrap();
         let e = tls.negotiate(tcp, addr).await.unwrap_err();
         assert!(matches!(e, UpstreamTlsError::Timeout(_)), "{e}");
-    }
-
-    #[tokio::test]
-    async fn the_bridge_carries_bytes_both_ways() {
-        let dir = tempfile::tempdir().unwrap();
-        let ca = AgentCa::generate("server CA").unwrap();
-        let file = dir.path().join("ca.pem");
-        std::fs::write(&file, ca.cert_pem()).unwrap();
-        let addr = server(&ca, b'S').await;
-        let tls = UpstreamTls::new(
-            UpstreamTlsMode::VerifyFull,
-            Some(&file),
-            None,
-            Duration::from_secs(10),
-        )
-        .unwrap()
-        .unwrap();
-        let stream = tls
-            .negotiate(TcpStream::connect(addr).await.unwrap(), addr)
-            .await
-            .unwrap();
-        let mut near = bridge(stream).await.unwrap();
-        near.write_all(b"q").await.unwrap();
-        assert_eq!(near.read_u8().await.unwrap(), b'q');
     }
 }
