@@ -9,6 +9,7 @@
 //! - `install`: install the daemon as a systemd service.
 
 mod bench;
+mod bench_pg;
 mod demo;
 mod install;
 mod setup;
@@ -44,9 +45,21 @@ enum Task {
         /// connect() calls per connect-latency run.
         #[arg(long, default_value_t = 10_000)]
         connects: usize,
+        /// Seconds per pgbench point (24 points, three setups each).
+        #[arg(long, default_value_t = 15)]
+        pg_seconds: u32,
+        /// Run only this part: `redirect` or `postgres` (default: both).
+        #[arg(long)]
+        only: Option<Part>,
     },
     /// Install the release build, the systemd unit and the default config.
     Install,
+}
+
+#[derive(Clone, Copy, PartialEq, clap::ValueEnum)]
+enum Part {
+    Redirect,
+    Postgres,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -68,10 +81,18 @@ fn main() -> anyhow::Result<()> {
         Task::Bench {
             bulk_bytes,
             connects,
+            pg_seconds,
+            only,
         } => {
             setup::run()?;
             util::build(true)?;
-            bench::run(bulk_bytes, connects)
+            bench::run(bench::Options {
+                bulk_bytes,
+                connects,
+                pg_seconds,
+                redirect: only != Some(Part::Postgres),
+                postgres: only != Some(Part::Redirect),
+            })
         }
         Task::Install => {
             setup::run()?;
