@@ -45,8 +45,8 @@ enum Task {
         /// connect() calls per connect-latency run.
         #[arg(long, default_value_t = 10_000)]
         connects: usize,
-        /// Seconds per pgbench point (24 points, three setups each).
-        #[arg(long, default_value_t = 15)]
+        /// Seconds per pgbench run (8 points, four setups each).
+        #[arg(long, default_value_t = 12)]
         pg_seconds: u32,
         /// Run only this part: `redirect` or `postgres` (default: both).
         #[arg(long)]
