@@ -51,6 +51,9 @@ pub struct RawConfig {
     /// Statement policy for protocol-aware resources (see [`crate::policy`]).
     #[serde(default)]
     pub policy: crate::policy::RawPolicy,
+    /// Masking of result values (see [`crate::mask`]).
+    #[serde(default)]
+    pub masking: crate::mask::MaskingConfig,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -77,10 +80,6 @@ fn default_ipv4() -> String {
 fn default_ipv6() -> String {
     Ipv6Addr::LOCALHOST.to_string()
 }
-fn default_completion_wait_ms() -> u64 {
-    5
-}
-
 fn default_connect_timeout_ms() -> u64 {
     5000
 }
@@ -98,8 +97,8 @@ pub struct RawJournal {
     #[serde(default)]
     pub commit_interval_ms: u64,
     /// Longest wait of a simple-protocol session's completion record for its next
-    /// statement record, so both share one commit (default 5; 0: commit at once).
-    #[serde(default = "default_completion_wait_ms")]
+    /// statement record, so both share one commit (default 0: commit at once).
+    #[serde(default)]
     pub completion_wait_ms: u64,
     /// Sign a checkpoint at least every this many records (default 1000)...
     #[serde(default = "default_checkpoint_records")]
@@ -380,10 +379,22 @@ impl Config {
             .iter()
             .map(|r: &Resource| r.name.as_str())
             .collect();
-        let (policy, limits) = raw
+        let (mut policy, limits) = raw
             .policy
             .validate(&names)
             .map_err(|(field, reason)| invalid(&field, reason))?;
+        policy.masking = crate::mask::MaskingPolicy::compile(&raw.masking)
+            .map_err(|e| invalid("masking", e.to_string()))?;
+        if let Some((rule, r)) = policy
+            .masking
+            .selector_resources()
+            .find(|(_, r)| !r.contains('*') && !names.contains(r))
+        {
+            return Err(invalid(
+                "masking.rules.when.resources",
+                format!("rule `{rule}` names `{r}`, but no resource is named `{r}`"),
+            ));
+        }
 
         Ok(Config {
             policy: std::sync::Arc::new(policy),
@@ -662,6 +673,44 @@ kinds = ["select"]
             "[[policy.rules]]\nname=\"r\"\naction=\"allow\"\nresources=[\"db\"]\n",
         ));
         assert!(e.contains("policy.rules[0].resources"), "{e}");
+    }
+
+    #[test]
+    fn masking_section_is_validated() {
+        let db = "[[resources]]\nname = \"db\"\naddress = \"10.0.0.1\"\nport = 5432\nprotocol = \"postgres\"\n";
+        let rule = |body: &str| format!("{db}[[masking.rules]]\nname = \"pii\"\n{body}");
+        let cfg = Config::from_toml(
+            Path::new("t.toml"),
+            &base(&rule(
+                "when = { resources = [\"db\"] }\n[[masking.rules.columns]]\ncolumns = [\"public.t.email\"]\nstrategy = { kind = \"email\" }\n",
+            )),
+        )
+        .unwrap();
+        assert_eq!(cfg.policy.masking.rule_names().collect::<Vec<_>>(), ["pii"]);
+        for (body, want) in [
+            (
+                "[[masking.rules.columns]]\ncolumns = [\"email\"]\nstrategy = { kind = \"email\" }\n",
+                "must be schema.table.column",
+            ),
+            (
+                "[[masking.rules.columns]]\ncolumns = [\"a.b.c\"]\nstrategy = { kind = \"keyed_hash\" }\n",
+                "neither hash_key nor hash_key_file",
+            ),
+            (
+                "[[masking.rules.columns]]\ncolumns = [\"a.b.c\"]\nstrategy = { kind = \"scramble\" }\n",
+                "unknown variant `scramble`",
+            ),
+            (
+                "when = { resources = [\"nope\"] }\n[[masking.rules.columns]]\ncolumns = [\"a.b.c\"]\nstrategy = { kind = \"null\" }\n",
+                "no resource is named `nope`",
+            ),
+            ("", "masks nothing"),
+        ] {
+            let e = err(&base(&rule(body)));
+            // Validation errors name the section; a TOML error shows the line.
+            assert!(e.contains(want), "{body}: {e}");
+            assert!(e.contains("masking") || e.contains("line"), "{body}: {e}");
+        }
     }
 
     #[test]

@@ -547,7 +547,17 @@ fn masks_real_postgres_results() {
     let mut preloaded = ColumnResolver::new();
     let sql = m.preload_query().expect("the rules name columns");
     let rows = c.query(&sql).rows;
-    preloaded.absorb_preload(rows.iter().map(|b| CatalogRow::from_data_row(b).unwrap()));
+    // One row is the horizon (the highest relation OID), the rest name columns.
+    let horizon = rows
+        .iter()
+        .find_map(|b| ColumnResolver::horizon_of(b))
+        .expect("horizon row");
+    preloaded.absorb_preload(
+        rows.iter()
+            .filter(|b| ColumnResolver::horizon_of(b).is_none())
+            .map(|b| CatalogRow::from_data_row(b).unwrap()),
+    );
+    preloaded.set_horizon(horizon);
     for result in [&r, &view, &aliased] {
         let sources: Vec<FieldSource> = result.fields.iter().map(|f| f.info.source).collect();
         assert!(preloaded.unresolved(&sources).is_empty());

@@ -298,3 +298,53 @@ fn a_statement_that_cannot_be_journaled_does_not_run() {
     );
     assert_eq!(pg.direct("SELECT count(*) FROM audit_log"), "1\n");
 }
+
+#[test]
+fn sql_level_execute_is_judged_as_what_was_prepared() {
+    let pg = PgServer::start();
+    let proxy = Proxy::start(&pg, CREW_POLICY);
+    let run = proxy.psql_script(
+        "PREPARE item_of(int) AS SELECT item FROM orders WHERE id = $1;\n\
+         EXECUTE item_of(2);\n\
+         PREPARE wipe AS DELETE FROM orders;\n\
+         EXECUTE wipe;\n\
+         PREPARE peek AS SELECT k FROM secret.keys;\n\
+         EXECUTE peek;\n\
+         DEALLOCATE item_of;\n\
+         EXECUTE item_of(3);\n\
+         PREPARE again(int) AS SELECT qty FROM orders WHERE id = $1; EXECUTE again(4);\n",
+    );
+    assert_eq!(
+        run.stdout, "PREPARE\nitem2\nDEALLOCATE\nPREPARE\n40\n",
+        "{run:?}"
+    );
+    // The refused PREPAREs never reached the server, so their EXECUTEs name nothing
+    // the agent knows: refused too; so is an EXECUTE after DEALLOCATE.
+    let refusals = run.stderr.matches("42501").count();
+    assert_eq!(refusals, 5, "{}", run.stderr);
+    assert!(run.stderr.contains("no-unbounded-writes"), "{}", run.stderr);
+    assert_eq!(pg.direct("SELECT count(*) FROM orders"), "5\n");
+    // EXECUTE is journaled with what it runs.
+    let executed = proxy
+        .records()
+        .into_iter()
+        .find_map(|r| match r.event {
+            pam_agent::journal::Event::Statement {
+                text: Some(t),
+                kinds,
+                tables,
+                decision,
+                ..
+            } if t == "EXECUTE item_of(2)" => Some((kinds, tables, decision.as_str())),
+            _ => None,
+        })
+        .expect("EXECUTE journaled");
+    assert_eq!(
+        executed,
+        (
+            vec!["select".to_string()],
+            vec!["public.orders".to_string()],
+            "allow"
+        )
+    );
+}

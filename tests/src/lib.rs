@@ -399,6 +399,23 @@ impl Agent {
         Ok(agent)
     }
 
+    /// The running agent's process id.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// The running agent's resident memory, and its peak so far (VmRSS, VmHWM), in KiB.
+    pub fn memory_kib(&self) -> Option<(u64, u64)> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()?)).ok()?;
+        let field = |name: &str| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(name))
+                .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        };
+        Some((field("VmRSS:")?, field("VmHWM:")?))
+    }
+
     /// Starts the agent (again) with the same config and waits for READY=1.
     pub fn restart(&mut self) -> anyhow::Result<()> {
         assert!(self.child.is_none(), "agent already running");

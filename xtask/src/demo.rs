@@ -28,9 +28,11 @@ pub fn run() -> anyhow::Result<()> {
     pg.admin_sql("postgres", "create database shop")?;
     pg.admin_sql(
         "shop",
-        "create table orders(id serial primary key, customer text, total numeric(10,2));
-         insert into orders(customer, total)
-           select 'customer-' || g, (g * 7.5)::numeric from generate_series(1, 250) g;
+        "create table orders(id serial primary key, customer text, total numeric(10,2),
+                             email text, card text);
+         insert into orders(customer, total, email, card)
+           select 'customer-' || g, (g * 7.5)::numeric, 'customer' || g || '@example.com',
+                  '4111 1111 1111 1111' from generate_series(1, 250) g;
          create table api_keys(id int, owner text, secret text);
          insert into api_keys values (1, 'billing', 'sk-live-demo');",
     )?;
@@ -43,7 +45,7 @@ pub fn run() -> anyhow::Result<()> {
             ResourceSpec::postgres("shop-db", host.v4, 5432),
             ResourceSpec::postgres("shop-db-v6", host.v6, 5432),
         ],
-        pam_e2e::postgres::CREW_POLICY,
+        &format!("{}{DEMO_MASKING}", pam_e2e::postgres::CREW_POLICY),
     )?;
     println!("  cgroup {}", workers.path.display());
     println!("  config {}", agent.config.display());
@@ -99,6 +101,12 @@ pub fn run() -> anyhow::Result<()> {
         )?
     );
 
+    step("masking: the governed worker gets masked e-mail addresses and card numbers");
+    let sql_pii = "select id, customer, email, card from orders order by id limit 3";
+    println!("{}", psql(Some(&workers), &host.v4.to_string(), sql_pii)?);
+    println!("  (an ungoverned process, connecting directly, sees the real values:)");
+    println!("{}", psql(None, &host.v4.to_string(), sql_pii)?);
+
     step("a CrewAI worker, unmodified: CrewAI's NL2SQLTool queries the database");
     let script = util::root().join("tests/clients/crewai_nl2sql.py");
     let uri = format!("postgresql://postgres:{PASSWORD}@{}:5432/shop", host.v4);
@@ -108,7 +116,7 @@ pub fn run() -> anyhow::Result<()> {
         .args(["--", "python3"])
         .arg(&script)
         .arg(&uri)
-        .arg("select customer, total from orders order by total desc limit 3");
+        .arg("select customer, email, total from orders order by total desc limit 3");
     println!("{}", util::output(&mut crew)?);
 
     step("what the agent journaled (pam-agent audit query)");
@@ -155,6 +163,23 @@ pub fn run() -> anyhow::Result<()> {
     drop(host);
     Ok(())
 }
+
+/// Masking for the demo's workers: e-mail addresses by column, card numbers by content.
+const DEMO_MASKING: &str = r#"
+[masking]
+
+[[masking.rules]]
+name = "crew-pii"
+when = { resources = ["shop-db", "shop-db-v6"] }
+
+[[masking.rules.columns]]
+columns = ["public.orders.email"]
+strategy = { kind = "email" }
+
+[[masking.rules.content]]
+detectors = ["payment_card", "email", "us_ssn", "iban"]
+strategy = { kind = "partial", keep_last = 4 }
+"#;
 
 fn step(text: &str) {
     println!("\n== {text}");

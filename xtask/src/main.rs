@@ -9,6 +9,7 @@
 //! - `install`: install the daemon as a systemd service.
 
 mod bench;
+mod bench_mask;
 mod bench_pg;
 mod demo;
 mod install;
@@ -48,18 +49,15 @@ enum Task {
         /// Seconds per pgbench run (8 points, four setups each).
         #[arg(long, default_value_t = 12)]
         pg_seconds: u32,
-        /// Run only this part: `redirect` or `postgres` (default: both).
-        #[arg(long)]
-        only: Option<Part>,
+        /// Size of the large result read through masking (default 1 GiB).
+        #[arg(long, default_value_t = 1 << 30)]
+        mask_bytes: u64,
+        /// Run only these parts (`redirect`, `postgres`, `masking`); all by default.
+        #[arg(long, value_delimiter = ',')]
+        only: Vec<String>,
     },
     /// Install the release build, the systemd unit and the default config.
     Install,
-}
-
-#[derive(Clone, Copy, PartialEq, clap::ValueEnum)]
-enum Part {
-    Redirect,
-    Postgres,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -82,17 +80,25 @@ fn main() -> anyhow::Result<()> {
             bulk_bytes,
             connects,
             pg_seconds,
+            mask_bytes,
             only,
         } => {
             setup::run()?;
             util::build(true)?;
-            bench::run(bench::Options {
-                bulk_bytes,
-                connects,
-                pg_seconds,
-                redirect: only != Some(Part::Postgres),
-                postgres: only != Some(Part::Redirect),
-            })
+            let wanted = |part: &str| only.is_empty() || only.iter().any(|o| o == part);
+            if wanted("redirect") || wanted("postgres") {
+                bench::run(bench::Options {
+                    bulk_bytes,
+                    connects,
+                    pg_seconds,
+                    redirect: wanted("redirect"),
+                    postgres: wanted("postgres"),
+                })?;
+            }
+            if wanted("masking") {
+                bench_mask::run(mask_bytes)?;
+            }
+            Ok(())
         }
         Task::Install => {
             setup::run()?;

@@ -102,3 +102,22 @@ pub fn test() -> anyhow::Result<()> {
     // Default members: everything but the BPF-only kernel crate.
     run(cargo().args(["test", "--", "--test-threads=1"]))
 }
+
+/// Replaces the `## heading` section of a Markdown file under the repository root (from
+/// its heading to the next `## `), or appends it; the other sections stay as they are.
+pub fn replace_section(file: &str, heading: &str, section: &str) -> anyhow::Result<()> {
+    let path = root().join(file);
+    let existing = std::fs::read_to_string(&path).unwrap_or_default();
+    let mut parts: Vec<String> = existing.split("\n## ").map(str::to_owned).collect();
+    let body = section.trim_start_matches("## ").trim_end().to_owned() + "\n";
+    match parts.iter().skip(1).position(|p| p.starts_with(heading)) {
+        Some(i) => parts[i + 1] = body,
+        None => parts.push(body),
+    }
+    let mut text = parts.join("\n## ");
+    if !text.ends_with('\n') {
+        text.push('\n');
+    }
+    std::fs::write(&path, text)?;
+    Ok(())
+}

@@ -187,11 +187,22 @@ pub fn detail(r: &StoredRecord) -> String {
             rule,
             columns,
             rows,
+            statement,
         } => format!(
-            "{} in {rows} rows{}",
+            "{}{} in {rows} rows{}",
+            statement
+                .map(|n| format!("statement #{n}: "))
+                .unwrap_or_default(),
             columns
                 .iter()
-                .map(|c| format!("{}({} {})", c.name, c.values, c.method))
+                .map(|c| {
+                    let nulled = if c.nulled > 0 {
+                        format!(", {} null", c.nulled)
+                    } else {
+                        String::new()
+                    };
+                    format!("{}({} {}{nulled})", c.name, c.values, c.method)
+                })
                 .collect::<Vec<_>>()
                 .join(", "),
             rule.map(|r| format!(" [rule {r}]")).unwrap_or_default()

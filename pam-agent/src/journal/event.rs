@@ -188,8 +188,11 @@ pub enum Event {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         rule: Option<String>,
         columns: Vec<MaskedColumn>,
-        /// Rows that had at least one masked value.
+        /// Rows of the statement's results that went through masking.
         rows: u64,
+        /// The statement (number within the session) whose results were masked.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        statement: Option<u64>,
     },
     /// Something failed that an auditor should see (a policy could not load, an upstream
     /// misbehaved, the agent lost a kernel record).
@@ -327,10 +330,29 @@ impl ApprovalOutcome {
 /// One masked result column and how many of its values were masked.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MaskedColumn {
+    /// `schema.table.column` for a column rule, the detector's name for content.
     pub name: String,
-    /// How values were masked (`redact`, `hash`, `partial`, ...), as the rule says.
+    /// How values were masked (`redact`, `keyed_hash`, `partial`, ...), as the rule says.
     pub method: String,
+    /// Values masked (column rules) or matches masked (detectors).
     pub values: u64,
+    /// `column`, `detector`, or `withheld` (a column whose name was unknown, sent as NULL).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub by: Option<String>,
+    /// The masking rule.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rule: Option<String>,
+    /// The rule's column pattern that named the column.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pattern: Option<String>,
+    /// Values sent as NULL instead, because the type cannot hold the masked form (or the
+    /// column was withheld).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub nulled: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// How a session ended.

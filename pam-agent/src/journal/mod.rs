@@ -105,6 +105,8 @@ pub struct WriterOptions {
     /// the commit of the previous one's completion instead of queueing behind it: one
     /// commit per statement on the critical path instead of two. Sessions that only
     /// execute prepared statements never wait (their completions come back to back).
+    /// Off (zero) by default: records a session queues behind such a completion
+    /// (`masking_applied`) land up to this much later, after the worker has its answer.
     pub completion_wait: Duration,
 }
 
@@ -113,7 +115,7 @@ impl Default for WriterOptions {
         WriterOptions {
             commit_interval: Duration::ZERO,
             tick: Duration::from_secs(1),
-            completion_wait: Duration::from_millis(5),
+            completion_wait: Duration::ZERO,
         }
     }
 }

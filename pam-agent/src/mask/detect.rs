@@ -244,6 +244,15 @@ const MAX_RETRIES: usize = 32;
 const REGEX_SIZE_LIMIT: usize = 4 << 20;
 
 impl Detectors {
+    /// No detectors at all (a policy without masking rules).
+    pub fn none() -> Self {
+        Detectors {
+            set: RegexSet::empty(),
+            patterns: Vec::new(),
+            names: Vec::new(),
+        }
+    }
+
     /// Compiles the built-ins plus `custom` (name, regex) pairs; ids of custom detectors follow
     /// the built-ins in the given order.
     pub fn new(custom: &[(String, String)]) -> Result<Self, (String, regex::Error)> {

@@ -200,6 +200,29 @@ impl MaskingPolicy {
         })
     }
 
+    /// No rules: every connection's [`Masker`] is a no-op.
+    pub fn none() -> MaskingPolicy {
+        MaskingPolicy {
+            compiled: Arc::new(Compiled {
+                rules: Vec::new(),
+                strategies: Vec::new(),
+                detectors: Detectors::none(),
+                hasher: None,
+            }),
+        }
+    }
+
+    /// The resource names the rules' selectors mention, for checking against the config.
+    pub fn selector_resources(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.compiled.rules.iter().flat_map(|r| {
+            r.selector
+                .resources
+                .iter()
+                .flatten()
+                .map(move |res| (r.name.as_str(), res.as_str()))
+        })
+    }
+
     pub fn rule_names(&self) -> impl Iterator<Item = &str> {
         self.compiled.rules.iter().map(|r| r.name.as_str())
     }

@@ -49,6 +49,9 @@ pub(super) enum Action {
         strategy: usize,
     },
     Scan,
+    /// A table column whose name could not be learned in time (after DDL, or when the
+    /// catalog query failed): it might be one a rule names, so it is sent as NULL.
+    Withhold,
 }
 
 #[derive(Debug, Clone)]
@@ -131,6 +134,42 @@ impl Masker {
         self.plan_columns(&cols)
     }
 
+    /// Like [`Masker::plan`], but fails closed instead of failing: a table column the
+    /// resolver cannot name is withheld (sent as NULL, counted in the report) rather than an
+    /// error. For a session that cannot ask the catalog mid-stream.
+    pub fn plan_or_withhold(
+        &self,
+        fields: &[FieldInfo],
+        resolver: &ColumnResolver,
+    ) -> Result<RowPlan, PlanError> {
+        let mut cols = Vec::with_capacity(fields.len());
+        let mut withheld = Vec::new();
+        for (index, f) in fields.iter().enumerate() {
+            let name = if f.source.is_table_column() {
+                match resolver.lookup(f.source) {
+                    Some(found) => found.cloned(),
+                    None => {
+                        withheld.push(index);
+                        None
+                    }
+                }
+            } else {
+                None
+            };
+            cols.push(PlannedColumn {
+                name,
+                type_oid: f.type_oid,
+                format: f.format,
+            });
+        }
+        let mut plan = self.plan_columns(&cols)?;
+        for i in withheld {
+            plan.columns[i].action = Action::Withhold;
+            plan.passthrough = false;
+        }
+        Ok(plan)
+    }
+
     /// Plans a result set whose column names are already known.
     pub fn plan_columns(&self, cols: &[PlannedColumn]) -> Result<RowPlan, PlanError> {
         let scanning = self.scans_content();
@@ -181,6 +220,14 @@ impl RowPlan {
         self.columns.len()
     }
 
+    /// Columns sent as NULL because their names were unknown ([`Masker::plan_or_withhold`]).
+    pub fn withheld_columns(&self) -> usize {
+        self.columns
+            .iter()
+            .filter(|c| c.action == Action::Withhold)
+            .count()
+    }
+
     /// Masks one value of `column` (a valid index), appending to `out` unless the outcome says
     /// otherwise.
     pub(super) fn mask_value(&mut self, column: usize, value: &[u8], out: &mut Vec<u8>) -> Outcome {
@@ -188,6 +235,10 @@ impl RowPlan {
         let compiled = self.masker.compiled();
         match col.action {
             Action::Pass => Outcome::Unchanged,
+            Action::Withhold => {
+                self.column_counts[column][1] += 1;
+                Outcome::Null
+            }
             Action::Mask { strategy, .. } => {
                 let strategy = &compiled.strategies[strategy];
                 let r = pgtype::write_masked(
@@ -272,6 +323,16 @@ impl RowPlan {
         let compiled = self.masker.compiled();
         for (col, counts) in self.columns.iter().zip(self.column_counts.iter_mut()) {
             let [masked, nulled] = std::mem::take(counts);
+            if col.action == Action::Withhold && nulled > 0 {
+                report.add(ReportEntry {
+                    rule: String::new(),
+                    source: MaskSource::Unresolved,
+                    strategy: strategy::StrategyKind::Null,
+                    count: 0,
+                    nulled_for_type: nulled,
+                });
+                continue;
+            }
             let Action::Mask {
                 rule,
                 matcher,

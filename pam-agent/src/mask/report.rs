@@ -8,8 +8,15 @@ use super::strategy::StrategyKind;
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Deserialize, Serialize)]
 #[serde(tag = "by", rename_all = "snake_case")]
 pub enum MaskSource {
-    Column { pattern: String, column: String },
-    Detector { detector: String },
+    Column {
+        pattern: String,
+        column: String,
+    },
+    Detector {
+        detector: String,
+    },
+    /// Table columns sent as NULL because their names were unknown when the result arrived.
+    Unresolved,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]

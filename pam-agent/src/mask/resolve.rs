@@ -123,6 +123,9 @@ pub struct ColumnResolver {
     /// Filled by [`ColumnResolver::absorb_preload`]: the cache holds every column a rule can
     /// name, so any other column is known to be unnamed without asking.
     complete: bool,
+    /// The highest relation OID when the preload ran: a relation with a higher OID was
+    /// created since (by any session), so its columns are not known to be unnamed.
+    horizon: Option<u32>,
 }
 
 impl ColumnResolver {
@@ -133,11 +136,8 @@ impl ColumnResolver {
     /// Table columns of `fields` the cache cannot name yet, each once, in order of appearance.
     pub fn unresolved(&self, fields: &[FieldSource]) -> Vec<FieldSource> {
         let mut out: Vec<FieldSource> = Vec::new();
-        if self.complete {
-            return out;
-        }
         for f in fields {
-            if f.is_table_column() && !self.cache.contains_key(f) && !out.contains(f) {
+            if f.is_table_column() && self.lookup(*f).is_none() && !out.contains(f) {
                 out.push(*f);
             }
         }
@@ -200,6 +200,21 @@ impl ColumnResolver {
         self.cache.clear();
         self.insert_rows(rows);
         self.complete = true;
+        self.horizon = None;
+    }
+
+    /// The preload's horizon row (see [`ColumnResolver::horizon_of`]), absorbed with it.
+    pub fn set_horizon(&mut self, oid: u32) {
+        self.horizon = Some(oid);
+    }
+
+    /// The highest relation OID, if `body` is the preload's horizon row (kind `h`).
+    pub fn horizon_of(body: &[u8]) -> Option<u32> {
+        let values = datarow::values(body).ok()?;
+        if values.len() != 6 || values[2] != Some(b"h".as_slice()) {
+            return None;
+        }
+        std::str::from_utf8(values[0]?).ok()?.parse().ok()
     }
 
     fn insert_rows(&mut self, rows: impl IntoIterator<Item = CatalogRow>) {
@@ -227,7 +242,8 @@ impl ColumnResolver {
     }
 
     /// One SQL statement listing every column that one of `patterns` (`schema.table.column`
-    /// globs, as in column rules) can name: table columns by their own name, view columns by
+    /// globs, as in column rules) can name, and one horizon row (kind `h`, the highest
+    /// relation OID; read it with [`ColumnResolver::horizon_of`]): table columns by their own name, view columns by
     /// their own name or a same-named base column. Same six columns as
     /// [`ColumnResolver::catalog_query`]. Run it once per connection before the first
     /// statement (and again after DDL) so that no result has to wait for a catalog query.
@@ -274,6 +290,8 @@ impl ColumnResolver {
                  OR EXISTS (SELECT 1 FROM base b WHERE b.relid = c.oid AND b.attnum = a.attnum)) \
              UNION ALL \
              SELECT relid, attnum, 'b', nspname, relname, attname FROM base \
+             UNION ALL \
+             SELECT (SELECT pg_catalog.max(oid) FROM pg_catalog.pg_class), 0, 'h', '', '', '' \
              ORDER BY 1, 2, 3 DESC, 4, 5",
             values = values.join(", "),
         ))
@@ -283,7 +301,12 @@ impl ColumnResolver {
     pub fn lookup(&self, field: FieldSource) -> Option<Option<&ResolvedColumn>> {
         match self.cache.get(&field) {
             Some(found) => Some(found.as_ref()),
-            None if self.complete && field.is_table_column() => Some(None),
+            None if self.complete
+                && field.is_table_column()
+                && self.horizon.is_none_or(|h| field.table_oid <= h) =>
+            {
+                Some(None)
+            }
             None => None,
         }
     }
@@ -395,6 +418,24 @@ mod tests {
         assert!(r.unresolved(&[card, other]).is_empty());
         assert_eq!(r.lookup(card).unwrap().unwrap().name.column, "card_number");
         assert_eq!(r.lookup(other), Some(None));
+        // A relation created after the preload (a higher OID) is not known to be unnamed.
+        let horizon = datarow::encode_body(&[
+            Some(b"16390"),
+            Some(b"0"),
+            Some(b"h"),
+            Some(b""),
+            Some(b""),
+            Some(b""),
+        ]);
+        assert_eq!(ColumnResolver::horizon_of(&horizon), Some(16390));
+        r.set_horizon(16390);
+        assert_eq!(r.lookup(other), Some(None));
+        let newer = FieldSource {
+            table_oid: 16400,
+            attnum: 1,
+        };
+        assert_eq!(r.lookup(newer), None);
+        assert_eq!(r.unresolved(&[card, newer]), [newer]);
         assert_eq!(
             r.lookup(FieldSource {
                 table_oid: 0,

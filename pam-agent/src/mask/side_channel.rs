@@ -2,31 +2,16 @@
 //! condition leaks its values through which rows come back and in what order
 //! (`WHERE ssn LIKE '5%'` bisects a masked SSN). Rules with `refuse_side_channels = true`
 //! ask the policy engine to refuse such statements; this reports the uses it should refuse.
+//! The references come from `sql::Statement::columns`.
 
 use serde::{Deserialize, Serialize};
 
 use super::engine::Masker;
 
-/// Where a statement uses a column.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Clause {
-    Where,
-    Join,
-    OrderBy,
-    GroupBy,
-    Having,
-}
-
-/// A column reference from the statement classifier. Parts it could not qualify are `None`
-/// and match any rule pattern part (erring towards refusal).
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
-pub struct ColumnReference {
-    pub schema: Option<String>,
-    pub table: Option<String>,
-    pub column: String,
-    pub clause: Clause,
-}
+/// The column references come from the SQL classifier, which owns their types
+/// ([`crate::sql::ColumnReference`], [`crate::sql::Clause`]); masking decides which of
+/// them hit masked columns.
+pub use crate::sql::{Clause, ColumnReference};
 
 /// A refused use: which rule masks the referenced column, by which pattern.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]

@@ -18,6 +18,24 @@ pub enum StrategyKind {
     Email,
 }
 
+impl StrategyKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StrategyKind::Redact => "redact",
+            StrategyKind::Partial => "partial",
+            StrategyKind::KeyedHash => "keyed_hash",
+            StrategyKind::Null => "null",
+            StrategyKind::Email => "email",
+        }
+    }
+}
+
+impl std::fmt::Display for StrategyKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 impl Strategy {
     pub fn kind(&self) -> StrategyKind {
         match self {

@@ -183,6 +183,8 @@ impl RawPolicy {
                 default: self.default.unwrap_or(Action::Deny),
                 resource_defaults,
                 rules,
+                // Compiled from `[masking]` by the caller.
+                masking: crate::mask::MaskingPolicy::none(),
             },
             limits,
         ))

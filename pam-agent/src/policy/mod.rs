@@ -14,6 +14,12 @@
 //! - `if_flags`: the statement has at least one of these flags;
 //! - allow rules only: the statement has no flag outside `permit_flags`. Risky
 //!   features (see [`Flag`]) are thus allowed only where a rule names them.
+//!   `dynamic_sql` (SQL built at run time in a DO block or function body, an unresolved
+//!   SQL-level EXECUTE) is one of them: it ships denied unless a rule permits it.
+//!
+//! A DO block is judged by what its body does: kind `do` plus the kinds, tables, functions
+//! and flags of every statement in it (so `kinds = ["do", "select"]` with `tables` allows
+//! read-only blocks over those tables).
 //!
 //! Architecture invariant: policy does no I/O and never sees the wire.
 
@@ -99,11 +105,13 @@ impl PolicyHandle {
     }
 }
 
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone)]
 pub struct Policy {
     pub default: Action,
     pub resource_defaults: Vec<(String, Action)>,
     pub rules: Vec<Rule>,
+    /// What a principal may see: the compiled `[masking]` rules, reloaded with the rest.
+    pub masking: crate::mask::MaskingPolicy,
 }
 
 impl Default for Policy {
@@ -112,6 +120,7 @@ impl Default for Policy {
             default: Action::Deny,
             resource_defaults: Vec::new(),
             rules: Vec::new(),
+            masking: crate::mask::MaskingPolicy::none(),
         }
     }
 }
@@ -198,6 +207,8 @@ impl Policy {
             writes: Default::default(),
             functions: [format!("oid:{oid}")].into_iter().collect(),
             flags: Default::default(),
+            columns: Vec::new(),
+            prepared: None,
         }
     }
 

@@ -144,3 +144,43 @@ fn validation_names_the_field() {
     assert_eq!(f, "policy.rules[0].resources");
     assert!(toml::from_str::<RawPolicy>("[[rules]]\nname='a'\naction='maybe'").is_err());
 }
+
+#[test]
+fn do_blocks_are_judged_by_their_body_and_dynamic_sql_needs_permission() {
+    let p = policy(
+        r#"
+[[rules]]
+name = "crew-procedural-reads"
+action = "allow"
+kinds = ["do", "select"]
+tables = ["public.*"]
+
+[[rules]]
+name = "crew-dynamic"
+action = "allow"
+kinds = ["do"]
+users = ["nobody"]
+permit_flags = ["dynamic_sql"]
+"#,
+    );
+    let d = decide(
+        &p,
+        "DO $$ DECLARE n int; BEGIN SELECT count(*) INTO n FROM orders; END $$",
+    );
+    assert_eq!(
+        (d.action, d.rule.as_str()),
+        (Action::Allow, "crew-procedural-reads")
+    );
+    // Same rule, but the block deletes: kind delete is not listed.
+    let d = decide(&p, "DO $$ BEGIN DELETE FROM orders WHERE id = 1; END $$");
+    assert_eq!(d.action, Action::Deny);
+    // Reads a table outside public.
+    let d = decide(&p, "DO $$ BEGIN PERFORM 1 FROM secret.keys; END $$");
+    assert_eq!(d.action, Action::Deny);
+    // Dynamic SQL: the broad rule does not permit the flag; the permitting rule is not ours.
+    let d = decide(&p, "DO $$ BEGIN EXECUTE 'SELECT 1'; END $$");
+    assert_eq!((d.action, d.rule.as_str()), (Action::Deny, "default"));
+    // Other languages: unclassifiable.
+    let d = decide(&p, "DO LANGUAGE plpython3u $$ pass $$");
+    assert_eq!(d.rule, UNCLASSIFIABLE_RULE);
+}

@@ -12,6 +12,15 @@ pub const COMMAND_COMPLETE: u8 = b'C';
 pub const EMPTY_QUERY: u8 = b'I';
 pub const PORTAL_SUSPENDED: u8 = b's';
 pub const DATA_ROW: u8 = b'D';
+pub const ROW_DESCRIPTION: u8 = b'T';
+pub const NO_DATA: u8 = b'n';
+pub const COPY_OUT_RESPONSE: u8 = b'H';
+pub const COPY_BOTH_RESPONSE: u8 = b'W';
+pub const COPY_DATA: u8 = b'd';
+pub const COPY_DONE: u8 = b'c';
+pub const FUNCTION_CALL_RESPONSE: u8 = b'V';
+pub const NOTICE_RESPONSE: u8 = b'N';
+pub const NOTIFICATION_RESPONSE: u8 = b'A';
 
 /// SQLSTATEs the proxy uses.
 pub mod sqlstate {

@@ -129,3 +129,63 @@ pub fn execute_missing_portal() -> Frame {
 pub fn flush() -> Frame {
     Frame::build(FLUSH, b"")
 }
+
+/// Describe of a portal: the proxy asks for a result's shape where the worker did not.
+pub fn describe_portal(portal: &str) -> Frame {
+    named(DESCRIBE, b'P', portal)
+}
+
+/// Parse of a named statement without parameter types.
+pub fn parse_message(statement: &str, sql: &str) -> Frame {
+    let mut body = Vec::with_capacity(statement.len() + sql.len() + 4);
+    body.extend_from_slice(statement.as_bytes());
+    body.push(0);
+    body.extend_from_slice(sql.as_bytes());
+    body.push(0);
+    body.extend_from_slice(&0i16.to_be_bytes());
+    Frame::build(PARSE, &body)
+}
+
+pub fn describe_statement(statement: &str) -> Frame {
+    named(DESCRIBE, b'S', statement)
+}
+
+pub fn close_statement(statement: &str) -> Frame {
+    named(CLOSE, b'S', statement)
+}
+
+pub fn sync() -> Frame {
+    Frame::build(SYNC, b"")
+}
+
+fn named(tag: u8, kind: u8, name: &str) -> Frame {
+    let mut body = Vec::with_capacity(name.len() + 2);
+    body.push(kind);
+    body.extend_from_slice(name.as_bytes());
+    body.push(0);
+    Frame::build(tag, &body)
+}
+
+/// Bind of a named statement to a named portal: no parameters, text results.
+pub fn bind_message(portal: &str, statement: &str) -> Frame {
+    let mut body = Vec::with_capacity(portal.len() + statement.len() + 8);
+    for n in [portal, statement] {
+        body.extend_from_slice(n.as_bytes());
+        body.push(0);
+    }
+    body.extend_from_slice(&[0; 6]);
+    Frame::build(BIND, &body)
+}
+
+/// Execute of a portal, all rows.
+pub fn execute_message(portal: &str) -> Frame {
+    let mut body = Vec::with_capacity(portal.len() + 5);
+    body.extend_from_slice(portal.as_bytes());
+    body.push(0);
+    body.extend_from_slice(&0i32.to_be_bytes());
+    Frame::build(EXECUTE, &body)
+}
+
+pub fn close_portal(portal: &str) -> Frame {
+    named(CLOSE, b'P', portal)
+}

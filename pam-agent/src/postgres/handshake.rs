@@ -124,7 +124,7 @@ pub async fn handshake(
     let mut wreader = FrameReader::new(wr, ctx.limits.max_message_bytes);
     let mut ureader = FrameReader::new(ur, UPSTREAM_MAX_MESSAGE);
     let mut registration = None;
-    let mut out = BytesMut::new();
+    let mut out = Vec::new();
 
     // Authentication, relayed. The server speaks first and ends with ReadyForQuery
     // (or an ErrorResponse, after which it closes).
@@ -200,7 +200,7 @@ pub async fn handshake(
 
 pub async fn write_out<W: tokio::io::AsyncWrite + Unpin>(
     w: &mut W,
-    out: &mut BytesMut,
+    out: &mut Vec<u8>,
     shared: &Shared,
 ) -> std::io::Result<()> {
     if out.is_empty() {

@@ -22,6 +22,7 @@ pub mod frame;
 pub mod frontend;
 mod handshake;
 mod judge;
+mod masking;
 mod respond;
 pub mod startup;
 mod stream;
@@ -63,6 +64,8 @@ pub struct Context {
     pub cancels: Arc<CancelRegistry>,
     /// TLS toward the worker; `None` answers SSLRequest with 'N'.
     pub tls: Option<TlsAcceptor>,
+    /// The masking rules for this worker and resource; `None` when none apply.
+    pub masker: Option<crate::mask::Masker>,
 }
 
 /// How the session went, for its closing journal record.
@@ -103,6 +106,13 @@ struct Shared {
     /// under which the proxy's parser would read text differently than the server:
     /// from then on every statement is refused.
     lexer_unsafe: AtomicBool,
+    /// Masking: the column names must be (re)loaded before the worker's next group
+    /// (set at the start and after DDL; taken by the worker half when it injects the
+    /// preload).
+    mask_stale: AtomicBool,
+    /// SQL-level prepared statements the server holds: updated by the server half when a
+    /// PREPARE / DEALLOCATE completes, read by the worker half to judge `EXECUTE name`.
+    prepared: std::sync::Mutex<crate::sql::PreparedStatements>,
 }
 
 /// Runs one session to its end. `upstream` is a connection to the server the worker
@@ -113,7 +123,10 @@ pub async fn serve(
     ctx: Context,
     shutdown: &CancellationToken,
 ) -> Outcome {
-    let shared = Arc::new(Shared::default());
+    let shared = Arc::new(Shared {
+        mask_stale: AtomicBool::new(ctx.masker.is_some()),
+        ..Shared::default()
+    });
     // Small messages in both directions: never wait for Nagle.
     let _ = worker.set_nodelay(true);
     let _ = upstream.set_nodelay(true);

@@ -1,14 +1,15 @@
 //! The server's half of a session: forwards what the server sends, completes the audit
 //! of each execution (rows from CommandComplete, duration), and answers refusals in
 //! their place in the stream: after every group sent before them, with the
-//! transaction status the server last reported.
+//! transaction status the server last reported. On a masked connection, result rows
+//! go through [`ResultMasking`] instead of being forwarded as they came, and the answers
+//! to what the worker half injected are swallowed.
 
 use std::{
     collections::VecDeque,
     sync::{Arc, atomic::Ordering},
 };
 
-use bytes::BytesMut;
 use tokio::{io::WriteHalf, net::tcp::OwnedReadHalf, sync::mpsc};
 use tokio_util::sync::CancellationToken;
 
@@ -17,11 +18,15 @@ use super::{
     backend::{self, sqlstate},
     frame::{Frame, FrameReader},
     handshake::write_out,
-    judge::{Exec, Note},
+    judge::{Catalog, Exec, Injected, Note},
+    masking::ResultMasking,
     startup::dangerous_encoding,
     stream::WorkerStream,
 };
-use crate::journal::Event;
+use crate::{
+    journal::{Event, event::MaskedColumn},
+    mask::{CatalogRow, ColumnResolver, MaskSource, MaskingReport},
+};
 
 /// Output is written when nothing more is buffered, or at this size.
 const FLUSH_AT: usize = 64 * 1024;
@@ -34,9 +39,17 @@ enum Pending {
     /// Messages sent upstream that one ReadyForQuery will answer (once closed).
     Group {
         execs: VecDeque<Exec>,
+        /// Describes sent, in order: `true` for the proxy's own.
+        describes: VecDeque<bool>,
         closed: bool,
         failed: bool,
         replace: Option<Frame>,
+    },
+    /// A group the worker half sent on its own: every answer is swallowed.
+    Injected {
+        what: Injected,
+        rows: Vec<CatalogRow>,
+        failed: bool,
     },
     /// A refusal to answer once the groups ahead of it are answered.
     Refusal(Frame),
@@ -53,10 +66,13 @@ pub struct Respond<'a> {
     status: u8,
     /// DataRows since the last completion (rows of a suspended portal).
     rows_seen: u64,
-    out: BytesMut,
+    out: Vec<u8>,
     ctx: &'a Context,
     shared: Arc<Shared>,
     completions: Option<mpsc::Sender<Event>>,
+    masking: Option<ResultMasking>,
+    /// DDL completed in the open transaction: its end changes the catalog again.
+    ddl_in_txn: bool,
 }
 
 impl<'a> Respond<'a> {
@@ -76,10 +92,12 @@ impl<'a> Respond<'a> {
             queue: VecDeque::new(),
             status,
             rows_seen: 0,
-            out: BytesMut::with_capacity(FLUSH_AT),
+            out: Vec::with_capacity(FLUSH_AT),
+            masking: ctx.masker.clone().map(ResultMasking::new),
             ctx,
             shared,
             completions: None,
+            ddl_in_txn: false,
         }
     }
 
@@ -154,6 +172,20 @@ impl<'a> Respond<'a> {
                     e.extend(execs);
                 }
             }
+            Note::Describes(d) => {
+                if let Some(Pending::Group {
+                    describes, failed, ..
+                }) = self.open_group()
+                    && !*failed
+                {
+                    describes.extend(d);
+                }
+            }
+            Note::Inject(what) => self.queue.push_back(Pending::Injected {
+                what,
+                rows: Vec::new(),
+                failed: false,
+            }),
             Note::Close => {
                 if let Some(Pending::Group { closed, .. }) = self.open_group() {
                     *closed = true;
@@ -188,6 +220,7 @@ impl<'a> Respond<'a> {
         if !open {
             self.queue.push_back(Pending::Group {
                 execs: VecDeque::new(),
+                describes: VecDeque::new(),
                 closed: false,
                 failed: false,
                 replace: None,
@@ -211,10 +244,67 @@ impl<'a> Respond<'a> {
 
     async fn server_message(&mut self, f: Frame) -> Result<(), SessionError> {
         tracing::trace!(session = %self.ctx.session, tag = %f.tag.escape_ascii(), len = f.raw.len(), "server message");
+        if matches!(self.queue.front(), Some(Pending::Injected { .. }))
+            && !matches!(
+                f.tag,
+                backend::NOTICE_RESPONSE
+                    | backend::NOTIFICATION_RESPONSE
+                    | backend::PARAMETER_STATUS
+            )
+        {
+            return self.injected_answer(f).await;
+        }
         match f.tag {
             backend::DATA_ROW => {
                 self.rows_seen += 1;
+                match &mut self.masking {
+                    Some(m) => m.data_row(&f, &mut self.out)?,
+                    None => self.out.extend_from_slice(&f.raw),
+                }
+            }
+            backend::ROW_DESCRIPTION | backend::NO_DATA => {
+                let ours = match self.queue.front_mut() {
+                    Some(Pending::Group { describes, .. }) => {
+                        describes.pop_front().unwrap_or(false)
+                    }
+                    _ => false,
+                };
+                if let Some(m) = &mut self.masking {
+                    if f.tag == backend::ROW_DESCRIPTION {
+                        if m.row_description(&f)? {
+                            self.shared.mask_stale.store(true, Ordering::Release);
+                        }
+                    } else {
+                        m.finish_result();
+                    }
+                }
+                if !ours {
+                    self.out.extend_from_slice(&f.raw);
+                }
+            }
+            backend::COPY_OUT_RESPONSE => {
+                if let Some(m) = &mut self.masking {
+                    m.copy_out_response(&f)?;
+                }
                 self.out.extend_from_slice(&f.raw);
+            }
+            backend::COPY_DATA => match &mut self.masking {
+                Some(m) => m.copy_data(&f, &mut self.out)?,
+                None => self.out.extend_from_slice(&f.raw),
+            },
+            backend::COPY_DONE => {
+                if let Some(m) = &mut self.masking {
+                    m.copy_done();
+                }
+                self.out.extend_from_slice(&f.raw);
+            }
+            backend::COPY_BOTH_RESPONSE | backend::FUNCTION_CALL_RESPONSE
+                if self.masking.is_some() =>
+            {
+                return Err(SessionError::UpstreamProtocol(format!(
+                    "message '{}' carries values masking cannot see",
+                    f.tag.escape_ascii()
+                )));
             }
             backend::COMMAND_COMPLETE => {
                 let rows = backend::command_rows(&f);
@@ -230,6 +320,10 @@ impl<'a> Respond<'a> {
                 self.complete(None, None).await?;
             }
             backend::ERROR_RESPONSE => {
+                if let Some(m) = &mut self.masking {
+                    m.finish_result();
+                    m.copy_done();
+                }
                 let code = backend::error_code(&f);
                 let replacement = match self.queue.front_mut() {
                     Some(Pending::Group { replace, .. })
@@ -247,8 +341,15 @@ impl<'a> Respond<'a> {
                     }
                 }
                 // The server skips the rest of the group (until Sync / end of Query).
-                if let Some(Pending::Group { execs, failed, .. }) = self.queue.front_mut() {
+                if let Some(Pending::Group {
+                    execs,
+                    describes,
+                    failed,
+                    ..
+                }) = self.queue.front_mut()
+                {
                     execs.clear();
+                    describes.clear();
                     *failed = true;
                 }
             }
@@ -263,6 +364,11 @@ impl<'a> Respond<'a> {
                         self.record(e, None, None).await?;
                     }
                     self.queue.pop_front();
+                }
+                if self.ddl_in_txn && self.status == b'I' {
+                    // Committed or rolled back: the DDL now stands or is undone.
+                    self.ddl_in_txn = false;
+                    self.catalog_changed();
                 }
                 self.answer_refusals();
             }
@@ -296,13 +402,32 @@ impl<'a> Respond<'a> {
     }
 
     async fn record(
-        &self,
+        &mut self,
         e: Exec,
         rows: Option<u64>,
         error: Option<String>,
     ) -> Result<(), SessionError> {
+        let report = self.masking.as_mut().and_then(ResultMasking::take_report);
+        if let (Some(st), None) = (&e.prepares, &error) {
+            self.shared
+                .prepared
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .completed(st);
+        }
+        match e.catalog {
+            Catalog::Ddl => {
+                self.ddl_in_txn = self.status != b'I' || self.ddl_in_txn;
+                self.catalog_changed();
+            }
+            Catalog::Transaction if self.ddl_in_txn => self.catalog_changed(),
+            _ => {}
+        }
         if e.statement == 0 {
             return Ok(());
+        }
+        if let Some(report) = report {
+            self.journal(masking_applied(e.statement, report)).await?;
         }
         let event = Event::StatementCompleted {
             statement: e.statement,
@@ -310,6 +435,10 @@ impl<'a> Respond<'a> {
             rows,
             error,
         };
+        self.journal(event).await
+    }
+
+    async fn journal(&self, event: Event) -> Result<(), SessionError> {
         let sent = match &self.completions {
             Some(tx) => tx.send(event).await.is_ok(),
             None => false,
@@ -319,6 +448,104 @@ impl<'a> Respond<'a> {
         } else {
             Err(SessionError::Journal(crate::journal::JournalError::Closed))
         }
+    }
+
+    /// Column names learned before may be wrong now: withhold unknown columns until the
+    /// worker half's next preload is answered.
+    fn catalog_changed(&mut self) {
+        if let Some(m) = &mut self.masking {
+            m.invalidate();
+            self.shared.mask_stale.store(true, Ordering::Release);
+        }
+    }
+
+    /// An answer to a group the worker half injected: never shown to the worker.
+    async fn injected_answer(&mut self, f: Frame) -> Result<(), SessionError> {
+        let Some(Pending::Injected { what, rows, failed }) = self.queue.front_mut() else {
+            return Ok(());
+        };
+        match f.tag {
+            backend::DATA_ROW if matches!(what, Injected::Preload) => {
+                if let (Some(oid), Some(m)) =
+                    (ColumnResolver::horizon_of(f.body()), &mut self.masking)
+                {
+                    m.set_horizon(oid);
+                    return Ok(());
+                }
+                match CatalogRow::from_data_row(f.body()) {
+                    Ok(r) => rows.push(r),
+                    Err(e) => {
+                        tracing::warn!(session = %self.ctx.session, error = %e, "masking preload: bad row");
+                        *failed = true;
+                    }
+                }
+            }
+            backend::ROW_DESCRIPTION => {
+                if let (Injected::CopyDescribe(options), Some(m)) = (what, &mut self.masking) {
+                    m.copy_described(&f, options.clone())?;
+                }
+            }
+            backend::ERROR_RESPONSE => {
+                tracing::warn!(session = %self.ctx.session, code = ?backend::error_code(&f), "masking: injected query failed");
+                *failed = true;
+            }
+            backend::READY_FOR_QUERY => {
+                let Some(Pending::Injected { what, rows, failed }) = self.queue.pop_front() else {
+                    return Ok(());
+                };
+                if let (Injected::Preload, Some(m)) = (what, &mut self.masking) {
+                    if failed {
+                        // Unknown columns stay withheld; try again before the next group.
+                        self.shared.mask_stale.store(true, Ordering::Release);
+                        let event = Event::Error {
+                            component: "masking".into(),
+                            message: "the column-name preload failed; table columns are \
+                                      withheld (NULL) until it succeeds"
+                                .into(),
+                        };
+                        self.journal(event).await?;
+                    } else {
+                        m.absorb_preload(rows);
+                    }
+                }
+                self.answer_refusals();
+            }
+            // ParseComplete, BindComplete, CloseComplete, ParameterDescription, NoData,
+            // CommandComplete: nothing to learn.
+            _ => {}
+        }
+        Ok(())
+    }
+}
+
+/// The journal record of what masking did to one statement's results: names and
+/// counts, never values.
+fn masking_applied(statement: u64, report: MaskingReport) -> Event {
+    let columns = report
+        .entries
+        .into_iter()
+        .map(|e| {
+            let (name, by, pattern) = match e.source {
+                MaskSource::Column { pattern, column } => (column, "column", Some(pattern)),
+                MaskSource::Detector { detector } => (detector, "detector", None),
+                MaskSource::Unresolved => ("unresolved".into(), "withheld", None),
+            };
+            MaskedColumn {
+                name,
+                method: e.strategy.to_string(),
+                values: e.count,
+                by: Some(by.into()),
+                rule: (!e.rule.is_empty()).then_some(e.rule),
+                pattern,
+                nulled: e.nulled_for_type,
+            }
+        })
+        .collect();
+    Event::MaskingApplied {
+        statement: Some(statement),
+        rule: None,
+        columns,
+        rows: report.rows,
     }
 }
 

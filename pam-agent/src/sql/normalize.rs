@@ -6,8 +6,8 @@
 //! statements meet, so this is a deliberately small lexer that gives up (`None`, the
 //! caller then parses the exact text) on anything it does not fully understand:
 //! comments, dollar quotes, prefixed strings (`E''`, `B''`, `X''`, `N''`, `U&''`),
-//! backslashes, non-ASCII or control bytes, `;` before the end, and numbers in unusual
-//! forms. Everything but a literal is kept byte for byte; each literal becomes a marker
+//! backslashes, non-ASCII or control bytes, `;` before the end, numbers in unusual
+//! forms, and `BY` / `DISTINCT` (whose integers can be select-list positions). Everything but a literal is kept byte for byte; each literal becomes a marker
 //! of its token class, which no kept byte can be (they are all printable ASCII):
 //!
 //! - an integer that fits int4 (PostgreSQL's lexer: ICONST);
@@ -48,6 +48,12 @@ pub fn normalize(text: &str) -> Option<String> {
                 if matches!(b.get(i), Some(b'\'' | b'"'))
                     || (b.get(i) == Some(&b'&') && word.eq_ignore_ascii_case("u"))
                 {
+                    return None;
+                }
+                // `ORDER BY 2`, `GROUP BY 2`, `DISTINCT ON (2)`: there an integer is a
+                // select-list position, and the column it names is part of the
+                // classification (the masking side-channel guard reads it).
+                if word.eq_ignore_ascii_case("by") || word.eq_ignore_ascii_case("distinct") {
                     return None;
                 }
                 key.push_str(word);
@@ -192,6 +198,7 @@ pub fn literal_independent(statements: &[Statement]) -> bool {
                 Flag::UpdateWithoutWhere | Flag::DeleteWithoutWhere | Flag::DataModifyingCte
             )
         })
+        && st.prepared.is_none()
         && !st.functions.iter().any(|f| {
             let base = f.rsplit('.').next().unwrap_or(f);
             base.eq_ignore_ascii_case("set_config")
@@ -293,6 +300,10 @@ mod tests {
             "SELECT 1\u{c}",
             "SELECT x FROM t",
             "SELECT x FROM t WHERE y = $1",
+            "SELECT a, b FROM t WHERE c = 1 ORDER BY 2",
+            "SELECT a, count(*) FROM t WHERE c = 1 GROUP BY 1",
+            "SELECT DISTINCT ON (1) a, b FROM t WHERE c = 1",
+            "SELECT a, rank() OVER (order by 1) FROM t",
         ] {
             assert_eq!(normalize(text), None, "{text:?}");
         }
@@ -319,5 +330,8 @@ mod tests {
             "SELECT * INTO x FROM t WHERE a = 1"
         )));
         assert!(!literal_independent(&c("EXPLAIN ANALYZE SELECT 1")));
+        assert!(!literal_independent(&c(
+            "PREPARE p AS SELECT * FROM t WHERE a = 1"
+        )));
     }
 }

@@ -382,6 +382,20 @@ mod tests {
         ] {
             assert!(c.cached(text).is_none(), "{text}");
         }
+        // A select-list position names a column the masking guard judges.
+        let columns = |text: &str| statements(&c.classify_here(text))[0].columns.clone();
+        let by_first = columns("SELECT name, ssn FROM people WHERE id = 1 ORDER BY 1");
+        let by_second = columns("SELECT name, ssn FROM people WHERE id = 1 ORDER BY 2");
+        assert_ne!(by_first, by_second);
+        assert_eq!(
+            by_second,
+            classify(
+                "SELECT name, ssn FROM people WHERE id = 1 ORDER BY 2",
+                1 << 20
+            )
+            .unwrap()[0]
+                .columns
+        );
         // Statements that do not parse are not shared either.
         c.classify_here("SELEC 1");
         assert!(c.cached("SELEC 2").is_none());
@@ -421,5 +435,7 @@ mod tests {
         "FETCH {n} FROM c",
         "SET work_mem = '{s}'",
         "SELECT * FROM t WHERE a = {n}.5 OR b = '{s}'",
+        "SELECT a, b FROM t WHERE c = '{s}' ORDER BY {n}",
+        "PREPARE p{n} AS SELECT * FROM t WHERE a = '{s}'",
     ];
 }

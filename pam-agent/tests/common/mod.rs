@@ -189,11 +189,16 @@ pub fn every_kind(session: SessionId) -> Vec<(Option<SessionId>, Event)> {
             Event::MaskingApplied {
                 rule: Some("mask-pii".into()),
                 columns: vec![MaskedColumn {
-                    name: "email".into(),
+                    name: "public.customers.email".into(),
                     method: "redact".into(),
                     values: 12,
+                    by: Some("column".into()),
+                    rule: Some("mask-pii".into()),
+                    pattern: Some("public.*.email".into()),
+                    nulled: 0,
                 }],
                 rows: 12,
+                statement: Some(3),
             },
         ),
         (

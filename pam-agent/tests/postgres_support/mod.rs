@@ -156,6 +156,8 @@ pub struct Options {
     pub tls: Option<tokio_rustls::TlsAcceptor>,
     /// The journal fails to store any Statement record whose text contains this.
     pub fail_journal_on: Option<String>,
+    /// A `[masking]` section (TOML, without the header); its rules apply to `crew()`.
+    pub masking: Option<String>,
 }
 
 /// A journal store that fails on chosen records (a full disk, a lost volume).
@@ -187,8 +189,31 @@ impl Options {
             max_message_bytes: None,
             tls: None,
             fail_journal_on: None,
+            masking: None,
         }
     }
+
+    pub fn masked(policy: &str, masking: &str) -> Options {
+        Options {
+            masking: Some(masking.to_owned()),
+            ..Options::policy(policy)
+        }
+    }
+}
+
+/// The masking rules `crew()` gets on resource `db` from a `[masking]` section.
+fn masker_for_crew(masking: &str) -> Option<pam_agent::mask::Masker> {
+    let cfg: pam_agent::mask::MaskingConfig = toml::from_str(masking).expect("masking TOML");
+    let policy = pam_agent::mask::MaskingPolicy::compile(&cfg).expect("valid masking");
+    let p = crew();
+    let m = policy.for_subject(&pam_agent::mask::Subject {
+        uid: Some(p.uid),
+        user: p.user.as_deref(),
+        cgroup: p.cgroup.as_deref(),
+        exe: p.exe.as_deref(),
+        resource: Some("db"),
+    });
+    (!m.is_noop()).then_some(m)
 }
 
 pub struct Proxy {
@@ -216,6 +241,7 @@ impl Proxy {
         if let Some(m) = opts.max_message_bytes {
             limits.max_message_bytes = m;
         }
+        let masker = opts.masking.as_deref().and_then(masker_for_crew);
         let policy = PolicyHandle::new(Arc::new(policy));
         let handle = policy.clone();
         let journal_path = server
@@ -265,6 +291,7 @@ impl Proxy {
                         classifier: classifier.clone(),
                         cancels: cancels.clone(),
                         tls: opts.tls.clone(),
+                        masker: masker.clone(),
                     };
                     let upstream = upstream.clone();
                     let sd = sd.clone();
