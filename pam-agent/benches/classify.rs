@@ -1,6 +1,8 @@
 //! Parse-and-decide cost per statement: uncached (libpg_query parse, fingerprint,
 //! tree walk, rule evaluation) and cached (text lookup + rule evaluation), which is
-//! what every repeated statement of a session pays. Figures: docs/benchmarks-postgres.md.
+//! what every repeated statement of a session pays; and `varying_constants`, a
+//! statement whose literals change on every execution (pgbench's simple protocol),
+//! served by the normalised cache. Figures: docs/benchmarks.md.
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use pam_agent::{
@@ -89,6 +91,32 @@ fn bench(c: &mut Criterion) {
             })
         });
     }
+    // A new text every time, as pgbench -M simple sends them.
+    let texts: Vec<String> = (0..4096)
+        .map(|i| {
+            format!(
+                "UPDATE pgbench_accounts SET abalance = abalance + {} WHERE aid = {};",
+                i * 7 % 5000,
+                i * 7919 % 100_000 + 1
+            )
+        })
+        .collect();
+    let mut i = 0;
+    c.bench_function("varying_constants/uncached", |b| {
+        b.iter(|| {
+            i = (i + 1) % texts.len();
+            let classified = sql::classify(std::hint::black_box(&texts[i]), 1 << 20);
+            policy.decide_all(&who, "db", &classified)
+        })
+    });
+    classifier.classify_here(&texts[0]);
+    c.bench_function("varying_constants/normalised_hit", |b| {
+        b.iter(|| {
+            i = (i + 1) % texts.len();
+            let classified = classifier.classify_here(std::hint::black_box(&texts[i]));
+            policy.decide_all(&who, "db", &classified)
+        })
+    });
 }
 
 criterion_group! {

@@ -114,6 +114,10 @@ pub struct RawJournal {
     /// Longest wait for companions before a group is committed (0: commit at once).
     #[serde(default)]
     pub commit_interval_ms: u64,
+    /// Longest wait of a simple-protocol session's completion record for its next
+    /// statement record, so both share one commit (default 0: commit at once).
+    #[serde(default)]
+    pub completion_wait_ms: u64,
     /// Sign a checkpoint at least every this many records (default 1000)...
     #[serde(default = "default_checkpoint_records")]
     pub checkpoint_records: u64,
@@ -218,6 +222,7 @@ pub struct JournalConfig {
     pub fsync: bool,
     pub signing_key: PathBuf,
     pub commit_interval: Duration,
+    pub completion_wait: Duration,
     pub checkpoint_records: u64,
     pub checkpoint_interval: Duration,
     pub max_age: Option<Duration>,
@@ -592,6 +597,12 @@ fn validate_journal(raw: RawJournal) -> Result<JournalConfig, (&'static str, Str
             "at most 1000: every session waits this long for its record".into(),
         ));
     }
+    if raw.completion_wait_ms > 100 {
+        return Err((
+            "journal.completion_wait_ms",
+            "at most 100: a session's completion records wait this long at most".into(),
+        ));
+    }
     if raw.max_age_days == Some(0) {
         return Err(("journal.max_age_days", "must be at least 1".into()));
     }
@@ -624,6 +635,7 @@ fn validate_journal(raw: RawJournal) -> Result<JournalConfig, (&'static str, Str
         fsync: raw.fsync,
         signing_key,
         commit_interval: Duration::from_millis(raw.commit_interval_ms),
+        completion_wait: Duration::from_millis(raw.completion_wait_ms),
         checkpoint_records: raw.checkpoint_records,
         checkpoint_interval: Duration::from_millis(raw.checkpoint_interval_ms),
         max_age: raw.max_age_days.map(|d| Duration::from_secs(d * 86_400)),
@@ -651,6 +663,7 @@ impl JournalConfig {
     pub fn writer_options(&self) -> crate::journal::WriterOptions {
         crate::journal::WriterOptions {
             commit_interval: self.commit_interval,
+            completion_wait: self.completion_wait,
             ..Default::default()
         }
     }

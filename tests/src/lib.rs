@@ -359,6 +359,17 @@ impl Agent {
         resources: &[ResourceSpec],
         extra: &str,
     ) -> anyhow::Result<Agent> {
+        Self::start_with_journal(cgroups, resources, "", extra)
+    }
+
+    /// Like [`Agent::start_with`], with more lines in the `[journal]` section
+    /// (`fsync = false`, say).
+    pub fn start_with_journal(
+        cgroups: &[&Cgroup],
+        resources: &[ResourceSpec],
+        journal_extra: &str,
+        extra: &str,
+    ) -> anyhow::Result<Agent> {
         let dir = tempfile::Builder::new()
             .prefix("pam-agent-test")
             .tempdir()?;
@@ -366,7 +377,7 @@ impl Agent {
         let pin_dir = PathBuf::from(format!("/sys/fs/bpf/pamtest-{}", unique()));
         let journal = dir.path().join("journal.db");
         let mut text = format!(
-            "[agent]\npin_dir = \"{}\"\n\n[listener]\nport = {port}\n\n[journal]\npath = \"{}\"\n\n[govern]\ncgroups = [{}]\n",
+            "[agent]\npin_dir = \"{}\"\n\n[listener]\nport = {port}\n\n[journal]\npath = \"{}\"\n{journal_extra}\n\n[govern]\ncgroups = [{}]\n",
             pin_dir.display(),
             journal.display(),
             cgroups

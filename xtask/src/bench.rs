@@ -5,7 +5,11 @@
 //!   unprotected server port (the programs run, find nothing, let it pass);
 //! - redirected connect: a governed connect() to a protected port (answered by the agent);
 //! - relay: bulk echo throughput and small request/response round trips, through the
-//!   agent vs direct.
+//!   agent vs direct;
+//! - PostgreSQL (issue 4, `bench_pg`): pgbench direct, through pgbouncer and through the
+//!   agent.
+//!
+//! Each part replaces its own section of docs/benchmarks.md and keeps the others.
 
 use std::{fmt::Write as _, process::Command};
 
@@ -22,8 +26,66 @@ const CLOSE_PROTECTED: u16 = 7002;
 const RR_ROUNDS: usize = 20_000;
 const RR_SIZE: usize = 64;
 
-pub fn run(bulk_bytes: u64, connects: usize) -> anyhow::Result<()> {
+/// Heading of the PostgreSQL section (the part after `## `).
+const PG_HEADING: &str = "PostgreSQL through pam-agent vs direct and pgbouncer (issue 4)";
+const REDIRECT_HEADING: &str = "Redirect layer (issue 2)";
+
+pub struct Options {
+    pub bulk_bytes: u64,
+    pub connects: usize,
+    pub pg_seconds: u32,
+    pub redirect: bool,
+    pub postgres: bool,
+}
+
+pub fn run(o: Options) -> anyhow::Result<()> {
     util::sweep(true);
+    let mut sections = Vec::new();
+    if o.redirect {
+        sections.push((REDIRECT_HEADING, redirect(o.bulk_bytes, o.connects)?));
+    }
+    if o.postgres {
+        sections.push((PG_HEADING, crate::bench_pg::run(o.pg_seconds)?));
+    }
+    write_doc(&sections)
+}
+
+/// Rewrites docs/benchmarks.md: the header, then each section in place (or appended),
+/// keeping sections other runs or people wrote.
+fn write_doc(sections: &[(&str, String)]) -> anyhow::Result<()> {
+    let path = util::root().join("docs/benchmarks.md");
+    let existing = std::fs::read_to_string(&path).unwrap_or_default();
+    let mut md = String::new();
+    writeln!(md, "# Benchmarks\n")?;
+    writeln!(
+        md,
+        "Written by `cargo xtask bench` (release build). Every figure is paired with a baseline \
+         measured in the same run on the same machine; ratios are what to compare across runs. \
+         Test host: a network namespace on a veth pair; workers are `pam-testpeer` processes \
+         (governed ones started with `pam-agent exec`).\n"
+    )?;
+    writeln!(md, "Last run: {}; {}", now(), machine())?;
+    let mut pending: Vec<&(&str, String)> = sections.iter().collect();
+    for sec in existing.split("\n## ").skip(1) {
+        let title = sec.lines().next().unwrap_or_default().trim();
+        match pending.iter().position(|(h, _)| *h == title) {
+            Some(i) => {
+                let (h, body) = pending.remove(i);
+                write!(md, "\n## {h}\n\n{}\n", body.trim_end())?;
+            }
+            None => write!(md, "\n## {sec}")?,
+        }
+    }
+    for (h, body) in pending {
+        write!(md, "\n## {h}\n\n{}\n", body.trim_end())?;
+    }
+    std::fs::write(&path, &md)?;
+    println!("{md}");
+    Ok(())
+}
+
+/// The redirect layer's measurements; returns the section body.
+fn redirect(bulk_bytes: u64, connects: usize) -> anyhow::Result<String> {
     let mut host = TestHost::new()?;
     host.serve_echo(&[PROTECTED])?;
     host.serve_close(&[CLOSE_UNPROTECTED, CLOSE_PROTECTED])?;
@@ -104,16 +166,7 @@ pub fn run(bulk_bytes: u64, connects: usize) -> anyhow::Result<()> {
     let rar = mean2(&r_agent, &r_agent2, "rps");
 
     let mut md = String::new();
-    writeln!(md, "# Benchmarks\n")?;
-    writeln!(
-        md,
-        "Written by `cargo xtask bench` (release build). Every figure is paired with a baseline \
-         measured in the same run on the same machine; ratios are what to compare across runs. \
-         Test host: a network namespace on a veth pair; workers are `pam-testpeer` processes \
-         (governed ones started with `pam-agent exec`).\n"
-    )?;
     writeln!(md, "Run: {}; {}\n", now(), machine())?;
-    writeln!(md, "## Redirect layer (issue 2)\n")?;
     writeln!(
         md,
         "### connect() latency, {connects} connects per run, two runs each (mean of the runs)\n"
@@ -199,18 +252,7 @@ pub fn run(bulk_bytes: u64, connects: usize) -> anyhow::Result<()> {
          connects that pass through pay only the lookup."
     )?;
 
-    let path = util::root().join("docs/benchmarks.md");
-    let existing = std::fs::read_to_string(&path).unwrap_or_default();
-    // Keep sections other tasks wrote (from "## " headings not ours).
-    let rest = existing
-        .split("\n## ")
-        .skip(1)
-        .filter(|sec| !sec.starts_with("Redirect layer"))
-        .map(|sec| format!("\n## {sec}"))
-        .collect::<String>();
-    std::fs::write(&path, md + &rest)?;
-    println!("{}", std::fs::read_to_string(&path)?);
-    Ok(())
+    Ok(md)
 }
 
 /// (run time ns, run count) summed over loaded programs of this name, from bpftool.

@@ -10,6 +10,7 @@
 
 mod bench;
 mod bench_mask;
+mod bench_pg;
 mod demo;
 mod install;
 mod setup;
@@ -45,10 +46,13 @@ enum Task {
         /// connect() calls per connect-latency run.
         #[arg(long, default_value_t = 10_000)]
         connects: usize,
+        /// Seconds per pgbench run (8 points, four setups each).
+        #[arg(long, default_value_t = 12)]
+        pg_seconds: u32,
         /// Size of the large result read through masking (default 1 GiB).
         #[arg(long, default_value_t = 1 << 30)]
         mask_bytes: u64,
-        /// Run only these parts (`redirect`, `masking`); all by default.
+        /// Run only these parts (`redirect`, `postgres`, `masking`); all by default.
         #[arg(long, value_delimiter = ',')]
         only: Vec<String>,
     },
@@ -75,14 +79,21 @@ fn main() -> anyhow::Result<()> {
         Task::Bench {
             bulk_bytes,
             connects,
+            pg_seconds,
             mask_bytes,
             only,
         } => {
             setup::run()?;
             util::build(true)?;
             let wanted = |part: &str| only.is_empty() || only.iter().any(|o| o == part);
-            if wanted("redirect") {
-                bench::run(bulk_bytes, connects)?;
+            if wanted("redirect") || wanted("postgres") {
+                bench::run(bench::Options {
+                    bulk_bytes,
+                    connects,
+                    pg_seconds,
+                    redirect: wanted("redirect"),
+                    postgres: wanted("postgres"),
+                })?;
             }
             if wanted("masking") {
                 bench_mask::run(mask_bytes)?;

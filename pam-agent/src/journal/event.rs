@@ -210,6 +210,11 @@ pub enum Event {
 }
 
 impl Event {
+    /// An execution's completion: journaled off the data path, nothing waits for it.
+    pub fn is_completion(&self) -> bool {
+        matches!(self, Event::StatementCompleted { .. })
+    }
+
     /// Every `kind` value, for validating filters.
     pub const KINDS: &'static [&'static str] = &[
         "agent_started",

@@ -29,6 +29,7 @@ pub mod sqlite;
 pub mod verify;
 
 use std::{
+    collections::HashSet,
     sync::Arc,
     thread,
     time::{Duration, Instant},
@@ -97,6 +98,16 @@ pub struct WriterOptions {
     pub commit_interval: Duration,
     /// How often [`JournalStore::tick`] runs.
     pub tick: Duration,
+    /// How long a group made only of `statement_completed` records (which no data path
+    /// waits for) may wait for another record before the commit, when their sessions
+    /// had an awaited record in the group before (simple-protocol sessions, which send
+    /// a statement record per execution). Such a session's next statement then shares
+    /// the commit of the previous one's completion instead of queueing behind it: one
+    /// commit per statement on the critical path instead of two. Sessions that only
+    /// execute prepared statements never wait (their completions come back to back).
+    /// Off (zero) by default: records a session queues behind such a completion
+    /// (`masking_applied`) land up to this much later, after the worker has its answer.
+    pub completion_wait: Duration,
 }
 
 impl Default for WriterOptions {
@@ -104,6 +115,7 @@ impl Default for WriterOptions {
         WriterOptions {
             commit_interval: Duration::ZERO,
             tick: Duration::from_secs(1),
+            completion_wait: Duration::ZERO,
         }
     }
 }
@@ -200,6 +212,8 @@ async fn write_loop<S: JournalStore>(
     let mut batch: Vec<Pending> = Vec::with_capacity(MAX_BATCH);
     let mut records: Vec<Record> = Vec::with_capacity(MAX_BATCH);
     let mut next_tick = Instant::now() + opts.tick;
+    // Sessions with an awaited record in the last group.
+    let mut awaited_last: HashSet<SessionId> = HashSet::new();
     loop {
         let wait = next_tick.saturating_duration_since(Instant::now());
         let first = match tokio::time::timeout(wait, rx.recv()).await {
@@ -230,6 +244,37 @@ async fn write_loop<S: JournalStore>(
                 Err(_) => break,
             }
         }
+        let likely_followed = |p: &Pending| {
+            p.event.is_completion() && p.session.is_some_and(|s| awaited_last.contains(&s))
+        };
+        if !opts.completion_wait.is_zero() && batch.iter().all(likely_followed) {
+            let deadline = tokio::time::Instant::now() + opts.completion_wait;
+            while batch.len() < MAX_BATCH {
+                match tokio::time::timeout_at(deadline, rx.recv()).await {
+                    Ok(Some(p)) => {
+                        let awaited = !p.event.is_completion();
+                        batch.push(p);
+                        if awaited {
+                            break;
+                        }
+                    }
+                    _ => break,
+                }
+            }
+            while batch.len() < MAX_BATCH {
+                match rx.try_recv() {
+                    Ok(p) => batch.push(p),
+                    Err(_) => break,
+                }
+            }
+        }
+        awaited_last.clear();
+        awaited_last.extend(
+            batch
+                .iter()
+                .filter(|p| !p.event.is_completion())
+                .filter_map(|p| p.session),
+        );
         records.clear();
         for (i, p) in batch.iter().enumerate() {
             records.push(Record::new(next_seq + i as u64, p.session, p.event.clone()));
@@ -261,5 +306,89 @@ async fn write_loop<S: JournalStore>(
     }
     if let Err(e) = store.close() {
         tracing::error!(error = %e, "closing the audit journal failed");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use super::*;
+
+    /// Remembers the size of every group it is given.
+    struct Groups(Arc<Mutex<Vec<usize>>>, u64);
+
+    impl JournalStore for Groups {
+        fn last_seq(&self) -> u64 {
+            self.1
+        }
+        fn append(&mut self, records: &[Record]) -> Result<(), JournalError> {
+            self.0.lock().unwrap().push(records.len());
+            self.1 += records.len() as u64;
+            Ok(())
+        }
+    }
+
+    fn completion() -> Event {
+        Event::StatementCompleted {
+            statement: 1,
+            duration_ms: 0,
+            rows: Some(1),
+            error: None,
+        }
+    }
+
+    fn stopped() -> Event {
+        Event::AgentStopped {
+            reason: "test".into(),
+        }
+    }
+
+    fn long_wait() -> WriterOptions {
+        WriterOptions {
+            // Long enough that only another record can end a wait.
+            completion_wait: Duration::from_secs(600),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_completion_shares_the_commit_of_its_sessions_next_statement() {
+        let groups = Arc::new(Mutex::new(Vec::new()));
+        let (j, h) = Journal::start_with(Groups(groups.clone(), 0), long_wait());
+        let s = Some(SessionId::new());
+        // A simple-protocol session: statement record, then completion, then the next.
+        j.record_blocking(s, stopped()).unwrap();
+        let send = |event| {
+            let (ack, done) = oneshot::channel();
+            j.tx.blocking_send(Pending {
+                session: s,
+                event,
+                ack,
+            })
+            .unwrap();
+            done
+        };
+        let first = send(completion());
+        let second = send(stopped());
+        assert_eq!(first.blocking_recv().unwrap().unwrap(), 2);
+        assert_eq!(second.blocking_recv().unwrap().unwrap(), 3);
+        assert_eq!(*groups.lock().unwrap(), vec![1, 2]);
+        drop(j);
+        h.join().unwrap();
+    }
+
+    #[test]
+    fn completions_of_prepared_executions_do_not_wait() {
+        let groups = Arc::new(Mutex::new(Vec::new()));
+        let (j, h) = Journal::start_with(Groups(groups.clone(), 0), long_wait());
+        let s = Some(SessionId::new());
+        // Back-to-back completions, no statement record between them.
+        assert_eq!(j.record_blocking(s, completion()).unwrap(), 1);
+        assert_eq!(j.record_blocking(s, completion()).unwrap(), 2);
+        assert_eq!(j.record_blocking(None, completion()).unwrap(), 3);
+        assert_eq!(*groups.lock().unwrap(), vec![1, 1, 1]);
+        drop(j);
+        h.join().unwrap();
     }
 }

@@ -4,7 +4,8 @@
 //! - [`classify`]: text -> one [`Statement`] per statement, or [`Unclassifiable`].
 //!   Pure; no I/O. Deep ASTs need a big stack: call it on a [`Classifier`] thread.
 //! - [`Classifier`]: a small pool of parser threads with a known stack size, and a
-//!   bounded cache of results keyed by the exact statement text.
+//!   bounded cache of results keyed by the exact statement text, and one keyed by the
+//!   text with its literals replaced, for results no literal can change (`normalize`).
 //! - [`copy_out`]: the columns and row format of a `COPY ... TO STDOUT`, for masking.
 //! - `columns`: the [`ColumnReference`]s a statement filters, joins, sorts or groups on
 //!   (for the masking side-channel guard, which re-exports these types).
@@ -16,6 +17,7 @@
 mod classify;
 mod columns;
 mod copy;
+mod normalize;
 mod plpgsql;
 mod pool;
 mod prepared;
