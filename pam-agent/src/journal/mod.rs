@@ -120,6 +120,16 @@ impl Default for WriterOptions {
     }
 }
 
+/// The acknowledgement of a [`Journal::submit`]ted record.
+pub struct Ack(oneshot::Receiver<Result<u64, JournalError>>);
+
+impl Ack {
+    /// Waits until the record is stored (durably, if the journal syncs); its seq.
+    pub async fn stored(self) -> Result<u64, JournalError> {
+        self.0.await.map_err(|_| JournalError::Closed)?
+    }
+}
+
 struct Pending {
     session: Option<SessionId>,
     event: Event,
@@ -158,6 +168,16 @@ impl Journal {
         session: Option<SessionId>,
         event: Event,
     ) -> Result<u64, JournalError> {
+        self.submit(session, event).await?.stored().await
+    }
+
+    /// Queues a record without waiting for it to be stored, so a caller can have several
+    /// in flight (they share a commit); records are stored in the order submitted.
+    pub async fn submit(
+        &self,
+        session: Option<SessionId>,
+        event: Event,
+    ) -> Result<Ack, JournalError> {
         let (ack, done) = oneshot::channel();
         self.tx
             .send(Pending {
@@ -167,7 +187,7 @@ impl Journal {
             })
             .await
             .map_err(|_| JournalError::Closed)?;
-        done.await.map_err(|_| JournalError::Closed)?
+        Ok(Ack(done))
     }
 
     /// Blocking form of [`Journal::record`] for code outside the runtime.

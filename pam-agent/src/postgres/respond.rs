@@ -109,8 +109,19 @@ impl<'a> Respond<'a> {
         self.completions = Some(tx);
         let (journal, session) = (self.ctx.journal.clone(), self.ctx.session);
         let writer = async move {
+            // What queued while the last batch was being stored goes in together: one
+            // commit for many completions of a fast session, order kept.
+            let mut acks = Vec::new();
             while let Some(event) = rx.recv().await {
-                journal.record(Some(session), event).await?;
+                acks.push(journal.submit(Some(session), event).await?);
+                while acks.len() < COMPLETIONS_QUEUE
+                    && let Ok(event) = rx.try_recv()
+                {
+                    acks.push(journal.submit(Some(session), event).await?);
+                }
+                for ack in acks.drain(..) {
+                    ack.stored().await?;
+                }
             }
             Ok::<(), crate::journal::JournalError>(())
         };
