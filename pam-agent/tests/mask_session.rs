@@ -35,8 +35,13 @@ strategy = { kind = "partial", keep_last = 4 }
 columns = ["public.customers.card", "public.customers.uuid_col"]
 strategy = { kind = "keyed_hash", length = 16 }
 
+[[rules.columns]]
+columns = ["public.customers.iban"]
+strategy = { kind = "null" }
+
 [[rules.content]]
 detectors = ["email", "phone", "payment_card", "us_ssn", "iban"]
+patterns = [{ name = "employee-id", regex = "EMP-[0-9]{6}" }]
 strategy = { kind = "redact", text = "[redacted]" }
 "#;
 
@@ -52,7 +57,7 @@ INSERT INTO customers VALUES
   '5500 0055 5555 5559', 'DE89370400440532013000', '{"contact": "none"}',
   'b1eebc99-9c0b-4ef8-bb6d-6bb9bd380a22', 99.00),
  (3, 'Amara Okafor', 'amara@example.org', '+44 20 7946 0958', '219-09-9999',
-  '3782 822463 10005', 'FR1420041010050500013M02606', '{}',
+  '3782 822463 10005', 'FR1420041010050500013M02606', '{"ref": "EMP-123456"}',
   'c2eebc99-9c0b-4ef8-bb6d-6bb9bd380a33', 0);
 CREATE VIEW customer_contacts AS SELECT id, name, email FROM customers;
 "#;
@@ -150,6 +155,15 @@ fn psql_sees_masked_values_by_column_and_content() {
     assert_eq!(
         lines(&proxy.psql("SELECT phone FROM customers ORDER BY id")),
         ["[redacted]", "[redacted]", "[redacted]"]
+    );
+    // The null strategy, and a custom pattern.
+    assert_eq!(
+        lines(&proxy.psql("SELECT id, iban IS NULL, iban FROM customers WHERE id = 1")),
+        ["1|f|"]
+    );
+    assert_eq!(
+        lines(&proxy.psql("SELECT note FROM customers WHERE id = 3")),
+        ["{\"ref\": \"[redacted]\"}"]
     );
     // Values that are not sensitive are untouched, and so is a non-masked type.
     assert_eq!(
