@@ -13,6 +13,7 @@
 //! - [`postgres`]: the PostgreSQL wire protocol session (judges statements, relays the rest).
 //! - [`sql`]: what a SQL text does (PostgreSQL's parser behind one function).
 //! - [`policy`]: rules, decisions and their explanation (no I/O).
+//! - [`secret_file`]: private key files: created once, 0600, checked before use.
 
 pub mod audit;
 pub mod cgroup;
@@ -26,4 +27,5 @@ pub mod postgres;
 pub mod principal;
 pub mod proxy;
 pub mod redirect;
+pub mod secret_file;
 pub mod sql;

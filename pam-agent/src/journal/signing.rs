@@ -7,9 +7,7 @@
 //! mode 0600 and refused when group or others can read it.
 
 use std::{
-    fs::{self, OpenOptions},
-    io::Write,
-    os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt},
+    fs,
     path::{Path, PathBuf},
 };
 
@@ -30,10 +28,8 @@ pub enum KeyError {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("signing key {path} is readable by group or others (mode {mode:o}); it must be 0600")]
-    TooOpen { path: PathBuf, mode: u32 },
-    #[error("signing key {path} belongs to uid {owner}, not to the agent (uid {me})")]
-    NotOwner { path: PathBuf, owner: u32, me: u32 },
+    #[error("signing key: {0}")]
+    Private(#[from] crate::secret_file::PrivateFileError),
     #[error("signing key {path} is not an ed25519 PKCS#8 PEM key: {reason}")]
     Format { path: PathBuf, reason: String },
     #[error("cannot generate a signing key: {0}")]
@@ -48,21 +44,7 @@ pub fn load_or_create(path: &Path) -> Result<SigningKey, KeyError> {
     };
     match fs::metadata(path) {
         Ok(meta) => {
-            let mode = meta.permissions().mode() & 0o777;
-            if mode & 0o077 != 0 {
-                return Err(KeyError::TooOpen {
-                    path: path.to_owned(),
-                    mode,
-                });
-            }
-            let me = nix::unistd::geteuid().as_raw();
-            if meta.uid() != me {
-                return Err(KeyError::NotOwner {
-                    path: path.to_owned(),
-                    owner: meta.uid(),
-                    me,
-                });
-            }
+            crate::secret_file::check_private(path, &meta)?;
             let pem = fs::read_to_string(path).map_err(io)?;
             SigningKey::from_pkcs8_pem(&pem).map_err(|e| KeyError::Format {
                 path: path.to_owned(),
@@ -79,15 +61,6 @@ fn create(path: &Path) -> Result<SigningKey, KeyError> {
         path: path.to_owned(),
         source,
     };
-    if let Some(dir) = path.parent()
-        && !dir.as_os_str().is_empty()
-        && !dir.exists()
-    {
-        std::os::unix::fs::DirBuilderExt::mode(&mut fs::DirBuilder::new(), 0o700)
-            .recursive(true)
-            .create(dir)
-            .map_err(io)?;
-    }
     let mut seed = [0u8; 32];
     getrandom::fill(&mut seed).map_err(|e| KeyError::Random(e.to_string()))?;
     let key = SigningKey::from_bytes(&seed);
@@ -97,15 +70,8 @@ fn create(path: &Path) -> Result<SigningKey, KeyError> {
             path: path.to_owned(),
             reason: e.to_string(),
         })?;
-    // create_new: two agents racing to create the key must not overwrite each other.
-    let mut file = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)
-        .map_err(io)?;
-    file.write_all(pem.as_bytes()).map_err(io)?;
-    file.sync_all().map_err(io)?;
+    // Two agents racing to create the key must not overwrite each other: create_new.
+    crate::secret_file::write_new(path, pem.as_bytes(), 0o600).map_err(io)?;
     tracing::info!(path = %path.display(), public_key = %super::chain::hex(key.verifying_key().as_bytes()), "created the journal signing key");
     Ok(key)
 }
@@ -156,6 +122,7 @@ pub fn verify(public: &[u8], message: &[u8], signature: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::PermissionsExt;
 
     #[test]
     fn key_is_created_0600_reloaded_and_refused_when_open() {
@@ -180,7 +147,9 @@ mod tests {
         fs::set_permissions(&path, fs::Permissions::from_mode(0o644)).unwrap();
         assert!(matches!(
             load_or_create(&path),
-            Err(KeyError::TooOpen { .. })
+            Err(KeyError::Private(
+                crate::secret_file::PrivateFileError::TooOpen { .. }
+            ))
         ));
         fs::remove_dir_all(&dir).unwrap();
     }

@@ -30,13 +30,15 @@ pub struct ResultMasking {
     report: MaskingReport,
     /// The preload's horizon row, applied when the preload is absorbed.
     horizon: Option<u32>,
+    /// Some active rule names columns (else no column needs a name, ever).
+    names_columns: bool,
 }
 
 impl ResultMasking {
     pub fn new(masker: Masker) -> Self {
         let mut resolver = ColumnResolver::new();
-        if masker.preload_query().is_none() {
-            // No column rule: no column needs a name.
+        let names_columns = masker.column_patterns().next().is_some();
+        if !names_columns {
             resolver.absorb_preload([]);
         }
         ResultMasking {
@@ -47,6 +49,7 @@ impl ResultMasking {
             copy: None,
             report: MaskingReport::default(),
             horizon: None,
+            names_columns,
         }
     }
 
@@ -67,7 +70,7 @@ impl ResultMasking {
     /// After DDL (or a rollback that may undo it): table OIDs and attribute numbers may
     /// mean other columns now; unknown ones are withheld until the next preload.
     pub fn invalidate(&mut self) {
-        if self.masker.preload_query().is_some() {
+        if self.names_columns {
             self.resolver.invalidate_all();
         }
     }

@@ -10,10 +10,8 @@
 
 use std::{
     collections::HashMap,
-    fs::{self, OpenOptions},
-    io::Write,
+    fs,
     net::IpAddr,
-    os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt},
     path::{Path, PathBuf},
     sync::{Arc, Mutex},
     time::{Duration, Instant},
@@ -50,10 +48,8 @@ pub enum TlsError {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("{path} is readable by group or others (mode {mode:o}); a CA key must be 0600")]
-    KeyTooOpen { path: PathBuf, mode: u32 },
-    #[error("{path} belongs to uid {owner}, not to the agent (uid {me})")]
-    KeyNotOwner { path: PathBuf, owner: u32, me: u32 },
+    #[error("CA key: {0}")]
+    Key(#[from] crate::secret_file::PrivateFileError),
     #[error("{path}: {reason}")]
     Format { path: PathBuf, reason: String },
     #[error(
@@ -101,21 +97,7 @@ impl AgentCa {
             path: key.to_owned(),
             source,
         })?;
-        let mode = meta.permissions().mode() & 0o777;
-        if mode & 0o077 != 0 {
-            return Err(TlsError::KeyTooOpen {
-                path: key.to_owned(),
-                mode,
-            });
-        }
-        let me = nix::unistd::geteuid().as_raw();
-        if meta.uid() != me {
-            return Err(TlsError::KeyNotOwner {
-                path: key.to_owned(),
-                owner: meta.uid(),
-                me,
-            });
-        }
+        crate::secret_file::check_private(key, &meta)?;
         let format = |path: &Path, reason: String| TlsError::Format {
             path: path.to_owned(),
             reason,
@@ -248,29 +230,12 @@ impl AgentCa {
     }
 }
 
+/// Never replaces a CA (or a key) that workers may already trust.
 fn write_new(path: &Path, data: &[u8], mode: u32) -> Result<(), TlsError> {
-    let io = |source| TlsError::Io {
+    crate::secret_file::write_new(path, data, mode).map_err(|source| TlsError::Io {
         path: path.to_owned(),
         source,
-    };
-    if let Some(dir) = path.parent()
-        && !dir.as_os_str().is_empty()
-        && !dir.exists()
-    {
-        std::os::unix::fs::DirBuilderExt::mode(&mut fs::DirBuilder::new(), 0o700)
-            .recursive(true)
-            .create(dir)
-            .map_err(io)?;
-    }
-    // create_new: never replace a CA (or a key) that workers may already trust.
-    let mut file = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(mode)
-        .open(path)
-        .map_err(io)?;
-    file.write_all(data).map_err(io)?;
-    file.sync_all().map_err(io)
+    })
 }
 
 pub(crate) fn provider() -> Arc<rustls::crypto::CryptoProvider> {
@@ -354,6 +319,7 @@ impl LeafCache {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::PermissionsExt;
 
     #[test]
     fn ca_is_written_0600_reloaded_and_not_replaced() {
