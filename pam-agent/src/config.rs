@@ -15,7 +15,7 @@ use std::{
 use ipnet::IpNet;
 use serde::Deserialize;
 
-use crate::{cgroup, postgres::upstream_tls::UpstreamTlsMode};
+use crate::{kernel::cgroup, postgres::upstream_tls::UpstreamTlsMode};
 
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/pam-agent/config.toml";
 pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/pam-agent";

@@ -12,13 +12,13 @@ use crate::journal::JournalStore;
 use crate::{
     config::Config,
     journal::{Event, Journal, sqlite::SqliteStore},
+    kernel::Redirector,
     policy::PolicyHandle,
     postgres::{
         tls::{AgentCa, LeafCache},
         upstream_tls::UpstreamTls,
     },
     proxy::{self, Listeners, Shared, TlsSetup},
-    redirect::Redirector,
 };
 
 /// How long open sessions get to write their closing records at shutdown.

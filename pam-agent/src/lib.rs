@@ -2,8 +2,8 @@
 //!
 //! Layout (see ARCHITECTURE.md for the path of one connection):
 //! - [`config`]: the TOML config and its validation.
-//! - [`cgroup`]: the cgroup v2 hierarchy: naming governed cgroups, joining one.
-//! - [`redirect`]: the kernel programs, seen from userspace (the only aya user).
+//! - [`kernel`]: the kernel programs seen from userspace (the only aya user) and the
+//!   cgroup v2 hierarchy (naming governed cgroups, joining one).
 //! - [`proxy`]: the local listener and one [`proxy::session`] per redirected connection.
 //! - [`principal`]: who is behind a connection.
 //! - [`journal`]: the audit journal interface and its store.
@@ -16,16 +16,15 @@
 //! - [`secret_file`]: private key files: created once, 0600, checked before use.
 
 pub mod audit;
-pub mod cgroup;
 pub mod config;
 pub mod daemon;
 pub mod journal;
+pub mod kernel;
 pub mod mask;
 pub mod policy;
 pub mod postgres;
 
 pub mod principal;
 pub mod proxy;
-pub mod redirect;
 pub mod secret_file;
 pub mod sql;

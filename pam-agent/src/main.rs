@@ -5,12 +5,12 @@ use std::{os::unix::process::CommandExt, path::PathBuf, process::ExitCode};
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
 use pam_agent::{
-    audit, cgroup,
+    audit,
     config::{Config, DEFAULT_CONFIG_PATH, DEFAULT_PIN_DIR},
     daemon,
+    kernel::{self, cgroup},
     postgres::tls::AgentCa,
     principal::Principal,
-    redirect,
     sql::{self, ClassifierConfig},
 };
 
@@ -224,7 +224,7 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
                 (None, Some(d)) => d,
                 (None, None) => PathBuf::from(DEFAULT_PIN_DIR),
             };
-            let removed = redirect::disable(&dir)?;
+            let removed = kernel::disable(&dir)?;
             println!(
                 "pam-agent disabled: detached {} program links, removed {} pinned maps from {}",
                 removed.links,
@@ -279,12 +279,12 @@ fn ca(command: CaCommand) -> anyhow::Result<ExitCode> {
 }
 
 fn status(cfg: &Config) -> anyhow::Result<ExitCode> {
-    let links = redirect::pinned_links(&cfg.pin_dir)?;
+    let links = kernel::pinned_links(&cfg.pin_dir)?;
     let mut healthy = true;
     println!("pin directory: {}", cfg.pin_dir.display());
     for g in &cfg.governed {
         let id = cgroup::id(&g.path).with_context(|| format!("cgroup {}", g.path.display()))?;
-        let missing: Vec<&str> = redirect::program_names()
+        let missing: Vec<&str> = kernel::program_names()
             .filter(|p| !links.iter().any(|l| l.cgroup_id == id && l.program == *p))
             .collect();
         if missing.is_empty() {

@@ -10,7 +10,7 @@ use std::{net::SocketAddr, sync::Arc};
 use tokio::net::{TcpListener, TcpSocket};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
-use crate::{config::Config, journal::Journal, redirect::Redirector};
+use crate::{config::Config, journal::Journal, kernel::Redirector};
 
 /// Everything a session needs, shared by all of them.
 pub struct Shared {

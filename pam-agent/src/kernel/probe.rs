@@ -15,7 +15,7 @@ pub enum KernelError {
     #[error("this kernel has no BPF support usable here (bpf() syscall failed: {0})")]
     NoBpf(std::io::Error),
     #[error("this kernel exposes no cgroup v2 hierarchy: {0}")]
-    NoCgroup2(#[from] crate::cgroup::CgroupError),
+    NoCgroup2(#[from] super::cgroup::CgroupError),
     #[error(
         "pin directory {path} is not on a BPF filesystem and bpffs could not be mounted at \
          {mount}: {source}"
@@ -33,7 +33,7 @@ pub fn preflight(pin_dir: &Path) -> Result<(), KernelError> {
     if !euid.is_root() && !has_bpf_caps() {
         return Err(KernelError::NotPrivileged(euid.as_raw()));
     }
-    crate::cgroup::cgroup2_root()?;
+    super::cgroup::cgroup2_root()?;
     probe_bpf_syscall()?;
     ensure_bpffs(pin_dir)
 }

@@ -8,8 +8,9 @@
 //! generation of links before removing the old one, so there is never a moment with
 //! nothing attached and never two generations left behind.
 
-mod kernel;
+pub mod cgroup;
 mod pins;
+mod probe;
 
 use std::{
     collections::HashSet,
@@ -32,13 +33,12 @@ use pam_common::{
 };
 
 use crate::{
-    cgroup,
     config::{Config, Resource},
     principal::Captured,
 };
 
-pub use kernel::KernelError;
 pub use pins::{PinnedLink, disable, pinned_links};
+pub use probe::KernelError;
 
 /// Names of every program the agent attaches to each governed cgroup.
 pub fn program_names() -> impl Iterator<Item = &'static str> {
@@ -175,7 +175,7 @@ impl Redirector {
     /// Loads, fills the maps and attaches to every governed cgroup. The listeners must
     /// already be bound: from the moment this returns, governed connects arrive there.
     pub fn start(cfg: &Config) -> Result<Redirector, RedirectError> {
-        kernel::preflight(&cfg.pin_dir)?;
+        probe::preflight(&cfg.pin_dir)?;
         let layout = pins::Layout::create(&cfg.pin_dir)?;
 
         let mut loader = EbpfLoader::new();
