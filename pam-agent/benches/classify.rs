@@ -8,7 +8,7 @@ use criterion::{Criterion, criterion_group, criterion_main};
 use pam_agent::{
     policy::{Policy, RawPolicy},
     principal::Principal,
-    sql::{self, Classifier, ClassifierConfig},
+    protocols::postgres::sql::{self, Classifier, ClassifierConfig},
 };
 
 const STATEMENTS: &[(&str, &str)] = &[

@@ -15,7 +15,7 @@ use std::{
 use ipnet::IpNet;
 use serde::Deserialize;
 
-use crate::{kernel::cgroup, postgres::upstream_tls::UpstreamTlsMode};
+use crate::{kernel::cgroup, tls::TlsMode};
 
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/pam-agent/config.toml";
 pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/pam-agent";
@@ -165,7 +165,7 @@ pub struct RawResource {
     pub tls_names: Vec<String>,
     /// TLS from the agent to the server: disable (default), require, verify-full.
     #[serde(default)]
-    pub upstream_tls: UpstreamTlsMode,
+    pub upstream_tls: TlsMode,
     /// CA certificate(s) (PEM) that sign the server's certificate; for verify-full.
     pub upstream_ca: Option<PathBuf>,
     /// The name the server's certificate must carry; the destination IP by default.
@@ -246,7 +246,7 @@ pub struct Resource {
     pub protocol: Protocol,
     /// Names added to the worker-facing certificate (besides the destination IP).
     pub tls_names: Vec<String>,
-    pub upstream_tls: UpstreamTlsMode,
+    pub upstream_tls: TlsMode,
     pub upstream_ca: Option<PathBuf>,
     pub upstream_server_name: Option<String>,
 }
@@ -527,7 +527,7 @@ fn validate_resource_tls(r: &RawResource) -> Result<(), (&'static str, String)> 
         if !r.tls_names.is_empty() {
             return Err(postgres_only("tls_names"));
         }
-        if r.upstream_tls != UpstreamTlsMode::Disable {
+        if r.upstream_tls != TlsMode::Disable {
             return Err(postgres_only("upstream_tls"));
         }
     }
@@ -542,15 +542,14 @@ fn validate_resource_tls(r: &RawResource) -> Result<(), (&'static str, String)> 
         }
     }
     match (r.upstream_tls, &r.upstream_ca) {
-        (UpstreamTlsMode::VerifyFull, None) => {
+        (TlsMode::VerifyFull, None) => {
             return Err((
                 "upstream_ca",
                 "`upstream_tls = \"verify-full\"` needs the CA certificate (PEM) that signs the server's certificate".into(),
             ));
         }
-        (UpstreamTlsMode::VerifyFull, Some(ca)) => {
-            crate::postgres::upstream_tls::load_roots(ca)
-                .map_err(|e| ("upstream_ca", e.to_string()))?;
+        (TlsMode::VerifyFull, Some(ca)) => {
+            crate::tls::load_roots(ca).map_err(|e| ("upstream_ca", e.to_string()))?;
         }
         (mode, Some(_)) => {
             return Err((
@@ -561,7 +560,7 @@ fn validate_resource_tls(r: &RawResource) -> Result<(), (&'static str, String)> 
         (_, None) => {}
     }
     if let Some(name) = &r.upstream_server_name {
-        if r.upstream_tls != UpstreamTlsMode::VerifyFull {
+        if r.upstream_tls != TlsMode::VerifyFull {
             return Err((
                 "upstream_server_name",
                 "only used with `upstream_tls = \"verify-full\"`".into(),
@@ -916,9 +915,7 @@ kinds = ["select"]
     fn resource_tls_fields_are_checked() {
         let dir = tempfile::tempdir().unwrap();
         let ca = dir.path().join("server-ca.pem");
-        let ca_pem = crate::postgres::tls::AgentCa::generate("db ca")
-            .unwrap()
-            .cert_pem();
+        let ca_pem = crate::tls::AgentCa::generate("db ca").unwrap().cert_pem();
         std::fs::write(&ca, ca_pem).unwrap();
         let not_pem = dir.path().join("junk.pem");
         std::fs::write(&not_pem, "hello").unwrap();
@@ -936,14 +933,14 @@ kinds = ["select"]
         )
         .unwrap();
         let r = &cfg.resources[0];
-        assert_eq!(r.upstream_tls, UpstreamTlsMode::VerifyFull);
+        assert_eq!(r.upstream_tls, TlsMode::VerifyFull);
         assert_eq!(r.tls_names, ["db.internal", "10.9.9.9"]);
         assert_eq!(
             Config::from_toml(Path::new("t.toml"), &res("upstream_tls = \"require\""))
                 .unwrap()
                 .resources[0]
                 .upstream_tls,
-            UpstreamTlsMode::Require
+            TlsMode::Require
         );
 
         for (extra, field, says) in [

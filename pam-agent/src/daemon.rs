@@ -14,11 +14,9 @@ use crate::{
     journal::{Event, Journal, sqlite::SqliteStore},
     kernel::Redirector,
     policy::PolicyHandle,
-    postgres::{
-        tls::{AgentCa, LeafCache},
-        upstream_tls::UpstreamTls,
-    },
+    protocols,
     proxy::{self, Listeners, Shared, TlsSetup},
+    tls::{AgentCa, ClientTls, LeafCache},
 };
 
 /// How long open sessions get to write their closing records at shutdown.
@@ -59,8 +57,8 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         .await
         .context("writing the first journal record")?;
 
-    let postgres =
-        crate::postgres::Services::start(&cfg.limits).context("starting the SQL parser threads")?;
+    let postgres = crate::protocols::postgres::Services::start(&cfg.limits)
+        .context("starting the SQL parser threads")?;
     let shared = Arc::new(Shared {
         postgres,
         policy: PolicyHandle::new(cfg.policy.clone()),
@@ -130,11 +128,12 @@ fn tls_setup(cfg: &Config) -> anyhow::Result<TlsSetup> {
         .resources
         .iter()
         .map(|r| {
-            UpstreamTls::new(
+            ClientTls::new(
                 r.upstream_tls,
                 r.upstream_ca.as_deref(),
                 r.upstream_server_name.as_deref(),
                 cfg.listener.upstream_connect_timeout,
+                protocols::alpn(r.protocol),
             )
             .with_context(|| format!("resource `{}`: upstream TLS", r.name))
         })

@@ -22,9 +22,8 @@ pub mod journal;
 pub mod kernel;
 pub mod mask;
 pub mod policy;
-pub mod postgres;
-
 pub mod principal;
+pub mod protocols;
 pub mod proxy;
 pub mod secret_file;
-pub mod sql;
+pub mod tls;

@@ -9,9 +9,9 @@ use pam_agent::{
     config::{Config, DEFAULT_CONFIG_PATH, DEFAULT_PIN_DIR},
     daemon,
     kernel::{self, cgroup},
-    postgres::tls::AgentCa,
     principal::Principal,
-    sql::{self, ClassifierConfig},
+    protocols::postgres::sql::{self, ClassifierConfig},
+    tls::AgentCa,
 };
 
 #[derive(Parser)]
@@ -167,7 +167,7 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
                     r.port,
                     r.protocol,
                     match r.upstream_tls {
-                        pam_agent::postgres::upstream_tls::UpstreamTlsMode::Disable => {
+                        pam_agent::tls::TlsMode::Disable => {
                             String::new()
                         }
                         mode => format!(", TLS to the server: {mode}"),

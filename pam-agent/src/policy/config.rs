@@ -20,7 +20,7 @@
 use serde::Deserialize;
 
 use super::{Action, Policy, Rule};
-use crate::sql::{Flag, Kind};
+use crate::protocols::postgres::sql::{Flag, Kind};
 
 pub const DEFAULT_MAX_STATEMENT_BYTES: usize = 1 << 20;
 pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 64 << 20;

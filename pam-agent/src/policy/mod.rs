@@ -31,7 +31,7 @@ use serde::Serialize;
 
 use crate::{
     principal::Principal,
-    sql::{Flag, Kind, Statement, Unclassifiable},
+    protocols::postgres::sql::{Flag, Kind, Statement, Unclassifiable},
 };
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]

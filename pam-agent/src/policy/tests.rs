@@ -1,5 +1,5 @@
 use super::*;
-use crate::sql::classify;
+use crate::protocols::postgres::sql::classify;
 
 fn crew() -> Principal {
     Principal {

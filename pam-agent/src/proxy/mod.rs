@@ -2,7 +2,6 @@
 //! connection. This file is the accept loop; [`session`] is the path of one connection
 //! from accept to its closing audit record, read top to bottom.
 
-mod relay;
 pub mod session;
 
 use std::{net::SocketAddr, sync::Arc};
@@ -21,7 +20,7 @@ pub struct Shared {
     pub journal: Journal,
     pub redirector: Redirector,
     /// Parser threads and cancel keys for `postgres` resources.
-    pub postgres: crate::postgres::Services,
+    pub postgres: crate::protocols::postgres::Services,
     /// TLS toward workers and servers of `postgres` resources.
     pub tls: TlsSetup,
 }
@@ -29,9 +28,9 @@ pub struct Shared {
 /// TLS material the daemon loads once at start.
 pub struct TlsSetup {
     /// Leaves from the agent CA (`[worker_tls]`); `None`: SSLRequest gets 'N'.
-    pub leaves: Option<crate::postgres::tls::LeafCache>,
+    pub leaves: Option<crate::tls::LeafCache>,
     /// Per resource (by index, as the kernel records it): client TLS to its server.
-    pub upstream: Vec<Option<crate::postgres::upstream_tls::UpstreamTls>>,
+    pub upstream: Vec<Option<crate::tls::ClientTls>>,
 }
 
 /// The proxy's listeners: bound before the kernel programs point at them.

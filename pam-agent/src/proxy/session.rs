@@ -9,15 +9,15 @@ use std::{net::SocketAddr, sync::Arc, time::Instant};
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
-use super::{Shared, relay};
+use super::Shared;
 use crate::{
     config::Protocol,
     journal::{
         Event, SessionId,
         event::{ResourceRef, SessionEnd},
     },
-    postgres,
     principal::Principal,
+    protocols::{postgres, tcp},
 };
 
 pub async fn run(
@@ -103,7 +103,7 @@ pub async fn run(
     tracing::debug!(%session, resource = %resource.name, %upstream_addr, "session open");
 
     let outcome = match resource.protocol {
-        Protocol::Tcp => relay::relay(worker, upstream, &shutdown).await,
+        Protocol::Tcp => tcp::relay(worker, upstream, &shutdown).await,
         Protocol::Postgres => {
             // Statement-aware session: judged by the policy, journaled per statement.
             let services = &shared.postgres;
@@ -115,6 +115,7 @@ pub async fn run(
                     &resource.name,
                     redirected.destination.ip(),
                     &resource.tls_names,
+                    postgres::upstream_tls::ALPN,
                 ) {
                     Ok(a) => Some(a),
                     Err(e) => {
@@ -154,7 +155,7 @@ pub async fn run(
                 masker,
             };
             let o = postgres::serve(worker, upstream, ctx, &shutdown).await;
-            relay::Outcome {
+            tcp::Outcome {
                 from_worker: o.from_worker,
                 to_worker: o.to_worker,
                 end: o.end,

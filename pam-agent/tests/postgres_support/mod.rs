@@ -14,9 +14,11 @@ use std::{
 use pam_agent::{
     journal::{Event, Journal, Record, SessionId, jsonl},
     policy::{PolicyHandle, RawPolicy},
-    postgres::{self, CancelRegistry},
     principal::Principal,
-    sql::{Classifier, ClassifierConfig},
+    protocols::postgres::{
+        self, CancelRegistry,
+        sql::{Classifier, ClassifierConfig},
+    },
 };
 use tokio_util::sync::CancellationToken;
 

@@ -282,7 +282,7 @@ impl Shape {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sql::Flag;
+    use crate::protocols::postgres::sql::Flag;
 
     fn classifier() -> Classifier {
         Classifier::start(ClassifierConfig {

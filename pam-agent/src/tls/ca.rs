@@ -1,12 +1,11 @@
-//! TLS toward the worker: the agent answers SSLRequest with 'S' and presents a leaf
-//! certificate issued by its own CA for the destination the worker meant to reach.
-//! Workers that verify (`sslmode=verify-ca`/`verify-full`) trust that CA's certificate
-//! (`pam-agent ca show`).
+//! TLS toward the worker: the agent presents a leaf certificate issued by its own CA
+//! for the destination the worker meant to reach (after the protocol's own request for
+//! TLS). Workers that verify the server trust that CA's certificate (`pam-agent ca show`).
 //!
 //! The CA is kept on disk ([`AgentCa::load_or_create`]: certificate 0644, key 0600);
 //! leaves live only in memory ([`LeafCache`]), one per (resource, destination), and are
 //! re-issued when half their lifetime has passed so a worker never meets an expired one.
-//! TLS toward the server is [`super::upstream_tls`].
+//! TLS toward the server is [`super::client`].
 
 use std::{
     collections::HashMap,
@@ -170,15 +169,22 @@ impl AgentCa {
     }
 
     /// A TLS acceptor presenting a new leaf certificate for `names` (DNS names or IP
-    /// addresses the workers connect to), valid for `validity`.
-    pub fn acceptor(&self, names: &[String], validity: Duration) -> Result<TlsAcceptor, TlsError> {
+    /// addresses the workers connect to), valid for `validity`, offering the protocol's
+    /// ALPN name (`alpn`; empty for none).
+    pub fn acceptor(
+        &self,
+        names: &[String],
+        validity: Duration,
+        alpn: &[u8],
+    ) -> Result<TlsAcceptor, TlsError> {
         let (chain, key) = self.issue(names, validity)?;
         let mut config = ServerConfig::builder_with_provider(provider())
             .with_safe_default_protocol_versions()?
             .with_no_client_auth()
             .with_single_cert(chain, key)?;
-        // libpq >= 17 offers ALPN "postgresql".
-        config.alpn_protocols = vec![b"postgresql".to_vec()];
+        if !alpn.is_empty() {
+            config.alpn_protocols = vec![alpn.to_vec()];
+        }
         Ok(TlsAcceptor::from(Arc::new(config)))
     }
 
@@ -270,12 +276,14 @@ impl LeafCache {
 
     /// The acceptor for a worker that connected to `destination` of `resource`: its
     /// certificate names that IP address (and, for an IPv4-mapped IPv6 address, both
-    /// forms) plus the resource's `tls_names`.
+    /// forms) plus the resource's `tls_names`; `alpn` as for [`AgentCa::acceptor`] (a
+    /// resource has one protocol, so its leaves are cached by resource).
     pub fn acceptor(
         &self,
         resource: &str,
         destination: IpAddr,
         tls_names: &[String],
+        alpn: &[u8],
     ) -> Result<TlsAcceptor, TlsError> {
         let key = (resource.to_owned(), destination);
         let now = Instant::now();
@@ -292,7 +300,7 @@ impl LeafCache {
             names.push(v4.to_string());
         }
         names.extend(tls_names.iter().cloned());
-        let acceptor = self.ca.acceptor(&names, self.validity)?;
+        let acceptor = self.ca.acceptor(&names, self.validity, alpn)?;
         let mut leaves = self.lock();
         if leaves.len() >= MAX_LEAVES {
             leaves.retain(|_, l| l.renew_at > now);
@@ -338,7 +346,7 @@ mod tests {
         assert_eq!(again.cert_pem(), fs::read_to_string(&cert).unwrap());
         // The reloaded CA issues leaves that chain to the same certificate.
         again
-            .acceptor(&["10.0.0.5".into()], Duration::from_secs(60))
+            .acceptor(&["10.0.0.5".into()], Duration::from_secs(60), b"")
             .unwrap();
         assert!(AgentCa::create(&cert, &key, "x").is_err(), "overwrote a CA");
 
@@ -370,11 +378,11 @@ mod tests {
     fn leaves_are_cached_per_destination() {
         let cache = LeafCache::new(AgentCa::generate("t").unwrap(), Duration::from_secs(3600));
         let ip: IpAddr = "10.0.0.5".parse().unwrap();
-        let a = cache.acceptor("db", ip, &[]).unwrap();
-        let b = cache.acceptor("db", ip, &[]).unwrap();
+        let a = cache.acceptor("db", ip, &[], b"").unwrap();
+        let b = cache.acceptor("db", ip, &[], b"").unwrap();
         assert!(Arc::ptr_eq(a.config(), b.config()));
         let c = cache
-            .acceptor("db", "10.0.0.6".parse().unwrap(), &[])
+            .acceptor("db", "10.0.0.6".parse().unwrap(), &[], b"")
             .unwrap();
         assert!(!Arc::ptr_eq(a.config(), c.config()));
     }
@@ -384,8 +392,8 @@ mod tests {
         // A zero lifetime: every call is past the renewal point.
         let cache = LeafCache::new(AgentCa::generate("t").unwrap(), Duration::ZERO);
         let ip: IpAddr = "10.0.0.5".parse().unwrap();
-        let a = cache.acceptor("db", ip, &[]).unwrap();
-        let b = cache.acceptor("db", ip, &[]).unwrap();
+        let a = cache.acceptor("db", ip, &[], b"").unwrap();
+        let b = cache.acceptor("db", ip, &[], b"").unwrap();
         assert!(!Arc::ptr_eq(a.config(), b.config()));
     }
 }

@@ -29,18 +29,18 @@ use tokio::{
 };
 use tokio_util::sync::CancellationToken;
 
+use super::sql::{CopyOut, Kind, Statement, Unclassifiable};
 use super::{
     Context, SessionError, Shared,
-    backend::{self, Severity, sqlstate},
-    frame::{Frame, FrameError, FrameReader},
-    frontend,
-    stream::{UpstreamStream, WorkerStream},
+    wire::backend::{self, Severity, sqlstate},
+    wire::frame::{Frame, FrameError, FrameReader},
+    wire::frontend,
 };
 use crate::{
     journal::Event,
     mask::CopyTextOptions,
     policy::{Action, Decision, Policy},
-    sql::{CopyOut, Kind, Statement, Unclassifiable},
+    tls::stream::{UpstreamStream, WorkerStream},
 };
 
 /// Held batch size before it is sent upstream without waiting for Sync.
@@ -634,7 +634,7 @@ impl<'a> Judge<'a> {
                     let prepares = st
                         .prepared
                         .as_ref()
-                        .filter(|p| !matches!(p, crate::sql::Prepared::Execute(_)))
+                        .filter(|p| !matches!(p, super::sql::Prepared::Execute(_)))
                         .map(|_| Arc::new(st.clone()));
                     numbers.push(Judged {
                         statement: self.record(st, &d).await?,
@@ -795,7 +795,7 @@ async fn masking_check(
         .name("pam-copy-parse".into())
         .stack_size(16 << 20)
         .spawn(move || {
-            let _ = tx.send(crate::sql::copy_out(&text));
+            let _ = tx.send(super::sql::copy_out(&text));
         });
     let parsed = match spawned {
         Ok(_) => rx.await.ok(),
@@ -822,7 +822,7 @@ fn masking_refusal(reason: String) -> Decision {
 /// The rule name of refusals made so that no value escapes masking.
 pub const MASKING_RULE: &str = "masking";
 
-fn protocol(e: super::frame::Malformed) -> SessionError {
+fn protocol(e: super::wire::frame::Malformed) -> SessionError {
     SessionError::Protocol(e.to_string())
 }
 

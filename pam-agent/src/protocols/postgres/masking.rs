@@ -12,7 +12,7 @@
 
 use bytes::Buf;
 
-use super::{SessionError, frame::Frame};
+use super::{SessionError, wire::frame::Frame};
 use crate::mask::{
     CatalogRow, ColumnResolver, CopyTextOptions, Masker, MaskingReport, RowPlan, row_description,
 };

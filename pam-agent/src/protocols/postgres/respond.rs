@@ -18,17 +18,17 @@ use tokio_util::sync::CancellationToken;
 
 use super::{
     Context, SessionError, Shared,
-    backend::{self, sqlstate},
-    frame::{Frame, FrameReader},
     handshake::write_out,
     judge::{Catalog, Exec, Injected, Note},
     masking::ResultMasking,
-    startup::dangerous_encoding,
-    stream::{UpstreamStream, WorkerStream},
+    wire::backend::{self, sqlstate},
+    wire::frame::{Frame, FrameReader},
+    wire::startup::dangerous_encoding,
 };
 use crate::{
     journal::{Event, event::MaskedColumn},
     mask::{CatalogRow, ColumnResolver, MaskSource, MaskingReport},
+    tls::stream::{UpstreamStream, WorkerStream},
 };
 
 /// Output is written when nothing more is buffered, or at this size.

@@ -742,7 +742,7 @@ fn sort_ordinal(item: &Value) -> Option<usize> {
 #[cfg(test)]
 mod tests {
     use super::{Clause, ColumnReference};
-    use crate::sql::classify;
+    use crate::protocols::postgres::sql::classify;
 
     fn refs(sql: &str) -> Vec<ColumnReference> {
         let mut v = classify(sql, 1 << 20).unwrap();

@@ -15,20 +15,16 @@
 //!      each execution (rows, duration), and slots the refusals in at the right place.
 //!
 //! Wire files ([`frame`], [`startup`], [`frontend`], [`backend`]) know no SQL or
-//! policy; [`judge`] calls [`crate::sql`] and [`crate::policy`] and nothing else does.
+//! policy; [`judge`] calls [`super::sql`] and [`crate::policy`] and nothing else does.
 
-pub mod backend;
 pub mod cancel;
-pub mod frame;
-pub mod frontend;
 mod handshake;
 mod judge;
 mod masking;
 mod respond;
-pub mod startup;
-mod stream;
-pub mod tls;
+pub mod sql;
 pub mod upstream_tls;
+pub mod wire;
 
 use std::sync::{
     Arc,
@@ -41,11 +37,11 @@ use tokio_util::sync::CancellationToken;
 
 pub use cancel::CancelRegistry;
 
+use self::sql::Classifier;
 use crate::{
     journal::{Journal, SessionId, event::SessionEnd},
     policy::{Limits, PolicyHandle},
     principal::Principal,
-    sql::Classifier,
 };
 
 /// Frames from the server may be as large as PostgreSQL allows a value to be.
@@ -69,7 +65,7 @@ pub struct Context {
     /// The masking rules for this worker and resource; `None` when none apply.
     pub masker: Option<crate::mask::Masker>,
     /// TLS toward the server; `None`: plain TCP.
-    pub upstream_tls: Option<upstream_tls::UpstreamTls>,
+    pub upstream_tls: Option<crate::tls::ClientTls>,
 }
 
 /// How the session went, for its closing journal record.
@@ -84,20 +80,20 @@ pub struct Outcome {
 #[derive(Debug, thiserror::Error)]
 pub enum SessionError {
     #[error("worker: {0}")]
-    Worker(frame::FrameError),
+    Worker(wire::frame::FrameError),
     #[error("server: {0}")]
-    Upstream(frame::FrameError),
+    Upstream(wire::frame::FrameError),
     #[error("worker broke the protocol: {0}")]
     Protocol(String),
     #[error("server broke the protocol: {0}")]
     UpstreamProtocol(String),
     #[error("startup refused: {0}")]
-    Startup(#[from] startup::StartupError),
+    Startup(#[from] wire::startup::StartupError),
     #[error("TLS handshake with the worker failed: {0}")]
     Tls(std::io::Error),
     #[error("TLS to the server ({mode}): {source}")]
     UpstreamTls {
-        mode: upstream_tls::UpstreamTlsMode,
+        mode: crate::tls::TlsMode,
         source: upstream_tls::UpstreamTlsError,
     },
     #[error("audit journal unavailable: {0}")]
@@ -121,7 +117,7 @@ struct Shared {
     mask_stale: AtomicBool,
     /// SQL-level prepared statements the server holds: updated by the server half when a
     /// PREPARE / DEALLOCATE completes, read by the worker half to judge `EXECUTE name`.
-    prepared: std::sync::Mutex<crate::sql::PreparedStatements>,
+    prepared: std::sync::Mutex<self::sql::PreparedStatements>,
 }
 
 /// Runs one session to its end. `upstream` is a connection to the server the worker
@@ -226,7 +222,7 @@ pub struct Services {
 
 impl Services {
     pub fn start(limits: &Limits) -> std::io::Result<Services> {
-        let classifier = Classifier::start(crate::sql::ClassifierConfig {
+        let classifier = Classifier::start(self::sql::ClassifierConfig {
             max_statement_bytes: limits.max_statement_bytes,
             ..Default::default()
         })?;

@@ -20,13 +20,13 @@ use tokio::{
 
 use super::{
     Context, SessionError, Shared, UPSTREAM_MAX_MESSAGE,
-    backend::{self, Severity, sqlstate},
     cancel::{Registration, Upstream},
-    frame::{Frame, FrameReader, read_startup},
-    frontend,
-    startup::{self, Startup},
-    stream::{UpstreamStream, WorkerStream},
+    wire::backend::{self, Severity, sqlstate},
+    wire::frame::{Frame, FrameReader, read_startup},
+    wire::frontend,
+    wire::startup::{self, Startup},
 };
+use crate::tls::stream::{UpstreamStream, WorkerStream};
 
 pub enum Handshake {
     /// The session is over already (cancel request, failed login, early close).
@@ -119,7 +119,7 @@ pub async fn handshake(
     // refuses it ends the session (never plaintext instead).
     let mut upstream = match &ctx.upstream_tls {
         None => UpstreamStream::Plain(upstream),
-        Some(tls) => match tls.negotiate(upstream, server).await {
+        Some(tls) => match super::upstream_tls::negotiate(tls, upstream, server).await {
             Ok(s) => UpstreamStream::Tls(Box::new(s)),
             Err(source) => {
                 let msg = format!(
@@ -318,7 +318,7 @@ async fn cancel(
     }
     let req = startup::cancel_request(target.pid, &target.secret);
     let sent = match &ctx.upstream_tls {
-        Some(tls) => match tls.negotiate(upstream, server).await {
+        Some(tls) => match super::upstream_tls::negotiate(tls, upstream, server).await {
             Ok(mut s) => send_and_close(&mut s, &req).await,
             Err(e) => return format!("cancel request not sent: TLS to the server: {e}"),
         },

@@ -1,5 +1,5 @@
-//! Either side of a session's connections: plain TCP, or TLS after an SSLRequest (the
-//! worker's, ended by the agent; the server's, when the resource asks for it).
+//! Either side of a session's connections: plain TCP, or TLS once the protocol asked for
+//! it (the worker's, ended by the agent; the server's, when the resource asks for it).
 
 use std::{
     io,
