@@ -32,7 +32,10 @@ fn bench(c: &mut Criterion) {
     let names = vec!["db.internal".to_owned()];
 
     c.bench_function("tls/leaf_issue", |b| {
-        b.iter(|| ca.acceptor(&names, Duration::from_secs(86_400), b"postgresql").unwrap())
+        b.iter(|| {
+            ca.acceptor(&names, Duration::from_secs(86_400), b"postgresql")
+                .unwrap()
+        })
     });
 
     let cache = LeafCache::new(ca, Duration::from_secs(86_400));

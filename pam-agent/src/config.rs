@@ -201,8 +201,8 @@ pub struct Config {
     pub journal: JournalConfig,
     pub governed: Vec<GovernedCgroup>,
     pub resources: Vec<Resource>,
-    /// Shared with every session (a reload swaps the Arc, open sessions keep theirs).
-    pub policy: std::sync::Arc<crate::policy::Policy>,
+    /// The policy and masking rules (a reload replaces them together).
+    pub rules: crate::govern::Rules,
     pub limits: crate::policy::Limits,
     /// TLS toward workers; `None`: SSLRequest is answered 'N' (as `ssl = off`).
     pub worker_tls: Option<WorkerTls>,
@@ -434,14 +434,13 @@ impl Config {
             .iter()
             .map(|r: &Resource| r.name.as_str())
             .collect();
-        let (mut policy, limits) = raw
+        let (policy, limits) = raw
             .policy
-            .validate(&names)
+            .validate(&names, &crate::protocols::vocabulary())
             .map_err(|(field, reason)| invalid(&field, reason))?;
-        policy.masking = crate::mask::MaskingPolicy::compile(&raw.masking)
+        let masking = crate::mask::MaskingPolicy::compile(&raw.masking)
             .map_err(|e| invalid("masking", e.to_string()))?;
-        if let Some((rule, r)) = policy
-            .masking
+        if let Some((rule, r)) = masking
             .selector_resources()
             .find(|(_, r)| !r.contains('*') && !names.contains(r))
         {
@@ -452,7 +451,7 @@ impl Config {
         }
 
         Ok(Config {
-            policy: std::sync::Arc::new(policy),
+            rules: crate::govern::Rules { policy, masking },
             limits,
             path: path.to_owned(),
             pin_dir,
@@ -827,9 +826,9 @@ kinds = ["select"]
             ),
         )
         .unwrap();
-        assert_eq!(cfg.policy.rules.len(), 1);
+        assert_eq!(cfg.rules.policy.rules.len(), 1);
         assert_eq!(cfg.limits.max_message_bytes, 4096);
-        assert_eq!(cfg.policy.default, crate::policy::Action::Deny);
+        assert_eq!(cfg.rules.policy.default, crate::policy::Action::Deny);
         let e = err(&base(
             "[[policy.rules]]\nname=\"r\"\naction=\"allow\"\nresources=[\"db\"]\n",
         ));
@@ -847,7 +846,7 @@ kinds = ["select"]
             )),
         )
         .unwrap();
-        assert_eq!(cfg.policy.masking.rule_names().collect::<Vec<_>>(), ["pii"]);
+        assert_eq!(cfg.rules.masking.rule_names().collect::<Vec<_>>(), ["pii"]);
         for (body, want) in [
             (
                 "[[masking.rules.columns]]\ncolumns = [\"email\"]\nstrategy = { kind = \"email\" }\n",

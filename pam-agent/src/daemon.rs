@@ -11,12 +11,12 @@ use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use crate::journal::JournalStore;
 use crate::{
     config::Config,
+    govern::{Approvals, RulesHandle},
     journal::{Event, Journal, sqlite::SqliteStore},
     kernel::Redirector,
-    policy::PolicyHandle,
     protocols,
-    proxy::{self, Listeners, Shared, TlsSetup},
-    tls::{AgentCa, ClientTls, LeafCache},
+    proxy::{self, Listeners, Shared},
+    tls::{self, AgentCa, ClientTls, LeafCache},
 };
 
 /// How long open sessions get to write their closing records at shutdown.
@@ -57,11 +57,12 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         .await
         .context("writing the first journal record")?;
 
-    let postgres = crate::protocols::postgres::Services::start(&cfg.limits)
-        .context("starting the SQL parser threads")?;
+    let protocols =
+        protocols::Services::start(&cfg.limits).context("starting the protocols' services")?;
     let shared = Arc::new(Shared {
-        postgres,
-        policy: PolicyHandle::new(cfg.policy.clone()),
+        protocols,
+        rules: RulesHandle::new(cfg.rules.clone()),
+        approvals: Approvals::default(),
         config: cfg,
         journal: journal.clone(),
         redirector,
@@ -107,7 +108,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
 
 /// Loads the agent CA (made on the first start when neither file exists) and each
 /// resource's client TLS settings. Before anything is attached: a bad CA stops here.
-fn tls_setup(cfg: &Config) -> anyhow::Result<TlsSetup> {
+fn tls_setup(cfg: &Config) -> anyhow::Result<tls::Material> {
     let leaves = match &cfg.worker_tls {
         None => None,
         Some(t) => {
@@ -138,7 +139,7 @@ fn tls_setup(cfg: &Config) -> anyhow::Result<TlsSetup> {
             .with_context(|| format!("resource `{}`: upstream TLS", r.name))
         })
         .collect::<anyhow::Result<_>>()?;
-    Ok(TlsSetup { leaves, upstream })
+    Ok(tls::Material { leaves, upstream })
 }
 
 struct StopSignals {
@@ -184,8 +185,8 @@ async fn reload_policy(shared: &Shared) {
                     "SIGHUP: only [policy] rules and defaults are reloaded; restart the agent to apply other changes"
                 );
             }
-            let rules = new.policy.rules.len();
-            shared.policy.replace(new.policy.clone());
+            let rules = new.rules.policy.rules.len();
+            shared.rules.replace(new.rules.clone());
             tracing::info!(config = %path.display(), rules, "SIGHUP: policy reloaded");
             let event = Event::PolicyReloaded {
                 config: path.display().to_string(),

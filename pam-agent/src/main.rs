@@ -8,9 +8,10 @@ use pam_agent::{
     audit,
     config::{Config, DEFAULT_CONFIG_PATH, DEFAULT_PIN_DIR},
     daemon,
+    govern::{self, Request},
     kernel::{self, cgroup},
     principal::Principal,
-    protocols::postgres::sql::{self, ClassifierConfig},
+    protocols,
     tls::AgentCa,
 };
 
@@ -325,20 +326,23 @@ fn policy_explain(
     sql: &str,
 ) -> anyhow::Result<ExitCode> {
     let cfg = Config::load(config)?;
-    if !cfg.resources.iter().any(|r| r.name == resource) {
+    let Some(r) = cfg.resources.iter().find(|r| r.name == resource) else {
         bail!("{}: no resource is named `{resource}`", cfg.path.display());
-    }
+    };
     let who = parse_principal(principal)?;
-    // Classify on a thread with the daemon's parser stack size.
-    let max = cfg.limits.max_statement_bytes;
-    let text = sql.to_owned();
-    let classified = std::thread::Builder::new()
-        .stack_size(ClassifierConfig::default().stack_bytes)
-        .spawn(move || sql::classify(&text, max))?
-        .join()
-        .map_err(|_| anyhow::anyhow!("the SQL parser failed"))?;
-    print!("{}", cfg.policy.explain(&who, resource, &classified));
-    let decision = cfg.policy.decide_all(&who, resource, &classified);
+    let policy = &cfg.rules.policy;
+    let decision = match protocols::requests_of(r.protocol, sql, &cfg.limits)? {
+        Ok(requests) => {
+            let requests: Vec<&Request> = requests.iter().collect();
+            print!("{}", policy.explain(&who, resource, &requests));
+            policy.decide_all(&who, resource, requests)
+        }
+        Err(why) => {
+            let d = govern::unreadable(&why);
+            println!("decision: {} (rule: {})\n  {}", d.action, d.rule, d.reason);
+            d
+        }
+    };
     Ok(if decision.allowed() {
         ExitCode::SUCCESS
     } else {

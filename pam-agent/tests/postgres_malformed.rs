@@ -295,9 +295,14 @@ fn a_reloaded_policy_applies_to_open_sessions_without_dropping_them() {
         "[[rules]]\nname = \"secrets-too\"\naction = \"allow\"\ntables = [\"secret.*\"]\nkinds = [\"select\"]\n{CREW_POLICY}"
     ))
     .unwrap();
+    let policy = raw
+        .validate(&["db"], &pam_agent::protocols::postgres::sql::VOCABULARY)
+        .unwrap()
+        .0;
+    let masking = proxy.rules.current().masking.clone();
     proxy
-        .policy
-        .replace(std::sync::Arc::new(raw.validate(&["db"]).unwrap().0));
+        .rules
+        .replace(pam_agent::govern::Rules { policy, masking });
     let answer = query(secret);
     let tags: Vec<u8> = answer.iter().map(|f| f.0).collect();
     assert_eq!(tags, b"TDCZ");

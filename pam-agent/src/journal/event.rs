@@ -291,16 +291,6 @@ pub enum Decision {
     RequireApproval,
 }
 
-impl From<crate::policy::Action> for Decision {
-    fn from(a: crate::policy::Action) -> Self {
-        match a {
-            crate::policy::Action::Allow => Decision::Allow,
-            crate::policy::Action::Deny => Decision::Deny,
-            crate::policy::Action::RequireApproval => Decision::RequireApproval,
-        }
-    }
-}
-
 impl Decision {
     pub fn as_str(self) -> &'static str {
         match self {

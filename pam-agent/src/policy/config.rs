@@ -20,7 +20,7 @@
 use serde::Deserialize;
 
 use super::{Action, Policy, Rule};
-use crate::protocols::postgres::sql::{Flag, Kind};
+use crate::govern::Vocabulary;
 
 pub const DEFAULT_MAX_STATEMENT_BYTES: usize = 1 << 20;
 pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 64 << 20;
@@ -72,8 +72,13 @@ impl Default for Limits {
 }
 
 impl RawPolicy {
-    /// Validates against the configured resource names. Errors are (field, reason).
-    pub fn validate(self, resources: &[&str]) -> Result<(Policy, Limits), (String, String)> {
+    /// Validates against the configured resource names and the kinds and flags the
+    /// protocols can produce. Errors are (field, reason).
+    pub fn validate(
+        self,
+        resources: &[&str],
+        vocabulary: &Vocabulary,
+    ) -> Result<(Policy, Limits), (String, String)> {
         let limits = Limits {
             max_statement_bytes: self
                 .max_statement_bytes
@@ -126,8 +131,9 @@ impl RawPolicy {
                 .map(|ks| {
                     ks.iter()
                         .map(|k| {
-                            Kind::parse(k).ok_or_else(|| {
-                                let all: Vec<&str> = Kind::ALL.iter().map(|k| k.as_str()).collect();
+                            vocabulary.kind(k).ok_or_else(|| {
+                                let all: Vec<&str> =
+                                    vocabulary.kinds.iter().map(|k| k.as_str()).collect();
                                 (
                                     field("kinds"),
                                     format!("unknown kind `{k}` (one of {})", all.join(", ")),
@@ -141,8 +147,9 @@ impl RawPolicy {
                 v.map(|fs| {
                     fs.iter()
                         .map(|f| {
-                            Flag::parse(f).ok_or_else(|| {
-                                let all: Vec<&str> = Flag::ALL.iter().map(|k| k.as_str()).collect();
+                            vocabulary.flag(f).ok_or_else(|| {
+                                let all: Vec<&str> =
+                                    vocabulary.flags.iter().map(|k| k.as_str()).collect();
                                 (
                                     field(name),
                                     format!("unknown flag `{f}` (one of {})", all.join(", ")),
@@ -183,8 +190,6 @@ impl RawPolicy {
                 default: self.default.unwrap_or(Action::Deny),
                 resource_defaults,
                 rules,
-                // Compiled from `[masking]` by the caller.
-                masking: crate::mask::MaskingPolicy::none(),
             },
             limits,
         ))

@@ -14,17 +14,11 @@ use nix::fcntl::{OFlag, SpliceFFlags, splice};
 use tokio::{io::Interest, net::TcpStream};
 use tokio_util::sync::CancellationToken;
 
+use super::Outcome;
 use crate::journal::event::SessionEnd;
 
 /// Bytes per splice; the pipe is sized to hold this much.
 const CHUNK: usize = 256 * 1024;
-
-pub struct Outcome {
-    pub from_worker: u64,
-    pub to_worker: u64,
-    pub end: SessionEnd,
-    pub detail: Option<String>,
-}
 
 pub async fn relay(
     worker: TcpStream,

@@ -10,3 +10,12 @@ pub mod stream;
 pub use ca::{AgentCa, LeafCache, TlsError};
 pub use client::{ClientTls, ClientTlsError, TlsMode, load_roots};
 pub use stream::MaybeTls;
+
+/// The TLS material the daemon loads once at start.
+pub struct Material {
+    /// Leaves from the agent CA (`[worker_tls]`); `None`: workers are answered that
+    /// TLS is not available (PostgreSQL's 'N').
+    pub leaves: Option<LeafCache>,
+    /// Per resource (by index, as the kernel records it): client TLS to its server.
+    pub upstream: Vec<Option<ClientTls>>,
+}

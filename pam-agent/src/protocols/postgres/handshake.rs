@@ -10,9 +10,12 @@
 //!   ReadyForQuery, except SCRAM channel binding, which cannot pass a TLS-terminating
 //!   proxy: not offered to clear-text workers, refused with a clear FATAL otherwise.
 
-use std::sync::{Arc, atomic::Ordering};
+use std::{
+    net::SocketAddr,
+    sync::{Arc, atomic::Ordering},
+};
 
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 use tokio::{
     io::{AsyncWriteExt, ReadHalf, WriteHalf},
     net::TcpStream,
@@ -21,10 +24,13 @@ use tokio::{
 use super::{
     Context, SessionError, Shared, UPSTREAM_MAX_MESSAGE,
     cancel::{Registration, Upstream},
-    wire::backend::{self, Severity, sqlstate},
-    wire::frame::{Frame, FrameReader, read_startup},
-    wire::frontend,
-    wire::startup::{self, Startup},
+    io::{watch_parameter, write_out},
+    wire::{
+        backend::{self, Severity, sqlstate},
+        frame::{Frame, FrameReader, read_startup},
+        frontend,
+        startup::{self, Startup},
+    },
 };
 use crate::tls::stream::{UpstreamStream, WorkerStream};
 
@@ -51,13 +57,46 @@ pub async fn handshake(
     shared: &Arc<Shared>,
 ) -> Result<Handshake, SessionError> {
     let server = upstream.peer_addr()?;
+    let (mut worker, startup_body) = match worker_startup(worker, ctx, shared).await? {
+        Opening::Login { worker, body } => (worker, body),
+        Opening::Cancel { pid, secret } => {
+            return Ok(Handshake::Done(
+                cancel(upstream, server, ctx, pid, &secret).await,
+            ));
+        }
+        Opening::Closed(detail) => return Ok(Handshake::Done(detail)),
+    };
+    let upstream = server_startup(upstream, server, &mut worker, &startup_body, ctx).await?;
+    relay_auth(worker, upstream, server, ctx, shared).await
+}
+
+/// How the worker opened the connection.
+enum Opening {
+    /// A StartupMessage (its body), over TLS if the worker asked for it.
+    Login {
+        worker: WorkerStream,
+        body: Bytes,
+    },
+    Cancel {
+        pid: i32,
+        secret: Vec<u8>,
+    },
+    Closed(String),
+}
+
+/// Phase 1: the worker's startup packets, until a StartupMessage or CancelRequest.
+async fn worker_startup(
+    worker: TcpStream,
+    ctx: &Context,
+    shared: &Shared,
+) -> Result<Opening, SessionError> {
     let mut worker = WorkerStream::Plain(worker);
     let mut ssl_asked = false;
     let mut gss_asked = false;
-    let startup_body = loop {
+    loop {
         let body = match read_startup(&mut worker).await {
             Ok(Some(b)) => b,
-            Ok(None) => return Ok(Handshake::Done("worker closed before startup".into())),
+            Ok(None) => return Ok(Opening::Closed("worker closed before startup".into())),
             Err(e) => {
                 let msg = format!("pam-agent: invalid startup packet: {e}");
                 fatal(&mut worker, sqlstate::PROTOCOL_VIOLATION, &msg).await;
@@ -78,17 +117,17 @@ pub async fn handshake(
         match packet {
             Startup::Ssl if !ssl_asked && !worker.is_tls() => {
                 ssl_asked = true;
-                match (&ctx.tls, worker) {
+                worker = match (&ctx.tls, worker) {
                     (Some(acceptor), WorkerStream::Plain(mut tcp)) => {
                         tcp.write_all(b"S").await?;
                         let tls = acceptor.accept(tcp).await.map_err(SessionError::Tls)?;
-                        worker = WorkerStream::Tls(Box::new(tls));
+                        WorkerStream::Tls(Box::new(tls))
                     }
                     (_, mut w) => {
                         w.write_all(b"N").await?;
-                        worker = w;
+                        w
                     }
-                }
+                };
             }
             Startup::GssEnc if !gss_asked && !worker.is_tls() => {
                 gss_asked = true;
@@ -99,24 +138,29 @@ pub async fn handshake(
                 fatal(&mut worker, sqlstate::PROTOCOL_VIOLATION, msg).await;
                 return Err(SessionError::Protocol(msg.into()));
             }
-            Startup::Cancel { pid, secret } => {
-                return Ok(Handshake::Done(
-                    cancel(upstream, server, ctx, pid, &secret).await,
-                ));
-            }
+            Startup::Cancel { pid, secret } => return Ok(Opening::Cancel { pid, secret }),
             Startup::Start { params, .. } => {
                 if let Err(e) = startup::check_params(&params) {
                     let msg = format!("pam-agent: {e}");
                     fatal(&mut worker, sqlstate::REFUSED, &msg).await;
                     return Err(e.into());
                 }
-                break body;
+                return Ok(Opening::Login { worker, body });
             }
         }
-    };
+    }
+}
 
-    // TLS toward the server first, when the resource asks for it; a server that
-    // refuses it ends the session (never plaintext instead).
+/// Phase 2: TLS toward the server first, when the resource asks for it (a server that
+/// refuses it ends the session, never plaintext instead); then the startup message as
+/// the worker sent it.
+async fn server_startup(
+    upstream: TcpStream,
+    server: SocketAddr,
+    worker: &mut WorkerStream,
+    startup_body: &[u8],
+    ctx: &Context,
+) -> Result<UpstreamStream, SessionError> {
     let mut upstream = match &ctx.upstream_tls {
         None => UpstreamStream::Plain(upstream),
         Some(tls) => match super::upstream_tls::negotiate(tls, upstream, server).await {
@@ -124,9 +168,9 @@ pub async fn handshake(
             Err(source) => {
                 let msg = format!(
                     "pam-agent: resource \"{}\" requires TLS to the server (upstream_tls = \"{}\"), but {server}: {source}",
-                    ctx.resource, tls.mode
+                    ctx.session.resource, tls.mode
                 );
-                fatal(&mut worker, sqlstate::CONNECTION_FAILURE, &msg).await;
+                fatal(worker, sqlstate::CONNECTION_FAILURE, &msg).await;
                 return Err(SessionError::UpstreamTls {
                     mode: tls.mode,
                     source,
@@ -134,115 +178,184 @@ pub async fn handshake(
             }
         },
     };
-
-    // Forward the startup message as the worker sent it.
     let mut packet = BytesMut::with_capacity(startup_body.len() + 4);
     packet.extend_from_slice(&((startup_body.len() + 4) as i32).to_be_bytes());
-    packet.extend_from_slice(&startup_body);
+    packet.extend_from_slice(startup_body);
     upstream.write_all(&packet).await?;
+    Ok(upstream)
+}
 
-    let worker_tls = worker.is_tls();
+/// The authentication exchange in flight.
+struct Auth<'a> {
+    ctx: &'a Context,
+    server: SocketAddr,
+    worker_tls: bool,
+    registration: Option<Registration>,
+    /// Bytes for the worker, written when the server has nothing more buffered.
+    out: Vec<u8>,
+    /// Set by AuthenticationSASL: the worker's next message names its mechanism.
+    sasl_pending: bool,
+}
+
+/// What a message of the exchange leads to.
+enum Step {
+    Continue,
+    /// ReadyForQuery with this transaction status: the session is ready.
+    Ready(u8),
+    /// The exchange ended the session (written to the worker already).
+    Done(String),
+}
+
+/// Phase 3: authentication, relayed. The server speaks first and ends with
+/// ReadyForQuery (or an ErrorResponse, after which it closes).
+async fn relay_auth(
+    worker: WorkerStream,
+    upstream: UpstreamStream,
+    server: SocketAddr,
+    ctx: &Context,
+    shared: &Arc<Shared>,
+) -> Result<Handshake, SessionError> {
+    let mut auth = Auth {
+        ctx,
+        server,
+        worker_tls: worker.is_tls(),
+        registration: None,
+        out: Vec::new(),
+        sasl_pending: false,
+    };
     let (wr, mut ww) = tokio::io::split(worker);
     let (ur, mut uw) = tokio::io::split(upstream);
     let mut wreader = FrameReader::new(wr, ctx.limits.max_message_bytes);
     let mut ureader = FrameReader::new(ur, UPSTREAM_MAX_MESSAGE);
-    let mut registration = None;
-    let mut out = Vec::new();
-    // Set by AuthenticationSASL: the worker's next message names its mechanism.
-    let mut sasl_pending = false;
-
-    // Authentication, relayed. The server speaks first and ends with ReadyForQuery
-    // (or an ErrorResponse, after which it closes).
     loop {
-        tokio::select! {
+        let step = tokio::select! {
             f = ureader.next() => {
                 let f = f.map_err(SessionError::Upstream)?.ok_or_else(|| {
                     SessionError::UpstreamProtocol("server closed during startup".into())
                 })?;
-                match f.tag {
-                    backend::BACKEND_KEY_DATA => {
-                        let (pid, secret) = backend::backend_key(&f)
-                            .map_err(|e| SessionError::UpstreamProtocol(e.to_string()))?;
-                        let (wpid, wkey, reg) = ctx
-                            .cancels
-                            .register(Upstream { resource: ctx.resource.clone(), server, pid, secret })
-                            .map_err(|e| SessionError::Io(std::io::Error::other(e.to_string())))?;
-                        registration = Some(reg);
-                        out.extend_from_slice(&backend::backend_key_data(wpid, &wkey).raw);
-                    }
-                    backend::READY_FOR_QUERY => {
-                        let status = backend::ready_status(&f)
-                            .map_err(|e| SessionError::UpstreamProtocol(e.to_string()))?;
-                        out.extend_from_slice(&f.raw);
-                        write_out(&mut ww, &mut out, shared).await?;
-                        return Ok(Handshake::Ready(Ready {
-                            worker_reader: wreader,
-                            worker_writer: ww,
-                            upstream_reader: ureader,
-                            upstream_writer: uw,
-                            status,
-                            registration,
-                        }));
-                    }
-                    backend::ERROR_RESPONSE => {
-                        out.extend_from_slice(&f.raw);
-                        write_out(&mut ww, &mut out, shared).await?;
-                        let code = backend::error_code(&f).unwrap_or_default();
-                        return Ok(Handshake::Done(format!("server refused the login ({code})")));
-                    }
-                    backend::PARAMETER_STATUS => {
-                        super::respond::watch_parameter(&f, shared);
-                        out.extend_from_slice(&f.raw);
-                    }
-                    backend::AUTHENTICATION => {
-                        sasl_pending = backend::auth_code(&f) == Ok(AUTH_SASL);
-                        if sasl_pending && !worker_tls {
-                            // A server on TLS offers channel binding; a worker in clear
-                            // text (libpq) refuses such an offer. It could not bind anyway.
-                            out.extend_from_slice(&without_scram_plus(&f).raw);
-                        } else {
-                            out.extend_from_slice(&f.raw);
-                        }
-                    }
-                    _ => out.extend_from_slice(&f.raw),
+                let step = auth.server_message(f, shared)?;
+                if !ureader.has_frame() || !matches!(step, Step::Continue) {
+                    write_out(&mut ww, &mut auth.out, shared).await?;
                 }
-                if !ureader.has_frame() {
-                    write_out(&mut ww, &mut out, shared).await?;
-                }
+                step
             }
             f = wreader.next() => {
-                let f = match f {
-                    Ok(Some(f)) => f,
-                    Ok(None) => return Ok(Handshake::Done("worker closed during authentication".into())),
-                    Err(e) => {
-                        let msg = format!("pam-agent: {e}");
-                        out.extend_from_slice(&backend::error(Severity::Fatal, sqlstate::PROTOCOL_VIOLATION, &msg, None, None).raw);
-                        let _ = write_out(&mut ww, &mut out, shared).await;
-                        return Err(SessionError::Worker(e));
-                    }
-                };
-                if f.tag != frontend::AUTH_RESPONSE {
-                    let msg = format!("pam-agent: unexpected message '{}' during authentication", f.tag.escape_ascii());
-                    out.extend_from_slice(&backend::error(Severity::Fatal, sqlstate::PROTOCOL_VIOLATION, &msg, None, None).raw);
-                    let _ = write_out(&mut ww, &mut out, shared).await;
-                    return Err(SessionError::Protocol(msg));
+                let step = auth.worker_message(f, &mut uw).await;
+                if !auth.out.is_empty() {
+                    let _ = write_out(&mut ww, &mut auth.out, shared).await;
                 }
-                if std::mem::take(&mut sasl_pending) && f.body().starts_with(SCRAM_PLUS) {
-                    // Channel binding ties SCRAM to the TLS certificate the worker saw:
-                    // the agent's, not the server's. The server would refuse the proof;
-                    // say why instead.
-                    let msg = "pam-agent: SCRAM channel binding cannot pass through the agent (the worker's TLS ends at the agent, so the binding names the agent's certificate, not the server's); connect with channel_binding=disable";
-                    out.extend_from_slice(&backend::error(Severity::Fatal, INVALID_AUTHORIZATION, msg, None, None).raw);
-                    let _ = write_out(&mut ww, &mut out, shared).await;
-                    return Ok(Handshake::Done(
-                        "worker chose SCRAM-SHA-256-PLUS (channel binding), which cannot pass through the agent".into(),
-                    ));
-                }
-                uw.write_all(&f.raw).await?;
+                step?
+            }
+        };
+        match step {
+            Step::Continue => {}
+            Step::Done(detail) => return Ok(Handshake::Done(detail)),
+            Step::Ready(status) => {
+                return Ok(Handshake::Ready(Ready {
+                    worker_reader: wreader,
+                    worker_writer: ww,
+                    upstream_reader: ureader,
+                    upstream_writer: uw,
+                    status,
+                    registration: auth.registration,
+                }));
             }
         }
     }
 }
+
+impl Auth<'_> {
+    fn server_message(&mut self, f: Frame, shared: &Shared) -> Result<Step, SessionError> {
+        let bad = |e: super::wire::frame::Malformed| SessionError::UpstreamProtocol(e.to_string());
+        match f.tag {
+            backend::BACKEND_KEY_DATA => {
+                let (pid, secret) = backend::backend_key(&f).map_err(bad)?;
+                let upstream = Upstream {
+                    resource: self.ctx.session.resource.clone(),
+                    server: self.server,
+                    pid,
+                    secret,
+                };
+                let (wpid, wkey, reg) = self
+                    .ctx
+                    .cancels
+                    .register(upstream)
+                    .map_err(|e| SessionError::Io(std::io::Error::other(e.to_string())))?;
+                self.registration = Some(reg);
+                self.out
+                    .extend_from_slice(&backend::backend_key_data(wpid, &wkey).raw);
+            }
+            backend::READY_FOR_QUERY => {
+                let status = backend::ready_status(&f).map_err(bad)?;
+                self.out.extend_from_slice(&f.raw);
+                return Ok(Step::Ready(status));
+            }
+            backend::ERROR_RESPONSE => {
+                self.out.extend_from_slice(&f.raw);
+                let code = backend::error_code(&f).unwrap_or_default();
+                return Ok(Step::Done(format!("server refused the login ({code})")));
+            }
+            backend::PARAMETER_STATUS => {
+                watch_parameter(&f, shared);
+                self.out.extend_from_slice(&f.raw);
+            }
+            backend::AUTHENTICATION => {
+                self.sasl_pending = backend::auth_code(&f) == Ok(AUTH_SASL);
+                if self.sasl_pending && !self.worker_tls {
+                    // A server on TLS offers channel binding; a worker in clear text
+                    // (libpq) refuses such an offer. It could not bind anyway.
+                    self.out.extend_from_slice(&without_scram_plus(&f).raw);
+                } else {
+                    self.out.extend_from_slice(&f.raw);
+                }
+            }
+            _ => self.out.extend_from_slice(&f.raw),
+        }
+        Ok(Step::Continue)
+    }
+
+    async fn worker_message(
+        &mut self,
+        f: Result<Option<Frame>, super::wire::frame::FrameError>,
+        upstream: &mut WriteHalf<UpstreamStream>,
+    ) -> Result<Step, SessionError> {
+        let f = match f {
+            Ok(Some(f)) => f,
+            Ok(None) => return Ok(Step::Done("worker closed during authentication".into())),
+            Err(e) => {
+                self.fatal(sqlstate::PROTOCOL_VIOLATION, &format!("pam-agent: {e}"));
+                return Err(SessionError::Worker(e));
+            }
+        };
+        if f.tag != frontend::AUTH_RESPONSE {
+            let msg = format!(
+                "pam-agent: unexpected message '{}' during authentication",
+                f.tag.escape_ascii()
+            );
+            self.fatal(sqlstate::PROTOCOL_VIOLATION, &msg);
+            return Err(SessionError::Protocol(msg));
+        }
+        if std::mem::take(&mut self.sasl_pending) && f.body().starts_with(SCRAM_PLUS) {
+            // Channel binding ties SCRAM to the TLS certificate the worker saw: the
+            // agent's, not the server's. The server would refuse the proof; say why.
+            self.fatal(INVALID_AUTHORIZATION, CHANNEL_BINDING);
+            return Ok(Step::Done(
+                "worker chose SCRAM-SHA-256-PLUS (channel binding), which cannot pass through the agent".into(),
+            ));
+        }
+        upstream.write_all(&f.raw).await?;
+        Ok(Step::Continue)
+    }
+
+    fn fatal(&mut self, code: &str, msg: &str) {
+        let f = backend::error(Severity::Fatal, code, msg, None, None);
+        self.out.extend_from_slice(&f.raw);
+    }
+}
+
+const CHANNEL_BINDING: &str = "pam-agent: SCRAM channel binding cannot pass through the agent \
+     (the worker's TLS ends at the agent, so the binding names the agent's certificate, not \
+     the server's); connect with channel_binding=disable";
 
 /// AuthenticationSASL without SCRAM-SHA-256-PLUS (the same frame if it is not offered).
 fn without_scram_plus(f: &Frame) -> Frame {
@@ -274,23 +387,6 @@ const AUTH_SASL: i32 = 10;
 const SCRAM_PLUS: &[u8] = b"SCRAM-SHA-256-PLUS\0";
 const INVALID_AUTHORIZATION: &str = "28000";
 
-pub async fn write_out<W: tokio::io::AsyncWrite + Unpin>(
-    w: &mut W,
-    out: &mut Vec<u8>,
-    shared: &Shared,
-) -> std::io::Result<()> {
-    if out.is_empty() {
-        return Ok(());
-    }
-    w.write_all(out).await?;
-    w.flush().await?;
-    shared
-        .to_worker
-        .fetch_add(out.len() as u64, Ordering::Relaxed);
-    out.clear();
-    Ok(())
-}
-
 async fn fatal(worker: &mut WorkerStream, code: &str, message: &str) {
     let f: Frame = backend::error(Severity::Fatal, code, message, None, None);
     let _ = worker.write_all(&f.raw).await;
@@ -302,7 +398,7 @@ async fn fatal(worker: &mut WorkerStream, code: &str, message: &str) {
 /// Answers nothing to the worker (PostgreSQL doesn't either).
 async fn cancel(
     mut upstream: TcpStream,
-    server: std::net::SocketAddr,
+    server: SocketAddr,
     ctx: &Context,
     pid: i32,
     secret: &[u8],
@@ -310,10 +406,10 @@ async fn cancel(
     let Some(target) = ctx.cancels.lookup(pid, secret) else {
         return "cancel request with an unknown key: ignored".into();
     };
-    if target.resource != ctx.resource || server != target.server {
+    if target.resource != ctx.session.resource || server != target.server {
         return format!(
             "cancel request for resource `{}` arrived on a connection to `{}`: ignored",
-            target.resource, ctx.resource
+            target.resource, ctx.session.resource
         );
     }
     let req = startup::cancel_request(target.pid, &target.secret);

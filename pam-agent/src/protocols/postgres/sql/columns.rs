@@ -12,7 +12,7 @@
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use super::classify::{node_of, node_of_map};
+use super::tree::{node_of, node_of_map};
 
 /// Where a statement uses a column.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Deserialize, Serialize)]
@@ -747,7 +747,7 @@ mod tests {
     fn refs(sql: &str) -> Vec<ColumnReference> {
         let mut v = classify(sql, 1 << 20).unwrap();
         assert_eq!(v.len(), 1, "{sql}");
-        v.remove(0).columns
+        v.remove(0).request.columns
     }
 
     /// `schema.table.column@clause`, `?` for an unknown part.

@@ -17,13 +17,41 @@
 mod classify;
 mod columns;
 mod copy;
+mod functions;
 mod normalize;
 mod plpgsql;
 mod pool;
 mod prepared;
+mod statement;
+mod tree;
 
-pub use classify::{Flag, Kind, Prepared, Statement, Unclassifiable, classify};
+pub use crate::govern::{Flag, Kind, Request};
+pub use classify::classify;
 pub use columns::{Clause, ColumnReference};
 pub use copy::{CopyOut, CopyOutError, copy_out};
 pub use pool::{Classified, Classifier, ClassifierConfig};
 pub use prepared::PreparedStatements;
+pub use statement::{Prepared, Statement, Unclassifiable, flag, kind};
+
+/// The kinds and flags PostgreSQL statements can have: what policy rules may name.
+pub const VOCABULARY: crate::govern::Vocabulary = crate::govern::Vocabulary {
+    kinds: kind::ALL,
+    flags: flag::ALL,
+};
+
+/// A text's requests as a session reads them, parsed on a thread with the parser
+/// threads' stack size (for tools). The inner error: why the text cannot be read.
+pub fn requests_of(text: &str, max: usize) -> std::io::Result<Result<Vec<Request>, String>> {
+    let text = text.to_owned();
+    let classified = std::thread::Builder::new()
+        .stack_size(ClassifierConfig::default().stack_bytes)
+        .spawn(move || classify(&text, max))?
+        .join()
+        .map_err(|_| std::io::Error::other("the SQL parser failed"))?;
+    Ok(classified
+        .map(|sts| sts.into_iter().map(|s| s.request).collect())
+        .map_err(|e| e.to_string()))
+}
+
+#[cfg(test)]
+mod policy_tests;

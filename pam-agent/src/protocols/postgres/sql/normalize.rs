@@ -18,7 +18,7 @@
 //! values of those literals. Whether a classification may be shared by such texts is
 //! decided by the caller from the result ([`literal_independent`]).
 
-use super::{Flag, Kind, Statement};
+use super::{Statement, flag, kind};
 
 /// Marker of an integer literal PostgreSQL reads as int4.
 const INT: char = '\u{1}';
@@ -189,16 +189,17 @@ pub fn literal_independent(statements: &[Statement]) -> bool {
     let [st] = statements else {
         return false;
     };
-    st.kinds
-        .iter()
-        .all(|k| matches!(k, Kind::Select | Kind::Insert | Kind::Update | Kind::Delete))
-        && st.flags.iter().all(|f| {
-            matches!(
-                f,
-                Flag::UpdateWithoutWhere | Flag::DeleteWithoutWhere | Flag::DataModifyingCte
-            )
-        })
-        && st.prepared.is_none()
+    st.kinds.iter().all(|k| {
+        matches!(
+            *k,
+            kind::SELECT | kind::INSERT | kind::UPDATE | kind::DELETE
+        )
+    }) && st.flags.iter().all(|f| {
+        matches!(
+            *f,
+            flag::UPDATE_WITHOUT_WHERE | flag::DELETE_WITHOUT_WHERE | flag::DATA_MODIFYING_CTE
+        )
+    }) && st.prepared.is_none()
         && !st.functions.iter().any(|f| {
             let base = f.rsplit('.').next().unwrap_or(f);
             base.eq_ignore_ascii_case("set_config")

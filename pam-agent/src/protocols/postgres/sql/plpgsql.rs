@@ -7,7 +7,15 @@
 
 use serde_json::Value;
 
-use super::classify::{Flag, Kind, Statement, Unclassifiable, classify_fragment};
+use super::{
+    Kind,
+    statement::{Statement, Unclassifiable, flag, kind},
+};
+
+/// Classifies an embedded statement or expression in the given grammar mode (the
+/// caller's classifier, one level deeper): procedural code is judged by the same rules
+/// as top-level SQL without this module knowing them.
+pub(super) type Fragment<'a> = dyn FnMut(&str, i32) -> Result<Vec<Statement>, Unclassifiable> + 'a;
 
 /// Nesting of procedural code in procedural code (a DO that runs a DO...).
 pub(super) const MAX_DEPTH: usize = 8;
@@ -49,8 +57,8 @@ pub(super) fn merge_body(
     stmt_text: &str,
     body: &str,
     st: &mut Statement,
-    max_len: usize,
     depth: usize,
+    fragment: &mut Fragment<'_>,
 ) -> Result<(), Unclassifiable> {
     if depth >= MAX_DEPTH {
         return Err(Unclassifiable::Unsupported(
@@ -80,8 +88,7 @@ pub(super) fn merge_body(
     };
     let mut walk = BodyWalk {
         st,
-        max_len,
-        depth,
+        fragment,
         var_defaults: 0,
     };
     walk.value(f)?;
@@ -96,15 +103,14 @@ pub(super) fn merge_body(
     Ok(())
 }
 
-struct BodyWalk<'a> {
+struct BodyWalk<'a, 'f> {
     st: &'a mut Statement,
-    max_len: usize,
-    depth: usize,
+    fragment: &'a mut Fragment<'f>,
     /// Variable defaults seen in `datums`.
     var_defaults: usize,
 }
 
-impl BodyWalk<'_> {
+impl BodyWalk<'_, '_> {
     fn value(&mut self, v: &Value) -> Result<(), Unclassifiable> {
         match v {
             Value::Array(items) => items.iter().try_for_each(|i| self.value(i)),
@@ -119,15 +125,15 @@ impl BodyWalk<'_> {
                             self.var_defaults += 1;
                         }
                         "PLpgSQL_stmt_dynexecute" | "PLpgSQL_stmt_dynfors" => {
-                            self.st.flags.insert(Flag::DynamicSql);
+                            self.st.flags.insert(flag::DYNAMIC_SQL);
                         }
                         "PLpgSQL_stmt_return_query" | "PLpgSQL_stmt_open"
                             if v.get("dynquery").is_some() =>
                         {
-                            self.st.flags.insert(Flag::DynamicSql);
+                            self.st.flags.insert(flag::DYNAMIC_SQL);
                         }
                         "PLpgSQL_stmt_commit" | "PLpgSQL_stmt_rollback" => {
-                            add_kind(self.st, Kind::Transaction);
+                            add_kind(self.st, kind::TRANSACTION);
                         }
                         s if s.starts_with("PLpgSQL_stmt_") && !KNOWN.contains(&s) => {
                             return Err(Unclassifiable::Unsupported(s.to_owned()));
@@ -152,7 +158,7 @@ impl BodyWalk<'_> {
             .ok()
             .filter(|m| (0..=5).contains(m) && *m != 1)
             .ok_or_else(|| Unclassifiable::Unsupported(format!("PL/pgSQL parse mode {mode}")))?;
-        for inner in classify_fragment(query, self.max_len, mode, self.depth + 1)? {
+        for inner in (self.fragment)(query, mode)? {
             merge(self.st, inner, mode == 0);
         }
         Ok(())
@@ -173,6 +179,7 @@ pub(super) fn merge(st: &mut Statement, inner: Statement, whole_statement: bool)
             add_kind(st, *k);
         }
     }
+    let inner = inner.request;
     st.tables.extend(inner.tables);
     st.writes.extend(inner.writes);
     st.functions.extend(inner.functions);

@@ -11,7 +11,7 @@ use std::{
 };
 
 use super::{
-    Statement, Unclassifiable, classify,
+    CopyOut, CopyOutError, Statement, Unclassifiable, classify, copy_out,
     normalize::{literal_independent, normalize},
 };
 
@@ -47,10 +47,8 @@ impl Default for ClassifierConfig {
     }
 }
 
-struct Job {
-    text: String,
-    reply: tokio::sync::oneshot::Sender<Classified>,
-}
+/// Work for a parser thread (its reply channel is inside).
+type Job = Box<dyn FnOnce() + Send>;
 
 /// Cheap to clone; all clones share the threads and the cache.
 #[derive(Clone)]
@@ -87,7 +85,6 @@ impl Classifier {
         let rx = Arc::new(Mutex::new(rx));
         for i in 0..config.threads.max(1) {
             let rx = rx.clone();
-            let max = config.max_statement_bytes;
             thread::Builder::new()
                 .name(format!("pam-sql-{i}"))
                 .stack_size(config.stack_bytes)
@@ -100,8 +97,7 @@ impl Classifier {
                                 Err(_) => return,
                             }
                         };
-                        let out = Arc::new(classify(&job.text, max));
-                        let _ = job.reply.send(out);
+                        job();
                     }
                 })?;
         }
@@ -132,31 +128,39 @@ impl Classifier {
                 max: self.inner.config.max_statement_bytes,
             }));
         } else {
-            let (reply, rx) = tokio::sync::oneshot::channel();
-            let sent = self
-                .inner
-                .jobs
-                .lock()
-                .map(|j| {
-                    j.send(Job {
-                        text: text.to_owned(),
-                        reply,
-                    })
-                    .is_ok()
-                })
-                .unwrap_or(false);
-            if !sent {
-                return Arc::new(Err(Unclassifiable::Internal("parser threads gone".into())));
-            }
-            match rx.await {
-                Ok(c) => c,
-                Err(_) => {
+            let (owned, max) = (text.to_owned(), self.inner.config.max_statement_bytes);
+            match self
+                .on_parser_thread(move || Arc::new(classify(&owned, max)))
+                .await
+            {
+                Some(c) => c,
+                None => {
                     return Arc::new(Err(Unclassifiable::Internal("parser thread failed".into())));
                 }
             }
         };
         self.store(text, key, &out);
         out
+    }
+
+    /// The columns and format of a `COPY ... TO STDOUT` (for masking), on a parser thread
+    /// (the parser recurses as deep as the statement nests). `None`: the threads failed.
+    pub async fn copy_out(&self, text: &str) -> Option<Result<CopyOut, CopyOutError>> {
+        let owned = text.to_owned();
+        self.on_parser_thread(move || copy_out(&owned)).await
+    }
+
+    /// Runs `work` on one of the parser threads (their stacks are sized for deep trees).
+    async fn on_parser_thread<T: Send + 'static>(
+        &self,
+        work: impl FnOnce() -> T + Send + 'static,
+    ) -> Option<T> {
+        let (reply, rx) = tokio::sync::oneshot::channel();
+        let job: Job = Box::new(move || {
+            let _ = reply.send(work());
+        });
+        self.inner.jobs.lock().ok()?.send(job).ok()?;
+        rx.await.ok()
     }
 
     /// Synchronous form for tools and benchmarks: runs on the calling thread.
@@ -282,7 +286,7 @@ impl Shape {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::protocols::postgres::sql::Flag;
+    use crate::protocols::postgres::sql::flag;
 
     fn classifier() -> Classifier {
         Classifier::start(ClassifierConfig {
@@ -350,15 +354,15 @@ mod tests {
         let flags = |text: &str| statements(&c.classify_here(text))[0].flags.clone();
         // set_config's first argument decides the flags.
         c.classify_here("SELECT set_config('work_mem', '64MB', false)");
-        assert!(flags("SELECT set_config('role', 'admin', false)").contains(&Flag::RoleChange));
+        assert!(flags("SELECT set_config('role', 'admin', false)").contains(&flag::ROLE_CHANGE));
         c.classify_here("SELECT set_config('application_name', 'x', false) FROM t WHERE a = 1");
         assert!(
             flags("SELECT set_config('search_path', 'evil', false) FROM t WHERE a = 1")
-                .contains(&Flag::SearchPathChange)
+                .contains(&flag::SEARCH_PATH_CHANGE)
         );
         // An empty COPY file name is no server file; another name is.
         c.classify_here("COPY t FROM ''");
-        assert!(flags("COPY t FROM '/etc/passwd'").contains(&Flag::ServerFile));
+        assert!(flags("COPY t FROM '/etc/passwd'").contains(&flag::SERVER_FILE));
         assert!(c.cached("COPY t FROM '/etc/shadow'").is_none());
     }
 

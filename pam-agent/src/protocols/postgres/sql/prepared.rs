@@ -6,7 +6,10 @@
 
 use std::collections::HashMap;
 
-use super::classify::{Flag, Prepared, Statement, is_dynamic_sql_function};
+use super::{
+    functions::is_dynamic_sql_function,
+    statement::{Prepared, Statement, flag},
+};
 
 /// One session's named prepared statements, as classified when prepared.
 #[derive(Debug, Default, Clone)]
@@ -75,7 +78,7 @@ impl PreparedStatements {
             st.flags
                 .iter()
                 .copied()
-                .filter(|f| *f != Flag::DynamicSql || args_dynamic),
+                .filter(|f| *f != flag::DYNAMIC_SQL || args_dynamic),
         );
         out.columns.extend(st.columns.iter().cloned());
         out.columns.sort();

@@ -1,6 +1,6 @@
 //! The server's half of a session: forwards what the server sends, completes the audit
-//! of each execution (rows from CommandComplete, duration), and answers refusals in
-//! their place in the stream: after every group sent before them, with the
+//! of each execution ([`Completions`]: rows from CommandComplete, duration), and answers
+//! refusals in their place in the stream: after every group sent before them, with the
 //! transaction status the server last reported. On a masked connection, result rows
 //! go through [`ResultMasking`] instead of being forwarded as they came, and the answers
 //! to what the worker half injected are swallowed.
@@ -18,25 +18,23 @@ use tokio_util::sync::CancellationToken;
 
 use super::{
     Context, SessionError, Shared,
-    handshake::write_out,
-    judge::{Catalog, Exec, Injected, Note},
+    io::{watch_parameter, write_out},
     masking::ResultMasking,
-    wire::backend::{self, sqlstate},
-    wire::frame::{Frame, FrameReader},
-    wire::startup::dangerous_encoding,
+    notes::{Catalog, Exec, Injected, Note},
+    wire::{
+        backend::{self, sqlstate},
+        frame::{Frame, FrameReader},
+    },
 };
 use crate::{
-    journal::{Event, event::MaskedColumn},
-    mask::{CatalogRow, ColumnResolver, MaskSource, MaskingReport},
+    govern::Completions,
+    journal::JournalError,
+    mask::{CatalogRow, ColumnResolver, Masker},
     tls::stream::{UpstreamStream, WorkerStream},
 };
 
 /// Output is written when nothing more is buffered, or at this size.
 const FLUSH_AT: usize = 64 * 1024;
-/// Completion records waiting for the journal. Completions are written in order by
-/// a companion task so the data path does not wait for each one (decisions, which
-/// must precede the statement, are awaited by the judge); a full queue does wait.
-const COMPLETIONS_QUEUE: usize = 1024;
 
 enum Pending {
     /// Messages sent upstream that one ReadyForQuery will answer (once closed).
@@ -60,7 +58,7 @@ enum Pending {
     Ready,
 }
 
-pub struct Respond<'a> {
+pub struct Server<'a> {
     reader: FrameReader<ReadHalf<UpstreamStream>>,
     worker: WriteHalf<WorkerStream>,
     notes: mpsc::Receiver<Note>,
@@ -72,22 +70,23 @@ pub struct Respond<'a> {
     out: Vec<u8>,
     ctx: &'a Context,
     shared: Arc<Shared>,
-    completions: Option<mpsc::Sender<Event>>,
+    completions: Option<Completions>,
     masking: Option<ResultMasking>,
     /// DDL completed in the open transaction: its end changes the catalog again.
     ddl_in_txn: bool,
 }
 
-impl<'a> Respond<'a> {
+impl<'a> Server<'a> {
     pub fn new(
         reader: FrameReader<ReadHalf<UpstreamStream>>,
         worker: WriteHalf<WorkerStream>,
         notes: mpsc::Receiver<Note>,
         status: u8,
+        masker: Option<Masker>,
         ctx: &'a Context,
         shared: Arc<Shared>,
     ) -> Self {
-        Respond {
+        Server {
             reader,
             worker,
             notes,
@@ -96,7 +95,7 @@ impl<'a> Respond<'a> {
             status,
             rows_seen: 0,
             out: Vec::with_capacity(FLUSH_AT),
-            masking: ctx.masker.clone().map(ResultMasking::new),
+            masking: masker.map(ResultMasking::new),
             ctx,
             shared,
             completions: None,
@@ -105,26 +104,8 @@ impl<'a> Respond<'a> {
     }
 
     pub async fn run(mut self, done: &CancellationToken) -> Result<Option<String>, SessionError> {
-        let (tx, mut rx) = mpsc::channel::<Event>(COMPLETIONS_QUEUE);
-        self.completions = Some(tx);
-        let (journal, session) = (self.ctx.journal.clone(), self.ctx.session);
-        let writer = async move {
-            // What queued while the last batch was being stored goes in together: one
-            // commit for many completions of a fast session, order kept.
-            let mut acks = Vec::new();
-            while let Some(event) = rx.recv().await {
-                acks.push(journal.submit(Some(session), event).await?);
-                while acks.len() < COMPLETIONS_QUEUE
-                    && let Ok(event) = rx.try_recv()
-                {
-                    acks.push(journal.submit(Some(session), event).await?);
-                }
-                for ack in acks.drain(..) {
-                    ack.stored().await?;
-                }
-            }
-            Ok::<(), crate::journal::JournalError>(())
-        };
+        let (completions, writer) = Completions::start(&self.ctx.session);
+        self.completions = Some(completions);
         let main = async {
             let r = self.run_inner(done).await;
             let _ = write_out(&mut self.worker, &mut self.out, &self.shared).await;
@@ -257,7 +238,7 @@ impl<'a> Respond<'a> {
     }
 
     async fn server_message(&mut self, f: Frame) -> Result<(), SessionError> {
-        tracing::trace!(session = %self.ctx.session, tag = %f.tag.escape_ascii(), len = f.raw.len(), "server message");
+        tracing::trace!(session = %self.ctx.session.id, tag = %f.tag.escape_ascii(), len = f.raw.len(), "server message");
         if matches!(self.queue.front(), Some(Pending::Injected { .. }))
             && !matches!(
                 f.tag,
@@ -392,7 +373,7 @@ impl<'a> Respond<'a> {
             }
             backend::BACKEND_KEY_DATA => {
                 // Only valid at startup; never let the server's key reach the worker.
-                tracing::warn!(session = %self.ctx.session, "server sent BackendKeyData mid-session; dropped");
+                tracing::warn!(session = %self.ctx.session.id, "server sent BackendKeyData mid-session; dropped");
             }
             _ => self.out.extend_from_slice(&f.raw),
         }
@@ -437,31 +418,11 @@ impl<'a> Respond<'a> {
             Catalog::Transaction if self.ddl_in_txn => self.catalog_changed(),
             _ => {}
         }
-        if e.statement == 0 {
-            return Ok(());
-        }
-        if let Some(report) = report {
-            self.journal(masking_applied(e.statement, report)).await?;
-        }
-        let event = Event::StatementCompleted {
-            statement: e.statement,
-            duration_ms: e.started.elapsed().as_millis() as u64,
-            rows,
-            error,
-        };
-        self.journal(event).await
-    }
-
-    async fn journal(&self, event: Event) -> Result<(), SessionError> {
-        let sent = match &self.completions {
-            Some(tx) => tx.send(event).await.is_ok(),
-            None => false,
-        };
-        if sent {
-            Ok(())
-        } else {
-            Err(SessionError::Journal(crate::journal::JournalError::Closed))
-        }
+        let completions = self.completions.as_ref().ok_or(JournalError::Closed)?;
+        completions
+            .completed(e.statement, e.started, rows, error, report)
+            .await?;
+        Ok(())
     }
 
     /// Column names learned before may be wrong now: withhold unknown columns until the
@@ -489,7 +450,7 @@ impl<'a> Respond<'a> {
                 match CatalogRow::from_data_row(f.body()) {
                     Ok(r) => rows.push(r),
                     Err(e) => {
-                        tracing::warn!(session = %self.ctx.session, error = %e, "masking preload: bad row");
+                        tracing::warn!(session = %self.ctx.session.id, error = %e, "masking preload: bad row");
                         *failed = true;
                     }
                 }
@@ -500,7 +461,7 @@ impl<'a> Respond<'a> {
                 }
             }
             backend::ERROR_RESPONSE => {
-                tracing::warn!(session = %self.ctx.session, code = ?backend::error_code(&f), "masking: injected query failed");
+                tracing::warn!(session = %self.ctx.session.id, code = ?backend::error_code(&f), "masking: injected query failed");
                 *failed = true;
             }
             backend::READY_FOR_QUERY => {
@@ -511,13 +472,14 @@ impl<'a> Respond<'a> {
                     if failed {
                         // Unknown columns stay withheld; try again before the next group.
                         self.shared.mask_stale.store(true, Ordering::Release);
-                        let event = Event::Error {
-                            component: "masking".into(),
-                            message: "the column-name preload failed; table columns are \
-                                      withheld (NULL) until it succeeds"
-                                .into(),
-                        };
-                        self.journal(event).await?;
+                        let completions = self.completions.as_ref().ok_or(JournalError::Closed)?;
+                        completions
+                            .error(
+                                "masking",
+                                "the column-name preload failed; table columns are \
+                                 withheld (NULL) until it succeeds",
+                            )
+                            .await?;
                     } else {
                         m.absorb_preload(rows);
                     }
@@ -529,51 +491,5 @@ impl<'a> Respond<'a> {
             _ => {}
         }
         Ok(())
-    }
-}
-
-/// The journal record of what masking did to one statement's results: names and
-/// counts, never values.
-fn masking_applied(statement: u64, report: MaskingReport) -> Event {
-    let columns = report
-        .entries
-        .into_iter()
-        .map(|e| {
-            let (name, by, pattern) = match e.source {
-                MaskSource::Column { pattern, column } => (column, "column", Some(pattern)),
-                MaskSource::Detector { detector } => (detector, "detector", None),
-                MaskSource::Unresolved => ("unresolved".into(), "withheld", None),
-            };
-            MaskedColumn {
-                name,
-                method: e.strategy.to_string(),
-                values: e.count,
-                by: Some(by.into()),
-                rule: (!e.rule.is_empty()).then_some(e.rule),
-                pattern,
-                nulled: e.nulled_for_type,
-            }
-        })
-        .collect();
-    Event::MaskingApplied {
-        statement: Some(statement),
-        rule: None,
-        columns,
-        rows: report.rows,
-    }
-}
-
-/// Notes settings under which the proxy's parser and the server would lex SQL
-/// differently.
-pub fn watch_parameter(f: &Frame, shared: &Shared) {
-    if let Ok((k, v)) = backend::parameter_status(f) {
-        let unsafe_now = match k.as_str() {
-            "client_encoding" => dangerous_encoding(&v),
-            "standard_conforming_strings" => !v.eq_ignore_ascii_case("on"),
-            _ => false,
-        };
-        if unsafe_now {
-            shared.lexer_unsafe.store(true, Ordering::Relaxed);
-        }
     }
 }

@@ -1,0 +1,63 @@
+//! What the gate answers: forward the request, refuse it (the session goes on), or hold
+//! it until a human decides. Each protocol handles every arm in its own wire terms.
+
+use tokio::sync::oneshot;
+
+use crate::policy::{Action, Decision};
+
+/// The gate's answer to one message's requests (all of them run, or none).
+#[derive(Debug)]
+pub enum Verdict {
+    Forward,
+    /// Refused: answer with the protocol's error naming the rule; the session goes on.
+    Refuse(Decision),
+    /// Not forwarded yet: the protocol keeps the message (and what follows it, in order)
+    /// until [`Held::resolution`] answers.
+    Hold(Held),
+}
+
+impl Verdict {
+    pub fn forwards(&self) -> bool {
+        matches!(self, Verdict::Forward)
+    }
+}
+
+/// A request waiting for approval.
+#[derive(Debug)]
+pub struct Held {
+    /// The rule that asked for approval, and why.
+    pub decision: Decision,
+    answer: oneshot::Receiver<Resolution>,
+}
+
+/// How a held request ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Resolution {
+    Approved,
+    /// Denied, expired or withdrawn: the reason is shown to the worker.
+    Denied(String),
+}
+
+impl Held {
+    pub fn new(decision: Decision, answer: oneshot::Receiver<Resolution>) -> Held {
+        Held { decision, answer }
+    }
+
+    /// Waits for the decision. A request whose decider went away is denied.
+    pub async fn resolution(self) -> (Decision, Resolution) {
+        let r = self
+            .answer
+            .await
+            .unwrap_or_else(|_| Resolution::Denied("the approval request was abandoned".into()));
+        (self.decision, r)
+    }
+}
+
+/// The refusal a denied request gets: the rule that held it, and why it did not run.
+pub fn denied(held: Decision, why: &str) -> Decision {
+    Decision {
+        action: Action::RequireApproval,
+        rule: held.rule,
+        reason: format!("{} ({why})", held.reason),
+    }
+}
