@@ -6,7 +6,6 @@
 
 use std::{
     collections::HashSet,
-    fmt,
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
     path::{Path, PathBuf},
     time::Duration,
@@ -15,6 +14,7 @@ use std::{
 use ipnet::IpNet;
 use serde::Deserialize;
 
+pub use crate::protocols::Protocol;
 use crate::{kernel::cgroup, tls::TlsMode};
 
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/pam-agent/config.toml";
@@ -170,26 +170,6 @@ pub struct RawResource {
     pub upstream_ca: Option<PathBuf>,
     /// The name the server's certificate must carry; the destination IP by default.
     pub upstream_server_name: Option<String>,
-}
-
-/// How the proxy treats a resource's traffic.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Protocol {
-    /// Bytes relayed as they are (connection-level audit only).
-    #[default]
-    Tcp,
-    /// PostgreSQL wire protocol.
-    Postgres,
-}
-
-impl fmt::Display for Protocol {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Protocol::Tcp => "tcp",
-            Protocol::Postgres => "postgres",
-        })
-    }
 }
 
 /// A validated configuration.

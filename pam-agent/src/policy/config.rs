@@ -109,81 +109,8 @@ impl RawPolicy {
         }
         let mut rules = Vec::new();
         for (i, raw) in self.rules.into_iter().enumerate() {
-            let field = |f: &str| format!("policy.rules[{i}].{f}");
-            if raw.name.trim().is_empty() {
-                return Err((field("name"), "must not be empty".into()));
-            }
-            if rules.iter().any(|r: &Rule| r.name == raw.name) {
-                return Err((
-                    field("name"),
-                    format!("`{}` is used by another rule", raw.name),
-                ));
-            }
-            if let Some(rs) = &raw.resources {
-                for r in rs {
-                    if !resources.contains(&r.as_str()) {
-                        return Err((field("resources"), format!("no resource is named `{r}`")));
-                    }
-                }
-            }
-            let kinds = raw
-                .kinds
-                .map(|ks| {
-                    ks.iter()
-                        .map(|k| {
-                            vocabulary.kind(k).ok_or_else(|| {
-                                let all: Vec<&str> =
-                                    vocabulary.kinds.iter().map(|k| k.as_str()).collect();
-                                (
-                                    field("kinds"),
-                                    format!("unknown kind `{k}` (one of {})", all.join(", ")),
-                                )
-                            })
-                        })
-                        .collect::<Result<Vec<_>, _>>()
-                })
-                .transpose()?;
-            let flags = |name: &str, v: Option<Vec<String>>| {
-                v.map(|fs| {
-                    fs.iter()
-                        .map(|f| {
-                            vocabulary.flag(f).ok_or_else(|| {
-                                let all: Vec<&str> =
-                                    vocabulary.flags.iter().map(|k| k.as_str()).collect();
-                                (
-                                    field(name),
-                                    format!("unknown flag `{f}` (one of {})", all.join(", ")),
-                                )
-                            })
-                        })
-                        .collect::<Result<Vec<_>, _>>()
-                })
-                .transpose()
-            };
-            let if_flags = flags("if_flags", raw.if_flags)?;
-            let permit_flags = flags("permit_flags", raw.permit_flags)?;
-            if permit_flags.is_some() && raw.action != Action::Allow {
-                return Err((
-                    field("permit_flags"),
-                    "only allow rules permit flags; use if_flags to target flagged statements"
-                        .into(),
-                ));
-            }
-            rules.push(Rule {
-                name: raw.name,
-                action: raw.action,
-                message: raw.message,
-                resources: raw.resources,
-                users: raw.users,
-                uids: raw.uids,
-                cgroups: raw.cgroups,
-                exes: raw.exes,
-                kinds,
-                tables: raw.tables,
-                functions: raw.functions,
-                if_flags,
-                permit_flags: permit_flags.unwrap_or_default(),
-            });
+            let rule = validate_rule(i, raw, &rules, resources, vocabulary)?;
+            rules.push(rule);
         }
         Ok((
             Policy {
@@ -194,4 +121,86 @@ impl RawPolicy {
             limits,
         ))
     }
+}
+
+/// One rule, checked against the rules before it, the resources and the vocabulary.
+fn validate_rule(
+    i: usize,
+    raw: RawRule,
+    earlier: &[Rule],
+    resources: &[&str],
+    vocabulary: &Vocabulary,
+) -> Result<Rule, (String, String)> {
+    let field = |f: &str| format!("policy.rules[{i}].{f}");
+    if raw.name.trim().is_empty() {
+        return Err((field("name"), "must not be empty".into()));
+    }
+    if earlier.iter().any(|r: &Rule| r.name == raw.name) {
+        return Err((
+            field("name"),
+            format!("`{}` is used by another rule", raw.name),
+        ));
+    }
+    if let Some(rs) = &raw.resources {
+        for r in rs {
+            if !resources.contains(&r.as_str()) {
+                return Err((field("resources"), format!("no resource is named `{r}`")));
+            }
+        }
+    }
+    let kinds = raw
+        .kinds
+        .map(|ks| {
+            ks.iter()
+                .map(|k| {
+                    vocabulary.kind(k).ok_or_else(|| {
+                        let all: Vec<&str> = vocabulary.kinds.iter().map(|k| k.as_str()).collect();
+                        (
+                            field("kinds"),
+                            format!("unknown kind `{k}` (one of {})", all.join(", ")),
+                        )
+                    })
+                })
+                .collect::<Result<Vec<_>, _>>()
+        })
+        .transpose()?;
+    let flags = |name: &str, v: Option<Vec<String>>| {
+        v.map(|fs| {
+            fs.iter()
+                .map(|f| {
+                    vocabulary.flag(f).ok_or_else(|| {
+                        let all: Vec<&str> = vocabulary.flags.iter().map(|k| k.as_str()).collect();
+                        (
+                            field(name),
+                            format!("unknown flag `{f}` (one of {})", all.join(", ")),
+                        )
+                    })
+                })
+                .collect::<Result<Vec<_>, _>>()
+        })
+        .transpose()
+    };
+    let if_flags = flags("if_flags", raw.if_flags)?;
+    let permit_flags = flags("permit_flags", raw.permit_flags)?;
+    if permit_flags.is_some() && raw.action != Action::Allow {
+        return Err((
+            field("permit_flags"),
+            "only allow rules permit flags; use if_flags to target flagged statements".into(),
+        ));
+    }
+    Ok(Rule {
+        name: raw.name,
+        action: raw.action,
+        message: raw.message,
+        resources: raw.resources,
+        users: raw.users,
+        uids: raw.uids,
+        cgroups: raw.cgroups,
+        exes: raw.exes,
+        kinds,
+        tables: raw.tables,
+        functions: raw.functions,
+        if_flags,
+        permit_flags: permit_flags.unwrap_or_default(),
+    })
 }

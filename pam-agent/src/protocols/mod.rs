@@ -13,12 +13,31 @@ use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    config::{Protocol, Resource},
     govern::{Approvals, RulesHandle, Session, Vocabulary},
     journal::event::SessionEnd,
     policy::Limits,
     tls,
 };
+
+/// How the proxy treats a resource's traffic.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    /// Bytes relayed as they are (connection-level audit only).
+    #[default]
+    Tcp,
+    /// PostgreSQL wire protocol.
+    Postgres,
+}
+
+impl std::fmt::Display for Protocol {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Protocol::Tcp => "tcp",
+            Protocol::Postgres => "postgres",
+        })
+    }
+}
 
 /// How a session went, for its closing journal record.
 #[derive(Debug)]
@@ -49,7 +68,9 @@ pub struct Dispatch<'a> {
     pub worker: TcpStream,
     pub upstream: TcpStream,
     pub session: Arc<Session>,
-    pub resource: &'a Resource,
+    pub protocol: Protocol,
+    /// Extra names the resource's TLS leaves carry (for workers that dial a host name).
+    pub tls_names: &'a [String],
     /// Where the worker meant to connect (TLS leaves name it).
     pub destination: SocketAddr,
     pub rules: &'a RulesHandle,
@@ -78,7 +99,7 @@ pub fn requests_of(
 
 /// Runs the session under its resource's protocol, to its end.
 pub async fn serve(d: Dispatch<'_>) -> Outcome {
-    match d.resource.protocol {
+    match d.protocol {
         Protocol::Tcp => tcp::relay(d.worker, d.upstream, d.shutdown).await,
         Protocol::Postgres => postgres::open(d).await,
     }

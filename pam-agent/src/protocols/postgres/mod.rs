@@ -142,9 +142,9 @@ pub async fn open(d: Dispatch<'_>) -> Outcome {
     let tls = match d.worker_tls {
         None => None,
         Some(leaves) => match leaves.acceptor(
-            &d.resource.name,
+            &d.session.resource,
             d.destination.ip(),
-            &d.resource.tls_names,
+            d.tls_names,
             upstream_tls::ALPN,
         ) {
             Ok(a) => Some(a),

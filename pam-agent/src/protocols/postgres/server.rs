@@ -257,26 +257,7 @@ impl<'a> Server<'a> {
                     None => self.out.extend_from_slice(&f.raw),
                 }
             }
-            backend::ROW_DESCRIPTION | backend::NO_DATA => {
-                let ours = match self.queue.front_mut() {
-                    Some(Pending::Group { describes, .. }) => {
-                        describes.pop_front().unwrap_or(false)
-                    }
-                    _ => false,
-                };
-                if let Some(m) = &mut self.masking {
-                    if f.tag == backend::ROW_DESCRIPTION {
-                        if m.row_description(&f)? {
-                            self.shared.mask_stale.store(true, Ordering::Release);
-                        }
-                    } else {
-                        m.finish_result();
-                    }
-                }
-                if !ours {
-                    self.out.extend_from_slice(&f.raw);
-                }
-            }
+            backend::ROW_DESCRIPTION | backend::NO_DATA => self.row_description(f)?,
             backend::COPY_OUT_RESPONSE => {
                 if let Some(m) = &mut self.masking {
                     m.copy_out_response(&f)?;
@@ -314,59 +295,8 @@ impl<'a> Server<'a> {
                 self.out.extend_from_slice(&f.raw);
                 self.complete(None, None).await?;
             }
-            backend::ERROR_RESPONSE => {
-                if let Some(m) = &mut self.masking {
-                    m.finish_result();
-                    m.copy_done();
-                }
-                let code = backend::error_code(&f);
-                let replacement = match self.queue.front_mut() {
-                    Some(Pending::Group { replace, .. })
-                        if code.as_deref() == Some(sqlstate::INVALID_CURSOR_NAME) =>
-                    {
-                        replace.take()
-                    }
-                    _ => None,
-                };
-                match replacement {
-                    Some(r) => self.out.extend_from_slice(&r.raw),
-                    None => {
-                        self.out.extend_from_slice(&f.raw);
-                        self.complete(None, code).await?;
-                    }
-                }
-                // The server skips the rest of the group (until Sync / end of Query).
-                if let Some(Pending::Group {
-                    execs,
-                    describes,
-                    failed,
-                    ..
-                }) = self.queue.front_mut()
-                {
-                    execs.clear();
-                    describes.clear();
-                    *failed = true;
-                }
-            }
-            backend::READY_FOR_QUERY => {
-                self.status = backend::ready_status(&f)
-                    .map_err(|e| SessionError::UpstreamProtocol(e.to_string()))?;
-                self.out.extend_from_slice(&f.raw);
-                if let Some(Pending::Group { execs, .. }) = self.queue.front_mut() {
-                    // Executions without a CommandComplete (FunctionCall) end here.
-                    let rest: Vec<Exec> = execs.drain(..).collect();
-                    for e in rest {
-                        self.record(e, None, None).await?;
-                    }
-                    self.queue.pop_front();
-                }
-                if self.ddl_in_txn && self.status == b'I' {
-                    // Committed or rolled back: the DDL now stands or is undone.
-                    self.ddl_in_txn = false;
-                    self.catalog_changed();
-                }
-                self.answer_refusals();
-            }
+            backend::ERROR_RESPONSE => self.error_response(f).await?,
+            backend::READY_FOR_QUERY => self.ready_for_query(f).await?,
             backend::PARAMETER_STATUS => {
                 watch_parameter(&f, &self.shared);
                 self.out.extend_from_slice(&f.raw);
@@ -377,6 +307,89 @@ impl<'a> Server<'a> {
             }
             _ => self.out.extend_from_slice(&f.raw),
         }
+        Ok(())
+    }
+
+    /// The columns of a result (or that it has none): planned for masking, and shown to
+    /// the worker unless it answers a Describe the proxy added.
+    fn row_description(&mut self, f: Frame) -> Result<(), SessionError> {
+        let ours = match self.queue.front_mut() {
+            Some(Pending::Group { describes, .. }) => describes.pop_front().unwrap_or(false),
+            _ => false,
+        };
+        if let Some(m) = &mut self.masking {
+            if f.tag == backend::ROW_DESCRIPTION {
+                if m.row_description(&f)? {
+                    self.shared.mask_stale.store(true, Ordering::Release);
+                }
+            } else {
+                m.finish_result();
+            }
+        }
+        if !ours {
+            self.out.extend_from_slice(&f.raw);
+        }
+        Ok(())
+    }
+
+    /// The server failed the current execution: its audit completes with the error (or
+    /// the worker sees the refusal it stands in for), and the server skips the rest of
+    /// the group.
+    async fn error_response(&mut self, f: Frame) -> Result<(), SessionError> {
+        if let Some(m) = &mut self.masking {
+            m.finish_result();
+            m.copy_done();
+        }
+        let code = backend::error_code(&f);
+        let replacement = match self.queue.front_mut() {
+            Some(Pending::Group { replace, .. })
+                if code.as_deref() == Some(sqlstate::INVALID_CURSOR_NAME) =>
+            {
+                replace.take()
+            }
+            _ => None,
+        };
+        match replacement {
+            Some(r) => self.out.extend_from_slice(&r.raw),
+            None => {
+                self.out.extend_from_slice(&f.raw);
+                self.complete(None, code).await?;
+            }
+        }
+        // The server skips the rest of the group (until Sync / end of Query).
+        if let Some(Pending::Group {
+            execs,
+            describes,
+            failed,
+            ..
+        }) = self.queue.front_mut()
+        {
+            execs.clear();
+            describes.clear();
+            *failed = true;
+        }
+        Ok(())
+    }
+
+    /// A group is answered: executions without a CommandComplete (FunctionCall) end
+    /// here, and refusals queued behind it are answered with the new status.
+    async fn ready_for_query(&mut self, f: Frame) -> Result<(), SessionError> {
+        self.status =
+            backend::ready_status(&f).map_err(|e| SessionError::UpstreamProtocol(e.to_string()))?;
+        self.out.extend_from_slice(&f.raw);
+        if let Some(Pending::Group { execs, .. }) = self.queue.front_mut() {
+            let rest: Vec<Exec> = execs.drain(..).collect();
+            for e in rest {
+                self.record(e, None, None).await?;
+            }
+            self.queue.pop_front();
+        }
+        if self.ddl_in_txn && self.status == b'I' {
+            // Committed or rolled back: the DDL now stands or is undone.
+            self.ddl_in_txn = false;
+            self.catalog_changed();
+        }
+        self.answer_refusals();
         Ok(())
     }
 
