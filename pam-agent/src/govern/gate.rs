@@ -171,6 +171,16 @@ impl Gate {
         })
     }
 
+    /// Refuses what the protocol itself will not forward (a malformed message, a
+    /// reserved name) with `d`, journaled like any refusal: one record with `text`.
+    pub async fn refuse(&mut self, text: &str, d: Decision) -> Result<Judged, JournalError> {
+        let n = self.record(text, None, &d).await?;
+        Ok(Judged {
+            verdict: Verdict::Refuse(d),
+            statements: vec![n],
+        })
+    }
+
     /// A request that filters, joins, sorts or groups on a column a rule masks with
     /// `refuse_side_channels` could reveal its values: refused, naming the rule.
     fn masking_guard(&self, requests: &[&Request]) -> Option<Decision> {

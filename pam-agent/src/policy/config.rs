@@ -51,6 +51,8 @@ pub struct RawRule {
     pub kinds: Option<Vec<String>>,
     pub tables: Option<Vec<String>>,
     pub functions: Option<Vec<String>>,
+    pub any_tables: Option<Vec<String>>,
+    pub any_functions: Option<Vec<String>>,
     pub if_flags: Option<Vec<String>>,
     pub permit_flags: Option<Vec<String>>,
 }
@@ -200,6 +202,8 @@ fn validate_rule(
         kinds,
         tables: raw.tables,
         functions: raw.functions,
+        any_tables: raw.any_tables,
+        any_functions: raw.any_functions,
         if_flags,
         permit_flags: permit_flags.unwrap_or_default(),
     })

@@ -10,8 +10,13 @@
 //! - `resources`: resource names;
 //! - `kinds`: every kind of the statement is listed (a SELECT with a deleting CTE has
 //!   kinds `select` and `delete`);
-//! - `tables`: every table the statement touches matches a pattern (`*` wildcard);
-//! - `functions`: every function it calls matches a pattern;
+//! - `tables`: every table the statement touches matches a pattern (`*` wildcard); a
+//!   statement that touches none satisfies it;
+//! - `functions`: every function it calls matches a pattern (none called: satisfied);
+//! - `any_tables` / `any_functions`: at least one table / function it uses matches a
+//!   pattern (none used: not satisfied). For deny rules: "refuse if any of these is
+//!   used" (`any_functions = ["nextval", "setval"]` refuses
+//!   `SELECT count(*), nextval('s')`, which `functions` would not);
 //! - `if_flags`: the statement has at least one of these flags;
 //! - allow rules only: the statement has no flag outside `permit_flags`. Risky
 //!   features (see [`Flag`]) are thus allowed only where a rule names them.
@@ -126,6 +131,8 @@ pub struct Rule {
     pub kinds: Option<Vec<Kind>>,
     pub tables: Option<Vec<String>>,
     pub functions: Option<Vec<String>>,
+    pub any_tables: Option<Vec<String>>,
+    pub any_functions: Option<Vec<String>>,
     pub if_flags: Option<Vec<Flag>>,
     pub permit_flags: Vec<Flag>,
 }
@@ -323,6 +330,20 @@ impl Rule {
                 .find(|f| !pats.iter().any(|p| glob::matches(p, f)))
         {
             return Some(format!("function {f} not covered"));
+        }
+        let any = |pats: &[String], used: &std::collections::BTreeSet<String>| {
+            used.iter()
+                .any(|u| pats.iter().any(|p| glob::matches(p, u)))
+        };
+        if let Some(pats) = &self.any_tables
+            && !any(pats, &st.tables)
+        {
+            return Some("uses none of any_tables".into());
+        }
+        if let Some(pats) = &self.any_functions
+            && !any(pats, &st.functions)
+        {
+            return Some("calls none of any_functions".into());
         }
         if let Some(flags) = &self.if_flags
             && !st.flags.iter().any(|f| flags.contains(f))

@@ -46,6 +46,8 @@ pub enum SyncStep {
 
 #[derive(Debug, Default)]
 pub struct Batch {
+    /// The portal whose Execute makes the server fail a partly sent batch (reserved).
+    missing_portal: String,
     held: Vec<Bytes>,
     held_bytes: usize,
     execs: Vec<Exec>,
@@ -62,6 +64,14 @@ pub struct Batch {
 }
 
 impl Batch {
+    /// `missing_portal`: a portal name no worker can create (see [`super::names`]).
+    pub fn new(missing_portal: String) -> Batch {
+        Batch {
+            missing_portal,
+            ..Batch::default()
+        }
+    }
+
     /// Messages are discarded until Sync (after a refusal, as the server does).
     pub fn discarding(&self) -> bool {
         self.refused
@@ -178,7 +188,9 @@ impl Batch {
             // Part of the batch is on the server: make it fail there, so its implicit
             // transaction is rolled back and it skips to Sync like after any error.
             self.out.push(Out::Note(Note::Replace(refusal::frame(d))));
-            let mut bytes = frontend::execute_missing_portal().raw.to_vec();
+            let mut bytes = frontend::execute_missing_portal(&self.missing_portal)
+                .raw
+                .to_vec();
             bytes.extend_from_slice(&frontend::flush().raw);
             self.out.push(Out::Send(bytes));
         } else {
@@ -319,7 +331,7 @@ mod tests {
 
     #[test]
     fn an_allowed_batch_goes_up_whole_at_sync_with_its_executions_noted_first() {
-        let mut b = Batch::default();
+        let mut b = Batch::new("pam_agent_r_test".into());
         b.push(parse(1));
         b.push(bind());
         b.push_exec(exec(1));
@@ -333,7 +345,7 @@ mod tests {
 
     #[test]
     fn a_refusal_in_the_middle_of_a_pipelined_batch_runs_none_of_it() {
-        let mut b = Batch::default();
+        let mut b = Batch::new("pam_agent_r_test".into());
         b.push(parse(1));
         b.push(bind());
         b.push_exec(exec(1));
@@ -360,7 +372,7 @@ mod tests {
 
     #[test]
     fn flush_sends_without_closing_the_group_and_sync_closes_it() {
-        let mut b = Batch::default();
+        let mut b = Batch::new("pam_agent_r_test".into());
         b.push(parse(1));
         b.push(bind());
         b.push_exec(exec(1));
@@ -374,7 +386,7 @@ mod tests {
 
     #[test]
     fn a_refusal_after_part_of_the_batch_went_up_makes_the_server_fail_it() {
-        let mut b = Batch::default();
+        let mut b = Batch::new("pam_agent_r_test".into());
         b.push(parse(1));
         b.push(bind());
         b.push_exec(exec(1));
@@ -399,7 +411,7 @@ mod tests {
 
     #[test]
     fn a_suspended_portal_executed_again_is_audited_as_the_same_statement() {
-        let mut b = Batch::default();
+        let mut b = Batch::new("pam_agent_r_test".into());
         b.push(parse(1));
         b.push(bind());
         b.push_exec(exec(7));
@@ -415,7 +427,7 @@ mod tests {
 
     #[test]
     fn a_held_batch_waits_for_its_answer_and_then_goes_up_in_order() {
-        let mut b = Batch::default();
+        let mut b = Batch::new("pam_agent_r_test".into());
         b.push(parse(1));
         b.hold();
         b.push(bind());
@@ -435,7 +447,7 @@ mod tests {
 
     #[test]
     fn a_held_batch_denied_later_is_refused_and_its_sync_answered() {
-        let mut b = Batch::default();
+        let mut b = Batch::new("pam_agent_r_test".into());
         b.push(parse(1));
         b.hold();
         b.push(bind());
@@ -454,7 +466,7 @@ mod tests {
 
     #[test]
     fn a_held_batch_answered_before_its_sync_continues_normally() {
-        let mut b = Batch::default();
+        let mut b = Batch::new("pam_agent_r_test".into());
         b.push(parse(1));
         b.hold();
         b.resolved(Ok(()));
@@ -473,13 +485,13 @@ mod tests {
             v.resize(1 + len as usize, 0);
             v
         });
-        let mut b = Batch::default();
+        let mut b = Batch::new("pam_agent_r_test".into());
         b.push(big.clone());
         b.push(big.clone());
         assert!(script(&mut b).is_empty());
         b.push(big.clone());
         assert_eq!(script(&mut b), ["send BBB"], "sent once over the limit");
-        let mut h = Batch::default();
+        let mut h = Batch::new("pam_agent_r_test".into());
         h.push(parse(1));
         h.hold();
         for _ in 0..3 {

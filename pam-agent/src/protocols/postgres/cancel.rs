@@ -39,21 +39,20 @@ impl Drop for Registration {
 }
 
 impl CancelRegistry {
-    /// Mints a worker-visible key (same secret length as the server's) for `upstream`.
+    /// Mints a worker-visible secret (same length as the server's) for `upstream`. The
+    /// process id stays the backend's own: clients use it to terminate their backend
+    /// (`pg_terminate_backend`) and to recognise their own notifications.
     pub fn register(
         self: &Arc<Self>,
         upstream: Upstream,
     ) -> Result<(i32, Vec<u8>, Registration), getrandom::Error> {
         let mut keys = self.keys.lock().unwrap_or_else(|p| p.into_inner());
+        let pid = upstream.pid;
         loop {
-            let mut pid = [0u8; 4];
-            getrandom::fill(&mut pid)?;
-            // Positive, like a real process id (some clients print it).
-            let pid = i32::from_be_bytes(pid) & 0x7fff_ffff;
             let mut secret = vec![0u8; upstream.secret.len()];
             getrandom::fill(&mut secret)?;
             let key = (pid, secret.clone());
-            if pid != 0 && !keys.contains_key(&key) {
+            if secret != upstream.secret && !keys.contains_key(&key) {
                 keys.insert(key.clone(), upstream);
                 return Ok((
                     pid,
@@ -87,7 +86,9 @@ mod tests {
             secret: vec![9; 4],
         };
         let (pid, secret, guard) = reg.register(up.clone()).unwrap();
+        assert_eq!(pid, 42, "the backend's own process id");
         assert_eq!(secret.len(), 4);
+        assert_ne!(secret, vec![9; 4], "the secret is minted");
         assert_eq!(reg.lookup(pid, &secret), Some(up));
         assert_eq!(
             reg.lookup(42, &[9; 4]),

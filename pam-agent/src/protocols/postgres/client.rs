@@ -27,6 +27,7 @@ use super::{
     Context, SessionError, Shared,
     batch::{Batch, Out, SyncStep},
     inject::{self, Preload},
+    names::{self, Reserved},
     notes::{Catalog, Exec, Note},
     refusal,
     sql::{CopyOut, Prepared, Statement, kind},
@@ -37,10 +38,15 @@ use super::{
     },
 };
 use crate::{
-    govern::{Ask, Gate, Held, Request, Resolution, Verdict, denied, masking_refusal},
-    policy::Decision,
+    govern::{
+        Ask, Gate, Held, Request, Resolution, UNCLASSIFIABLE_RULE, Verdict, denied, masking_refusal,
+    },
+    policy::{Action, Decision},
     tls::stream::{UpstreamStream, WorkerStream},
 };
+
+/// The rule name of refusals of the agent's reserved names.
+const RESERVED_RULE: &str = "reserved_name";
 
 /// Why every statement of a session is refused once its settings make SQL ambiguous.
 const LEXER_UNSAFE: &str = "the session's client_encoding or standard_conforming_strings \
@@ -113,6 +119,8 @@ pub struct Client<'a> {
     preload: Option<Preload>,
     /// The portal the last message described, if the last message was a Describe.
     described: Option<String>,
+    /// The names the agent uses on the server for itself.
+    names: Reserved,
 }
 
 impl<'a> Client<'a> {
@@ -125,20 +133,24 @@ impl<'a> Client<'a> {
         shared: Arc<Shared>,
     ) -> Self {
         let masker = gate.masker();
+        let names = Reserved::new();
         Client {
             masked: masker.is_some(),
-            preload: masker.and_then(|m| m.preload_query()).map(Preload::new),
+            preload: masker
+                .and_then(|m| m.preload_query())
+                .map(|sql| Preload::new(sql, names.injected.clone())),
             reader,
             upstream,
             notes,
             ctx,
             gate,
             shared,
-            batch: Batch::default(),
+            batch: Batch::new(names.missing_portal.clone()),
             pending: None,
             prepared: HashMap::new(),
             portals: HashMap::new(),
             described: None,
+            names,
         }
     }
 
@@ -195,9 +207,9 @@ impl<'a> Client<'a> {
         match f.tag {
             frontend::QUERY => self.query(f).await?,
             frontend::PARSE => self.parse(f).await?,
-            frontend::BIND => self.bind(f)?,
-            frontend::EXECUTE => self.execute(f, described)?,
-            frontend::DESCRIBE | frontend::CLOSE => self.describe_or_close(f)?,
+            frontend::BIND => self.bind(f).await?,
+            frontend::EXECUTE => self.execute(f, described).await?,
+            frontend::DESCRIBE | frontend::CLOSE => self.describe_or_close(f).await?,
             frontend::FLUSH => self.batch.flush(f.raw),
             frontend::SYNC => {
                 if self.batch.sync(f.raw) == SyncStep::Await {
@@ -243,13 +255,16 @@ impl<'a> Client<'a> {
         let clean = self.batch.is_idle();
         self.batch.send_held();
         self.carry_out().await?;
-        let text = frontend::query(&f).map_err(protocol)?;
+        let text = match frontend::query(&f) {
+            Ok(t) => t,
+            Err(e) => return self.malformed_query(&f, e).await,
+        };
         let j = self.judge_text(text, Via::Query { clean }).await?;
         match self.decided(j.verdict).await {
             Ok(()) => {
                 self.forwarded(&j.numbered);
                 if let Some(copy) = j.copy {
-                    let (what, bytes) = inject::copy_describe(copy);
+                    let (what, bytes) = inject::copy_describe(copy, &self.names.injected);
                     self.note(Note::Inject(what)).await?;
                     self.upstream.write_all(&bytes).await?;
                 }
@@ -275,6 +290,9 @@ impl<'a> Client<'a> {
         // before the next is judged.
         self.settle().await?;
         let name = p.statement.clone();
+        if names::is_reserved(&name) {
+            return self.reserved_name(&name).await;
+        }
         let j = self.judge_text(p.query, Via::Parse).await?;
         // A Parse holds one statement (the server refuses more).
         let first = j.numbered.first().cloned().unwrap_or(Numbered::NONE);
@@ -301,8 +319,14 @@ impl<'a> Client<'a> {
         Ok(())
     }
 
-    fn bind(&mut self, f: Frame) -> Result<(), SessionError> {
+    async fn bind(&mut self, f: Frame) -> Result<(), SessionError> {
         let b = frontend::bind(&f).map_err(protocol)?;
+        if let Some(n) = [&b.portal, &b.statement]
+            .into_iter()
+            .find(|n| names::is_reserved(n))
+        {
+            return self.reserved_name(n).await;
+        }
         if !self.batch.discarding() {
             match self.prepared.get(&b.statement) {
                 Some(p) => self.portals.insert(b.portal, p.clone()),
@@ -313,8 +337,11 @@ impl<'a> Client<'a> {
         Ok(())
     }
 
-    fn execute(&mut self, f: Frame, described: Option<String>) -> Result<(), SessionError> {
+    async fn execute(&mut self, f: Frame, described: Option<String>) -> Result<(), SessionError> {
         let portal = frontend::execute(&f).map_err(protocol)?;
+        if names::is_reserved(&portal) {
+            return self.reserved_name(&portal).await;
+        }
         if self.batch.discarding() {
             return Ok(());
         }
@@ -330,8 +357,11 @@ impl<'a> Client<'a> {
         Ok(())
     }
 
-    fn describe_or_close(&mut self, f: Frame) -> Result<(), SessionError> {
+    async fn describe_or_close(&mut self, f: Frame) -> Result<(), SessionError> {
         let (target, name) = frontend::target(&f).map_err(protocol)?;
+        if names::is_reserved(&name) {
+            return self.reserved_name(&name).await;
+        }
         if self.batch.discarding() {
             return Ok(());
         }
@@ -390,6 +420,49 @@ impl<'a> Client<'a> {
                 self.note(Note::Ready).await?;
             }
         }
+        Ok(())
+    }
+
+    /// A Query the server would reject as malformed (a NUL inside the text, no
+    /// terminator): answered as the server answers it, ERROR 08P01 and ReadyForQuery,
+    /// and journaled; the session goes on.
+    async fn malformed_query(&mut self, f: &Frame, e: Malformed) -> Result<(), SessionError> {
+        let text = String::from_utf8_lossy(f.body());
+        let d = Decision {
+            action: Action::Deny,
+            rule: UNCLASSIFIABLE_RULE.into(),
+            reason: format!("invalid message format: {e}"),
+        };
+        self.gate.refuse(&text, d).await?;
+        let error = backend::error(
+            Severity::Error,
+            sqlstate::PROTOCOL_VIOLATION,
+            "invalid message format",
+            None,
+            None,
+        );
+        self.note(Note::Refuse(error)).await?;
+        self.note(Note::Ready).await
+    }
+
+    /// A worker's statement or portal named with the agent's reserved prefix: the batch
+    /// is refused (see [`super::names`]).
+    async fn reserved_name(&mut self, name: &str) -> Result<(), SessionError> {
+        if self.batch.discarding() {
+            return Ok(());
+        }
+        let d = Decision {
+            action: Action::Deny,
+            rule: RESERVED_RULE.into(),
+            reason: format!(
+                "statement and portal names starting with \"{}\" are reserved by pam-agent",
+                names::RESERVED_PREFIX
+            ),
+        };
+        self.gate
+            .refuse(&format!("<name {name}>"), d.clone())
+            .await?;
+        self.batch.refuse(&d);
         Ok(())
     }
 

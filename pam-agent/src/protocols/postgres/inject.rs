@@ -12,8 +12,6 @@ use super::{
 };
 use crate::mask::CopyTextOptions;
 
-/// Names of what the proxy prepares on the server itself (never shown to the worker).
-const INJECTED_STATEMENT: &str = "pam_agent_injected";
 /// Column names are reloaded at least this often on a masked session, so columns other
 /// sessions add or rename are followed (tables they create are caught by the horizon).
 const PRELOAD_MAX_AGE: Duration = Duration::from_secs(60);
@@ -23,15 +21,18 @@ const PRELOAD_MAX_AGE: Duration = Duration::from_secs(60);
 pub struct Preload {
     /// The catalog query naming every column a masking rule can name.
     sql: String,
+    /// The statement and portal it runs as (reserved, per session).
+    name: String,
     loaded_at: Option<Instant>,
     /// DDL was sent since the last transaction statement.
     ddl_in_txn: bool,
 }
 
 impl Preload {
-    pub fn new(sql: String) -> Preload {
+    pub fn new(sql: String, name: String) -> Preload {
         Preload {
             sql,
+            name,
             loaded_at: None,
             ddl_in_txn: false,
         }
@@ -60,11 +61,11 @@ impl Preload {
         self.loaded_at = Some(Instant::now());
         let mut bytes = Vec::with_capacity(self.sql.len() + 128);
         for f in [
-            frontend::parse_message(INJECTED_STATEMENT, &self.sql),
-            frontend::bind_message(INJECTED_STATEMENT, INJECTED_STATEMENT),
-            frontend::execute_message(INJECTED_STATEMENT),
-            frontend::close_portal(INJECTED_STATEMENT),
-            frontend::close_statement(INJECTED_STATEMENT),
+            frontend::parse_message(&self.name, &self.sql),
+            frontend::bind_message(&self.name, &self.name),
+            frontend::execute_message(&self.name),
+            frontend::close_portal(&self.name),
+            frontend::close_statement(&self.name),
             frontend::sync(),
         ] {
             bytes.extend_from_slice(&f.raw);
@@ -90,13 +91,13 @@ impl Preload {
 }
 
 /// A describe of the columns of a COPY TO STDOUT about to run, so the server's half can
-/// plan its rows.
-pub fn copy_describe(copy: CopyOut) -> (Injected, Vec<u8>) {
+/// plan its rows. `name`: the session's reserved statement name.
+pub fn copy_describe(copy: CopyOut, name: &str) -> (Injected, Vec<u8>) {
     let mut bytes = Vec::with_capacity(copy.describe.len() + 64);
     for f in [
-        frontend::parse_message(INJECTED_STATEMENT, &copy.describe),
-        frontend::describe_statement(INJECTED_STATEMENT),
-        frontend::close_statement(INJECTED_STATEMENT),
+        frontend::parse_message(name, &copy.describe),
+        frontend::describe_statement(name),
+        frontend::close_statement(name),
         frontend::sync(),
     ] {
         bytes.extend_from_slice(&f.raw);

@@ -29,6 +29,7 @@ mod handshake;
 mod inject;
 mod io;
 mod masking;
+mod names;
 pub mod notes;
 mod refusal;
 mod server;

@@ -206,3 +206,62 @@ permit_flags = ["dynamic_sql"]
     let d = decide(&p, "DO LANGUAGE plpython3u $$ pass $$");
     assert_eq!(d.rule, UNCLASSIFIABLE_RULE);
 }
+
+#[test]
+fn any_functions_refuses_a_statement_that_uses_one_among_others() {
+    let rules = |condition: &str| {
+        policy(&format!(
+            "[[rules]]\nname = \"no-sequences\"\naction = \"deny\"\n{condition} = [\"nextval\", \"pg_catalog.nextval\", \"setval\"]\n\n\
+             [[rules]]\nname = \"read\"\naction = \"allow\"\nkinds = [\"select\"]\n"
+        ))
+    };
+    let any = rules("any_functions");
+    // Uses nextval among other functions: refused by the any-match rule.
+    let d = decide(
+        &any,
+        "SELECT count(*), nextval('orders_id_seq') FROM orders",
+    );
+    assert_eq!((d.action, d.rule.as_str()), (Action::Deny, "no-sequences"));
+    let d = decide(&any, "SELECT pg_catalog.nextval('s')");
+    assert_eq!(d.rule, "no-sequences");
+    // Uses none of them: not this rule.
+    for sql in ["SELECT 1", "SELECT count(*) FROM orders"] {
+        let d = decide(&any, sql);
+        assert_eq!(
+            (d.action, d.rule.as_str()),
+            (Action::Allow, "read"),
+            "{sql}"
+        );
+    }
+    // The every-match condition is the trap the any-match one avoids: it matches a
+    // statement that calls no function at all, and misses one that calls nextval
+    // besides another function.
+    let every = rules("functions");
+    assert_eq!(decide(&every, "SELECT 1").rule, "no-sequences");
+    let d = decide(
+        &every,
+        "SELECT count(*), nextval('orders_id_seq') FROM orders",
+    );
+    assert_eq!((d.action, d.rule.as_str()), (Action::Allow, "read"));
+}
+
+#[test]
+fn any_tables_matches_when_one_table_among_several_is_listed() {
+    let p = policy(
+        r#"
+[[rules]]
+name = "no-secrets"
+action = "deny"
+any_tables = ["secret.*"]
+
+[[rules]]
+name = "read"
+action = "allow"
+kinds = ["select"]
+"#,
+    );
+    let d = decide(&p, "SELECT * FROM orders JOIN secret.keys ON true");
+    assert_eq!(d.rule, "no-secrets");
+    let d = decide(&p, "SELECT * FROM orders");
+    assert_eq!(d.rule, "read");
+}

@@ -47,10 +47,8 @@ pub fn parse(f: &Frame) -> Result<Parse<'_>, Malformed> {
     let mut r = Fields::new(f.body());
     let statement = name(r.cstr()?)?;
     let query = r.cstr()?;
-    let n = r.i16()?;
-    if n < 0 {
-        return Err(Malformed("negative parameter count"));
-    }
+    // Counts are unsigned 16-bit, as the server reads them (up to 65535 parameters).
+    let n = r.i16()? as u16;
     r.bytes(n as usize * 4)?;
     r.end()?;
     Ok(Parse { statement, query })
@@ -67,15 +65,9 @@ pub fn bind(f: &Frame) -> Result<Bind, Malformed> {
     let mut r = Fields::new(f.body());
     let portal = name(r.cstr()?)?;
     let statement = name(r.cstr()?)?;
-    let nfmt = r.i16()?;
-    if nfmt < 0 {
-        return Err(Malformed("negative format count"));
-    }
+    let nfmt = r.i16()? as u16;
     r.bytes(nfmt as usize * 2)?;
-    let nparams = r.i16()?;
-    if nparams < 0 {
-        return Err(Malformed("negative parameter count"));
-    }
+    let nparams = r.i16()? as u16;
     for _ in 0..nparams {
         let len = r.i32()?;
         if len >= 0 {
@@ -84,10 +76,7 @@ pub fn bind(f: &Frame) -> Result<Bind, Malformed> {
             return Err(Malformed("negative parameter length"));
         }
     }
-    let nres = r.i16()?;
-    if nres < 0 {
-        return Err(Malformed("negative result format count"));
-    }
+    let nres = r.i16()? as u16;
     r.bytes(nres as usize * 2)?;
     r.end()?;
     Ok(Bind { portal, statement })
@@ -120,10 +109,11 @@ pub fn function_call(f: &Frame) -> Result<u32, Malformed> {
     Ok(r.i32()? as u32)
 }
 
-/// Execute of a portal that cannot exist: makes the server fail the current batch (and
-/// roll back its implicit transaction) exactly as if a statement had failed there.
-pub fn execute_missing_portal() -> Frame {
-    Frame::build(EXECUTE, b"pam_agent_refused\0\0\0\0\0")
+/// Execute of a portal that cannot exist (`portal` is a name the agent reserved): makes
+/// the server fail the current batch (and roll back its implicit transaction) exactly
+/// as if a statement had failed there.
+pub fn execute_missing_portal(portal: &str) -> Frame {
+    execute_message(portal)
 }
 
 pub fn flush() -> Frame {
