@@ -56,6 +56,8 @@ pub struct RawConfig {
     pub masking: crate::mask::MaskingConfig,
     /// TLS toward workers (postgres resources); without it SSLRequest gets 'N'.
     pub worker_tls: Option<RawWorkerTls>,
+    /// Just-in-time approvals (see [`crate::control`]); without it every hold is denied.
+    pub approvals: Option<crate::control::RawApprovals>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -186,6 +188,8 @@ pub struct Config {
     pub limits: crate::policy::Limits,
     /// TLS toward workers; `None`: SSLRequest is answered 'N' (as `ssl = off`).
     pub worker_tls: Option<WorkerTls>,
+    /// The approvals broker's control socket; `None`: holds are denied at once.
+    pub approvals: Option<crate::control::ApprovalsConfig>,
 }
 
 #[derive(Debug, Clone)]
@@ -430,6 +434,12 @@ impl Config {
             ));
         }
 
+        let approvals = raw
+            .approvals
+            .map(crate::control::RawApprovals::validate)
+            .transpose()
+            .map_err(|(f, r)| invalid(f, r))?;
+
         Ok(Config {
             rules: crate::govern::Rules { policy, masking },
             limits,
@@ -440,6 +450,7 @@ impl Config {
             governed,
             resources,
             worker_tls,
+            approvals,
         })
     }
 

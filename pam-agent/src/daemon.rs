@@ -11,7 +11,7 @@ use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use crate::journal::JournalStore;
 use crate::{
     config::Config,
-    govern::{Approvals, RulesHandle},
+    govern::{Approvals, RulesHandle, approval::Broker},
     journal::{Event, Journal, sqlite::SqliteStore},
     kernel::Redirector,
     protocols,
@@ -59,16 +59,30 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
 
     let protocols =
         protocols::Services::start(&cfg.limits).context("starting the protocols' services")?;
+    let shutdown = CancellationToken::new();
+    let approvals = match &cfg.approvals {
+        None => Approvals::unavailable(),
+        Some(a) => {
+            let listener = crate::control::bind(a).context("opening the approvals socket")?;
+            let broker = Broker::new(journal.clone());
+            tokio::spawn(crate::control::serve(
+                listener,
+                broker.clone(),
+                shutdown.clone(),
+            ));
+            tracing::info!(socket = %a.socket.display(), "approvals: control socket open");
+            Approvals::with_broker(broker)
+        }
+    };
     let shared = Arc::new(Shared {
         protocols,
         rules: RulesHandle::new(cfg.rules.clone()),
-        approvals: Approvals::default(),
+        approvals,
         config: cfg,
         journal: journal.clone(),
         redirector,
         tls,
     });
-    let shutdown = CancellationToken::new();
     let sessions = TaskTracker::new();
     let server = tokio::spawn(proxy::serve(
         listeners,

@@ -14,11 +14,13 @@
 //! - [`tls`]: the agent CA and its leaves, client TLS, plain-or-TLS streams.
 //! - [`journal`]: the audit journal interface and its store; [`audit`]: `pam-agent audit`.
 //! - [`principal`]: who is behind a connection.
+//! - [`control`]: the local control socket approvers use (`pam-agent approvals`).
 //! - [`config`]: the TOML config and its validation; [`daemon`]: `pam-agent run`, the
 //!   wiring and the shutdown order; [`secret_file`]: private key files.
 
 pub mod audit;
 pub mod config;
+pub mod control;
 pub mod daemon;
 pub mod govern;
 pub mod journal;

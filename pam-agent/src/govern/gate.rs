@@ -4,7 +4,12 @@
 
 use std::sync::Arc;
 
-use super::{Approvals, Request, rules::RulesHandle, verdict::Verdict};
+use super::{
+    Approvals, Request,
+    approval::{HoldRequest, Requirement},
+    rules::RulesHandle,
+    verdict::Verdict,
+};
 use crate::{
     journal::{Event, Journal, JournalError, SessionId, event},
     mask::{ColumnReference, Masker, Subject},
@@ -163,7 +168,43 @@ impl Gate {
         let verdict = match decision.action {
             Action::Allow => Verdict::Forward,
             Action::Deny => Verdict::Refuse(decision),
-            Action::RequireApproval => Verdict::Hold(self.approvals.request(decision)),
+            Action::RequireApproval => {
+                let requirement = rules
+                    .policy
+                    .approval(&decision.rule)
+                    .map(|a| Requirement {
+                        timeout: a.timeout,
+                        min_approvals: a.min_approvals,
+                        approvers: a.approvers.clone(),
+                    })
+                    .unwrap_or_default();
+                let requests: &[&Request] = match &ask.requests {
+                    Ok(r) => r,
+                    Err(_) => &[],
+                };
+                let strings = |f: &dyn Fn(&Request) -> Vec<String>| {
+                    let mut v: Vec<String> = requests.iter().flat_map(|r| f(r)).collect();
+                    v.sort();
+                    v.dedup();
+                    v
+                };
+                let hold = HoldRequest {
+                    session: &self.session,
+                    requirement,
+                    text: audit_text(ask.text),
+                    fingerprint: requests
+                        .iter()
+                        .map(|r| r.fingerprint.as_str())
+                        .collect::<Vec<_>>()
+                        .join(";"),
+                    kinds: strings(&|r| r.kinds.iter().map(|k| k.to_string()).collect()),
+                    tables: strings(&|r| r.tables.iter().cloned().collect()),
+                    flags: strings(&|r| r.flags.iter().map(|f| f.to_string()).collect()),
+                    statements: statements.clone(),
+                    decision,
+                };
+                Verdict::Hold(self.approvals.request(hold).await?)
+            }
         };
         Ok(Judged {
             verdict,

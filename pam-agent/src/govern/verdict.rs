@@ -3,6 +3,7 @@
 
 use tokio::sync::oneshot;
 
+use super::approval::{Summary, Withdraw};
 use crate::policy::{Action, Decision};
 
 /// The gate's answer to one message's requests (all of them run, or none).
@@ -23,11 +24,22 @@ impl Verdict {
 }
 
 /// A request waiting for approval.
-#[derive(Debug)]
 pub struct Held {
     /// The rule that asked for approval, and why.
     pub decision: Decision,
     answer: oneshot::Receiver<Resolution>,
+    /// The broker's request (absent when it was answered at once); dropping the hold
+    /// undecided withdraws it.
+    pending: Option<Box<(Summary, Withdraw)>>,
+}
+
+impl std::fmt::Debug for Held {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Held")
+            .field("decision", &self.decision)
+            .field("request", &self.pending.as_ref().map(|p| p.0.id))
+            .finish()
+    }
 }
 
 /// How a held request ended.
@@ -39,17 +51,46 @@ pub enum Resolution {
 }
 
 impl Held {
+    /// A hold answered already (or to be answered without a request to show).
     pub fn new(decision: Decision, answer: oneshot::Receiver<Resolution>) -> Held {
-        Held { decision, answer }
+        Held {
+            decision,
+            answer,
+            pending: None,
+        }
+    }
+
+    /// A hold filed with the broker as `summary`.
+    pub fn pending(
+        decision: Decision,
+        answer: oneshot::Receiver<Resolution>,
+        summary: Summary,
+        withdraw: Withdraw,
+    ) -> Held {
+        Held {
+            decision,
+            answer,
+            pending: Some(Box::new((summary, withdraw))),
+        }
+    }
+
+    /// The request approvers see, when one waits.
+    pub fn request(&self) -> Option<&Summary> {
+        self.pending.as_ref().map(|p| &p.0)
     }
 
     /// Waits for the decision. A request whose decider went away is denied.
     pub async fn resolution(self) -> (Decision, Resolution) {
-        let r = self
-            .answer
+        let Held {
+            decision,
+            answer,
+            pending,
+        } = self;
+        let r = answer
             .await
             .unwrap_or_else(|_| Resolution::Denied("the approval request was abandoned".into()));
-        (self.decision, r)
+        drop(pending);
+        (decision, r)
     }
 }
 

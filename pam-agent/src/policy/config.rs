@@ -19,7 +19,7 @@
 
 use serde::Deserialize;
 
-use super::{Action, Policy, Rule};
+use super::{Action, ApprovalRule, Policy, Rule};
 use crate::govern::Vocabulary;
 
 pub const DEFAULT_MAX_STATEMENT_BYTES: usize = 1 << 20;
@@ -53,6 +53,10 @@ pub struct RawRule {
     pub functions: Option<Vec<String>>,
     pub any_tables: Option<Vec<String>>,
     pub any_functions: Option<Vec<String>>,
+    /// `require_approval` rules: how long a request waits (`15m`, `1h`, ...).
+    pub approval_timeout: Option<String>,
+    pub min_approvals: Option<u32>,
+    pub approvers: Option<Vec<String>>,
     pub if_flags: Option<Vec<String>>,
     pub permit_flags: Option<Vec<String>>,
 }
@@ -143,6 +147,7 @@ fn validate_rule(
             format!("`{}` is used by another rule", raw.name),
         ));
     }
+    let approval = approval_settings(&field, &raw)?;
     if let Some(rs) = &raw.resources {
         for r in rs {
             if !resources.contains(&r.as_str()) {
@@ -204,7 +209,49 @@ fn validate_rule(
         functions: raw.functions,
         any_tables: raw.any_tables,
         any_functions: raw.any_functions,
+        approval,
         if_flags,
         permit_flags: permit_flags.unwrap_or_default(),
     })
+}
+
+/// The approval settings of a `require_approval` rule (refused on other rules).
+fn approval_settings(
+    field: &dyn Fn(&str) -> String,
+    raw: &RawRule,
+) -> Result<Option<ApprovalRule>, (String, String)> {
+    let given =
+        raw.approval_timeout.is_some() || raw.min_approvals.is_some() || raw.approvers.is_some();
+    if raw.action != Action::RequireApproval {
+        if given {
+            return Err((
+                field("approval_timeout"),
+                "approval settings are only for require_approval rules".into(),
+            ));
+        }
+        return Ok(None);
+    }
+    let timeout = match &raw.approval_timeout {
+        None => std::time::Duration::from_secs(15 * 60),
+        Some(t) => t
+            .parse::<jiff::SignedDuration>()
+            .ok()
+            .and_then(|d| std::time::Duration::try_from(d).ok())
+            .filter(|d| !d.is_zero())
+            .ok_or_else(|| {
+                (
+                    field("approval_timeout"),
+                    format!("`{t}` is not a positive duration (e.g. \"15m\", \"1h\")"),
+                )
+            })?,
+    };
+    let min_approvals = raw.min_approvals.unwrap_or(1);
+    if min_approvals == 0 {
+        return Err((field("min_approvals"), "must be at least 1".into()));
+    }
+    Ok(Some(ApprovalRule {
+        timeout,
+        min_approvals,
+        approvers: raw.approvers.clone().unwrap_or_default(),
+    }))
 }

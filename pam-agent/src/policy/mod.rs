@@ -135,6 +135,20 @@ pub struct Rule {
     pub any_functions: Option<Vec<String>>,
     pub if_flags: Option<Vec<Flag>>,
     pub permit_flags: Vec<Flag>,
+    /// `require_approval` rules: what their approvals need.
+    pub approval: Option<ApprovalRule>,
+}
+
+/// What a `require_approval` rule asks of its approvals.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApprovalRule {
+    /// How long a request may wait (`approval_timeout`, default 15 minutes).
+    pub timeout: std::time::Duration,
+    /// Distinct approvers needed (`min_approvals`, default 1).
+    pub min_approvals: u32,
+    /// Who may approve: user names or `group:NAME` (`approvers`; empty: anyone the
+    /// approval channel admits).
+    pub approvers: Vec<String>,
 }
 
 impl Policy {
@@ -185,6 +199,14 @@ impl Policy {
             rule: "empty".into(),
             reason: "empty statement".into(),
         })
+    }
+
+    /// The approval settings of the rule named `rule`, if it asks for approval.
+    pub fn approval(&self, rule: &str) -> Option<&ApprovalRule> {
+        self.rules
+            .iter()
+            .find(|r| r.name == rule)
+            .and_then(|r| r.approval.as_ref())
     }
 
     /// Every rule considered, why it did or did not match, and the decision.

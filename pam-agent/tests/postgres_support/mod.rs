@@ -290,7 +290,7 @@ impl Proxy {
                         resource: "db".into(),
                         journal: journal.clone(),
                     });
-                    let gate = Gate::new(session.clone(), rules.clone(), Approvals::default());
+                    let gate = Gate::new(session.clone(), rules.clone(), Approvals::unavailable());
                     let ctx = postgres::Context {
                         session,
                         limits,

@@ -9,6 +9,8 @@ use std::{
     sync::{Arc, Mutex},
 };
 
+use tokio::sync::Notify;
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Upstream {
     pub resource: String,
@@ -21,13 +23,16 @@ type Key = (i32, Vec<u8>);
 
 #[derive(Default)]
 pub struct CancelRegistry {
-    keys: Mutex<HashMap<Key, Upstream>>,
+    keys: Mutex<HashMap<Key, (Upstream, Arc<Notify>)>>,
 }
 
 /// Removes its key from the registry when the session ends.
 pub struct Registration {
     registry: Arc<CancelRegistry>,
     key: Key,
+    /// Woken when a cancel request with this session's key arrives: a statement the
+    /// agent holds (for approval) is withdrawn, since the server has nothing to cancel.
+    pub cancelled: Arc<Notify>,
 }
 
 impl Drop for Registration {
@@ -53,22 +58,29 @@ impl CancelRegistry {
             getrandom::fill(&mut secret)?;
             let key = (pid, secret.clone());
             if secret != upstream.secret && !keys.contains_key(&key) {
-                keys.insert(key.clone(), upstream);
+                let cancelled = Arc::new(Notify::new());
+                keys.insert(key.clone(), (upstream, cancelled.clone()));
                 return Ok((
                     pid,
                     secret,
                     Registration {
                         registry: self.clone(),
                         key,
+                        cancelled,
                     },
                 ));
             }
         }
     }
 
+    /// The server-side key of a session, by its worker-visible key. Wakes whatever that
+    /// session holds for approval (see [`Registration::cancelled`]).
     pub fn lookup(&self, pid: i32, secret: &[u8]) -> Option<Upstream> {
         let keys = self.keys.lock().ok()?;
-        keys.get(&(pid, secret.to_vec())).cloned()
+        let (upstream, cancelled) = keys.get(&(pid, secret.to_vec()))?;
+        // Only a statement waiting now is withdrawn; no permit is kept for later ones.
+        cancelled.notify_waiters();
+        Some(upstream.clone())
     }
 }
 

@@ -121,7 +121,14 @@ pub struct Client<'a> {
     described: Option<String>,
     /// The names the agent uses on the server for itself.
     names: Reserved,
+    /// Woken by a cancel request carrying this session's key.
+    cancelled: Arc<tokio::sync::Notify>,
+    /// Messages read while a statement waited for approval, to handle after it.
+    stash: std::collections::VecDeque<Frame>,
 }
+
+/// Messages a worker may send while a statement of its waits for approval.
+const MAX_STASHED: usize = 256;
 
 impl<'a> Client<'a> {
     pub fn new(
@@ -131,6 +138,7 @@ impl<'a> Client<'a> {
         ctx: &'a Context,
         gate: Gate,
         shared: Arc<Shared>,
+        cancelled: Arc<tokio::sync::Notify>,
     ) -> Self {
         let masker = gate.masker();
         let names = Reserved::new();
@@ -151,6 +159,8 @@ impl<'a> Client<'a> {
             portals: HashMap::new(),
             described: None,
             names,
+            cancelled,
+            stash: std::collections::VecDeque::new(),
         }
     }
 
@@ -183,9 +193,12 @@ impl<'a> Client<'a> {
         done: &CancellationToken,
     ) -> Result<Option<String>, SessionError> {
         loop {
-            let f = tokio::select! {
-                f = self.reader.next() => f.map_err(SessionError::Worker)?,
-                _ = done.cancelled() => return Ok(None),
+            let f = match self.stash.pop_front() {
+                Some(f) => Some(f),
+                None => tokio::select! {
+                    f = self.reader.next() => f.map_err(SessionError::Worker)?,
+                    _ = done.cancelled() => return Ok(None),
+                },
             };
             let Some(f) = f else {
                 tracing::trace!(session = %self.ctx.session.id, "worker: end of stream");
@@ -260,7 +273,7 @@ impl<'a> Client<'a> {
             Err(e) => return self.malformed_query(&f, e).await,
         };
         let j = self.judge_text(text, Via::Query { clean }).await?;
-        match self.decided(j.verdict).await {
+        match self.decided(j.verdict).await? {
             Ok(()) => {
                 self.forwarded(&j.numbered);
                 if let Some(copy) = j.copy {
@@ -307,6 +320,7 @@ impl<'a> Client<'a> {
                 self.batch.refuse(&d);
             }
             Verdict::Hold(held) => {
+                self.announce(&held).await?;
                 self.prepared.insert(name, first);
                 self.batch.push(f.raw);
                 self.batch.hold();
@@ -405,7 +419,7 @@ impl<'a> Client<'a> {
         };
         let judged = self.gate.judge(ask).await?;
         let n = judged.statements.first().copied().unwrap_or(0);
-        match self.decided(judged.verdict).await {
+        match self.decided(judged.verdict).await? {
             Ok(()) => {
                 let exec = Numbered {
                     statement: n,
@@ -466,16 +480,71 @@ impl<'a> Client<'a> {
         Ok(())
     }
 
-    /// Forward, or the refusal to answer with. A held request waits here for its answer.
-    async fn decided(&mut self, verdict: Verdict) -> Result<(), Decision> {
-        match verdict {
+    /// Forward, or the refusal to answer with. A held request waits here for its answer
+    /// (the worker is told at once what it waits for).
+    async fn decided(&mut self, verdict: Verdict) -> Result<Result<(), Decision>, SessionError> {
+        Ok(match verdict {
             Verdict::Forward => Ok(()),
             Verdict::Refuse(d) => Err(d),
-            Verdict::Hold(held) => match held.resolution().await {
-                (_, Resolution::Approved) => Ok(()),
-                (d, Resolution::Denied(why)) => Err(denied(d, &why)),
-            },
+            Verdict::Hold(held) => {
+                self.announce(&held).await?;
+                match self.wait_for(held).await? {
+                    (_, Resolution::Approved) => Ok(()),
+                    (d, Resolution::Denied(why)) => Err(denied(d, &why)),
+                }
+            }
+        })
+    }
+
+    /// Waits for a held statement's answer. A cancel request with this session's key, or
+    /// Terminate, withdraws it; the worker closing the connection withdraws it and ends
+    /// the session. Other messages the worker sends meanwhile are kept, in order, for
+    /// after the answer.
+    async fn wait_for(&mut self, held: Held) -> Result<(Decision, Resolution), SessionError> {
+        let decision = held.decision.clone();
+        let withdrawn = |why: &str| (decision.clone(), Resolution::Denied(why.into()));
+        let answer = held.resolution();
+        tokio::pin!(answer);
+        loop {
+            if self.stash.iter().any(|f| f.tag == frontend::TERMINATE) {
+                return Ok(withdrawn("withdrawn: the worker ended the session"));
+            }
+            tokio::select! {
+                r = &mut answer => return Ok(r),
+                _ = self.cancelled.notified() => {
+                    return Ok(withdrawn("withdrawn: the worker cancelled the statement"));
+                }
+                f = self.reader.next(), if self.stash.len() < MAX_STASHED => {
+                    match f.map_err(SessionError::Worker)? {
+                        Some(f) => self.stash.push_back(f),
+                        None => {
+                            return Err(SessionError::Protocol(
+                                "the worker closed the connection while a statement waited for approval".into(),
+                            ));
+                        }
+                    }
+                }
+            }
         }
+    }
+
+    /// A NoticeResponse naming the approval request, its rule, how to approve it and its
+    /// deadline (nothing when the hold was answered at once).
+    async fn announce(&self, held: &Held) -> Result<(), SessionError> {
+        let Some(r) = held.request() else {
+            return Ok(());
+        };
+        let message = format!(
+            "pam-agent: statement held for approval (request {}, rule \"{}\"); it runs when approved, until {}",
+            r.id, r.rule, r.expires_at
+        );
+        let detail = format!("{} ({} approval(s) needed)", r.reason, r.min_approvals);
+        let hint = format!(
+            "An approver runs: pam-agent approvals approve {} (or deny {})",
+            r.id, r.id
+        );
+        let f = backend::notice(sqlstate::HELD, &message, Some(&detail), Some(&hint));
+        self.note(Note::Notice(f)).await
     }
 
     /// Waits for the answer to the open batch's held statement, if there is one, and
@@ -484,7 +553,7 @@ impl<'a> Client<'a> {
         let Some(p) = self.pending.take() else {
             return Ok(());
         };
-        match p.held.resolution().await {
+        match self.wait_for(p.held).await? {
             (_, Resolution::Approved) => {
                 self.forwarded(&p.numbered);
                 self.batch.resolved(Ok(()));

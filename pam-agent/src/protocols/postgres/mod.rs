@@ -237,6 +237,11 @@ async fn run(
         ctx,
         shared.clone(),
     );
+    let cancelled = ready
+        .registration
+        .as_ref()
+        .map(|r| r.cancelled.clone())
+        .unwrap_or_default();
     let client = client::Client::new(
         ready.worker_reader,
         ready.upstream_writer,
@@ -244,6 +249,7 @@ async fn run(
         ctx,
         gate,
         shared.clone(),
+        cancelled,
     );
     let worker_half = async {
         let r = client.run(&done).await;

@@ -59,6 +59,8 @@ pub enum Note {
     Describes(Vec<bool>),
     /// An injected group is about to be sent (between the worker's groups).
     Inject(Injected),
+    /// Show this NoticeResponse now (asynchronous, outside the answers' order).
+    Notice(Frame),
     /// End the session with this error.
     Fatal(Frame),
 }

@@ -199,6 +199,7 @@ impl<'a> Server<'a> {
                 self.queue.push_back(Pending::Ready);
                 self.answer_refusals();
             }
+            Note::Notice(f) => self.out.extend_from_slice(&f.raw),
             Note::Fatal(f) => {
                 self.out.extend_from_slice(&f.raw);
                 return Ok(true);

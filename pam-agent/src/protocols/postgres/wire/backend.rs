@@ -34,12 +34,16 @@ pub mod sqlstate {
     pub const CONNECTION_FAILURE: &str = "08006";
     /// invalid_cursor_name: what the server answers to our missing-portal Execute.
     pub const INVALID_CURSOR_NAME: &str = "34000";
+    /// A notice that a statement waits for approval (warning class: drivers log it).
+    pub const HELD: &str = "01000";
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Severity {
     Error,
     Fatal,
+    /// For NoticeResponse.
+    Notice,
 }
 
 /// ErrorResponse with the fields libpq and drivers show: severity, SQLSTATE, message,
@@ -54,6 +58,7 @@ pub fn error(
     let sev = match severity {
         Severity::Error => "ERROR",
         Severity::Fatal => "FATAL",
+        Severity::Notice => "NOTICE",
     };
     let mut body = Vec::with_capacity(64 + message.len());
     let mut field = |t: u8, v: &str| {
@@ -73,7 +78,16 @@ pub fn error(
         field(b'H', h);
     }
     body.push(0);
-    Frame::build(ERROR_RESPONSE, &body)
+    let tag = match severity {
+        Severity::Notice => NOTICE_RESPONSE,
+        _ => ERROR_RESPONSE,
+    };
+    Frame::build(tag, &body)
+}
+
+/// NoticeResponse (psql prints it; drivers log it) with a SQLSTATE, message and hint.
+pub fn notice(code: &str, message: &str, detail: Option<&str>, hint: Option<&str>) -> Frame {
+    error(Severity::Notice, code, message, detail, hint)
 }
 
 pub fn ready_for_query(status: u8) -> Frame {
