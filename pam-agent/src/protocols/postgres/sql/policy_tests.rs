@@ -265,3 +265,43 @@ kinds = ["select"]
     let d = decide(&p, "SELECT * FROM orders");
     assert_eq!(d.rule, "read");
 }
+
+#[test]
+fn approval_settings_are_read_and_checked() {
+    let p = policy(
+        r#"
+[[rules]]
+name = "deletes"
+action = "require_approval"
+kinds = ["delete"]
+approval_timeout = "90s"
+min_approvals = 2
+approvers = ["alice", "group:secops"]
+
+[[rules]]
+name = "ddl"
+action = "require_approval"
+kinds = ["ddl"]
+approval_timeout = "1h 30m"
+"#,
+    );
+    let a = p.approval("deletes").unwrap();
+    assert_eq!(a.timeout, std::time::Duration::from_secs(90));
+    assert_eq!(a.min_approvals, 2);
+    assert_eq!(a.approvers, ["alice", "group:secops"]);
+    let b = p.approval("ddl").unwrap();
+    assert_eq!(b.timeout, std::time::Duration::from_secs(5400));
+    assert_eq!((b.min_approvals, b.approvers.len()), (1, 0));
+    let bad = |body: &str| {
+        let raw: RawPolicy = toml::from_str(body).unwrap();
+        raw.validate(&["db"], &VOCABULARY).unwrap_err()
+    };
+    let e = bad(
+        "[[rules]]\nname = \"x\"\naction = \"require_approval\"\napproval_timeout = \"soon\"\n",
+    );
+    assert_eq!(e.0, "policy.rules[0].approval_timeout");
+    let e = bad("[[rules]]\nname = \"x\"\naction = \"require_approval\"\nmin_approvals = 0\n");
+    assert_eq!(e.0, "policy.rules[0].min_approvals");
+    let e = bad("[[rules]]\nname = \"x\"\naction = \"allow\"\nmin_approvals = 2\n");
+    assert!(e.1.contains("only for require_approval"), "{e:?}");
+}

@@ -1,0 +1,438 @@
+//! Just-in-time approval of one statement, end to end: psql in a governed cgroup (real
+//! eBPF redirect) runs a statement a rule sends to approval; it waits inside its live
+//! session while another user decides with `pam-agent approvals` over the agent's control
+//! socket; PostgreSQL 15 on a test host shows what ran.
+
+use std::{
+    os::unix::fs::PermissionsExt,
+    process::{Child, Command, Output, Stdio},
+    time::{Duration, Instant},
+};
+
+use pam_e2e::{Agent, Cgroup, ResourceSpec, TestHost, agent_bin, postgres::PgServer, require_root};
+use serde_json::Value;
+
+const PASSWORD: &str = "pg-approvals-password";
+/// The worker runs as this uid (no passwd entry needed); approvers are root and nobody.
+const WORKER_UID: &str = "4242";
+const NOBODY: &str = "65534";
+
+const POLICY: &str = r#"
+[[policy.rules]]
+name = "deletes-need-approval"
+action = "require_approval"
+kinds = ["delete"]
+tables = ["public.orders"]
+approval_timeout = "60s"
+
+[[policy.rules]]
+name = "updates-need-two"
+action = "require_approval"
+kinds = ["update"]
+min_approvals = 2
+
+[[policy.rules]]
+name = "truncate-expires"
+action = "require_approval"
+kinds = ["ddl"]
+approval_timeout = "2s"
+
+[[policy.rules]]
+name = "reads"
+action = "allow"
+kinds = ["select"]
+"#;
+
+struct Fixture {
+    agent: Agent,
+    cg: Cgroup,
+    pg: PgServer,
+    host: TestHost,
+    /// Holds the control socket; world-traversable so `nobody` reaches it.
+    sock_dir: tempfile::TempDir,
+}
+
+impl Fixture {
+    fn new() -> Fixture {
+        let host = TestHost::new().expect("test host");
+        let pg = PgServer::start(&host, 5432, PASSWORD).expect("postgres");
+        pg.admin_sql("postgres", "create database shop").unwrap();
+        pg.admin_sql(
+            "shop",
+            "create table orders(id int primary key, note text);
+             insert into orders select g, 'order ' || g from generate_series(1, 10) g;",
+        )
+        .unwrap();
+        let cg = Cgroup::new("appr").expect("cgroup");
+        let sock_dir = tempfile::Builder::new()
+            .prefix("pam-approvals")
+            .tempdir()
+            .unwrap();
+        std::fs::set_permissions(sock_dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let extra = format!(
+            "{POLICY}\n[approvals]\nsocket = \"{}\"\ngroup = \"nogroup\"\n",
+            sock_dir.path().join("approvals.sock").display()
+        );
+        let agent = Agent::start_with(
+            &[&cg],
+            &[ResourceSpec::postgres("shop-db", host.v4, 5432)],
+            &extra,
+        )
+        .expect("agent");
+        Fixture {
+            agent,
+            cg,
+            pg,
+            host,
+            sock_dir,
+        }
+    }
+
+    /// psql as `uid` in the governed cgroup, each `-c` its own statement in one session.
+    fn worker(&self, uid: &str, statements: &[&str]) -> Child {
+        let mut c = Command::new(agent_bin());
+        c.args(["exec", "--cgroup"]).arg(&self.cg.path).args([
+            "--",
+            "setpriv",
+            "--reuid",
+            uid,
+            "--regid",
+            uid,
+            "--clear-groups",
+            "psql",
+            "-h",
+        ]);
+        c.arg(self.host.v4.to_string())
+            .args(["-U", "postgres", "-d", "shop", "-X", "-At"]);
+        for s in statements {
+            c.args(["-c", s]);
+        }
+        c.env("PGPASSWORD", PASSWORD)
+            .env("PGCONNECT_TIMEOUT", "5")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("psql")
+    }
+
+    /// `pam-agent approvals ...` as `uid` (None: root).
+    fn approvals(&self, uid: Option<&str>, args: &[&str]) -> Output {
+        let mut c = match uid {
+            Some(uid) => {
+                let mut c = Command::new("setpriv");
+                c.args(["--reuid", uid, "--regid", uid, "--init-groups"])
+                    .arg(agent_bin());
+                c
+            }
+            None => Command::new(agent_bin()),
+        };
+        c.arg("approvals")
+            .arg("--socket")
+            .arg(self.sock_dir.path().join("approvals.sock"))
+            .args(args);
+        c.output().expect("pam-agent approvals")
+    }
+
+    /// The pending requests (as root), waiting until there are `n`.
+    fn pending(&self, n: usize) -> Vec<Value> {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let out = self.approvals(None, &["--json", "list"]);
+            assert!(out.status.success(), "{}", text(&out.stderr));
+            let v: Value = serde_json::from_slice(&out.stdout).expect("JSON");
+            let list = v["requests"].as_array().cloned().unwrap_or_default();
+            if list.len() == n || Instant::now() > deadline {
+                assert_eq!(list.len(), n, "pending requests: {v}");
+                return list;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn orders(&self, filter: &str) -> String {
+        self.pg
+            .admin_sql(
+                "shop",
+                &format!("select count(*) from orders where {filter}"),
+            )
+            .unwrap()
+            .trim()
+            .to_owned()
+    }
+
+    /// Journal records of a kind.
+    fn records(&self, kind: &str) -> Vec<Value> {
+        self.agent.records(kind)
+    }
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+/// Waits for a worker, failing (and killing it) if it takes longer than `secs`.
+fn finish(mut child: Child, secs: u64) -> Output {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!(
+                "worker still running after {secs}s: {:?}",
+                child.wait_with_output()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.wait_with_output().unwrap()
+}
+
+#[test]
+fn a_held_delete_runs_in_the_same_session_once_another_user_approves() {
+    if !require_root("approvals") {
+        return;
+    }
+    let f = Fixture::new();
+    let worker = f.worker(
+        WORKER_UID,
+        &[
+            "delete from orders where id = 1",
+            "select count(*) from orders",
+        ],
+    );
+    let req = f.pending(1).remove(0);
+    // What the approver sees: who, where, what and why.
+    assert_eq!(req["principal"]["uid"], 4242);
+    assert_eq!(req["resource"], "shop-db");
+    assert_eq!(req["rule"], "deletes-need-approval");
+    assert_eq!(req["text"], "delete from orders where id = 1");
+    assert_eq!(req["kinds"], serde_json::json!(["delete"]));
+    assert_eq!(req["tables"], serde_json::json!(["public.orders"]));
+    // Nothing ran while it waits.
+    assert_eq!(f.orders("id = 1"), "1");
+    let id = req["id"].as_str().unwrap().to_owned();
+    let show = f.approvals(None, &["show", &id]);
+    assert!(
+        text(&show.stdout).contains("uid 4242"),
+        "{}",
+        text(&show.stdout)
+    );
+    // nobody approves: a different user than the worker, admitted by the socket group.
+    let ok = f.approvals(Some(NOBODY), &["approve", &id, "--reason", "ticket 7"]);
+    assert!(ok.status.success(), "{}", text(&ok.stderr));
+    assert!(
+        text(&ok.stdout).contains("approved"),
+        "{}",
+        text(&ok.stdout)
+    );
+    let out = finish(worker, 20);
+    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+    assert!(out.status.success(), "{stderr}");
+    // The same session ran the delete and went on to the next statement.
+    assert_eq!(stdout.lines().last(), Some("9"), "{stdout}");
+    assert_eq!(f.orders("id = 1"), "0");
+    // psql showed the notice naming the request and how to approve it.
+    assert!(
+        stderr.contains(&format!("held for approval (request {id}"))
+            && stderr.contains(&format!("pam-agent approvals approve {id}")),
+        "{stderr}"
+    );
+    // On record: the statement (held), the request, the decision by nobody, completion.
+    let st: Vec<Value> = f
+        .records("statement")
+        .into_iter()
+        .filter(|r| r["text"] == "delete from orders where id = 1")
+        .collect();
+    assert_eq!(st.len(), 1);
+    assert_eq!(st[0]["decision"], "require_approval");
+    let requested = f.records("approval_requested");
+    assert_eq!(requested.len(), 1);
+    assert_eq!(requested[0]["approval"], id.as_str());
+    let decided = f.records("approval_decided");
+    assert_eq!(decided.len(), 1);
+    assert_eq!(decided[0]["outcome"], "approved");
+    assert!(
+        decided[0]["by"].as_str().unwrap().contains("uid 65534"),
+        "{decided:?}"
+    );
+    assert_eq!(decided[0]["session"], st[0]["session"]);
+    let completed = f
+        .records("statement_completed")
+        .into_iter()
+        .filter(|r| r["session"] == st[0]["session"] && r["statement"] == st[0]["statement"])
+        .count();
+    assert_eq!(completed, 1, "the approved statement completed once");
+}
+
+#[test]
+fn a_denied_statement_gets_42501_and_the_session_goes_on() {
+    if !require_root("approvals") {
+        return;
+    }
+    let f = Fixture::new();
+    let worker = f.worker(
+        WORKER_UID,
+        &[
+            "delete from orders where id = 2",
+            "select count(*) from orders",
+        ],
+    );
+    let id = f.pending(1)[0]["id"].as_str().unwrap().to_owned();
+    let no = f.approvals(None, &["deny", &id, "--reason", "not during the sale"]);
+    assert!(no.status.success(), "{}", text(&no.stderr));
+    let out = finish(worker, 20);
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains("ERROR:  pam-agent refused the statement (rule \"deletes-need-approval\")")
+            && stderr.contains("denied by root: not during the sale"),
+        "{stderr}"
+    );
+    assert_eq!(text(&out.stdout).trim(), "10", "the next statement ran");
+    assert_eq!(f.orders("id = 2"), "1", "nothing deleted");
+    let decided = f.records("approval_decided");
+    assert_eq!(decided[0]["outcome"], "rejected");
+}
+
+#[test]
+fn an_undecided_statement_expires_and_never_runs() {
+    if !require_root("approvals") {
+        return;
+    }
+    let f = Fixture::new();
+    let worker = f.worker(WORKER_UID, &["truncate orders"]);
+    let id = f.pending(1)[0]["id"].as_str().unwrap().to_owned();
+    let out = finish(worker, 20);
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains(&format!("approval request {id} expired")),
+        "{stderr}"
+    );
+    assert_eq!(f.orders("true"), "10");
+    assert_eq!(f.records("approval_expired").len(), 1);
+    // Too late to approve.
+    let late = f.approvals(None, &["approve", &id]);
+    assert_eq!(late.status.code(), Some(2));
+    assert!(text(&late.stderr).contains("no pending approval request"));
+}
+
+#[test]
+fn the_requester_cannot_approve_and_two_approvers_are_needed_when_the_rule_says_so() {
+    if !require_root("approvals") {
+        return;
+    }
+    let f = Fixture::new();
+    // A worker running as root cannot approve its own statement as root.
+    let worker = f.worker("0", &["delete from orders where id = 3"]);
+    let id = f.pending(1)[0]["id"].as_str().unwrap().to_owned();
+    let own = f.approvals(None, &["approve", &id]);
+    assert_eq!(own.status.code(), Some(2));
+    assert!(
+        text(&own.stderr).contains("cannot approve its own request"),
+        "{}",
+        text(&own.stderr)
+    );
+    f.approvals(Some(NOBODY), &["deny", &id]);
+    finish(worker, 20);
+    assert_eq!(f.orders("id = 3"), "1");
+
+    let worker = f.worker(WORKER_UID, &["update orders set note = 'x' where id = 4"]);
+    let id = f.pending(1)[0]["id"].as_str().unwrap().to_owned();
+    let first = f.approvals(None, &["approve", &id]);
+    assert!(
+        text(&first.stdout).contains("1 of 2"),
+        "{}",
+        text(&first.stdout)
+    );
+    let again = f.approvals(None, &["approve", &id]);
+    assert_eq!(again.status.code(), Some(2), "the same approver twice");
+    assert_eq!(
+        f.orders("note = 'x'"),
+        "0",
+        "one approval of two runs nothing"
+    );
+    let second = f.approvals(Some(NOBODY), &["approve", &id]);
+    assert!(
+        text(&second.stdout).contains("approved"),
+        "{}",
+        text(&second.stdout)
+    );
+    let out = finish(worker, 20);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(f.orders("note = 'x'"), "1");
+}
+
+#[test]
+fn a_grant_lets_the_same_statement_shape_through_for_its_window_only() {
+    if !require_root("approvals") {
+        return;
+    }
+    let f = Fixture::new();
+    let worker = f.worker(WORKER_UID, &["delete from orders where id = 5"]);
+    let id = f.pending(1)[0]["id"].as_str().unwrap().to_owned();
+    let ok = f.approvals(None, &["approve", &id, "--for", "10m"]);
+    assert!(ok.status.success(), "{}", text(&ok.stderr));
+    assert!(finish(worker, 20).status.success());
+    // The same fingerprint (other constants), a new session: runs without a request.
+    let again = finish(
+        f.worker(WORKER_UID, &["delete from orders where id = 6"]),
+        20,
+    );
+    assert!(again.status.success(), "{}", text(&again.stderr));
+    assert_eq!(f.orders("id in (5, 6)"), "0");
+    assert_eq!(
+        f.records("approval_requested").len(),
+        1,
+        "no second request"
+    );
+    // Another shape still waits; revoking the grant makes the first shape wait again.
+    let grants = f.approvals(None, &["--json", "grants"]);
+    let v: Value = serde_json::from_slice(&grants.stdout).unwrap();
+    let grant = v["grants"][0]["id"].as_str().unwrap().to_owned();
+    assert!(f.approvals(None, &["revoke", &grant]).status.success());
+    let worker = f.worker(WORKER_UID, &["delete from orders where id = 7"]);
+    let id = f.pending(1)[0]["id"].as_str().unwrap().to_owned();
+    f.approvals(None, &["deny", &id]);
+    finish(worker, 20);
+    assert_eq!(f.orders("id = 7"), "1");
+}
+
+#[test]
+fn ctrl_c_withdraws_a_held_statement() {
+    if !require_root("approvals") {
+        return;
+    }
+    let f = Fixture::new();
+    let worker = f.worker(WORKER_UID, &["delete from orders where id = 8"]);
+    let id = f.pending(1)[0]["id"].as_str().unwrap().to_owned();
+    // psql sends a CancelRequest on SIGINT, on a new (redirected) connection.
+    let psql_pid = descendant_named(worker.id(), "psql").expect("psql process");
+    // SAFETY: kill(2) on a pid we found among our own children; no memory involved.
+    assert_eq!(unsafe { libc::kill(psql_pid as i32, libc::SIGINT) }, 0);
+    let out = finish(worker, 20);
+    let stderr = text(&out.stderr);
+    assert!(stderr.contains("withdrawn"), "{stderr}");
+    assert_eq!(f.orders("id = 8"), "1");
+    f.pending(0);
+    let decided = f.records("approval_decided");
+    assert_eq!(decided.len(), 1, "{decided:?}");
+    assert_eq!(decided[0]["outcome"], "withdrawn");
+    assert_eq!(decided[0]["approval"], id.as_str());
+}
+
+/// The pid of a process named `name` under `root` (pam-agent exec -> setpriv -> psql).
+fn descendant_named(root: u32, name: &str) -> Option<u32> {
+    let mut frontier = vec![root];
+    while let Some(pid) = frontier.pop() {
+        let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+        if comm.trim() == name {
+            return Some(pid);
+        }
+        let children =
+            std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
+        frontier.extend(
+            children
+                .split_whitespace()
+                .filter_map(|c| c.parse::<u32>().ok()),
+        );
+    }
+    None
+}
