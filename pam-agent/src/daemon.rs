@@ -34,7 +34,28 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         public_key = %crate::journal::chain::hex(&store.public_key()),
         "audit journal open"
     );
+    let unanswered = store
+        .unanswered_approvals()
+        .context("reading approval requests left by the last run")?;
     let (journal, writer) = Journal::start_with(store, cfg.journal.writer_options());
+    // Statements held when the last run stopped or was killed never ran: say so. The
+    // record names its session in words (this run does not hold that session, so the
+    // record is not filed under it).
+    for (session, approval) in unanswered {
+        let session = session.map(|s| format!(" of session {s}")).unwrap_or_default();
+        let event = Event::ApprovalDecided {
+            approval,
+            outcome: crate::journal::event::ApprovalOutcome::Abandoned,
+            by: "pam-agent".into(),
+            reason: Some(format!(
+                "the agent stopped before a decision (found at the next start); the statement{session} did not run"
+            )),
+        };
+        journal
+            .record(None, event)
+            .await
+            .context("journaling abandoned approval requests")?;
+    }
 
     let tls = tls_setup(&cfg)?;
     let listeners = Listeners::bind(&cfg).context("binding the proxy listener")?;
@@ -102,6 +123,10 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     let reason = stop.wait(&shared).await;
     tracing::info!(%reason, "stopping; governed connections fail until the agent is back");
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
+    // Held statements never run now: on record as abandoned before their sessions end.
+    if let Some(broker) = shared.approvals.broker() {
+        broker.shutdown().await;
+    }
     shutdown.cancel();
     let _ = server.await;
     sessions.close();

@@ -436,3 +436,42 @@ fn descendant_named(root: u32, name: &str) -> Option<u32> {
     }
     None
 }
+
+#[test]
+fn a_statement_held_when_the_agent_stops_or_dies_never_runs_and_is_abandoned() {
+    if !require_root("approvals") {
+        return;
+    }
+    let mut f = Fixture::new();
+    // Stopped in order: the request is abandoned at once, the worker told, and the stop
+    // does not wait for the request's deadline.
+    let worker = f.worker(WORKER_UID, &["delete from orders where id = 9"]);
+    let first = f.pending(1)[0]["id"].as_str().unwrap().to_owned();
+    let started = Instant::now();
+    f.agent.stop().expect("orderly stop");
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "the stop waited {:?}",
+        started.elapsed()
+    );
+    let out = finish(worker, 20);
+    assert!(!out.status.success());
+    assert_eq!(f.orders("id = 9"), "1");
+    // Killed: nothing is told, nothing runs; the next start puts it on record.
+    f.agent.restart().expect("restart");
+    let worker = f.worker(WORKER_UID, &["delete from orders where id = 10"]);
+    let second = f.pending(1)[0]["id"].as_str().unwrap().to_owned();
+    f.agent.kill().expect("kill -9");
+    let _ = finish(worker, 20);
+    assert_eq!(f.orders("id = 10"), "1");
+    f.agent.restart().expect("restart after the kill");
+    let abandoned: Vec<String> = f
+        .records("approval_decided")
+        .into_iter()
+        .filter(|r| r["outcome"] == "abandoned")
+        .map(|r| r["approval"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(abandoned, [first, second]);
+    let (ok, report) = f.agent.verify_journal();
+    assert!(ok, "{report}");
+}

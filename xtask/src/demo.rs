@@ -39,13 +39,27 @@ pub fn run() -> anyhow::Result<()> {
 
     step("governed cgroup for workers, and the agent protecting the database");
     let workers = Cgroup::new("demo-workers")?;
+    // The approvals socket: in a directory `nobody` (the demo's approver) can reach.
+    let sock_dir = tempfile::Builder::new().prefix("pam-demo").tempdir()?;
+    std::fs::set_permissions(
+        sock_dir.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )?;
+    let socket = sock_dir.path().join("approvals.sock");
+    let approvals = format!(
+        "{DEMO_APPROVAL}\n[approvals]\nsocket = \"{}\"\ngroup = \"nogroup\"\n",
+        socket.display()
+    );
     let mut agent = Agent::start_with(
         &[&workers],
         &[
             ResourceSpec::postgres("shop-db", host.v4, 5432),
             ResourceSpec::postgres("shop-db-v6", host.v6, 5432),
         ],
-        &format!("{}{DEMO_MASKING}", pam_e2e::postgres::CREW_POLICY),
+        &format!(
+            "{}{DEMO_MASKING}{approvals}",
+            pam_e2e::postgres::CREW_POLICY
+        ),
     )?;
     println!("  cgroup {}", workers.path.display());
     println!("  config {}", agent.config.display());
@@ -106,6 +120,9 @@ pub fn run() -> anyhow::Result<()> {
     println!("{}", psql(Some(&workers), &host.v4.to_string(), sql_pii)?);
     println!("  (an ungoverned process, connecting directly, sees the real values:)");
     println!("{}", psql(None, &host.v4.to_string(), sql_pii)?);
+
+    step("a statement held for approval inside the worker's session, approved by another user");
+    approval(&workers, &host.v4.to_string(), &socket)?;
 
     step("a CrewAI worker, unmodified: CrewAI's NL2SQLTool queries the database");
     let script = util::root().join("tests/clients/crewai_nl2sql.py");
@@ -180,6 +197,74 @@ strategy = { kind = "email" }
 detectors = ["payment_card", "email", "us_ssn", "iban"]
 strategy = { kind = "partial", keep_last = 4 }
 "#;
+
+/// The approval rule of the demo: deleting an API key needs a second person.
+const DEMO_APPROVAL: &str = r#"
+[[policy.rules]]
+name = "api-key-deletes-need-approval"
+action = "require_approval"
+kinds = ["delete"]
+tables = ["public.api_keys"]
+approval_timeout = "2m"
+"#;
+
+/// A worker deletes an API key: the agent holds the statement and tells psql; `nobody`
+/// (not the worker's uid) lists and approves it over the control socket; the same psql
+/// session then deletes the row.
+fn approval(workers: &Cgroup, host: &str, socket: &std::path::Path) -> anyhow::Result<()> {
+    let sql = "delete from api_keys where id = 1";
+    let mut worker = Command::new(pam_e2e::agent_bin());
+    worker
+        .args(["exec", "--cgroup"])
+        .arg(&workers.path)
+        .args([
+            "--", "psql", "-h", host, "-U", "postgres", "-d", "shop", "-X", "-c", sql,
+        ])
+        .env("PGPASSWORD", PASSWORD)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let worker = worker.spawn()?;
+    println!("  worker (uid 0): {sql}   ... waits");
+    let approvals = |args: &[&str]| -> anyhow::Result<std::process::Output> {
+        Ok(Command::new("setpriv")
+            .args(["--reuid", "65534", "--regid", "65534", "--init-groups"])
+            .arg(pam_e2e::agent_bin())
+            .arg("approvals")
+            .arg("--socket")
+            .arg(socket)
+            .args(args)
+            .output()?)
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let id = loop {
+        let out = approvals(&["--json", "list"])?;
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        if let Some(id) = v["requests"][0]["id"].as_str() {
+            break id.to_owned();
+        }
+        anyhow::ensure!(
+            std::time::Instant::now() < deadline,
+            "no approval request appeared: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    println!("  $ pam-agent approvals list            (as nobody, uid 65534)");
+    print!("{}", String::from_utf8_lossy(&approvals(&["list"])?.stdout));
+    println!("  $ pam-agent approvals approve {id} --reason 'rotating the key'");
+    let ok = approvals(&["approve", &id, "--reason", "rotating the key"])?;
+    print!("{}", String::from_utf8_lossy(&ok.stdout));
+    let out = worker.wait_with_output()?;
+    println!("  the worker's psql session:");
+    for line in String::from_utf8_lossy(&out.stderr)
+        .lines()
+        .chain(String::from_utf8_lossy(&out.stdout).lines())
+    {
+        println!("    {line}");
+    }
+    anyhow::ensure!(out.status.success(), "the approved statement failed");
+    Ok(())
+}
 
 fn step(text: &str) {
     println!("\n== {text}");

@@ -223,6 +223,20 @@ struct Pending {
     requirement: Requirement,
     answer: oneshot::Sender<Resolution>,
     approvals: Vec<Approver>,
+    /// The deadline's timer: stopped once the request is decided, so nothing outlives
+    /// it (the timer holds the journal, which must close at shutdown).
+    expiry: Option<ExpiryTimer>,
+}
+
+/// Stops the deadline's timer when dropped (unless disarmed: the timer itself).
+struct ExpiryTimer(Option<tokio::task::AbortHandle>);
+
+impl Drop for ExpiryTimer {
+    fn drop(&mut self) {
+        if let Some(h) = self.0.take() {
+            h.abort();
+        }
+    }
 }
 
 impl Broker {
@@ -307,6 +321,13 @@ impl Broker {
                 },
             )
             .await?;
+        let broker = self.clone();
+        let session = r.session.id;
+        let timeout = r.requirement.timeout;
+        let expiry = tokio::spawn(async move {
+            tokio::time::sleep(timeout).await;
+            broker.expire(id, session).await;
+        });
         self.state().pending.insert(
             id,
             Pending {
@@ -314,15 +335,9 @@ impl Broker {
                 requirement: r.requirement.clone(),
                 answer: tx,
                 approvals: Vec::new(),
+                expiry: Some(ExpiryTimer(Some(expiry.abort_handle()))),
             },
         );
-        let broker = self.clone();
-        let session = r.session.id;
-        let timeout = r.requirement.timeout;
-        tokio::spawn(async move {
-            tokio::time::sleep(timeout).await;
-            broker.expire(id, session).await;
-        });
         let withdraw = Withdraw {
             broker: self.clone(),
             id,
@@ -503,9 +518,13 @@ impl Broker {
     }
 
     async fn expire(&self, id: Uuid, session: crate::journal::SessionId) {
-        let Some(p) = self.state().pending.remove(&id) else {
+        let Some(mut p) = self.state().pending.remove(&id) else {
             return;
         };
+        // This is the timer itself: it must finish its own work, not abort it.
+        if let Some(t) = p.expiry.as_mut() {
+            t.0 = None;
+        }
         // On record before the worker hears of it.
         if let Err(e) = self
             .journal
@@ -518,6 +537,28 @@ impl Broker {
             "approval request {id} expired at {} with no decision",
             p.summary.expires_at
         )));
+    }
+
+    /// The agent is stopping: every pending request is abandoned (its statement never
+    /// runs) and on record as such.
+    pub async fn shutdown(&self) {
+        let pending: Vec<Pending> = self.state().pending.drain().map(|(_, p)| p).collect();
+        for p in pending {
+            let event = Event::ApprovalDecided {
+                approval: p.summary.id,
+                outcome: ApprovalOutcome::Abandoned,
+                by: "pam-agent".into(),
+                reason: Some(
+                    "the agent stopped before a decision; the statement did not run".into(),
+                ),
+            };
+            if let Err(e) = self.journal_for(&p.summary.session, event).await {
+                tracing::error!(error = %e, "cannot journal an abandoned approval");
+            }
+            let _ = p
+                .answer
+                .send(Resolution::Denied("the agent is stopping".into()));
+        }
     }
 
     /// The worker went away (disconnect, cancel, session end) before a decision.

@@ -16,7 +16,7 @@ use jiff::Timestamp;
 use rusqlite::{Connection, OpenFlags, OptionalExtension, Transaction, params};
 
 use super::{
-    Event, JournalError, JournalStore, Record,
+    Event, JournalError, JournalStore, Record, SessionId,
     chain::{self, Hash},
     index::{SessionIndex, Undo},
     schema, signing,
@@ -184,6 +184,43 @@ impl SqliteStore {
 
     pub fn public_key(&self) -> [u8; 32] {
         self.public
+    }
+
+    /// Approval requests on record with no outcome (decided, expired, withdrawn or
+    /// abandoned): what a previous run left waiting when it stopped or was killed. Their
+    /// statements never ran; the caller journals them as abandoned.
+    pub fn unanswered_approvals(
+        &self,
+    ) -> Result<Vec<(Option<SessionId>, uuid::Uuid)>, JournalError> {
+        let db = |e: rusqlite::Error| JournalError::Database(e.into());
+        let mut stmt = self
+            .conn
+            .prepare(
+                "SELECT record FROM records WHERE kind IN \
+                 ('approval_requested', 'approval_decided', 'approval_expired') ORDER BY seq",
+            )
+            .map_err(db)?;
+        let mut rows = stmt.query([]).map_err(db)?;
+        let mut open: Vec<(Option<SessionId>, uuid::Uuid)> = Vec::new();
+        while let Some(row) = rows.next().map_err(db)? {
+            let json: String = row.get(0).map_err(db)?;
+            let Ok(r) = serde_json::from_str::<Record>(&json) else {
+                continue;
+            };
+            match r.event {
+                Event::ApprovalRequested { approval, .. } => open.push((r.session, approval)),
+                Event::ApprovalDecided {
+                    approval, outcome, ..
+                } if outcome != crate::journal::event::ApprovalOutcome::Counted
+                    && outcome != crate::journal::event::ApprovalOutcome::Revoked =>
+                {
+                    open.retain(|(_, a)| *a != approval)
+                }
+                Event::ApprovalExpired { approval } => open.retain(|(_, a)| *a != approval),
+                _ => {}
+            }
+        }
+        Ok(open)
     }
 
     /// Re-reads the newest record and checkpoint from the file: after open, and after a
