@@ -42,7 +42,9 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     // record names its session in words (this run does not hold that session, so the
     // record is not filed under it).
     for (session, approval) in unanswered {
-        let session = session.map(|s| format!(" of session {s}")).unwrap_or_default();
+        let session = session
+            .map(|s| format!(" of session {s}"))
+            .unwrap_or_default();
         let event = Event::ApprovalDecided {
             approval,
             outcome: crate::journal::event::ApprovalOutcome::Abandoned,

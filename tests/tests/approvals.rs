@@ -41,6 +41,11 @@ approval_timeout = "2s"
 name = "reads"
 action = "allow"
 kinds = ["select"]
+
+[[policy.rules]]
+name = "drivers-housekeeping"
+action = "allow"
+kinds = ["transaction", "session"]
 "#;
 
 struct Fixture {
@@ -474,4 +479,49 @@ fn a_statement_held_when_the_agent_stops_or_dies_never_runs_and_is_abandoned() {
     assert_eq!(abandoned, [first, second]);
     let (ok, report) = f.agent.verify_journal();
     assert!(ok, "{report}");
+}
+
+#[test]
+fn a_crewai_nl2sql_write_is_held_approved_and_the_tool_finishes() {
+    if !require_root("approvals") {
+        return;
+    }
+    let f = Fixture::new();
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/clients/crewai_nl2sql.py");
+    let uri = format!("postgresql://postgres:{PASSWORD}@{}:5432/shop", f.host.v4);
+    // CrewAI's own tool, unmodified, allowed to write by its own switch; as root (its
+    // Python lives under /root), so nobody approves.
+    let crew = Command::new(agent_bin())
+        .args(["exec", "--cgroup"])
+        .arg(&f.cg.path)
+        .args([
+            "--",
+            "python3",
+            script,
+            &uri,
+            "delete from orders where id = 1",
+        ])
+        .env("CREWAI_NL2SQL_ALLOW_DML", "true")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("crewai");
+    let req = f.pending(1).remove(0);
+    assert_eq!(req["text"], "delete from orders where id = 1");
+    assert_eq!(f.orders("id = 1"), "1", "nothing ran while it waits");
+    let id = req["id"].as_str().unwrap().to_owned();
+    let ok = f.approvals(Some(NOBODY), &["approve", &id]);
+    assert!(ok.status.success(), "{}", text(&ok.stderr));
+    let out = finish(crew, 60);
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        stdout.contains("executed successfully"),
+        "the tool finished with its result: {stdout}"
+    );
+    assert_eq!(
+        f.orders("id = 1"),
+        "0",
+        "the approved delete ran and was committed"
+    );
 }
