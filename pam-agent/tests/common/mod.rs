@@ -2,6 +2,8 @@
 //! event, and running the real `pam-agent` binary.
 #![allow(dead_code)]
 
+pub mod format;
+
 use std::{
     net::SocketAddr,
     path::{Path, PathBuf},
