@@ -46,6 +46,9 @@ fn public_key() -> String {
 
 const LAST_SEQ: u64 = 21;
 
+/// A signed row: (seq, hash, ts_us, public_key, signature).
+type Signed = (u64, Vec<u8>, i64, Vec<u8>, Vec<u8>);
+
 #[test]
 fn golden_journal_verifies_with_its_pinned_key() {
     let dir = Scratch::new("golden-verify");
@@ -145,7 +148,7 @@ fn golden_journal_reads_back_exactly() {
     assert_eq!(by_seq(7)["rule"], "read-orders");
     assert_eq!(by_seq(7)["ts"], "2026-01-01T00:00:04Z");
     assert_eq!(by_seq(14)["decision"], "deny");
-    assert_eq!(by_seq(14)["reason"], "statement kind drop is not allowed");
+    assert_eq!(by_seq(14)["reason"], "statement kind ddl is not allowed");
     assert!(by_seq(14).get("text").is_none(), "{}", by_seq(14));
     assert_eq!(by_seq(13)["error"], "23505");
     assert_eq!(by_seq(20)["kind"], "journal_pruned");
@@ -227,7 +230,7 @@ fn golden_journal_follows_the_documented_formulas() {
     let mut st = c
         .prepare("SELECT seq, hash, ts_us, public_key, signature FROM checkpoints ORDER BY seq")
         .unwrap();
-    let cps: Vec<(u64, Vec<u8>, i64, Vec<u8>, Vec<u8>)> = st
+    let cps: Vec<Signed> = st
         .query_map([], |r| {
             Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
         })
@@ -264,12 +267,12 @@ fn at(secs: i64) -> Timestamp {
     "2026-01-01T00:00:00Z".parse::<Timestamp>().unwrap() + Duration::from_secs(secs as u64)
 }
 
-fn statement(n: u64, text: Option<&str>, decision: Decision, rule: &str) -> Event {
+fn statement(n: u64, kind: &str, text: Option<&str>, decision: Decision, rule: &str) -> Event {
     Event::Statement {
         statement: Some(n),
         text: text.map(Into::into),
         fingerprint: Some(format!("fp{n:02}")),
-        kinds: vec!["select".into()],
+        kinds: vec![kind.into()],
         tables: vec!["public.orders".into()],
         flags: Vec::new(),
         decision,
@@ -385,6 +388,7 @@ fn write_golden_journal() {
         s,
         statement(
             1,
+            "select",
             Some("SELECT id, total FROM orders WHERE id = 7"),
             Decision::Allow,
             "read-orders",
@@ -426,6 +430,7 @@ fn write_golden_journal() {
         s,
         statement(
             2,
+            "update",
             Some("UPDATE orders SET total = 0 WHERE id = 7"),
             Decision::RequireApproval,
             "approve-writes",
@@ -465,10 +470,9 @@ fn write_golden_journal() {
             error: Some("23505".into()),
         },
     );
-    let mut denied = statement(3, None, Decision::Deny, "no-ddl");
-    if let Event::Statement { reason, kinds, .. } = &mut denied {
-        *reason = Some("statement kind drop is not allowed".into());
-        *kinds = vec!["drop".into()];
+    let mut denied = statement(3, "ddl", None, Decision::Deny, "no-ddl");
+    if let Event::Statement { reason, .. } = &mut denied {
+        *reason = Some("statement kind ddl is not allowed".into());
     }
     put(&mut store, at(11), s, denied);
     put(
