@@ -821,7 +821,12 @@ pub fn output_within(cmd: &mut Command, limit: Duration) -> Output {
 /// `target/<profile>/pam-skipped.log` (count them with `wc -l`).
 pub fn report_skip(test: &str, why: &str) {
     use std::io::Write;
-    let line = format!("SKIP {test}: {why} (CI=true makes this a failure)");
+    // libtest names each test's thread after the test.
+    let name = std::thread::current()
+        .name()
+        .filter(|n| *n != "main")
+        .map_or_else(|| test.to_owned(), |n| format!("{test}::{n}"));
+    let line = format!("SKIP {name}: {why} (CI=true makes this a failure)");
     let _ = writeln!(std::io::stderr(), "{line}");
     if let Ok(mut f) = std::fs::OpenOptions::new()
         .create(true)
