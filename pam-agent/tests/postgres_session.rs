@@ -28,7 +28,7 @@ fn allowed_statements_return_what_a_direct_connection_returns() {
     );
     // The completion record carries the rows from CommandComplete ("SELECT 5").
     let completed: Vec<_> = proxy
-        .records()
+        .settled_records()
         .into_iter()
         .filter_map(|r| match r.event {
             Event::StatementCompleted {
@@ -42,8 +42,14 @@ fn allowed_statements_return_what_a_direct_connection_returns() {
         .collect();
     assert_eq!(completed, vec![(1, Some(5), None)]);
     // The decision was on record before the statement went upstream.
-    let seq_of =
-        |f: &dyn Fn(&Event) -> bool| proxy.records().iter().find(|r| f(&r.event)).unwrap().seq;
+    let seq_of = |f: &dyn Fn(&Event) -> bool| {
+        proxy
+            .settled_records()
+            .iter()
+            .find(|r| f(&r.event))
+            .unwrap()
+            .seq
+    };
     assert!(
         seq_of(&|e| matches!(e, Event::Statement { .. }))
             < seq_of(&|e| matches!(e, Event::StatementCompleted { .. }))
