@@ -302,3 +302,49 @@ fn each_record_kind_is_mapped_deliberately() {
     assert_eq!(e(6)["device"]["hostname"], hostname.trim());
     assert_eq!(e(18)["status_detail"], "upstream sent a malformed DataRow");
 }
+
+/// Records whose context is gone (the session's opening record removed, as retention
+/// does) and a record of a kind this version does not know still export as valid events,
+/// saying "unknown" rather than inventing an actor.
+#[test]
+fn events_without_their_context_still_validate() {
+    let dir = Scratch::new("ocsf-no-context");
+    let path = golden(&dir);
+    let c = rusqlite::Connection::open(&path).unwrap();
+    c.execute("DELETE FROM records WHERE seq = 6", []).unwrap();
+    c.execute(
+        "INSERT INTO records (seq, ts_us, kind, record, prev_hash, hash)
+         VALUES (22, 1767225700000000, 'from_the_future',
+                 '{\"seq\":22,\"ts\":\"2026-01-01T00:01:40Z\",\"kind\":\"from_the_future\",\"x\":1}',
+                 zeroblob(32), zeroblob(32))",
+        [],
+    )
+    .unwrap();
+    drop(c);
+    let lines = export(&path, &[]);
+    let (code, report) = validate(&lines);
+    assert_eq!(report["events"], 19, "{report:#}");
+    assert_eq!(code, Some(0), "{report:#}");
+    let events: Vec<Value> = lines
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let e = |seq: u64| {
+        events
+            .iter()
+            .find(|e| e["metadata"]["sequence"] == seq)
+            .unwrap()
+    };
+    // The statement's session is known only by the indexed columns now.
+    assert_eq!(
+        e(7)["actor"]["user"],
+        serde_json::json!({"uid": "1001", "name": "alice"})
+    );
+    assert_eq!(e(7)["database"]["name"], "orders-db");
+    assert!(e(7)["actor"].get("process").is_none(), "{:#}", e(7));
+    assert_eq!(
+        (e(22)["class_uid"].as_u64(), e(22)["activity_id"].as_u64()),
+        (Some(0), Some(0))
+    );
+    assert_eq!(e(22)["unmapped"]["pam_agent"]["kind"], "from_the_future");
+}
