@@ -5,7 +5,7 @@
 use std::{net::IpAddr, sync::Arc, time::Duration};
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use pam_agent::postgres::tls::{AgentCa, LeafCache};
+use pam_agent::tls::{AgentCa, LeafCache};
 use tokio_rustls::{
     TlsConnector,
     rustls::{
@@ -32,19 +32,22 @@ fn bench(c: &mut Criterion) {
     let names = vec!["db.internal".to_owned()];
 
     c.bench_function("tls/leaf_issue", |b| {
-        b.iter(|| ca.acceptor(&names, Duration::from_secs(86_400)).unwrap())
+        b.iter(|| {
+            ca.acceptor(&names, Duration::from_secs(86_400), b"postgresql")
+                .unwrap()
+        })
     });
 
     let cache = LeafCache::new(ca, Duration::from_secs(86_400));
-    cache.acceptor("db", dest, &names).unwrap();
+    cache.acceptor("db", dest, &names, b"postgresql").unwrap();
     c.bench_function("tls/leaf_cached", |b| {
-        b.iter(|| cache.acceptor("db", dest, &names).unwrap())
+        b.iter(|| cache.acceptor("db", dest, &names, b"postgresql").unwrap())
     });
 
     let rt = tokio::runtime::Builder::new_current_thread()
         .build()
         .unwrap();
-    let acceptor = cache.acceptor("db", dest, &names).unwrap();
+    let acceptor = cache.acceptor("db", dest, &names, b"postgresql").unwrap();
     let connector = TlsConnector::from(client);
     c.bench_function("tls/handshake_verify_full", |b| {
         b.iter(|| {

@@ -6,7 +6,6 @@
 
 use std::{
     collections::HashSet,
-    fmt,
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
     path::{Path, PathBuf},
     time::Duration,
@@ -15,7 +14,8 @@ use std::{
 use ipnet::IpNet;
 use serde::Deserialize;
 
-use crate::{kernel::cgroup, postgres::upstream_tls::UpstreamTlsMode};
+pub use crate::protocols::Protocol;
+use crate::{kernel::cgroup, tls::TlsMode};
 
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/pam-agent/config.toml";
 pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/pam-agent";
@@ -56,6 +56,8 @@ pub struct RawConfig {
     pub masking: crate::mask::MaskingConfig,
     /// TLS toward workers (postgres resources); without it SSLRequest gets 'N'.
     pub worker_tls: Option<RawWorkerTls>,
+    /// Just-in-time approvals (see [`crate::control`]); without it every hold is denied.
+    pub approvals: Option<crate::control::RawApprovals>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -165,31 +167,11 @@ pub struct RawResource {
     pub tls_names: Vec<String>,
     /// TLS from the agent to the server: disable (default), require, verify-full.
     #[serde(default)]
-    pub upstream_tls: UpstreamTlsMode,
+    pub upstream_tls: TlsMode,
     /// CA certificate(s) (PEM) that sign the server's certificate; for verify-full.
     pub upstream_ca: Option<PathBuf>,
     /// The name the server's certificate must carry; the destination IP by default.
     pub upstream_server_name: Option<String>,
-}
-
-/// How the proxy treats a resource's traffic.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Protocol {
-    /// Bytes relayed as they are (connection-level audit only).
-    #[default]
-    Tcp,
-    /// PostgreSQL wire protocol.
-    Postgres,
-}
-
-impl fmt::Display for Protocol {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Protocol::Tcp => "tcp",
-            Protocol::Postgres => "postgres",
-        })
-    }
 }
 
 /// A validated configuration.
@@ -201,11 +183,13 @@ pub struct Config {
     pub journal: JournalConfig,
     pub governed: Vec<GovernedCgroup>,
     pub resources: Vec<Resource>,
-    /// Shared with every session (a reload swaps the Arc, open sessions keep theirs).
-    pub policy: std::sync::Arc<crate::policy::Policy>,
+    /// The policy and masking rules (a reload replaces them together).
+    pub rules: crate::govern::Rules,
     pub limits: crate::policy::Limits,
     /// TLS toward workers; `None`: SSLRequest is answered 'N' (as `ssl = off`).
     pub worker_tls: Option<WorkerTls>,
+    /// The approvals broker's control socket; `None`: holds are denied at once.
+    pub approvals: Option<crate::control::ApprovalsConfig>,
 }
 
 #[derive(Debug, Clone)]
@@ -246,7 +230,7 @@ pub struct Resource {
     pub protocol: Protocol,
     /// Names added to the worker-facing certificate (besides the destination IP).
     pub tls_names: Vec<String>,
-    pub upstream_tls: UpstreamTlsMode,
+    pub upstream_tls: TlsMode,
     pub upstream_ca: Option<PathBuf>,
     pub upstream_server_name: Option<String>,
 }
@@ -434,14 +418,13 @@ impl Config {
             .iter()
             .map(|r: &Resource| r.name.as_str())
             .collect();
-        let (mut policy, limits) = raw
+        let (policy, limits) = raw
             .policy
-            .validate(&names)
+            .validate(&names, &crate::protocols::vocabulary())
             .map_err(|(field, reason)| invalid(&field, reason))?;
-        policy.masking = crate::mask::MaskingPolicy::compile(&raw.masking)
+        let masking = crate::mask::MaskingPolicy::compile(&raw.masking)
             .map_err(|e| invalid("masking", e.to_string()))?;
-        if let Some((rule, r)) = policy
-            .masking
+        if let Some((rule, r)) = masking
             .selector_resources()
             .find(|(_, r)| !r.contains('*') && !names.contains(r))
         {
@@ -451,8 +434,14 @@ impl Config {
             ));
         }
 
+        let approvals = raw
+            .approvals
+            .map(crate::control::RawApprovals::validate)
+            .transpose()
+            .map_err(|(f, r)| invalid(f, r))?;
+
         Ok(Config {
-            policy: std::sync::Arc::new(policy),
+            rules: crate::govern::Rules { policy, masking },
             limits,
             path: path.to_owned(),
             pin_dir,
@@ -461,6 +450,7 @@ impl Config {
             governed,
             resources,
             worker_tls,
+            approvals,
         })
     }
 
@@ -527,7 +517,7 @@ fn validate_resource_tls(r: &RawResource) -> Result<(), (&'static str, String)> 
         if !r.tls_names.is_empty() {
             return Err(postgres_only("tls_names"));
         }
-        if r.upstream_tls != UpstreamTlsMode::Disable {
+        if r.upstream_tls != TlsMode::Disable {
             return Err(postgres_only("upstream_tls"));
         }
     }
@@ -542,15 +532,14 @@ fn validate_resource_tls(r: &RawResource) -> Result<(), (&'static str, String)> 
         }
     }
     match (r.upstream_tls, &r.upstream_ca) {
-        (UpstreamTlsMode::VerifyFull, None) => {
+        (TlsMode::VerifyFull, None) => {
             return Err((
                 "upstream_ca",
                 "`upstream_tls = \"verify-full\"` needs the CA certificate (PEM) that signs the server's certificate".into(),
             ));
         }
-        (UpstreamTlsMode::VerifyFull, Some(ca)) => {
-            crate::postgres::upstream_tls::load_roots(ca)
-                .map_err(|e| ("upstream_ca", e.to_string()))?;
+        (TlsMode::VerifyFull, Some(ca)) => {
+            crate::tls::load_roots(ca).map_err(|e| ("upstream_ca", e.to_string()))?;
         }
         (mode, Some(_)) => {
             return Err((
@@ -561,7 +550,7 @@ fn validate_resource_tls(r: &RawResource) -> Result<(), (&'static str, String)> 
         (_, None) => {}
     }
     if let Some(name) = &r.upstream_server_name {
-        if r.upstream_tls != UpstreamTlsMode::VerifyFull {
+        if r.upstream_tls != TlsMode::VerifyFull {
             return Err((
                 "upstream_server_name",
                 "only used with `upstream_tls = \"verify-full\"`".into(),
@@ -828,9 +817,9 @@ kinds = ["select"]
             ),
         )
         .unwrap();
-        assert_eq!(cfg.policy.rules.len(), 1);
+        assert_eq!(cfg.rules.policy.rules.len(), 1);
         assert_eq!(cfg.limits.max_message_bytes, 4096);
-        assert_eq!(cfg.policy.default, crate::policy::Action::Deny);
+        assert_eq!(cfg.rules.policy.default, crate::policy::Action::Deny);
         let e = err(&base(
             "[[policy.rules]]\nname=\"r\"\naction=\"allow\"\nresources=[\"db\"]\n",
         ));
@@ -848,7 +837,7 @@ kinds = ["select"]
             )),
         )
         .unwrap();
-        assert_eq!(cfg.policy.masking.rule_names().collect::<Vec<_>>(), ["pii"]);
+        assert_eq!(cfg.rules.masking.rule_names().collect::<Vec<_>>(), ["pii"]);
         for (body, want) in [
             (
                 "[[masking.rules.columns]]\ncolumns = [\"email\"]\nstrategy = { kind = \"email\" }\n",
@@ -916,9 +905,7 @@ kinds = ["select"]
     fn resource_tls_fields_are_checked() {
         let dir = tempfile::tempdir().unwrap();
         let ca = dir.path().join("server-ca.pem");
-        let ca_pem = crate::postgres::tls::AgentCa::generate("db ca")
-            .unwrap()
-            .cert_pem();
+        let ca_pem = crate::tls::AgentCa::generate("db ca").unwrap().cert_pem();
         std::fs::write(&ca, ca_pem).unwrap();
         let not_pem = dir.path().join("junk.pem");
         std::fs::write(&not_pem, "hello").unwrap();
@@ -936,14 +923,14 @@ kinds = ["select"]
         )
         .unwrap();
         let r = &cfg.resources[0];
-        assert_eq!(r.upstream_tls, UpstreamTlsMode::VerifyFull);
+        assert_eq!(r.upstream_tls, TlsMode::VerifyFull);
         assert_eq!(r.tls_names, ["db.internal", "10.9.9.9"]);
         assert_eq!(
             Config::from_toml(Path::new("t.toml"), &res("upstream_tls = \"require\""))
                 .unwrap()
                 .resources[0]
                 .upstream_tls,
-            UpstreamTlsMode::Require
+            TlsMode::Require
         );
 
         for (extra, field, says) in [

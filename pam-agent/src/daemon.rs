@@ -11,14 +11,12 @@ use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use crate::journal::JournalStore;
 use crate::{
     config::Config,
+    govern::{Approvals, RulesHandle, approval::Broker},
     journal::{Event, Journal, sqlite::SqliteStore},
     kernel::Redirector,
-    policy::PolicyHandle,
-    postgres::{
-        tls::{AgentCa, LeafCache},
-        upstream_tls::UpstreamTls,
-    },
-    proxy::{self, Listeners, Shared, TlsSetup},
+    protocols,
+    proxy::{self, Listeners, Shared},
+    tls::{self, AgentCa, ClientTls, LeafCache},
 };
 
 /// How long open sessions get to write their closing records at shutdown.
@@ -59,17 +57,32 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         .await
         .context("writing the first journal record")?;
 
-    let postgres =
-        crate::postgres::Services::start(&cfg.limits).context("starting the SQL parser threads")?;
+    let protocols =
+        protocols::Services::start(&cfg.limits).context("starting the protocols' services")?;
+    let shutdown = CancellationToken::new();
+    let approvals = match &cfg.approvals {
+        None => Approvals::unavailable(),
+        Some(a) => {
+            let listener = crate::control::bind(a).context("opening the approvals socket")?;
+            let broker = Broker::new(journal.clone());
+            tokio::spawn(crate::control::serve(
+                listener,
+                broker.clone(),
+                shutdown.clone(),
+            ));
+            tracing::info!(socket = %a.socket.display(), "approvals: control socket open");
+            Approvals::with_broker(broker)
+        }
+    };
     let shared = Arc::new(Shared {
-        postgres,
-        policy: PolicyHandle::new(cfg.policy.clone()),
+        protocols,
+        rules: RulesHandle::new(cfg.rules.clone()),
+        approvals,
         config: cfg,
         journal: journal.clone(),
         redirector,
         tls,
     });
-    let shutdown = CancellationToken::new();
     let sessions = TaskTracker::new();
     let server = tokio::spawn(proxy::serve(
         listeners,
@@ -109,7 +122,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
 
 /// Loads the agent CA (made on the first start when neither file exists) and each
 /// resource's client TLS settings. Before anything is attached: a bad CA stops here.
-fn tls_setup(cfg: &Config) -> anyhow::Result<TlsSetup> {
+fn tls_setup(cfg: &Config) -> anyhow::Result<tls::Material> {
     let leaves = match &cfg.worker_tls {
         None => None,
         Some(t) => {
@@ -130,16 +143,17 @@ fn tls_setup(cfg: &Config) -> anyhow::Result<TlsSetup> {
         .resources
         .iter()
         .map(|r| {
-            UpstreamTls::new(
+            ClientTls::new(
                 r.upstream_tls,
                 r.upstream_ca.as_deref(),
                 r.upstream_server_name.as_deref(),
                 cfg.listener.upstream_connect_timeout,
+                protocols::alpn(r.protocol),
             )
             .with_context(|| format!("resource `{}`: upstream TLS", r.name))
         })
         .collect::<anyhow::Result<_>>()?;
-    Ok(TlsSetup { leaves, upstream })
+    Ok(tls::Material { leaves, upstream })
 }
 
 struct StopSignals {
@@ -185,8 +199,8 @@ async fn reload_policy(shared: &Shared) {
                     "SIGHUP: only [policy] rules and defaults are reloaded; restart the agent to apply other changes"
                 );
             }
-            let rules = new.policy.rules.len();
-            shared.policy.replace(new.policy.clone());
+            let rules = new.rules.policy.rules.len();
+            shared.rules.replace(new.rules.clone());
             tracing::info!(config = %path.display(), rules, "SIGHUP: policy reloaded");
             let event = Event::PolicyReloaded {
                 config: path.display().to_string(),

@@ -1,30 +1,34 @@
 //! pam-agent: privileged access management in the data path of AI-agent workers.
 //!
-//! Layout (see ARCHITECTURE.md for the path of one connection):
-//! - [`config`]: the TOML config and its validation.
+//! Layout, in the order a connection meets it (see ARCHITECTURE.md for the path):
 //! - [`kernel`]: the kernel programs seen from userspace (the only aya user) and the
 //!   cgroup v2 hierarchy (naming governed cgroups, joining one).
-//! - [`proxy`]: the local listener and one [`proxy::session`] per redirected connection.
+//! - [`proxy`]: listen, accept, identify, journal the session, dial, hand the
+//!   connection to its protocol. Names no protocol.
+//! - [`protocols`]: what flows inside a session, one module per protocol
+//!   ([`protocols::postgres`], [`protocols::tcp`]).
+//! - [`govern`]: the protocol-neutral core: requests, the gate (policy, masking guard,
+//!   journal) and its verdicts (forward, refuse, hold), the audit after the fact.
+//! - [`policy`]: rules and decisions over neutral requests, and their explanation (no I/O).
+//! - [`mask`]: the masking engine (rules, detectors, strategies, plans; no I/O).
+//! - [`tls`]: the agent CA and its leaves, client TLS, plain-or-TLS streams.
+//! - [`journal`]: the audit journal interface and its store; [`audit`]: `pam-agent audit`.
 //! - [`principal`]: who is behind a connection.
-//! - [`journal`]: the audit journal interface and its store.
-//! - [`mask`]: inline masking of sensitive values in PostgreSQL results.
-//! - [`daemon`]: `pam-agent run`, the wiring and the shutdown order.
-//! - [`audit`]: `pam-agent audit`: query, verify and export the journal.
-//! - [`postgres`]: the PostgreSQL wire protocol session (judges statements, relays the rest).
-//! - [`sql`]: what a SQL text does (PostgreSQL's parser behind one function).
-//! - [`policy`]: rules, decisions and their explanation (no I/O).
-//! - [`secret_file`]: private key files: created once, 0600, checked before use.
+//! - [`control`]: the local control socket approvers use (`pam-agent approvals`).
+//! - [`config`]: the TOML config and its validation; [`daemon`]: `pam-agent run`, the
+//!   wiring and the shutdown order; [`secret_file`]: private key files.
 
 pub mod audit;
 pub mod config;
+pub mod control;
 pub mod daemon;
+pub mod govern;
 pub mod journal;
 pub mod kernel;
 pub mod mask;
 pub mod policy;
-pub mod postgres;
-
 pub mod principal;
+pub mod protocols;
 pub mod proxy;
 pub mod secret_file;
-pub mod sql;
+pub mod tls;

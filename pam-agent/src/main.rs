@@ -8,10 +8,11 @@ use pam_agent::{
     audit,
     config::{Config, DEFAULT_CONFIG_PATH, DEFAULT_PIN_DIR},
     daemon,
+    govern::{self, Request},
     kernel::{self, cgroup},
-    postgres::tls::AgentCa,
     principal::Principal,
-    sql::{self, ClassifierConfig},
+    protocols,
+    tls::AgentCa,
 };
 
 #[derive(Parser)]
@@ -89,6 +90,49 @@ enum Command {
         #[command(subcommand)]
         command: CaCommand,
     },
+    /// Statements held for approval: list, show, approve, deny; grants. Talks to the
+    /// running agent over its control socket, which knows who you are (SO_PEERCRED).
+    Approvals {
+        /// Config naming the socket (`[approvals] socket`).
+        #[arg(long, default_value = DEFAULT_CONFIG_PATH, conflicts_with = "socket")]
+        config: PathBuf,
+        /// The socket itself, instead of reading the config.
+        #[arg(long)]
+        socket: Option<PathBuf>,
+        /// Print the agent's JSON answer instead of text.
+        #[arg(long)]
+        json: bool,
+        #[command(subcommand)]
+        command: ApprovalsCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum ApprovalsCommand {
+    /// Pending requests, oldest first.
+    List,
+    /// Everything about one request: who, where, what, why.
+    Show { id: uuid::Uuid },
+    /// Approve; with --for, also let the same principal run the same statement
+    /// fingerprint on the same resource for that long.
+    Approve {
+        id: uuid::Uuid,
+        /// A grant's length, e.g. 15m, 1h.
+        #[arg(long = "for")]
+        grant: Option<String>,
+        #[arg(long)]
+        reason: Option<String>,
+    },
+    /// Deny: the worker gets an error naming the request and the reason.
+    Deny {
+        id: uuid::Uuid,
+        #[arg(long)]
+        reason: Option<String>,
+    },
+    /// Grants in force.
+    Grants,
+    /// End a grant before its time.
+    Revoke { grant: uuid::Uuid },
 }
 
 #[derive(Subcommand)]
@@ -143,6 +187,12 @@ fn main() -> ExitCode {
 
 fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
     match command {
+        Command::Approvals {
+            config,
+            socket,
+            json,
+            command,
+        } => approvals(&config, socket, json, command),
         Command::Run { config } => {
             let cfg = Config::load(&config)?;
             let rt = tokio::runtime::Runtime::new().context("starting the async runtime")?;
@@ -167,7 +217,7 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
                     r.port,
                     r.protocol,
                     match r.upstream_tls {
-                        pam_agent::postgres::upstream_tls::UpstreamTlsMode::Disable => {
+                        pam_agent::tls::TlsMode::Disable => {
                             String::new()
                         }
                         mode => format!(", TLS to the server: {mode}"),
@@ -325,20 +375,23 @@ fn policy_explain(
     sql: &str,
 ) -> anyhow::Result<ExitCode> {
     let cfg = Config::load(config)?;
-    if !cfg.resources.iter().any(|r| r.name == resource) {
+    let Some(r) = cfg.resources.iter().find(|r| r.name == resource) else {
         bail!("{}: no resource is named `{resource}`", cfg.path.display());
-    }
+    };
     let who = parse_principal(principal)?;
-    // Classify on a thread with the daemon's parser stack size.
-    let max = cfg.limits.max_statement_bytes;
-    let text = sql.to_owned();
-    let classified = std::thread::Builder::new()
-        .stack_size(ClassifierConfig::default().stack_bytes)
-        .spawn(move || sql::classify(&text, max))?
-        .join()
-        .map_err(|_| anyhow::anyhow!("the SQL parser failed"))?;
-    print!("{}", cfg.policy.explain(&who, resource, &classified));
-    let decision = cfg.policy.decide_all(&who, resource, &classified);
+    let policy = &cfg.rules.policy;
+    let decision = match protocols::requests_of(r.protocol, sql, &cfg.limits)? {
+        Ok(requests) => {
+            let requests: Vec<&Request> = requests.iter().collect();
+            print!("{}", policy.explain(&who, resource, &requests));
+            policy.decide_all(&who, resource, requests)
+        }
+        Err(why) => {
+            let d = govern::unreadable(&why);
+            println!("decision: {} (rule: {})\n  {}", d.action, d.rule, d.reason);
+            d
+        }
+    };
     Ok(if decision.allowed() {
         ExitCode::SUCCESS
     } else {
@@ -387,5 +440,139 @@ fn init_logging(format: LogFormat) {
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
+    }
+}
+
+/// `pam-agent approvals ...`: one request to the agent's control socket.
+fn approvals(
+    config: &std::path::Path,
+    socket: Option<PathBuf>,
+    json: bool,
+    command: ApprovalsCommand,
+) -> anyhow::Result<ExitCode> {
+    use pam_agent::control::{self, Request, Response};
+    let socket = match socket {
+        Some(s) => s,
+        None => {
+            let cfg = Config::load(config)?;
+            cfg.approvals
+                .map(|a| a.socket)
+                .ok_or_else(|| anyhow::anyhow!("{}: no [approvals] section", cfg.path.display()))?
+        }
+    };
+    let request = match command {
+        ApprovalsCommand::List => Request::List,
+        ApprovalsCommand::Show { id } => Request::Show { id },
+        ApprovalsCommand::Approve { id, grant, reason } => {
+            let grant_secs = grant
+                .map(|g| {
+                    g.parse::<jiff::SignedDuration>()
+                        .ok()
+                        .filter(|d| d.is_positive())
+                        .map(|d| d.as_secs() as u64)
+                        .ok_or_else(|| anyhow::anyhow!("--for {g}: not a duration (e.g. 15m)"))
+                })
+                .transpose()?;
+            Request::Approve {
+                id,
+                grant_secs,
+                reason,
+            }
+        }
+        ApprovalsCommand::Deny { id, reason } => Request::Deny { id, reason },
+        ApprovalsCommand::Grants => Request::Grants,
+        ApprovalsCommand::Revoke { grant } => Request::Revoke { grant },
+    };
+    let response = control::call(&socket, &request)?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&response)?);
+    }
+    Ok(match response {
+        Response::Error { message } => {
+            eprintln!("pam-agent: {message}");
+            ExitCode::from(2)
+        }
+        _ if json => ExitCode::SUCCESS,
+        Response::Requests { requests } => {
+            if requests.is_empty() {
+                println!("no statement waits for approval");
+            }
+            for r in requests {
+                println!(
+                    "{}  {} (uid {})  {}  rule {}  until {}  {}",
+                    r.id,
+                    r.principal.user.as_deref().unwrap_or("?"),
+                    r.principal.uid,
+                    r.resource,
+                    r.rule,
+                    r.expires_at,
+                    one_line(&r.text, 80)
+                );
+            }
+            ExitCode::SUCCESS
+        }
+        Response::Request { request: r } => {
+            let p = &r.principal;
+            println!("request:    {}", r.id);
+            println!("session:    {}", r.session);
+            println!(
+                "principal:  user {} uid {} unit {} cgroup {} exe {}",
+                p.user.as_deref().unwrap_or("?"),
+                p.uid,
+                p.unit.as_deref().unwrap_or("-"),
+                p.cgroup.as_deref().unwrap_or("?"),
+                p.exe.as_deref().unwrap_or("?")
+            );
+            println!("resource:   {}", r.resource);
+            println!("rule:       {} ({})", r.rule, r.reason);
+            println!("statement:  {}", r.text);
+            println!("kinds:      {}", r.kinds.join(", "));
+            println!("tables:     {}", r.tables.join(", "));
+            println!("flags:      {}", r.flags.join(", "));
+            println!("records:    statement(s) {:?} of the session", r.statements);
+            println!(
+                "approvals:  {} of {} ({})",
+                r.approved_by.len(),
+                r.min_approvals,
+                r.approved_by.join("; ")
+            );
+            println!("expires:    {}", r.expires_at);
+            ExitCode::SUCCESS
+        }
+        Response::Decided { decided } => {
+            use pam_agent::govern::approval::Decided;
+            match decided {
+                Decided::Approved => println!("approved: the statement runs"),
+                Decided::Counted { have, need } => {
+                    println!("approval counted: {have} of {need}; the statement still waits")
+                }
+                Decided::Denied => println!("denied: the worker gets an error"),
+            }
+            ExitCode::SUCCESS
+        }
+        Response::Grants { grants } => {
+            if grants.is_empty() {
+                println!("no grant in force");
+            }
+            for g in grants {
+                println!(
+                    "{}  uid {}  {}  fingerprint {}  until {}  by {}",
+                    g.id, g.uid, g.resource, g.fingerprint, g.until, g.by
+                );
+            }
+            ExitCode::SUCCESS
+        }
+        Response::Done => {
+            println!("done");
+            ExitCode::SUCCESS
+        }
+    })
+}
+
+fn one_line(text: &str, max: usize) -> String {
+    let flat: String = text.split_whitespace().collect::<Vec<_>>().join(" ");
+    match flat.char_indices().nth(max) {
+        Some((i, _)) => format!("{}...", &flat[..i]),
+        None => flat,
     }
 }

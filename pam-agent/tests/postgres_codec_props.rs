@@ -2,13 +2,13 @@
 //! classifier never panic, and framing never desynchronises however input is split.
 
 use bytes::BytesMut;
-use pam_agent::{
-    postgres::{
+use pam_agent::protocols::postgres::{
+    sql,
+    wire::{
         backend,
         frame::{Frame, FrameError, parse_frame},
         frontend, startup,
     },
-    sql,
 };
 use proptest::prelude::*;
 

@@ -187,15 +187,13 @@ fn malformed_messages_after_login_end_that_connection_only() {
         (b"Q\0\0\0\x02".to_vec(), "08P01", "length 2 is invalid"),
         // Length announcing 1 GiB: refused before any of it is read.
         (b"Q\x40\0\0\0".to_vec(), "54000", "exceeds the limit"),
-        // Query without its terminating NUL.
-        (frame(b'Q', b"SELECT 1"), "08P01", "malformed"),
         // Bind whose parameter count lies.
         (
             frame(b'B', b"\0\0\0\0\0\x05\0\0\0\x01x"),
             "08P01",
             "malformed",
         ),
-        // Parse with a negative parameter count.
+        // Parse announcing 65535 parameter types (the count is unsigned) it lacks.
         (frame(b'P', b"\0SELECT 1\0\xff\xff"), "08P01", "malformed"),
         // Describe of neither statement nor portal.
         (frame(b'D', b"X\0"), "08P01", "malformed"),
@@ -295,9 +293,14 @@ fn a_reloaded_policy_applies_to_open_sessions_without_dropping_them() {
         "[[rules]]\nname = \"secrets-too\"\naction = \"allow\"\ntables = [\"secret.*\"]\nkinds = [\"select\"]\n{CREW_POLICY}"
     ))
     .unwrap();
+    let policy = raw
+        .validate(&["db"], &pam_agent::protocols::postgres::sql::VOCABULARY)
+        .unwrap()
+        .0;
+    let masking = proxy.rules.current().masking.clone();
     proxy
-        .policy
-        .replace(std::sync::Arc::new(raw.validate(&["db"]).unwrap().0));
+        .rules
+        .replace(pam_agent::govern::Rules { policy, masking });
     let answer = query(secret);
     let tags: Vec<u8> = answer.iter().map(|f| f.0).collect();
     assert_eq!(tags, b"TDCZ");
@@ -336,4 +339,148 @@ fn refusals_report_the_transaction_status_the_server_last_reported() {
     assert_eq!(query(refused), (b"E".to_vec(), Some("42501".into()), b'E'));
     assert_eq!(query("ROLLBACK").2, b'I');
     assert_eq!(query(refused).2, b'I');
+}
+
+impl Raw {
+    /// Frames up to and including the next ReadyForQuery.
+    fn until_ready(&mut self) -> Vec<(u8, Vec<u8>)> {
+        let mut out = Vec::new();
+        loop {
+            let f = self.frame().expect("session still open");
+            let done = f.0 == b'Z';
+            out.push(f);
+            if done {
+                return out;
+            }
+        }
+    }
+}
+
+#[test]
+fn a_query_the_server_would_call_malformed_is_an_error_and_the_session_goes_on() {
+    let pg = PgServer::start();
+    let proxy = Proxy::start(&pg, CREW_POLICY);
+    let mut r = Raw::login(&proxy);
+    // A NUL inside the text; then one without its terminator. PostgreSQL answers both
+    // with ERROR 08P01 "invalid message format" and stays ready.
+    for body in [&b"SELECT 1\0; DROP TABLE orders\0"[..], b"SELECT 2"] {
+        r.send(&frame(b'Q', body));
+        let answer = r.until_ready();
+        let tags: Vec<u8> = answer.iter().map(|f| f.0).collect();
+        assert_eq!(tags, b"EZ", "{answer:?}");
+        let f = fields(&answer[0].1);
+        assert_eq!(f[&b'S'], "ERROR", "not FATAL: {f:?}");
+        assert_eq!(f[&b'C'], "08P01");
+        assert_eq!(f[&b'M'], "invalid message format");
+        assert_eq!(answer[1].1, b"I", "still idle, outside a transaction");
+    }
+    r.send(&frame(b'Q', b"SELECT count(*) FROM orders\0"));
+    let answer = r.until_ready();
+    assert_eq!(answer.iter().map(|f| f.0).collect::<Vec<_>>(), b"TDCZ");
+    assert_eq!(
+        pg.direct("SELECT count(*) FROM orders"),
+        "5\n",
+        "nothing was dropped"
+    );
+    // Both are on record as refused, in order, before the query that ran.
+    let d = proxy.decisions();
+    let n = d.len();
+    assert!(n >= 3, "{d:?}");
+    for (text, decision, rule) in &d[n - 3..n - 1] {
+        assert_eq!(
+            (decision.as_str(), rule.as_str()),
+            ("deny", "unclassifiable"),
+            "{text}"
+        );
+    }
+    assert_eq!(d[n - 1].0, "SELECT count(*) FROM orders");
+}
+
+#[test]
+fn parse_and_bind_with_40000_parameters_pass_through() {
+    let pg = PgServer::start();
+    let proxy = Proxy::start(&pg, CREW_POLICY);
+    let mut r = Raw::login(&proxy);
+    const N: usize = 40_000;
+    let params: Vec<String> = (1..=N).map(|i| format!("${i}")).collect();
+    let sql = format!(
+        "SELECT cardinality(ARRAY[{}]::int[]) FROM orders LIMIT 1",
+        params.join(",")
+    );
+    let mut parse = vec![0u8];
+    parse.extend_from_slice(sql.as_bytes());
+    parse.push(0);
+    parse.extend_from_slice(&(N as u16).to_be_bytes());
+    parse.extend(std::iter::repeat_n(0u8, N * 4)); // unspecified types
+    let mut bind = vec![0u8, 0u8];
+    bind.extend_from_slice(&0u16.to_be_bytes()); // all text
+    bind.extend_from_slice(&(N as u16).to_be_bytes());
+    for _ in 0..N {
+        bind.extend_from_slice(&1i32.to_be_bytes());
+        bind.push(b'7');
+    }
+    bind.extend_from_slice(&0u16.to_be_bytes());
+    let mut b = frame(b'P', &parse);
+    b.extend(frame(b'B', &bind));
+    b.extend(frame(b'E', b"\0\0\0\0\0"));
+    b.extend(frame(b'S', b""));
+    r.send(&b);
+    let answer = r.until_ready();
+    let tags: Vec<u8> = answer.iter().map(|f| f.0).collect();
+    assert_eq!(
+        tags,
+        b"12DCZ",
+        "{:?}",
+        String::from_utf8_lossy(&answer[0].1)
+    );
+    // DataRow: one column, "40000".
+    assert_eq!(&answer[2].1[2..], b"\0\0\0\x0540000");
+}
+
+#[test]
+fn a_worker_cannot_use_the_agents_reserved_statement_and_portal_names() {
+    let pg = PgServer::start();
+    let proxy = Proxy::start(&pg, CREW_POLICY);
+    let mut r = Raw::login(&proxy);
+    let insert = b"INSERT INTO audit_log (note) VALUES ('reserved')\0\0\0";
+    // A statement named like the agent's, a portal named like the one whose Execute
+    // fails a refused batch, an Execute and a Describe of such names: each refuses its
+    // batch (42501, rule reserved_name) and nothing of the batch runs.
+    let attempts: Vec<Vec<u8>> = vec![
+        {
+            let mut p = b"pam_agent_injected\0".to_vec();
+            p.extend_from_slice(insert);
+            frame(b'P', &p)
+        },
+        {
+            let mut b = frame(b'P', &[&b"\0"[..], insert].concat());
+            b.extend(frame(b'B', b"pam_agent_refused\0\0\0\0\0\0\0\0"));
+            b
+        },
+        {
+            let mut b = frame(b'P', &[&b"\0"[..], insert].concat());
+            b.extend(frame(b'B', b"\0\0\0\0\0\0\0\0"));
+            b.extend(frame(b'E', b"pam_agent_r_0\0\0\0\0\0"));
+            b
+        },
+        frame(b'D', b"Ppam_agent_x\0"),
+        frame(b'C', b"Spam_agent_i_1\0"),
+    ];
+    for mut batch in attempts {
+        batch.extend(frame(b'S', b""));
+        r.send(&batch);
+        let answer = r.until_ready();
+        let tags: Vec<u8> = answer.iter().map(|f| f.0).collect();
+        assert_eq!(tags, b"EZ", "{answer:?}");
+        let f = fields(&answer[0].1);
+        assert_eq!(f[&b'C'], "42501");
+        assert!(f[&b'M'].contains("rule \"reserved_name\""), "{f:?}");
+    }
+    assert_eq!(pg.direct("SELECT count(*) FROM audit_log"), "0\n");
+    let refused = proxy
+        .decisions()
+        .into_iter()
+        .filter(|(_, d, rule)| d == "deny" && rule == "reserved_name")
+        .count();
+    assert_eq!(refused, 5, "each attempt is journaled once");
 }

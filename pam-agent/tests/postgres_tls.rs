@@ -3,7 +3,7 @@
 
 mod postgres_support;
 
-use pam_agent::postgres::tls::AgentCa;
+use pam_agent::tls::AgentCa;
 use postgres_support::*;
 
 #[test]
@@ -17,6 +17,7 @@ fn psql_verifies_the_agent_certificate() {
         ca.acceptor(
             &["localhost".into(), "127.0.0.1".into()],
             std::time::Duration::from_secs(3600),
+            b"postgresql",
         )
         .unwrap(),
     );

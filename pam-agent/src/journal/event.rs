@@ -291,16 +291,6 @@ pub enum Decision {
     RequireApproval,
 }
 
-impl From<crate::policy::Action> for Decision {
-    fn from(a: crate::policy::Action) -> Self {
-        match a {
-            crate::policy::Action::Allow => Decision::Allow,
-            crate::policy::Action::Deny => Decision::Deny,
-            crate::policy::Action::RequireApproval => Decision::RequireApproval,
-        }
-    }
-}
-
 impl Decision {
     pub fn as_str(self) -> &'static str {
         match self {
@@ -316,6 +306,14 @@ impl Decision {
 pub enum ApprovalOutcome {
     Approved,
     Rejected,
+    /// One approval of several needed; the request still waits.
+    Counted,
+    /// The worker went away (cancel, disconnect) before a decision.
+    Withdrawn,
+    /// The agent stopped while the request waited; the statement never ran.
+    Abandoned,
+    /// A grant was withdrawn before its end.
+    Revoked,
 }
 
 impl ApprovalOutcome {
@@ -323,6 +321,10 @@ impl ApprovalOutcome {
         match self {
             ApprovalOutcome::Approved => "approved",
             ApprovalOutcome::Rejected => "rejected",
+            ApprovalOutcome::Counted => "counted",
+            ApprovalOutcome::Withdrawn => "withdrawn",
+            ApprovalOutcome::Abandoned => "abandoned",
+            ApprovalOutcome::Revoked => "revoked",
         }
     }
 }

@@ -9,9 +9,9 @@ use serde::{Deserialize, Serialize};
 use super::engine::Masker;
 
 /// The column references come from the SQL classifier, which owns their types
-/// ([`crate::sql::ColumnReference`], [`crate::sql::Clause`]); masking decides which of
+/// ([`crate::protocols::postgres::sql::ColumnReference`], [`crate::protocols::postgres::sql::Clause`]); masking decides which of
 /// them hit masked columns.
-pub use crate::sql::{Clause, ColumnReference};
+pub use crate::protocols::postgres::sql::{Clause, ColumnReference};
 
 /// A refused use: which rule masks the referenced column, by which pattern.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]

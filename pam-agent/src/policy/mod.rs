@@ -1,5 +1,6 @@
-//! Who may run what, where: rules from the config, a decision per statement, and an
-//! explanation of that decision for operators (`pam-agent policy explain`).
+//! Who may run what, where: rules from the config, a decision per request, and an
+//! explanation of that decision for operators (`pam-agent policy explain`). Policy reads
+//! the neutral [`Request`]: it knows no protocol, no SQL, no masking and does no I/O.
 //!
 //! Rules are tried in order; the first that matches decides. When none matches, the
 //! resource's default applies, and the default default is `deny`.
@@ -9,8 +10,13 @@
 //! - `resources`: resource names;
 //! - `kinds`: every kind of the statement is listed (a SELECT with a deleting CTE has
 //!   kinds `select` and `delete`);
-//! - `tables`: every table the statement touches matches a pattern (`*` wildcard);
-//! - `functions`: every function it calls matches a pattern;
+//! - `tables`: every table the statement touches matches a pattern (`*` wildcard); a
+//!   statement that touches none satisfies it;
+//! - `functions`: every function it calls matches a pattern (none called: satisfied);
+//! - `any_tables` / `any_functions`: at least one table / function it uses matches a
+//!   pattern (none used: not satisfied). For deny rules: "refuse if any of these is
+//!   used" (`any_functions = ["nextval", "setval"]` refuses
+//!   `SELECT count(*), nextval('s')`, which `functions` would not);
 //! - `if_flags`: the statement has at least one of these flags;
 //! - allow rules only: the statement has no flag outside `permit_flags`. Risky
 //!   features (see [`Flag`]) are thus allowed only where a rule names them.
@@ -30,8 +36,8 @@ pub use config::{Limits, RawPolicy, RawRule};
 use serde::Serialize;
 
 use crate::{
+    govern::{Flag, Kind, Request},
     principal::Principal,
-    sql::{Flag, Kind, Statement, Unclassifiable},
 };
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
@@ -60,8 +66,6 @@ impl std::fmt::Display for Action {
 
 /// The rule name recorded when a resource's default decided.
 pub const DEFAULT_RULE: &str = "default";
-/// The rule name recorded when a statement could not be understood.
-pub const UNCLASSIFIABLE_RULE: &str = "unclassifiable";
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Decision {
@@ -75,14 +79,6 @@ pub struct Decision {
 impl Decision {
     pub fn allowed(&self) -> bool {
         self.action == Action::Allow
-    }
-
-    pub fn unclassifiable(e: &Unclassifiable) -> Decision {
-        Decision {
-            action: Action::Deny,
-            rule: UNCLASSIFIABLE_RULE.into(),
-            reason: format!("not understood: {e}"),
-        }
     }
 }
 
@@ -110,8 +106,6 @@ pub struct Policy {
     pub default: Action,
     pub resource_defaults: Vec<(String, Action)>,
     pub rules: Vec<Rule>,
-    /// What a principal may see: the compiled `[masking]` rules, reloaded with the rest.
-    pub masking: crate::mask::MaskingPolicy,
 }
 
 impl Default for Policy {
@@ -120,7 +114,6 @@ impl Default for Policy {
             default: Action::Deny,
             resource_defaults: Vec::new(),
             rules: Vec::new(),
-            masking: crate::mask::MaskingPolicy::none(),
         }
     }
 }
@@ -138,8 +131,24 @@ pub struct Rule {
     pub kinds: Option<Vec<Kind>>,
     pub tables: Option<Vec<String>>,
     pub functions: Option<Vec<String>>,
+    pub any_tables: Option<Vec<String>>,
+    pub any_functions: Option<Vec<String>>,
     pub if_flags: Option<Vec<Flag>>,
     pub permit_flags: Vec<Flag>,
+    /// `require_approval` rules: what their approvals need.
+    pub approval: Option<ApprovalRule>,
+}
+
+/// What a `require_approval` rule asks of its approvals.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApprovalRule {
+    /// How long a request may wait (`approval_timeout`, default 15 minutes).
+    pub timeout: std::time::Duration,
+    /// Distinct approvers needed (`min_approvals`, default 1).
+    pub min_approvals: u32,
+    /// Who may approve: user names or `group:NAME` (`approvers`; empty: anyone the
+    /// approval channel admits).
+    pub approvers: Vec<String>,
 }
 
 impl Policy {
@@ -151,8 +160,8 @@ impl Policy {
             .unwrap_or(self.default)
     }
 
-    /// The decision for one statement.
-    pub fn decide(&self, who: &Principal, resource: &str, st: &Statement) -> Decision {
+    /// The decision for one request.
+    pub fn decide(&self, who: &Principal, resource: &str, st: &Request) -> Decision {
         for rule in &self.rules {
             if rule.mismatch(who, resource, st).is_none() {
                 return rule.decision(st);
@@ -169,20 +178,16 @@ impl Policy {
         }
     }
 
-    /// The decision for a whole text: every statement is judged and the first one not
-    /// allowed refuses the text (none of it runs). An empty text is allowed.
-    pub fn decide_all(
+    /// The decision for a whole message: every request is judged and the first one not
+    /// allowed refuses the message (none of it runs). An empty message is allowed.
+    pub fn decide_all<'r>(
         &self,
         who: &Principal,
         resource: &str,
-        classified: &Result<Vec<Statement>, Unclassifiable>,
+        requests: impl IntoIterator<Item = &'r Request>,
     ) -> Decision {
-        let statements = match classified {
-            Ok(s) => s,
-            Err(e) => return Decision::unclassifiable(e),
-        };
         let mut allowed: Option<Decision> = None;
-        for st in statements {
+        for st in requests {
             let d = self.decide(who, resource, st);
             if !d.allowed() {
                 return d;
@@ -196,44 +201,19 @@ impl Policy {
         })
     }
 
-    /// A protocol-level FunctionCall (by OID): judged as a statement of kind
-    /// `function_call` calling `oid:<n>`, so only a rule naming that kind allows it.
-    pub fn function_call_statement(oid: u32) -> Statement {
-        Statement {
-            text: format!("<FunctionCall oid {oid}>"),
-            fingerprint: String::new(),
-            kinds: vec![Kind::FunctionCall],
-            tables: Default::default(),
-            writes: Default::default(),
-            functions: [format!("oid:{oid}")].into_iter().collect(),
-            flags: Default::default(),
-            columns: Vec::new(),
-            prepared: None,
-        }
+    /// The approval settings of the rule named `rule`, if it asks for approval.
+    pub fn approval(&self, rule: &str) -> Option<&ApprovalRule> {
+        self.rules
+            .iter()
+            .find(|r| r.name == rule)
+            .and_then(|r| r.approval.as_ref())
     }
 
     /// Every rule considered, why it did or did not match, and the decision.
-    pub fn explain(
-        &self,
-        who: &Principal,
-        resource: &str,
-        classified: &Result<Vec<Statement>, Unclassifiable>,
-    ) -> String {
+    pub fn explain(&self, who: &Principal, resource: &str, requests: &[&Request]) -> String {
         use std::fmt::Write;
         let mut out = String::new();
-        let statements = match classified {
-            Ok(s) => s,
-            Err(e) => {
-                let d = Decision::unclassifiable(e);
-                let _ = writeln!(
-                    out,
-                    "decision: {} (rule: {})\n  {}",
-                    d.action, d.rule, d.reason
-                );
-                return out;
-            }
-        };
-        for (i, st) in statements.iter().enumerate() {
+        for (i, st) in requests.iter().enumerate() {
             let _ = writeln!(out, "statement {}: {}", i + 1, st.text);
             let kinds: Vec<&str> = st.kinds.iter().map(|k| k.as_str()).collect();
             let _ = writeln!(out, "  kinds:     {}", kinds.join(", "));
@@ -270,7 +250,7 @@ impl Policy {
                 );
             }
         }
-        let d = self.decide_all(who, resource, classified);
+        let d = self.decide_all(who, resource, requests.iter().copied());
         let _ = writeln!(
             out,
             "decision: {} (rule: {})\n  {}",
@@ -290,7 +270,7 @@ fn join<I: IntoIterator<Item = S>, S: AsRef<str>>(items: I) -> String {
 }
 
 impl Rule {
-    fn decision(&self, st: &Statement) -> Decision {
+    fn decision(&self, st: &Request) -> Decision {
         let reason = match (&self.message, self.action) {
             (Some(m), _) => m.clone(),
             (None, Action::Allow) => format!("allowed by rule \"{}\"", self.name),
@@ -298,7 +278,7 @@ impl Rule {
                 format!("{} statement denied by rule \"{}\"", st.kind(), self.name)
             }
             (None, Action::RequireApproval) => format!(
-                "approval required by rule \"{}\" for this {} statement (approvals are not available yet)",
+                "approval required by rule \"{}\" for this {} statement",
                 self.name,
                 st.kind()
             ),
@@ -311,7 +291,7 @@ impl Rule {
     }
 
     /// `None` when the rule matches, else the first condition that fails.
-    pub fn mismatch(&self, who: &Principal, resource: &str, st: &Statement) -> Option<String> {
+    pub fn mismatch(&self, who: &Principal, resource: &str, st: &Request) -> Option<String> {
         if let Some(rs) = &self.resources
             && !rs.iter().any(|r| r == resource)
         {
@@ -373,6 +353,20 @@ impl Rule {
         {
             return Some(format!("function {f} not covered"));
         }
+        let any = |pats: &[String], used: &std::collections::BTreeSet<String>| {
+            used.iter()
+                .any(|u| pats.iter().any(|p| glob::matches(p, u)))
+        };
+        if let Some(pats) = &self.any_tables
+            && !any(pats, &st.tables)
+        {
+            return Some("uses none of any_tables".into());
+        }
+        if let Some(pats) = &self.any_functions
+            && !any(pats, &st.functions)
+        {
+            return Some("calls none of any_functions".into());
+        }
         if let Some(flags) = &self.if_flags
             && !st.flags.iter().any(|f| flags.contains(f))
         {
@@ -386,6 +380,3 @@ impl Rule {
         None
     }
 }
-
-#[cfg(test)]
-mod tests;

@@ -1,8 +1,8 @@
 //! The local proxy: accepts what the kernel redirected, and runs one session per
 //! connection. This file is the accept loop; [`session`] is the path of one connection
-//! from accept to its closing audit record, read top to bottom.
+//! from accept to its closing audit record, read top to bottom. Names no protocol: what
+//! flows inside a session is [`crate::protocols`]'.
 
-mod relay;
 pub mod session;
 
 use std::{net::SocketAddr, sync::Arc};
@@ -10,28 +10,27 @@ use std::{net::SocketAddr, sync::Arc};
 use tokio::net::{TcpListener, TcpSocket};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
-use crate::{config::Config, journal::Journal, kernel::Redirector};
+use crate::{
+    config::Config,
+    govern::{Approvals, RulesHandle},
+    journal::Journal,
+    kernel::Redirector,
+    protocols, tls,
+};
 
 /// Everything a session needs, shared by all of them.
 pub struct Shared {
     pub config: Config,
-    /// The statement policy in force (replaced on SIGHUP; `config.policy` is the one
-    /// the agent started with).
-    pub policy: crate::policy::PolicyHandle,
+    /// The policy and masking rules in force (replaced on SIGHUP; `config.rules` are
+    /// the ones the agent started with).
+    pub rules: RulesHandle,
+    pub approvals: Approvals,
     pub journal: Journal,
     pub redirector: Redirector,
-    /// Parser threads and cancel keys for `postgres` resources.
-    pub postgres: crate::postgres::Services,
-    /// TLS toward workers and servers of `postgres` resources.
-    pub tls: TlsSetup,
-}
-
-/// TLS material the daemon loads once at start.
-pub struct TlsSetup {
-    /// Leaves from the agent CA (`[worker_tls]`); `None`: SSLRequest gets 'N'.
-    pub leaves: Option<crate::postgres::tls::LeafCache>,
-    /// Per resource (by index, as the kernel records it): client TLS to its server.
-    pub upstream: Vec<Option<crate::postgres::upstream_tls::UpstreamTls>>,
+    /// Parser threads, cancel keys and the like of each protocol.
+    pub protocols: protocols::Services,
+    /// TLS toward workers and servers.
+    pub tls: tls::Material,
 }
 
 /// The proxy's listeners: bound before the kernel programs point at them.

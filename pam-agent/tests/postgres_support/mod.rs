@@ -12,11 +12,14 @@ use std::{
 };
 
 use pam_agent::{
+    govern::{Approvals, Gate, Rules, RulesHandle, Session},
     journal::{Event, Journal, Record, SessionId, jsonl},
-    policy::{PolicyHandle, RawPolicy},
-    postgres::{self, CancelRegistry},
+    policy::RawPolicy,
     principal::Principal,
-    sql::{Classifier, ClassifierConfig},
+    protocols::postgres::{
+        self, CancelRegistry,
+        sql::{Classifier, ClassifierConfig},
+    },
 };
 use tokio_util::sync::CancellationToken;
 
@@ -201,25 +204,21 @@ impl Options {
     }
 }
 
-/// The masking rules `crew()` gets on resource `db` from a `[masking]` section.
-fn masker_for_crew(masking: &str) -> Option<pam_agent::mask::Masker> {
-    let cfg: pam_agent::mask::MaskingConfig = toml::from_str(masking).expect("masking TOML");
-    let policy = pam_agent::mask::MaskingPolicy::compile(&cfg).expect("valid masking");
-    let p = crew();
-    let m = policy.for_subject(&pam_agent::mask::Subject {
-        uid: Some(p.uid),
-        user: p.user.as_deref(),
-        cgroup: p.cgroup.as_deref(),
-        exe: p.exe.as_deref(),
-        resource: Some("db"),
-    });
-    (!m.is_noop()).then_some(m)
+/// The `[masking]` rules of a test (the gate picks `crew()`'s on resource `db`).
+fn masking_rules(masking: Option<&str>) -> pam_agent::mask::MaskingPolicy {
+    match masking {
+        Some(m) => {
+            let cfg: pam_agent::mask::MaskingConfig = toml::from_str(m).expect("masking TOML");
+            pam_agent::mask::MaskingPolicy::compile(&cfg).expect("valid masking")
+        }
+        None => pam_agent::mask::MaskingPolicy::none(),
+    }
 }
 
 pub struct Proxy {
     pub port: u16,
-    /// Replace the policy here to act as a reload.
-    pub policy: PolicyHandle,
+    /// Replace the rules here to act as a reload.
+    pub rules: RulesHandle,
     pub journal_path: PathBuf,
     shutdown: CancellationToken,
     thread: Option<thread::JoinHandle<()>>,
@@ -237,13 +236,17 @@ impl Proxy {
             .with_test_writer()
             .try_init();
         let raw: RawPolicy = toml::from_str(&opts.policy).expect("policy TOML");
-        let (policy, mut limits) = raw.validate(&["db"]).expect("valid policy");
+        let (policy, mut limits) = raw
+            .validate(&["db"], &postgres::sql::VOCABULARY)
+            .expect("valid policy");
         if let Some(m) = opts.max_message_bytes {
             limits.max_message_bytes = m;
         }
-        let masker = opts.masking.as_deref().and_then(masker_for_crew);
-        let policy = PolicyHandle::new(Arc::new(policy));
-        let handle = policy.clone();
+        let rules = RulesHandle::new(Rules {
+            policy,
+            masking: masking_rules(opts.masking.as_deref()),
+        });
+        let handle = rules.clone();
         let journal_path = server
             .dir()
             .join(format!("journal-{}.jsonl", uuid::Uuid::now_v7()));
@@ -281,26 +284,28 @@ impl Proxy {
                         a = listener.accept() => a.unwrap(),
                         _ = sd.cancelled() => break,
                     };
-                    let ctx = postgres::Context {
-                        session: SessionId::new(),
+                    let session = Arc::new(Session {
+                        id: SessionId::new(),
                         principal: crew(),
                         resource: "db".into(),
                         journal: journal.clone(),
-                        policy: policy.clone(),
+                    });
+                    let gate = Gate::new(session.clone(), rules.clone(), Approvals::unavailable());
+                    let ctx = postgres::Context {
+                        session,
                         limits,
                         classifier: classifier.clone(),
                         cancels: cancels.clone(),
                         tls: opts.tls.clone(),
-                        masker: masker.clone(),
                         upstream_tls: None,
                     };
                     let upstream = upstream.clone();
                     let sd = sd.clone();
                     tracker.spawn(async move {
                         let up = tokio::net::TcpStream::connect(&upstream).await.unwrap();
-                        let session = ctx.session;
-                        let journal = ctx.journal.clone();
-                        let o = postgres::serve(worker, up, ctx, &sd).await;
+                        let session = ctx.session.id;
+                        let journal = ctx.session.journal.clone();
+                        let o = postgres::serve(worker, up, ctx, gate, &sd).await;
                         let _ = journal
                             .record(
                                 Some(session),
@@ -324,7 +329,7 @@ impl Proxy {
         let port = port_rx.recv().unwrap();
         Proxy {
             port,
-            policy: handle,
+            rules: handle,
             journal_path,
             shutdown,
             thread: Some(thread),

@@ -1,0 +1,120 @@
+//! What flows inside a governed connection, one module per protocol. The proxy hands
+//! each session to its resource's protocol ([`serve`]); a protocol reads its wire
+//! format, turns what the worker asks into [`crate::govern::Request`]s, and acts on the
+//! gate's verdicts. Adding a protocol: one folder here, one arm in [`serve`] and in
+//! [`crate::config::Protocol`], one config section.
+
+pub mod postgres;
+pub mod tcp;
+
+use std::{net::SocketAddr, sync::Arc};
+
+use tokio::net::TcpStream;
+use tokio_util::sync::CancellationToken;
+
+use crate::{
+    govern::{Approvals, RulesHandle, Session, Vocabulary},
+    journal::event::SessionEnd,
+    policy::Limits,
+    tls,
+};
+
+/// How the proxy treats a resource's traffic.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    /// Bytes relayed as they are (connection-level audit only).
+    #[default]
+    Tcp,
+    /// PostgreSQL wire protocol.
+    Postgres,
+}
+
+impl std::fmt::Display for Protocol {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Protocol::Tcp => "tcp",
+            Protocol::Postgres => "postgres",
+        })
+    }
+}
+
+/// How a session went, for its closing journal record.
+#[derive(Debug)]
+pub struct Outcome {
+    pub from_worker: u64,
+    pub to_worker: u64,
+    pub end: SessionEnd,
+    pub detail: Option<String>,
+}
+
+/// What the protocols' sessions share, started once by the daemon before it accepts
+/// connections.
+pub struct Services {
+    pub postgres: postgres::Services,
+}
+
+impl Services {
+    pub fn start(limits: &Limits) -> std::io::Result<Services> {
+        Ok(Services {
+            postgres: postgres::Services::start(limits)?,
+        })
+    }
+}
+
+/// One governed connection, handed by the proxy to its resource's protocol: both
+/// sockets, the session on record, and what judging it needs.
+pub struct Dispatch<'a> {
+    pub worker: TcpStream,
+    pub upstream: TcpStream,
+    pub session: Arc<Session>,
+    pub protocol: Protocol,
+    /// Extra names the resource's TLS leaves carry (for workers that dial a host name).
+    pub tls_names: &'a [String],
+    /// Where the worker meant to connect (TLS leaves name it).
+    pub destination: SocketAddr,
+    pub rules: &'a RulesHandle,
+    pub approvals: &'a Approvals,
+    pub limits: Limits,
+    pub services: &'a Services,
+    /// TLS toward the worker, and this resource's client TLS toward its server.
+    pub worker_tls: Option<&'a tls::LeafCache>,
+    pub upstream_tls: Option<tls::ClientTls>,
+    pub shutdown: &'a CancellationToken,
+}
+
+/// What a text sent to a resource of `protocol` asks, read as its sessions read it (for
+/// `pam-agent policy explain`): the requests, or why the text cannot be read (a session
+/// refuses such a text). The outer error: the reader itself failed.
+pub fn requests_of(
+    protocol: Protocol,
+    text: &str,
+    limits: &Limits,
+) -> std::io::Result<Result<Vec<crate::govern::Request>, String>> {
+    match protocol {
+        Protocol::Tcp => Ok(Err("`tcp` resources carry no statements to judge".into())),
+        Protocol::Postgres => postgres::sql::requests_of(text, limits.max_statement_bytes),
+    }
+}
+
+/// Runs the session under its resource's protocol, to its end.
+pub async fn serve(d: Dispatch<'_>) -> Outcome {
+    match d.protocol {
+        Protocol::Tcp => tcp::relay(d.worker, d.upstream, d.shutdown).await,
+        Protocol::Postgres => postgres::open(d).await,
+    }
+}
+
+/// The kinds and flags requests of every protocol can have: what policy rules may name.
+/// (`tcp` sessions make no requests.)
+pub fn vocabulary() -> Vocabulary {
+    postgres::sql::VOCABULARY
+}
+
+/// The ALPN name a protocol's TLS offers (empty: none).
+pub fn alpn(protocol: Protocol) -> &'static [u8] {
+    match protocol {
+        Protocol::Tcp => b"",
+        Protocol::Postgres => postgres::upstream_tls::ALPN,
+    }
+}

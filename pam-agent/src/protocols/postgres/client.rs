@@ -1,0 +1,760 @@
+//! The worker's half of a session: read a message → make [`Request`]s of what it asks →
+//! the gate's [`Verdict`] → act on it (forward, refuse in place, or hold until the
+//! approval's answer). Everything between messages is the [`Batch`] machine's.
+//!
+//! - Query: every statement of the text is judged; if any is refused none runs, and
+//!   the worker gets ErrorResponse 42501 + ReadyForQuery as if the server refused it.
+//! - Extended protocol: Parse is judged; Bind/Describe/Execute/Close wait with it until
+//!   Sync or Flush (see [`super::batch`]).
+//! - FunctionCall is judged as kind `function_call` (refused unless a rule allows it).
+//! - COPY data, Terminate: forwarded. Anything else ends the session (fail closed).
+//!
+//! On a masked session it also makes sure the server half can plan every result: the
+//! column-name preload before the first statement and after DDL, a Describe of the
+//! portal before each Execute the worker did not describe, a describe of a COPY's
+//! columns before a COPY TO STDOUT ([`super::inject`]); and it vetoes what cannot be
+//! masked (FunctionCall, COPY other than text format alone in a simple Query).
+
+use std::{collections::HashMap, sync::Arc, sync::atomic::Ordering, time::Instant};
+
+use tokio::{
+    io::{AsyncWriteExt, ReadHalf, WriteHalf},
+    sync::mpsc,
+};
+use tokio_util::sync::CancellationToken;
+
+use super::{
+    Context, SessionError, Shared,
+    batch::{Batch, Out, SyncStep},
+    inject::{self, Preload},
+    names::{self, Reserved},
+    notes::{Catalog, Exec, Note},
+    refusal,
+    sql::{CopyOut, Prepared, Statement, kind},
+    wire::{
+        backend::{self, Severity, sqlstate},
+        frame::{Frame, FrameError, FrameReader, Malformed},
+        frontend,
+    },
+};
+use crate::{
+    govern::{
+        Ask, Gate, Held, Request, Resolution, UNCLASSIFIABLE_RULE, Verdict, denied, masking_refusal,
+    },
+    policy::{Action, Decision},
+    tls::stream::{UpstreamStream, WorkerStream},
+};
+
+/// The rule name of refusals of the agent's reserved names.
+const RESERVED_RULE: &str = "reserved_name";
+
+/// Why every statement of a session is refused once its settings make SQL ambiguous.
+const LEXER_UNSAFE: &str = "the session's client_encoding or standard_conforming_strings \
+                            makes SQL text ambiguous; statements are refused";
+
+/// A statement's number with what its execution changes besides data.
+#[derive(Debug, Clone)]
+struct Numbered {
+    statement: u64,
+    catalog: Catalog,
+    prepares: Option<Arc<Statement>>,
+}
+
+impl Numbered {
+    /// An empty Parse gets number 0 (nothing to audit at completion).
+    const NONE: Numbered = Numbered {
+        statement: 0,
+        catalog: Catalog::Unchanged,
+        prepares: None,
+    };
+
+    fn exec(&self) -> Exec {
+        Exec {
+            statement: self.statement,
+            started: Instant::now(),
+            catalog: self.catalog,
+            prepares: self.prepares.clone(),
+        }
+    }
+}
+
+/// How a SQL text arrived.
+#[derive(Debug, Clone, Copy)]
+enum Via {
+    /// A simple Query; `clean` when no batch of the worker's was open before it.
+    Query {
+        clean: bool,
+    },
+    Parse,
+}
+
+/// A message's requests after the gate: the verdict, the numbers they were journaled
+/// under, and (for a COPY TO STDOUT on a masked session) what to describe first.
+struct Judgement {
+    verdict: Verdict,
+    numbered: Vec<Numbered>,
+    copy: Option<CopyOut>,
+}
+
+/// A statement of the open batch held for approval.
+struct Pending {
+    held: Held,
+    numbered: Vec<Numbered>,
+}
+
+pub struct Client<'a> {
+    reader: FrameReader<ReadHalf<WorkerStream>>,
+    upstream: WriteHalf<UpstreamStream>,
+    notes: mpsc::Sender<Note>,
+    ctx: &'a Context,
+    gate: Gate,
+    shared: Arc<Shared>,
+    batch: Batch,
+    pending: Option<Pending>,
+    /// Prepared statement name -> its statement (the unnamed one is "").
+    prepared: HashMap<String, Numbered>,
+    portals: HashMap<String, Numbered>,
+    /// Masked session: results must be planned (see the module docs).
+    masked: bool,
+    preload: Option<Preload>,
+    /// The portal the last message described, if the last message was a Describe.
+    described: Option<String>,
+    /// The names the agent uses on the server for itself.
+    names: Reserved,
+    /// Woken by a cancel request carrying this session's key.
+    cancelled: Arc<tokio::sync::Notify>,
+    /// Messages read while a statement waited for approval, to handle after it.
+    stash: std::collections::VecDeque<Frame>,
+}
+
+/// Messages a worker may send while a statement of its waits for approval.
+const MAX_STASHED: usize = 256;
+
+impl<'a> Client<'a> {
+    pub fn new(
+        reader: FrameReader<ReadHalf<WorkerStream>>,
+        upstream: WriteHalf<UpstreamStream>,
+        notes: mpsc::Sender<Note>,
+        ctx: &'a Context,
+        gate: Gate,
+        shared: Arc<Shared>,
+        cancelled: Arc<tokio::sync::Notify>,
+    ) -> Self {
+        let masker = gate.masker();
+        let names = Reserved::new();
+        Client {
+            masked: masker.is_some(),
+            preload: masker
+                .and_then(|m| m.preload_query())
+                .map(|sql| Preload::new(sql, names.injected.clone())),
+            reader,
+            upstream,
+            notes,
+            ctx,
+            gate,
+            shared,
+            batch: Batch::new(names.missing_portal.clone()),
+            pending: None,
+            prepared: HashMap::new(),
+            portals: HashMap::new(),
+            described: None,
+            names,
+            cancelled,
+            stash: std::collections::VecDeque::new(),
+        }
+    }
+
+    /// Returns a closing detail on a normal end.
+    pub async fn run(mut self, done: &CancellationToken) -> Result<Option<String>, SessionError> {
+        let before = self.reader.bytes;
+        let r = self.run_inner(done).await;
+        self.shared
+            .from_worker
+            .fetch_add(self.reader.bytes - before, Ordering::Relaxed);
+        if let Err(e) = &r {
+            let (code, msg) = match e {
+                SessionError::Worker(FrameError::TooLarge { .. }) => {
+                    (sqlstate::TOO_LARGE, format!("pam-agent: {e}"))
+                }
+                SessionError::Journal(_) => (
+                    sqlstate::CONNECTION_FAILURE,
+                    format!("pam-agent: {e}; the statement was not run"),
+                ),
+                _ => (sqlstate::PROTOCOL_VIOLATION, format!("pam-agent: {e}")),
+            };
+            let f = backend::error(Severity::Fatal, code, &msg, None, None);
+            let _ = self.notes.send(Note::Fatal(f)).await;
+        }
+        r
+    }
+
+    async fn run_inner(
+        &mut self,
+        done: &CancellationToken,
+    ) -> Result<Option<String>, SessionError> {
+        loop {
+            let f = match self.stash.pop_front() {
+                Some(f) => Some(f),
+                None => tokio::select! {
+                    f = self.reader.next() => f.map_err(SessionError::Worker)?,
+                    _ = done.cancelled() => return Ok(None),
+                },
+            };
+            let Some(f) = f else {
+                tracing::trace!(session = %self.ctx.session.id, "worker: end of stream");
+                let _ = self.upstream.shutdown().await;
+                return Ok(Some("worker closed the connection".into()));
+            };
+            tracing::trace!(session = %self.ctx.session.id, tag = %f.tag.escape_ascii(), len = f.raw.len(), "worker message");
+            self.maybe_preload(f.tag).await?;
+            if let Some(detail) = self.message(f).await? {
+                return Ok(Some(detail));
+            }
+            self.carry_out().await?;
+        }
+    }
+
+    /// One message of the worker's; `Some` ends the session normally.
+    async fn message(&mut self, f: Frame) -> Result<Option<String>, SessionError> {
+        let described = self.described.take();
+        match f.tag {
+            frontend::QUERY => self.query(f).await?,
+            frontend::PARSE => self.parse(f).await?,
+            frontend::BIND => self.bind(f).await?,
+            frontend::EXECUTE => self.execute(f, described).await?,
+            frontend::DESCRIBE | frontend::CLOSE => self.describe_or_close(f).await?,
+            frontend::FLUSH => self.batch.flush(f.raw),
+            frontend::SYNC => {
+                if self.batch.sync(f.raw) == SyncStep::Await {
+                    self.settle().await?;
+                }
+            }
+            frontend::FUNCTION_CALL => self.function_call(f).await?,
+            frontend::COPY_DATA | frontend::COPY_DONE | frontend::COPY_FAIL => {
+                // Data of a COPY the server accepted; outside COPY the server ignores
+                // them. Never judged: the COPY statement was.
+                if !self.batch.discarding() {
+                    self.settle().await?;
+                    self.batch.send_held();
+                    self.carry_out().await?;
+                    self.upstream.write_all(&f.raw).await?;
+                }
+            }
+            frontend::TERMINATE => {
+                self.settle().await?;
+                self.batch.send_held();
+                self.carry_out().await?;
+                self.upstream.write_all(&f.raw).await?;
+                let _ = self.upstream.shutdown().await;
+                return Ok(Some("worker terminated the session".into()));
+            }
+            other => {
+                return Err(SessionError::Protocol(format!(
+                    "unexpected message type '{}'",
+                    other.escape_ascii()
+                )));
+            }
+        }
+        Ok(None)
+    }
+
+    async fn query(&mut self, f: Frame) -> Result<(), SessionError> {
+        if self.batch.discarding() {
+            // After an error the server discards everything until Sync; so do we.
+            return Ok(());
+        }
+        self.settle().await?;
+        // A COPY's describe can only be injected between the worker's groups.
+        let clean = self.batch.is_idle();
+        self.batch.send_held();
+        self.carry_out().await?;
+        let text = match frontend::query(&f) {
+            Ok(t) => t,
+            Err(e) => return self.malformed_query(&f, e).await,
+        };
+        let j = self.judge_text(text, Via::Query { clean }).await?;
+        match self.decided(j.verdict).await? {
+            Ok(()) => {
+                self.forwarded(&j.numbered);
+                if let Some(copy) = j.copy {
+                    let (what, bytes) = inject::copy_describe(copy, &self.names.injected);
+                    self.note(Note::Inject(what)).await?;
+                    self.upstream.write_all(&bytes).await?;
+                }
+                let execs = j.numbered.iter().map(Numbered::exec).collect();
+                self.note(Note::Execs(execs)).await?;
+                self.note(Note::Close).await?;
+                self.upstream.write_all(&f.raw).await?;
+            }
+            Err(d) => {
+                self.note(Note::Refuse(refusal::frame(&d))).await?;
+                self.note(Note::Ready).await?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn parse(&mut self, f: Frame) -> Result<(), SessionError> {
+        let p = frontend::parse(&f).map_err(protocol)?;
+        if self.batch.discarding() {
+            return Ok(());
+        }
+        // One approval at a time: an earlier held statement of the batch is answered
+        // before the next is judged.
+        self.settle().await?;
+        let name = p.statement.clone();
+        if names::is_reserved(&name) {
+            return self.reserved_name(&name).await;
+        }
+        let j = self.judge_text(p.query, Via::Parse).await?;
+        // A Parse holds one statement (the server refuses more).
+        let first = j.numbered.first().cloned().unwrap_or(Numbered::NONE);
+        match j.verdict {
+            Verdict::Forward => {
+                self.forwarded(&j.numbered);
+                self.prepared.insert(name, first);
+                self.batch.push(f.raw);
+            }
+            Verdict::Refuse(d) => {
+                self.prepared.remove(&name);
+                self.batch.refuse(&d);
+            }
+            Verdict::Hold(held) => {
+                self.announce(&held).await?;
+                self.prepared.insert(name, first);
+                self.batch.push(f.raw);
+                self.batch.hold();
+                self.pending = Some(Pending {
+                    held,
+                    numbered: j.numbered,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    async fn bind(&mut self, f: Frame) -> Result<(), SessionError> {
+        let b = frontend::bind(&f).map_err(protocol)?;
+        if let Some(n) = [&b.portal, &b.statement]
+            .into_iter()
+            .find(|n| names::is_reserved(n))
+        {
+            return self.reserved_name(n).await;
+        }
+        if !self.batch.discarding() {
+            match self.prepared.get(&b.statement) {
+                Some(p) => self.portals.insert(b.portal, p.clone()),
+                None => self.portals.remove(&b.portal),
+            };
+            self.batch.push(f.raw);
+        }
+        Ok(())
+    }
+
+    async fn execute(&mut self, f: Frame, described: Option<String>) -> Result<(), SessionError> {
+        let portal = frontend::execute(&f).map_err(protocol)?;
+        if names::is_reserved(&portal) {
+            return self.reserved_name(&portal).await;
+        }
+        if self.batch.discarding() {
+            return Ok(());
+        }
+        if self.masked && described.as_ref() != Some(&portal) {
+            // The server half plans the rows from this RowDescription.
+            self.batch.push_describe(true);
+            self.batch.push(frontend::describe_portal(&portal).raw);
+        }
+        if let Some(p) = self.portals.get(&portal) {
+            self.batch.push_exec(p.exec());
+        }
+        self.batch.push(f.raw);
+        Ok(())
+    }
+
+    async fn describe_or_close(&mut self, f: Frame) -> Result<(), SessionError> {
+        let (target, name) = frontend::target(&f).map_err(protocol)?;
+        if names::is_reserved(&name) {
+            return self.reserved_name(&name).await;
+        }
+        if self.batch.discarding() {
+            return Ok(());
+        }
+        if f.tag == frontend::CLOSE {
+            if target == b'S' {
+                self.prepared.remove(&name);
+            } else {
+                self.portals.remove(&name);
+            }
+        } else if self.masked {
+            self.batch.push_describe(false);
+            if target == b'P' {
+                self.described = Some(name);
+            }
+        }
+        self.batch.push(f.raw);
+        Ok(())
+    }
+
+    async fn function_call(&mut self, f: Frame) -> Result<(), SessionError> {
+        if self.batch.discarding() {
+            return Ok(());
+        }
+        self.settle().await?;
+        self.batch.send_held();
+        self.carry_out().await?;
+        let oid = frontend::function_call(&f).map_err(protocol)?;
+        let request = function_call_request(oid);
+        let veto = self.masked.then(|| {
+            masking_refusal(
+                "a FunctionCall result cannot be masked; call the function in a SELECT".into(),
+            )
+        });
+        if self.shared.lexer_unsafe.load(Ordering::Relaxed) {
+            self.gate.mark_unsafe(LEXER_UNSAFE);
+        }
+        let ask = Ask {
+            text: &request.text,
+            requests: Ok(&[&request]),
+            veto,
+        };
+        let judged = self.gate.judge(ask).await?;
+        let n = judged.statements.first().copied().unwrap_or(0);
+        match self.decided(judged.verdict).await? {
+            Ok(()) => {
+                let exec = Numbered {
+                    statement: n,
+                    ..Numbered::NONE
+                };
+                self.note(Note::Execs(vec![exec.exec()])).await?;
+                self.note(Note::Close).await?;
+                self.upstream.write_all(&f.raw).await?;
+            }
+            Err(d) => {
+                self.note(Note::Refuse(refusal::frame(&d))).await?;
+                self.note(Note::Ready).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// A Query the server would reject as malformed (a NUL inside the text, no
+    /// terminator): answered as the server answers it, ERROR 08P01 and ReadyForQuery,
+    /// and journaled; the session goes on.
+    async fn malformed_query(&mut self, f: &Frame, e: Malformed) -> Result<(), SessionError> {
+        let text = String::from_utf8_lossy(f.body());
+        let d = Decision {
+            action: Action::Deny,
+            rule: UNCLASSIFIABLE_RULE.into(),
+            reason: format!("invalid message format: {e}"),
+        };
+        self.gate.refuse(&text, d).await?;
+        let error = backend::error(
+            Severity::Error,
+            sqlstate::PROTOCOL_VIOLATION,
+            "invalid message format",
+            None,
+            None,
+        );
+        self.note(Note::Refuse(error)).await?;
+        self.note(Note::Ready).await
+    }
+
+    /// A worker's statement or portal named with the agent's reserved prefix: the batch
+    /// is refused (see [`super::names`]).
+    async fn reserved_name(&mut self, name: &str) -> Result<(), SessionError> {
+        if self.batch.discarding() {
+            return Ok(());
+        }
+        let d = Decision {
+            action: Action::Deny,
+            rule: RESERVED_RULE.into(),
+            reason: format!(
+                "statement and portal names starting with \"{}\" are reserved by pam-agent",
+                names::RESERVED_PREFIX
+            ),
+        };
+        self.gate
+            .refuse(&format!("<name {name}>"), d.clone())
+            .await?;
+        self.batch.refuse(&d);
+        Ok(())
+    }
+
+    /// Forward, or the refusal to answer with. A held request waits here for its answer
+    /// (the worker is told at once what it waits for).
+    async fn decided(&mut self, verdict: Verdict) -> Result<Result<(), Decision>, SessionError> {
+        Ok(match verdict {
+            Verdict::Forward => Ok(()),
+            Verdict::Refuse(d) => Err(d),
+            Verdict::Hold(held) => {
+                self.announce(&held).await?;
+                match self.wait_for(held).await? {
+                    (_, Resolution::Approved) => Ok(()),
+                    (d, Resolution::Denied(why)) => Err(denied(d, &why)),
+                }
+            }
+        })
+    }
+
+    /// Waits for a held statement's answer. A cancel request with this session's key, or
+    /// Terminate, withdraws it; the worker closing the connection withdraws it and ends
+    /// the session. Other messages the worker sends meanwhile are kept, in order, for
+    /// after the answer.
+    async fn wait_for(&mut self, held: Held) -> Result<(Decision, Resolution), SessionError> {
+        let decision = held.decision.clone();
+        let withdrawn = |why: &str| (decision.clone(), Resolution::Denied(why.into()));
+        let answer = held.resolution();
+        tokio::pin!(answer);
+        loop {
+            if self.stash.iter().any(|f| f.tag == frontend::TERMINATE) {
+                return Ok(withdrawn("withdrawn: the worker ended the session"));
+            }
+            tokio::select! {
+                r = &mut answer => return Ok(r),
+                _ = self.cancelled.notified() => {
+                    return Ok(withdrawn("withdrawn: the worker cancelled the statement"));
+                }
+                f = self.reader.next(), if self.stash.len() < MAX_STASHED => {
+                    match f.map_err(SessionError::Worker)? {
+                        Some(f) => self.stash.push_back(f),
+                        None => {
+                            return Err(SessionError::Protocol(
+                                "the worker closed the connection while a statement waited for approval".into(),
+                            ));
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// A NoticeResponse naming the approval request, its rule, how to approve it and its
+    /// deadline (nothing when the hold was answered at once).
+    async fn announce(&self, held: &Held) -> Result<(), SessionError> {
+        let Some(r) = held.request() else {
+            return Ok(());
+        };
+        let message = format!(
+            "pam-agent: statement held for approval (request {}, rule \"{}\"); it runs when approved, until {}",
+            r.id, r.rule, r.expires_at
+        );
+        let detail = format!("{} ({} approval(s) needed)", r.reason, r.min_approvals);
+        let hint = format!(
+            "An approver runs: pam-agent approvals approve {} (or deny {})",
+            r.id, r.id
+        );
+        let f = backend::notice(sqlstate::HELD, &message, Some(&detail), Some(&hint));
+        self.note(Note::Notice(f)).await
+    }
+
+    /// Waits for the answer to the open batch's held statement, if there is one, and
+    /// lets the batch go on or refuses it.
+    async fn settle(&mut self) -> Result<(), SessionError> {
+        let Some(p) = self.pending.take() else {
+            return Ok(());
+        };
+        match self.wait_for(p.held).await? {
+            (_, Resolution::Approved) => {
+                self.forwarded(&p.numbered);
+                self.batch.resolved(Ok(()));
+            }
+            (d, Resolution::Denied(why)) => self.batch.resolved(Err(denied(d, &why))),
+        }
+        self.carry_out().await
+    }
+
+    /// Carries out what the batch machine decided, in order.
+    async fn carry_out(&mut self) -> Result<(), SessionError> {
+        for out in self.batch.take() {
+            match out {
+                Out::Note(n) => self.note(n).await?,
+                Out::Send(bytes) => self.upstream.write_all(&bytes).await?,
+            }
+        }
+        Ok(())
+    }
+
+    /// Sends the column-name preload when it is due and no batch of the worker's is open.
+    async fn maybe_preload(&mut self, tag: u8) -> Result<(), SessionError> {
+        let Some(preload) = &mut self.preload else {
+            return Ok(());
+        };
+        if !self.batch.is_idle()
+            || !preload.due(tag, self.shared.mask_stale.load(Ordering::Acquire))
+        {
+            return Ok(());
+        }
+        self.shared.mask_stale.store(false, Ordering::Release);
+        let (what, bytes) = preload.group();
+        self.note(Note::Inject(what)).await?;
+        self.upstream.write_all(&bytes).await?;
+        Ok(())
+    }
+
+    /// Statements now going upstream: DDL (and the end of a transaction that had DDL)
+    /// makes the masking column names stale, so the next group gets a fresh preload.
+    fn forwarded(&mut self, numbered: &[Numbered]) {
+        let Some(preload) = &mut self.preload else {
+            return;
+        };
+        for n in numbered {
+            if preload.stale_after(n.catalog) {
+                self.shared.mask_stale.store(true, Ordering::Release);
+            }
+        }
+    }
+
+    async fn note(&self, n: Note) -> Result<(), SessionError> {
+        self.notes
+            .send(n)
+            .await
+            .map_err(|_| SessionError::Io(std::io::Error::other("session is ending")))
+    }
+
+    /// Classifies a SQL text and has the gate judge and journal it.
+    async fn judge_text(&mut self, text: &[u8], via: Via) -> Result<Judgement, SessionError> {
+        if self.shared.lexer_unsafe.load(Ordering::Relaxed) {
+            self.gate.mark_unsafe(LEXER_UNSAFE);
+        }
+        let Ok(text) = frontend::text(text) else {
+            let lossy = String::from_utf8_lossy(text);
+            let ask = Ask {
+                text: &lossy,
+                requests: Err("text that is not UTF-8".into()),
+                veto: None,
+            };
+            let judged = self.gate.judge(ask).await?;
+            return Ok(Judgement {
+                verdict: judged.verdict,
+                numbered: Vec::new(),
+                copy: None,
+            });
+        };
+        let classified = self.ctx.classifier.classify(text).await;
+        let statements = match classified.as_ref() {
+            Ok(sts) if sts.iter().any(|st| st.prepared.is_some()) => {
+                Ok(std::borrow::Cow::Owned(self.resolve_prepared(sts)))
+            }
+            Ok(sts) => Ok(std::borrow::Cow::Borrowed(sts.as_slice())),
+            Err(e) => Err(e.to_string()),
+        };
+        let (veto, copy) = match &statements {
+            Ok(sts) if self.masked => match copy_veto(&self.ctx.classifier, sts, via).await {
+                Ok(copy) => (None, copy),
+                Err(d) => (Some(d), None),
+            },
+            _ => (None, None),
+        };
+        let requests: Vec<&Request> = match &statements {
+            Ok(sts) => sts.iter().map(|s| &s.request).collect(),
+            Err(_) => Vec::new(),
+        };
+        let ask = Ask {
+            text,
+            requests: match &statements {
+                Ok(_) => Ok(&requests),
+                Err(e) => Err(e.clone()),
+            },
+            veto,
+        };
+        let judged = self.gate.judge(ask).await?;
+        let numbered = match &statements {
+            Ok(sts) => sts
+                .iter()
+                .zip(&judged.statements)
+                .map(|(st, &n)| Numbered {
+                    statement: n,
+                    catalog: catalog_of(st),
+                    prepares: st
+                        .prepared
+                        .as_ref()
+                        .filter(|p| !matches!(p, Prepared::Execute(_)))
+                        .map(|_| Arc::new(st.clone())),
+                })
+                .collect(),
+            Err(_) => Vec::new(),
+        };
+        Ok(Judgement {
+            verdict: judged.verdict,
+            numbered,
+            copy,
+        })
+    }
+
+    /// Each `EXECUTE name` replaced by what `name` was prepared as (by PREPAREs the server
+    /// completed, and earlier ones in the same text); unknown names stay `execute` with
+    /// `dynamic_sql`, which policy refuses unless a rule permits it.
+    fn resolve_prepared(&self, statements: &[Statement]) -> Vec<Statement> {
+        let mut known = self
+            .shared
+            .prepared
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        statements
+            .iter()
+            .map(|st| {
+                let r = known.resolve(st).unwrap_or_else(|| st.clone());
+                known.completed(st);
+                r
+            })
+            .collect()
+    }
+}
+
+/// What an execution may change in the catalog.
+fn catalog_of(st: &Statement) -> Catalog {
+    if st
+        .kinds
+        .iter()
+        .any(|k| matches!(*k, kind::DDL | kind::DO | kind::CALL))
+    {
+        Catalog::Ddl
+    } else if st.kind() == kind::TRANSACTION {
+        Catalog::Transaction
+    } else {
+        Catalog::Unchanged
+    }
+}
+
+/// A protocol-level FunctionCall (by OID): judged as a request of kind
+/// `function_call` calling `oid:<n>`, so only a rule naming that kind allows it.
+fn function_call_request(oid: u32) -> Request {
+    Request {
+        text: format!("<FunctionCall oid {oid}>"),
+        kinds: vec![kind::FUNCTION_CALL],
+        functions: [format!("oid:{oid}")].into_iter().collect(),
+        ..Request::default()
+    }
+}
+
+/// On a masked session a COPY TO STDOUT must be alone in a simple Query, in text format,
+/// so its rows can be planned: the veto when not, else the COPY to describe.
+async fn copy_veto(
+    classifier: &super::sql::Classifier,
+    statements: &[Statement],
+    via: Via,
+) -> Result<Option<CopyOut>, Decision> {
+    let Some(st) = statements
+        .iter()
+        .find(|st| st.kinds.contains(&kind::COPY_OUT))
+    else {
+        return Ok(None);
+    };
+    if !matches!(via, Via::Query { clean: true }) || statements.len() != 1 {
+        return Err(masking_refusal(
+            "on a masked connection, COPY TO STDOUT must be sent alone, as a simple query".into(),
+        ));
+    }
+    match classifier.copy_out(&st.text).await {
+        Some(Ok(copy)) => Ok(Some(copy)),
+        Some(Err(e)) => Err(masking_refusal(e.to_string())),
+        None => Err(masking_refusal(
+            "the COPY statement could not be analysed".into(),
+        )),
+    }
+}
+
+fn protocol(e: Malformed) -> SessionError {
+    SessionError::Protocol(e.to_string())
+}

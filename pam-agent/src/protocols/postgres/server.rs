@@ -1,0 +1,509 @@
+//! The server's half of a session: forwards what the server sends, completes the audit
+//! of each execution ([`Completions`]: rows from CommandComplete, duration), and answers
+//! refusals in their place in the stream: after every group sent before them, with the
+//! transaction status the server last reported. On a masked connection, result rows
+//! go through [`ResultMasking`] instead of being forwarded as they came, and the answers
+//! to what the worker half injected are swallowed.
+
+use std::{
+    collections::VecDeque,
+    sync::{Arc, atomic::Ordering},
+};
+
+use tokio::{
+    io::{ReadHalf, WriteHalf},
+    sync::mpsc,
+};
+use tokio_util::sync::CancellationToken;
+
+use super::{
+    Context, SessionError, Shared,
+    io::{watch_parameter, write_out},
+    masking::ResultMasking,
+    notes::{Catalog, Exec, Injected, Note},
+    wire::{
+        backend::{self, sqlstate},
+        frame::{Frame, FrameReader},
+    },
+};
+use crate::{
+    govern::Completions,
+    journal::JournalError,
+    mask::{CatalogRow, ColumnResolver, Masker},
+    tls::stream::{UpstreamStream, WorkerStream},
+};
+
+/// Output is written when nothing more is buffered, or at this size.
+const FLUSH_AT: usize = 64 * 1024;
+
+enum Pending {
+    /// Messages sent upstream that one ReadyForQuery will answer (once closed).
+    Group {
+        execs: VecDeque<Exec>,
+        /// Describes sent, in order: `true` for the proxy's own.
+        describes: VecDeque<bool>,
+        closed: bool,
+        failed: bool,
+        replace: Option<Frame>,
+    },
+    /// A group the worker half sent on its own: every answer is swallowed.
+    Injected {
+        what: Injected,
+        rows: Vec<CatalogRow>,
+        failed: bool,
+    },
+    /// A refusal to answer once the groups ahead of it are answered.
+    Refusal(Frame),
+    /// A ReadyForQuery to answer likewise (after a refusal).
+    Ready,
+}
+
+pub struct Server<'a> {
+    reader: FrameReader<ReadHalf<UpstreamStream>>,
+    worker: WriteHalf<WorkerStream>,
+    notes: mpsc::Receiver<Note>,
+    notes_open: bool,
+    queue: VecDeque<Pending>,
+    status: u8,
+    /// DataRows since the last completion (rows of a suspended portal).
+    rows_seen: u64,
+    out: Vec<u8>,
+    ctx: &'a Context,
+    shared: Arc<Shared>,
+    completions: Option<Completions>,
+    masking: Option<ResultMasking>,
+    /// DDL completed in the open transaction: its end changes the catalog again.
+    ddl_in_txn: bool,
+}
+
+impl<'a> Server<'a> {
+    pub fn new(
+        reader: FrameReader<ReadHalf<UpstreamStream>>,
+        worker: WriteHalf<WorkerStream>,
+        notes: mpsc::Receiver<Note>,
+        status: u8,
+        masker: Option<Masker>,
+        ctx: &'a Context,
+        shared: Arc<Shared>,
+    ) -> Self {
+        Server {
+            reader,
+            worker,
+            notes,
+            notes_open: true,
+            queue: VecDeque::new(),
+            status,
+            rows_seen: 0,
+            out: Vec::with_capacity(FLUSH_AT),
+            masking: masker.map(ResultMasking::new),
+            ctx,
+            shared,
+            completions: None,
+            ddl_in_txn: false,
+        }
+    }
+
+    pub async fn run(mut self, done: &CancellationToken) -> Result<Option<String>, SessionError> {
+        let (completions, writer) = Completions::start(&self.ctx.session);
+        self.completions = Some(completions);
+        let main = async {
+            let r = self.run_inner(done).await;
+            let _ = write_out(&mut self.worker, &mut self.out, &self.shared).await;
+            // Lets the writer finish once the queue is drained.
+            self.completions = None;
+            r
+        };
+        let (r, w) = tokio::join!(main, writer);
+        w?;
+        r
+    }
+
+    async fn run_inner(
+        &mut self,
+        done: &CancellationToken,
+    ) -> Result<Option<String>, SessionError> {
+        loop {
+            tokio::select! {
+                n = self.notes.recv(), if self.notes_open => match n {
+                    Some(n) => {
+                        if self.apply(n)? {
+                            return Ok(None);
+                        }
+                    }
+                    None => self.notes_open = false,
+                },
+                f = self.reader.next() => {
+                    // Everything noted so far was noted before its bytes went upstream,
+                    // so it is known before the answer to it is handled. (Also before an
+                    // end of stream: the worker half closing the server's side after a
+                    // fatal error must not hide that error.)
+                    while let Ok(n) = self.notes.try_recv() {
+                        if self.apply(n)? {
+                            return Ok(None);
+                        }
+                    }
+                    let Some(f) = f.map_err(SessionError::Upstream)? else {
+                        return Ok(Some("server closed the connection".into()));
+                    };
+                    self.server_message(f).await?;
+                }
+                _ = done.cancelled(), if !self.notes_open => return Ok(None),
+            }
+            if !self.reader.has_frame() || self.out.len() >= FLUSH_AT {
+                write_out(&mut self.worker, &mut self.out, &self.shared).await?;
+            }
+        }
+    }
+
+    /// Returns true when the session must end (fatal error written).
+    fn apply(&mut self, n: Note) -> Result<bool, SessionError> {
+        match n {
+            Note::Execs(execs) => {
+                if let Some(Pending::Group {
+                    execs: e, failed, ..
+                }) = self.open_group()
+                    && !*failed
+                {
+                    e.extend(execs);
+                }
+            }
+            Note::Describes(d) => {
+                if let Some(Pending::Group {
+                    describes, failed, ..
+                }) = self.open_group()
+                    && !*failed
+                {
+                    describes.extend(d);
+                }
+            }
+            Note::Inject(what) => self.queue.push_back(Pending::Injected {
+                what,
+                rows: Vec::new(),
+                failed: false,
+            }),
+            Note::Close => {
+                if let Some(Pending::Group { closed, .. }) = self.open_group() {
+                    *closed = true;
+                }
+            }
+            Note::Replace(f) => {
+                if let Some(Pending::Group { replace, .. }) = self.open_group() {
+                    *replace = Some(f);
+                }
+            }
+            Note::Refuse(f) => {
+                self.queue.push_back(Pending::Refusal(f));
+                self.answer_refusals();
+            }
+            Note::Ready => {
+                self.queue.push_back(Pending::Ready);
+                self.answer_refusals();
+            }
+            Note::Notice(f) => self.out.extend_from_slice(&f.raw),
+            Note::Fatal(f) => {
+                self.out.extend_from_slice(&f.raw);
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
+    fn open_group(&mut self) -> Option<&mut Pending> {
+        let open = matches!(
+            self.queue.back(),
+            Some(Pending::Group { closed: false, .. })
+        );
+        if !open {
+            self.queue.push_back(Pending::Group {
+                execs: VecDeque::new(),
+                describes: VecDeque::new(),
+                closed: false,
+                failed: false,
+                replace: None,
+            });
+        }
+        self.queue.back_mut()
+    }
+
+    fn answer_refusals(&mut self) {
+        loop {
+            match self.queue.front() {
+                Some(Pending::Refusal(f)) => self.out.extend_from_slice(&f.raw),
+                Some(Pending::Ready) => self
+                    .out
+                    .extend_from_slice(&backend::ready_for_query(self.status).raw),
+                _ => return,
+            }
+            self.queue.pop_front();
+        }
+    }
+
+    async fn server_message(&mut self, f: Frame) -> Result<(), SessionError> {
+        tracing::trace!(session = %self.ctx.session.id, tag = %f.tag.escape_ascii(), len = f.raw.len(), "server message");
+        if matches!(self.queue.front(), Some(Pending::Injected { .. }))
+            && !matches!(
+                f.tag,
+                backend::NOTICE_RESPONSE
+                    | backend::NOTIFICATION_RESPONSE
+                    | backend::PARAMETER_STATUS
+            )
+        {
+            return self.injected_answer(f).await;
+        }
+        match f.tag {
+            backend::DATA_ROW => {
+                self.rows_seen += 1;
+                match &mut self.masking {
+                    Some(m) => m.data_row(&f, &mut self.out)?,
+                    None => self.out.extend_from_slice(&f.raw),
+                }
+            }
+            backend::ROW_DESCRIPTION | backend::NO_DATA => self.row_description(f)?,
+            backend::COPY_OUT_RESPONSE => {
+                if let Some(m) = &mut self.masking {
+                    m.copy_out_response(&f)?;
+                }
+                self.out.extend_from_slice(&f.raw);
+            }
+            backend::COPY_DATA => match &mut self.masking {
+                Some(m) => m.copy_data(&f, &mut self.out)?,
+                None => self.out.extend_from_slice(&f.raw),
+            },
+            backend::COPY_DONE => {
+                if let Some(m) = &mut self.masking {
+                    m.copy_done();
+                }
+                self.out.extend_from_slice(&f.raw);
+            }
+            backend::COPY_BOTH_RESPONSE | backend::FUNCTION_CALL_RESPONSE
+                if self.masking.is_some() =>
+            {
+                return Err(SessionError::UpstreamProtocol(format!(
+                    "message '{}' carries values masking cannot see",
+                    f.tag.escape_ascii()
+                )));
+            }
+            backend::COMMAND_COMPLETE => {
+                let rows = backend::command_rows(&f);
+                self.out.extend_from_slice(&f.raw);
+                self.complete(rows, None).await?;
+            }
+            backend::PORTAL_SUSPENDED => {
+                self.out.extend_from_slice(&f.raw);
+                self.complete(Some(self.rows_seen), None).await?;
+            }
+            backend::EMPTY_QUERY => {
+                self.out.extend_from_slice(&f.raw);
+                self.complete(None, None).await?;
+            }
+            backend::ERROR_RESPONSE => self.error_response(f).await?,
+            backend::READY_FOR_QUERY => self.ready_for_query(f).await?,
+            backend::PARAMETER_STATUS => {
+                watch_parameter(&f, &self.shared);
+                self.out.extend_from_slice(&f.raw);
+            }
+            backend::BACKEND_KEY_DATA => {
+                // Only valid at startup; never let the server's key reach the worker.
+                tracing::warn!(session = %self.ctx.session.id, "server sent BackendKeyData mid-session; dropped");
+            }
+            _ => self.out.extend_from_slice(&f.raw),
+        }
+        Ok(())
+    }
+
+    /// The columns of a result (or that it has none): planned for masking, and shown to
+    /// the worker unless it answers a Describe the proxy added.
+    fn row_description(&mut self, f: Frame) -> Result<(), SessionError> {
+        let ours = match self.queue.front_mut() {
+            Some(Pending::Group { describes, .. }) => describes.pop_front().unwrap_or(false),
+            _ => false,
+        };
+        if let Some(m) = &mut self.masking {
+            if f.tag == backend::ROW_DESCRIPTION {
+                if m.row_description(&f)? {
+                    self.shared.mask_stale.store(true, Ordering::Release);
+                }
+            } else {
+                m.finish_result();
+            }
+        }
+        if !ours {
+            self.out.extend_from_slice(&f.raw);
+        }
+        Ok(())
+    }
+
+    /// The server failed the current execution: its audit completes with the error (or
+    /// the worker sees the refusal it stands in for), and the server skips the rest of
+    /// the group.
+    async fn error_response(&mut self, f: Frame) -> Result<(), SessionError> {
+        if let Some(m) = &mut self.masking {
+            m.finish_result();
+            m.copy_done();
+        }
+        let code = backend::error_code(&f);
+        let replacement = match self.queue.front_mut() {
+            Some(Pending::Group { replace, .. })
+                if code.as_deref() == Some(sqlstate::INVALID_CURSOR_NAME) =>
+            {
+                replace.take()
+            }
+            _ => None,
+        };
+        match replacement {
+            Some(r) => self.out.extend_from_slice(&r.raw),
+            None => {
+                self.out.extend_from_slice(&f.raw);
+                self.complete(None, code).await?;
+            }
+        }
+        // The server skips the rest of the group (until Sync / end of Query).
+        if let Some(Pending::Group {
+            execs,
+            describes,
+            failed,
+            ..
+        }) = self.queue.front_mut()
+        {
+            execs.clear();
+            describes.clear();
+            *failed = true;
+        }
+        Ok(())
+    }
+
+    /// A group is answered: executions without a CommandComplete (FunctionCall) end
+    /// here, and refusals queued behind it are answered with the new status.
+    async fn ready_for_query(&mut self, f: Frame) -> Result<(), SessionError> {
+        self.status =
+            backend::ready_status(&f).map_err(|e| SessionError::UpstreamProtocol(e.to_string()))?;
+        self.out.extend_from_slice(&f.raw);
+        if let Some(Pending::Group { execs, .. }) = self.queue.front_mut() {
+            let rest: Vec<Exec> = execs.drain(..).collect();
+            for e in rest {
+                self.record(e, None, None).await?;
+            }
+            self.queue.pop_front();
+        }
+        if self.ddl_in_txn && self.status == b'I' {
+            // Committed or rolled back: the DDL now stands or is undone.
+            self.ddl_in_txn = false;
+            self.catalog_changed();
+        }
+        self.answer_refusals();
+        Ok(())
+    }
+
+    async fn complete(
+        &mut self,
+        rows: Option<u64>,
+        error: Option<String>,
+    ) -> Result<(), SessionError> {
+        self.rows_seen = 0;
+        let exec = match self.queue.front_mut() {
+            Some(Pending::Group { execs, .. }) => execs.pop_front(),
+            _ => None,
+        };
+        if let Some(e) = exec {
+            self.record(e, rows, error).await?;
+        }
+        Ok(())
+    }
+
+    async fn record(
+        &mut self,
+        e: Exec,
+        rows: Option<u64>,
+        error: Option<String>,
+    ) -> Result<(), SessionError> {
+        let report = self.masking.as_mut().and_then(ResultMasking::take_report);
+        if let (Some(st), None) = (&e.prepares, &error) {
+            self.shared
+                .prepared
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .completed(st);
+        }
+        match e.catalog {
+            Catalog::Ddl => {
+                self.ddl_in_txn = self.status != b'I' || self.ddl_in_txn;
+                self.catalog_changed();
+            }
+            Catalog::Transaction if self.ddl_in_txn => self.catalog_changed(),
+            _ => {}
+        }
+        let completions = self.completions.as_ref().ok_or(JournalError::Closed)?;
+        completions
+            .completed(e.statement, e.started, rows, error, report)
+            .await?;
+        Ok(())
+    }
+
+    /// Column names learned before may be wrong now: withhold unknown columns until the
+    /// worker half's next preload is answered.
+    fn catalog_changed(&mut self) {
+        if let Some(m) = &mut self.masking {
+            m.invalidate();
+            self.shared.mask_stale.store(true, Ordering::Release);
+        }
+    }
+
+    /// An answer to a group the worker half injected: never shown to the worker.
+    async fn injected_answer(&mut self, f: Frame) -> Result<(), SessionError> {
+        let Some(Pending::Injected { what, rows, failed }) = self.queue.front_mut() else {
+            return Ok(());
+        };
+        match f.tag {
+            backend::DATA_ROW if matches!(what, Injected::Preload) => {
+                if let (Some(oid), Some(m)) =
+                    (ColumnResolver::horizon_of(f.body()), &mut self.masking)
+                {
+                    m.set_horizon(oid);
+                    return Ok(());
+                }
+                match CatalogRow::from_data_row(f.body()) {
+                    Ok(r) => rows.push(r),
+                    Err(e) => {
+                        tracing::warn!(session = %self.ctx.session.id, error = %e, "masking preload: bad row");
+                        *failed = true;
+                    }
+                }
+            }
+            backend::ROW_DESCRIPTION => {
+                if let (Injected::CopyDescribe(options), Some(m)) = (what, &mut self.masking) {
+                    m.copy_described(&f, options.clone())?;
+                }
+            }
+            backend::ERROR_RESPONSE => {
+                tracing::warn!(session = %self.ctx.session.id, code = ?backend::error_code(&f), "masking: injected query failed");
+                *failed = true;
+            }
+            backend::READY_FOR_QUERY => {
+                let Some(Pending::Injected { what, rows, failed }) = self.queue.pop_front() else {
+                    return Ok(());
+                };
+                if let (Injected::Preload, Some(m)) = (what, &mut self.masking) {
+                    if failed {
+                        // Unknown columns stay withheld; try again before the next group.
+                        self.shared.mask_stale.store(true, Ordering::Release);
+                        let completions = self.completions.as_ref().ok_or(JournalError::Closed)?;
+                        completions
+                            .error(
+                                "masking",
+                                "the column-name preload failed; table columns are \
+                                 withheld (NULL) until it succeeds",
+                            )
+                            .await?;
+                    } else {
+                        m.absorb_preload(rows);
+                    }
+                }
+                self.answer_refusals();
+            }
+            // ParseComplete, BindComplete, CloseComplete, ParameterDescription, NoData,
+            // CommandComplete: nothing to learn.
+            _ => {}
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,954 @@
+//! Column references per clause, for the masking side-channel guard: a masked column used
+//! to filter, join, sort, group or partition leaks its values through which rows come back
+//! and in what order, even when the column itself is masked in the output.
+//!
+//! Names are resolved as far as the statement text allows, without the catalog: an alias
+//! to its table (schema only if written), an unqualified column to the one table in scope,
+//! a column of a sub-select, CTE or set operation to the columns its expression uses.
+//! Whatever cannot be resolved is left `None`, which the guard matches against any table
+//! (erring towards refusal). The sql module owns what a statement references; `mask`
+//! decides which of these references hit masked columns.
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use super::tree::{node_of, node_of_map};
+
+/// Where a statement uses a column.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Clause {
+    /// WHERE (also UPDATE/DELETE WHERE, aggregate FILTER, MERGE WHEN ... AND, ON CONFLICT
+    /// WHERE), and the select list of a sub-select compared in a WHERE.
+    Where,
+    /// JOIN ... ON / USING, MERGE ... ON.
+    Join,
+    /// ORDER BY (also ordinals and output aliases, and aggregate ORDER BY).
+    OrderBy,
+    GroupBy,
+    Having,
+    /// Window PARTITION BY / ORDER BY.
+    Window,
+    /// SELECT DISTINCT ON (...).
+    DistinctOn,
+}
+
+/// A column a statement filters, joins, sorts, groups or partitions on. Parts that could
+/// not be qualified are `None` and match any rule pattern part (erring towards refusal).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Deserialize, Serialize)]
+pub struct ColumnReference {
+    pub schema: Option<String>,
+    pub table: Option<String>,
+    pub column: String,
+    pub clause: Clause,
+}
+
+/// A resolved column, before its clause is known.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Col {
+    schema: Option<String>,
+    table: Option<String>,
+    column: String,
+}
+
+impl Col {
+    fn unknown(column: &str) -> Col {
+        Col {
+            schema: None,
+            table: None,
+            column: column.to_owned(),
+        }
+    }
+}
+
+/// What a name in FROM stands for.
+#[derive(Debug, Clone)]
+enum Source {
+    Table {
+        schema: Option<String>,
+        table: String,
+    },
+    /// A sub-select, CTE or set operation: each output column and the columns it uses;
+    /// `stars` are the sources a `*` in its select list expands to.
+    Derived {
+        outputs: Vec<(String, Vec<Col>)>,
+        stars: Vec<Source>,
+    },
+    /// A function or VALUES: its columns are not table columns.
+    Opaque,
+}
+
+#[derive(Debug, Clone)]
+struct Rel {
+    name: String,
+    source: Source,
+}
+
+/// The names visible at one query level; `parent` is the enclosing query (correlation).
+struct Scope<'p> {
+    rels: Vec<Rel>,
+    ctes: Vec<(String, Source)>,
+    parent: Option<&'p Scope<'p>>,
+}
+
+impl<'p> Scope<'p> {
+    fn child(parent: &'p Scope<'p>) -> Scope<'p> {
+        Scope {
+            rels: Vec::new(),
+            ctes: Vec::new(),
+            parent: Some(parent),
+        }
+    }
+
+    fn cte(&self, name: &str) -> Option<&Source> {
+        self.ctes
+            .iter()
+            .rev()
+            .find(|(n, _)| n == name)
+            .map(|(_, s)| s)
+            .or_else(|| self.parent.and_then(|p| p.cte(name)))
+    }
+
+    fn rel(&self, name: &str) -> Option<&Rel> {
+        self.rels
+            .iter()
+            .find(|r| r.name == name)
+            .or_else(|| self.parent.and_then(|p| p.rel(name)))
+    }
+
+    fn all_rels(&self) -> Vec<&Rel> {
+        let mut v: Vec<&Rel> = self.rels.iter().collect();
+        if let Some(p) = self.parent {
+            v.extend(p.all_rels());
+        }
+        v
+    }
+}
+
+/// The column references of one statement node (`{"SelectStmt": {...}}` etc.), per clause,
+/// deduplicated, in a stable order.
+pub(super) fn references(stmt: &Value) -> Vec<ColumnReference> {
+    let mut w = Walker { out: Vec::new() };
+    let root = Scope {
+        rels: Vec::new(),
+        ctes: Vec::new(),
+        parent: None,
+    };
+    let mut sink = Vec::new();
+    w.expr(stmt, &root, &mut sink);
+    w.out.sort();
+    w.out.dedup();
+    w.out
+}
+
+struct Walker {
+    out: Vec<ColumnReference>,
+}
+
+fn strings(v: Option<&Value>) -> Vec<&str> {
+    v.and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(node_of)
+        .filter_map(|(t, s)| (t == "String").then(|| s.get("sval")?.as_str()).flatten())
+        .collect()
+}
+
+fn str_field<'a>(m: &'a Map<String, Value>, k: &str) -> &'a str {
+    m.get(k).and_then(Value::as_str).unwrap_or("")
+}
+
+fn non_empty(s: &str) -> Option<String> {
+    (!s.is_empty()).then(|| s.to_owned())
+}
+
+fn resolve_in(source: &Source, column: &str) -> Vec<Col> {
+    match source {
+        Source::Table { schema, table } => vec![Col {
+            schema: schema.clone(),
+            table: Some(table.clone()),
+            column: column.to_owned(),
+        }],
+        Source::Derived { outputs, stars } => {
+            let named: Vec<Col> = outputs
+                .iter()
+                .filter(|(n, _)| n == column)
+                .flat_map(|(_, c)| c.iter().cloned())
+                .collect();
+            if outputs.iter().any(|(n, _)| n == column) {
+                named
+            } else if !stars.is_empty() {
+                stars.iter().flat_map(|s| resolve_in(s, column)).collect()
+            } else {
+                vec![Col::unknown(column)]
+            }
+        }
+        Source::Opaque => vec![Col::unknown(column)],
+    }
+}
+
+/// Whether a derived source can say something definite about `column`.
+fn derived_knows(source: &Source, column: &str) -> bool {
+    match source {
+        Source::Derived { outputs, stars } => {
+            outputs.iter().any(|(n, _)| n == column)
+                || stars.iter().any(|s| derived_knows(s, column))
+        }
+        _ => false,
+    }
+}
+
+/// Applies `AS x(a, b)` column renames to a derived source, by position.
+fn rename(source: Source, colnames: &[&str]) -> Source {
+    match source {
+        Source::Derived { mut outputs, stars } if !colnames.is_empty() => {
+            for (o, n) in outputs.iter_mut().zip(colnames) {
+                o.0 = (*n).to_owned();
+            }
+            Source::Derived { outputs, stars }
+        }
+        other => other,
+    }
+}
+
+impl Walker {
+    fn record(&mut self, cols: Vec<Col>, clause: Clause) {
+        for c in cols {
+            self.out.push(ColumnReference {
+                schema: c.schema,
+                table: c.table,
+                column: c.column,
+                clause,
+            });
+        }
+    }
+
+    /// Walks `v` in a clause: column references into `out`, nested queries walked
+    /// (their own clauses recorded, their select lists into `out`).
+    fn clause(&mut self, v: Option<&Value>, scope: &Scope<'_>, clause: Clause) {
+        if let Some(v) = v {
+            let mut cols = Vec::new();
+            self.expr(v, scope, &mut cols);
+            self.record(cols, clause);
+        }
+    }
+
+    fn expr(&mut self, v: &Value, scope: &Scope<'_>, out: &mut Vec<Col>) {
+        match v {
+            Value::Array(items) => {
+                for i in items {
+                    self.expr(i, scope, out);
+                }
+            }
+            Value::Object(map) => {
+                let Some((ty, inner)) = node_of_map(map) else {
+                    for v in map.values() {
+                        self.expr(v, scope, out);
+                    }
+                    return;
+                };
+                match ty {
+                    "ColumnRef" => out.extend(self.column_ref(inner, scope)),
+                    "SelectStmt" => {
+                        let d = self.select(inner, scope);
+                        if let Source::Derived { outputs, .. } = d {
+                            out.extend(outputs.into_iter().flat_map(|(_, c)| c));
+                        }
+                    }
+                    "InsertStmt" | "UpdateStmt" | "DeleteStmt" | "MergeStmt" => {
+                        self.dml(ty, inner, scope);
+                    }
+                    "FuncCall" => {
+                        for (k, v) in inner {
+                            match k.as_str() {
+                                "agg_filter" => self.clause(Some(v), scope, Clause::Where),
+                                "agg_order" => self.clause(Some(v), scope, Clause::OrderBy),
+                                "over" => {
+                                    if let Some(w) = v.as_object() {
+                                        self.window(w, scope);
+                                    }
+                                }
+                                _ => self.expr(v, scope, out),
+                            }
+                        }
+                    }
+                    "WindowDef" => self.window(inner, scope),
+                    _ => {
+                        for v in inner.values() {
+                            self.expr(v, scope, out);
+                        }
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn window(&mut self, w: &Map<String, Value>, scope: &Scope<'_>) {
+        self.clause(w.get("partition_clause"), scope, Clause::Window);
+        self.clause(w.get("order_clause"), scope, Clause::Window);
+    }
+
+    fn column_ref(&mut self, cr: &Map<String, Value>, scope: &Scope<'_>) -> Vec<Col> {
+        let fields: Vec<Option<&str>> = cr
+            .get("fields")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .map(|f| {
+                node_of(f)
+                    .and_then(|(t, s)| (t == "String").then(|| s.get("sval")?.as_str()).flatten())
+            })
+            .collect();
+        // A trailing `*` (AStar): a whole row, not one column; nothing nameable.
+        let Some(Some(column)) = fields.last().copied() else {
+            return Vec::new();
+        };
+        match fields.len() {
+            1 => {
+                let rels = scope.all_rels();
+                if let [only] = rels.as_slice() {
+                    return resolve_in(&only.source, column);
+                }
+                // Several candidates: unknown table, plus whatever derived relations
+                // say the name stands for (`(SELECT ssn AS s ...) x, y WHERE s ...`).
+                let mut v = vec![Col::unknown(column)];
+                for r in rels {
+                    if derived_knows(&r.source, column) {
+                        v.extend(resolve_in(&r.source, column));
+                    }
+                }
+                v
+            }
+            2 => match fields[0].and_then(|a| scope.rel(a)) {
+                Some(rel) => resolve_in(&rel.source, column),
+                None => vec![Col::unknown(column)],
+            },
+            n => {
+                let schema = fields[n - 3].unwrap_or("");
+                let table = fields[n - 2].unwrap_or("");
+                vec![Col {
+                    schema: non_empty(schema),
+                    table: non_empty(table),
+                    column: column.to_owned(),
+                }]
+            }
+        }
+    }
+
+    /// CTEs of a WITH clause into `scope` (each sees the ones before it; all when RECURSIVE).
+    fn with(&mut self, with: Option<&Value>, scope: &mut Scope<'_>) {
+        let Some(with) = with.and_then(Value::as_object) else {
+            return;
+        };
+        for cte in with
+            .get("ctes")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
+            let Some(("CommonTableExpr", c)) = node_of(cte) else {
+                continue;
+            };
+            let name = str_field(c, "ctename").to_owned();
+            let source = match node_of(c.get("ctequery").unwrap_or(&Value::Null)) {
+                Some(("SelectStmt", q)) => self.select(q, scope),
+                Some((ty, q)) => {
+                    self.dml(ty, q, scope);
+                    Source::Opaque
+                }
+                None => Source::Opaque,
+            };
+            let source = rename(source, &strings(c.get("aliascolnames")));
+            scope.ctes.push((name, source));
+        }
+    }
+
+    /// One FROM item into `rels`; join conditions recorded against the item's own relations.
+    fn range_item(&mut self, v: &Value, scope: &Scope<'_>, rels: &mut Vec<Rel>) {
+        let Some((ty, inner)) = node_of(v) else {
+            return;
+        };
+        let alias = inner.get("alias").and_then(Value::as_object);
+        let alias_name = alias.map(|a| str_field(a, "aliasname")).unwrap_or("");
+        let colnames = alias
+            .map(|a| strings(a.get("colnames")))
+            .unwrap_or_default();
+        match ty {
+            "RangeVar" => {
+                let schema = str_field(inner, "schemaname");
+                let rel = str_field(inner, "relname");
+                let source = match (schema.is_empty(), scope.cte(rel)) {
+                    (true, Some(cte)) => rename(cte.clone(), &colnames),
+                    _ => Source::Table {
+                        schema: non_empty(schema),
+                        table: rel.to_owned(),
+                    },
+                };
+                let name = if alias_name.is_empty() {
+                    rel
+                } else {
+                    alias_name
+                };
+                rels.push(Rel {
+                    name: name.to_owned(),
+                    source,
+                });
+            }
+            "RangeSubselect" => {
+                let source = match inner.get("subquery").and_then(node_of) {
+                    Some(("SelectStmt", q)) => self.select(q, scope),
+                    _ => Source::Opaque,
+                };
+                rels.push(Rel {
+                    name: alias_name.to_owned(),
+                    source: rename(source, &colnames),
+                });
+            }
+            "JoinExpr" => {
+                let mut own = Vec::new();
+                for side in ["larg", "rarg"] {
+                    if let Some(s) = inner.get(side) {
+                        self.range_item(s, scope, &mut own);
+                    }
+                }
+                let join_scope = Scope {
+                    rels: own.clone(),
+                    ctes: Vec::new(),
+                    parent: Some(scope),
+                };
+                self.clause(inner.get("quals"), &join_scope, Clause::Join);
+                for col in strings(inner.get("using_clause")) {
+                    let cols = own
+                        .iter()
+                        .flat_map(|r| resolve_in(&r.source, col))
+                        .collect();
+                    self.record(cols, Clause::Join);
+                }
+                if !alias_name.is_empty() {
+                    // `JOIN ... AS j`: j hides the inner names; its columns may be any of them.
+                    rels.push(Rel {
+                        name: alias_name.to_owned(),
+                        source: Source::Derived {
+                            outputs: Vec::new(),
+                            stars: own.into_iter().map(|r| r.source).collect(),
+                        },
+                    });
+                } else {
+                    rels.extend(own);
+                }
+            }
+            _ => {
+                // RangeFunction, RangeTableFunc, ...: arguments may hold sub-selects.
+                let mut sink = Vec::new();
+                self.expr(v, scope, &mut sink);
+                rels.push(Rel {
+                    name: alias_name.to_owned(),
+                    source: Source::Opaque,
+                });
+            }
+        }
+    }
+
+    /// Walks a SELECT (recording its clauses) and returns what it outputs.
+    fn select(&mut self, sel: &Map<String, Value>, parent: &Scope<'_>) -> Source {
+        let mut scope = Scope::child(parent);
+        self.with(sel.get("with_clause"), &mut scope);
+        let larg = sel.get("larg").and_then(Value::as_object);
+        let rarg = sel.get("rarg").and_then(Value::as_object);
+        if let (Some(l), Some(r)) = (larg, rarg) {
+            // UNION / INTERSECT / EXCEPT: outputs named by the left side, columns from both.
+            let l = self.select(l, &scope);
+            let r = self.select(r, &scope);
+            let source = match (l, r) {
+                (
+                    Source::Derived {
+                        mut outputs,
+                        mut stars,
+                    },
+                    Source::Derived {
+                        outputs: ro,
+                        stars: rs,
+                    },
+                ) => {
+                    for (o, (_, c)) in outputs.iter_mut().zip(ro) {
+                        o.1.extend(c);
+                    }
+                    stars.extend(rs);
+                    Source::Derived { outputs, stars }
+                }
+                (l, _) => l,
+            };
+            let set_scope = Scope {
+                rels: vec![Rel {
+                    name: String::new(),
+                    source: source.clone(),
+                }],
+                ctes: Vec::new(),
+                parent: Some(&scope),
+            };
+            // ORDER BY 1 of a set operation: that output's columns, from both sides.
+            if let Source::Derived { outputs, .. } = &source {
+                for item in sel
+                    .get("sort_clause")
+                    .and_then(Value::as_array)
+                    .into_iter()
+                    .flatten()
+                {
+                    if let Some(n) = sort_ordinal(item)
+                        && let Some((_, cols)) = outputs.get(n)
+                    {
+                        self.record(cols.clone(), Clause::OrderBy);
+                    }
+                }
+            }
+            self.sort_like(sel.get("sort_clause"), &[], &set_scope, Clause::OrderBy);
+            let mut sink = Vec::new();
+            self.expr_opt(sel.get("limit_count"), &scope, &mut sink);
+            self.expr_opt(sel.get("limit_offset"), &scope, &mut sink);
+            return source;
+        }
+        let mut rels = Vec::new();
+        for item in sel
+            .get("from_clause")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
+            self.range_item(item, &scope, &mut rels);
+        }
+        scope.rels = rels;
+        let targets: Vec<(&str, Option<&Value>)> = sel
+            .get("target_list")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .filter_map(node_of)
+            .filter(|(t, _)| *t == "ResTarget")
+            .map(|(_, r)| (str_field(r, "name"), r.get("val")))
+            .collect();
+        let mut outputs = Vec::new();
+        let mut stars = Vec::new();
+        for (name, val) in &targets {
+            let Some(val) = val else { continue };
+            if let Some(("ColumnRef", cr)) = node_of(val) {
+                let f = cr.get("fields").and_then(Value::as_array);
+                let last_star = f
+                    .and_then(|f| f.last())
+                    .and_then(node_of)
+                    .is_some_and(|(t, _)| t == "AStar");
+                if last_star {
+                    let qual = strings(cr.get("fields"));
+                    match qual.first().and_then(|q| scope.rel(q)) {
+                        Some(rel) => stars.push(rel.source.clone()),
+                        None => stars.extend(scope.rels.iter().map(|r| r.source.clone())),
+                    }
+                    continue;
+                }
+            }
+            let mut cols = Vec::new();
+            self.expr(val, &scope, &mut cols);
+            let out_name = if !name.is_empty() {
+                (*name).to_owned()
+            } else {
+                output_name(val)
+            };
+            outputs.push((out_name, cols));
+        }
+        self.clause(sel.get("where_clause"), &scope, Clause::Where);
+        self.clause(sel.get("having_clause"), &scope, Clause::Having);
+        self.sort_like(sel.get("group_clause"), &targets, &scope, Clause::GroupBy);
+        self.sort_like(sel.get("sort_clause"), &targets, &scope, Clause::OrderBy);
+        // Plain DISTINCT is `[{}]` (no expression): nothing to record.
+        self.sort_like(
+            sel.get("distinct_clause"),
+            &targets,
+            &scope,
+            Clause::DistinctOn,
+        );
+        for w in sel
+            .get("window_clause")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
+            if let Some(("WindowDef", w)) = node_of(w) {
+                self.window(w, &scope);
+            }
+        }
+        let mut sink = Vec::new();
+        for k in [
+            "values_lists",
+            "limit_count",
+            "limit_offset",
+            "locking_clause",
+        ] {
+            self.expr_opt(sel.get(k), &scope, &mut sink);
+        }
+        Source::Derived { outputs, stars }
+    }
+
+    fn expr_opt(&mut self, v: Option<&Value>, scope: &Scope<'_>, out: &mut Vec<Col>) {
+        if let Some(v) = v {
+            self.expr(v, scope, out);
+        }
+    }
+
+    /// ORDER BY / GROUP BY / DISTINCT ON items: an ordinal or an output alias stands for
+    /// that select-list expression (both readings are recorded when a name is also a column).
+    fn sort_like(
+        &mut self,
+        items: Option<&Value>,
+        targets: &[(&str, Option<&Value>)],
+        scope: &Scope<'_>,
+        clause: Clause,
+    ) {
+        for item in items.and_then(Value::as_array).into_iter().flatten() {
+            let expr = match node_of(item) {
+                Some(("SortBy", s)) => s.get("node"),
+                _ => Some(item),
+            };
+            let Some(expr) = expr else { continue };
+            let mut cols = Vec::new();
+            match node_of(expr) {
+                Some(("AConst", _)) => {
+                    if let Some(i) = sort_ordinal(item)
+                        && let Some((_, Some(val))) = targets.get(i)
+                    {
+                        self.expr(val, scope, &mut cols);
+                    }
+                }
+                Some(("ColumnRef", cr)) => {
+                    let names = strings(cr.get("fields"));
+                    if let [name] = names.as_slice() {
+                        for (_, val) in targets.iter().filter(|(n, _)| n == name) {
+                            if let Some(val) = val {
+                                self.expr(val, scope, &mut cols);
+                            }
+                        }
+                    }
+                    self.expr(expr, scope, &mut cols);
+                }
+                _ => self.expr(expr, scope, &mut cols),
+            }
+            self.record(cols, clause);
+        }
+    }
+
+    /// INSERT / UPDATE / DELETE / MERGE: the target and its conditions. RETURNING and SET
+    /// values are not side channels, but sub-selects in them are walked.
+    fn dml(&mut self, ty: &str, st: &Map<String, Value>, parent: &Scope<'_>) {
+        let mut scope = Scope::child(parent);
+        self.with(st.get("with_clause"), &mut scope);
+        let mut rels = Vec::new();
+        if let Some(rel) = st.get("relation").and_then(Value::as_object) {
+            let v = Value::Object(Map::from_iter([(
+                "RangeVar".to_owned(),
+                Value::Object(rel.clone()),
+            )]));
+            self.range_item(&v, &scope, &mut rels);
+        }
+        let mut sink = Vec::new();
+        match ty {
+            "InsertStmt" => {
+                scope.rels = Vec::new();
+                self.expr_opt(st.get("select_stmt"), &scope, &mut sink);
+                scope.rels = rels;
+                if let Some(oc) = st.get("on_conflict_clause").and_then(Value::as_object) {
+                    self.clause(oc.get("where_clause"), &scope, Clause::Where);
+                    self.expr_opt(oc.get("target_list"), &scope, &mut sink);
+                    if let Some(infer) = oc.get("infer").and_then(Value::as_object) {
+                        self.clause(infer.get("where_clause"), &scope, Clause::Where);
+                    }
+                }
+            }
+            "UpdateStmt" | "DeleteStmt" => {
+                let extra = if ty == "UpdateStmt" {
+                    "from_clause"
+                } else {
+                    "using_clause"
+                };
+                for item in st
+                    .get(extra)
+                    .and_then(Value::as_array)
+                    .into_iter()
+                    .flatten()
+                {
+                    self.range_item(item, &scope, &mut rels);
+                }
+                scope.rels = rels;
+                self.clause(st.get("where_clause"), &scope, Clause::Where);
+                self.expr_opt(st.get("target_list"), &scope, &mut sink);
+            }
+            _ => {
+                if let Some(src) = st.get("source_relation") {
+                    self.range_item(src, &scope, &mut rels);
+                }
+                scope.rels = rels;
+                self.clause(st.get("join_condition"), &scope, Clause::Join);
+                for w in st
+                    .get("merge_when_clauses")
+                    .and_then(Value::as_array)
+                    .into_iter()
+                    .flatten()
+                {
+                    if let Some((_, w)) = node_of(w) {
+                        self.clause(w.get("condition"), &scope, Clause::Where);
+                        self.expr_opt(w.get("target_list"), &scope, &mut sink);
+                        self.expr_opt(w.get("values"), &scope, &mut sink);
+                    }
+                }
+            }
+        }
+        self.expr_opt(st.get("returning_list"), &scope, &mut sink);
+    }
+}
+
+/// The name PostgreSQL gives an unnamed select-list item: the column or function name.
+fn output_name(val: &Value) -> String {
+    match node_of(val) {
+        Some(("ColumnRef", cr)) => strings(cr.get("fields"))
+            .last()
+            .map(|s| (*s).to_owned())
+            .unwrap_or_default(),
+        Some(("FuncCall", fc)) => strings(fc.get("funcname"))
+            .last()
+            .map(|s| (*s).to_owned())
+            .unwrap_or_default(),
+        Some(("TypeCast", tc)) => tc.get("arg").map(output_name).unwrap_or_default(),
+        _ => "?column?".to_owned(),
+    }
+}
+
+/// `ORDER BY 2` / `GROUP BY 2`: the zero-based select-list position.
+fn sort_ordinal(item: &Value) -> Option<usize> {
+    let expr = match node_of(item) {
+        Some(("SortBy", s)) => s.get("node")?,
+        _ => item,
+    };
+    let (ty, c) = node_of(expr)?;
+    if ty != "AConst" {
+        return None;
+    }
+    let n = c
+        .get("val")?
+        .get("Ival")?
+        .get("ival")
+        .and_then(Value::as_i64)
+        .unwrap_or(0);
+    usize::try_from(n.checked_sub(1)?).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{Clause, ColumnReference};
+    use crate::protocols::postgres::sql::classify;
+
+    fn refs(sql: &str) -> Vec<ColumnReference> {
+        let mut v = classify(sql, 1 << 20).unwrap();
+        assert_eq!(v.len(), 1, "{sql}");
+        v.remove(0).request.columns
+    }
+
+    /// `schema.table.column@clause`, `?` for an unknown part.
+    fn short(sql: &str) -> Vec<String> {
+        refs(sql)
+            .into_iter()
+            .map(|r| {
+                format!(
+                    "{}.{}.{}@{:?}",
+                    r.schema.as_deref().unwrap_or("?"),
+                    r.table.as_deref().unwrap_or("?"),
+                    r.column,
+                    r.clause
+                )
+            })
+            .collect()
+    }
+
+    fn has(sql: &str, want: &str) {
+        let got = short(sql);
+        assert!(
+            got.iter().any(|g| g == want),
+            "{sql}\nwant {want}\ngot {got:?}"
+        );
+    }
+
+    #[test]
+    fn where_resolves_aliases_and_single_tables() {
+        let got = short(
+            "SELECT c.name FROM crm.customers c WHERE c.email LIKE 'a%' AND lower(phone) = 'x'",
+        );
+        assert_eq!(
+            got,
+            ["crm.customers.email@Where", "crm.customers.phone@Where",]
+        );
+        // Unqualified table: schema unknown (matches any), table known.
+        has(
+            "SELECT 1 FROM customers WHERE ssn = '1'",
+            "?.customers.ssn@Where",
+        );
+        // Select list and RETURNING are not side channels.
+        assert!(short("SELECT ssn FROM p").is_empty());
+        assert!(
+            short("DELETE FROM p WHERE id = 1 RETURNING ssn")
+                .iter()
+                .all(|r| !r.contains("ssn"))
+        );
+    }
+
+    #[test]
+    fn joins_leave_unqualified_columns_open() {
+        let sql = "SELECT o.id FROM public.orders o JOIN customers c ON c.id = o.customer_id \
+                   JOIN addr USING (zip) WHERE email = 'x'";
+        has(sql, "?.customers.id@Join");
+        has(sql, "public.orders.customer_id@Join");
+        has(sql, "public.orders.zip@Join");
+        has(sql, "?.addr.zip@Join");
+        // Several tables in scope: the table stays unknown.
+        has(sql, "?.?.email@Where");
+    }
+
+    #[test]
+    fn order_by_ordinals_aliases_and_expressions() {
+        has("SELECT name, ssn FROM p ORDER BY 2", "?.p.ssn@OrderBy");
+        has("SELECT ssn AS s FROM p ORDER BY s", "?.p.ssn@OrderBy");
+        has(
+            "SELECT id FROM p ORDER BY CASE WHEN ssn LIKE '5%' THEN 0 ELSE 1 END",
+            "?.p.ssn@OrderBy",
+        );
+        has(
+            "SELECT email, count(*) FROM c GROUP BY email",
+            "?.c.email@GroupBy",
+        );
+        has(
+            "SELECT lower(email) e FROM c GROUP BY 1 HAVING count(*) > 1",
+            "?.c.email@GroupBy",
+        );
+        has("SELECT DISTINCT ON (ssn) id FROM p", "?.p.ssn@DistinctOn");
+        has(
+            "SELECT ssn FROM a UNION SELECT tax_id FROM b ORDER BY 1",
+            "?.b.tax_id@OrderBy",
+        );
+        has(
+            "SELECT ssn FROM a UNION SELECT tax_id FROM b ORDER BY 1",
+            "?.a.ssn@OrderBy",
+        );
+    }
+
+    #[test]
+    fn window_functions_and_aggregate_filters() {
+        has(
+            "SELECT id, row_number() OVER (PARTITION BY ssn ORDER BY dob) FROM p",
+            "?.p.ssn@Window",
+        );
+        has(
+            "SELECT id, row_number() OVER (PARTITION BY ssn ORDER BY dob) FROM p",
+            "?.p.dob@Window",
+        );
+        has(
+            "SELECT rank() OVER w FROM p WINDOW w AS (ORDER BY salary)",
+            "?.p.salary@Window",
+        );
+        has(
+            "SELECT count(*) FILTER (WHERE ssn LIKE '5%') FROM p",
+            "?.p.ssn@Where",
+        );
+        has(
+            "SELECT string_agg(name, ',' ORDER BY ssn) FROM p",
+            "?.p.ssn@OrderBy",
+        );
+    }
+
+    #[test]
+    fn subqueries_exists_and_ctes() {
+        // IN (sub-select): the sub-select's output is compared in the outer WHERE.
+        // (`ssn` could be a column of the outer `orders`: the table stays unknown.)
+        has(
+            "SELECT id FROM orders WHERE customer_id IN (SELECT id FROM customers WHERE ssn LIKE '5%')",
+            "?.?.ssn@Where",
+        );
+        has(
+            "SELECT id FROM orders o WHERE customer_id IN (SELECT c.id FROM customers c WHERE c.ssn LIKE '5%')",
+            "?.customers.ssn@Where",
+        );
+        has(
+            "SELECT id FROM orders WHERE 'x' IN (SELECT c.email FROM customers c)",
+            "?.customers.email@Where",
+        );
+        // Correlated: the inner WHERE could mean the outer table's column: unknown table.
+        has(
+            "SELECT id FROM p WHERE EXISTS (SELECT 1 FROM q WHERE ssn LIKE '5%')",
+            "?.?.ssn@Where",
+        );
+        has(
+            "SELECT id FROM p WHERE EXISTS (SELECT 1 FROM q WHERE q.pid = p.id AND p.ssn > '5')",
+            "?.p.ssn@Where",
+        );
+        // A CTE renaming a column: the reference resolves through it.
+        has(
+            "WITH x AS (SELECT ssn AS s FROM people) SELECT 1 FROM x WHERE s LIKE '5%'",
+            "?.people.ssn@Where",
+        );
+        has(
+            "WITH x(s) AS (SELECT ssn FROM people) SELECT 1 FROM x, y WHERE s LIKE '5%'",
+            "?.people.ssn@Where",
+        );
+        has(
+            "SELECT 1 FROM (SELECT upper(ssn) AS s FROM hr.people) t WHERE t.s = 'A'",
+            "hr.people.ssn@Where",
+        );
+        has(
+            "SELECT 1 FROM (SELECT * FROM hr.people) t ORDER BY t.ssn",
+            "hr.people.ssn@OrderBy",
+        );
+        // Conditions inside a CTE or a sub-select in the select list still count.
+        has(
+            "WITH x AS (SELECT id FROM people WHERE ssn > '5') SELECT * FROM x",
+            "?.people.ssn@Where",
+        );
+        has(
+            "SELECT (SELECT max(id) FROM p WHERE ssn > '5')",
+            "?.p.ssn@Where",
+        );
+    }
+
+    #[test]
+    fn dml_conditions() {
+        has(
+            "UPDATE people SET name = 'x' WHERE ssn = '1'",
+            "?.people.ssn@Where",
+        );
+        has(
+            "DELETE FROM hr.people p USING t WHERE p.ssn = t.v",
+            "hr.people.ssn@Where",
+        );
+        has(
+            "MERGE INTO people p USING src s ON p.ssn = s.ssn WHEN MATCHED THEN DELETE",
+            "?.src.ssn@Join",
+        );
+        has(
+            "INSERT INTO log SELECT id FROM people WHERE ssn LIKE '5%'",
+            "?.people.ssn@Where",
+        );
+        has(
+            "COPY (SELECT id FROM people ORDER BY ssn) TO STDOUT",
+            "?.people.ssn@OrderBy",
+        );
+        has(
+            "EXPLAIN ANALYZE SELECT id FROM people WHERE ssn = '1'",
+            "?.people.ssn@Where",
+        );
+    }
+
+    #[test]
+    fn plain_distinct_and_constants_reference_nothing() {
+        assert!(
+            short("SELECT DISTINCT a FROM t ORDER BY 1 + 1")
+                .iter()
+                .all(|r| !r.contains("OrderBy"))
+        );
+        assert!(short("SELECT 1 WHERE true").is_empty());
+        assert_eq!(Clause::Where, Clause::Where);
+    }
+}

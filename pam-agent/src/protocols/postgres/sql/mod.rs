@@ -1,0 +1,57 @@
+//! What a SQL text does, as far as policy is concerned: PostgreSQL's own parser
+//! (libpg_query, through `pg_query`) behind one function, [`classify`].
+//!
+//! - [`classify`]: text -> one [`Statement`] per statement, or [`Unclassifiable`].
+//!   Pure; no I/O. Deep ASTs need a big stack: call it on a [`Classifier`] thread.
+//! - [`Classifier`]: a small pool of parser threads with a known stack size, and a
+//!   bounded cache of results keyed by the exact statement text, and one keyed by the
+//!   text with its literals replaced, for results no literal can change (`normalize`).
+//! - [`copy_out`]: the columns and row format of a `COPY ... TO STDOUT`, for masking.
+//! - `columns`: the [`ColumnReference`]s a statement filters, joins, sorts or groups on
+//!   (for the masking side-channel guard, which re-exports these types).
+//! - `plpgsql`: DO blocks and PL/pgSQL function bodies, statement by statement.
+//! - [`PreparedStatements`]: judging SQL-level `EXECUTE name` as what was prepared.
+//!
+//! Architecture invariant: nothing here knows about the wire protocol or the policy.
+
+mod classify;
+mod columns;
+mod copy;
+mod functions;
+mod normalize;
+mod plpgsql;
+mod pool;
+mod prepared;
+mod statement;
+mod tree;
+
+pub use crate::govern::{Flag, Kind, Request};
+pub use classify::classify;
+pub use columns::{Clause, ColumnReference};
+pub use copy::{CopyOut, CopyOutError, copy_out};
+pub use pool::{Classified, Classifier, ClassifierConfig};
+pub use prepared::PreparedStatements;
+pub use statement::{Prepared, Statement, Unclassifiable, flag, kind};
+
+/// The kinds and flags PostgreSQL statements can have: what policy rules may name.
+pub const VOCABULARY: crate::govern::Vocabulary = crate::govern::Vocabulary {
+    kinds: kind::ALL,
+    flags: flag::ALL,
+};
+
+/// A text's requests as a session reads them, parsed on a thread with the parser
+/// threads' stack size (for tools). The inner error: why the text cannot be read.
+pub fn requests_of(text: &str, max: usize) -> std::io::Result<Result<Vec<Request>, String>> {
+    let text = text.to_owned();
+    let classified = std::thread::Builder::new()
+        .stack_size(ClassifierConfig::default().stack_bytes)
+        .spawn(move || classify(&text, max))?
+        .join()
+        .map_err(|_| std::io::Error::other("the SQL parser failed"))?;
+    Ok(classified
+        .map(|sts| sts.into_iter().map(|s| s.request).collect())
+        .map_err(|e| e.to_string()))
+}
+
+#[cfg(test)]
+mod policy_tests;
