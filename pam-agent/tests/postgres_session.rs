@@ -162,20 +162,50 @@ fn refused_statement_gets_42501_naming_the_rule_and_the_session_continues() {
         run.stderr
     );
     assert!(
-        run.stderr.contains("rule \"schema-changes-need-approval\""),
+        run.stderr.contains(
+            "ERROR:  42501: pam-agent refused the statement (rule \"schema-changes-need-approval\")"
+        ),
         "{}",
         run.stderr
     );
     assert!(run.stderr.contains("approval required"), "{}", run.stderr);
-    assert!(run.stderr.contains("rule \"default\""), "{}", run.stderr);
+    assert!(
+        run.stderr
+            .contains("ERROR:  42501: pam-agent refused the statement (rule \"default\")"),
+        "{}",
+        run.stderr
+    );
     // Refused statements never reached the server: the table and the insert are there.
     assert_eq!(pg.direct("SELECT count(*) FROM orders"), "6\n");
 
-    let d = proxy.decisions();
-    let find = |t: &str| d.iter().find(|(text, ..)| text == t).cloned().unwrap();
-    assert_eq!(find("DELETE FROM orders").1, "deny");
-    assert_eq!(find("DROP TABLE orders").1, "require_approval");
-    assert_eq!(find("SELECT k FROM secret.keys").2, "default");
+    // One record per statement, in the order sent, with decision and rule.
+    let d: Vec<(String, String)> = proxy
+        .decisions()
+        .into_iter()
+        .map(|(text, decision, rule)| (text, format!("{decision} by {rule}")))
+        .collect();
+    let expected = [
+        ("SELECT count(*) FROM orders", "allow by crew-public-rw"),
+        ("DELETE FROM orders", "deny by no-unbounded-writes"),
+        ("SELECT count(*) FROM orders", "allow by crew-public-rw"),
+        ("BEGIN", "allow by crew-public-rw"),
+        (
+            "INSERT INTO orders VALUES (6, 'six', 60)",
+            "allow by crew-public-rw",
+        ),
+        (
+            "DROP TABLE orders",
+            "require_approval by schema-changes-need-approval",
+        ),
+        ("SELECT count(*) FROM orders", "allow by crew-public-rw"),
+        ("COMMIT", "allow by crew-public-rw"),
+        ("SELECT k FROM secret.keys", "deny by default"),
+        ("SELECT 'still here'", "allow by crew-public-rw"),
+    ];
+    assert_eq!(
+        d,
+        expected.map(|(t, r)| (t.to_owned(), r.to_owned())).to_vec()
+    );
 }
 
 #[test]
@@ -184,7 +214,13 @@ fn every_statement_of_a_multi_statement_query_is_judged() {
     let proxy = Proxy::start(&pg, CREW_POLICY);
     let run = proxy.psql("INSERT INTO audit_log (note) VALUES ('x'); DROP TABLE orders; SELECT 1");
     assert!(!run.ok);
-    assert!(run.stderr.contains("42501"), "{}", run.stderr);
+    assert!(
+        run.stderr.starts_with(
+            "ERROR:  42501: pam-agent refused the statement (rule \"schema-changes-need-approval\")"
+        ),
+        "{}",
+        run.stderr
+    );
     assert_eq!(run.stdout, "");
     // None of it ran.
     assert_eq!(pg.direct("SELECT count(*) FROM audit_log"), "0\n");
