@@ -174,7 +174,7 @@ fn export_ocsf_uses_fitting_classes() {
     };
     assert_eq!(class(1), (6002, 3)); // agent started
     assert_eq!(class(3), (3002, 1)); // logon
-    assert_eq!(class(4), (6005, 4)); // statement: query
+    assert_eq!(class(4), (6005, 1)); // statement: a select reads
     assert_eq!(class(11), (3002, 2)); // logoff
     assert_eq!(class(12), (4001, 5)); // refused
     assert_eq!(class(13), (6002, 4)); // agent stopped
@@ -182,7 +182,7 @@ fn export_ocsf_uses_fitting_classes() {
         .iter()
         .find(|e| e["metadata"]["sequence"] == 4)
         .unwrap();
-    assert_eq!(stmt["type_uid"], 600504);
+    assert_eq!(stmt["type_uid"], 600501);
     assert_eq!(stmt["actor"]["user"]["name"], "alice");
     assert_eq!(
         stmt["query_info"]["query_string"],

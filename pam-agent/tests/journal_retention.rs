@@ -25,16 +25,27 @@ fn statement(session: SessionId, n: u64) -> Event {
 }
 
 fn append(store: &mut SqliteStore, session: SessionId, count: u64) {
+    append_at(store, session, count, jiff::Timestamp::now());
+}
+
+/// Appends records stamped `ts`: records of an hour ago are old without waiting an hour.
+fn append_at(store: &mut SqliteStore, session: SessionId, count: u64, ts: jiff::Timestamp) {
     let mut batch = Vec::new();
     for _ in 0..count {
         let seq = store.last_seq() + 1 + batch.len() as u64;
-        batch.push(Record::new(seq, Some(session), statement(session, seq)));
+        let mut r = Record::new(seq, Some(session), statement(session, seq));
+        r.ts = ts;
+        batch.push(r);
         if batch.len() == 500 {
             store.append(&batch).unwrap();
             batch.clear();
         }
     }
     store.append(&batch).unwrap();
+}
+
+fn an_hour_ago() -> jiff::Timestamp {
+    jiff::Timestamp::now() - Duration::from_secs(3600)
 }
 
 fn first_last(path: &std::path::Path) -> (u64, u64) {
@@ -60,11 +71,10 @@ fn age_retention_keeps_the_rest_verifiable() {
     let session = SessionId::new();
     {
         let mut store = SqliteStore::open(opts.clone()).unwrap();
-        append(&mut store, session, 35);
+        append_at(&mut store, session, 35, an_hour_ago());
         store.close().unwrap();
     }
-    std::thread::sleep(Duration::from_millis(1200));
-    opts.max_age = Some(Duration::from_secs(1));
+    opts.max_age = Some(Duration::from_secs(60));
     let mut store = SqliteStore::open(opts.clone()).unwrap();
     append(&mut store, session, 5); // 36..=40, young
     assert_eq!(store.enforce_retention().unwrap(), 35);
@@ -105,15 +115,32 @@ fn writer_applies_retention_on_its_own_and_numbering_continues() {
     let session = SessionId::new();
     {
         let mut store = SqliteStore::open(opts.clone()).unwrap();
-        append(&mut store, session, 20);
+        append_at(&mut store, session, 20, an_hour_ago());
         store.close().unwrap();
     }
-    std::thread::sleep(Duration::from_millis(1100));
-    opts.max_age = Some(Duration::from_secs(1));
+    opts.max_age = Some(Duration::from_secs(60));
     let (j, h) = open(opts);
     // The writer's first upkeep tick (after about a second) removes 1..=19 (the newest
-    // record always stays) and journals it as seq 21.
-    std::thread::sleep(Duration::from_millis(1600));
+    // record always stays) and journals it as seq 21: wait for that record.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let reader =
+        Connection::open_with_flags(&path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY).unwrap();
+    while reader
+        .query_row(
+            "SELECT count(*) FROM records WHERE kind = 'journal_pruned'",
+            [],
+            |r| r.get::<_, i64>(0),
+        )
+        .unwrap()
+        == 0
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the writer never applied retention"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    drop(reader);
     let seq = j
         .record_blocking(
             None,

@@ -1,12 +1,14 @@
 //! Tampering with the SQLite file directly (as someone with write access would) and
-//! checking that `pam-agent audit verify` finds it, names the record, and exits 1.
+//! checking that `pam-agent audit verify` finds it, names the record, and exits 1. Forged
+//! hashes are computed with the documented formula (`common::format`), never with the
+//! product's chain code, so a forgery cannot share a bug with what it attacks.
 
 mod common;
 
 use std::path::Path;
 
 use common::*;
-use pam_agent::journal::{Event, SessionId, chain};
+use pam_agent::journal::{Event, SessionId};
 use rusqlite::{Connection, params};
 
 /// 50 records (checkpoints every 10): a session of alice with statements.
@@ -131,7 +133,7 @@ fn inserted_record_with_a_correct_link() {
         .unwrap();
     let prev = get_hash(&c, 25);
     let json = r#"{"seq":26,"ts":"2025-01-01T00:00:00Z","kind":"agent_stopped","reason":"forged"}"#;
-    let hash = chain::link(&prev, json.as_bytes());
+    let hash = format::link(&prev, json.as_bytes());
     c.execute(
         "INSERT INTO records (seq, ts_us, kind, record, prev_hash, hash) VALUES (26, 1735689600000000, 'agent_stopped', ?1, ?2, ?3)",
         params![json, &prev[..], &hash[..]],
@@ -197,7 +199,7 @@ fn rewritten_chain_fails_at_the_signed_checkpoint() {
                 r.get(0)
             })
             .unwrap();
-        let hash = chain::link(&prev, json.as_bytes());
+        let hash = format::link(&prev, json.as_bytes());
         c.execute(
             "UPDATE records SET prev_hash = ?1, hash = ?2 WHERE seq = ?3",
             params![&prev[..], &hash[..], seq],
@@ -258,5 +260,84 @@ fn truncated_file() {
     assert!(
         all.contains("cannot be read") || all.contains("malformed"),
         "{all}"
+    );
+}
+
+/// An attacker who rewrites a record, recomputes every hash and re-signs every checkpoint
+/// with a key of their own (all with the documented formulas, not the product's code):
+/// only the pinned key tells. Without a pin `verify` names the foreign key it saw.
+#[test]
+fn rewritten_and_resigned_with_a_foreign_key() {
+    let dir = Scratch::new("tamper-resign");
+    let path = journal(&dir);
+    let c = db(&path);
+    let genuine: String = c
+        .query_row("SELECT value FROM meta WHERE key = 'public_key'", [], |r| {
+            r.get(0)
+        })
+        .unwrap();
+    let id: [u8; 16] = format::unhex(
+        &c.query_row("SELECT value FROM meta WHERE key = 'journal_id'", [], |r| {
+            r.get::<_, String>(0)
+        })
+        .unwrap(),
+    )
+    .try_into()
+    .unwrap();
+    c.execute(
+        "UPDATE records SET record = replace(record, '\"rows\":21', '\"rows\":0') WHERE seq = 23",
+        [],
+    )
+    .unwrap();
+    let mut prev = get_hash(&c, 22);
+    for seq in 23..=50u64 {
+        let json: String = c
+            .query_row("SELECT record FROM records WHERE seq = ?1", [seq], |r| {
+                r.get(0)
+            })
+            .unwrap();
+        let hash = format::link(&prev, json.as_bytes());
+        c.execute(
+            "UPDATE records SET prev_hash = ?1, hash = ?2 WHERE seq = ?3",
+            params![&prev[..], &hash[..], seq],
+        )
+        .unwrap();
+        prev = hash;
+    }
+    let seed = [0x5a; 32];
+    let foreign = ed25519_dalek::SigningKey::from_bytes(&seed)
+        .verifying_key()
+        .to_bytes();
+    let cps: Vec<(u64, i64)> = c
+        .prepare("SELECT seq, ts_us FROM checkpoints")
+        .unwrap()
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    for (seq, ts) in cps {
+        let hash = get_hash(&c, seq);
+        let sig = format::sign(&seed, &format::checkpoint_message(&id, seq, &hash, ts));
+        c.execute(
+            "UPDATE checkpoints SET hash = ?1, public_key = ?2, signature = ?3 WHERE seq = ?4",
+            params![&hash[..], &foreign[..], &sig[..], seq],
+        )
+        .unwrap();
+    }
+    c.execute(
+        "UPDATE meta SET value = ?1 WHERE key = 'public_key'",
+        [format::hex(&foreign)],
+    )
+    .unwrap();
+    assert_detected(
+        &path,
+        &["--trusted-key", &genuine],
+        "seq 10: checkpoint signature invalid or by an unexpected key",
+    );
+    let o = audit(&path, &["verify"]);
+    assert!(
+        stdout(&o).contains(&format!("signed by ed25519 key {}", format::hex(&foreign))),
+        "{}",
+        stdout(&o)
     );
 }

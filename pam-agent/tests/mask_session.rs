@@ -83,7 +83,7 @@ type Masked = (String, String, u64, u64);
 /// Every `masking_applied` record: (statement, its entries).
 fn masking_records(proxy: &Proxy) -> Vec<(Option<u64>, Vec<Masked>)> {
     proxy
-        .records()
+        .settled_records()
         .into_iter()
         .filter_map(|r| match r.event {
             Event::MaskingApplied {
@@ -192,7 +192,43 @@ fn psql_sees_masked_values_by_column_and_content() {
         .lines()
         .filter(|l| l.contains("masking_applied"))
         .collect();
-    assert!(masking_lines.len() >= 8, "{masking_lines:?}");
+    // One masking record per statement that masked something, matched by session and
+    // statement number: every query above but the one reading only name and balance.
+    let all = proxy.settled_records();
+    let statement_of = |session, n| {
+        all.iter()
+            .find_map(|r| match &r.event {
+                Event::Statement {
+                    statement: Some(m),
+                    text,
+                    ..
+                } if r.session == session && *m == n => text.clone(),
+                _ => None,
+            })
+            .unwrap_or_else(|| panic!("no statement {n} in session {session:?}"))
+    };
+    let mut masked_statements: Vec<String> = all
+        .iter()
+        .filter_map(|r| match &r.event {
+            Event::MaskingApplied {
+                statement: Some(n), ..
+            } => Some(statement_of(r.session, *n)),
+            _ => None,
+        })
+        .collect();
+    masked_statements.sort();
+    let mut queried: Vec<String> = all
+        .iter()
+        .filter_map(|r| match &r.event {
+            Event::Statement { text: Some(t), .. } => Some(t.clone()),
+            _ => None,
+        })
+        .filter(|t| t != "SELECT name, balance FROM customers WHERE id = 1")
+        .collect();
+    queried.sort();
+    assert_eq!(masked_statements.len(), 13);
+    assert_eq!(masked_statements, queried);
+    assert_eq!(masking_lines.len(), 13, "{masking_lines:?}");
     for l in masking_lines {
         // What the record says (its time and ids could contain any digits).
         let record: Value = serde_json::from_str(l).unwrap();

@@ -28,7 +28,7 @@ fn allowed_statements_return_what_a_direct_connection_returns() {
     );
     // The completion record carries the rows from CommandComplete ("SELECT 5").
     let completed: Vec<_> = proxy
-        .records()
+        .settled_records()
         .into_iter()
         .filter_map(|r| match r.event {
             Event::StatementCompleted {
@@ -42,8 +42,14 @@ fn allowed_statements_return_what_a_direct_connection_returns() {
         .collect();
     assert_eq!(completed, vec![(1, Some(5), None)]);
     // The decision was on record before the statement went upstream.
-    let seq_of =
-        |f: &dyn Fn(&Event) -> bool| proxy.records().iter().find(|r| f(&r.event)).unwrap().seq;
+    let seq_of = |f: &dyn Fn(&Event) -> bool| {
+        proxy
+            .settled_records()
+            .iter()
+            .find(|r| f(&r.event))
+            .unwrap()
+            .seq
+    };
     assert!(
         seq_of(&|e| matches!(e, Event::Statement { .. }))
             < seq_of(&|e| matches!(e, Event::StatementCompleted { .. }))
@@ -85,7 +91,11 @@ fn notices_notifications_and_copy_through_psql() {
         std::fs::read_to_string(&out_file).unwrap(),
         "10\tten\n11\televen\n"
     );
-    assert!(run.stderr.contains("42501"), "{run:?}");
+    assert!(
+        run.stderr
+            .contains("ERROR:  42501: pam-agent refused the statement (rule \"default\")"),
+        "{run:?}"
+    );
 }
 
 #[test]
@@ -96,7 +106,8 @@ fn fastpath_function_calls_are_judged_by_kind() {
     let proxy = Proxy::start(&pg, CREW_POLICY);
     let run = proxy.psql_script("\\lo_import '/etc/hostname'\nSELECT 'alive';\n");
     assert!(
-        run.stderr.contains("42501") && run.stderr.contains("pam-agent refused"),
+        run.stderr
+            .contains("ERROR:  42501: pam-agent refused the statement (rule \"default\")"),
         "{run:?}"
     );
     assert!(run.stdout.contains("alive"), "{run:?}");
@@ -151,20 +162,50 @@ fn refused_statement_gets_42501_naming_the_rule_and_the_session_continues() {
         run.stderr
     );
     assert!(
-        run.stderr.contains("rule \"schema-changes-need-approval\""),
+        run.stderr.contains(
+            "ERROR:  42501: pam-agent refused the statement (rule \"schema-changes-need-approval\")"
+        ),
         "{}",
         run.stderr
     );
     assert!(run.stderr.contains("approval required"), "{}", run.stderr);
-    assert!(run.stderr.contains("rule \"default\""), "{}", run.stderr);
+    assert!(
+        run.stderr
+            .contains("ERROR:  42501: pam-agent refused the statement (rule \"default\")"),
+        "{}",
+        run.stderr
+    );
     // Refused statements never reached the server: the table and the insert are there.
     assert_eq!(pg.direct("SELECT count(*) FROM orders"), "6\n");
 
-    let d = proxy.decisions();
-    let find = |t: &str| d.iter().find(|(text, ..)| text == t).cloned().unwrap();
-    assert_eq!(find("DELETE FROM orders").1, "deny");
-    assert_eq!(find("DROP TABLE orders").1, "require_approval");
-    assert_eq!(find("SELECT k FROM secret.keys").2, "default");
+    // One record per statement, in the order sent, with decision and rule.
+    let d: Vec<(String, String)> = proxy
+        .decisions()
+        .into_iter()
+        .map(|(text, decision, rule)| (text, format!("{decision} by {rule}")))
+        .collect();
+    let expected = [
+        ("SELECT count(*) FROM orders", "allow by crew-public-rw"),
+        ("DELETE FROM orders", "deny by no-unbounded-writes"),
+        ("SELECT count(*) FROM orders", "allow by crew-public-rw"),
+        ("BEGIN", "allow by crew-public-rw"),
+        (
+            "INSERT INTO orders VALUES (6, 'six', 60)",
+            "allow by crew-public-rw",
+        ),
+        (
+            "DROP TABLE orders",
+            "require_approval by schema-changes-need-approval",
+        ),
+        ("SELECT count(*) FROM orders", "allow by crew-public-rw"),
+        ("COMMIT", "allow by crew-public-rw"),
+        ("SELECT k FROM secret.keys", "deny by default"),
+        ("SELECT 'still here'", "allow by crew-public-rw"),
+    ];
+    assert_eq!(
+        d,
+        expected.map(|(t, r)| (t.to_owned(), r.to_owned())).to_vec()
+    );
 }
 
 #[test]
@@ -173,7 +214,13 @@ fn every_statement_of_a_multi_statement_query_is_judged() {
     let proxy = Proxy::start(&pg, CREW_POLICY);
     let run = proxy.psql("INSERT INTO audit_log (note) VALUES ('x'); DROP TABLE orders; SELECT 1");
     assert!(!run.ok);
-    assert!(run.stderr.contains("42501"), "{}", run.stderr);
+    assert!(
+        run.stderr.starts_with(
+            "ERROR:  42501: pam-agent refused the statement (rule \"schema-changes-need-approval\")"
+        ),
+        "{}",
+        run.stderr
+    );
     assert_eq!(run.stdout, "");
     // None of it ran.
     assert_eq!(pg.direct("SELECT count(*) FROM audit_log"), "0\n");
@@ -189,41 +236,104 @@ fn evasion_forms_are_refused() {
     let pg = PgServer::start();
     pg.direct("CREATE EXTENSION IF NOT EXISTS dblink; SELECT lo_create(4242)");
     let proxy = Proxy::start(&pg, CREW_POLICY);
+    // Each evasion, the decision the worker gets, and the rule that made it.
     let evasions = [
-        "WITH gone AS (DELETE FROM orders WHERE id > 0 RETURNING *) SELECT count(*) FROM gone",
-        "EXPLAIN ANALYZE DELETE FROM orders",
-        "CREATE TABLE stolen AS SELECT * FROM secret.keys",
-        "SELECT * INTO stolen FROM orders",
-        "DO $$ BEGIN EXECUTE 'DROP TABLE orders'; END $$",
-        "COPY orders TO PROGRAM 'touch /tmp/pam-pwned'",
-        "COPY orders FROM '/etc/passwd'",
-        "SET ROLE postgres",
-        "SET SESSION AUTHORIZATION postgres",
-        "SELECT set_config('role', 'postgres', false)",
-        "SET search_path = secret, public",
-        "SELECT pg_read_file('/etc/passwd')",
-        "SELECT * FROM orders WHERE item = (SELECT pg_read_file('/etc/hostname'))",
-        "SELECT lo_export(4242, '/tmp/pam-lo')",
-        "SELECT dblink_exec('dbname=postgres', 'DROP TABLE orders')",
-        "SELECT query_to_xml('DELETE FROM orders RETURNING 1', true, true, '')",
-        "PREPARE p AS DELETE FROM orders",
-        "EXECUTE p",
-        "SELECT * FROM pg_catalog.pg_authid, secret.keys",
-        "UPDATE orders SET qty = 0",
-        "ALTER SYSTEM SET log_statement = 'none'",
-        "GRANT ALL ON secret.keys TO PUBLIC",
-        "SELEC broken",
-        "SELECT 1; SELECT k FROM secret.keys",
-        "SET NAMES 'SJIS'",
-        "SET standard_conforming_strings = off",
-        "SELECT set_config('client_encoding', 'BIG5', false)",
+        (
+            "WITH gone AS (DELETE FROM orders WHERE id > 0 RETURNING *) SELECT count(*) FROM gone",
+            "deny",
+            "default",
+        ),
+        (
+            "EXPLAIN ANALYZE DELETE FROM orders",
+            "deny",
+            "no-unbounded-writes",
+        ),
+        (
+            "CREATE TABLE stolen AS SELECT * FROM secret.keys",
+            "require_approval",
+            "schema-changes-need-approval",
+        ),
+        (
+            "SELECT * INTO stolen FROM orders",
+            "require_approval",
+            "schema-changes-need-approval",
+        ),
+        (
+            "DO $$ BEGIN EXECUTE 'DROP TABLE orders'; END $$",
+            "deny",
+            "default",
+        ),
+        (
+            "COPY orders TO PROGRAM 'touch /tmp/pam-pwned'",
+            "deny",
+            "default",
+        ),
+        ("COPY orders FROM '/etc/passwd'", "deny", "default"),
+        ("SET ROLE postgres", "deny", "default"),
+        ("SET SESSION AUTHORIZATION postgres", "deny", "default"),
+        (
+            "SELECT set_config('role', 'postgres', false)",
+            "deny",
+            "default",
+        ),
+        ("SET search_path = secret, public", "deny", "default"),
+        ("SELECT pg_read_file('/etc/passwd')", "deny", "default"),
+        (
+            "SELECT * FROM orders WHERE item = (SELECT pg_read_file('/etc/hostname'))",
+            "deny",
+            "default",
+        ),
+        ("SELECT lo_export(4242, '/tmp/pam-lo')", "deny", "default"),
+        (
+            "SELECT dblink_exec('dbname=postgres', 'DROP TABLE orders')",
+            "deny",
+            "default",
+        ),
+        (
+            "SELECT query_to_xml('DELETE FROM orders RETURNING 1', true, true, '')",
+            "deny",
+            "default",
+        ),
+        (
+            "PREPARE p AS DELETE FROM orders",
+            "deny",
+            "no-unbounded-writes",
+        ),
+        ("EXECUTE p", "deny", "default"),
+        (
+            "SELECT * FROM pg_catalog.pg_authid, secret.keys",
+            "deny",
+            "default",
+        ),
+        ("UPDATE orders SET qty = 0", "deny", "no-unbounded-writes"),
+        (
+            "ALTER SYSTEM SET log_statement = 'none'",
+            "require_approval",
+            "schema-changes-need-approval",
+        ),
+        (
+            "GRANT ALL ON secret.keys TO PUBLIC",
+            "require_approval",
+            "schema-changes-need-approval",
+        ),
+        ("SELEC broken", "deny", "unclassifiable"),
+        ("SELECT 1; SELECT k FROM secret.keys", "deny", "default"),
+        ("SET NAMES 'SJIS'", "deny", "default"),
+        ("SET standard_conforming_strings = off", "deny", "default"),
+        (
+            "SELECT set_config('client_encoding', 'BIG5', false)",
+            "deny",
+            "default",
+        ),
     ];
-    for sql in evasions {
+    for (sql, _, rule) in evasions {
         let run = proxy.psql(sql);
         assert!(!run.ok, "{sql} was not refused: {run:?}");
+        // The agent's refusal (SQLSTATE 42501 and the rule), not the server's own.
+        let refusal = format!("ERROR:  42501: pam-agent refused the statement (rule \"{rule}\")");
         assert!(
-            run.stderr.contains("42501") && run.stderr.contains("pam-agent refused"),
-            "{sql}: {}",
+            run.stderr.contains(&refusal),
+            "{sql}: expected {refusal} in {}",
             run.stderr
         );
     }
@@ -237,18 +347,19 @@ fn evasion_forms_are_refused() {
         "0\n"
     );
     assert!(!std::path::Path::new("/tmp/pam-pwned").exists());
-    // Each refusal is journaled with its decision.
-    let d = proxy.decisions();
-    assert!(
-        d.iter().all(|(_, decision, _)| decision != "allow"),
-        "{d:?}"
-    );
-    for sql in ["SET ROLE postgres", "SELEC broken"] {
-        assert!(
-            d.iter().any(|(t, dec, _)| t == sql && dec != "allow"),
-            "{sql} not journaled: {d:?}"
-        );
+    // Each refusal is journaled with its decision and rule, one record per statement in
+    // the order sent (the multi-statement query is two statements, both refused).
+    let mut expected: Vec<(String, String, String)> = Vec::new();
+    for (sql, decision, rule) in evasions {
+        let texts: Vec<&str> = match sql {
+            "SELECT 1; SELECT k FROM secret.keys" => vec!["SELECT 1", "SELECT k FROM secret.keys"],
+            _ => vec![sql],
+        };
+        for t in texts {
+            expected.push((t.into(), decision.into(), rule.into()));
+        }
     }
+    assert_eq!(proxy.decisions(), expected);
 }
 
 #[test]

@@ -29,7 +29,7 @@ fn psql_verifies_the_agent_certificate() {
         ca_file.display()
     );
     let out = std::process::Command::new("psql")
-        .args(["-X", "-At"])
+        .args(["-X", "-At", "-v", "VERBOSITY=verbose"])
         .arg(&conninfo)
         .args([
             "-c",
@@ -49,7 +49,9 @@ fn psql_verifies_the_agent_certificate() {
     );
     assert!(stdout.contains("\n5\n"), "{stdout}");
     assert!(
-        stderr.contains("pam-agent refused the statement"),
+        stderr.contains(
+            "ERROR:  42501: pam-agent refused the statement (rule \"no-unbounded-writes\")"
+        ),
         "{stderr}"
     );
 

@@ -9,7 +9,7 @@ use std::{
 
 use anyhow::{Context, bail};
 
-use crate::TestHost;
+use crate::{OutputWithin, TestHost};
 
 const BIN: &str = "/usr/lib/postgresql/15/bin";
 
@@ -59,8 +59,12 @@ pub struct PgServer {
 pub const SERVER_DNS_NAME: &str = "db.pam.test";
 
 fn postgres_uid() -> anyhow::Result<(u32, u32)> {
-    let uid = Command::new("id").args(["-u", "postgres"]).output()?;
-    let gid = Command::new("id").args(["-g", "postgres"]).output()?;
+    let uid = Command::new("id")
+        .args(["-u", "postgres"])
+        .output_within()?;
+    let gid = Command::new("id")
+        .args(["-g", "postgres"])
+        .output_within()?;
     if !uid.status.success() {
         bail!("no `postgres` user: install Debian's postgresql package (cargo xtask setup)");
     }
@@ -101,7 +105,7 @@ impl PgServer {
             .arg(&data)
             .args(["--auth=scram-sha-256", "-U", "postgres", "--no-sync"])
             .arg(format!("--pwfile={}", pwfile.display()))
-            .output()
+            .output_within()
             .context("initdb")?;
         if !out.status.success() {
             bail!("initdb failed: {}", String::from_utf8_lossy(&out.stderr));
@@ -145,7 +149,7 @@ impl PgServer {
             .arg("-l")
             .arg(dir.path().join("server.log"))
             .args(["-w", "start"])
-            .output()
+            .output_within()
             .context("pg_ctl start")?;
         if !out.status.success() {
             bail!(
@@ -197,7 +201,7 @@ impl PgServer {
                 sql,
             ])
             .env("PGPASSWORD", &self.password)
-            .output()?;
+            .output_within()?;
         if !out.status.success() {
             bail!("psql: {}", String::from_utf8_lossy(&out.stderr));
         }
@@ -216,7 +220,7 @@ fn make_server_cert(dir: &std::path::Path, host: &TestHost) -> anyhow::Result<()
         let out = Command::new("openssl")
             .args(args)
             .current_dir(dir)
-            .output()
+            .output_within()
             .context("openssl")?;
         if !out.status.success() {
             bail!("openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));

@@ -3,7 +3,7 @@
 
 use std::process::Command;
 
-use pam_e2e::agent_bin;
+use pam_e2e::{OutputWithin, agent_bin};
 
 fn check(config: &str) -> (bool, String) {
     let dir = tempfile::tempdir().unwrap();
@@ -12,7 +12,7 @@ fn check(config: &str) -> (bool, String) {
     let out = Command::new(agent_bin())
         .args(["check", "--config"])
         .arg(&path)
-        .output()
+        .output_within()
         .unwrap();
     let text =
         String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
@@ -50,9 +50,13 @@ fn bad_configs_are_refused_naming_the_field() {
         ),
         (
             config(&GOOD_RESOURCE.replace("5432", "0"), "/"),
-            "resources[0].port",
+            "`resources[0].port`: must be between 1 and 65535",
         ),
-        (config(&GOOD_RESOURCE.replace("5432", "99999"), "/"), "port"),
+        // Out of u16 range: the parser names the place (line 10 is the resource's port).
+        (
+            config(&GOOD_RESOURCE.replace("5432", "99999"), "/"),
+            "line 10, column 8",
+        ),
         (
             config(GOOD_RESOURCE, "/no-such-cgroup-pam-test"),
             "govern.cgroups[0]",
@@ -68,6 +72,7 @@ fn bad_configs_are_refused_naming_the_field() {
     ];
     for (text, expected) in cases {
         let (ok, out) = check(&text);
+        assert!(!out.contains("panicked"), "{out}");
         assert!(!ok, "accepted a bad config:\n{text}");
         assert!(out.contains(expected), "expected `{expected}` in:\n{out}");
     }
@@ -89,7 +94,7 @@ fn run_refuses_a_bad_config_before_touching_the_kernel() {
     let out = Command::new(agent_bin())
         .args(["run", "--config"])
         .arg(&path)
-        .output()
+        .output_within()
         .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("resources[0].port"));
@@ -103,7 +108,7 @@ fn run_refuses_a_bad_config_before_touching_the_kernel() {
 fn exec_without_a_cgroup_says_what_is_missing() {
     let out = Command::new(agent_bin())
         .args(["exec", "--", "true"])
-        .output()
+        .output_within()
         .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("--cgroup"));
@@ -166,7 +171,7 @@ fn ca_init_and_show() {
         let out = Command::new(agent_bin())
             .args(["ca", verb, "--config"])
             .arg(config)
-            .output()
+            .output_within()
             .unwrap();
         (
             out.status.success(),
@@ -203,7 +208,7 @@ fn the_systemd_unit_verifies() {
             std::env::var("CI").as_deref() != Ok("true"),
             "systemd-analyze missing in CI"
         );
-        eprintln!("skipping: no systemd-analyze");
+        pam_e2e::report_skip("cli", "no systemd-analyze");
         return;
     }
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -228,7 +233,7 @@ fn the_systemd_unit_verifies() {
     let out = Command::new("systemd-analyze")
         .arg("verify")
         .arg(&path)
-        .output()
+        .output_within()
         .unwrap();
     let text =
         String::from_utf8_lossy(&out.stderr).into_owned() + &String::from_utf8_lossy(&out.stdout);

@@ -3,9 +3,16 @@
 //! workers (psql, CrewAI's NL2SQLTool). Governed workers see masked values; a process
 //! outside the governed cgroup, connecting directly, sees the real ones.
 
-use std::process::Command;
+use std::{
+    io::BufRead,
+    os::unix::process::CommandExt,
+    process::{Command, Stdio},
+};
 
-use pam_e2e::{Agent, Cgroup, ResourceSpec, TestHost, agent_bin, postgres::PgServer, require_root};
+use pam_e2e::{
+    Agent, CHILD_TIMEOUT, Cgroup, OutputWithin, ResourceSpec, TestHost, Watchdog, agent_bin,
+    postgres::PgServer, require_root,
+};
 
 const PASSWORD: &str = "pg-mask-password";
 
@@ -101,7 +108,7 @@ fn psql(cg: Option<&Cgroup>, host: &str, sql: &str) -> String {
         .args(["-h", host, "-U", "postgres", "-d", "crm", "-XAt", "-c", sql])
         .env("PGPASSWORD", PASSWORD)
         .env("PGCONNECT_TIMEOUT", "5")
-        .output()
+        .output_within()
         .expect("psql");
     assert!(
         out.status.success(),
@@ -143,25 +150,71 @@ fn governed_workers_see_masked_values_and_others_the_real_ones() {
         "1\tm***@example.com\n2\tw***@example.net\n"
     );
 
-    // The audit names the columns and counts, and never a value.
-    let masked = f.agent.records("masking_applied");
-    assert!(masked.len() >= 3, "{masked:#?}");
-    let first = &masked[0];
-    assert_eq!(first["rows"], 2, "{first}");
-    let columns = first["columns"].as_array().unwrap();
-    let email = columns
-        .iter()
-        .find(|c| c["name"] == "public.customers.email")
-        .unwrap_or_else(|| panic!("{first}"));
-    assert_eq!(email["values"], 2);
-    assert_eq!(email["method"], "email");
-    assert_eq!(email["rule"], "crew-pii");
-    let cards = columns
-        .iter()
-        .find(|c| c["name"] == "payment_card")
-        .unwrap_or_else(|| panic!("{first}"));
-    assert_eq!(cards["values"], 2);
-    let journal = serde_json::to_string(&f.agent.journal()).unwrap();
+    // The audit: every governed statement's record, and the masking record of that very
+    // statement (same session, same statement number), naming columns and counts.
+    let journal = f.agent.settled();
+    let masking_of = |sql: &str| -> Vec<(String, String, u64, u64)> {
+        let st = journal
+            .iter()
+            .find(|r| r["kind"] == "statement" && r["text"] == sql)
+            .unwrap_or_else(|| panic!("no statement record for {sql}: {journal:#?}"));
+        assert_eq!(
+            (&st["decision"], &st["rule"]),
+            (&"allow".into(), &"crew-reads-customers".into()),
+            "{st}"
+        );
+        let m: Vec<&serde_json::Value> = journal
+            .iter()
+            .filter(|r| {
+                r["kind"] == "masking_applied"
+                    && r["session"] == st["session"]
+                    && r["statement"] == st["statement"]
+            })
+            .collect();
+        assert_eq!(m.len(), 1, "{sql}: masking records {m:#?}");
+        let mut cols: Vec<(String, String, u64, u64)> = m[0]["columns"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| {
+                assert_eq!(c["rule"], "crew-pii", "{c}");
+                (
+                    format!(
+                        "{} by {}",
+                        c["name"].as_str().unwrap(),
+                        c["by"].as_str().unwrap()
+                    ),
+                    c["method"].as_str().unwrap().to_owned(),
+                    c["values"].as_u64().unwrap(),
+                    m[0]["rows"].as_u64().unwrap(),
+                )
+            })
+            .collect();
+        cols.sort();
+        cols
+    };
+    let col = |n: &str, m: &str, v: u64, rows: u64| (n.to_owned(), m.to_owned(), v, rows);
+    assert_eq!(
+        masking_of(sql),
+        [
+            col("iban by detector", "redact", 2, 2),
+            col("payment_card by detector", "redact", 2, 2),
+            col("public.customers.email by column", "email", 2, 2),
+            col("public.customers.ssn by column", "partial", 2, 2),
+        ]
+    );
+    assert_eq!(
+        masking_of("select email as contact, upper(email) from customers where id = 1"),
+        [
+            col("email by detector", "redact", 1, 1),
+            col("public.customers.email by column", "email", 1, 1),
+        ]
+    );
+    assert_eq!(
+        masking_of("copy customers (id, email) to stdout"),
+        [col("public.customers.email by column", "email", 2, 2)]
+    );
+    let journal = serde_json::to_string(&journal).unwrap();
     for secret in ["maria.garcia@", "123-45-6789", "4111 1111", "GB82WEST"] {
         assert!(!journal.contains(secret), "{secret} reached the journal");
     }
@@ -181,7 +234,7 @@ fn crewai_nl2sql_tool_gets_masked_rows() {
     let run = |cg: Option<&Cgroup>| {
         let out = command(cg, "python3")
             .args([script, &uri, sql])
-            .output()
+            .output_within()
             .unwrap();
         assert!(
             out.status.success(),
@@ -223,22 +276,41 @@ fn memory_stays_flat_while_millions_of_masked_rows_stream() {
         "select email from customers where id < 10",
     );
     let (before, _) = f.agent.memory_kib().expect("agent memory");
-    // About 3M rows and 150 MB of masked text; COPY so psql streams instead of buffering.
-    let out = command(Some(&f.cg), "sh")
-        .arg("-c")
-        .arg(format!(
-            "psql -h {v4} -U postgres -d crm -XAt -c 'copy customers (id, email, ssn) to stdout' | \
-             awk '/user[0-9]|[0-9]{{3}}-[0-9]{{2}}-/ {{ leaked++ }} END {{ print NR, leaked + 0 }}'"
-        ))
+    // About 3M rows and 150 MB of masked text; COPY so psql streams instead of buffering,
+    // counted here as it streams. The control row's `name` (no rule masks it, and its
+    // values are neither an email nor a valid SSN for the detectors) has both leak
+    // patterns: the counter must find it there, and nowhere in the masked columns.
+    f.pg.admin_sql(
+        "crm",
+        "insert into customers values (3000003, 'control user3000003 000-12-3456',
+                                       'user3000003@example.com', '123-45-6789', '', '')",
+    )
+    .unwrap();
+    let mut child = command(Some(&f.cg), "psql")
+        .args(["-h", &v4, "-U", "postgres", "-d", "crm", "-XAt", "-c"])
+        .arg("copy customers (id, email, ssn, name) to stdout")
         .env("PGPASSWORD", PASSWORD)
-        .output()
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .spawn()
         .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(
-        text.lines().collect::<Vec<_>>(),
-        ["3000002 0"],
+    let _watch = Watchdog::new(child.id(), "psql COPY of 3M rows".into(), CHILD_TIMEOUT);
+    let count = count_leaks(std::io::BufReader::new(child.stdout.take().unwrap()));
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(count.rows, 3_000_003, "{count:?}");
+    assert_eq!(count.leaked[0], 0, "unmasked emails: {count:?}");
+    assert_eq!(count.leaked[1], 0, "unmasked SSNs: {count:?}");
+    assert_eq!(
+        (count.leaked[2], count.first_leak[2].as_deref()),
+        (1, Some("3000003")),
+        "the control row must be found in the unmasked column: {count:?}"
     );
     let (_, peak) = f.agent.memory_kib().expect("agent memory");
     eprintln!("agent RSS before {before} KiB, peak {peak} KiB");
@@ -246,5 +318,71 @@ fn memory_stays_flat_while_millions_of_masked_rows_stream() {
     assert!(
         growth_mib < 32,
         "agent memory grew by {growth_mib} MiB while streaming (from {before} KiB to a peak of {peak} KiB)"
+    );
+}
+
+/// Leaks found in a `COPY (id, email, ssn, name) TO STDOUT` text stream, per column after
+/// the id.
+#[derive(Debug, Default)]
+struct LeakCount {
+    rows: u64,
+    leaked: [u64; 3],
+    /// The id of the first row that leaked in each column.
+    first_leak: [Option<String>; 3],
+}
+
+/// Whether a field holds an unmasked value of the fixture: an email's local part
+/// (`user` and a digit; masked it is `u***`) or an SSN's first five digits (`ddd-dd-`;
+/// masked they are stars).
+fn leaks(field: &[u8]) -> bool {
+    let digit = |b: &u8| b.is_ascii_digit();
+    field
+        .windows(5)
+        .any(|w| &w[..4] == b"user" && w[4].is_ascii_digit())
+        || field.windows(7).any(|w| {
+            w[..3].iter().all(digit) && w[3] == b'-' && w[4..6].iter().all(digit) && w[6] == b'-'
+        })
+}
+
+fn count_leaks(mut input: impl BufRead) -> LeakCount {
+    let mut count = LeakCount::default();
+    let mut line = Vec::new();
+    loop {
+        line.clear();
+        if input
+            .read_until(b'\n', &mut line)
+            .expect("reading COPY output")
+            == 0
+        {
+            return count;
+        }
+        count.rows += 1;
+        let mut fields = line
+            .strip_suffix(b"\n")
+            .unwrap_or(&line)
+            .split(|&b| b == b'\t');
+        let id = String::from_utf8_lossy(fields.next().unwrap_or_default()).into_owned();
+        for (i, field) in fields.take(3).enumerate() {
+            if leaks(field) {
+                count.leaked[i] += 1;
+                count.first_leak[i].get_or_insert_with(|| id.clone());
+            }
+        }
+    }
+}
+
+/// The counter itself, on values it must and must not flag (no root needed).
+#[test]
+fn leak_counter_flags_unmasked_values_only() {
+    let stream = "1\tu***@example.com\t*******6789\tname 1\n\
+                  2\tuser2@example.com\t*******6789\tname 2\n\
+                  3\tu***@example.com\t123-45-6789\tname 3\n\
+                  4\tu***@example.com\t*******6789\tuser4 000-12-3456\n";
+    let c = count_leaks(stream.as_bytes());
+    assert_eq!(c.rows, 4);
+    assert_eq!(c.leaked, [1, 1, 1]);
+    assert_eq!(
+        c.first_leak,
+        [Some("2".into()), Some("3".into()), Some("4".into())]
     );
 }

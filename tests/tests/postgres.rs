@@ -4,7 +4,11 @@
 
 use std::process::Command;
 
-use pam_e2e::{Agent, Cgroup, ResourceSpec, TestHost, agent_bin, postgres::PgServer, require_root};
+use pam_e2e::{
+    Agent, Cgroup, OutputWithin, ResourceSpec, TestHost, agent_bin, postgres::PgServer,
+    require_root,
+};
+use serde_json::Value;
 
 const PASSWORD: &str = "pg-e2e-password";
 
@@ -45,7 +49,7 @@ fn setup() -> Fixture {
     }
 }
 
-/// psql with `-v ON_ERROR_STOP=0`: runs every statement, prints results and errors.
+/// psql: prints results, and errors with their SQLSTATE (`VERBOSITY=verbose`).
 fn psql(cg: Option<&Cgroup>, host: &str, sql: &str) -> (String, String) {
     let mut c = match cg {
         Some(cg) => {
@@ -56,11 +60,22 @@ fn psql(cg: Option<&Cgroup>, host: &str, sql: &str) -> (String, String) {
         None => Command::new("env"),
     };
     c.args([
-        "psql", "-h", host, "-U", "postgres", "-d", "shop", "-XAt", "-c", sql,
+        "psql",
+        "-h",
+        host,
+        "-U",
+        "postgres",
+        "-d",
+        "shop",
+        "-XAt",
+        "-v",
+        "VERBOSITY=verbose",
+        "-c",
+        sql,
     ])
     .env("PGPASSWORD", PASSWORD)
     .env("PGCONNECT_TIMEOUT", "5");
-    let out = c.output().expect("psql");
+    let out = c.output_within().expect("psql");
     (
         String::from_utf8_lossy(&out.stdout).into_owned(),
         String::from_utf8_lossy(&out.stderr).into_owned(),
@@ -82,16 +97,25 @@ fn allowed_statements_match_a_direct_connection_and_refused_ones_get_42501() {
     let (governed6, err) = psql(Some(&f.cg), &f.host.v6.to_string(), read);
     assert_eq!(governed6, direct, "{err}");
 
-    // Refused: the worker sees a proper error naming the rule, and nothing ran.
-    for (sql, rule) in [
+    // Refused: the worker sees the refusal's SQLSTATE and the rule, and nothing ran.
+    let refused = [
         ("select * from secrets", "default"),
         ("drop table orders", "default"),
         ("delete from orders", "no-unbounded-writes"),
-    ] {
+    ];
+    for (sql, rule) in refused {
         let (out, err) = psql(Some(&f.cg), &v4, sql);
         assert!(out.is_empty(), "{sql}: {out}");
-        assert!(err.contains("ERROR"), "{sql}: {err}");
-        assert!(err.contains(rule), "{sql}: expected rule {rule} in: {err}");
+        assert!(
+            err.starts_with(&format!(
+                "ERROR:  42501: pam-agent refused the statement (rule \"{rule}\")"
+            )),
+            "{sql}: {err}"
+        );
+        assert!(
+            err.contains(&format!("DETAIL:  rule: {rule}; decision: deny")),
+            "{sql}: {err}"
+        );
     }
     assert_eq!(
         psql(None, &v4, read).0,
@@ -100,7 +124,7 @@ fn allowed_statements_match_a_direct_connection_and_refused_ones_get_42501() {
     );
 
     // One session, refused statement in the middle, the session goes on.
-    let script = "select 1; select * from secrets; select 2;";
+    let script = "select 1;\nselect * from secrets;\nselect 2;\n";
     let (out, err) = {
         let mut c = Command::new(agent_bin());
         c.args(["exec", "--cgroup"])
@@ -114,6 +138,10 @@ fn allowed_statements_match_a_direct_connection_and_refused_ones_get_42501() {
                 "-XAt",
                 "-v",
                 "ON_ERROR_STOP=0",
+                "-v",
+                "VERBOSITY=verbose",
+                "-f",
+                "-",
             ])
             .env("PGPASSWORD", PASSWORD);
         let mut child = c
@@ -122,12 +150,14 @@ fn allowed_statements_match_a_direct_connection_and_refused_ones_get_42501() {
             .stderr(std::process::Stdio::piped())
             .spawn()
             .unwrap();
+        let _watch =
+            pam_e2e::Watchdog::new(child.id(), "psql script".into(), pam_e2e::CHILD_TIMEOUT);
         use std::io::Write;
         child
             .stdin
             .take()
             .unwrap()
-            .write_all(script.replace("; ", ";\n").as_bytes())
+            .write_all(script.as_bytes())
             .unwrap();
         let o = child.wait_with_output().unwrap();
         (
@@ -137,25 +167,81 @@ fn allowed_statements_match_a_direct_connection_and_refused_ones_get_42501() {
     };
     assert_eq!(out, "1\n2\n", "{err}");
     assert!(
-        err.contains("42501") || err.contains("permission") || err.contains("refused"),
+        err.starts_with(
+            "psql:<stdin>:2: ERROR:  42501: pam-agent refused the statement (rule \"default\")"
+        ),
         "{err}"
     );
 
-    // The journal has each statement with its decision and rule, read back by the CLI.
-    let statements = f.agent.records("statement");
-    let decided = |needle: &str| {
-        statements
+    // The journal, read back by the CLI once every session closed: each statement with
+    // its decision and rule, and a completion for exactly the allowed ones, matched by
+    // session and statement number.
+    let journal = f.agent.settled();
+    let completions = |st: &Value| -> Vec<&Value> {
+        journal
             .iter()
-            .find(|r| r["text"].as_str().is_some_and(|t| t.contains(needle)))
-            .unwrap_or_else(|| panic!("no statement record for {needle}: {statements:#?}"))
-            .clone()
+            .filter(|r| {
+                r["kind"] == "statement_completed"
+                    && r["session"] == st["session"]
+                    && r["statement"] == st["statement"]
+            })
+            .collect()
     };
-    assert_eq!(decided("sum(total)")["decision"], "allow");
-    assert_eq!(decided("sum(total)")["rule"], "crew-reads-orders");
-    assert_eq!(decided("secrets")["decision"], "deny");
-    assert_eq!(decided("drop table")["decision"], "deny");
-    assert_eq!(decided("delete from orders")["rule"], "no-unbounded-writes");
-    assert!(!f.agent.records("statement_completed").is_empty());
+    let judged = |text: &str| -> Vec<(String, String, usize)> {
+        journal
+            .iter()
+            .filter(|r| r["kind"] == "statement" && r["text"] == text)
+            .map(|r| {
+                (
+                    r["decision"].as_str().unwrap().to_owned(),
+                    r["rule"].as_str().unwrap_or("(none)").to_owned(),
+                    completions(r).len(),
+                )
+            })
+            .collect()
+    };
+    let allowed = |n| vec![("allow".to_owned(), "crew-reads-orders".to_owned(), 1); n];
+    let denied = |rule: &str, n| vec![("deny".to_owned(), rule.to_owned(), 0); n];
+    // Twice governed (IPv4 and IPv6); the direct runs never reached the agent.
+    assert_eq!(judged(read), allowed(2));
+    // The text as the statement reads, without psql's terminating semicolon; the read of
+    // `secrets` was refused twice (alone, and in the script).
+    assert_eq!(judged("select * from secrets"), denied("default", 2));
+    assert_eq!(judged("drop table orders"), denied("default", 1));
+    assert_eq!(
+        judged("delete from orders"),
+        denied("no-unbounded-writes", 1)
+    );
+    // The script's session: three statements numbered in order, the middle one refused.
+    let script_session = &journal
+        .iter()
+        .find(|r| r["kind"] == "statement" && r["text"] == "select 2")
+        .unwrap_or_else(|| panic!("no record of the script's refusal: {journal:#?}"))["session"];
+    let in_script: Vec<(u64, &str, &str)> = journal
+        .iter()
+        .filter(|r| r["kind"] == "statement" && &r["session"] == script_session)
+        .map(|r| {
+            (
+                r["statement"].as_u64().unwrap(),
+                r["text"].as_str().unwrap(),
+                r["decision"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        in_script,
+        [
+            (1, "select 1", "allow"),
+            (2, "select * from secrets", "deny"),
+            (3, "select 2", "allow")
+        ]
+    );
+    let done: Vec<u64> = journal
+        .iter()
+        .filter(|r| r["kind"] == "statement_completed" && &r["session"] == script_session)
+        .map(|r| r["statement"].as_u64().unwrap())
+        .collect();
+    assert_eq!(done, [1, 3]);
     let (ok, out) = f.agent.verify_journal();
     assert!(ok, "{out}");
 }
@@ -177,7 +263,10 @@ fn crewai_nl2sql_tool_is_judged_statement_by_statement() {
             }
             None => Command::new("env"),
         };
-        let out = c.args(["python3", script, &uri, sql]).output().unwrap();
+        let out = c
+            .args(["python3", script, &uri, sql])
+            .output_within()
+            .unwrap();
         (
             String::from_utf8_lossy(&out.stdout).into_owned(),
             String::from_utf8_lossy(&out.stderr).into_owned(),
@@ -191,16 +280,25 @@ fn crewai_nl2sql_tool_is_judged_statement_by_statement() {
     // The same tool asked to read another table gets the policy's refusal.
     let (refused, err) = run(Some(&f.cg), "select value from secrets");
     assert!(!refused.contains("launch-code") && !err.contains("launch-code"));
-    let said = refused + &err;
+    // The tool prints its answer as a JSON string.
+    let said = serde_json::from_str::<String>(refused.trim()).unwrap_or(refused) + &err;
+    // psycopg names the error class by its SQLSTATE: 42501 is InsufficientPrivilege.
     assert!(
-        said.contains("pam-agent refused the statement"),
-        "expected a policy refusal, got: {said}"
+        said.contains("(psycopg.errors.InsufficientPrivilege) pam-agent refused the statement (rule \"default\")"),
+        "expected the policy's 42501 refusal, got: {said}"
     );
-    let denied = f
-        .agent
-        .records("statement")
-        .into_iter()
-        .filter(|r| r["decision"] == "deny")
-        .count();
-    assert!(denied >= 1);
+    // Exactly one record of it, refused by the default rule, and never completed.
+    let journal = f.agent.settled();
+    let records: Vec<&Value> = journal
+        .iter()
+        .filter(|r| r["kind"] == "statement" && r["text"] == "select value from secrets")
+        .collect();
+    assert_eq!(records.len(), 1, "{journal:#?}");
+    assert_eq!(
+        (&records[0]["decision"], &records[0]["rule"]),
+        (&"deny".into(), &"default".into())
+    );
+    assert!(!journal.iter().any(|r| r["kind"] == "statement_completed"
+        && r["session"] == records[0]["session"]
+        && r["statement"] == records[0]["statement"]));
 }

@@ -4,7 +4,11 @@
 
 use std::process::Command;
 
-use pam_e2e::{Agent, Cgroup, ResourceSpec, TestHost, agent_bin, postgres::PgServer, require_root};
+use pam_e2e::{
+    Agent, Cgroup, OutputWithin, ResourceSpec, TestHost, agent_bin, postgres::PgServer,
+    require_root,
+};
+use serde_json::Value;
 
 const PASSWORD: &str = "worker-test-password";
 
@@ -20,7 +24,7 @@ fn in_cgroup(cg: Option<&Cgroup>) -> Command {
 }
 
 fn output(mut cmd: Command) -> String {
-    let out = cmd.output().expect("running worker");
+    let out = cmd.output_within().expect("running worker");
     assert!(
         out.status.success(),
         "worker failed: {}{}",
@@ -71,10 +75,62 @@ fn psql_through_the_agent_sees_what_a_direct_connection_sees() {
     assert_eq!(direct.trim(), "100|12625.00|customer-99");
     assert_eq!(psql(Some(&cg), host.v4.to_string()), direct);
     assert_eq!(psql(Some(&cg), host.v6.to_string()), direct);
-    let opened = agent.records("session_opened");
-    assert_eq!(opened.len(), 2, "{opened:#?}");
-    assert!(opened.iter().all(|r| r["principal"]["comm"] == "psql"));
-    assert_eq!(opened[1]["resource"]["name"], "shop-db-v6");
+    // Two governed sessions (the direct run is not one), each opened with the kernel's
+    // view of the worker and closed in order, with the bytes it relayed.
+    let journal = agent.settled();
+    let sessions = sessions(&journal);
+    let seen: Vec<(String, String, String)> = sessions
+        .iter()
+        .map(|(o, c)| {
+            (
+                o["resource"]["name"].as_str().unwrap().to_owned(),
+                o["destination"].as_str().unwrap().to_owned(),
+                c["end"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            (
+                "shop-db".into(),
+                format!("{}:5432", host.v4),
+                "closed".into()
+            ),
+            (
+                "shop-db-v6".into(),
+                format!("[{}]:5432", host.v6),
+                "closed".into()
+            ),
+        ]
+    );
+    for (o, c) in &sessions {
+        assert_eq!(o["principal"]["comm"], "psql", "{o}");
+        assert_eq!(
+            o["principal"]["exe"], "/usr/lib/postgresql/15/bin/psql",
+            "{o}"
+        );
+        assert_eq!(o["principal"]["cgroup_id"], cg.id(), "{o}");
+        assert!(
+            c["bytes_to_worker"].as_u64().unwrap() > direct.len() as u64,
+            "{c}"
+        );
+    }
+}
+
+/// Each `session_opened` record with its `session_closed` record.
+fn sessions(journal: &[Value]) -> Vec<(Value, Value)> {
+    journal
+        .iter()
+        .filter(|r| r["kind"] == "session_opened")
+        .map(|o| {
+            let c = journal
+                .iter()
+                .find(|c| c["kind"] == "session_closed" && c["session"] == o["session"])
+                .unwrap_or_else(|| panic!("session without close: {o}"));
+            (o.clone(), c.clone())
+        })
+        .collect()
 }
 
 #[test]
@@ -95,20 +151,29 @@ fn crewai_nl2sql_tool_runs_unmodified_through_the_agent() {
     assert!(direct.contains("customer-3"), "{direct}");
     let governed = run(Some(&cg));
     assert_eq!(governed, direct);
-    let opened = agent.records("session_opened");
-    assert!(
-        !opened.is_empty(),
-        "CrewAI's connection did not go through the agent"
+    // Every connection CrewAI made went through the agent as python, to the database's
+    // own address, and closed in order.
+    let journal = agent.settled();
+    let sessions = sessions(&journal);
+    // NL2SQLTool (crewai-tools 1.15.30, pinned by `cargo xtask setup`) connects three
+    // times: two schema reads and the query.
+    assert_eq!(
+        sessions.len(),
+        3,
+        "CrewAI's connections did not all go through the agent: {sessions:#?}"
     );
-    assert!(opened.iter().all(|r| {
-        r["principal"]["exe"]
-            .as_str()
-            .unwrap_or_default()
-            .contains("python")
-    }));
-    assert!(
-        opened
-            .iter()
-            .all(|r| r["destination"] == format!("{}:5432", host.v4))
-    );
+    for (o, c) in &sessions {
+        let exe = o["principal"]["exe"].as_str().unwrap_or_default();
+        assert!(
+            exe.rsplit('/')
+                .next()
+                .unwrap_or_default()
+                .starts_with("python3"),
+            "{o}"
+        );
+        assert_eq!(o["principal"]["cgroup_id"], cg.id(), "{o}");
+        assert_eq!(o["destination"], format!("{}:5432", host.v4));
+        assert_eq!(o["resource"]["name"], "shop-db");
+        assert_eq!(c["end"], "closed", "{c}");
+    }
 }

@@ -25,7 +25,8 @@ const APT: &[&str] = &[
     "openssl",
 ];
 
-/// Python clients used as real workers in tests (module name, pip requirement).
+/// Python clients used as real workers in tests, and the OCSF schema validator (module
+/// name, pip requirement).
 const PIP: &[(&str, &str)] = &[
     ("psycopg", "psycopg[binary]==3.3.9"),
     ("asyncpg", "asyncpg==0.32.0"),
@@ -33,6 +34,9 @@ const PIP: &[(&str, &str)] = &[
     ("sqlalchemy", "SQLAlchemy==2.1.9"),
     ("crewai", "crewai==1.15.30"),
     ("crewai_tools", "crewai-tools==1.15.30"),
+    // The OCSF export is validated against the published schema (pam-agent/tests/ocsf).
+    ("jsonschema", "jsonschema==4.26.0"),
+    ("ocsf_json_schema", "ocsf-json-schema==1.2.0"),
 ];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";

@@ -28,9 +28,10 @@ use clap::{Args, Subcommand};
 use crate::{
     config::{Config, DEFAULT_CONFIG_PATH},
     journal::{
-        JournalError, Record,
+        Event, JournalError, Record,
         chain::{self, hex},
         reader::{Filter, Reader, StoredRecord},
+        schema,
         verify::{self, VerifyOptions},
     },
 };
@@ -341,8 +342,14 @@ fn print(
 
 fn export_ocsf(reader: &Reader, filter: &Filter) -> Result<(), AuditError> {
     let mut out = io::BufWriter::new(io::stdout().lock());
-    // Opening records of the sessions seen, for actor and endpoints.
+    let exporter = ocsf::Exporter {
+        journal_id: reader.meta(schema::META_JOURNAL_ID)?.unwrap_or_default(),
+        host: ocsf::Host::local(),
+    };
+    // Opening records of the sessions seen, for actor and endpoints; statement records,
+    // for the completions that refer to them by number.
     let mut opened: HashMap<String, Option<Record>> = HashMap::new();
+    let mut statements: HashMap<(String, u64), Option<Record>> = HashMap::new();
     let mut records = Vec::new();
     reader.query(filter, None, |r| {
         records.push(r);
@@ -351,17 +358,35 @@ fn export_ocsf(reader: &Reader, filter: &Filter) -> Result<(), AuditError> {
     let mut after = None;
     loop {
         for r in &records {
-            let ctx = match &r.session {
-                Some(s) => {
-                    if !opened.contains_key(s) {
-                        let found = session_opened(reader, s)?;
-                        opened.insert(s.clone(), found);
-                    }
-                    opened.get(s).and_then(|o| o.as_ref())
+            let record = r.record();
+            if let (
+                Some(s),
+                Some(Event::Statement {
+                    statement: Some(n), ..
+                }),
+            ) = (&r.session, record.as_ref().map(|r| &r.event))
+            {
+                statements.insert((s.clone(), *n), record.clone());
+            }
+            let mut ctx = ocsf::SessionContext::default();
+            if let Some(s) = &r.session {
+                if !opened.contains_key(s) {
+                    let found = session_opened(reader, s)?;
+                    opened.insert(s.clone(), found);
                 }
-                None => None,
-            };
-            let ev = ocsf::event(r, ocsf::SessionContext { opened: ctx });
+                ctx.opened = opened.get(s).and_then(|o| o.as_ref());
+                if let Some(Event::StatementCompleted { statement: n, .. }) =
+                    record.as_ref().map(|r| &r.event)
+                {
+                    let key = (s.clone(), *n);
+                    if !statements.contains_key(&key) {
+                        let found = statement_record(reader, s, *n)?;
+                        statements.insert(key.clone(), found);
+                    }
+                    ctx.statement = statements.get(&key).and_then(|o| o.as_ref());
+                }
+            }
+            let ev = exporter.event(r, ctx);
             if let Err(e) = writeln!(out, "{ev}") {
                 return write_result(Err(e));
             }
@@ -379,6 +404,32 @@ fn export_ocsf(reader: &Reader, filter: &Filter) -> Result<(), AuditError> {
         })?;
     }
     write_result(out.flush())
+}
+
+/// The `statement` record numbered `n` in `session`, for its completions.
+fn statement_record(reader: &Reader, session: &str, n: u64) -> Result<Option<Record>, AuditError> {
+    let filter = Filter {
+        session: Some(session.to_owned()),
+        kinds: vec!["statement".into()],
+        ..Default::default()
+    };
+    let mut found = None;
+    reader.query(&filter, None, |r: StoredRecord| match r.record() {
+        Some(
+            rec @ Record {
+                event:
+                    Event::Statement {
+                        statement: Some(m), ..
+                    },
+                ..
+            },
+        ) if m == n => {
+            found = Some(rec);
+            false
+        }
+        _ => true,
+    })?;
+    Ok(found)
 }
 
 fn session_opened(reader: &Reader, session: &str) -> Result<Option<Record>, AuditError> {

@@ -2,6 +2,8 @@
 //! event, and running the real `pam-agent` binary.
 #![allow(dead_code)]
 
+pub mod format;
+
 use std::{
     net::SocketAddr,
     path::{Path, PathBuf},
@@ -243,6 +245,28 @@ pub fn require_root(test: &str) -> bool {
     if std::env::var("CI").as_deref() == Ok("true") {
         panic!("{test} needs root and CI=true: it must run here");
     }
-    eprintln!("skipping {test}: needs root");
+    report_skip(test, "needs root");
     false
+}
+
+/// Records a skipped test where people and scripts see it: a `SKIP` line written to the
+/// terminal past the test harness's output capture, and one line appended to
+/// `target/<profile>/pam-skipped.log` (count them with `wc -l`).
+pub fn report_skip(test: &str, why: &str) {
+    use std::io::Write;
+    // libtest names each test's thread after the test.
+    let name = std::thread::current()
+        .name()
+        .filter(|n| *n != "main")
+        .map_or_else(|| test.to_owned(), |n| format!("{test}::{n}"));
+    let line = format!("SKIP {name}: {why} (CI=true makes this a failure)");
+    let _ = writeln!(std::io::stderr(), "{line}");
+    let log = Path::new(env!("CARGO_BIN_EXE_pam-agent")).with_file_name("pam-skipped.log");
+    if let Ok(mut f) = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+    {
+        let _ = writeln!(f, "{line}");
+    }
 }

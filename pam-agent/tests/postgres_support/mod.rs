@@ -340,6 +340,48 @@ impl Proxy {
         jsonl::read_all(&self.journal_path).unwrap()
     }
 
+    /// Waits (up to 30 s) for a record matching `found`, written in the background.
+    pub fn wait_for_record(&self, what: &str, found: impl Fn(&Record) -> bool) -> Record {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        loop {
+            if let Some(r) = self.records().into_iter().find(|r| found(r)) {
+                return r;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "timed out waiting for {what}: {:#?}",
+                self.records()
+            );
+            thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+
+    /// The records once every session seen so far has its `session_closed` record (the
+    /// last one a session writes: completions and masking records come before it). For
+    /// records written in the background after the client has its answer.
+    pub fn settled_records(&self) -> Vec<Record> {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        loop {
+            let records = self.records();
+            let sessions: std::collections::HashSet<_> =
+                records.iter().filter_map(|r| r.session).collect();
+            let closed: std::collections::HashSet<_> = records
+                .iter()
+                .filter(|r| matches!(r.event, Event::SessionClosed { .. }))
+                .filter_map(|r| r.session)
+                .collect();
+            if sessions == closed {
+                return records;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "sessions without a close record after 30 s: {:?}",
+                sessions.difference(&closed).collect::<Vec<_>>()
+            );
+            thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+
     /// (statement text, decision, rule) of every Statement record.
     pub fn decisions(&self) -> Vec<(String, String, String)> {
         self.records()
