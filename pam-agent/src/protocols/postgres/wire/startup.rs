@@ -33,6 +33,8 @@ pub enum StartupError {
     NotUtf8,
     #[error("startup parameter `{0}` is not allowed through pam-agent")]
     Forbidden(String),
+    #[error(transparent)]
+    Option(#[from] super::options::OptionError),
     #[error("startup message has no `user`")]
     NoUser,
 }
@@ -108,37 +110,26 @@ pub fn dangerous_encoding(name: &str) -> bool {
 }
 
 /// Parameters that would change, before the first statement, what later statements
-/// mean (role, name resolution, lexing) or turn the session into something else.
+/// mean (role, name resolution, lexing) or turn the session into something else: only
+/// a short list passes ([`super::options`]).
 pub fn check_params(params: &[(String, String)]) -> Result<(), StartupError> {
     if !params.iter().any(|(k, _)| k == "user") {
         return Err(StartupError::NoUser);
     }
     for (k, v) in params {
-        let lower = k.to_ascii_lowercase();
-        let forbidden = match lower.as_str() {
-            "replication" => !matches!(
-                v.to_ascii_lowercase().as_str(),
-                "false" | "0" | "off" | "no"
-            ),
-            "role" | "session_authorization" | "search_path" => true,
-            "standard_conforming_strings" => !v.eq_ignore_ascii_case("on"),
-            "client_encoding" => dangerous_encoding(v),
-            "options" => {
-                let o = v.to_ascii_lowercase();
-                [
-                    "role",
-                    "session_authorization",
-                    "search_path",
-                    "standard_conforming_strings",
-                    "client_encoding",
-                ]
-                .iter()
-                .any(|p| o.contains(p))
+        // The server matches these four exactly; any other key is a setting.
+        match k.as_str() {
+            "user" | "database" => {}
+            "replication" => {
+                if !matches!(
+                    v.to_ascii_lowercase().as_str(),
+                    "false" | "0" | "off" | "no"
+                ) {
+                    return Err(StartupError::Forbidden(k.clone()));
+                }
             }
-            _ => false,
-        };
-        if forbidden {
-            return Err(StartupError::Forbidden(k.clone()));
+            "options" => super::options::check_options(v)?,
+            _ => super::options::check_parameter(k, v)?,
         }
     }
     Ok(())
