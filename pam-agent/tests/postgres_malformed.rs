@@ -139,6 +139,13 @@ fn malformed_startup_and_forbidden_parameters_end_with_fatal() {
 
     for (k, v) in [
         ("options", "-c role=postgres"),
+        // Spellings the server reads as role / search_path (backslash dropped, - as _).
+        ("options", r"-c ro\le=postgres"),
+        ("options", "-c search-path=secret"),
+        ("options", r"-c search\_path=secret"),
+        ("options", "--search_path=secret"),
+        ("options", "-O"),
+        ("Role", "postgres"),
         ("search_path", "secret"),
         ("client_encoding", "SJIS"),
         ("replication", "database"),
@@ -149,6 +156,21 @@ fn malformed_startup_and_forbidden_parameters_end_with_fatal() {
         assert_eq!(code, "42501", "{k}");
         assert!(msg.contains(&format!("`{k}`")), "{msg}");
     }
+    // Harmless settings pass, in the startup packet and in options.
+    let mut r = Raw::connect(&proxy);
+    r.send(&Raw::startup_packet(&[
+        ("user", "trusty"),
+        ("database", "postgres"),
+        ("application_name", "crew"),
+        ("options", "-c statement_timeout=5s --lock-timeout=2s"),
+    ]));
+    let tags: Vec<u8> = std::iter::from_fn(|| r.frame().map(|f| f.0))
+        .take_while(|t| *t != b'Z')
+        .collect();
+    assert!(!tags.contains(&b'E'), "{tags:?}");
+    r.send(&frame(b'Q', b"SHOW statement_timeout\0"));
+    let answer = r.until_ready();
+    assert_eq!(&answer[1].1[6..], b"5s", "the setting reached the server");
 }
 
 #[test]

@@ -38,7 +38,9 @@ pub enum OptionError {
     Parameter(String),
     #[error("`options`: setting `{0}` is not allowed through pam-agent")]
     Setting(String),
-    #[error("`options`: `{0}` is not allowed through pam-agent (only -c NAME=VALUE and --NAME=VALUE)")]
+    #[error(
+        "`options`: `{0}` is not allowed through pam-agent (only -c NAME=VALUE and --NAME=VALUE)"
+    )]
     Switch(String),
     #[error("`options`: `{0}` needs a value (NAME=VALUE)")]
     NoValue(String),
@@ -138,7 +140,10 @@ mod tests {
     fn words_are_split_as_the_server_splits_them() {
         assert_eq!(split("  -c a=b   --x=y "), ["-c", "a=b", "--x=y"]);
         assert_eq!(split(r"-c ro\le=x"), ["-c", "role=x"]);
-        assert_eq!(split(r"-c application_name=a\ b"), ["-c", "application_name=a b"]);
+        assert_eq!(
+            split(r"-c application_name=a\ b"),
+            ["-c", "application_name=a b"]
+        );
         assert_eq!(split(r"\\"), [r"\"]);
         assert!(split("").is_empty());
     }
@@ -188,8 +193,14 @@ mod tests {
             );
         }
         // Values that change how SQL text is read.
-        for o in ["-c client_encoding=SJIS", "-c standard_conforming_strings=off"] {
-            assert!(matches!(check_options(o), Err(OptionError::Value { .. })), "{o}");
+        for o in [
+            "-c client_encoding=SJIS",
+            "-c standard_conforming_strings=off",
+        ] {
+            assert!(
+                matches!(check_options(o), Err(OptionError::Value { .. })),
+                "{o}"
+            );
         }
         // Other switches, stray words, settings without values.
         for o in ["-O", "-e", "-f s", "-P", "stray", "-c", "-c role", "--role"] {
