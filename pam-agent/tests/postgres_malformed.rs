@@ -506,3 +506,38 @@ fn a_worker_cannot_use_the_agents_reserved_statement_and_portal_names() {
         .count();
     assert_eq!(refused, 5, "each attempt is journaled once");
 }
+
+/// Established TCP connections to `port` on loopback, as the kernel lists them.
+fn connections_to(port: u16) -> usize {
+    let out = std::process::Command::new("ss")
+        .args(["-Htn", "state", "established", "dst"])
+        .arg(format!("127.0.0.1:{port}"))
+        .output()
+        .expect("ss");
+    String::from_utf8_lossy(&out.stdout).lines().count()
+}
+
+#[test]
+fn half_open_startups_cost_the_database_no_connection() {
+    let pg = PgServer::start();
+    let proxy = Proxy::start(&pg, CREW_POLICY);
+    let before = connections_to(pg.port);
+    // Forty workers that send half a startup packet and wait.
+    let stalled: Vec<Raw> = (0..40)
+        .map(|_| {
+            let mut r = Raw::connect(&proxy);
+            r.send(&[0, 0, 0, 40, 0, 3]);
+            r
+        })
+        .collect();
+    // A complete session meanwhile works, and is the only one that reached the server.
+    let mut ok = Raw::login(&proxy);
+    assert_eq!(
+        connections_to(pg.port),
+        before + 1,
+        "only the finished startup dialed the database"
+    );
+    ok.send(&frame(b'Q', b"SELECT 1\0"));
+    assert_eq!(ok.until_ready().last().unwrap().0, b'Z');
+    drop(stalled);
+}

@@ -62,11 +62,39 @@ impl Services {
     }
 }
 
-/// One governed connection, handed by the proxy to its resource's protocol: both
-/// sockets, the session on record, and what judging it needs.
+/// How a protocol reaches the resource: the original destination, dialed when the
+/// protocol is ready for it (PostgreSQL: only once the worker's startup packet arrived,
+/// so connections that never finish their startup cost the database nothing).
+#[derive(Debug, Clone)]
+pub struct Dialer {
+    pub addr: SocketAddr,
+    pub timeout: std::time::Duration,
+}
+
+impl Dialer {
+    /// The agent itself is never redirected, so this reaches the resource.
+    pub async fn dial(&self) -> Result<TcpStream, String> {
+        match tokio::time::timeout(self.timeout, TcpStream::connect(self.addr)).await {
+            Ok(Ok(s)) => {
+                let _ = s.set_nodelay(true);
+                Ok(s)
+            }
+            Ok(Err(e)) => Err(format!("{}: {e}", self.addr)),
+            Err(_) => Err(format!(
+                "{}: no answer within {} ms",
+                self.addr,
+                self.timeout.as_millis()
+            )),
+        }
+    }
+}
+
+/// One governed connection, handed by the proxy to its resource's protocol: the
+/// worker's socket, how to reach the resource, the session on record, and what judging
+/// it needs.
 pub struct Dispatch<'a> {
     pub worker: TcpStream,
-    pub upstream: TcpStream,
+    pub upstream: Dialer,
     pub session: Arc<Session>,
     pub protocol: Protocol,
     /// Extra names the resource's TLS leaves carry (for workers that dial a host name).
@@ -100,7 +128,15 @@ pub fn requests_of(
 /// Runs the session under its resource's protocol, to its end.
 pub async fn serve(d: Dispatch<'_>) -> Outcome {
     match d.protocol {
-        Protocol::Tcp => tcp::relay(d.worker, d.upstream, d.shutdown).await,
+        Protocol::Tcp => match d.upstream.dial().await {
+            Ok(upstream) => tcp::relay(d.worker, upstream, d.shutdown).await,
+            Err(detail) => Outcome {
+                from_worker: 0,
+                to_worker: 0,
+                end: SessionEnd::UpstreamUnreachable,
+                detail: Some(detail),
+            },
+        },
         Protocol::Postgres => postgres::open(d).await,
     }
 }

@@ -1,8 +1,8 @@
 //! One redirected connection, from accept to its closing audit record.
 //!
 //! identify (kernel record) -> resource -> principal -> journal "opened" (before any
-//! byte moves) -> dial the original destination -> the resource's protocol ->
-//! journal "closed". Any step that fails closes the worker's connection; nothing is
+//! byte moves) -> the resource's protocol (which dials the original destination when
+//! it is ready to) -> journal "closed". Any step that fails closes the worker's connection; nothing is
 //! relayed unaudited.
 
 use std::{net::SocketAddr, sync::Arc, time::Instant};
@@ -13,12 +13,9 @@ use tokio_util::sync::CancellationToken;
 use super::Shared;
 use crate::{
     govern::Session,
-    journal::{
-        Event, SessionId,
-        event::{ResourceRef, SessionEnd},
-    },
+    journal::{Event, SessionId, event::ResourceRef},
     principal::Principal,
-    protocols::{self, Dispatch, Outcome},
+    protocols::{self, Dialer, Dispatch, Outcome},
 };
 
 pub async fn run(
@@ -69,21 +66,11 @@ pub async fn run(
     }
     let _ = worker.set_nodelay(true);
 
-    let upstream_addr = redirected.upstream();
-    let upstream = match dial(&shared, upstream_addr).await {
-        Ok(s) => s,
-        Err(detail) => {
-            let outcome = Outcome {
-                from_worker: 0,
-                to_worker: 0,
-                end: SessionEnd::UpstreamUnreachable,
-                detail: Some(detail),
-            };
-            close(&shared, session.id, started, outcome).await;
-            return;
-        }
+    let upstream = Dialer {
+        addr: redirected.upstream(),
+        timeout: shared.config.listener.upstream_connect_timeout,
     };
-    tracing::debug!(session = %session.id, resource = %resource.name, %upstream_addr, "session open");
+    tracing::debug!(session = %session.id, resource = %resource.name, upstream = %upstream.addr, "session open");
 
     let outcome = protocols::serve(Dispatch {
         worker,
@@ -107,23 +94,6 @@ pub async fn run(
     })
     .await;
     close(&shared, session.id, started, outcome).await;
-}
-
-/// The original destination (the agent itself is never redirected), within the
-/// configured time.
-async fn dial(shared: &Shared, addr: SocketAddr) -> Result<TcpStream, String> {
-    let timeout = shared.config.listener.upstream_connect_timeout;
-    match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
-        Ok(Ok(s)) => {
-            let _ = s.set_nodelay(true);
-            Ok(s)
-        }
-        Ok(Err(e)) => Err(format!("{addr}: {e}")),
-        Err(_) => Err(format!(
-            "{addr}: no answer within {} ms",
-            timeout.as_millis()
-        )),
-    }
 }
 
 async fn refuse(shared: &Shared, client: SocketAddr, reason: String) {

@@ -252,7 +252,10 @@ impl Proxy {
             .join(format!("journal-{}.jsonl", uuid::Uuid::now_v7()));
         let shutdown = CancellationToken::new();
         let (port_tx, port_rx) = mpsc::channel();
-        let upstream = format!("127.0.0.1:{}", server.port);
+        let upstream = pam_agent::protocols::Dialer {
+            addr: ([127, 0, 0, 1], server.port).into(),
+            timeout: std::time::Duration::from_secs(5),
+        };
         let jp = journal_path.clone();
         let sd = shutdown.clone();
         let thread = thread::spawn(move || {
@@ -302,10 +305,9 @@ impl Proxy {
                     let upstream = upstream.clone();
                     let sd = sd.clone();
                     tracker.spawn(async move {
-                        let up = tokio::net::TcpStream::connect(&upstream).await.unwrap();
                         let session = ctx.session.id;
                         let journal = ctx.session.journal.clone();
-                        let o = postgres::serve(worker, up, ctx, gate, &sd).await;
+                        let o = postgres::serve(worker, upstream, ctx, gate, &sd).await;
                         let _ = journal
                             .record(
                                 Some(session),

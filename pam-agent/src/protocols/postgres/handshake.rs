@@ -22,6 +22,7 @@ use tokio::{
 };
 
 use super::{
+    super::Dialer,
     Context, SessionError, Shared, UPSTREAM_MAX_MESSAGE,
     cancel::{Registration, Upstream},
     io::{watch_parameter, write_out},
@@ -37,8 +38,14 @@ use crate::tls::stream::{UpstreamStream, WorkerStream};
 pub enum Handshake {
     /// The session is over already (cancel request, failed login, early close).
     Done(String),
+    /// The server could not be reached (the worker was told).
+    Unreachable(String),
     Ready(Ready),
 }
+
+/// How long a worker has to send its startup packet (and finish TLS): a connection that
+/// says nothing, or half a packet, is closed then, having cost the database nothing.
+const STARTUP_DEADLINE: std::time::Duration = std::time::Duration::from_secs(15);
 
 pub struct Ready {
     pub worker_reader: FrameReader<ReadHalf<WorkerStream>>,
@@ -52,20 +59,43 @@ pub struct Ready {
 
 pub async fn handshake(
     worker: TcpStream,
-    upstream: TcpStream,
+    dialer: Dialer,
     ctx: &Context,
     shared: &Arc<Shared>,
 ) -> Result<Handshake, SessionError> {
-    let server = upstream.peer_addr()?;
-    let (mut worker, startup_body) = match worker_startup(worker, ctx, shared).await? {
+    let opening = tokio::time::timeout(STARTUP_DEADLINE, worker_startup(worker, ctx, shared))
+        .await
+        .unwrap_or_else(|_| {
+            Ok(Opening::Closed(format!(
+                "no complete startup packet within {} s",
+                STARTUP_DEADLINE.as_secs()
+            )))
+        })?;
+    // Only now is the server dialed: nothing the worker has not finished asking for
+    // costs it a backend.
+    let (mut worker, startup_body) = match opening {
         Opening::Login { worker, body } => (worker, body),
         Opening::Cancel { pid, secret } => {
-            return Ok(Handshake::Done(
-                cancel(upstream, server, ctx, pid, &secret).await,
-            ));
+            let detail = match dialer.dial().await {
+                Ok(upstream) => cancel(upstream, dialer.addr, ctx, pid, &secret).await,
+                Err(e) => format!("cancel request not sent: {e}"),
+            };
+            return Ok(Handshake::Done(detail));
         }
         Opening::Closed(detail) => return Ok(Handshake::Done(detail)),
     };
+    let upstream = match dialer.dial().await {
+        Ok(s) => s,
+        Err(e) => {
+            let msg = format!(
+                "pam-agent: resource \"{}\" cannot be reached: {e}",
+                ctx.session.resource
+            );
+            fatal(&mut worker, sqlstate::CONNECTION_FAILURE, &msg).await;
+            return Ok(Handshake::Unreachable(e));
+        }
+    };
+    let server = dialer.addr;
     let upstream = server_startup(upstream, server, &mut worker, &startup_body, ctx).await?;
     relay_auth(worker, upstream, server, ctx, shared).await
 }

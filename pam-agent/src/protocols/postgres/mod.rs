@@ -49,7 +49,7 @@ use tokio_util::sync::CancellationToken;
 pub use cancel::CancelRegistry;
 
 use self::sql::{Classifier, PreparedStatements};
-use super::{Dispatch, Outcome};
+use super::{Dialer, Dispatch, Outcome};
 use crate::{
     govern::{Gate, Session},
     journal::event::SessionEnd,
@@ -173,11 +173,11 @@ pub async fn open(d: Dispatch<'_>) -> Outcome {
     serve(d.worker, d.upstream, ctx, gate, d.shutdown).await
 }
 
-/// Runs one session to its end. `upstream` is a connection to the server the worker
-/// meant to reach (already dialed by the caller); `gate` judges its statements.
+/// Runs one session to its end. `upstream` reaches the server the worker meant to
+/// reach (dialed once the worker's startup packet is in); `gate` judges its statements.
 pub async fn serve(
     worker: TcpStream,
-    upstream: TcpStream,
+    upstream: Dialer,
     ctx: Context,
     gate: Gate,
     shutdown: &CancellationToken,
@@ -188,13 +188,13 @@ pub async fn serve(
     });
     // Small messages in both directions: never wait for Nagle.
     let _ = worker.set_nodelay(true);
-    let _ = upstream.set_nodelay(true);
     let result = tokio::select! {
         r = run(worker, upstream, &ctx, gate, &shared) => r,
         _ = shutdown.cancelled() => Ok(Ended::Shutdown),
     };
     let (end, detail) = match result {
         Ok(Ended::Closed(detail)) => (SessionEnd::Closed, detail),
+        Ok(Ended::Unreachable(detail)) => (SessionEnd::UpstreamUnreachable, Some(detail)),
         Ok(Ended::Shutdown) => (SessionEnd::AgentShutdown, None),
         Err(e) => (SessionEnd::Error, Some(e.to_string())),
     };
@@ -211,18 +211,21 @@ pub async fn serve(
 
 enum Ended {
     Closed(Option<String>),
+    /// The server could not be reached once the worker's startup arrived.
+    Unreachable(String),
     Shutdown,
 }
 
 async fn run(
     worker: TcpStream,
-    upstream: TcpStream,
+    upstream: Dialer,
     ctx: &Context,
     gate: Gate,
     shared: &Arc<Shared>,
 ) -> Result<Ended, SessionError> {
     let ready = match handshake::handshake(worker, upstream, ctx, shared).await? {
         handshake::Handshake::Done(detail) => return Ok(Ended::Closed(Some(detail))),
+        handshake::Handshake::Unreachable(detail) => return Ok(Ended::Unreachable(detail)),
         handshake::Handshake::Ready(r) => r,
     };
     let (notes, rx) = tokio::sync::mpsc::channel(1024);
