@@ -78,7 +78,8 @@ impl Batch {
     }
 
     /// A request of this batch awaits approval.
-    pub fn awaiting(&self) -> bool {
+    #[cfg(test)]
+    fn awaiting(&self) -> bool {
         self.awaiting
     }
 

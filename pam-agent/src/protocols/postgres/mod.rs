@@ -22,19 +22,19 @@
 //! [`wire`] knows no SQL or policy; [`sql`] is what a statement does; only [`client`]
 //! calls the gate.
 
-pub mod batch;
-pub mod cancel;
+mod batch;
+mod cancel;
 mod client;
 mod handshake;
 mod inject;
 mod io;
 mod masking;
 mod names;
-pub mod notes;
+mod notes;
 mod refusal;
 mod server;
 pub mod sql;
-pub mod upstream_tls;
+pub(crate) mod upstream_tls;
 pub mod wire;
 
 use std::sync::{
