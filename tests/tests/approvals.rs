@@ -525,3 +525,73 @@ fn a_crewai_nl2sql_write_is_held_approved_and_the_tool_finishes() {
         "the approved delete ran and was committed"
     );
 }
+
+#[test]
+fn extended_protocol_drivers_wait_for_approval_too() {
+    if !require_root("approvals") {
+        return;
+    }
+    let f = Fixture::new();
+    let host = f.host.v4.to_string();
+    // Each driver deletes one row with a bind parameter (Parse/Bind/Execute/Sync), then
+    // reads the count in the same connection. Run as root (the drivers live under
+    // /root), approved by nobody.
+    let scripts = [
+        (
+            "asyncpg",
+            format!(
+                "import asyncio, asyncpg\n\
+                 async def main():\n\
+                 \x20   c = await asyncpg.connect(host='{host}', user='postgres', password='{PASSWORD}', database='shop')\n\
+                 \x20   print(await c.execute('delete from orders where id = $1', 2))\n\
+                 \x20   print(await c.fetchval('select count(*) from orders'))\n\
+                 asyncio.run(main())\n"
+            ),
+            "DELETE 1",
+        ),
+        (
+            "psycopg",
+            format!(
+                "import psycopg\n\
+                 with psycopg.connect(host='{host}', user='postgres', password='{PASSWORD}', dbname='shop', autocommit=True) as c:\n\
+                 \x20   cur = c.execute('delete from orders where id = %s', (3,), prepare=True)\n\
+                 \x20   print('DELETE', cur.rowcount)\n\
+                 \x20   print(c.execute('select count(*) from orders').fetchone()[0])\n"
+            ),
+            "DELETE 1",
+        ),
+    ];
+    let mut expected_rows = 10;
+    for (driver, script, said) in scripts {
+        let worker = Command::new(agent_bin())
+            .args(["exec", "--cgroup"])
+            .arg(&f.cg.path)
+            .args(["--", "python3", "-c", &script])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("python");
+        let req = f.pending(1).remove(0);
+        assert_eq!(req["rule"], "deletes-need-approval", "{driver}");
+        assert_eq!(
+            f.orders("true"),
+            expected_rows.to_string(),
+            "{driver}: waits"
+        );
+        let id = req["id"].as_str().unwrap().to_owned();
+        assert!(
+            f.approvals(Some(NOBODY), &["approve", &id])
+                .status
+                .success()
+        );
+        let out = finish(worker, 30);
+        let stdout = text(&out.stdout);
+        assert!(out.status.success(), "{driver}: {}", text(&out.stderr));
+        expected_rows -= 1;
+        assert_eq!(
+            stdout.lines().collect::<Vec<_>>(),
+            [said, &expected_rows.to_string()],
+            "{driver}"
+        );
+    }
+}
