@@ -64,6 +64,9 @@ impl std::fmt::Display for Action {
     }
 }
 
+/// Allow rules whose failed condition a default refusal names, at most.
+const MAX_MISSES: usize = 3;
+
 /// The rule name recorded when a resource's default decided.
 pub const DEFAULT_RULE: &str = "default";
 
@@ -160,19 +163,34 @@ impl Policy {
             .unwrap_or(self.default)
     }
 
-    /// The decision for one request.
+    /// The decision for one request. A refusal by the default says why the allow rules
+    /// did not match (each one's first failed condition, as `policy explain` shows).
     pub fn decide(&self, who: &Principal, resource: &str, st: &Request) -> Decision {
+        let mut missed: Vec<(&str, String)> = Vec::new();
         for rule in &self.rules {
-            if rule.mismatch(who, resource, st).is_none() {
-                return rule.decision(st);
+            match rule.mismatch(who, resource, st) {
+                None => return rule.decision(st),
+                Some(why) if rule.action == Action::Allow && missed.len() < MAX_MISSES => {
+                    missed.push((&rule.name, why))
+                }
+                Some(_) => {}
             }
         }
         let action = self.default_for(resource);
+        let why = if missed.is_empty() || action == Action::Allow {
+            String::new()
+        } else {
+            let parts: Vec<String> = missed
+                .iter()
+                .map(|(name, why)| format!("rule \"{name}\": {why}"))
+                .collect();
+            format!(" ({})", parts.join("; "))
+        };
         Decision {
             action,
             rule: DEFAULT_RULE.into(),
             reason: format!(
-                "no rule matches this {} statement; resource `{resource}` defaults to {action}",
+                "no rule matches this {} statement{why}; resource `{resource}` defaults to {action}",
                 st.kind()
             ),
         }

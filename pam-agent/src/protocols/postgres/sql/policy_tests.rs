@@ -305,3 +305,34 @@ approval_timeout = "1h 30m"
     let e = bad("[[rules]]\nname = \"x\"\naction = \"allow\"\nmin_approvals = 2\n");
     assert!(e.1.contains("only for require_approval"), "{e:?}");
 }
+
+#[test]
+fn a_default_refusal_names_the_first_failed_condition_of_each_allow_rule() {
+    let p = policy(
+        r#"
+[[rules]]
+name = "no-ddl"
+action = "deny"
+kinds = ["ddl"]
+
+[[rules]]
+name = "crew-reads"
+action = "allow"
+users = ["crew"]
+kinds = ["select"]
+tables = ["public.orders"]
+
+[[rules]]
+name = "ops-writes"
+action = "allow"
+users = ["ops"]
+"#,
+    );
+    let d = decide(&p, "SELECT * FROM secret.keys");
+    assert_eq!((d.action, d.rule.as_str()), (Action::Deny, "default"));
+    assert_eq!(
+        d.reason,
+        "no rule matches this select statement (rule \"crew-reads\": table secret.keys not \
+         covered; rule \"ops-writes\": user \"crew\" not listed); resource `db` defaults to deny"
+    );
+}
