@@ -65,7 +65,8 @@ fn decide(
     classified: &Result<Vec<sql::Statement>, sql::Unclassifiable>,
 ) -> Option<pam_agent::policy::Decision> {
     let sts = classified.as_ref().ok()?;
-    Some(policy.decide_all(who, "db", sts.iter().map(|s| &s.request)))
+    let subject = pam_agent::policy::Subject::new(who, "db");
+    Some(policy.decide_all(&subject, sts.iter().map(|s| &s.request)))
 }
 
 fn principal() -> Principal {

@@ -383,8 +383,9 @@ fn policy_explain(
     let decision = match protocols::requests_of(r.protocol, sql, &cfg.limits)? {
         Ok(requests) => {
             let requests: Vec<&Request> = requests.iter().collect();
-            print!("{}", policy.explain(&who, resource, &requests));
-            policy.decide_all(&who, resource, requests)
+            let subject = pam_agent::policy::Subject::new(&who, resource);
+            print!("{}", policy.explain(&subject, &requests));
+            policy.decide_all(&subject, requests)
         }
         Err(why) => {
             let d = govern::unreadable(&why);

@@ -541,3 +541,38 @@ fn half_open_startups_cost_the_database_no_connection() {
     assert_eq!(ok.until_ready().last().unwrap().0, b'Z');
     drop(stalled);
 }
+
+#[test]
+fn rules_match_the_database_and_role_the_worker_logged_in_with() {
+    let pg = PgServer::start();
+    let policy = r#"
+[[rules]]
+name = "trusty-on-postgres"
+action = "allow"
+roles = ["trusty"]
+databases = ["postgres"]
+kinds = ["select"]
+"#;
+    let proxy = Proxy::start(&pg, policy);
+    // Logged in as trusty to database postgres: allowed.
+    let mut r = Raw::login(&proxy);
+    r.send(&frame(b'Q', b"SELECT 1\0"));
+    let tags: Vec<u8> = r.until_ready().iter().map(|f| f.0).collect();
+    assert_eq!(tags, b"TDCZ");
+    // The same role on another database: the rule does not apply, and says why.
+    let mut r = Raw::connect(&proxy);
+    r.send(&Raw::startup_packet(&[
+        ("user", "trusty"),
+        ("database", "template1"),
+    ]));
+    while r.frame().expect("login").0 != b'Z' {}
+    r.send(&frame(b'Q', b"SELECT 1\0"));
+    let answer = r.until_ready();
+    assert_eq!(answer[0].0, b'E');
+    let f = fields(&answer[0].1);
+    assert_eq!(f[&b'C'], "42501");
+    assert!(
+        f[&b'M'].contains("rule \"trusty-on-postgres\": database \"template1\" not listed"),
+        "{f:?}"
+    );
+}

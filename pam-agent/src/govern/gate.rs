@@ -13,7 +13,7 @@ use super::{
 use crate::{
     journal::{Event, Journal, JournalError, SessionId, event},
     mask::{ColumnReference, Masker, Subject},
-    policy::{Action, Decision},
+    policy::{Action, Decision, Subject as PolicySubject},
     principal::Principal,
 };
 
@@ -79,6 +79,9 @@ pub struct Gate {
     next_statement: u64,
     /// Set when the session's settings make requests ambiguous: everything is refused.
     unsafe_reason: Option<String>,
+    /// The database and role the session logged in with, once the protocol knows them.
+    database: Option<String>,
+    role: Option<String>,
 }
 
 impl Gate {
@@ -100,6 +103,23 @@ impl Gate {
             approvals,
             next_statement: 1,
             unsafe_reason: None,
+            database: None,
+            role: None,
+        }
+    }
+
+    /// The database and role the session logged in with (rules may match them).
+    pub fn set_login(&mut self, database: Option<String>, role: Option<String>) {
+        self.database = database;
+        self.role = role;
+    }
+
+    fn subject(&self) -> PolicySubject<'_> {
+        PolicySubject {
+            principal: &self.session.principal,
+            resource: &self.session.resource,
+            database: self.database.as_deref(),
+            role: self.role.as_deref(),
         }
     }
 
@@ -130,11 +150,8 @@ impl Gate {
             },
             (None, Err(why)) => unreadable(why),
             (None, Ok(requests)) => {
-                let s = &self.session;
-                let mut d =
-                    rules
-                        .policy
-                        .decide_all(&s.principal, &s.resource, requests.iter().copied());
+                let subject = self.subject();
+                let mut d = rules.policy.decide_all(&subject, requests.iter().copied());
                 if d.allowed()
                     && let Some(refusal) = self.masking_guard(requests)
                 {
@@ -153,8 +170,7 @@ impl Gate {
                     // Each allowed request is recorded with its own rule; a refused
                     // message with the refusing decision throughout.
                     let own = if decision.allowed() {
-                        let s = &self.session;
-                        rules.policy.decide(&s.principal, &s.resource, r)
+                        rules.policy.decide(&self.subject(), r)
                     } else {
                         decision.clone()
                     };

@@ -8,6 +8,7 @@
 //! A rule matches a statement when every condition it sets holds:
 //! - principal: `users`, `uids`, `cgroups`, `exes` (each a list; any entry may match);
 //! - `resources`: resource names;
+//! - `databases`, `roles`: the database and role the session logged in with (globs);
 //! - `kinds`: every kind of the statement is listed (a SELECT with a deleting CTE has
 //!   kinds `select` and `delete`);
 //! - `tables`: every table the statement touches matches a pattern (`*` wildcard); a
@@ -61,6 +62,29 @@ impl Action {
 impl std::fmt::Display for Action {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.as_str())
+    }
+}
+
+/// Who asks, where: the facts about a session rules match besides the request itself.
+#[derive(Debug, Clone, Copy)]
+pub struct Subject<'a> {
+    pub principal: &'a Principal,
+    /// The resource's configured name.
+    pub resource: &'a str,
+    /// The database the session logged in to, and the role it logged in as, when the
+    /// protocol has them (unknown never satisfies a rule that asks for one).
+    pub database: Option<&'a str>,
+    pub role: Option<&'a str>,
+}
+
+impl<'a> Subject<'a> {
+    pub fn new(principal: &'a Principal, resource: &'a str) -> Subject<'a> {
+        Subject {
+            principal,
+            resource,
+            database: None,
+            role: None,
+        }
     }
 }
 
@@ -127,6 +151,10 @@ pub struct Rule {
     pub action: Action,
     pub message: Option<String>,
     pub resources: Option<Vec<String>>,
+    /// Database names the session logged in to (`*` wildcard).
+    pub databases: Option<Vec<String>>,
+    /// Roles the session logged in as (`*` wildcard).
+    pub roles: Option<Vec<String>>,
     pub users: Option<Vec<String>>,
     pub uids: Option<Vec<u32>>,
     pub cgroups: Option<Vec<String>>,
@@ -165,10 +193,11 @@ impl Policy {
 
     /// The decision for one request. A refusal by the default says why the allow rules
     /// did not match (each one's first failed condition, as `policy explain` shows).
-    pub fn decide(&self, who: &Principal, resource: &str, st: &Request) -> Decision {
+    pub fn decide(&self, who: &Subject<'_>, st: &Request) -> Decision {
+        let resource = who.resource;
         let mut missed: Vec<(&str, String)> = Vec::new();
         for rule in &self.rules {
-            match rule.mismatch(who, resource, st) {
+            match rule.mismatch(who, st) {
                 None => return rule.decision(st),
                 Some(why) if rule.action == Action::Allow && missed.len() < MAX_MISSES => {
                     missed.push((&rule.name, why))
@@ -200,13 +229,12 @@ impl Policy {
     /// allowed refuses the message (none of it runs). An empty message is allowed.
     pub fn decide_all<'r>(
         &self,
-        who: &Principal,
-        resource: &str,
+        who: &Subject<'_>,
         requests: impl IntoIterator<Item = &'r Request>,
     ) -> Decision {
         let mut allowed: Option<Decision> = None;
         for st in requests {
-            let d = self.decide(who, resource, st);
+            let d = self.decide(who, st);
             if !d.allowed() {
                 return d;
             }
@@ -228,7 +256,8 @@ impl Policy {
     }
 
     /// Every rule considered, why it did or did not match, and the decision.
-    pub fn explain(&self, who: &Principal, resource: &str, requests: &[&Request]) -> String {
+    pub fn explain(&self, who: &Subject<'_>, requests: &[&Request]) -> String {
+        let resource = who.resource;
         use std::fmt::Write;
         let mut out = String::new();
         for (i, st) in requests.iter().enumerate() {
@@ -245,7 +274,7 @@ impl Policy {
             );
             let mut decided = false;
             for rule in &self.rules {
-                match rule.mismatch(who, resource, st) {
+                match rule.mismatch(who, st) {
                     Some(why) => {
                         let _ = writeln!(
                             out,
@@ -268,7 +297,7 @@ impl Policy {
                 );
             }
         }
-        let d = self.decide_all(who, resource, requests.iter().copied());
+        let d = self.decide_all(who, requests.iter().copied());
         let _ = writeln!(
             out,
             "decision: {} (rule: {})\n  {}",
@@ -309,11 +338,29 @@ impl Rule {
     }
 
     /// `None` when the rule matches, else the first condition that fails.
-    pub fn mismatch(&self, who: &Principal, resource: &str, st: &Request) -> Option<String> {
+    pub fn mismatch(&self, subject: &Subject<'_>, st: &Request) -> Option<String> {
+        let (who, resource) = (subject.principal, subject.resource);
         if let Some(rs) = &self.resources
             && !rs.iter().any(|r| r == resource)
         {
             return Some(format!("resource `{resource}` not listed"));
+        }
+        if let Some(dbs) = &self.databases
+            && !subject
+                .database
+                .is_some_and(|d| dbs.iter().any(|p| glob::matches(p, d)))
+        {
+            return Some(format!(
+                "database {:?} not listed",
+                subject.database.unwrap_or("?")
+            ));
+        }
+        if let Some(roles) = &self.roles
+            && !subject
+                .role
+                .is_some_and(|r| roles.iter().any(|p| glob::matches(p, r)))
+        {
+            return Some(format!("role {:?} not listed", subject.role.unwrap_or("?")));
         }
         if let Some(us) = &self.users
             && !who.user.as_ref().is_some_and(|u| us.contains(u))

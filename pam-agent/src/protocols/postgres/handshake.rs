@@ -40,7 +40,7 @@ pub enum Handshake {
     Done(String),
     /// The server could not be reached (the worker was told).
     Unreachable(String),
-    Ready(Ready),
+    Ready(Box<Ready>),
 }
 
 /// How long a worker has to send its startup packet (and finish TLS): a connection that
@@ -54,6 +54,10 @@ pub struct Ready {
     pub upstream_writer: WriteHalf<UpstreamStream>,
     /// Transaction status of the first ReadyForQuery.
     pub status: u8,
+    /// The database and role the worker logged in with (the database defaults to the
+    /// role's name, as the server does).
+    pub database: Option<String>,
+    pub role: Option<String>,
     pub registration: Option<Registration>,
 }
 
@@ -73,8 +77,12 @@ pub async fn handshake(
         })?;
     // Only now is the server dialed: nothing the worker has not finished asking for
     // costs it a backend.
-    let (mut worker, startup_body) = match opening {
-        Opening::Login { worker, body } => (worker, body),
+    let (mut worker, startup_body, params) = match opening {
+        Opening::Login {
+            worker,
+            body,
+            params,
+        } => (worker, body, params),
         Opening::Cancel { pid, secret } => {
             let detail = match dialer.dial().await {
                 Ok(upstream) => cancel(upstream, dialer.addr, ctx, pid, &secret).await,
@@ -97,15 +105,22 @@ pub async fn handshake(
     };
     let server = dialer.addr;
     let upstream = server_startup(upstream, server, &mut worker, &startup_body, ctx).await?;
-    relay_auth(worker, upstream, server, ctx, shared).await
+    let mut done = relay_auth(worker, upstream, server, ctx, shared).await?;
+    if let Handshake::Ready(r) = &mut done {
+        let param = |k: &str| params.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
+        r.role = param("user");
+        r.database = param("database").or_else(|| r.role.clone());
+    }
+    Ok(done)
 }
 
 /// How the worker opened the connection.
 enum Opening {
-    /// A StartupMessage (its body), over TLS if the worker asked for it.
+    /// A StartupMessage (its body and parameters), over TLS if the worker asked for it.
     Login {
         worker: WorkerStream,
         body: Bytes,
+        params: Vec<(String, String)>,
     },
     Cancel {
         pid: i32,
@@ -175,7 +190,11 @@ async fn worker_startup(
                     fatal(&mut worker, sqlstate::REFUSED, &msg).await;
                     return Err(e.into());
                 }
-                return Ok(Opening::Login { worker, body });
+                return Ok(Opening::Login {
+                    worker,
+                    body,
+                    params,
+                });
             }
         }
     }
@@ -281,14 +300,16 @@ async fn relay_auth(
             Step::Continue => {}
             Step::Done(detail) => return Ok(Handshake::Done(detail)),
             Step::Ready(status) => {
-                return Ok(Handshake::Ready(Ready {
+                return Ok(Handshake::Ready(Box::new(Ready {
                     worker_reader: wreader,
                     worker_writer: ww,
                     upstream_reader: ureader,
                     upstream_writer: uw,
                     status,
                     registration: auth.registration,
-                }));
+                    database: None,
+                    role: None,
+                })));
             }
         }
     }

@@ -226,8 +226,10 @@ async fn run(
     let ready = match handshake::handshake(worker, upstream, ctx, shared).await? {
         handshake::Handshake::Done(detail) => return Ok(Ended::Closed(Some(detail))),
         handshake::Handshake::Unreachable(detail) => return Ok(Ended::Unreachable(detail)),
-        handshake::Handshake::Ready(r) => r,
+        handshake::Handshake::Ready(r) => *r,
     };
+    let mut gate = gate;
+    gate.set_login(ready.database.clone(), ready.role.clone());
     let (notes, rx) = tokio::sync::mpsc::channel(1024);
     let done = CancellationToken::new();
     let masker = gate.masker().cloned();

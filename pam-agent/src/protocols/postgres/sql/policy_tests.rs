@@ -35,7 +35,10 @@ fn decide(p: &Policy, sql: &str) -> Decision {
 /// As a session judges a text: unreadable text is refused before policy sees it.
 fn decide_as(p: &Policy, who: &Principal, resource: &str, sql: &str) -> Decision {
     match classify(sql, 1 << 20) {
-        Ok(sts) => p.decide_all(who, resource, sts.iter().map(|s| &s.request)),
+        Ok(sts) => p.decide_all(
+            &crate::policy::Subject::new(who, resource),
+            sts.iter().map(|s| &s.request),
+        ),
         Err(e) => govern::unreadable(&e),
     }
 }
@@ -143,8 +146,7 @@ fn principal_conditions() {
     let text = {
         let sts = classify("SELECT * FROM orders", 100).unwrap();
         p.explain(
-            &other,
-            "db",
+            &crate::policy::Subject::new(&other, "db"),
             &sts.iter().map(|s| &s.request).collect::<Vec<_>>(),
         )
     };
@@ -335,4 +337,47 @@ users = ["ops"]
         "no rule matches this select statement (rule \"crew-reads\": table secret.keys not \
          covered; rule \"ops-writes\": user \"crew\" not listed); resource `db` defaults to deny"
     );
+}
+
+#[test]
+fn rules_can_match_the_database_and_role_the_session_logged_in_with() {
+    let p = policy(
+        r#"
+[[rules]]
+name = "reporting"
+action = "allow"
+databases = ["reports*"]
+roles = ["analyst"]
+kinds = ["select"]
+"#,
+    );
+    let crew = crew();
+    let sts = classify("SELECT * FROM orders", 1 << 20).unwrap();
+    let judge = |database: Option<&str>, role: Option<&str>| {
+        let s = crate::policy::Subject {
+            database,
+            role,
+            ..crate::policy::Subject::new(&crew, "db")
+        };
+        p.decide_all(&s, sts.iter().map(|s| &s.request))
+    };
+    assert_eq!(
+        judge(Some("reports_2026"), Some("analyst")).rule,
+        "reporting"
+    );
+    let d = judge(Some("shop"), Some("analyst"));
+    assert_eq!(d.rule, "default");
+    assert!(
+        d.reason.contains("database \"shop\" not listed"),
+        "{}",
+        d.reason
+    );
+    assert!(
+        judge(Some("reports"), Some("postgres"))
+            .reason
+            .contains("role \"postgres\" not listed")
+    );
+    // Unknown never satisfies a rule that asks.
+    assert_eq!(judge(None, Some("analyst")).rule, "default");
+    assert_eq!(judge(Some("reports"), None).rule, "default");
 }
