@@ -60,6 +60,9 @@ pub struct Batch {
     awaiting: bool,
     /// The Sync that arrived while awaiting.
     pending_sync: Option<Bytes>,
+    /// A Flush arrived while awaiting: the worker waits for answers, so an approved
+    /// batch goes up at once rather than at its Sync.
+    pending_flush: bool,
     out: Vec<Out>,
 }
 
@@ -137,7 +140,9 @@ impl Batch {
             return;
         }
         self.push(raw);
-        if !self.awaiting {
+        if self.awaiting {
+            self.pending_flush = true;
+        } else {
             self.send_held();
         }
     }
@@ -211,9 +216,10 @@ impl Batch {
     /// arrived meanwhile is answered now.
     pub fn resolved(&mut self, outcome: Result<(), Decision>) {
         self.awaiting = false;
+        let flushed = std::mem::take(&mut self.pending_flush);
         if let Err(d) = outcome {
             self.refuse(&d);
-        } else if self.pending_sync.is_none() && self.held_bytes > MAX_HELD_BYTES {
+        } else if self.pending_sync.is_none() && (flushed || self.held_bytes > MAX_HELD_BYTES) {
             self.send_held();
         }
         if let Some(raw) = self.pending_sync.take() {
@@ -463,6 +469,21 @@ mod tests {
         b.resolved(Err(crate::govern::denied(held, "denied by alice")));
         assert_eq!(script(&mut b), ["refuse approve-deletes", "ready"]);
         assert!(b.is_idle());
+    }
+
+    #[test]
+    fn a_held_batch_flushed_by_the_worker_goes_up_as_soon_as_it_is_approved() {
+        let mut b = Batch::new("pam_agent_r_test".into());
+        b.push(parse(1));
+        b.hold();
+        b.push(msg(b'D', 0));
+        b.flush(flush());
+        assert!(script(&mut b).is_empty(), "held");
+        // The worker waits for ParseComplete after its Flush: no Sync will come first.
+        b.resolved(Ok(()));
+        assert_eq!(script(&mut b), ["send PDH"]);
+        b.sync(sync());
+        assert_eq!(script(&mut b), ["close", "send S"]);
     }
 
     #[test]

@@ -96,9 +96,14 @@ struct Judgement {
     copy: Option<CopyOut>,
 }
 
+/// The answer to a held statement, still to come (dropping it withdraws the request).
+type Answer =
+    std::pin::Pin<Box<dyn std::future::Future<Output = (Decision, Resolution)> + Send + Sync>>;
+
 /// A statement of the open batch held for approval.
 struct Pending {
-    held: Held,
+    decision: Decision,
+    answer: Answer,
     numbered: Vec<Numbered>,
 }
 
@@ -195,10 +200,31 @@ impl<'a> Client<'a> {
         loop {
             let f = match self.stash.pop_front() {
                 Some(f) => Some(f),
-                None => tokio::select! {
-                    f = self.reader.next() => f.map_err(SessionError::Worker)?,
-                    _ = done.cancelled() => return Ok(None),
-                },
+                None => {
+                    // A batch's held statement may be answered before the worker sends
+                    // its Sync (a driver waiting after Flush): act on the answer at once.
+                    let holding = self.pending.is_some();
+                    let pending = &mut self.pending;
+                    let answer = async {
+                        match pending.as_mut() {
+                            Some(p) => p.answer.as_mut().await,
+                            None => std::future::pending().await,
+                        }
+                    };
+                    tokio::select! {
+                        f = self.reader.next() => f.map_err(SessionError::Worker)?,
+                        r = answer, if holding => {
+                            self.answered(r).await?;
+                            continue;
+                        }
+                        _ = self.cancelled.notified(), if holding => {
+                            let d = self.pending.as_ref().expect("holding").decision.clone();
+                            self.answered((d, withdrawn_by_cancel())).await?;
+                            continue;
+                        }
+                        _ = done.cancelled() => return Ok(None),
+                    }
+                }
             };
             let Some(f) = f else {
                 tracing::trace!(session = %self.ctx.session.id, "worker: end of stream");
@@ -325,7 +351,8 @@ impl<'a> Client<'a> {
                 self.batch.push(f.raw);
                 self.batch.hold();
                 self.pending = Some(Pending {
-                    held,
+                    decision: held.decision.clone(),
+                    answer: Box::pin(held.resolution()),
                     numbered: j.numbered,
                 });
             }
@@ -488,7 +515,9 @@ impl<'a> Client<'a> {
             Verdict::Refuse(d) => Err(d),
             Verdict::Hold(held) => {
                 self.announce(&held).await?;
-                match self.wait_for(held).await? {
+                let decision = held.decision.clone();
+                let mut answer: Answer = Box::pin(held.resolution());
+                match self.wait_for(&decision, &mut answer).await? {
                     (_, Resolution::Approved) => Ok(()),
                     (d, Resolution::Denied(why)) => Err(denied(d, &why)),
                 }
@@ -500,19 +529,20 @@ impl<'a> Client<'a> {
     /// Terminate, withdraws it; the worker closing the connection withdraws it and ends
     /// the session. Other messages the worker sends meanwhile are kept, in order, for
     /// after the answer.
-    async fn wait_for(&mut self, held: Held) -> Result<(Decision, Resolution), SessionError> {
-        let decision = held.decision.clone();
+    async fn wait_for(
+        &mut self,
+        decision: &Decision,
+        answer: &mut Answer,
+    ) -> Result<(Decision, Resolution), SessionError> {
         let withdrawn = |why: &str| (decision.clone(), Resolution::Denied(why.into()));
-        let answer = held.resolution();
-        tokio::pin!(answer);
         loop {
             if self.stash.iter().any(|f| f.tag == frontend::TERMINATE) {
                 return Ok(withdrawn("withdrawn: the worker ended the session"));
             }
             tokio::select! {
-                r = &mut answer => return Ok(r),
+                r = answer.as_mut() => return Ok(r),
                 _ = self.cancelled.notified() => {
-                    return Ok(withdrawn("withdrawn: the worker cancelled the statement"));
+                    return Ok((decision.clone(), withdrawn_by_cancel()));
                 }
                 f = self.reader.next(), if self.stash.len() < MAX_STASHED => {
                     match f.map_err(SessionError::Worker)? {
@@ -550,16 +580,28 @@ impl<'a> Client<'a> {
     /// Waits for the answer to the open batch's held statement, if there is one, and
     /// lets the batch go on or refuses it.
     async fn settle(&mut self) -> Result<(), SessionError> {
+        let Some(mut p) = self.pending.take() else {
+            return Ok(());
+        };
+        let r = self.wait_for(&p.decision, &mut p.answer).await?;
+        self.pending = Some(p);
+        self.answered(r).await
+    }
+
+    /// The open batch's held statement is answered: the batch goes on or is refused.
+    async fn answered(&mut self, r: (Decision, Resolution)) -> Result<(), SessionError> {
         let Some(p) = self.pending.take() else {
             return Ok(());
         };
-        match self.wait_for(p.held).await? {
+        match r {
             (_, Resolution::Approved) => {
                 self.forwarded(&p.numbered);
                 self.batch.resolved(Ok(()));
             }
             (d, Resolution::Denied(why)) => self.batch.resolved(Err(denied(d, &why))),
         }
+        // Dropped only now: an answer in hand means nothing is withdrawn.
+        drop(p);
         self.carry_out().await
     }
 
@@ -715,6 +757,11 @@ fn catalog_of(st: &Statement) -> Catalog {
     } else {
         Catalog::Unchanged
     }
+}
+
+/// How a held statement ends when the worker cancels it (psql Ctrl-C).
+fn withdrawn_by_cancel() -> Resolution {
+    Resolution::Denied("withdrawn: the worker cancelled the statement".into())
 }
 
 /// A protocol-level FunctionCall (by OID): judged as a request of kind
