@@ -450,7 +450,10 @@ impl Agent {
             .args(["run", "--config"])
             .arg(&self.config)
             .env("NOTIFY_SOCKET", &notify_path)
-            .env("RUST_LOG", "info")
+            .env(
+                "RUST_LOG",
+                std::env::var("PAM_TEST_AGENT_LOG").unwrap_or_else(|_| "info".into()),
+            )
             .stdout(log.try_clone()?)
             .stderr(log)
             .spawn()

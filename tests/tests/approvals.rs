@@ -191,6 +191,23 @@ fn finish(mut child: Child, secs: u64) -> Output {
     child.wait_with_output().unwrap()
 }
 
+/// Like [`finish`], printing the agent's log when the worker hangs.
+fn finish_or_log(f: &Fixture, mut child: Child, secs: u64) -> Output {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!(
+                "worker still running after {secs}s: {:?}\nagent log:\n{}",
+                child.wait_with_output(),
+                f.agent.log()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.wait_with_output().unwrap()
+}
+
 #[test]
 fn a_held_delete_runs_in_the_same_session_once_another_user_approves() {
     if !require_root("approvals") {
@@ -584,7 +601,7 @@ fn extended_protocol_drivers_wait_for_approval_too() {
                 .status
                 .success()
         );
-        let out = finish(worker, 30);
+        let out = finish_or_log(&f, worker, 30);
         let stdout = text(&out.stdout);
         assert!(out.status.success(), "{driver}: {}", text(&out.stderr));
         expected_rows -= 1;

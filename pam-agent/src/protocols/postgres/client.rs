@@ -593,6 +593,7 @@ impl<'a> Client<'a> {
         let Some(p) = self.pending.take() else {
             return Ok(());
         };
+        tracing::debug!(session = %self.ctx.session.id, resolution = ?r.1, "held statement answered");
         match r {
             (_, Resolution::Approved) => {
                 self.forwarded(&p.numbered);
