@@ -18,6 +18,7 @@
 pub mod audit;
 pub mod config;
 pub mod daemon;
+mod glob;
 pub mod journal;
 pub mod kernel;
 pub mod mask;

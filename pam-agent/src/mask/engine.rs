@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use super::detect::{DetectorKind, Detectors};
-use super::glob;
+use crate::glob;
 use super::resolve::{ColumnName, ColumnResolver, ResolvedColumn};
 use super::rules::{MaskingConfig, Selector, Strategy, Subject};
 use super::strategy::KeyedHasher;

@@ -12,7 +12,6 @@
 //!
 //! Layout:
 //! - [`rules`]: the `[masking]` config as written (serde) and its [`Selector`].
-//! - [`glob`]: `*` patterns for column names and selectors.
 //! - [`engine`]: compiled rules ([`MaskingPolicy`]) and one connection's active set ([`Masker`]).
 //! - [`resolve`]: column names from the catalog, and their cache.
 //! - [`row_description`]: the RowDescription fields masking needs, and Bind's result formats.
@@ -29,7 +28,6 @@ pub mod copy_text;
 pub mod datarow;
 pub mod detect;
 pub mod engine;
-pub mod glob;
 pub mod pgtype;
 pub mod plan;
 pub mod report;
