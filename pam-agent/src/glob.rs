@@ -41,7 +41,10 @@ mod tests {
         assert!(matches("email", "email"));
         assert!(!matches("email", "emails"));
         assert!(!matches("public.orders", "public.orders2"));
-        assert!(!matches("Email", "email"), "case-sensitive, like catalog names");
+        assert!(
+            !matches("Email", "email"),
+            "case-sensitive, like catalog names"
+        );
         assert!(matches("", ""));
         assert!(!matches("", "x"));
     }
@@ -69,7 +72,10 @@ mod tests {
         assert!(!matches("a*b*c", "axxbyy"));
         assert!(!matches("a*b*c", "acb"));
         assert!(matches("ab*ab", "abab"));
-        assert!(!matches("ab*ab", "aba"), "head and tail may not share characters");
+        assert!(
+            !matches("ab*ab", "aba"),
+            "head and tail may not share characters"
+        );
         assert!(matches("a**b", "ab"));
         assert!(matches("*aa*aa*", "aaaa"));
         assert!(!matches("*aa*aa*", "aaa"));

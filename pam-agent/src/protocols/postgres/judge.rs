@@ -32,13 +32,13 @@ use tokio_util::sync::CancellationToken;
 use super::sql::{CopyOut, Kind, Statement, Unclassifiable};
 use super::{
     Context, SessionError, Shared,
+    masking::{CopyTextOptions, PlanResults},
     wire::backend::{self, Severity, sqlstate},
     wire::frame::{Frame, FrameError, FrameReader},
     wire::frontend,
 };
 use crate::{
     journal::Event,
-    mask::CopyTextOptions,
     policy::{Action, Decision, Policy},
     tls::stream::{UpstreamStream, WorkerStream},
 };

@@ -20,7 +20,7 @@
 pub mod cancel;
 mod handshake;
 mod judge;
-mod masking;
+pub mod masking;
 mod respond;
 pub mod sql;
 pub mod upstream_tls;

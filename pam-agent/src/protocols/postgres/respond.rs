@@ -20,14 +20,14 @@ use super::{
     Context, SessionError, Shared,
     handshake::write_out,
     judge::{Catalog, Exec, Injected, Note},
-    masking::ResultMasking,
+    masking::{CatalogRow, ColumnResolver, ResultMasking},
     wire::backend::{self, sqlstate},
     wire::frame::{Frame, FrameReader},
     wire::startup::dangerous_encoding,
 };
 use crate::{
     journal::{Event, event::MaskedColumn},
-    mask::{CatalogRow, ColumnResolver, MaskSource, MaskingReport},
+    mask::{MaskSource, MaskingReport},
     tls::stream::{UpstreamStream, WorkerStream},
 };
 
