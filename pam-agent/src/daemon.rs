@@ -129,9 +129,9 @@ fn tls_setup(cfg: &Config) -> anyhow::Result<TlsSetup> {
         .iter()
         .map(|r| {
             ClientTls::new(
-                r.upstream_tls,
-                r.upstream_ca.as_deref(),
-                r.upstream_server_name.as_deref(),
+                r.settings.postgres.upstream_tls,
+                r.settings.postgres.upstream_ca.as_deref(),
+                r.settings.postgres.upstream_server_name.as_deref(),
                 cfg.listener.upstream_connect_timeout,
                 protocols::alpn(r.protocol),
             )

@@ -166,7 +166,7 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
                     r.net,
                     r.port,
                     r.protocol,
-                    match r.upstream_tls {
+                    match r.settings.postgres.upstream_tls {
                         pam_agent::tls::TlsMode::Disable => {
                             String::new()
                         }

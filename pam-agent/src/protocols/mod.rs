@@ -4,6 +4,7 @@
 //! gate's verdicts. Adding a protocol: one folder here, one arm in [`serve`] and in
 //! [`crate::config::Protocol`], one config section.
 
+pub mod config;
 pub mod postgres;
 pub mod tcp;
 

@@ -114,7 +114,7 @@ pub async fn run(
                 Some(leaves) => match leaves.acceptor(
                     &resource.name,
                     redirected.destination.ip(),
-                    &resource.tls_names,
+                    &resource.settings.postgres.tls_names,
                     postgres::upstream_tls::ALPN,
                 ) {
                     Ok(a) => Some(a),

@@ -18,6 +18,7 @@
 //! policy; [`judge`] calls [`super::sql`] and [`crate::policy`] and nothing else does.
 
 pub mod cancel;
+pub mod config;
 mod handshake;
 mod judge;
 pub mod masking;
