@@ -12,7 +12,7 @@ use std::{
 };
 
 use pam_agent::{
-    journal::{Event, Journal, Record, SessionId, jsonl},
+    journal::{Event, Journal, Record, SessionId},
     policy::{PolicyHandle, RawPolicy},
     principal::Principal,
     protocols::postgres::{
@@ -21,6 +21,8 @@ use pam_agent::{
     },
 };
 use tokio_util::sync::CancellationToken;
+
+mod jsonl;
 
 pub const PASSWORD: &str = "s3cret-pw";
 const BIN: &str = "/usr/lib/postgresql/15/bin";
@@ -261,7 +263,7 @@ impl Proxy {
                 .build()
                 .unwrap();
             rt.block_on(async move {
-                let store = jsonl::JsonlStore::open(&jp, false).unwrap();
+                let store = jsonl::JsonlStore::open(&jp).unwrap();
                 let (journal, writer) = match opts.fail_journal_on.clone() {
                     Some(needle) => Journal::start(FailingStore {
                         inner: store,
@@ -334,7 +336,7 @@ impl Proxy {
     }
 
     pub fn records(&self) -> Vec<Record> {
-        jsonl::read_all(&self.journal_path).unwrap()
+        jsonl::read_all(&self.journal_path)
     }
 
     /// (statement text, decision, rule) of every Statement record.
