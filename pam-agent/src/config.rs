@@ -43,7 +43,7 @@ pub enum ConfigError {
 /// The file as written, before validation.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawConfig {
+pub(crate) struct RawConfig {
     #[serde(default)]
     pub agent: RawAgent,
     pub listener: RawListener,
@@ -63,7 +63,7 @@ pub struct RawConfig {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawWorkerTls {
+pub(crate) struct RawWorkerTls {
     /// The agent CA's certificate (PEM), for workers to trust.
     pub ca_cert: PathBuf,
     /// Its private key (PKCS#8 PEM, 0600).
@@ -79,13 +79,13 @@ fn default_leaf_validity_hours() -> u64 {
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawAgent {
+pub(crate) struct RawAgent {
     pub pin_dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawListener {
+pub(crate) struct RawListener {
     pub port: u16,
     #[serde(default = "default_ipv4")]
     pub ipv4: String,
@@ -107,7 +107,7 @@ fn default_connect_timeout_ms() -> u64 {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawJournal {
+pub(crate) struct RawJournal {
     pub path: PathBuf,
     /// fsync after each group of records (default true).
     #[serde(default = "default_true")]
@@ -148,14 +148,14 @@ fn default_true() -> bool {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawGovern {
+pub(crate) struct RawGovern {
     /// cgroup v2 paths, absolute or relative to the cgroup2 mount.
     pub cgroups: Vec<String>,
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawResource {
+pub(crate) struct RawResource {
     pub name: String,
     /// An address (`10.0.0.5`, `fd00::5`) or a CIDR (`10.0.0.0/24`).
     pub address: String,

@@ -27,25 +27,29 @@
 //! Architecture invariant: nothing here imports a protocol, the journal or tokio
 //! (`tests/architecture.rs` checks it).
 
-pub mod column;
-pub mod detect;
-pub mod engine;
-pub mod plan;
-pub mod report;
-pub mod rules;
-pub mod side_channel;
-pub mod strategy;
-pub mod value;
+pub(crate) mod column;
+pub(crate) mod detect;
+pub(crate) mod engine;
+pub(crate) mod plan;
+pub(crate) mod report;
+pub(crate) mod rules;
+pub(crate) mod side_channel;
+pub(crate) mod strategy;
+pub(crate) mod value;
 
-pub use column::{Column, ColumnName, Origin, ResolvedColumn};
+// The seams other modules, the binary and the integration tests use.
+pub use column::{ColumnName, ResolvedColumn};
 pub use detect::DetectorKind;
 pub use engine::{ConfigError, Masker, MaskingPolicy};
-pub use plan::{CodecScratch, Outcome, RowPlan};
+pub use plan::RowPlan;
 pub use report::{MaskSource, MaskingReport, ReportEntry};
 pub use rules::{MaskingConfig, Selector, Strategy, Subject};
 pub use side_channel::{Clause, ColumnReference, SideChannel};
-pub use strategy::{KeyedHasher, Masked, StrategyKind};
-pub use value::{Opaque, PlainText, ValueKind};
+pub use strategy::StrategyKind;
+// What a protocol's codecs use (inside the crate only).
+pub(crate) use column::{Column, Origin};
+pub(crate) use plan::Outcome;
+pub(crate) use value::ValueKind;
 
 #[cfg(test)]
 mod tests;

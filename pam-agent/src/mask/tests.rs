@@ -1,6 +1,7 @@
 //! The engine alone, with neutral columns: config → plan → masked values → report, and the
 //! side-channel guard. (With PostgreSQL's codecs: `protocols::postgres::masking::tests`.)
 
+use super::strategy::{KeyedHasher, Masked};
 use super::*;
 
 const KEY: &str = "00112233445566778899aabbccddeeff";
@@ -210,4 +211,48 @@ fn config_errors_say_what_is_wrong() {
         ..MaskingConfig::default()
     };
     assert!(MaskingPolicy::compile(&cfg).is_ok());
+}
+
+// Two value kinds a protocol could define, for testing the engine without one.
+
+/// Plain text: every strategy applies, detectors scan it.
+#[derive(Debug, Clone, Copy)]
+pub struct PlainText;
+
+impl ValueKind for PlainText {
+    fn scan_from(&self) -> Option<usize> {
+        Some(0)
+    }
+
+    fn write_masked(
+        &self,
+        strategy: &Strategy,
+        value: &[u8],
+        hasher: Option<&KeyedHasher>,
+        _tmp: &mut Vec<u8>,
+        out: &mut Vec<u8>,
+    ) -> Masked {
+        super::strategy::write_text(strategy, value, hasher, out)
+    }
+}
+
+/// Values nothing masked fits: a masked value becomes NULL, detectors do not look inside.
+#[derive(Debug, Clone, Copy)]
+pub struct Opaque;
+
+impl ValueKind for Opaque {
+    fn scan_from(&self) -> Option<usize> {
+        None
+    }
+
+    fn write_masked(
+        &self,
+        _strategy: &Strategy,
+        _value: &[u8],
+        _hasher: Option<&KeyedHasher>,
+        _tmp: &mut Vec<u8>,
+        _out: &mut Vec<u8>,
+    ) -> Masked {
+        Masked::Null
+    }
 }

@@ -5,7 +5,7 @@
 //! client as surely as a malformed message), or says it must become NULL.
 
 use super::rules::Strategy;
-use super::strategy::{self, KeyedHasher, Masked};
+use super::strategy::{KeyedHasher, Masked};
 
 /// How one column type, in one wire encoding, holds masked values.
 pub trait ValueKind: std::fmt::Debug + Send + Sync {
@@ -30,48 +30,4 @@ pub trait ValueKind: std::fmt::Debug + Send + Sync {
         tmp: &mut Vec<u8>,
         out: &mut Vec<u8>,
     ) -> Masked;
-}
-
-/// Text that any masked text may replace (every strategy applies, detectors scan it): the
-/// simplest kind, for protocols whose values are plain text.
-#[derive(Debug, Clone, Copy)]
-pub struct PlainText;
-
-impl ValueKind for PlainText {
-    fn scan_from(&self) -> Option<usize> {
-        Some(0)
-    }
-
-    fn write_masked(
-        &self,
-        strategy: &Strategy,
-        value: &[u8],
-        hasher: Option<&KeyedHasher>,
-        _tmp: &mut Vec<u8>,
-        out: &mut Vec<u8>,
-    ) -> Masked {
-        strategy::write_text(strategy, value, hasher, out)
-    }
-}
-
-/// Values nothing masked fits (numbers, dates, …): a masked value becomes NULL, and
-/// detectors do not look inside.
-#[derive(Debug, Clone, Copy)]
-pub struct Opaque;
-
-impl ValueKind for Opaque {
-    fn scan_from(&self) -> Option<usize> {
-        None
-    }
-
-    fn write_masked(
-        &self,
-        _strategy: &Strategy,
-        _value: &[u8],
-        _hasher: Option<&KeyedHasher>,
-        _tmp: &mut Vec<u8>,
-        _out: &mut Vec<u8>,
-    ) -> Masked {
-        Masked::Null
-    }
 }

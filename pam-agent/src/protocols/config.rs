@@ -15,7 +15,7 @@ use crate::config::Protocol;
 /// protocol, give this type a `Deserialize` that takes each key to the protocol naming it.
 #[derive(Debug, Default, Deserialize)]
 #[serde(transparent)]
-pub struct RawResourceSettings {
+pub(crate) struct RawResourceSettings {
     pub postgres: postgres::config::RawSettings,
 }
 
@@ -26,7 +26,7 @@ pub struct ResourceSettings {
 }
 
 /// Checks the keys of a resource of `protocol`; the field name is relative to the resource.
-pub fn validate(
+pub(crate) fn validate(
     protocol: Protocol,
     raw: RawResourceSettings,
 ) -> Result<ResourceSettings, (&'static str, String)> {

@@ -10,7 +10,7 @@ use crate::{config::Protocol, tls::TlsMode};
 
 /// The keys as written.
 #[derive(Debug, Default, Deserialize)]
-pub struct RawSettings {
+pub(crate) struct RawSettings {
     /// Extra names (DNS) for the certificate shown to workers that connect by name;
     /// the destination IP is always in it.
     #[serde(default)]
@@ -36,7 +36,10 @@ pub struct Settings {
 
 /// Checks a resource's PostgreSQL keys; the field name returned is relative to the
 /// resource (`upstream_ca`), the caller prefixes it.
-pub fn validate(protocol: Protocol, r: RawSettings) -> Result<Settings, (&'static str, String)> {
+pub(crate) fn validate(
+    protocol: Protocol,
+    r: RawSettings,
+) -> Result<Settings, (&'static str, String)> {
     let postgres_only = |f: &'static str| {
         (
             f,

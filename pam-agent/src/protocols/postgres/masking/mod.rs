@@ -23,9 +23,9 @@
 
 pub mod copy_text;
 pub mod datarow;
-pub mod pgtype;
-pub mod plan;
-pub mod resolve;
+pub(crate) mod pgtype;
+pub(crate) mod plan;
+pub(crate) mod resolve;
 pub mod row_description;
 
 #[cfg(test)]
@@ -71,7 +71,7 @@ impl RewriteRows for RowPlan {
     }
 }
 
-pub struct ResultMasking {
+pub(crate) struct ResultMasking {
     masker: Masker,
     resolver: ColumnResolver,
     /// The current result set's plan, from the RowDescription before it.
