@@ -62,17 +62,17 @@ pub struct CodecScratch {
 /// The plan for one result set; holds its own counters until [`RowPlan::take_report`].
 #[derive(Debug)]
 pub struct RowPlan {
-    pub(super) masker: Masker,
-    pub(super) columns: Vec<ColumnPlan>,
+    masker: Masker,
+    columns: Vec<ColumnPlan>,
     /// No column is masked or scanned: rows are validated and copied.
-    pub(super) passthrough: bool,
+    passthrough: bool,
     /// Per column: values masked as configured, values made NULL because the type cannot hold
     /// the masked form.
-    pub(super) column_counts: Vec<[u64; 2]>,
+    column_counts: Vec<[u64; 2]>,
     /// Per detector id: the same, for matches.
-    pub(super) detector_counts: Vec<[u64; 2]>,
-    pub(super) rows: u64,
-    pub(super) scratch: Scratch,
+    detector_counts: Vec<[u64; 2]>,
+    rows: u64,
+    scratch: Scratch,
 }
 
 impl Masker {
@@ -93,9 +93,9 @@ impl Masker {
                         },
                         Some(n.name.clone()),
                     ),
-                    None => (self.scan_or_pass(scanning, c.kind), Some(n.name.clone())),
+                    None => (scan_or_pass(scanning, c.kind), Some(n.name.clone())),
                 },
-                Origin::Unnamed => (self.scan_or_pass(scanning, c.kind), None),
+                Origin::Unnamed => (scan_or_pass(scanning, c.kind), None),
             };
             columns.push(ColumnPlan {
                 action,
@@ -114,13 +114,14 @@ impl Masker {
             scratch: Scratch::default(),
         }
     }
+}
 
-    fn scan_or_pass(&self, scanning: bool, kind: &dyn ValueKind) -> Action {
-        if scanning && kind.scan_from().is_some() {
-            Action::Scan
-        } else {
-            Action::Pass
-        }
+/// A column no rule names: scanned when detectors are active and look inside its values.
+fn scan_or_pass(scanning: bool, kind: &dyn ValueKind) -> Action {
+    if scanning && kind.scan_from().is_some() {
+        Action::Scan
+    } else {
+        Action::Pass
     }
 }
 
