@@ -17,7 +17,10 @@ pub(super) enum Action {
         matcher: usize,
         strategy: usize,
     },
-    Scan,
+    /// Content detectors read each value from byte `from` on (the kind's prefix skipped).
+    Scan {
+        from: usize,
+    },
     /// A table column whose name could not be learned in time (after DDL, or when the
     /// catalog query failed): it might be one a rule names, so it is sent as NULL.
     Withhold,
@@ -118,10 +121,9 @@ impl Masker {
 
 /// A column no rule names: scanned when detectors are active and look inside its values.
 fn scan_or_pass(scanning: bool, kind: &dyn ValueKind) -> Action {
-    if scanning && kind.scan_from().is_some() {
-        Action::Scan
-    } else {
-        Action::Pass
+    match kind.scan_from() {
+        Some(from) if scanning => Action::Scan { from },
+        _ => Action::Pass,
     }
 }
 
@@ -191,8 +193,7 @@ impl RowPlan {
                     Masked::Null => Outcome::Null,
                 }
             }
-            Action::Scan => {
-                let offset = col.kind.scan_from().unwrap_or(0);
+            Action::Scan { from: offset } => {
                 let Some(text) = value.get(offset..) else {
                     return Outcome::Unchanged;
                 };
