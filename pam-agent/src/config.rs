@@ -6,7 +6,6 @@
 
 use std::{
     collections::HashSet,
-    fmt,
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
     path::{Path, PathBuf},
     time::Duration,
@@ -15,6 +14,9 @@ use std::{
 use ipnet::IpNet;
 use serde::Deserialize;
 
+/// Each resource names its protocol; the protocols own the enum (one arm each) and their
+/// keys of `[[resources]]`.
+pub use crate::protocols::config::Protocol;
 use crate::{
     kernel::cgroup,
     protocols::config::{self as protocol_config, RawResourceSettings, ResourceSettings},
@@ -166,26 +168,6 @@ pub(crate) struct RawResource {
     /// [`crate::protocols::config`]).
     #[serde(flatten)]
     pub settings: RawResourceSettings,
-}
-
-/// How the proxy treats a resource's traffic.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Protocol {
-    /// Bytes relayed as they are (connection-level audit only).
-    #[default]
-    Tcp,
-    /// PostgreSQL wire protocol.
-    Postgres,
-}
-
-impl fmt::Display for Protocol {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Protocol::Tcp => "tcp",
-            Protocol::Postgres => "postgres",
-        })
-    }
 }
 
 /// A validated configuration.

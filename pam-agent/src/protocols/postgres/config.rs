@@ -6,7 +6,7 @@ use std::{net::IpAddr, path::PathBuf};
 
 use serde::Deserialize;
 
-use crate::{config::Protocol, tls::TlsMode};
+use crate::tls::TlsMode;
 
 /// The keys as written.
 #[derive(Debug, Default, Deserialize)]
@@ -34,12 +34,9 @@ pub struct Settings {
     pub upstream_server_name: Option<String>,
 }
 
-/// Checks a resource's PostgreSQL keys; the field name returned is relative to the
-/// resource (`upstream_ca`), the caller prefixes it.
-pub(crate) fn validate(
-    protocol: Protocol,
-    r: RawSettings,
-) -> Result<Settings, (&'static str, String)> {
+/// Checks a resource's PostgreSQL keys (`postgres`: whether the resource speaks it); the
+/// field name returned is relative to the resource (`upstream_ca`), the caller prefixes it.
+pub(crate) fn validate(postgres: bool, r: RawSettings) -> Result<Settings, (&'static str, String)> {
     let postgres_only = |f: &'static str| {
         (
             f,
@@ -47,7 +44,7 @@ pub(crate) fn validate(
                 .to_string(),
         )
     };
-    if protocol != Protocol::Postgres {
+    if !postgres {
         if !r.tls_names.is_empty() {
             return Err(postgres_only("tls_names"));
         }
