@@ -5,10 +5,10 @@
 use std::hint::black_box;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use pam_agent::mask::datarow::encode_body;
-use pam_agent::mask::{
-    ColumnName, CopyTextOptions, MaskingConfig, MaskingPolicy, PlannedColumn, ResolvedColumn,
-    RowPlan, Subject,
+use pam_agent::mask::{ColumnName, MaskingConfig, MaskingPolicy, ResolvedColumn, RowPlan, Subject};
+use pam_agent::protocols::postgres::masking::datarow::encode_body;
+use pam_agent::protocols::postgres::masking::{
+    CopyTextOptions, PlanResults, PlannedColumn, RewriteRows,
 };
 
 const ROWS: usize = 1000;
@@ -52,7 +52,7 @@ const COLUMNS: [(&str, u32); 8] = [
 fn copy_rows(rows: &[Vec<u8>]) -> Vec<Vec<u8>> {
     rows.iter()
         .map(|body| {
-            let values = pam_agent::mask::datarow::values(body).unwrap();
+            let values = pam_agent::protocols::postgres::masking::datarow::values(body).unwrap();
             let mut line = Vec::new();
             for (i, v) in values.iter().enumerate() {
                 if i > 0 {

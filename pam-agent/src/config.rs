@@ -14,8 +14,13 @@ use std::{
 use ipnet::IpNet;
 use serde::Deserialize;
 
-pub use crate::protocols::Protocol;
-use crate::{kernel::cgroup, tls::TlsMode};
+/// Each resource names its protocol; the protocols own the enum (one arm each) and their
+/// keys of `[[resources]]`.
+pub use crate::protocols::config::Protocol;
+use crate::{
+    kernel::cgroup,
+    protocols::config::{self as protocol_config, RawResourceSettings, ResourceSettings},
+};
 
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/pam-agent/config.toml";
 pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/pam-agent";
@@ -40,7 +45,7 @@ pub enum ConfigError {
 /// The file as written, before validation.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawConfig {
+pub(crate) struct RawConfig {
     #[serde(default)]
     pub agent: RawAgent,
     pub listener: RawListener,
@@ -62,7 +67,7 @@ pub struct RawConfig {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawWorkerTls {
+pub(crate) struct RawWorkerTls {
     /// The agent CA's certificate (PEM), for workers to trust.
     pub ca_cert: PathBuf,
     /// Its private key (PKCS#8 PEM, 0600).
@@ -78,13 +83,13 @@ fn default_leaf_validity_hours() -> u64 {
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawAgent {
+pub(crate) struct RawAgent {
     pub pin_dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawListener {
+pub(crate) struct RawListener {
     pub port: u16,
     #[serde(default = "default_ipv4")]
     pub ipv4: String,
@@ -106,7 +111,7 @@ fn default_connect_timeout_ms() -> u64 {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawJournal {
+pub(crate) struct RawJournal {
     pub path: PathBuf,
     /// fsync after each group of records (default true).
     #[serde(default = "default_true")]
@@ -147,31 +152,24 @@ fn default_true() -> bool {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawGovern {
+pub(crate) struct RawGovern {
     /// cgroup v2 paths, absolute or relative to the cgroup2 mount.
     pub cgroups: Vec<String>,
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawResource {
+pub(crate) struct RawResource {
     pub name: String,
     /// An address (`10.0.0.5`, `fd00::5`) or a CIDR (`10.0.0.0/24`).
     pub address: String,
     pub port: u16,
     #[serde(default)]
     pub protocol: Protocol,
-    /// Extra names (DNS) for the certificate shown to workers that connect by name;
-    /// the destination IP is always in it.
-    #[serde(default)]
-    pub tls_names: Vec<String>,
-    /// TLS from the agent to the server: disable (default), require, verify-full.
-    #[serde(default)]
-    pub upstream_tls: TlsMode,
-    /// CA certificate(s) (PEM) that sign the server's certificate; for verify-full.
-    pub upstream_ca: Option<PathBuf>,
-    /// The name the server's certificate must carry; the destination IP by default.
-    pub upstream_server_name: Option<String>,
+    /// The keys of each protocol's own section, in the same table (see
+    /// [`crate::protocols::config`]).
+    #[serde(flatten)]
+    pub settings: RawResourceSettings,
 }
 
 /// A validated configuration.
@@ -228,11 +226,8 @@ pub struct Resource {
     pub net: IpNet,
     pub port: u16,
     pub protocol: Protocol,
-    /// Names added to the worker-facing certificate (besides the destination IP).
-    pub tls_names: Vec<String>,
-    pub upstream_tls: TlsMode,
-    pub upstream_ca: Option<PathBuf>,
-    pub upstream_server_name: Option<String>,
+    /// The protocols' own keys (TLS toward the server, certificate names, ...).
+    pub settings: ResourceSettings,
 }
 
 /// `[worker_tls]`: the agent CA on disk and the lifetime of the leaves it issues.
@@ -275,171 +270,35 @@ impl Config {
         Self::validate(path, raw)
     }
 
+    /// One function per section, in file order; the first problem is reported with the
+    /// dotted path of its field.
     fn validate(path: &Path, raw: RawConfig) -> Result<Config, ConfigError> {
-        let invalid = |field: &str, reason: String| ConfigError::Invalid {
+        let invalid = |(field, reason): Invalid| ConfigError::Invalid {
             path: path.to_owned(),
-            field: field.to_owned(),
+            field,
             reason,
         };
-
-        if raw.listener.port == 0 {
-            return Err(invalid(
-                "listener.port",
-                "must be between 1 and 65535".into(),
-            ));
-        }
-        let ipv4: Ipv4Addr = raw.listener.ipv4.parse().map_err(|_| {
-            invalid(
-                "listener.ipv4",
-                format!("`{}` is not an IPv4 address", raw.listener.ipv4),
-            )
-        })?;
-        if !ipv4.is_loopback() {
-            return Err(invalid(
-                "listener.ipv4",
-                "must be a loopback address: the proxy is local to this host".into(),
-            ));
-        }
-        let ipv6: Ipv6Addr = raw.listener.ipv6.parse().map_err(|_| {
-            invalid(
-                "listener.ipv6",
-                format!("`{}` is not an IPv6 address", raw.listener.ipv6),
-            )
-        })?;
-        if !ipv6.is_loopback() {
-            return Err(invalid(
-                "listener.ipv6",
-                "must be the IPv6 loopback address `::1`".into(),
-            ));
-        }
-        if raw.listener.upstream_connect_timeout_ms == 0 {
-            return Err(invalid(
-                "listener.upstream_connect_timeout_ms",
-                "must be greater than 0".into(),
-            ));
-        }
-        let listener = Listener {
-            ipv4,
-            ipv6,
-            port: raw.listener.port,
-            upstream_connect_timeout: Duration::from_millis(
-                raw.listener.upstream_connect_timeout_ms,
-            ),
-        };
-
-        if raw.journal.path.as_os_str().is_empty() {
-            return Err(invalid("journal.path", "must not be empty".into()));
-        }
-        if raw.journal.path.is_dir() {
-            return Err(invalid(
-                "journal.path",
-                format!("{} is a directory; name a file", raw.journal.path.display()),
-            ));
-        }
-
-        let journal = validate_journal(raw.journal).map_err(|(f, r)| invalid(f, r))?;
-
-        let pin_dir = raw.agent.pin_dir.unwrap_or_else(|| DEFAULT_PIN_DIR.into());
-        if !pin_dir.is_absolute() {
-            return Err(invalid("agent.pin_dir", "must be an absolute path".into()));
-        }
-
-        if raw.govern.cgroups.is_empty() {
-            return Err(invalid(
-                "govern.cgroups",
-                "name at least one cgroup to govern".into(),
-            ));
-        }
-        let mut governed = Vec::new();
-        for (i, name) in raw.govern.cgroups.iter().enumerate() {
-            let field = format!("govern.cgroups[{i}]");
-            let path = cgroup::resolve(name).map_err(|e| invalid(&field, e.to_string()))?;
-            if governed.iter().any(|g: &GovernedCgroup| g.path == path) {
-                return Err(invalid(&field, format!("`{name}` is listed twice")));
-            }
-            governed.push(GovernedCgroup {
-                name: name.clone(),
-                path,
-            });
-        }
-
-        let mut resources = Vec::new();
-        let mut names = HashSet::new();
-        for (i, r) in raw.resources.into_iter().enumerate() {
-            let field = |f: &str| format!("resources[{i}].{f}");
-            if r.name.trim().is_empty() {
-                return Err(invalid(&field("name"), "must not be empty".into()));
-            }
-            if !names.insert(r.name.clone()) {
-                return Err(invalid(
-                    &field("name"),
-                    format!("`{}` is used by another resource", r.name),
-                ));
-            }
-            let net = parse_net(&r.address).map_err(|reason| invalid(&field("address"), reason))?;
-            if r.port == 0 {
-                return Err(invalid(
-                    &field("port"),
-                    "must be between 1 and 65535".into(),
-                ));
-            }
-            validate_resource_tls(&r).map_err(|(f, reason)| invalid(&field(f), reason))?;
-            let resource = Resource {
-                name: r.name,
-                net,
-                port: r.port,
-                protocol: r.protocol,
-                tls_names: r.tls_names,
-                upstream_tls: r.upstream_tls,
-                upstream_ca: r.upstream_ca,
-                upstream_server_name: r.upstream_server_name,
-            };
-            for own in [
-                SocketAddr::new(IpAddr::V4(ipv4), listener.port),
-                SocketAddr::new(IpAddr::V6(ipv6), listener.port),
-            ] {
-                if resource.covers(own) {
-                    return Err(invalid(
-                        &field("address"),
-                        format!("covers the agent's own listener {own}: connections would loop"),
-                    ));
-                }
-            }
-            resources.push(resource);
-        }
-
+        let listener = validate_listener(&raw.listener).map_err(invalid)?;
+        let journal = validate_journal(raw.journal).map_err(invalid)?;
+        let pin_dir = validate_agent(raw.agent).map_err(invalid)?;
+        let governed = validate_govern(&raw.govern).map_err(invalid)?;
+        let resources = validate_resources(raw.resources, &listener).map_err(invalid)?;
         let worker_tls = raw
             .worker_tls
             .map(|t| validate_worker_tls(t, &journal))
             .transpose()
-            .map_err(|(f, r)| invalid(f, r))?;
-
-        let names: Vec<&str> = resources
-            .iter()
-            .map(|r: &Resource| r.name.as_str())
-            .collect();
+            .map_err(|(f, r)| invalid((f.into(), r)))?;
+        let names: Vec<&str> = resources.iter().map(|r| r.name.as_str()).collect();
         let (policy, limits) = raw
             .policy
             .validate(&names, &crate::protocols::vocabulary())
-            .map_err(|(field, reason)| invalid(&field, reason))?;
-        let masking = crate::mask::MaskingPolicy::compile(&raw.masking)
-            .map_err(|e| invalid("masking", e.to_string()))?;
-        if let Some((rule, r)) = masking
-            .selector_resources()
-            .find(|(_, r)| !r.contains('*') && !names.contains(r))
-        {
-            return Err(invalid(
-                "masking.rules.when.resources",
-                format!("rule `{rule}` names `{r}`, but no resource is named `{r}`"),
-            ));
-        }
-
+            .map_err(invalid)?;
+        let masking = validate_masking(&raw.masking, &names).map_err(invalid)?;
         let approvals = raw
             .approvals
             .map(crate::control::RawApprovals::validate)
             .transpose()
-            .map_err(|(f, r)| invalid(f, r))?;
-
+            .map_err(|(f, r)| invalid((f.into(), r)))?;
         Ok(Config {
             rules: crate::govern::Rules { policy, masking },
             limits,
@@ -504,70 +363,164 @@ fn validate_worker_tls(
     })
 }
 
-/// Checks a resource's TLS fields; the field name returned is relative to the resource.
-fn validate_resource_tls(r: &RawResource) -> Result<(), (&'static str, String)> {
-    let postgres_only = |f: &'static str| {
-        (
-            f,
-            "only for `protocol = \"postgres\"` (a `tcp` resource is relayed as it is, TLS included)"
-                .to_string(),
-        )
-    };
-    if r.protocol != Protocol::Postgres {
-        if !r.tls_names.is_empty() {
-            return Err(postgres_only("tls_names"));
-        }
-        if r.upstream_tls != TlsMode::Disable {
-            return Err(postgres_only("upstream_tls"));
-        }
-    }
-    for name in &r.tls_names {
-        let ok = tokio_rustls::rustls::pki_types::DnsName::try_from(name.as_str()).is_ok()
-            || name.parse::<IpAddr>().is_ok();
-        if !ok {
-            return Err((
-                "tls_names",
-                format!("`{name}` is neither a DNS name nor an IP address"),
-            ));
-        }
-    }
-    match (r.upstream_tls, &r.upstream_ca) {
-        (TlsMode::VerifyFull, None) => {
-            return Err((
-                "upstream_ca",
-                "`upstream_tls = \"verify-full\"` needs the CA certificate (PEM) that signs the server's certificate".into(),
-            ));
-        }
-        (TlsMode::VerifyFull, Some(ca)) => {
-            crate::tls::load_roots(ca).map_err(|e| ("upstream_ca", e.to_string()))?;
-        }
-        (mode, Some(_)) => {
-            return Err((
-                "upstream_ca",
-                format!("only used with `upstream_tls = \"verify-full\"` (it is `{mode}`)"),
-            ));
-        }
-        (_, None) => {}
-    }
-    if let Some(name) = &r.upstream_server_name {
-        if r.upstream_tls != TlsMode::VerifyFull {
-            return Err((
-                "upstream_server_name",
-                "only used with `upstream_tls = \"verify-full\"`".into(),
-            ));
-        }
-        if tokio_rustls::rustls::pki_types::ServerName::try_from(name.as_str()).is_err() {
-            return Err((
-                "upstream_server_name",
-                format!("`{name}` is neither a DNS name nor an IP address"),
-            ));
-        }
-    }
-    Ok(())
+/// A field (dotted path) and what is wrong with it.
+type Invalid = (String, String);
+
+fn err<T>(field: &str, reason: impl Into<String>) -> Result<T, Invalid> {
+    Err((field.to_owned(), reason.into()))
 }
 
-/// Checks the `[journal]` section; errors name the field.
-fn validate_journal(raw: RawJournal) -> Result<JournalConfig, (&'static str, String)> {
+/// `[listener]`: loopback addresses only, the proxy is local to this host.
+fn validate_listener(raw: &RawListener) -> Result<Listener, Invalid> {
+    if raw.port == 0 {
+        return err("listener.port", "must be between 1 and 65535");
+    }
+    let Ok(ipv4) = raw.ipv4.parse::<Ipv4Addr>() else {
+        return err(
+            "listener.ipv4",
+            format!("`{}` is not an IPv4 address", raw.ipv4),
+        );
+    };
+    if !ipv4.is_loopback() {
+        return err(
+            "listener.ipv4",
+            "must be a loopback address: the proxy is local to this host",
+        );
+    }
+    let Ok(ipv6) = raw.ipv6.parse::<Ipv6Addr>() else {
+        return err(
+            "listener.ipv6",
+            format!("`{}` is not an IPv6 address", raw.ipv6),
+        );
+    };
+    if !ipv6.is_loopback() {
+        return err("listener.ipv6", "must be the IPv6 loopback address `::1`");
+    }
+    if raw.upstream_connect_timeout_ms == 0 {
+        return err(
+            "listener.upstream_connect_timeout_ms",
+            "must be greater than 0",
+        );
+    }
+    Ok(Listener {
+        ipv4,
+        ipv6,
+        port: raw.port,
+        upstream_connect_timeout: Duration::from_millis(raw.upstream_connect_timeout_ms),
+    })
+}
+
+/// `[agent]`: where the kernel links and maps are pinned.
+fn validate_agent(raw: RawAgent) -> Result<PathBuf, Invalid> {
+    let pin_dir = raw.pin_dir.unwrap_or_else(|| DEFAULT_PIN_DIR.into());
+    if !pin_dir.is_absolute() {
+        return err("agent.pin_dir", "must be an absolute path");
+    }
+    Ok(pin_dir)
+}
+
+/// `[govern]`: every cgroup must exist (resolved against the cgroup2 mount), once.
+fn validate_govern(raw: &RawGovern) -> Result<Vec<GovernedCgroup>, Invalid> {
+    if raw.cgroups.is_empty() {
+        return err("govern.cgroups", "name at least one cgroup to govern");
+    }
+    let mut governed: Vec<GovernedCgroup> = Vec::new();
+    for (i, name) in raw.cgroups.iter().enumerate() {
+        let field = format!("govern.cgroups[{i}]");
+        let path = cgroup::resolve(name).or_else(|e| err(&field, e.to_string()))?;
+        if governed.iter().any(|g| g.path == path) {
+            return err(&field, format!("`{name}` is listed twice"));
+        }
+        governed.push(GovernedCgroup {
+            name: name.clone(),
+            path,
+        });
+    }
+    Ok(governed)
+}
+
+/// `[[resources]]`: unique names, an address or CIDR that does not cover the agent's own
+/// listener, and each protocol's own keys.
+fn validate_resources(
+    raw: Vec<RawResource>,
+    listener: &Listener,
+) -> Result<Vec<Resource>, Invalid> {
+    let mut resources = Vec::new();
+    let mut names = HashSet::new();
+    for (i, r) in raw.into_iter().enumerate() {
+        let field = |f: &str| format!("resources[{i}].{f}");
+        if r.name.trim().is_empty() {
+            return err(&field("name"), "must not be empty");
+        }
+        if !names.insert(r.name.clone()) {
+            return err(
+                &field("name"),
+                format!("`{}` is used by another resource", r.name),
+            );
+        }
+        let net = parse_net(&r.address).or_else(|reason| err(&field("address"), reason))?;
+        if r.port == 0 {
+            return err(&field("port"), "must be between 1 and 65535");
+        }
+        let settings = protocol_config::validate(r.protocol, r.settings)
+            .or_else(|(f, reason)| err(&field(f), reason))?;
+        let resource = Resource {
+            name: r.name,
+            net,
+            port: r.port,
+            protocol: r.protocol,
+            settings,
+        };
+        for own in [
+            SocketAddr::new(IpAddr::V4(listener.ipv4), listener.port),
+            SocketAddr::new(IpAddr::V6(listener.ipv6), listener.port),
+        ] {
+            if resource.covers(own) {
+                return err(
+                    &field("address"),
+                    format!("covers the agent's own listener {own}: connections would loop"),
+                );
+            }
+        }
+        resources.push(resource);
+    }
+    Ok(resources)
+}
+
+/// `[masking]`: compiled (reads `hash_key_file`); a rule may name only known resources.
+fn validate_masking(
+    raw: &crate::mask::MaskingConfig,
+    resources: &[&str],
+) -> Result<crate::mask::MaskingPolicy, Invalid> {
+    let masking =
+        crate::mask::MaskingPolicy::compile(raw).or_else(|e| err("masking", e.to_string()))?;
+    if let Some((rule, r)) = masking
+        .selector_resources()
+        .find(|(_, r)| !r.contains('*') && !resources.contains(r))
+    {
+        return err(
+            "masking.rules.when.resources",
+            format!("rule `{rule}` names `{r}`, but no resource is named `{r}`"),
+        );
+    }
+    Ok(masking)
+}
+
+/// `[journal]`: a file (not a directory) and sane group-commit and checkpoint settings.
+fn validate_journal(raw: RawJournal) -> Result<JournalConfig, Invalid> {
+    if raw.path.as_os_str().is_empty() {
+        return err("journal.path", "must not be empty");
+    }
+    if raw.path.is_dir() {
+        return err(
+            "journal.path",
+            format!("{} is a directory; name a file", raw.path.display()),
+        );
+    }
+    validate_journal_settings(raw).or_else(|(f, r)| err(f, r))
+}
+
+fn validate_journal_settings(raw: RawJournal) -> Result<JournalConfig, (&'static str, String)> {
     if raw.checkpoint_records == 0 {
         return Err((
             "journal.checkpoint_records",
@@ -681,10 +634,11 @@ fn parse_net(text: &str) -> Result<IpNet, String> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn base(extra: &str) -> String {
+    /// A minimal valid config with `extra` appended (for each section's tests).
+    pub(crate) fn base(extra: &str) -> String {
         format!(
             r#"
 [listener]
@@ -698,7 +652,8 @@ cgroups = ["/"]
         )
     }
 
-    fn err(text: &str) -> String {
+    /// The error a config text is refused with.
+    pub(crate) fn err(text: &str) -> String {
         Config::from_toml(Path::new("t.toml"), text)
             .unwrap_err()
             .to_string()
@@ -902,87 +857,17 @@ kinds = ["select"]
     }
 
     #[test]
-    fn resource_tls_fields_are_checked() {
-        let dir = tempfile::tempdir().unwrap();
-        let ca = dir.path().join("server-ca.pem");
-        let ca_pem = crate::tls::AgentCa::generate("db ca").unwrap().cert_pem();
-        std::fs::write(&ca, ca_pem).unwrap();
-        let not_pem = dir.path().join("junk.pem");
-        std::fs::write(&not_pem, "hello").unwrap();
-        let res = |extra: &str| {
-            base(&format!(
-                "[[resources]]\nname=\"db\"\naddress=\"10.0.0.1\"\nport=5432\nprotocol=\"postgres\"\n{extra}\n"
-            ))
-        };
+    fn protocol_keys_sit_in_the_resource_table_and_unknown_ones_are_refused() {
+        let e = err(&base(
+            "[[resources]]\nname=\"db\"\naddress=\"10.0.0.1\"\nport=5432\nprotocol=\"postgres\"\nupstream_tsl=\"require\"\n",
+        ));
+        assert!(e.contains("unknown field `upstream_tsl`"), "{e}");
         let cfg = Config::from_toml(
             Path::new("t.toml"),
-            &res(&format!(
-                "tls_names = [\"db.internal\", \"10.9.9.9\"]\nupstream_tls = \"verify-full\"\nupstream_ca = \"{}\"\nupstream_server_name = \"db.internal\"",
-                ca.display()
-            )),
+            &base("[[resources]]\nname=\"t\"\naddress=\"10.0.0.1\"\nport=22\n"),
         )
         .unwrap();
-        let r = &cfg.resources[0];
-        assert_eq!(r.upstream_tls, TlsMode::VerifyFull);
-        assert_eq!(r.tls_names, ["db.internal", "10.9.9.9"]);
-        assert_eq!(
-            Config::from_toml(Path::new("t.toml"), &res("upstream_tls = \"require\""))
-                .unwrap()
-                .resources[0]
-                .upstream_tls,
-            TlsMode::Require
-        );
-
-        for (extra, field, says) in [
-            (
-                "upstream_tls = \"verify-full\"",
-                "resources[0].upstream_ca",
-                "needs",
-            ),
-            (
-                &format!(
-                    "upstream_tls = \"require\"\nupstream_ca = \"{}\"",
-                    ca.display()
-                ),
-                "resources[0].upstream_ca",
-                "only used with",
-            ),
-            (
-                &format!(
-                    "upstream_tls = \"verify-full\"\nupstream_ca = \"{}\"",
-                    not_pem.display()
-                ),
-                "resources[0].upstream_ca",
-                "no PEM certificate",
-            ),
-            (
-                "upstream_tls = \"verify-full\"\nupstream_ca = \"/no/such/ca.pem\"",
-                "resources[0].upstream_ca",
-                "/no/such/ca.pem",
-            ),
-            (
-                "upstream_server_name = \"db\"",
-                "resources[0].upstream_server_name",
-                "only used with",
-            ),
-            (
-                "tls_names = [\"not a name\"]",
-                "resources[0].tls_names",
-                "neither",
-            ),
-        ] {
-            let e = err(&res(extra));
-            assert!(e.contains(field) && e.contains(says), "{extra}: {e}");
-        }
-        let e = err(&res("upstream_tls = \"prefer\""));
-        assert!(e.contains("unknown variant `prefer`"), "{e}");
-        let e = err(&base(
-            "[[resources]]\nname=\"t\"\naddress=\"10.0.0.1\"\nport=22\nupstream_tls = \"require\"\n",
-        ));
-        assert!(
-            e.contains("resources[0].upstream_tls") && e.contains("postgres"),
-            "{e}"
-        );
+        assert_eq!(cfg.resources[0].settings, ResourceSettings::default());
     }
 
     #[test]

@@ -16,7 +16,7 @@ use crate::{
     kernel::Redirector,
     protocols,
     proxy::{self, Listeners, Shared},
-    tls::{self, AgentCa, ClientTls, LeafCache},
+    tls::{self, AgentCa, LeafCache},
 };
 
 /// How long open sessions get to write their closing records at shutdown.
@@ -170,12 +170,10 @@ fn tls_setup(cfg: &Config) -> anyhow::Result<tls::Material> {
         .resources
         .iter()
         .map(|r| {
-            ClientTls::new(
-                r.upstream_tls,
-                r.upstream_ca.as_deref(),
-                r.upstream_server_name.as_deref(),
+            protocols::upstream_tls(
+                r.protocol,
+                &r.settings,
                 cfg.listener.upstream_connect_timeout,
-                protocols::alpn(r.protocol),
             )
             .with_context(|| format!("resource `{}`: upstream TLS", r.name))
         })
@@ -213,32 +211,53 @@ impl StopSignals {
 /// SIGHUP: re-reads the config and replaces the statement policy; open sessions judge
 /// their next statement by it. Other sections need a restart (said in the log). An
 /// invalid file changes nothing.
+/// SIGHUP: re-reads the config file. Journals `config_reloaded` either way (a refused file
+/// with `ok: false` and the reason, the running config staying in force), then, when the
+/// file was accepted, swaps the statement policy and journals `policy_reloaded`.
 async fn reload_policy(shared: &Shared) {
     let path = &shared.config.path;
-    match Config::load(path) {
-        Ok(new) => {
-            if new.resources != shared.config.resources
-                || new.governed != shared.config.governed
-                || new.limits != shared.config.limits
-                || new.worker_tls != shared.config.worker_tls
-            {
-                tracing::warn!(
-                    "SIGHUP: only [policy] rules and defaults are reloaded; restart the agent to apply other changes"
-                );
-            }
-            let rules = new.rules.policy.rules.len();
-            shared.rules.replace(new.rules.clone());
-            tracing::info!(config = %path.display(), rules, "SIGHUP: policy reloaded");
-            let event = Event::PolicyReloaded {
-                config: path.display().to_string(),
-                rules,
+    let config = path.display().to_string();
+    let new = match Config::load(path) {
+        Ok(new) => new,
+        Err(e) => {
+            tracing::error!(error = %e, "SIGHUP: config not reloaded; the running policy stays");
+            let event = Event::ConfigReloaded {
+                config,
+                ok: false,
+                detail: Some(e.to_string()),
             };
             if let Err(e) = shared.journal.record(None, event).await {
-                tracing::error!(error = %e, "cannot journal the policy reload");
+                tracing::error!(error = %e, "cannot journal the refused config reload");
             }
+            return;
         }
-        Err(e) => {
-            tracing::error!(error = %e, "SIGHUP: config not reloaded; the running policy stays")
-        }
+    };
+    let needs_restart = new.resources != shared.config.resources
+        || new.governed != shared.config.governed
+        || new.limits != shared.config.limits
+        || new.worker_tls != shared.config.worker_tls;
+    if needs_restart {
+        tracing::warn!(
+            "SIGHUP: only [policy] rules and defaults are reloaded; restart the agent to apply other changes"
+        );
+    }
+    let event = Event::ConfigReloaded {
+        config: config.clone(),
+        ok: true,
+        detail: needs_restart.then(|| {
+            "only [policy] and [masking] are applied on reload; restart the agent to apply \
+             the other changes"
+                .to_string()
+        }),
+    };
+    if let Err(e) = shared.journal.record(None, event).await {
+        tracing::error!(error = %e, "cannot journal the config reload");
+    }
+    let rules = new.rules.policy.rules.len();
+    shared.rules.replace(new.rules.clone());
+    tracing::info!(config = %path.display(), rules, "SIGHUP: policy reloaded");
+    let event = Event::PolicyReloaded { config, rules };
+    if let Err(e) = shared.journal.record(None, event).await {
+        tracing::error!(error = %e, "cannot journal the policy reload");
     }
 }

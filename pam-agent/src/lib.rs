@@ -22,6 +22,7 @@ pub mod audit;
 pub mod config;
 pub mod control;
 pub mod daemon;
+mod glob;
 pub mod govern;
 pub mod journal;
 pub mod kernel;

@@ -216,12 +216,7 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
                     r.net,
                     r.port,
                     r.protocol,
-                    match r.upstream_tls {
-                        pam_agent::tls::TlsMode::Disable => {
-                            String::new()
-                        }
-                        mode => format!(", TLS to the server: {mode}"),
-                    }
+                    protocols::describe(r.protocol, &r.settings)
                 );
             }
             match &cfg.worker_tls {

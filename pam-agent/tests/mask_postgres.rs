@@ -7,10 +7,13 @@ use std::net::TcpStream;
 use std::path::PathBuf;
 use std::process::Command;
 
-use pam_agent::mask::datarow::values;
 use pam_agent::mask::{
-    CatalogRow, ColumnName, ColumnResolver, CopyTextOptions, FieldInfo, FieldSource, MaskSource,
-    Masker, MaskingConfig, MaskingPolicy, PlannedColumn, RowPlan, StrategyKind, Subject,
+    ColumnName, MaskSource, Masker, MaskingConfig, MaskingPolicy, RowPlan, StrategyKind, Subject,
+};
+use pam_agent::protocols::postgres::masking::datarow::values;
+use pam_agent::protocols::postgres::masking::{
+    CatalogRow, ColumnResolver, CopyTextOptions, FieldInfo, FieldSource, PlanResults,
+    PlannedColumn, RewriteRows,
 };
 
 const BIN: &str = "/usr/lib/postgresql/15/bin";
@@ -185,7 +188,9 @@ impl Client {
             match m.tag {
                 b'T' => {
                     r.fields = row_description(&m.body);
-                    let engine = pam_agent::mask::row_description::parse(&m.body).unwrap();
+                    let engine =
+                        pam_agent::protocols::postgres::masking::row_description::parse(&m.body)
+                            .unwrap();
                     let ours: Vec<FieldInfo> = r.fields.iter().map(|f| f.info).collect();
                     assert_eq!(
                         engine, ours,

@@ -1,11 +1,11 @@
 //! Property tests of the masking engine's row rewriters: what a client receives is always a
 //! well-formed message, unmasked rows are byte-identical, and no input makes it panic.
 
-use pam_agent::mask::copy_text::{escape_into, unescape_into};
-use pam_agent::mask::datarow::{encode_body, values};
-use pam_agent::mask::{
-    ColumnName, CopyTextOptions, MaskingConfig, MaskingPolicy, PlannedColumn, ResolvedColumn,
-    RowPlan, Subject,
+use pam_agent::mask::{ColumnName, MaskingConfig, MaskingPolicy, ResolvedColumn, RowPlan, Subject};
+use pam_agent::protocols::postgres::masking::copy_text::{escape_into, unescape_into};
+use pam_agent::protocols::postgres::masking::datarow::{encode_body, values};
+use pam_agent::protocols::postgres::masking::{
+    CopyTextOptions, PlanResults, PlannedColumn, RewriteRows,
 };
 use proptest::prelude::*;
 
@@ -201,8 +201,8 @@ proptest! {
 
     #[test]
     fn parsers_of_server_messages_never_panic(body in proptest::collection::vec(any::<u8>(), 0..80)) {
-        let _ = pam_agent::mask::row_description::parse(&body);
-        let _ = pam_agent::mask::CatalogRow::from_data_row(&body);
+        let _ = pam_agent::protocols::postgres::masking::row_description::parse(&body);
+        let _ = pam_agent::protocols::postgres::masking::CatalogRow::from_data_row(&body);
         let _ = values(&body);
     }
 

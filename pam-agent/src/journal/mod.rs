@@ -16,12 +16,10 @@
 //! - [`sqlite`]: the store: group commit, checkpoints, retention, permissions.
 //! - [`reader`]: read-only access and filtered queries (the `audit` CLI).
 //! - [`verify`]: walks a journal and reports what was changed, and where.
-//! - [`jsonl`]: the earlier JSON-lines store, kept for tools that still read it.
 
 pub mod chain;
 pub mod event;
 pub mod index;
-pub mod jsonl;
 pub mod reader;
 pub mod schema;
 pub mod signing;

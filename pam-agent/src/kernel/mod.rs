@@ -503,10 +503,7 @@ mod tests {
             net: "10.1.0.0/16".parse().unwrap(),
             port: 5432,
             protocol: crate::config::Protocol::Tcp,
-            tls_names: Vec::new(),
-            upstream_tls: Default::default(),
-            upstream_ca: None,
-            upstream_server_name: None,
+            settings: Default::default(),
         };
         let k = resource_key(&r);
         assert_eq!(k.prefix_len(), 16 + 96 + 16);

@@ -302,10 +302,6 @@ impl Detectors {
         self.names.len()
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.names.is_empty()
-    }
-
     /// The report name of a detector id (`email`, `custom:employee-id`, …).
     pub fn name(&self, id: usize) -> &str {
         self.names.get(id).map_or("unknown", String::as_str)

@@ -5,11 +5,11 @@ use std::collections::HashSet;
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use super::column::{ColumnName, ResolvedColumn};
 use super::detect::{DetectorKind, Detectors};
-use super::glob;
-use super::resolve::{ColumnName, ColumnResolver, ResolvedColumn};
 use super::rules::{MaskingConfig, Selector, Strategy, Subject};
 use super::strategy::KeyedHasher;
+use crate::glob;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -383,16 +383,11 @@ impl Masker {
         })
     }
 
-    /// The column patterns of the active rules (`schema.table.column` globs).
+    /// The column patterns of the active rules (`schema.table.column` globs): what a
+    /// protocol must learn the names of (none: no column needs a name, ever).
     pub fn column_patterns(&self) -> impl Iterator<Item = &str> {
         self.active_compiled()
             .flat_map(|r| r.columns.iter().map(|m| m.source.as_str()))
-    }
-
-    /// [`ColumnResolver::preload_query`] for this connection's rules; `None` when no active
-    /// rule names columns (then nothing needs resolving at all).
-    pub fn preload_query(&self) -> Option<String> {
-        ColumnResolver::preload_query(self.column_patterns())
     }
 
     /// Active rules in order, for the side-channel guard.

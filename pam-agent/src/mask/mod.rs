@@ -1,57 +1,55 @@
-//! Inline masking of sensitive values in PostgreSQL results (issue 5).
+//! Inline masking of sensitive values in query results (issue 5): a protocol-free engine.
 //!
-//! The PostgreSQL session calls this engine; the engine does no I/O on the wire and knows
-//! nothing about sockets. Path of one result set:
+//! The engine does no I/O and knows no wire format: a protocol tells it what each result
+//! column is ([`Column`]: a name if known, and the [`ValueKind`] of its values) and hands
+//! it each value; the engine says what to send instead. PostgreSQL's side (RowDescription,
+//! DataRow and COPY codecs, type OIDs, the catalog resolver) is
+//! `protocols::postgres::masking`. Path of one result set:
 //! 1. [`MaskingPolicy::for_subject`] (or [`MaskingPolicy::with_rules`]) picks the active rules
 //!    for a connection: a [`Masker`].
-//! 2. At RowDescription, [`ColumnResolver`] names each column (table OID + attnum →
-//!    schema.table.column; one catalog query per batch of unknown pairs, cached per connection).
-//! 3. [`Masker::plan`] decides per column: pass, mask with a column rule, or scan with detectors.
-//! 4. [`RowPlan::rewrite_data_row`] / [`RowPlan::rewrite_copy_text_row`] rewrite each row.
-//! 5. [`RowPlan::take_report`] yields the [`MaskingReport`] for the audit journal (counts only).
+//! 2. [`Masker::plan_result`] decides per column: pass, mask with a column rule, scan with
+//!    detectors, or withhold: a [`RowPlan`].
+//! 3. The protocol's row codec calls [`RowPlan::mask_value`] for each value a column's plan
+//!    touches, and [`RowPlan::count_row`] per row.
+//! 4. [`RowPlan::take_report`] yields the [`MaskingReport`] for the audit journal (counts only).
 //!
 //! Layout:
 //! - [`rules`]: the `[masking]` config as written (serde) and its [`Selector`].
-//! - [`glob`]: `*` patterns for column names and selectors.
 //! - [`engine`]: compiled rules ([`MaskingPolicy`]) and one connection's active set ([`Masker`]).
-//! - [`resolve`]: column names from the catalog, and their cache.
-//! - [`row_description`]: the RowDescription fields masking needs, and Bind's result formats.
+//! - [`column`]: result columns as the engine sees them ([`ColumnName`], [`Origin`]).
+//! - [`value`]: [`ValueKind`], what a protocol says about a column type's values.
 //! - [`plan`]: what to do with each column of one result set ([`RowPlan`]).
 //! - [`detect`]: content detectors (one `RegexSet` pre-filter, then checksum confirmation).
 //! - [`strategy`]: how a text value is masked (redact, partial, keyed hash, NULL, e-mail).
-//! - [`pgtype`]: which PostgreSQL types can hold a masked value, per wire format.
-//! - [`datarow`]: rewriting one DataRow message.
-//! - [`copy_text`]: rewriting one COPY TO STDOUT text row.
 //! - [`side_channel`]: masked columns a statement filters, sorts, groups or joins on.
 //! - [`report`]: per-statement audit counts.
+//!
+//! Architecture invariant: nothing here imports a protocol, the journal or tokio
+//! (`tests/architecture.rs` checks it).
 
-pub mod copy_text;
-pub mod datarow;
-pub mod detect;
-pub mod engine;
-pub mod glob;
-pub mod pgtype;
-pub mod plan;
-pub mod report;
-pub mod resolve;
-pub mod row_description;
-pub mod rules;
-pub mod side_channel;
-pub mod strategy;
+pub(crate) mod column;
+pub(crate) mod detect;
+pub(crate) mod engine;
+pub(crate) mod plan;
+pub(crate) mod report;
+pub(crate) mod rules;
+pub(crate) mod side_channel;
+pub(crate) mod strategy;
+pub(crate) mod value;
 
-pub use copy_text::{CopyRowError, CopyTextOptions};
-pub use datarow::DataRowError;
+// The seams other modules, the binary and the integration tests use.
+pub use column::{ColumnName, ResolvedColumn};
 pub use detect::DetectorKind;
 pub use engine::{ConfigError, Masker, MaskingPolicy};
-pub use plan::{FieldInfo, PlanError, PlannedColumn, RowPlan};
+pub use plan::RowPlan;
 pub use report::{MaskSource, MaskingReport, ReportEntry};
-pub use resolve::{
-    CatalogRow, ColumnName, ColumnResolver, FieldSource, ResolveError, ResolvedColumn,
-};
-pub use row_description::RowDescriptionError;
 pub use rules::{MaskingConfig, Selector, Strategy, Subject};
 pub use side_channel::{Clause, ColumnReference, SideChannel};
 pub use strategy::StrategyKind;
+// What a protocol's codecs use (inside the crate only).
+pub(crate) use column::{Column, Origin};
+pub(crate) use plan::Outcome;
+pub(crate) use value::ValueKind;
 
 #[cfg(test)]
 mod tests;

@@ -1,43 +1,12 @@
-//! What to do with each column of one result set, decided once at RowDescription, and the
-//! per-value work the row rewriters share.
+//! What to do with each column of one result set, decided once before its first row, and
+//! the per-value work every protocol's row rewriter shares ([`RowPlan::mask_value`]).
 
+use super::column::{Column, ColumnName, Origin};
 use super::detect::DetectScratch;
 use super::engine::Masker;
-use super::pgtype::{self, Format, TypeClass};
 use super::report::{MaskSource, MaskingReport, ReportEntry};
-use super::resolve::{ColumnName, ColumnResolver, FieldSource, ResolvedColumn};
 use super::strategy::{self, Masked};
-
-/// One RowDescription field, as far as masking cares.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct FieldInfo {
-    pub source: FieldSource,
-    pub type_oid: u32,
-    /// 0 = text, 1 = binary.
-    pub format: i16,
-}
-
-/// A column whose name the caller already knows (COPY has no RowDescription).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PlannedColumn {
-    pub name: Option<ResolvedColumn>,
-    pub type_oid: u32,
-    pub format: i16,
-}
-
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
-pub enum PlanError {
-    #[error(
-        "column {index} (table OID {table_oid}, attnum {attnum}) is not resolved yet: run the catalog query first"
-    )]
-    Unresolved {
-        index: usize,
-        table_oid: u32,
-        attnum: i16,
-    },
-    #[error("column {index} has format code {code}, neither text (0) nor binary (1)")]
-    Format { index: usize, code: i16 },
-}
+use super::value::ValueKind;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Action {
@@ -48,7 +17,10 @@ pub(super) enum Action {
         matcher: usize,
         strategy: usize,
     },
-    Scan,
+    /// Content detectors read each value from byte `from` on (the kind's prefix skipped).
+    Scan {
+        from: usize,
+    },
     /// A table column whose name could not be learned in time (after DDL, or when the
     /// catalog query failed): it might be one a rule names, so it is sent as NULL.
     Withhold,
@@ -57,13 +29,13 @@ pub(super) enum Action {
 #[derive(Debug, Clone)]
 pub(super) struct ColumnPlan {
     pub action: Action,
-    pub class: TypeClass,
-    pub format: Format,
+    pub kind: &'static dyn ValueKind,
     pub name: Option<ColumnName>,
 }
 
-/// Per-value result.
-pub(super) enum Outcome {
+/// What [`RowPlan::mask_value`] did with one value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
     /// Copy the original bytes.
     Unchanged,
     /// The masked value was appended to the output.
@@ -77,128 +49,65 @@ pub(super) enum Outcome {
 pub(super) struct Scratch {
     pub detect: DetectScratch,
     pub tmp: Vec<u8>,
-    /// COPY: one field unescaped, and its masked form.
+    pub codec: CodecScratch,
+}
+
+/// Buffers a protocol's row codec may keep in the plan, so that rewriting rows allocates
+/// nothing once they have grown (a text row format: field boundaries, one field unescaped,
+/// and its masked form).
+#[derive(Debug, Default)]
+pub struct CodecScratch {
+    pub fields: Vec<(usize, usize)>,
     pub unescaped: Vec<u8>,
     pub masked: Vec<u8>,
-    /// COPY: field boundaries of the current row.
-    pub fields: Vec<(usize, usize)>,
 }
 
 /// The plan for one result set; holds its own counters until [`RowPlan::take_report`].
 #[derive(Debug)]
 pub struct RowPlan {
-    pub(super) masker: Masker,
-    pub(super) columns: Vec<ColumnPlan>,
+    masker: Masker,
+    columns: Vec<ColumnPlan>,
     /// No column is masked or scanned: rows are validated and copied.
-    pub(super) passthrough: bool,
+    passthrough: bool,
     /// Per column: values masked as configured, values made NULL because the type cannot hold
     /// the masked form.
-    pub(super) column_counts: Vec<[u64; 2]>,
+    column_counts: Vec<[u64; 2]>,
     /// Per detector id: the same, for matches.
-    pub(super) detector_counts: Vec<[u64; 2]>,
-    pub(super) rows: u64,
-    pub(super) scratch: Scratch,
+    detector_counts: Vec<[u64; 2]>,
+    rows: u64,
+    scratch: Scratch,
 }
 
 impl Masker {
-    /// Plans a result set from its RowDescription fields. Every table column must have been
-    /// through `resolver` (see [`ColumnResolver::unresolved`]); columns the catalog did not
-    /// know, and expressions, are scanned by content detectors (if any are active).
-    pub fn plan(
-        &self,
-        fields: &[FieldInfo],
-        resolver: &ColumnResolver,
-    ) -> Result<RowPlan, PlanError> {
-        let mut cols = Vec::with_capacity(fields.len());
-        for (index, f) in fields.iter().enumerate() {
-            let name = if f.source.is_table_column() {
-                match resolver.lookup(f.source) {
-                    Some(found) => found.cloned(),
-                    None => {
-                        return Err(PlanError::Unresolved {
-                            index,
-                            table_oid: f.source.table_oid,
-                            attnum: f.source.attnum,
-                        });
-                    }
-                }
-            } else {
-                None
-            };
-            cols.push(PlannedColumn {
-                name,
-                type_oid: f.type_oid,
-                format: f.format,
-            });
-        }
-        self.plan_columns(&cols)
-    }
-
-    /// Like [`Masker::plan`], but fails closed instead of failing: a table column the
-    /// resolver cannot name is withheld (sent as NULL, counted in the report) rather than an
-    /// error. For a session that cannot ask the catalog mid-stream.
-    pub fn plan_or_withhold(
-        &self,
-        fields: &[FieldInfo],
-        resolver: &ColumnResolver,
-    ) -> Result<RowPlan, PlanError> {
-        let mut cols = Vec::with_capacity(fields.len());
-        let mut withheld = Vec::new();
-        for (index, f) in fields.iter().enumerate() {
-            let name = if f.source.is_table_column() {
-                match resolver.lookup(f.source) {
-                    Some(found) => found.cloned(),
-                    None => {
-                        withheld.push(index);
-                        None
-                    }
-                }
-            } else {
-                None
-            };
-            cols.push(PlannedColumn {
-                name,
-                type_oid: f.type_oid,
-                format: f.format,
-            });
-        }
-        let mut plan = self.plan_columns(&cols)?;
-        for i in withheld {
-            plan.columns[i].action = Action::Withhold;
-            plan.passthrough = false;
-        }
-        Ok(plan)
-    }
-
-    /// Plans a result set whose column names are already known.
-    pub fn plan_columns(&self, cols: &[PlannedColumn]) -> Result<RowPlan, PlanError> {
+    /// Plans a result set: per column, pass it, mask it with the first active column rule
+    /// naming it, scan it with the active detectors, or withhold it.
+    pub fn plan_result(&self, cols: &[Column]) -> RowPlan {
         let scanning = self.scans_content();
         let mut columns = Vec::with_capacity(cols.len());
-        for (index, c) in cols.iter().enumerate() {
-            let format = Format::from_code(c.format).ok_or(PlanError::Format {
-                index,
-                code: c.format,
-            })?;
-            let class = pgtype::class_of(c.type_oid);
-            let rule = c.name.as_ref().and_then(|n| self.column_rule(n));
-            let action = match rule {
-                Some((rule, matcher, strategy)) => Action::Mask {
-                    rule,
-                    matcher,
-                    strategy,
+        for c in cols {
+            let (action, name) = match &c.origin {
+                Origin::Withheld => (Action::Withhold, None),
+                Origin::Named(n) => match self.column_rule(n) {
+                    Some((rule, matcher, strategy)) => (
+                        Action::Mask {
+                            rule,
+                            matcher,
+                            strategy,
+                        },
+                        Some(n.name.clone()),
+                    ),
+                    None => (scan_or_pass(scanning, c.kind), Some(n.name.clone())),
                 },
-                None if scanning && class.scannable() => Action::Scan,
-                None => Action::Pass,
+                Origin::Unnamed => (scan_or_pass(scanning, c.kind), None),
             };
             columns.push(ColumnPlan {
                 action,
-                class,
-                format,
-                name: c.name.as_ref().map(|n| n.name.clone()),
+                kind: c.kind,
+                name,
             });
         }
         let passthrough = columns.iter().all(|c| c.action == Action::Pass);
-        Ok(RowPlan {
+        RowPlan {
             column_counts: vec![[0; 2]; columns.len()],
             detector_counts: vec![[0; 2]; self.compiled().detectors.len()],
             masker: self.clone(),
@@ -206,7 +115,15 @@ impl Masker {
             passthrough,
             rows: 0,
             scratch: Scratch::default(),
-        })
+        }
+    }
+}
+
+/// A column no rule names: scanned when detectors are active and look inside its values.
+fn scan_or_pass(scanning: bool, kind: &dyn ValueKind) -> Action {
+    match kind.scan_from() {
+        Some(from) if scanning => Action::Scan { from },
+        _ => Action::Pass,
     }
 }
 
@@ -220,7 +137,24 @@ impl RowPlan {
         self.columns.len()
     }
 
-    /// Columns sent as NULL because their names were unknown ([`Masker::plan_or_withhold`]).
+    /// Whether `column` passes unchanged: a codec may copy its bytes without looking.
+    pub fn passes(&self, column: usize) -> bool {
+        self.columns
+            .get(column)
+            .is_none_or(|c| c.action == Action::Pass)
+    }
+
+    /// Counts one rewritten row, for the report.
+    pub fn count_row(&mut self) {
+        self.rows += 1;
+    }
+
+    /// The codec's buffers (see [`CodecScratch`]).
+    pub fn codec_scratch(&mut self) -> &mut CodecScratch {
+        &mut self.scratch.codec
+    }
+
+    /// Columns sent as NULL because their names were unknown ([`Origin::Withheld`]).
     pub fn withheld_columns(&self) -> usize {
         self.columns
             .iter()
@@ -228,10 +162,13 @@ impl RowPlan {
             .count()
     }
 
-    /// Masks one value of `column` (a valid index), appending to `out` unless the outcome says
-    /// otherwise.
-    pub(super) fn mask_value(&mut self, column: usize, value: &[u8], out: &mut Vec<u8>) -> Outcome {
-        let col = &self.columns[column];
+    /// Masks one (non-NULL) value of `column`, appending to `out` unless the outcome says
+    /// otherwise. A column outside the plan passes unchanged (codecs check the column
+    /// count of every row first).
+    pub fn mask_value(&mut self, column: usize, value: &[u8], out: &mut Vec<u8>) -> Outcome {
+        let Some(col) = self.columns.get(column) else {
+            return Outcome::Unchanged;
+        };
         let compiled = self.masker.compiled();
         match col.action {
             Action::Pass => Outcome::Unchanged,
@@ -241,9 +178,7 @@ impl RowPlan {
             }
             Action::Mask { strategy, .. } => {
                 let strategy = &compiled.strategies[strategy];
-                let r = pgtype::write_masked(
-                    col.class,
-                    col.format,
+                let r = col.kind.write_masked(
                     strategy,
                     value,
                     compiled.hasher.as_ref(),
@@ -258,8 +193,7 @@ impl RowPlan {
                     Masked::Null => Outcome::Null,
                 }
             }
-            Action::Scan => {
-                let offset = col.class.text_offset(col.format);
+            Action::Scan { from: offset } => {
                 let Some(text) = value.get(offset..) else {
                     return Outcome::Unchanged;
                 };
@@ -296,8 +230,7 @@ impl RowPlan {
                     }
                     out.extend_from_slice(&text[pos..]);
                 }
-                let json = matches!(col.class, TypeClass::Json | TypeClass::Jsonb);
-                let invalid = json && !nulls && !pgtype::json_still_valid(&out[start + offset..]);
+                let invalid = !nulls && !col.kind.still_valid_after_scan(&out[start + offset..]);
                 for f in found {
                     let fell_back = invalid;
                     if let Some(c) = self.detector_counts.get_mut(f.detector) {

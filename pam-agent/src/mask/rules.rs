@@ -28,7 +28,7 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 
 use super::detect::DetectorKind;
-use super::glob;
+use crate::glob;
 
 /// The whole `[masking]` section.
 #[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]

@@ -1,17 +1,42 @@
 //! Side channels: a masked column used in WHERE, ORDER BY, GROUP BY, HAVING or a JOIN
 //! condition leaks its values through which rows come back and in what order
 //! (`WHERE ssn LIKE '5%'` bisects a masked SSN). Rules with `refuse_side_channels = true`
-//! ask the policy engine to refuse such statements; this reports the uses it should refuse.
-//! The references come from `sql::Statement::columns`.
+//! ask the gate to refuse such statements; this reports the uses it should refuse.
+//! Masking owns the types of the references ([`ColumnReference`], [`Clause`]); each
+//! protocol's query analysis produces them (PostgreSQL: `sql::Statement::columns`).
 
 use serde::{Deserialize, Serialize};
 
 use super::engine::Masker;
 
-/// The column references come from the SQL classifier, which owns their types
-/// ([`crate::protocols::postgres::sql::ColumnReference`], [`crate::protocols::postgres::sql::Clause`]); masking decides which of
-/// them hit masked columns.
-pub use crate::protocols::postgres::sql::{Clause, ColumnReference};
+/// Where a statement uses a column.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Clause {
+    /// WHERE (also UPDATE/DELETE WHERE, aggregate FILTER, MERGE WHEN ... AND, ON CONFLICT
+    /// WHERE), and the select list of a sub-select compared in a WHERE.
+    Where,
+    /// JOIN ... ON / USING, MERGE ... ON.
+    Join,
+    /// ORDER BY (also ordinals and output aliases, and aggregate ORDER BY).
+    OrderBy,
+    GroupBy,
+    Having,
+    /// Window PARTITION BY / ORDER BY.
+    Window,
+    /// SELECT DISTINCT ON (...).
+    DistinctOn,
+}
+
+/// A column a statement filters, joins, sorts, groups or partitions on. Parts that could
+/// not be qualified are `None` and match any rule pattern part (erring towards refusal).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Deserialize, Serialize)]
+pub struct ColumnReference {
+    pub schema: Option<String>,
+    pub table: Option<String>,
+    pub column: String,
+    pub clause: Clause,
+}
 
 /// A refused use: which rule masks the referenced column, by which pattern.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]

@@ -31,7 +31,7 @@
 //! Architecture invariant: policy does no I/O and never sees the wire.
 
 mod config;
-mod glob;
+use crate::glob;
 
 pub use config::{Limits, RawPolicy, RawRule};
 use serde::Serialize;

@@ -4,8 +4,11 @@
 //! gate's verdicts. Adding a protocol: one folder here, one arm in [`serve`] and in
 //! [`crate::config::Protocol`], one config section.
 
+pub mod config;
 pub mod postgres;
 pub mod tcp;
+
+pub use config::{Protocol, ResourceSettings};
 
 use std::{net::SocketAddr, sync::Arc};
 
@@ -18,26 +21,6 @@ use crate::{
     policy::Limits,
     tls,
 };
-
-/// How the proxy treats a resource's traffic.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Protocol {
-    /// Bytes relayed as they are (connection-level audit only).
-    #[default]
-    Tcp,
-    /// PostgreSQL wire protocol.
-    Postgres,
-}
-
-impl std::fmt::Display for Protocol {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Protocol::Tcp => "tcp",
-            Protocol::Postgres => "postgres",
-        })
-    }
-}
 
 /// How a session went, for its closing journal record.
 #[derive(Debug)]
@@ -97,8 +80,8 @@ pub struct Dispatch<'a> {
     pub upstream: Dialer,
     pub session: Arc<Session>,
     pub protocol: Protocol,
-    /// Extra names the resource's TLS leaves carry (for workers that dial a host name).
-    pub tls_names: &'a [String],
+    /// The resource's own keys, per protocol.
+    pub settings: &'a ResourceSettings,
     /// Where the worker meant to connect (TLS leaves name it).
     pub destination: SocketAddr,
     pub rules: &'a RulesHandle,
@@ -109,6 +92,39 @@ pub struct Dispatch<'a> {
     pub worker_tls: Option<&'a tls::LeafCache>,
     pub upstream_tls: Option<tls::ClientTls>,
     pub shutdown: &'a CancellationToken,
+}
+
+/// The client TLS toward a resource's server, as its protocol's keys ask (`None`: plain
+/// TCP); `timeout` bounds the protocol's TLS prelude and handshake.
+pub fn upstream_tls(
+    protocol: Protocol,
+    settings: &ResourceSettings,
+    timeout: std::time::Duration,
+) -> Result<Option<tls::ClientTls>, tls::ClientTlsError> {
+    match protocol {
+        Protocol::Tcp => Ok(None),
+        Protocol::Postgres => {
+            let s = &settings.postgres;
+            tls::ClientTls::new(
+                s.upstream_tls,
+                s.upstream_ca.as_deref(),
+                s.upstream_server_name.as_deref(),
+                timeout,
+                postgres::upstream_tls::ALPN,
+            )
+        }
+    }
+}
+
+/// One line on a resource's protocol settings for `pam-agent check` (empty: nothing).
+pub fn describe(protocol: Protocol, settings: &ResourceSettings) -> String {
+    match protocol {
+        Protocol::Tcp => String::new(),
+        Protocol::Postgres => match settings.postgres.upstream_tls {
+            tls::TlsMode::Disable => String::new(),
+            mode => format!(", TLS to the server: {mode}"),
+        },
+    }
 }
 
 /// What a text sent to a resource of `protocol` asks, read as its sessions read it (for

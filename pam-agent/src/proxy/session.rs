@@ -77,7 +77,7 @@ pub async fn run(
         upstream,
         session: session.clone(),
         protocol: resource.protocol,
-        tls_names: &resource.tls_names,
+        settings: &resource.settings,
         destination: redirected.destination,
         rules: &shared.rules,
         approvals: &shared.approvals,

@@ -13,7 +13,7 @@ use std::{
 
 use pam_agent::{
     govern::{Approvals, Gate, Rules, RulesHandle, Session},
-    journal::{Event, Journal, Record, SessionId, jsonl},
+    journal::{Event, Journal, Record, SessionId},
     policy::RawPolicy,
     principal::Principal,
     protocols::postgres::{
@@ -22,6 +22,8 @@ use pam_agent::{
     },
 };
 use tokio_util::sync::CancellationToken;
+
+mod jsonl;
 
 pub const PASSWORD: &str = "s3cret-pw";
 const BIN: &str = "/usr/lib/postgresql/15/bin";
@@ -265,7 +267,7 @@ impl Proxy {
                 .build()
                 .unwrap();
             rt.block_on(async move {
-                let store = jsonl::JsonlStore::open(&jp, false).unwrap();
+                let store = jsonl::JsonlStore::open(&jp).unwrap();
                 let (journal, writer) = match opts.fail_journal_on.clone() {
                     Some(needle) => Journal::start(FailingStore {
                         inner: store,
@@ -339,7 +341,7 @@ impl Proxy {
     }
 
     pub fn records(&self) -> Vec<Record> {
-        jsonl::read_all(&self.journal_path).unwrap()
+        jsonl::read_all(&self.journal_path)
     }
 
     /// Waits (up to 30 s) for a record matching `found`, written in the background.

@@ -27,6 +27,7 @@ use super::{
     Context, SessionError, Shared,
     batch::{Batch, Out, SyncStep},
     inject::{self, Preload},
+    masking::PlanResults,
     names::{self, Reserved},
     notes::{Catalog, Exec, Note},
     refusal,

@@ -5,12 +5,12 @@
 
 use std::time::{Duration, Instant};
 
+use super::masking::CopyTextOptions;
 use super::{
     notes::{Catalog, Injected},
     sql::CopyOut,
     wire::frontend,
 };
-use crate::mask::CopyTextOptions;
 
 /// Column names are reloaded at least this often on a masked session, so columns other
 /// sessions add or rename are followed (tables they create are caught by the horizon).

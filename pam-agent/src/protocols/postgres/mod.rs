@@ -25,10 +25,11 @@
 mod batch;
 mod cancel;
 mod client;
+pub mod config;
 mod handshake;
 mod inject;
 mod io;
-mod masking;
+pub mod masking;
 mod names;
 mod notes;
 mod refusal;
@@ -145,7 +146,7 @@ pub async fn open(d: Dispatch<'_>) -> Outcome {
         Some(leaves) => match leaves.acceptor(
             &d.session.resource,
             d.destination.ip(),
-            d.tls_names,
+            &d.settings.postgres.tls_names,
             upstream_tls::ALPN,
         ) {
             Ok(a) => Some(a),

@@ -3,8 +3,8 @@
 
 use std::{sync::Arc, time::Instant};
 
+use super::masking::CopyTextOptions;
 use super::{sql::Statement, wire::frame::Frame};
-use crate::mask::CopyTextOptions;
 
 /// One execution whose completion the server half audits.
 #[derive(Debug, Clone)]

@@ -19,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 use super::{
     Context, SessionError, Shared,
     io::{watch_parameter, write_out},
-    masking::ResultMasking,
+    masking::{CatalogRow, ColumnResolver, ResultMasking},
     notes::{Catalog, Exec, Injected, Note},
     wire::{
         backend::{self, sqlstate},
@@ -29,7 +29,7 @@ use super::{
 use crate::{
     govern::Completions,
     journal::JournalError,
-    mask::{CatalogRow, ColumnResolver, Masker},
+    mask::Masker,
     tls::stream::{UpstreamStream, WorkerStream},
 };
 

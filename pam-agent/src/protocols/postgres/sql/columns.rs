@@ -6,42 +6,15 @@
 //! to its table (schema only if written), an unqualified column to the one table in scope,
 //! a column of a sub-select, CTE or set operation to the columns its expression uses.
 //! Whatever cannot be resolved is left `None`, which the guard matches against any table
-//! (erring towards refusal). The sql module owns what a statement references; `mask`
-//! decides which of these references hit masked columns.
+//! (erring towards refusal). The sql module finds what a statement references, in `mask`'s
+//! types; `mask` decides which of these references hit masked columns.
 
-use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use super::tree::{node_of, node_of_map};
-
-/// Where a statement uses a column.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Deserialize, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Clause {
-    /// WHERE (also UPDATE/DELETE WHERE, aggregate FILTER, MERGE WHEN ... AND, ON CONFLICT
-    /// WHERE), and the select list of a sub-select compared in a WHERE.
-    Where,
-    /// JOIN ... ON / USING, MERGE ... ON.
-    Join,
-    /// ORDER BY (also ordinals and output aliases, and aggregate ORDER BY).
-    OrderBy,
-    GroupBy,
-    Having,
-    /// Window PARTITION BY / ORDER BY.
-    Window,
-    /// SELECT DISTINCT ON (...).
-    DistinctOn,
-}
-
-/// A column a statement filters, joins, sorts, groups or partitions on. Parts that could
-/// not be qualified are `None` and match any rule pattern part (erring towards refusal).
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Deserialize, Serialize)]
-pub struct ColumnReference {
-    pub schema: Option<String>,
-    pub table: Option<String>,
-    pub column: String,
-    pub clause: Clause,
-}
+/// Masking owns the reference types (its side-channel guard is protocol-neutral); this
+/// module produces them.
+pub use crate::mask::side_channel::{Clause, ColumnReference};
 
 /// A resolved column, before its clause is known.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -5,7 +5,7 @@
 //! Masked and scanned fields are unescaped before detection and masking, and re-escaped
 //! after; other fields are copied byte for byte.
 
-use super::plan::{Action, Outcome, RowPlan};
+use crate::mask::{Outcome, RowPlan};
 
 /// The COPY options that shape text rows.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -118,16 +118,6 @@ pub fn escape_into(value: &[u8], delimiter: u8, out: &mut Vec<u8>) {
     out.extend_from_slice(&value[run..]);
 }
 
-/// [`RowPlan::rewrite_copy_text_row`] as a function of (row, plan, options, output).
-pub fn rewrite_copy_text_row(
-    row: &[u8],
-    plan: &mut RowPlan,
-    opts: &CopyTextOptions,
-    out: &mut Vec<u8>,
-) -> Result<(), CopyRowError> {
-    plan.rewrite_copy_text_row(row, opts, out)
-}
-
 /// Splits a row (without its newline) into raw field ranges.
 fn split_fields(
     row: &[u8],
@@ -159,91 +149,88 @@ fn split_fields(
     Ok(())
 }
 
-impl RowPlan {
-    /// Appends the rewritten row (newline included) to `out`. On error `out` is left as it was.
-    pub fn rewrite_copy_text_row(
-        &mut self,
-        row: &[u8],
-        opts: &CopyTextOptions,
-        out: &mut Vec<u8>,
-    ) -> Result<(), CopyRowError> {
-        let Some(body) = row.strip_suffix(b"\n") else {
-            return Err(CopyRowError::NoNewline);
-        };
-        let mut fields = std::mem::take(&mut self.scratch.fields);
-        let split = split_fields(body, opts.delimiter, &mut fields);
-        let result = split.and_then(|()| {
-            if fields.len() != self.columns.len() {
-                return Err(CopyRowError::FieldCount {
-                    got: fields.len(),
-                    expected: self.columns.len(),
-                });
-            }
-            // Validate every escape before writing anything.
-            let mut check = std::mem::take(&mut self.scratch.unescaped);
-            for (i, &(s, e)) in fields.iter().enumerate() {
-                if self.columns[i].action != Action::Pass
-                    && body[s..e].contains(&b'\\')
-                    && &body[s..e] != opts.null.as_slice()
-                {
-                    check.clear();
-                    if let Err(err) = unescape_into(&body[s..e], &mut check) {
-                        self.scratch.unescaped = check;
-                        return Err(err);
-                    }
-                }
-            }
-            self.scratch.unescaped = check;
-            Ok(())
-        });
-        if let Err(e) = result {
-            self.scratch.fields = fields;
-            return Err(e);
+/// Appends the rewritten row (newline included) to `out`. On error `out` is left as it was.
+pub fn rewrite_copy_text_row(
+    row: &[u8],
+    plan: &mut RowPlan,
+    opts: &CopyTextOptions,
+    out: &mut Vec<u8>,
+) -> Result<(), CopyRowError> {
+    let Some(body) = row.strip_suffix(b"\n") else {
+        return Err(CopyRowError::NoNewline);
+    };
+    let mut fields = std::mem::take(&mut plan.codec_scratch().fields);
+    let split = split_fields(body, opts.delimiter, &mut fields);
+    let result = split.and_then(|()| {
+        if fields.len() != plan.column_count() {
+            return Err(CopyRowError::FieldCount {
+                got: fields.len(),
+                expected: plan.column_count(),
+            });
         }
-        if self.passthrough {
-            out.extend_from_slice(row);
-        } else {
-            // Fields left as they are (and the delimiters between them) are copied in
-            // runs straight from the row.
-            let mut copied = 0;
-            for (i, &(s, e)) in fields.iter().enumerate() {
-                let raw = &body[s..e];
-                if self.columns[i].action == Action::Pass || raw == opts.null.as_slice() {
-                    continue;
+        // Validate every escape before writing anything.
+        let mut check = std::mem::take(&mut plan.codec_scratch().unescaped);
+        for (i, &(s, e)) in fields.iter().enumerate() {
+            if !plan.passes(i) && body[s..e].contains(&b'\\') && &body[s..e] != opts.null.as_slice()
+            {
+                check.clear();
+                if let Err(err) = unescape_into(&body[s..e], &mut check) {
+                    plan.codec_scratch().unescaped = check;
+                    return Err(err);
                 }
-                let mut value = std::mem::take(&mut self.scratch.unescaped);
-                let mut masked = std::mem::take(&mut self.scratch.masked);
-                value.clear();
-                masked.clear();
-                let escaped = raw.contains(&b'\\');
-                if escaped {
-                    // Validated above; an error here cannot happen.
-                    let _ = unescape_into(raw, &mut value);
-                }
-                let plain = if escaped { value.as_slice() } else { raw };
-                match self.mask_value(i, plain, &mut masked) {
-                    Outcome::Unchanged => {}
-                    Outcome::Written => {
-                        out.extend_from_slice(&body[copied..s]);
-                        escape_into(&masked, opts.delimiter, out);
-                        copied = e;
-                    }
-                    Outcome::Null => {
-                        out.extend_from_slice(&body[copied..s]);
-                        out.extend_from_slice(&opts.null);
-                        copied = e;
-                    }
-                }
-                self.scratch.unescaped = value;
-                self.scratch.masked = masked;
             }
-            out.extend_from_slice(&body[copied..]);
-            out.push(b'\n');
         }
-        self.scratch.fields = fields;
-        self.rows += 1;
+        plan.codec_scratch().unescaped = check;
         Ok(())
+    });
+    if let Err(e) = result {
+        plan.codec_scratch().fields = fields;
+        return Err(e);
     }
+    if plan.is_passthrough() {
+        out.extend_from_slice(row);
+    } else {
+        // Fields left as they are (and the delimiters between them) are copied in
+        // runs straight from the row.
+        let mut copied = 0;
+        for (i, &(s, e)) in fields.iter().enumerate() {
+            let raw = &body[s..e];
+            if plan.passes(i) || raw == opts.null.as_slice() {
+                continue;
+            }
+            let mut value = std::mem::take(&mut plan.codec_scratch().unescaped);
+            let mut masked = std::mem::take(&mut plan.codec_scratch().masked);
+            value.clear();
+            masked.clear();
+            let escaped = raw.contains(&b'\\');
+            if escaped {
+                // Validated above; an error here cannot happen.
+                let _ = unescape_into(raw, &mut value);
+            }
+            let plain = if escaped { value.as_slice() } else { raw };
+            match plan.mask_value(i, plain, &mut masked) {
+                Outcome::Unchanged => {}
+                Outcome::Written => {
+                    out.extend_from_slice(&body[copied..s]);
+                    escape_into(&masked, opts.delimiter, out);
+                    copied = e;
+                }
+                Outcome::Null => {
+                    out.extend_from_slice(&body[copied..s]);
+                    out.extend_from_slice(&opts.null);
+                    copied = e;
+                }
+            }
+            let scratch = plan.codec_scratch();
+            scratch.unescaped = value;
+            scratch.masked = masked;
+        }
+        out.extend_from_slice(&body[copied..]);
+        out.push(b'\n');
+    }
+    plan.codec_scratch().fields = fields;
+    plan.count_row();
+    Ok(())
 }
 
 #[cfg(test)]

@@ -9,15 +9,69 @@
 //! before it: the worker half makes sure one precedes every Execute (injecting a
 //! Describe of the portal when the worker did not send one). COPY TO STDOUT rows are
 //! rewritten against a plan from an injected describe of the COPY's columns.
+//!
+//! Everything PostgreSQL of masking lives here; the engine (`crate::mask`) knows no
+//! protocol:
+//! - [`resolve`]: column names from RowDescription's table OID + attnum via one catalog
+//!   query, cached, invalidated on DDL; the preload query.
+//! - [`row_description`]: the RowDescription fields masking needs, and Bind's result formats.
+//! - [`plan`]: fields → the engine's neutral columns ([`PlanResults`] on `Masker`).
+//! - [`pgtype`]: which PostgreSQL types can hold a masked value, per wire format (the
+//!   engine's `ValueKind`s).
+//! - [`datarow`]: rewriting one DataRow message; [`copy_text`]: one COPY TO STDOUT text row
+//!   ([`RewriteRows`] on `RowPlan`).
+
+pub mod copy_text;
+pub mod datarow;
+pub(crate) mod pgtype;
+pub(crate) mod plan;
+pub(crate) mod resolve;
+pub mod row_description;
+
+#[cfg(test)]
+mod tests;
 
 use bytes::Buf;
 
-use super::{SessionError, wire::frame::Frame};
-use crate::mask::{
-    CatalogRow, ColumnResolver, CopyTextOptions, Masker, MaskingReport, RowPlan, row_description,
-};
+pub use copy_text::{CopyRowError, CopyTextOptions};
+pub use datarow::DataRowError;
+pub use plan::{FieldInfo, PlanError, PlanResults, PlannedColumn};
+pub use resolve::{CatalogRow, ColumnResolver, FieldSource, ResolveError};
+pub use row_description::RowDescriptionError;
 
-pub struct ResultMasking {
+use super::{SessionError, wire::frame::Frame};
+use crate::mask::{Masker, MaskingReport, RowPlan};
+
+/// Rewriting PostgreSQL rows with a plan (an extension of the neutral engine).
+pub trait RewriteRows {
+    /// [`datarow::rewrite_data_row`]: appends the rewritten DataRow message to `out`.
+    fn rewrite_data_row(&mut self, body: &[u8], out: &mut Vec<u8>) -> Result<(), DataRowError>;
+
+    /// [`copy_text::rewrite_copy_text_row`]: appends the rewritten row (newline included).
+    fn rewrite_copy_text_row(
+        &mut self,
+        row: &[u8],
+        opts: &CopyTextOptions,
+        out: &mut Vec<u8>,
+    ) -> Result<(), CopyRowError>;
+}
+
+impl RewriteRows for RowPlan {
+    fn rewrite_data_row(&mut self, body: &[u8], out: &mut Vec<u8>) -> Result<(), DataRowError> {
+        datarow::rewrite_data_row(body, self, out)
+    }
+
+    fn rewrite_copy_text_row(
+        &mut self,
+        row: &[u8],
+        opts: &CopyTextOptions,
+        out: &mut Vec<u8>,
+    ) -> Result<(), CopyRowError> {
+        copy_text::rewrite_copy_text_row(row, self, opts, out)
+    }
+}
+
+pub(crate) struct ResultMasking {
     masker: Masker,
     resolver: ColumnResolver,
     /// The current result set's plan, from the RowDescription before it.

@@ -17,8 +17,8 @@
 //! Keyed hashes are computed over the text form of a value whatever the wire format, so a
 //! value hashes the same in text and binary results (joins across both still work).
 
-use super::rules::Strategy;
-use super::strategy::{self, KeyedHasher, Masked};
+use crate::mask::strategy::{self, KeyedHasher, Masked};
+use crate::mask::{Strategy, ValueKind};
 
 /// Wire format of a column, from RowDescription's format code.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -52,6 +52,77 @@ pub enum TypeClass {
     Int8,
     Uuid,
     Other,
+}
+
+/// A column type in one wire format: PostgreSQL's [`ValueKind`]s, one per (class, format).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PgValue {
+    pub class: TypeClass,
+    pub format: Format,
+}
+
+/// Every [`TypeClass`], in declaration order (the index into [`KINDS`]).
+const CLASSES: [TypeClass; 10] = [
+    TypeClass::Text,
+    TypeClass::Bpchar,
+    TypeClass::Json,
+    TypeClass::Jsonb,
+    TypeClass::Bytea,
+    TypeClass::Int2,
+    TypeClass::Int4,
+    TypeClass::Int8,
+    TypeClass::Uuid,
+    TypeClass::Other,
+];
+
+/// The plan keeps `&'static dyn ValueKind`s: one static per (class, format).
+static KINDS: [PgValue; 20] = {
+    let mut out = [PgValue {
+        class: TypeClass::Other,
+        format: Format::Text,
+    }; 20];
+    let mut i = 0;
+    while i < CLASSES.len() {
+        out[2 * i] = PgValue {
+            class: CLASSES[i],
+            format: Format::Text,
+        };
+        out[2 * i + 1] = PgValue {
+            class: CLASSES[i],
+            format: Format::Binary,
+        };
+        i += 1;
+    }
+    out
+};
+
+/// The kind of the values of a column of type `type_oid` sent in `format`.
+pub fn value_kind(type_oid: u32, format: Format) -> &'static PgValue {
+    let class = class_of(type_oid);
+    &KINDS[2 * class as usize + usize::from(format == Format::Binary)]
+}
+
+impl ValueKind for PgValue {
+    fn scan_from(&self) -> Option<usize> {
+        self.class
+            .scannable()
+            .then(|| self.class.text_offset(self.format))
+    }
+
+    fn still_valid_after_scan(&self, text: &[u8]) -> bool {
+        !matches!(self.class, TypeClass::Json | TypeClass::Jsonb) || json_still_valid(text)
+    }
+
+    fn write_masked(
+        &self,
+        strategy: &Strategy,
+        value: &[u8],
+        hasher: Option<&KeyedHasher>,
+        tmp: &mut Vec<u8>,
+        out: &mut Vec<u8>,
+    ) -> Masked {
+        write_masked(self.class, self.format, strategy, value, hasher, tmp, out)
+    }
 }
 
 /// Built-in type OIDs (pg_type.dat); RowDescription reports a domain's base type.
@@ -367,6 +438,24 @@ mod tests {
             None,
             "wrong width"
         );
+    }
+
+    #[test]
+    fn every_type_class_and_format_has_its_own_kind() {
+        for (oid, class) in [
+            (25, TypeClass::Text),
+            (3802, TypeClass::Jsonb),
+            (1700, TypeClass::Other),
+        ] {
+            for format in [Format::Text, Format::Binary] {
+                assert_eq!(*value_kind(oid, format), PgValue { class, format });
+            }
+        }
+        for (i, class) in CLASSES.iter().enumerate() {
+            assert_eq!(*class as usize, i, "CLASSES follows the declaration order");
+        }
+        assert_eq!(value_kind(3802, Format::Binary).scan_from(), Some(1));
+        assert_eq!(value_kind(23, Format::Text).scan_from(), None);
     }
 
     #[test]

@@ -11,35 +11,9 @@
 //! rules must name the view column, or content detectors catch the values.
 
 use std::collections::HashMap;
-use std::fmt;
-
-use serde::{Deserialize, Serialize};
 
 use super::datarow;
-
-/// A column's catalog names (unquoted, as stored in pg_namespace/pg_class/pg_attribute).
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Deserialize, Serialize)]
-pub struct ColumnName {
-    pub schema: String,
-    pub table: String,
-    pub column: String,
-}
-
-impl ColumnName {
-    pub fn new(schema: &str, table: &str, column: &str) -> Self {
-        ColumnName {
-            schema: schema.into(),
-            table: table.into(),
-            column: column.into(),
-        }
-    }
-}
-
-impl fmt::Display for ColumnName {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}.{}.{}", self.schema, self.table, self.column)
-    }
-}
+use crate::mask::{ColumnName, ResolvedColumn};
 
 /// Where a result column comes from, as RowDescription reports it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -52,20 +26,6 @@ impl FieldSource {
     /// Only plain table (or view) columns have a catalog name; system columns have attnum < 0.
     pub fn is_table_column(self) -> bool {
         self.table_oid != 0 && self.attnum > 0
-    }
-}
-
-/// A resolved column: its own name and, for a view column, the base columns behind it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ResolvedColumn {
-    pub name: ColumnName,
-    pub base: Vec<ColumnName>,
-}
-
-impl ResolvedColumn {
-    /// The column's own name first, then its base columns.
-    pub fn names(&self) -> impl Iterator<Item = &ColumnName> {
-        std::iter::once(&self.name).chain(&self.base)
     }
 }
 

@@ -2,7 +2,7 @@
 //! (-1 = NULL) and that many bytes. The whole body is validated before a byte is written, so a
 //! malformed row yields an error and nothing in the output: never a partially masked row.
 
-use super::plan::{Action, Outcome, RowPlan};
+use crate::mask::{Outcome, RowPlan};
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum DataRowError {
@@ -75,84 +75,77 @@ pub fn values(body: &[u8]) -> Result<Vec<Option<&[u8]>>, DataRowError> {
 /// Largest message the protocol can carry: the Int32 length counts itself.
 const MAX_MESSAGE_LEN: usize = i32::MAX as usize;
 
-impl RowPlan {
-    /// Appends the rewritten DataRow message (type byte, length, body) to `out`.
-    ///
-    /// On error `out` is left as it was. Allocates nothing once the plan's scratch buffers and
-    /// `out` have grown to the size of the largest row.
-    pub fn rewrite_data_row(&mut self, body: &[u8], out: &mut Vec<u8>) -> Result<(), DataRowError> {
-        let count = validate(body)?;
-        if count != self.columns.len() {
-            return Err(DataRowError::ColumnCount {
-                got: count,
-                expected: self.columns.len(),
-            });
-        }
-        let start = out.len();
-        out.push(b'D');
-        out.extend_from_slice(&[0; 4]);
-        if self.passthrough {
-            out.extend_from_slice(body);
-        } else {
-            // Fields left as they are (NULLs, passed columns, scans that find nothing) are
-            // copied in runs straight from the body: one copy instead of two per field.
-            let mut copied = 0;
-            let mut pos = 2;
-            for column in 0..count {
-                let field_at = pos;
-                let len = read_len(body, pos).unwrap_or(-1);
-                pos += 4;
-                if len < 0 {
-                    continue;
-                }
-                let value = &body[pos..pos + len as usize];
-                pos += len as usize;
-                if self.columns[column].action == Action::Pass {
-                    continue;
-                }
-                out.extend_from_slice(&body[copied..field_at]);
-                copied = field_at;
-                let len_at = out.len();
-                out.extend_from_slice(&[0; 4]);
-                match self.mask_value(column, value, out) {
-                    Outcome::Unchanged => {
-                        out.truncate(len_at);
-                        continue;
-                    }
-                    Outcome::Written => {
-                        let Ok(n) = i32::try_from(out.len() - len_at - 4) else {
-                            out.truncate(start);
-                            return Err(DataRowError::TooLarge);
-                        };
-                        out[len_at..len_at + 4].copy_from_slice(&n.to_be_bytes());
-                    }
-                    Outcome::Null => {
-                        out.truncate(len_at);
-                        out.extend_from_slice(&(-1i32).to_be_bytes());
-                    }
-                }
-                copied = pos;
-            }
-            out.extend_from_slice(&body[copied..]);
-        }
-        let total = out.len() - start - 1;
-        if total > MAX_MESSAGE_LEN {
-            out.truncate(start);
-            return Err(DataRowError::TooLarge);
-        }
-        out[start + 1..start + 5].copy_from_slice(&(total as i32).to_be_bytes());
-        self.rows += 1;
-        Ok(())
-    }
-}
-
-/// [`RowPlan::rewrite_data_row`] as a function of (body, plan, output).
+/// Appends the rewritten DataRow message (type byte, length, body) to `out`.
+///
+/// On error `out` is left as it was. Allocates nothing once the plan's scratch buffers and
+/// `out` have grown to the size of the largest row.
 pub fn rewrite_data_row(
     body: &[u8],
     plan: &mut RowPlan,
     out: &mut Vec<u8>,
 ) -> Result<(), DataRowError> {
-    plan.rewrite_data_row(body, out)
+    let count = validate(body)?;
+    if count != plan.column_count() {
+        return Err(DataRowError::ColumnCount {
+            got: count,
+            expected: plan.column_count(),
+        });
+    }
+    let start = out.len();
+    out.push(b'D');
+    out.extend_from_slice(&[0; 4]);
+    if plan.is_passthrough() {
+        out.extend_from_slice(body);
+    } else {
+        // Fields left as they are (NULLs, passed columns, scans that find nothing) are
+        // copied in runs straight from the body: one copy instead of two per field.
+        let mut copied = 0;
+        let mut pos = 2;
+        for column in 0..count {
+            let field_at = pos;
+            let len = read_len(body, pos).unwrap_or(-1);
+            pos += 4;
+            if len < 0 {
+                continue;
+            }
+            let value = &body[pos..pos + len as usize];
+            pos += len as usize;
+            if plan.passes(column) {
+                continue;
+            }
+            out.extend_from_slice(&body[copied..field_at]);
+            copied = field_at;
+            let len_at = out.len();
+            out.extend_from_slice(&[0; 4]);
+            match plan.mask_value(column, value, out) {
+                Outcome::Unchanged => {
+                    out.truncate(len_at);
+                    continue;
+                }
+                Outcome::Written => {
+                    let Ok(n) = i32::try_from(out.len() - len_at - 4) else {
+                        out.truncate(start);
+                        return Err(DataRowError::TooLarge);
+                    };
+                    out[len_at..len_at + 4].copy_from_slice(&n.to_be_bytes());
+                }
+                Outcome::Null => {
+                    out.truncate(len_at);
+                    out.extend_from_slice(&(-1i32).to_be_bytes());
+                }
+            }
+            copied = pos;
+        }
+        out.extend_from_slice(&body[copied..]);
+    }
+    let total = out.len() - start - 1;
+    if total > MAX_MESSAGE_LEN {
+        out.truncate(start);
+        return Err(DataRowError::TooLarge);
+    }
+    out[start + 1..start + 5].copy_from_slice(&(total as i32).to_be_bytes());
+    plan.count_row();
+    Ok(())
 }
 
 /// Builds a DataRow body from values (`None` = NULL): for tests, benches and fixtures.
