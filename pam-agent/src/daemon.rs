@@ -38,26 +38,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         .unanswered_approvals()
         .context("reading approval requests left by the last run")?;
     let (journal, writer) = Journal::start_with(store, cfg.journal.writer_options());
-    // Statements held when the last run stopped or was killed never ran: say so. The
-    // record names its session in words (this run does not hold that session, so the
-    // record is not filed under it).
-    for (session, approval) in unanswered {
-        let session = session
-            .map(|s| format!(" of session {s}"))
-            .unwrap_or_default();
-        let event = Event::ApprovalDecided {
-            approval,
-            outcome: crate::journal::event::ApprovalOutcome::Abandoned,
-            by: "pam-agent".into(),
-            reason: Some(format!(
-                "the agent stopped before a decision (found at the next start); the statement{session} did not run"
-            )),
-        };
-        journal
-            .record(None, event)
-            .await
-            .context("journaling abandoned approval requests")?;
-    }
+    abandon_unanswered(&journal, unanswered).await?;
 
     let tls = tls_setup(&cfg)?;
     let listeners = Listeners::bind(&cfg).context("binding the proxy listener")?;
@@ -83,20 +64,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     let protocols =
         protocols::Services::start(&cfg.limits).context("starting the protocols' services")?;
     let shutdown = CancellationToken::new();
-    let approvals = match &cfg.approvals {
-        None => Approvals::unavailable(),
-        Some(a) => {
-            let listener = crate::control::bind(a).context("opening the approvals socket")?;
-            let broker = Broker::new(journal.clone());
-            tokio::spawn(crate::control::serve(
-                listener,
-                broker.clone(),
-                shutdown.clone(),
-            ));
-            tracing::info!(socket = %a.socket.display(), "approvals: control socket open");
-            Approvals::with_broker(broker)
-        }
-    };
+    let approvals = start_approvals(&cfg, &journal, &shutdown)?;
     let shared = Arc::new(Shared {
         protocols,
         rules: RulesHandle::new(cfg.rules.clone()),
@@ -145,6 +113,53 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         .await
         .ok();
     Ok(())
+}
+
+/// Statements held when the last run stopped or was killed never ran: says so. The
+/// record names its session in words (this run does not hold that session, so the
+/// record is not filed under it).
+async fn abandon_unanswered(
+    journal: &Journal,
+    unanswered: Vec<(Option<crate::journal::SessionId>, uuid::Uuid)>,
+) -> anyhow::Result<()> {
+    for (session, approval) in unanswered {
+        let session = session
+            .map(|s| format!(" of session {s}"))
+            .unwrap_or_default();
+        let event = Event::ApprovalDecided {
+            approval,
+            outcome: crate::journal::event::ApprovalOutcome::Abandoned,
+            by: "pam-agent".into(),
+            reason: Some(format!(
+                "the agent stopped before a decision (found at the next start); the statement{session} did not run"
+            )),
+        };
+        journal
+            .record(None, event)
+            .await
+            .context("journaling abandoned approval requests")?;
+    }
+    Ok(())
+}
+
+/// The approval broker and its control socket, when `[approvals]` asks for them.
+fn start_approvals(
+    cfg: &Config,
+    journal: &Journal,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<Approvals> {
+    let Some(a) = &cfg.approvals else {
+        return Ok(Approvals::unavailable());
+    };
+    let listener = crate::control::bind(a).context("opening the approvals socket")?;
+    let broker = Broker::new(journal.clone());
+    tokio::spawn(crate::control::serve(
+        listener,
+        broker.clone(),
+        shutdown.clone(),
+    ));
+    tracing::info!(socket = %a.socket.display(), "approvals: control socket open");
+    Ok(Approvals::with_broker(broker))
 }
 
 /// Loads the agent CA (made on the first start when neither file exists) and each

@@ -446,7 +446,7 @@ fn approvals(
     json: bool,
     command: ApprovalsCommand,
 ) -> anyhow::Result<ExitCode> {
-    use pam_agent::control::{self, Request, Response};
+    use pam_agent::control::{self, Request};
     let socket = match socket {
         Some(s) => s,
         None => {
@@ -482,13 +482,22 @@ fn approvals(
     let response = control::call(&socket, &request)?;
     if json {
         println!("{}", serde_json::to_string_pretty(&response)?);
+        return Ok(match response {
+            control::Response::Error { .. } => ExitCode::from(2),
+            _ => ExitCode::SUCCESS,
+        });
     }
-    Ok(match response {
+    Ok(print_response(response))
+}
+
+/// The agent's answer, as text for people.
+fn print_response(response: pam_agent::control::Response) -> ExitCode {
+    use pam_agent::control::Response;
+    match response {
         Response::Error { message } => {
             eprintln!("pam-agent: {message}");
-            ExitCode::from(2)
+            return ExitCode::from(2);
         }
-        _ if json => ExitCode::SUCCESS,
         Response::Requests { requests } => {
             if requests.is_empty() {
                 println!("no statement waits for approval");
@@ -505,36 +514,8 @@ fn approvals(
                     one_line(&r.text, 80)
                 );
             }
-            ExitCode::SUCCESS
         }
-        Response::Request { request: r } => {
-            let p = &r.principal;
-            println!("request:    {}", r.id);
-            println!("session:    {}", r.session);
-            println!(
-                "principal:  user {} uid {} unit {} cgroup {} exe {}",
-                p.user.as_deref().unwrap_or("?"),
-                p.uid,
-                p.unit.as_deref().unwrap_or("-"),
-                p.cgroup.as_deref().unwrap_or("?"),
-                p.exe.as_deref().unwrap_or("?")
-            );
-            println!("resource:   {}", r.resource);
-            println!("rule:       {} ({})", r.rule, r.reason);
-            println!("statement:  {}", r.text);
-            println!("kinds:      {}", r.kinds.join(", "));
-            println!("tables:     {}", r.tables.join(", "));
-            println!("flags:      {}", r.flags.join(", "));
-            println!("records:    statement(s) {:?} of the session", r.statements);
-            println!(
-                "approvals:  {} of {} ({})",
-                r.approved_by.len(),
-                r.min_approvals,
-                r.approved_by.join("; ")
-            );
-            println!("expires:    {}", r.expires_at);
-            ExitCode::SUCCESS
-        }
+        Response::Request { request: r } => print_request(&r),
         Response::Decided { decided } => {
             use pam_agent::govern::approval::Decided;
             match decided {
@@ -544,7 +525,6 @@ fn approvals(
                 }
                 Decided::Denied => println!("denied: the worker gets an error"),
             }
-            ExitCode::SUCCESS
         }
         Response::Grants { grants } => {
             if grants.is_empty() {
@@ -556,13 +536,39 @@ fn approvals(
                     g.id, g.uid, g.resource, g.fingerprint, g.until, g.by
                 );
             }
-            ExitCode::SUCCESS
         }
-        Response::Done => {
-            println!("done");
-            ExitCode::SUCCESS
-        }
-    })
+        Response::Done => println!("done"),
+    }
+    ExitCode::SUCCESS
+}
+
+/// One request, everything an approver needs to decide.
+fn print_request(r: &pam_agent::govern::approval::Summary) {
+    let p = &r.principal;
+    println!("request:    {}", r.id);
+    println!("session:    {}", r.session);
+    println!(
+        "principal:  user {} uid {} unit {} cgroup {} exe {}",
+        p.user.as_deref().unwrap_or("?"),
+        p.uid,
+        p.unit.as_deref().unwrap_or("-"),
+        p.cgroup.as_deref().unwrap_or("?"),
+        p.exe.as_deref().unwrap_or("?")
+    );
+    println!("resource:   {}", r.resource);
+    println!("rule:       {} ({})", r.rule, r.reason);
+    println!("statement:  {}", r.text);
+    println!("kinds:      {}", r.kinds.join(", "));
+    println!("tables:     {}", r.tables.join(", "));
+    println!("flags:      {}", r.flags.join(", "));
+    println!("records:    statement(s) {:?} of the session", r.statements);
+    println!(
+        "approvals:  {} of {} ({})",
+        r.approved_by.len(),
+        r.min_approvals,
+        r.approved_by.join("; ")
+    );
+    println!("expires:    {}", r.expires_at);
 }
 
 fn one_line(text: &str, max: usize) -> String {

@@ -204,28 +204,7 @@ fn walk(reader: &Reader, opts: &VerifyOptions, report: &mut Report) -> rusqlite:
         .unwrap_or(0);
 
     // Checkpoints: signature first, chain agreement during the walk.
-    let mut checkpoints: BTreeMap<u64, Signed> = BTreeMap::new();
-    {
-        let mut stmt = conn.prepare(
-            "SELECT seq, hash, ts_us, public_key, signature FROM checkpoints ORDER BY seq",
-        )?;
-        let mut rows = stmt.query([])?;
-        while let Some(r) = rows.next()? {
-            let seq: u64 = r.get(0)?;
-            let hash: Vec<u8> = r.get(1)?;
-            let ts_us: i64 = r.get(2)?;
-            let public: Vec<u8> = r.get(3)?;
-            let sig: Vec<u8> = r.get(4)?;
-            let good = chain::from_blob(&hash).is_some_and(|h| {
-                let msg = signing::checkpoint_message(&journal_id, seq, &h, ts_us);
-                check_sig(opts, &mut report.keys, &public, &msg, &sig)
-            });
-            if !good {
-                report.problems.push(Problem::BadSignature { seq });
-            }
-            checkpoints.insert(seq, Signed { hash, good });
-        }
-    }
+    let checkpoints = read_checkpoints(conn, &journal_id, opts, report)?;
     report.checkpoints = checkpoints.len() as u64;
 
     let first_seq: Option<u64> =
@@ -242,43 +221,7 @@ fn walk(reader: &Reader, opts: &VerifyOptions, report: &mut Report) -> rusqlite:
     };
 
     // Where the chain starts: genesis, or a signed retention anchor.
-    let mut expected_prev: Hash = chain::genesis(&journal_id);
-    if first_seq > 1 {
-        let anchor = conn
-            .query_row(
-                "SELECT prev_hash, ts_us, public_key, signature FROM anchors WHERE first_seq = ?1",
-                [first_seq],
-                |r| {
-                    Ok((
-                        r.get::<_, Vec<u8>>(0)?,
-                        r.get::<_, i64>(1)?,
-                        r.get::<_, Vec<u8>>(2)?,
-                        r.get::<_, Vec<u8>>(3)?,
-                    ))
-                },
-            )
-            .ok();
-        match anchor {
-            None => report.problems.push(Problem::MissingStart { first_seq }),
-            Some((prev, ts_us, public, sig)) => match chain::from_blob(&prev) {
-                Some(prev)
-                    if check_sig(
-                        opts,
-                        &mut report.keys,
-                        &public,
-                        &signing::anchor_message(&journal_id, first_seq, &prev, ts_us),
-                        &sig,
-                    ) =>
-                {
-                    expected_prev = prev
-                }
-                _ => report.problems.push(Problem::BadAnchor {
-                    first_seq,
-                    reason: "signature is invalid or by an unexpected key",
-                }),
-            },
-        }
-    }
+    let mut expected_prev = chain_start(conn, &journal_id, first_seq, opts, report);
 
     let mut sessions = SessionIndex::default();
     let mut expected_seq = first_seq;
@@ -313,53 +256,7 @@ fn walk(reader: &Reader, opts: &VerifyOptions, report: &mut Report) -> rusqlite:
         expected_prev = chain::from_blob(&stored).unwrap_or(computed);
         expected_seq = seq + 1;
 
-        match serde_json::from_str::<Record>(json) {
-            Ok(record) => {
-                if record.seq != seq {
-                    report.problems.push(Problem::Misplaced {
-                        seq,
-                        holds: record.seq,
-                    });
-                }
-                let known = record.session.is_none_or(|s| sessions.knows(&s))
-                    || matches!(record.event, super::Event::SessionOpened { .. });
-                let (cols, _) = sessions.derive(&record);
-                let mut mismatch = |column: &'static str, same: bool| {
-                    if !same {
-                        report
-                            .problems
-                            .push(Problem::ColumnMismatch { seq, column });
-                    }
-                };
-                mismatch("ts_us", r.get::<_, i64>(1)? == cols.ts_us);
-                mismatch("kind", r.get_ref(2)?.as_str().ok() == Some(cols.kind));
-                mismatch("session", r.get::<_, Option<String>>(3)? == cols.session);
-                mismatch(
-                    "decision",
-                    r.get_ref(9)?.as_str_or_null().ok().flatten() == cols.decision,
-                );
-                if known {
-                    mismatch("uid", r.get::<_, Option<u32>>(4)? == cols.info.uid);
-                    mismatch("user", r.get::<_, Option<String>>(5)? == cols.info.user);
-                    mismatch("comm", r.get::<_, Option<String>>(6)? == cols.info.comm);
-                    mismatch("exe", r.get::<_, Option<String>>(7)? == cols.info.exe);
-                    mismatch(
-                        "resource",
-                        r.get::<_, Option<String>>(8)? == cols.info.resource,
-                    );
-                }
-            }
-            Err(_) => match serde_json::from_str::<serde_json::Value>(json) {
-                Ok(v) if v.get("seq").and_then(|s| s.as_u64()).is_some() => {
-                    report.unknown_kinds += 1;
-                    let holds = v["seq"].as_u64().unwrap_or(seq);
-                    if holds != seq {
-                        report.problems.push(Problem::Misplaced { seq, holds });
-                    }
-                }
-                _ => report.problems.push(Problem::Unparsable { seq }),
-            },
-        }
+        check_record(r, seq, json, &mut sessions, report)?;
 
         if let Some(cp) = checkpoints.get(&seq) {
             if cp.hash[..] != computed[..] || cp.hash[..] != stored[..] {
@@ -376,6 +273,155 @@ fn walk(reader: &Reader, opts: &VerifyOptions, report: &mut Report) -> rusqlite:
     report.first_seq = Some(first_seq);
     let last_seq = report.last_seq.unwrap_or(0);
 
+    check_tail(&checkpoints, first_seq, last_seq, every, opts, report);
+    Ok(())
+}
+/// Every checkpoint, its signature checked (chain agreement is checked during the walk).
+fn read_checkpoints(
+    conn: &rusqlite::Connection,
+    journal_id: &[u8; 16],
+    opts: &VerifyOptions,
+    report: &mut Report,
+) -> rusqlite::Result<BTreeMap<u64, Signed>> {
+    let mut checkpoints: BTreeMap<u64, Signed> = BTreeMap::new();
+    let mut stmt = conn
+        .prepare("SELECT seq, hash, ts_us, public_key, signature FROM checkpoints ORDER BY seq")?;
+    let mut rows = stmt.query([])?;
+    while let Some(r) = rows.next()? {
+        let seq: u64 = r.get(0)?;
+        let hash: Vec<u8> = r.get(1)?;
+        let ts_us: i64 = r.get(2)?;
+        let public: Vec<u8> = r.get(3)?;
+        let sig: Vec<u8> = r.get(4)?;
+        let good = chain::from_blob(&hash).is_some_and(|h| {
+            let msg = signing::checkpoint_message(journal_id, seq, &h, ts_us);
+            check_sig(opts, &mut report.keys, &public, &msg, &sig)
+        });
+        if !good {
+            report.problems.push(Problem::BadSignature { seq });
+        }
+        checkpoints.insert(seq, Signed { hash, good });
+    }
+    Ok(checkpoints)
+}
+
+/// The hash the first record must follow: genesis, or a signed retention anchor's.
+fn chain_start(
+    conn: &rusqlite::Connection,
+    journal_id: &[u8; 16],
+    first_seq: u64,
+    opts: &VerifyOptions,
+    report: &mut Report,
+) -> Hash {
+    let mut expected_prev: Hash = chain::genesis(journal_id);
+    if first_seq > 1 {
+        let anchor = conn
+            .query_row(
+                "SELECT prev_hash, ts_us, public_key, signature FROM anchors WHERE first_seq = ?1",
+                [first_seq],
+                |r| {
+                    Ok((
+                        r.get::<_, Vec<u8>>(0)?,
+                        r.get::<_, i64>(1)?,
+                        r.get::<_, Vec<u8>>(2)?,
+                        r.get::<_, Vec<u8>>(3)?,
+                    ))
+                },
+            )
+            .ok();
+        match anchor {
+            None => report.problems.push(Problem::MissingStart { first_seq }),
+            Some((prev, ts_us, public, sig)) => match chain::from_blob(&prev) {
+                Some(prev)
+                    if check_sig(
+                        opts,
+                        &mut report.keys,
+                        &public,
+                        &signing::anchor_message(journal_id, first_seq, &prev, ts_us),
+                        &sig,
+                    ) =>
+                {
+                    expected_prev = prev
+                }
+                _ => report.problems.push(Problem::BadAnchor {
+                    first_seq,
+                    reason: "signature is invalid or by an unexpected key",
+                }),
+            },
+        }
+    }
+    expected_prev
+}
+
+/// A record's JSON: where it claims to sit, and whether the indexed columns agree with
+/// it (so a query cannot be misled by an edited column).
+fn check_record(
+    r: &rusqlite::Row<'_>,
+    seq: u64,
+    json: &str,
+    sessions: &mut SessionIndex,
+    report: &mut Report,
+) -> rusqlite::Result<()> {
+    match serde_json::from_str::<Record>(json) {
+        Ok(record) => {
+            if record.seq != seq {
+                report.problems.push(Problem::Misplaced {
+                    seq,
+                    holds: record.seq,
+                });
+            }
+            let known = record.session.is_none_or(|s| sessions.knows(&s))
+                || matches!(record.event, super::Event::SessionOpened { .. });
+            let (cols, _) = sessions.derive(&record);
+            let mut mismatch = |column: &'static str, same: bool| {
+                if !same {
+                    report
+                        .problems
+                        .push(Problem::ColumnMismatch { seq, column });
+                }
+            };
+            mismatch("ts_us", r.get::<_, i64>(1)? == cols.ts_us);
+            mismatch("kind", r.get_ref(2)?.as_str().ok() == Some(cols.kind));
+            mismatch("session", r.get::<_, Option<String>>(3)? == cols.session);
+            mismatch(
+                "decision",
+                r.get_ref(9)?.as_str_or_null().ok().flatten() == cols.decision,
+            );
+            if known {
+                mismatch("uid", r.get::<_, Option<u32>>(4)? == cols.info.uid);
+                mismatch("user", r.get::<_, Option<String>>(5)? == cols.info.user);
+                mismatch("comm", r.get::<_, Option<String>>(6)? == cols.info.comm);
+                mismatch("exe", r.get::<_, Option<String>>(7)? == cols.info.exe);
+                mismatch(
+                    "resource",
+                    r.get::<_, Option<String>>(8)? == cols.info.resource,
+                );
+            }
+        }
+        Err(_) => match serde_json::from_str::<serde_json::Value>(json) {
+            Ok(v) if v.get("seq").and_then(|s| s.as_u64()).is_some() => {
+                report.unknown_kinds += 1;
+                let holds = v["seq"].as_u64().unwrap_or(seq);
+                if holds != seq {
+                    report.problems.push(Problem::Misplaced { seq, holds });
+                }
+            }
+            _ => report.problems.push(Problem::Unparsable { seq }),
+        },
+    }
+    Ok(())
+}
+
+/// Checkpoints beyond the last record (truncation), and runs of records longer than the
+/// checkpoint interval without one.
+fn check_tail(
+    checkpoints: &BTreeMap<u64, Signed>,
+    first_seq: u64,
+    last_seq: u64,
+    every: u64,
+    opts: &VerifyOptions,
+    report: &mut Report,
+) {
     let beyond = checkpoints
         .range(last_seq + 1..)
         .next_back()
@@ -406,5 +452,4 @@ fn walk(reader: &Reader, opts: &VerifyOptions, report: &mut Report) -> rusqlite:
             });
         }
     }
-    Ok(())
 }

@@ -339,6 +339,12 @@ impl Rule {
 
     /// `None` when the rule matches, else the first condition that fails.
     pub fn mismatch(&self, subject: &Subject<'_>, st: &Request) -> Option<String> {
+        self.subject_mismatch(subject)
+            .or_else(|| self.request_mismatch(st))
+    }
+
+    /// The first condition on who asks, and where, that fails.
+    fn subject_mismatch(&self, subject: &Subject<'_>) -> Option<String> {
         let (who, resource) = (subject.principal, subject.resource);
         if let Some(rs) = &self.resources
             && !rs.iter().any(|r| r == resource)
@@ -397,6 +403,11 @@ impl Rule {
                 who.exe.as_deref().unwrap_or("?")
             ));
         }
+        None
+    }
+
+    /// The first condition on what the request does that fails.
+    fn request_mismatch(&self, st: &Request) -> Option<String> {
         if let Some(kinds) = &self.kinds
             && let Some(k) = st.kinds.iter().find(|k| !kinds.contains(k))
         {
