@@ -31,7 +31,7 @@ use super::{
     names::{self, Reserved},
     notes::{Catalog, Exec, Note},
     refusal,
-    sql::{CopyOut, Prepared, Statement, kind},
+    sql::{CopyOut, Statement},
     wire::{
         backend::{self, Severity, sqlstate},
         frame::{Frame, FrameError, FrameReader, Malformed},
@@ -39,12 +39,16 @@ use super::{
     },
 };
 use crate::{
-    govern::{
-        Ask, Gate, Held, Request, Resolution, UNCLASSIFIABLE_RULE, Verdict, denied, masking_refusal,
-    },
+    govern::{Ask, Gate, Resolution, UNCLASSIFIABLE_RULE, Verdict, masking_refusal},
     policy::{Action, Decision},
     tls::stream::{UpstreamStream, WorkerStream},
 };
+
+mod hold;
+mod judge;
+
+use hold::withdrawn_by_cancel;
+use judge::function_call_request;
 
 /// The rule name of refusals of the agent's reserved names.
 const RESERVED_RULE: &str = "reserved_name";
@@ -508,105 +512,6 @@ impl<'a> Client<'a> {
         Ok(())
     }
 
-    /// Forward, or the refusal to answer with. A held request waits here for its answer
-    /// (the worker is told at once what it waits for).
-    async fn decided(&mut self, verdict: Verdict) -> Result<Result<(), Decision>, SessionError> {
-        Ok(match verdict {
-            Verdict::Forward => Ok(()),
-            Verdict::Refuse(d) => Err(d),
-            Verdict::Hold(held) => {
-                self.announce(&held).await?;
-                let decision = held.decision.clone();
-                let mut answer: Answer = Box::pin(held.resolution());
-                match self.wait_for(&decision, &mut answer).await? {
-                    (_, Resolution::Approved) => Ok(()),
-                    (d, Resolution::Denied(why)) => Err(denied(d, &why)),
-                }
-            }
-        })
-    }
-
-    /// Waits for a held statement's answer. A cancel request with this session's key, or
-    /// Terminate, withdraws it; the worker closing the connection withdraws it and ends
-    /// the session. Other messages the worker sends meanwhile are kept, in order, for
-    /// after the answer.
-    async fn wait_for(
-        &mut self,
-        decision: &Decision,
-        answer: &mut Answer,
-    ) -> Result<(Decision, Resolution), SessionError> {
-        let withdrawn = |why: &str| (decision.clone(), Resolution::Denied(why.into()));
-        loop {
-            if self.stash.iter().any(|f| f.tag == frontend::TERMINATE) {
-                return Ok(withdrawn("withdrawn: the worker ended the session"));
-            }
-            tokio::select! {
-                r = answer.as_mut() => return Ok(r),
-                _ = self.cancelled.notified() => {
-                    return Ok((decision.clone(), withdrawn_by_cancel()));
-                }
-                f = self.reader.next(), if self.stash.len() < MAX_STASHED => {
-                    match f.map_err(SessionError::Worker)? {
-                        Some(f) => self.stash.push_back(f),
-                        None => {
-                            return Err(SessionError::Protocol(
-                                "the worker closed the connection while a statement waited for approval".into(),
-                            ));
-                        }
-                    }
-                }
-            }
-        }
-    }
-
-    /// A NoticeResponse naming the approval request, its rule, how to approve it and its
-    /// deadline (nothing when the hold was answered at once).
-    async fn announce(&self, held: &Held) -> Result<(), SessionError> {
-        let Some(r) = held.request() else {
-            return Ok(());
-        };
-        let message = format!(
-            "pam-agent: statement held for approval (request {}, rule \"{}\"); it runs when approved, until {}",
-            r.id, r.rule, r.expires_at
-        );
-        let detail = format!("{} ({} approval(s) needed)", r.reason, r.min_approvals);
-        let hint = format!(
-            "An approver runs: pam-agent approvals approve {} (or deny {})",
-            r.id, r.id
-        );
-        let f = backend::notice(sqlstate::HELD, &message, Some(&detail), Some(&hint));
-        self.note(Note::Notice(f)).await
-    }
-
-    /// Waits for the answer to the open batch's held statement, if there is one, and
-    /// lets the batch go on or refuses it.
-    async fn settle(&mut self) -> Result<(), SessionError> {
-        let Some(mut p) = self.pending.take() else {
-            return Ok(());
-        };
-        let r = self.wait_for(&p.decision, &mut p.answer).await?;
-        self.pending = Some(p);
-        self.answered(r).await
-    }
-
-    /// The open batch's held statement is answered: the batch goes on or is refused.
-    async fn answered(&mut self, r: (Decision, Resolution)) -> Result<(), SessionError> {
-        let Some(p) = self.pending.take() else {
-            return Ok(());
-        };
-        tracing::debug!(session = %self.ctx.session.id, resolution = ?r.1, "held statement answered");
-        match r {
-            (_, Resolution::Approved) => {
-                self.forwarded(&p.numbered);
-                self.batch.resolved(Ok(()));
-            }
-            (d, Resolution::Denied(why)) => self.batch.resolved(Err(denied(d, &why))),
-        }
-        // Dropped only now: an answer in hand means nothing is withdrawn.
-        drop(p);
-        self.carry_out().await
-    }
-
     /// Carries out what the batch machine decided, in order.
     async fn carry_out(&mut self) -> Result<(), SessionError> {
         for out in self.batch.take() {
@@ -653,154 +558,6 @@ impl<'a> Client<'a> {
             .send(n)
             .await
             .map_err(|_| SessionError::Io(std::io::Error::other("session is ending")))
-    }
-
-    /// Classifies a SQL text and has the gate judge and journal it.
-    async fn judge_text(&mut self, text: &[u8], via: Via) -> Result<Judgement, SessionError> {
-        if self.shared.lexer_unsafe.load(Ordering::Relaxed) {
-            self.gate.mark_unsafe(LEXER_UNSAFE);
-        }
-        let Ok(text) = frontend::text(text) else {
-            let lossy = String::from_utf8_lossy(text);
-            let ask = Ask {
-                text: &lossy,
-                requests: Err("text that is not UTF-8".into()),
-                veto: None,
-            };
-            let judged = self.gate.judge(ask).await?;
-            return Ok(Judgement {
-                verdict: judged.verdict,
-                numbered: Vec::new(),
-                copy: None,
-            });
-        };
-        let classified = self.ctx.classifier.classify(text).await;
-        let statements = match classified.as_ref() {
-            Ok(sts) if sts.iter().any(|st| st.prepared.is_some()) => {
-                Ok(std::borrow::Cow::Owned(self.resolve_prepared(sts)))
-            }
-            Ok(sts) => Ok(std::borrow::Cow::Borrowed(sts.as_slice())),
-            Err(e) => Err(e.to_string()),
-        };
-        let (veto, copy) = match &statements {
-            Ok(sts) if self.masked => match copy_veto(&self.ctx.classifier, sts, via).await {
-                Ok(copy) => (None, copy),
-                Err(d) => (Some(d), None),
-            },
-            _ => (None, None),
-        };
-        let requests: Vec<&Request> = match &statements {
-            Ok(sts) => sts.iter().map(|s| &s.request).collect(),
-            Err(_) => Vec::new(),
-        };
-        let ask = Ask {
-            text,
-            requests: match &statements {
-                Ok(_) => Ok(&requests),
-                Err(e) => Err(e.clone()),
-            },
-            veto,
-        };
-        let judged = self.gate.judge(ask).await?;
-        let numbered = match &statements {
-            Ok(sts) => sts
-                .iter()
-                .zip(&judged.statements)
-                .map(|(st, &n)| Numbered {
-                    statement: n,
-                    catalog: catalog_of(st),
-                    prepares: st
-                        .prepared
-                        .as_ref()
-                        .filter(|p| !matches!(p, Prepared::Execute(_)))
-                        .map(|_| Arc::new(st.clone())),
-                })
-                .collect(),
-            Err(_) => Vec::new(),
-        };
-        Ok(Judgement {
-            verdict: judged.verdict,
-            numbered,
-            copy,
-        })
-    }
-
-    /// Each `EXECUTE name` replaced by what `name` was prepared as (by PREPAREs the server
-    /// completed, and earlier ones in the same text); unknown names stay `execute` with
-    /// `dynamic_sql`, which policy refuses unless a rule permits it.
-    fn resolve_prepared(&self, statements: &[Statement]) -> Vec<Statement> {
-        let mut known = self
-            .shared
-            .prepared
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
-        statements
-            .iter()
-            .map(|st| {
-                let r = known.resolve(st).unwrap_or_else(|| st.clone());
-                known.completed(st);
-                r
-            })
-            .collect()
-    }
-}
-
-/// What an execution may change in the catalog.
-fn catalog_of(st: &Statement) -> Catalog {
-    if st
-        .kinds
-        .iter()
-        .any(|k| matches!(*k, kind::DDL | kind::DO | kind::CALL))
-    {
-        Catalog::Ddl
-    } else if st.kind() == kind::TRANSACTION {
-        Catalog::Transaction
-    } else {
-        Catalog::Unchanged
-    }
-}
-
-/// How a held statement ends when the worker cancels it (psql Ctrl-C).
-fn withdrawn_by_cancel() -> Resolution {
-    Resolution::Denied("withdrawn: the worker cancelled the statement".into())
-}
-
-/// A protocol-level FunctionCall (by OID): judged as a request of kind
-/// `function_call` calling `oid:<n>`, so only a rule naming that kind allows it.
-fn function_call_request(oid: u32) -> Request {
-    Request {
-        text: format!("<FunctionCall oid {oid}>"),
-        kinds: vec![kind::FUNCTION_CALL],
-        functions: [format!("oid:{oid}")].into_iter().collect(),
-        ..Request::default()
-    }
-}
-
-/// On a masked session a COPY TO STDOUT must be alone in a simple Query, in text format,
-/// so its rows can be planned: the veto when not, else the COPY to describe.
-async fn copy_veto(
-    classifier: &super::sql::Classifier,
-    statements: &[Statement],
-    via: Via,
-) -> Result<Option<CopyOut>, Decision> {
-    let Some(st) = statements
-        .iter()
-        .find(|st| st.kinds.contains(&kind::COPY_OUT))
-    else {
-        return Ok(None);
-    };
-    if !matches!(via, Via::Query { clean: true }) || statements.len() != 1 {
-        return Err(masking_refusal(
-            "on a masked connection, COPY TO STDOUT must be sent alone, as a simple query".into(),
-        ));
-    }
-    match classifier.copy_out(&st.text).await {
-        Some(Ok(copy)) => Ok(Some(copy)),
-        Some(Err(e)) => Err(masking_refusal(e.to_string())),
-        None => Err(masking_refusal(
-            "the COPY statement could not be analysed".into(),
-        )),
     }
 }
 
