@@ -97,6 +97,19 @@ pub(crate) struct RawListener {
     pub ipv6: String,
     #[serde(default = "default_connect_timeout_ms")]
     pub upstream_connect_timeout_ms: u64,
+    /// Sessions open at once, all principals together (default 4096).
+    #[serde(default = "default_max_sessions")]
+    pub max_sessions: usize,
+    /// Sessions open at once for one principal (uid and cgroup; default 256).
+    #[serde(default = "default_max_sessions_per_principal")]
+    pub max_sessions_per_principal: usize,
+}
+
+fn default_max_sessions() -> usize {
+    4096
+}
+fn default_max_sessions_per_principal() -> usize {
+    256
 }
 
 fn default_ipv4() -> String {
@@ -196,6 +209,9 @@ pub struct Listener {
     pub ipv6: Ipv6Addr,
     pub port: u16,
     pub upstream_connect_timeout: Duration,
+    /// One worker cannot take every session: limits all together and per principal.
+    pub max_sessions: usize,
+    pub max_sessions_per_principal: usize,
 }
 
 #[derive(Debug, Clone)]
@@ -402,11 +418,22 @@ fn validate_listener(raw: &RawListener) -> Result<Listener, Invalid> {
             "must be greater than 0",
         );
     }
+    if raw.max_sessions == 0 {
+        return err("listener.max_sessions", "must be greater than 0");
+    }
+    if raw.max_sessions_per_principal == 0 || raw.max_sessions_per_principal > raw.max_sessions {
+        return err(
+            "listener.max_sessions_per_principal",
+            "must be between 1 and listener.max_sessions",
+        );
+    }
     Ok(Listener {
         ipv4,
         ipv6,
         port: raw.port,
         upstream_connect_timeout: Duration::from_millis(raw.upstream_connect_timeout_ms),
+        max_sessions: raw.max_sessions,
+        max_sessions_per_principal: raw.max_sessions_per_principal,
     })
 }
 

@@ -69,6 +69,10 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         protocols,
         rules: RulesHandle::new(cfg.rules.clone()),
         approvals,
+        admission: crate::proxy::admission::Admission::new(
+            cfg.listener.max_sessions,
+            cfg.listener.max_sessions_per_principal,
+        ),
         config: cfg,
         journal: journal.clone(),
         redirector,

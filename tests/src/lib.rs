@@ -376,6 +376,27 @@ impl Agent {
         journal_extra: &str,
         extra: &str,
     ) -> anyhow::Result<Agent> {
+        Self::start_config(cgroups, resources, "", journal_extra, extra)
+    }
+
+    /// Like [`Agent::start_with`], with more lines in the `[listener]` section
+    /// (`max_sessions_per_principal = 2`, say).
+    pub fn start_with_listener(
+        cgroups: &[&Cgroup],
+        resources: &[ResourceSpec],
+        listener_extra: &str,
+        extra: &str,
+    ) -> anyhow::Result<Agent> {
+        Self::start_config(cgroups, resources, listener_extra, "", extra)
+    }
+
+    fn start_config(
+        cgroups: &[&Cgroup],
+        resources: &[ResourceSpec],
+        listener_extra: &str,
+        journal_extra: &str,
+        extra: &str,
+    ) -> anyhow::Result<Agent> {
         let dir = tempfile::Builder::new()
             .prefix("pam-agent-test")
             .tempdir()?;
@@ -383,7 +404,7 @@ impl Agent {
         let pin_dir = PathBuf::from(format!("/sys/fs/bpf/pamtest-{}", unique()));
         let journal = dir.path().join("journal.db");
         let mut text = format!(
-            "[agent]\npin_dir = \"{}\"\n\n[listener]\nport = {port}\n\n[journal]\npath = \"{}\"\n{journal_extra}\n\n[govern]\ncgroups = [{}]\n",
+            "[agent]\npin_dir = \"{}\"\n\n[listener]\nport = {port}\n{listener_extra}\n\n[journal]\npath = \"{}\"\n{journal_extra}\n\n[govern]\ncgroups = [{}]\n",
             pin_dir.display(),
             journal.display(),
             cgroups

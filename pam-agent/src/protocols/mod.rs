@@ -141,6 +141,15 @@ pub fn requests_of(
     }
 }
 
+/// Turns a connection away in the protocol's own terms (PostgreSQL: FATAL 53300 once
+/// the startup packet is in, as the server says "too many clients"; tcp: closed).
+pub async fn refuse(protocol: Protocol, worker: TcpStream, reason: &str) {
+    match protocol {
+        Protocol::Tcp => drop(worker),
+        Protocol::Postgres => postgres::refuse_at_startup(worker, reason).await,
+    }
+}
+
 /// Runs the session under its resource's protocol, to its end.
 pub async fn serve(d: Dispatch<'_>) -> Outcome {
     match d.protocol {

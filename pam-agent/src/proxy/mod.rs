@@ -3,6 +3,7 @@
 //! from accept to its closing audit record, read top to bottom. Names no protocol: what
 //! flows inside a session is [`crate::protocols`]'.
 
+pub mod admission;
 pub mod session;
 
 use std::{net::SocketAddr, sync::Arc};
@@ -31,6 +32,8 @@ pub struct Shared {
     pub protocols: protocols::Services,
     /// TLS toward workers and servers.
     pub tls: tls::Material,
+    /// Sessions open at once, in all and per principal.
+    pub admission: std::sync::Arc<admission::Admission>,
 }
 
 /// The proxy's listeners: bound before the kernel programs point at them.

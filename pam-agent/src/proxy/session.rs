@@ -44,6 +44,27 @@ pub async fn run(
         return;
     };
 
+    // Admitted before anything else is spent on it (no /proc reads, no dial).
+    let c = redirected.captured;
+    let _ticket = match shared.admission.admit((c.uid, c.cgroup_id)) {
+        Ok(t) => t,
+        Err((refused, report)) => {
+            if let Some(r) = report {
+                let also = match r.also {
+                    0 => String::new(),
+                    n => format!("; {n} more refused in the interval before"),
+                };
+                let reason = format!(
+                    "{refused}: uid {} cgroup id {} pid {}{also}",
+                    c.uid, c.cgroup_id, c.pid
+                );
+                tracing::warn!(%peer, %reason, "session refused");
+                refuse(&shared, peer, reason).await;
+            }
+            protocols::refuse(resource.protocol, worker, &refused.to_string()).await;
+            return;
+        }
+    };
     let session = Arc::new(Session {
         id: SessionId::new(),
         principal: Principal::from_captured(redirected.captured),

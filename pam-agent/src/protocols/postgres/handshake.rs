@@ -114,6 +114,32 @@ pub async fn handshake(
     Ok(done)
 }
 
+/// Reads the worker's startup (declining TLS) and answers FATAL 53300 with `reason`.
+pub async fn refuse(worker: TcpStream, reason: &str) {
+    let mut worker = WorkerStream::Plain(worker);
+    let answered = tokio::time::timeout(STARTUP_DEADLINE, async {
+        loop {
+            let Ok(Some(body)) = read_startup(&mut worker).await else {
+                return;
+            };
+            match startup::parse(&body) {
+                Ok(Startup::Ssl | Startup::GssEnc) => {
+                    if worker.write_all(b"N").await.is_err() {
+                        return;
+                    }
+                }
+                Ok(Startup::Cancel { .. }) | Err(_) => return,
+                Ok(Startup::Start { .. }) => {
+                    let msg = format!("pam-agent: {reason}");
+                    fatal(&mut worker, sqlstate::TOO_MANY_CONNECTIONS, &msg).await;
+                    return;
+                }
+            }
+        }
+    });
+    let _ = answered.await;
+}
+
 /// How the worker opened the connection.
 enum Opening {
     /// A StartupMessage (its body and parameters), over TLS if the worker asked for it.

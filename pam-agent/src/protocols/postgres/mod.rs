@@ -174,6 +174,13 @@ pub async fn open(d: Dispatch<'_>) -> Outcome {
     serve(d.worker, d.upstream, ctx, gate, d.shutdown).await
 }
 
+/// Answers a connection that may not open a session (too many sessions): its startup
+/// packet read (TLS declined), then FATAL 53300, as the server answers when full. A
+/// worker that sends nothing is closed after the startup deadline.
+pub async fn refuse_at_startup(worker: TcpStream, reason: &str) {
+    handshake::refuse(worker, reason).await
+}
+
 /// Runs one session to its end. `upstream` reaches the server the worker meant to
 /// reach (dialed once the worker's startup packet is in); `gate` judges its statements.
 pub async fn serve(

@@ -34,6 +34,8 @@ pub mod sqlstate {
     pub const CONNECTION_FAILURE: &str = "08006";
     /// invalid_cursor_name: what the server answers to our missing-portal Execute.
     pub const INVALID_CURSOR_NAME: &str = "34000";
+    /// Too many connections (the server's own code when it is full).
+    pub const TOO_MANY_CONNECTIONS: &str = "53300";
     /// A notice that a statement waits for approval (warning class: drivers log it).
     pub const HELD: &str = "01000";
 }
