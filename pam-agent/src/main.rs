@@ -562,6 +562,12 @@ fn print_request(r: &pam_agent::govern::approval::Summary) {
     println!("tables:     {}", r.tables.join(", "));
     println!("flags:      {}", r.flags.join(", "));
     println!("records:    statement(s) {:?} of the session", r.statements);
+    if !r.context.is_empty() {
+        println!("transaction:");
+        for line in &r.context {
+            println!("  {line}");
+        }
+    }
     println!(
         "approvals:  {} of {} ({})",
         r.approved_by.len(),

@@ -19,6 +19,18 @@ const NOBODY: &str = "65534";
 
 const POLICY: &str = r#"
 [[policy.rules]]
+name = "ledger-commits-need-approval"
+action = "require_approval"
+kinds = ["transaction"]
+any_tables = ["public.ledger"]
+
+[[policy.rules]]
+name = "ledger-writes"
+action = "allow"
+kinds = ["insert"]
+tables = ["public.ledger"]
+
+[[policy.rules]]
 name = "deletes-need-approval"
 action = "require_approval"
 kinds = ["delete"]
@@ -65,7 +77,8 @@ impl Fixture {
         pg.admin_sql(
             "shop",
             "create table orders(id int primary key, note text);
-             insert into orders select g, 'order ' || g from generate_series(1, 10) g;",
+             insert into orders select g, 'order ' || g from generate_series(1, 10) g;
+             create table ledger(id int);",
         )
         .unwrap();
         let cg = Cgroup::new("appr").expect("cgroup");
@@ -160,6 +173,14 @@ impl Fixture {
                 "shop",
                 &format!("select count(*) from orders where {filter}"),
             )
+            .unwrap()
+            .trim()
+            .to_owned()
+    }
+
+    fn count_ledger(&self) -> String {
+        self.pg
+            .admin_sql("shop", "select count(*) from ledger")
             .unwrap()
             .trim()
             .to_owned()
@@ -611,4 +632,58 @@ fn extended_protocol_drivers_wait_for_approval_too() {
             "{driver}"
         );
     }
+}
+
+#[test]
+fn a_commit_of_a_transaction_that_wrote_the_ledger_waits_and_a_denial_rolls_it_back() {
+    if !require_root("approvals") {
+        return;
+    }
+    let f = Fixture::new();
+    let script = [
+        "begin",
+        "insert into ledger values (1)",
+        "insert into ledger values (2)",
+        "commit",
+        "select count(*) from ledger",
+    ];
+    // Approved: the transaction's writes stand.
+    let worker = f.worker(WORKER_UID, &script);
+    let req = f.pending(1).remove(0);
+    assert_eq!(req["rule"], "ledger-commits-need-approval");
+    assert_eq!(req["text"], "commit");
+    assert_eq!(f.count_ledger(), "0", "nothing committed while it waits");
+    let id = req["id"].as_str().unwrap().to_owned();
+    let show = text(&f.approvals(None, &["show", &id]).stdout);
+    assert!(
+        show.contains("insert into ledger values (1) -> 1 row(s)")
+            && show.contains("insert into ledger values (2) -> 1 row(s)"),
+        "the approver sees the transaction: {show}"
+    );
+    f.approvals(Some(NOBODY), &["approve", &id]);
+    let out = finish_or_log(&f, worker, 30);
+    assert_eq!(
+        text(&out.stdout).lines().last(),
+        Some("2"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert_eq!(f.count_ledger(), "2");
+    // Denied: rolled back, and the session goes on outside the transaction.
+    let worker = f.worker(WORKER_UID, &script);
+    let id = f.pending(1)[0]["id"].as_str().unwrap().to_owned();
+    f.approvals(Some(NOBODY), &["deny", &id, "--reason", "no"]);
+    let out = finish_or_log(&f, worker, 30);
+    let stderr = text(&out.stderr);
+    assert!(stderr.contains("denied by nobody: no"), "{stderr}");
+    assert_eq!(text(&out.stdout).lines().last(), Some("2"), "{stderr}");
+    assert_eq!(
+        f.count_ledger(),
+        "2",
+        "the denied transaction's rows are gone"
+    );
+    // A transaction that never wrote the ledger commits without asking.
+    let out = finish(f.worker(WORKER_UID, &["begin", "select 1", "commit"]), 20);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(f.records("approval_requested").len(), 2);
 }

@@ -71,6 +71,9 @@ pub struct Summary {
     pub flags: Vec<String>,
     /// The statement records (numbers within the session) this request holds.
     pub statements: Vec<u64>,
+    /// What else approvers should see (the transaction a COMMIT ends, ...).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub context: Vec<String>,
     pub requested_at: Timestamp,
     pub expires_at: Timestamp,
     pub min_approvals: u32,
@@ -174,6 +177,7 @@ pub struct HoldRequest<'a> {
     pub tables: Vec<String>,
     pub flags: Vec<String>,
     pub statements: Vec<u64>,
+    pub context: Vec<String>,
 }
 
 impl Approvals {
@@ -303,6 +307,7 @@ impl Broker {
             tables: r.tables,
             flags: r.flags,
             statements: r.statements,
+            context: r.context,
             requested_at: now,
             expires_at,
             min_approvals: r.requirement.min_approvals.max(1),
@@ -694,6 +699,7 @@ mod tests {
             tables: vec!["public.orders".into()],
             flags: vec![],
             statements: vec![3],
+            context: vec![],
         }
     }
 

@@ -61,6 +61,9 @@ pub struct Ask<'a> {
     /// A protocol's own refusal of requests policy would allow (e.g. a form its masking
     /// cannot follow); checked after policy and the masking guard.
     pub veto: Option<Decision>,
+    /// What approvers should see besides the requests (e.g. the statements of the
+    /// transaction a COMMIT ends, with their row counts).
+    pub context: Vec<String>,
 }
 
 /// The verdict, and the numbers the requests were journaled under (in order).
@@ -217,6 +220,7 @@ impl Gate {
                     tables: strings(&|r| r.tables.iter().cloned().collect()),
                     flags: strings(&|r| r.flags.iter().map(|f| f.to_string()).collect()),
                     statements: statements.clone(),
+                    context: ask.context,
                     decision,
                 };
                 Verdict::Hold(self.approvals.request(hold).await?)

@@ -29,7 +29,7 @@ use super::{
     inject::{self, Preload},
     masking::PlanResults,
     names::{self, Reserved},
-    notes::{Catalog, Exec, Note},
+    notes::{Catalog, Exec, Injected, Note},
     refusal,
     sql::{CopyOut, Statement},
     wire::{
@@ -63,6 +63,8 @@ struct Numbered {
     statement: u64,
     catalog: Catalog,
     prepares: Option<Arc<Statement>>,
+    /// What it writes (its text and tables), for the open transaction's record.
+    writes: Option<(String, std::collections::BTreeSet<String>)>,
 }
 
 impl Numbered {
@@ -71,6 +73,7 @@ impl Numbered {
         statement: 0,
         catalog: Catalog::Unchanged,
         prepares: None,
+        writes: None,
     };
 
     fn exec(&self) -> Exec {
@@ -99,6 +102,8 @@ struct Judgement {
     verdict: Verdict,
     numbered: Vec<Numbered>,
     copy: Option<CopyOut>,
+    /// The message ends a transaction with COMMIT.
+    commits: bool,
 }
 
 /// The answer to a held statement, still to come (dropping it withdraws the request).
@@ -318,6 +323,14 @@ impl<'a> Client<'a> {
                 self.upstream.write_all(&f.raw).await?;
             }
             Err(d) => {
+                if j.commits && d.action == Action::RequireApproval {
+                    // A COMMIT that was held and not approved: its transaction is rolled
+                    // back, so nothing it wrote stands (the worker's next statement runs
+                    // outside it, as after a failed COMMIT).
+                    let rollback = frontend::query_message("ROLLBACK");
+                    self.note(Note::Inject(Injected::Rollback)).await?;
+                    self.upstream.write_all(&rollback.raw).await?;
+                }
                 self.note(Note::Refuse(refusal::frame(&d))).await?;
                 self.note(Note::Ready).await?;
             }
@@ -448,6 +461,7 @@ impl<'a> Client<'a> {
             text: &request.text,
             requests: Ok(&[&request]),
             veto,
+            context: Vec::new(),
         };
         let judged = self.gate.judge(ask).await?;
         let n = judged.statements.first().copied().unwrap_or(0);
@@ -543,6 +557,19 @@ impl<'a> Client<'a> {
     /// Statements now going upstream: DDL (and the end of a transaction that had DDL)
     /// makes the masking column names stale, so the next group gets a fresh preload.
     fn forwarded(&mut self, numbered: &[Numbered]) {
+        {
+            let mut txn = self.shared.txn.lock().unwrap_or_else(|p| p.into_inner());
+            for n in numbered {
+                if let Some((text, tables)) = &n.writes {
+                    txn.wrote(super::txn::Write {
+                        statement: n.statement,
+                        text: text.clone(),
+                        tables: tables.clone(),
+                        rows: None,
+                    });
+                }
+            }
+        }
         let Some(preload) = &mut self.preload else {
             return;
         };

@@ -35,6 +35,7 @@ mod notes;
 mod refusal;
 mod server;
 pub mod sql;
+mod txn;
 pub(crate) mod upstream_tls;
 pub mod wire;
 
@@ -115,6 +116,8 @@ struct Shared {
     /// SQL-level prepared statements the server holds: updated by the server half when a
     /// PREPARE / DEALLOCATE completes, read by the worker half to judge `EXECUTE name`.
     prepared: std::sync::Mutex<PreparedStatements>,
+    /// The open transaction's writes (see [`txn`]).
+    txn: std::sync::Mutex<txn::Transaction>,
 }
 
 /// What all PostgreSQL sessions of the daemon share: parser threads and cache, cancel

@@ -38,6 +38,8 @@ pub enum Injected {
     Preload,
     /// A describe of a COPY's columns, planned for its rows in this text format.
     CopyDescribe(CopyTextOptions),
+    /// ROLLBACK of the transaction whose COMMIT was held and not approved.
+    Rollback,
 }
 
 #[derive(Debug)]

@@ -375,8 +375,7 @@ impl<'a> Server<'a> {
     /// A group is answered: executions without a CommandComplete (FunctionCall) end
     /// here, and refusals queued behind it are answered with the new status.
     async fn ready_for_query(&mut self, f: Frame) -> Result<(), SessionError> {
-        self.status =
-            backend::ready_status(&f).map_err(|e| SessionError::UpstreamProtocol(e.to_string()))?;
+        self.set_status(&f)?;
         self.out.extend_from_slice(&f.raw);
         if let Some(Pending::Group { execs, .. }) = self.queue.front_mut() {
             let rest: Vec<Exec> = execs.drain(..).collect();
@@ -410,6 +409,21 @@ impl<'a> Server<'a> {
         Ok(())
     }
 
+    /// The transaction status the server reports; no transaction open ends the record
+    /// of its writes.
+    fn set_status(&mut self, f: &Frame) -> Result<(), SessionError> {
+        self.status =
+            backend::ready_status(f).map_err(|e| SessionError::UpstreamProtocol(e.to_string()))?;
+        if self.status == b'I' {
+            self.shared
+                .txn
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .ended();
+        }
+        Ok(())
+    }
+
     async fn record(
         &mut self,
         e: Exec,
@@ -417,6 +431,13 @@ impl<'a> Server<'a> {
         error: Option<String>,
     ) -> Result<(), SessionError> {
         let report = self.masking.as_mut().and_then(ResultMasking::take_report);
+        if e.statement != 0 {
+            self.shared
+                .txn
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .completed(e.statement, rows);
+        }
         if let (Some(st), None) = (&e.prepares, &error) {
             self.shared
                 .prepared
@@ -479,6 +500,8 @@ impl<'a> Server<'a> {
                 *failed = true;
             }
             backend::READY_FOR_QUERY => {
+                // An injected ROLLBACK changes the status refusals after it report.
+                self.set_status(&f)?;
                 let Some(Pending::Injected { what, rows, failed }) = self.queue.pop_front() else {
                     return Ok(());
                 };

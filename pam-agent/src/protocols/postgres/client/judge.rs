@@ -32,12 +32,14 @@ impl Client<'_> {
                 text: &lossy,
                 requests: Err("text that is not UTF-8".into()),
                 veto: None,
+                context: Vec::new(),
             };
             let judged = self.gate.judge(ask).await?;
             return Ok(Judgement {
                 verdict: judged.verdict,
                 numbered: Vec::new(),
                 copy: None,
+                commits: false,
             });
         };
         let classified = self.ctx.classifier.classify(text).await;
@@ -47,6 +49,17 @@ impl Client<'_> {
             }
             Ok(sts) => Ok(std::borrow::Cow::Borrowed(sts.as_slice())),
             Err(e) => Err(e.to_string()),
+        };
+        // A COMMIT is judged by what its transaction wrote (before it, and earlier in
+        // this message), and its approvers see those statements.
+        let mut context = Vec::new();
+        let statements = match statements {
+            Ok(sts) if sts.iter().any(|st| st.commits) => {
+                let (sts, lines) = self.with_transaction(&sts);
+                context = lines;
+                Ok(std::borrow::Cow::Owned(sts))
+            }
+            other => other,
         };
         let (veto, copy) = match &statements {
             Ok(sts) if self.masked => match copy_veto(&self.ctx.classifier, sts, via).await {
@@ -66,6 +79,7 @@ impl Client<'_> {
                 Err(e) => Err(e.clone()),
             },
             veto,
+            context,
         };
         let judged = self.gate.judge(ask).await?;
         let numbered = match &statements {
@@ -80,16 +94,42 @@ impl Client<'_> {
                         .as_ref()
                         .filter(|p| !matches!(p, Prepared::Execute(_)))
                         .map(|_| Arc::new(st.clone())),
+                    writes: (!st.writes.is_empty() && !st.commits)
+                        .then(|| (st.text.clone(), st.writes.clone())),
                 })
                 .collect(),
             Err(_) => Vec::new(),
         };
+        let commits = matches!(&statements, Ok(sts) if sts.iter().any(|st| st.commits));
         Ok(Judgement {
             verdict: judged.verdict,
             numbered,
             copy,
+            commits,
         })
     }
+    /// The statements with each COMMIT's request naming the tables its transaction
+    /// wrote (as `tables` and `writes`), and the transaction's writes for approvers.
+    fn with_transaction(&self, statements: &[Statement]) -> (Vec<Statement>, Vec<String>) {
+        let (mut written, mut lines) = {
+            let txn = self.shared.txn.lock().unwrap_or_else(|p| p.into_inner());
+            (txn.tables(), txn.lines())
+        };
+        let mut out = Vec::with_capacity(statements.len());
+        for st in statements {
+            let mut st = st.clone();
+            if st.commits {
+                st.request.tables.extend(written.iter().cloned());
+                st.request.writes.extend(written.iter().cloned());
+            } else if !st.writes.is_empty() {
+                written.extend(st.writes.iter().cloned());
+                lines.push(format!("(same message) {}", st.text));
+            }
+            out.push(st);
+        }
+        (out, lines)
+    }
+
     /// Each `EXECUTE name` replaced by what `name` was prepared as (by PREPAREs the server
     /// completed, and earlier ones in the same text); unknown names stay `execute` with
     /// `dynamic_sql`, which policy refuses unless a rule permits it.

@@ -77,12 +77,16 @@ fn classify_at(
                 ..Request::default()
             },
             prepared: None,
+            commits: false,
         };
         let (ty, inner) = node_of(&value)
             .ok_or_else(|| Unclassifiable::Unsupported("statement without a node".into()))?;
         let primary = top_kind(ty, inner, &mut st.flags)?;
         st.kinds.push(primary);
         st.prepared = prepared_of(ty, inner);
+        st.commits = ty == "TransactionStmt"
+            && inner.get("kind").and_then(Value::as_i64)
+                == Some(pg_query::protobuf::TransactionStmtKind::TransStmtCommit as i64);
         let mut walk = Walk {
             st: &mut st,
             ddl: primary == kind::DDL

@@ -133,6 +133,10 @@ pub struct Statement {
     /// PREPARE / EXECUTE / DEALLOCATE at the SQL level: the name involved, so a session
     /// can judge an EXECUTE by what was prepared ([`super::PreparedStatements`]).
     pub prepared: Option<Prepared>,
+    /// COMMIT (or END, COMMIT AND CHAIN): makes the open transaction's writes stand, so a
+    /// session can judge it by what the transaction wrote.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub commits: bool,
 }
 
 /// A statement is its request plus PostgreSQL's own facts: read it as one.

@@ -144,6 +144,14 @@ pub fn close_statement(statement: &str) -> Frame {
     named(CLOSE, b'S', statement)
 }
 
+/// A simple Query with `sql` (for statements the agent sends itself).
+pub fn query_message(sql: &str) -> Frame {
+    let mut body = Vec::with_capacity(sql.len() + 1);
+    body.extend_from_slice(sql.as_bytes());
+    body.push(0);
+    Frame::build(QUERY, &body)
+}
+
 pub fn sync() -> Frame {
     Frame::build(SYNC, b"")
 }

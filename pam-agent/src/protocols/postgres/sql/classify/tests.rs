@@ -330,3 +330,22 @@ fn unclassifiable() {
         Err(Unclassifiable::Nul)
     ));
 }
+
+#[test]
+fn commit_is_told_apart_from_other_transaction_statements() {
+    for (sql, commits) in [
+        ("COMMIT", true),
+        ("END", true),
+        ("COMMIT AND CHAIN", true),
+        ("commit work", true),
+        ("BEGIN", false),
+        ("ROLLBACK", false),
+        ("SAVEPOINT a", false),
+        ("RELEASE a", false),
+        ("COMMIT PREPARED 'x'", false),
+        ("SELECT 1", false),
+    ] {
+        let sts = classify(sql, 1 << 20).unwrap();
+        assert_eq!(sts[0].commits, commits, "{sql}");
+    }
+}
