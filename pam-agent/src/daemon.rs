@@ -37,6 +37,12 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     let unanswered = store
         .unanswered_approvals()
         .context("reading approval requests left by the last run")?;
+    let grants = store
+        .grants_in_force(jiff::Timestamp::now())
+        .context("reading approval grants in force")?
+        .into_iter()
+        .map(|(r, approval, by)| crate::govern::approval::Grant::from_record(r, approval, by))
+        .collect();
     let (journal, writer) = Journal::start_with(store, cfg.journal.writer_options());
     abandon_unanswered(&journal, unanswered).await?;
 
@@ -64,7 +70,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     let protocols =
         protocols::Services::start(&cfg.limits).context("starting the protocols' services")?;
     let shutdown = CancellationToken::new();
-    let approvals = start_approvals(&cfg, &journal, &shutdown)?;
+    let approvals = start_approvals(&cfg, &journal, grants, &shutdown)?;
     let shared = Arc::new(Shared {
         protocols,
         rules: RulesHandle::new(cfg.rules.clone()),
@@ -137,6 +143,7 @@ async fn abandon_unanswered(
             reason: Some(format!(
                 "the agent stopped before a decision (found at the next start); the statement{session} did not run"
             )),
+            grant: None,
         };
         journal
             .record(None, event)
@@ -150,13 +157,14 @@ async fn abandon_unanswered(
 fn start_approvals(
     cfg: &Config,
     journal: &Journal,
+    grants: Vec<crate::govern::approval::Grant>,
     shutdown: &CancellationToken,
 ) -> anyhow::Result<Approvals> {
     let Some(a) = &cfg.approvals else {
         return Ok(Approvals::unavailable());
     };
     let listener = crate::control::bind(a).context("opening the approvals socket")?;
-    let broker = Broker::new(journal.clone());
+    let broker = Broker::new(journal.clone(), grants);
     tokio::spawn(crate::control::serve(
         listener,
         broker.clone(),

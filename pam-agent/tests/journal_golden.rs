@@ -457,6 +457,7 @@ fn write_golden_journal() {
             outcome: ApprovalOutcome::Approved,
             by: "carol@example.com".into(),
             reason: Some("ticket OPS-12".into()),
+            grant: None,
         },
     );
     put(

@@ -408,12 +408,15 @@ fn a_grant_lets_the_same_statement_shape_through_for_its_window_only() {
     if !require_root("approvals") {
         return;
     }
-    let f = Fixture::new();
+    let mut f = Fixture::new();
     let worker = f.worker(WORKER_UID, &["delete from orders where id = 5"]);
     let id = f.pending(1)[0]["id"].as_str().unwrap().to_owned();
     let ok = f.approvals(None, &["approve", &id, "--for", "10m"]);
     assert!(ok.status.success(), "{}", text(&ok.stderr));
     assert!(finish(worker, 20).status.success());
+    // The grant is on record and outlives a restart of the agent.
+    f.agent.stop().expect("stop");
+    f.agent.restart().expect("restart");
     // The same fingerprint (other constants), a new session: runs without a request.
     let again = finish(
         f.worker(WORKER_UID, &["delete from orders where id = 6"]),

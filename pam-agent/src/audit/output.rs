@@ -177,6 +177,7 @@ pub fn detail(r: &StoredRecord) -> String {
             outcome,
             by,
             reason,
+            ..
         } => format!(
             "approval {approval} {} by {by}{}",
             outcome.as_str(),

@@ -26,7 +26,10 @@ use super::{
     verdict::{Held, Resolution},
 };
 use crate::{
-    journal::{Event, event::ApprovalOutcome},
+    journal::{
+        Event,
+        event::{ApprovalOutcome, GrantRecord},
+    },
     policy::Decision,
 };
 
@@ -95,6 +98,37 @@ pub struct Grant {
     pub fingerprint: String,
     pub until: Timestamp,
     pub by: String,
+}
+
+impl Grant {
+    /// As the journal keeps it.
+    pub fn record(&self) -> GrantRecord {
+        GrantRecord {
+            id: self.id,
+            uid: self.uid,
+            cgroup: self.cgroup.clone(),
+            exe: self.exe.clone(),
+            resource: self.resource.clone(),
+            fingerprint: self.fingerprint.clone(),
+            until: self.until,
+        }
+    }
+
+    /// Rebuilt from the journal at a start (the approval and approver are in the record
+    /// that made it).
+    pub fn from_record(r: GrantRecord, approval: Uuid, by: String) -> Grant {
+        Grant {
+            id: r.id,
+            approval,
+            uid: r.uid,
+            cgroup: r.cgroup,
+            exe: r.exe,
+            resource: r.resource,
+            fingerprint: r.fingerprint,
+            until: r.until,
+            by,
+        }
+    }
 }
 
 /// An approver, as the channel authenticated them.
@@ -244,9 +278,14 @@ impl Drop for ExpiryTimer {
 }
 
 impl Broker {
-    pub fn new(journal: crate::journal::Journal) -> Broker {
+    /// `grants`: those still in force from earlier runs (see
+    /// [`crate::journal::sqlite::SqliteStore::grants_in_force`]).
+    pub fn new(journal: crate::journal::Journal, grants: Vec<Grant>) -> Broker {
         Broker {
-            inner: Arc::new(Mutex::new(State::default())),
+            inner: Arc::new(Mutex::new(State {
+                grants,
+                ..State::default()
+            })),
             journal,
         }
     }
@@ -285,6 +324,7 @@ impl Broker {
                         outcome: ApprovalOutcome::Approved,
                         by: format!("grant {} by {}", g.id, g.by),
                         reason: Some(format!("within the grant until {}", g.until)),
+                        grant: None,
                     },
                 )
                 .await?;
@@ -441,6 +481,7 @@ impl Broker {
             },
             by: who.named(),
             reason,
+            grant: grant.as_ref().map(Grant::record),
         };
         let recorded = self.journal_for(&session, event).await;
         if let Some(p) = done {
@@ -493,6 +534,7 @@ impl Broker {
             outcome: ApprovalOutcome::Rejected,
             by: who.named(),
             reason,
+            grant: None,
         };
         let recorded = self.journal_for(&p.summary.session, event).await;
         let _ = p.answer.send(Resolution::Denied(why));
@@ -514,6 +556,7 @@ impl Broker {
             outcome: ApprovalOutcome::Revoked,
             by: who.named(),
             reason: Some(format!("grant {} revoked", g.id)),
+            grant: Some(g.record()),
         };
         self.journal
             .record(None, event)
@@ -556,6 +599,7 @@ impl Broker {
                 reason: Some(
                     "the agent stopped before a decision; the statement did not run".into(),
                 ),
+                grant: None,
             };
             if let Err(e) = self.journal_for(&p.summary.session, event).await {
                 tracing::error!(error = %e, "cannot journal an abandoned approval");
@@ -576,6 +620,7 @@ impl Broker {
             outcome: ApprovalOutcome::Withdrawn,
             by: "the requesting session".into(),
             reason: Some("the worker withdrew the statement before a decision".into()),
+            grant: None,
         };
         if let Err(e) = self.journal.record(Some(session), event).await {
             tracing::error!(error = %e, "cannot journal a withdrawn approval");
@@ -670,7 +715,7 @@ mod tests {
     fn setup() -> Setup {
         let events = Arc::new(StdMutex::new(Vec::new()));
         let (journal, _writer) = Journal::start(Recorder(events.clone(), 0));
-        let broker = Broker::new(journal.clone());
+        let broker = Broker::new(journal.clone(), Vec::new());
         Setup {
             approvals: Approvals::with_broker(broker.clone()),
             broker,

@@ -177,6 +177,9 @@ pub enum Event {
         by: String,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         reason: Option<String>,
+        /// The grant an approval made, or a revocation ended: what a restart rebuilds.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        grant: Option<GrantRecord>,
     },
     /// Nobody decided in time; the request was refused.
     ApprovalExpired {
@@ -327,6 +330,21 @@ impl ApprovalOutcome {
             ApprovalOutcome::Revoked => "revoked",
         }
     }
+}
+
+/// A grant as the journal keeps it: the same principal (uid, cgroup, executable) may run
+/// statements with this fingerprint on this resource until `until` without a request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GrantRecord {
+    pub id: Uuid,
+    pub uid: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cgroup: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exe: Option<String>,
+    pub resource: String,
+    pub fingerprint: String,
+    pub until: Timestamp,
 }
 
 /// One masked result column and how many of its values were masked.

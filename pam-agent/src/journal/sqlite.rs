@@ -186,6 +186,46 @@ impl SqliteStore {
         self.public
     }
 
+    /// Grants made by approvals, not revoked, whose window is still open at `now`: a
+    /// restart keeps them. (Each with the approval that made it and who decided.)
+    pub fn grants_in_force(
+        &self,
+        now: Timestamp,
+    ) -> Result<Vec<(crate::journal::event::GrantRecord, uuid::Uuid, String)>, JournalError> {
+        let db = |e: rusqlite::Error| JournalError::Database(e.into());
+        let mut stmt = self
+            .conn
+            .prepare("SELECT record FROM records WHERE kind = 'approval_decided' ORDER BY seq")
+            .map_err(db)?;
+        let mut rows = stmt.query([]).map_err(db)?;
+        let mut grants: Vec<(crate::journal::event::GrantRecord, uuid::Uuid, String)> = Vec::new();
+        while let Some(row) = rows.next().map_err(db)? {
+            let json: String = row.get(0).map_err(db)?;
+            let Ok(Record {
+                event:
+                    Event::ApprovalDecided {
+                        approval,
+                        outcome,
+                        by,
+                        grant: Some(g),
+                        ..
+                    },
+                ..
+            }) = serde_json::from_str::<Record>(&json)
+            else {
+                continue;
+            };
+            match outcome {
+                crate::journal::event::ApprovalOutcome::Revoked => {
+                    grants.retain(|(k, _, _)| k.id != g.id)
+                }
+                _ => grants.push((g, approval, by)),
+            }
+        }
+        grants.retain(|(g, _, _)| g.until > now);
+        Ok(grants)
+    }
+
     /// Approval requests on record with no outcome (decided, expired, withdrawn or
     /// abandoned): what a previous run left waiting when it stopped or was killed. Their
     /// statements never ran; the caller journals them as abandoned.

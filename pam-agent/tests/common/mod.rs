@@ -183,6 +183,7 @@ pub fn every_kind(session: SessionId) -> Vec<(Option<SessionId>, Event)> {
                 outcome: ApprovalOutcome::Approved,
                 by: "carol@example.com".into(),
                 reason: Some("ticket OPS-12".into()),
+                grant: None,
             },
         ),
         (s, Event::ApprovalExpired { approval }),
