@@ -298,19 +298,40 @@ fn status(cfg: &Config) -> anyhow::Result<ExitCode> {
             );
         }
     }
-    // Something holds the listener port if we cannot bind it (without connecting, so
-    // the probe leaves no trace in the journal).
-    let addr = std::net::SocketAddr::from((cfg.listener.ipv4, cfg.listener.port));
-    let listening = std::net::TcpListener::bind(addr).is_err();
-    println!(
-        "listener:  {addr} {}",
-        if listening {
-            "in use (agent running)"
-        } else {
-            "free: agent NOT running, governed connections are refused"
+    // The listener counts only if the kernel shows it to us: the socket in the pinned
+    // sockmap (which sk_lookup delivers to) is one the agent process itself holds.
+    let target = std::net::SocketAddr::from((cfg.listener.ipv4, cfg.listener.port));
+    let held = kernel::listener_status(&cfg.pin_dir)?;
+    match &held.v4 {
+        kernel::ListenerProof::HeldByAgent { pid, cookie } => println!(
+            "listener:  {target} held by the agent (pid {pid}, socket cookie {cookie}): agent running"
+        ),
+        kernel::ListenerProof::NotTheAgent { pid, cookie } => {
+            healthy = false;
+            println!(
+                "listener:  {target}: socket cookie {cookie} is NOT held by the agent (pid {pid}): agent NOT running"
+            )
         }
-    );
-    healthy &= listening;
+        kernel::ListenerProof::Absent => {
+            healthy = false;
+            println!(
+                "listener:  {target}: no agent socket: agent NOT running, governed connections are refused"
+            )
+        }
+    }
+    if !matches!(held.v6, kernel::ListenerProof::HeldByAgent { .. }) {
+        println!(
+            "listener:  no IPv6 listener held by the agent: governed IPv6 connections are refused"
+        );
+    }
+    if held.steering {
+        println!("steering:  sk_lookup attached to this network namespace");
+    } else {
+        healthy = false;
+        println!(
+            "steering:  sk_lookup NOT attached: the listener port is not protected from squatters"
+        );
+    }
     Ok(if healthy {
         ExitCode::SUCCESS
     } else {

@@ -11,7 +11,7 @@
 /// an upgrade that changes a shared type gets fresh maps instead of failing to reuse
 /// incompatible ones (the old programs keep their old maps until they are detached).
 /// Bump it whenever a type in this crate changes.
-pub const LAYOUT_VERSION: u32 = 2;
+pub const LAYOUT_VERSION: u32 = 3;
 
 /// Names of the maps in the eBPF object. The agent pins them under its pin directory,
 /// so they outlive the agent process (fail-closed across restarts).
@@ -23,10 +23,18 @@ pub mod maps {
     /// Hash: socket cookie (u64) -> [`ConnectRecord`]. Filled by connect4/6, read by
     /// getpeername and the agent, removed by sock_release.
     pub const CONNECTS: &str = "PAM_CONNECTS";
-    /// Hash: [`PeerKey`] (the worker socket's local address) -> socket cookie (u64).
-    /// Filled by sock_ops before the SYN leaves, consumed by the agent on accept.
-    pub const PEERS: &str = "PAM_PEERS";
+    /// Sockmap: [`LISTENER_V4`] / [`LISTENER_V6`] -> the agent's listening sockets.
+    /// The agent inserts them (value: the socket fd); `sk_lookup` delivers every
+    /// connection to the redirect target to them, and drops it when they are absent.
+    /// Read from userspace, a value is the socket's cookie (hence 8-byte values).
+    /// A socket leaves the map when it is closed, so an entry is proof the listener lives.
+    pub const LISTENERS: &str = "PAM_LISTENERS";
 }
+
+/// Sockmap index of the agent's IPv4 listener (target of IPv4 and `::ffff:` connects).
+pub const LISTENER_V4: u32 = 0;
+/// Sockmap index of the agent's IPv6 listener.
+pub const LISTENER_V6: u32 = 1;
 
 /// Names of the programs in the eBPF object.
 pub mod programs {
@@ -36,12 +44,13 @@ pub mod programs {
     pub const GETPEERNAME6: &str = "pam_getpeername6";
     pub const SOCK_OPS: &str = "pam_sock_ops";
     pub const SOCK_RELEASE: &str = "pam_sock_release";
+    /// Attached to the agent's network namespace, not to a cgroup.
+    pub const SK_LOOKUP: &str = "pam_sk_lookup";
 }
 
 pub const MAX_PROTECTED: u32 = 4096;
 /// Sized for many concurrent governed connections; entries leave at socket release.
 pub const MAX_CONNECTS: u32 = 65536;
-pub const MAX_PEERS: u32 = 65536;
 
 /// Prefix bits taken by the port in a [`ResourceKey`] (the port is matched exactly).
 pub const PORT_PREFIX_BITS: u32 = 16;
@@ -84,9 +93,17 @@ pub struct Settings {
     pub configured: u16,
     /// The agent's own process id (tgid): its upstream connections are never redirected.
     pub agent_tgid: u32,
+    /// Changes at every agent start; copied into each [`ConnectRecord`]. The agent only
+    /// trusts records of its own epoch: nothing recorded before a restart is believed.
+    pub epoch: u32,
+    /// Cookie of the network namespace the agent serves (its own). A governed connect
+    /// from any other namespace is refused: its loopback is not the agent's.
+    pub netns_cookie: u64,
 }
 
 /// Who connected and where they meant to go, keyed by the worker socket's cookie.
+/// Made by the connect hooks for one connection attempt and removed when that attempt
+/// ends (the socket reaches TCP_CLOSE) or the socket is released.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ConnectRecord {
@@ -95,6 +112,8 @@ pub struct ConnectRecord {
     pub pid_tgid: u64,
     /// `bpf_get_current_uid_gid()`: gid in the upper 32 bits.
     pub uid_gid: u64,
+    /// The socket's network namespace (always the agent's: others are refused).
+    pub netns_cookie: u64,
     /// Original destination, IPv4 in mapped form.
     pub orig_addr: [u8; 16],
     /// Original destination port, big-endian bytes.
@@ -104,24 +123,10 @@ pub struct ConnectRecord {
     pub resource_id: u32,
     /// Command name (`comm`), NUL-padded.
     pub comm: [u8; 16],
-    /// The socket's local address and port (big-endian), filled in by sock_ops once the
-    /// kernel has chosen them, so sock_release can drop an unconsumed [`PeerKey`].
-    pub local_addr: [u8; 16],
-    pub local_port: [u8; 2],
+    /// [`Settings::epoch`] when the record was made.
+    pub epoch: u32,
     /// Explicit padding, always zero.
-    pub pad: [u8; 6],
-}
-
-/// The worker socket's local address as the agent sees it as the accepted peer.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct PeerKey {
-    /// IPv4 in mapped form.
-    pub addr: [u8; 16],
-    /// Big-endian bytes.
-    pub port: [u8; 2],
-    /// Explicit padding, always zero, so the key has no uninitialised bytes.
-    pub pad: [u8; 2],
+    pub pad: [u8; 4],
 }
 
 /// Maps an IPv4 address (network-order bytes) to its `::ffff:a.b.c.d` form.
@@ -147,7 +152,6 @@ mod user {
     unsafe impl aya::Pod for super::ResourceValue {}
     unsafe impl aya::Pod for super::Settings {}
     unsafe impl aya::Pod for super::ConnectRecord {}
-    unsafe impl aya::Pod for super::PeerKey {}
 }
 
 #[cfg(test)]
@@ -158,12 +162,11 @@ mod tests {
     #[test]
     fn layouts_have_no_padding() {
         assert_eq!(size_of::<ResourceKey>(), 2 + 16);
-        assert_eq!(size_of::<Settings>(), 16 + 4 + 2 + 2 + 4);
+        assert_eq!(size_of::<Settings>(), 16 + 4 + 2 + 2 + 4 + 4 + 8);
         assert_eq!(
             size_of::<ConnectRecord>(),
-            8 * 3 + 16 + 2 + 2 + 4 + 16 + 16 + 2 + 6
+            8 * 4 + 16 + 2 + 2 + 4 + 16 + 4 + 4
         );
-        assert_eq!(size_of::<PeerKey>(), 20);
     }
 
     #[test]

@@ -5,10 +5,17 @@
 //! - `connect4` / `connect6`: a TCP connect to a protected (address, port) is rewritten
 //!   to the agent's listener; the original destination and the caller (pid, uid, cgroup,
 //!   comm) are stored by socket cookie in `PAM_CONNECTS`.
-//! - `sock_ops` (TCP_CONNECT_CB, before the SYN): maps the socket's local address to its
-//!   cookie in `PAM_PEERS`, so the agent can find the record of each accepted peer.
+//!   A connect from another network namespace, or made while the agent's listener is
+//!   absent from `PAM_LISTENERS`, is refused instead (nothing else may receive it).
+//! - `sock_ops`: asks for state callbacks on redirected sockets and drops the record
+//!   when the attempt ends (TCP_CLOSE), so a record names one live connection attempt.
 //! - `getpeername4` / `getpeername6`: the worker sees the original peer, not the proxy.
 //! - `sock_release`: drops the socket's record.
+//!
+//! Attached to the agent's network namespace:
+//! - `sk_lookup`: a connection to the redirect target (listener address and port) is
+//!   delivered to the agent's socket from `PAM_LISTENERS`, or dropped when it is absent,
+//!   whoever else has bound that port.
 //!
 //! Every entry point is a thin wrapper around a `try_` function; anything that goes
 //! wrong for a protected destination refuses the connect (fail closed).
@@ -17,30 +24,48 @@
 
 use aya_ebpf::{
     EbpfContext,
-    bindings::{bpf_sock_addr, bpf_sock_ops},
+    bindings::{
+        BPF_SOCK_OPS_STATE_CB, BPF_SOCK_OPS_STATE_CB_FLAG, bpf_map_def,
+        bpf_map_type::BPF_MAP_TYPE_SOCKMAP, bpf_sk_lookup, bpf_sock_addr,
+    },
+    cty::c_void,
     helpers::{
         bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid,
-        bpf_get_current_uid_gid, generated::bpf_get_socket_cookie,
+        bpf_get_current_uid_gid,
+        generated::{
+            bpf_get_netns_cookie, bpf_get_socket_cookie, bpf_map_lookup_elem, bpf_set_retval,
+            bpf_sk_assign, bpf_sk_release,
+        },
     },
-    macros::{cgroup_sock, cgroup_sock_addr, map, sock_ops},
+    macros::{cgroup_sock, cgroup_sock_addr, map, sk_lookup, sock_ops},
     maps::{Array, HashMap, LpmTrie, lpm_trie::Key},
-    programs::{SockAddrContext, SockContext, SockOpsContext},
+    programs::{SkLookupContext, SockAddrContext, SockContext, SockOpsContext},
 };
 use aya_log_ebpf::error;
-use core::ptr::{addr_of, addr_of_mut, read_volatile, write_volatile};
+use core::{
+    cell::UnsafeCell,
+    ptr::{addr_of, addr_of_mut, read_volatile, write_volatile},
+};
 use pam_common::{
-    AF_INET, AF_INET6, ConnectRecord, MAX_CONNECTS, MAX_PEERS, MAX_PROTECTED, PORT_PREFIX_BITS,
-    PeerKey, ResourceKey, ResourceValue, Settings, as_v4, v4_mapped,
+    AF_INET, AF_INET6, ConnectRecord, LISTENER_V4, LISTENER_V6, MAX_CONNECTS, MAX_PROTECTED,
+    PORT_PREFIX_BITS, ResourceKey, ResourceValue, Settings, as_v4, v4_mapped,
 };
 
 /// Verdicts of cgroup sock_addr programs.
 const ALLOW: i32 = 1;
 const REFUSE: i32 = 0;
 
+/// Verdicts of sk_lookup programs.
+const SK_PASS: u32 = 1;
+const SK_DROP: u32 = 0;
+
 const SOCK_STREAM: u32 = 1;
+const IPPROTO_TCP: u32 = 6;
 const BPF_SOCK_OPS_TCP_CONNECT_CB: u32 = 3;
-/// Map update flag: only replace an existing entry.
-const BPF_EXIST: u64 = 2;
+const TCP_CLOSE: u32 = 7;
+const ECONNREFUSED: i32 = 111;
+/// Legacy map pinning: by name under the loader's pin path.
+const PIN_BY_NAME: u32 = 1;
 
 #[map(name = "PAM_PROTECTED")]
 static PROTECTED: LpmTrie<ResourceKey, ResourceValue> = LpmTrie::pinned(MAX_PROTECTED, 0);
@@ -53,8 +78,44 @@ static SETTINGS: Array<Settings> = Array::pinned(1, 0);
 #[map(name = "PAM_CONNECTS")]
 static CONNECTS: HashMap<u64, ConnectRecord> = HashMap::pinned(MAX_CONNECTS, 0);
 
-#[map(name = "PAM_PEERS")]
-static PEERS: HashMap<PeerKey, u64> = HashMap::pinned(MAX_PEERS, 0);
+/// The agent's listening sockets. Defined by hand: aya-ebpf's `SockMap` has 4-byte
+/// values, and only an 8-byte value lets userspace read a socket's cookie back
+/// (`pam-agent status` proves with it that the agent itself holds the listener).
+#[repr(transparent)]
+struct ListenerMap(UnsafeCell<bpf_map_def>);
+
+// SAFETY: the kernel owns the map; the program only passes its address to helpers.
+unsafe impl Sync for ListenerMap {}
+
+#[map(name = "PAM_LISTENERS")]
+static LISTENERS: ListenerMap = ListenerMap(UnsafeCell::new(bpf_map_def {
+    type_: BPF_MAP_TYPE_SOCKMAP,
+    key_size: 4,
+    value_size: 8,
+    max_entries: 2,
+    map_flags: 0,
+    id: 0,
+    pinning: PIN_BY_NAME,
+}));
+
+impl ListenerMap {
+    /// Looks up a listener; the caller must release a non-null result.
+    fn get(&self, index: u32) -> *mut c_void {
+        // SAFETY: a lookup with a pointer to a valid key of the map's key size.
+        unsafe { bpf_map_lookup_elem(self.0.get().cast(), addr_of!(index).cast()) }
+    }
+
+    /// Whether the agent's listener at `index` is alive (in the map).
+    fn present(&self, index: u32) -> bool {
+        let sk = self.get(index);
+        if sk.is_null() {
+            return false;
+        }
+        // SAFETY: `sk` is the referenced socket the lookup returned.
+        unsafe { bpf_sk_release(sk) };
+        true
+    }
+}
 
 /// What a connect hook decided to do with the destination it was given.
 enum Decision {
@@ -167,25 +228,39 @@ fn decide(
     if settings.configured == 0 {
         return Err(());
     }
+    // The rewrite targets the loopback of the socket's own namespace: only the agent's
+    // namespace has the agent there. Elsewhere, whoever listens would get the worker.
+    // SAFETY: the helper only reads the socket behind a valid program context.
+    let netns_cookie = unsafe { bpf_get_netns_cookie(ctx.as_ptr()) };
+    if netns_cookie != settings.netns_cookie {
+        return Err(());
+    }
     // A real IPv6 destination goes to the IPv6 listener; IPv4 and `::ffff:` ones go to
     // the IPv4 listener, in the form the socket can use.
-    let target = if as_v4(&dst).is_some() {
-        v4_mapped(settings.proxy_addr4)
+    let (target, index) = if as_v4(&dst).is_some() {
+        (v4_mapped(settings.proxy_addr4), LISTENER_V4)
     } else {
-        settings.proxy_addr6
+        (settings.proxy_addr6, LISTENER_V6)
     };
+    // No agent socket to deliver to (stopped, restarting, no IPv6 listener): refuse at
+    // once, as a closed port would, rather than let the SYN be dropped by sk_lookup.
+    if !LISTENERS.present(index) {
+        // SAFETY: sets the errno connect() returns along with the refusal.
+        unsafe { bpf_set_retval(-ECONNREFUSED) };
+        return Err(());
+    }
     let record = ConnectRecord {
         cgroup_id: unsafe { bpf_get_current_cgroup_id() },
         pid_tgid,
         uid_gid: bpf_get_current_uid_gid(),
+        netns_cookie,
         orig_addr: dst,
         orig_port: dport,
         family,
         resource_id,
         comm: bpf_get_current_comm().unwrap_or([0; 16]),
-        local_addr: [0; 16],
-        local_port: [0; 2],
-        pad: [0; 6],
+        epoch: settings.epoch,
+        pad: [0; 4],
     };
     // SAFETY: the helper only reads the socket behind a valid program context.
     let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
@@ -201,57 +276,32 @@ fn decide(
 
 #[sock_ops]
 pub fn pam_sock_ops(ctx: SockOpsContext) -> u32 {
-    let _ = try_sock_ops(&ctx);
+    try_sock_ops(&ctx);
     0
 }
 
-fn try_sock_ops(ctx: &SockOpsContext) -> Result<(), ()> {
-    let ops = ctx.ops;
-    // Read every field up front at constant offsets: branch-dependent loads of local_ip4
-    // vs local_ip6 get merged by LLVM into a modified ctx pointer the verifier rejects.
-    // SAFETY: the verifier grants read access to these context fields.
-    let (op, family, ip4, ip6, lport) = unsafe {
-        (
-            read_volatile(addr_of!((*ops).op)),
-            read_volatile(addr_of!((*ops).family)),
-            read_volatile(addr_of!((*ops).local_ip4)),
-            read_ops_ip6(ops),
-            read_volatile(addr_of!((*ops).local_port)),
-        )
-    };
-    if op != BPF_SOCK_OPS_TCP_CONNECT_CB {
-        return Ok(());
+/// A record stands for one connection attempt: ask for state callbacks on redirected
+/// sockets before the SYN, and drop the record when the attempt or connection ends.
+/// A socket whose connect failed keeps no record another connection could borrow.
+fn try_sock_ops(ctx: &SockOpsContext) {
+    let op = ctx.op();
+    if op != BPF_SOCK_OPS_TCP_CONNECT_CB && op != BPF_SOCK_OPS_STATE_CB {
+        return;
     }
     // SAFETY: the helper only reads the socket behind a valid program context.
     let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
-    // Only sockets the connect hooks redirected.
-    let Some(record) = CONNECTS.get_ptr(&cookie) else {
-        return Ok(());
-    };
-    // SAFETY: the pointer comes from a successful map lookup.
-    let mut record = unsafe { *record };
-    let addr = if family == AF_INET as u32 {
-        v4_mapped(ip4.to_ne_bytes())
-    } else {
-        ip6
-    };
-    // local_port is in host order here.
-    let key = peer_key(addr, lport);
-    // Remember the key in the record so sock_release can drop an unconsumed entry.
-    record.local_addr = key.addr;
-    record.local_port = key.port;
-    CONNECTS
-        .insert(&cookie, &record, BPF_EXIST)
-        .map_err(|_| ())?;
-    PEERS.insert(&key, &cookie, 0).map_err(|_| ())
-}
-
-/// The key under which the agent finds a socket: its local address and port (host order).
-fn peer_key(addr: [u8; 16], port_host_order: u32) -> PeerKey {
-    PeerKey {
-        addr,
-        port: (port_host_order as u16).to_be_bytes(),
-        pad: [0; 2],
+    if CONNECTS.get_ptr(&cookie).is_none() {
+        return; // not a redirected socket
+    }
+    if op == BPF_SOCK_OPS_TCP_CONNECT_CB {
+        let flags = ctx.cb_flags() | BPF_SOCK_OPS_STATE_CB_FLAG;
+        if ctx.set_cb_flags(flags as i32).is_err() {
+            // Without the callback the record could outlive its attempt: drop it now;
+            // the agent then refuses the connection (fail closed).
+            let _ = CONNECTS.remove(&cookie);
+        }
+    } else if ctx.arg(1) == TCP_CLOSE {
+        let _ = CONNECTS.remove(&cookie);
     }
 }
 
@@ -295,25 +345,67 @@ pub fn pam_getpeername6(ctx: SockAddrContext) -> i32 {
 pub fn pam_sock_release(ctx: SockContext) -> i32 {
     // SAFETY: the helper only reads the socket behind a valid program context.
     let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
-    let Some(record) = CONNECTS.get_ptr(&cookie) else {
-        return 1; // not a redirected socket
-    };
-    // SAFETY: the pointer comes from a successful map lookup.
-    let (addr, port) = unsafe { ((*record).local_addr, (*record).local_port) };
-    // A peer entry the agent never consumed (the connect failed, or the agent was down).
-    let key = PeerKey {
-        addr,
-        port,
-        pad: [0; 2],
-    };
-    if let Some(owner) = PEERS.get_ptr(&key)
-        // SAFETY: the pointer comes from a successful map lookup.
-        && unsafe { *owner } == cookie
-    {
-        let _ = PEERS.remove(&key);
-    }
     let _ = CONNECTS.remove(&cookie);
     1
+}
+
+#[sk_lookup]
+pub fn pam_sk_lookup(ctx: SkLookupContext) -> u32 {
+    try_sk_lookup(&ctx)
+}
+
+/// Delivers a TCP connection to the redirect target to the agent's own listener, or
+/// drops it. Anything else is left to the normal lookup.
+fn try_sk_lookup(ctx: &SkLookupContext) -> u32 {
+    let l = ctx.lookup;
+    // SAFETY: the verifier grants read access to these context fields.
+    let (family, protocol, ip4, ip6, port) = unsafe {
+        (
+            read_volatile(addr_of!((*l).family)),
+            read_volatile(addr_of!((*l).protocol)),
+            read_volatile(addr_of!((*l).local_ip4)),
+            read_lookup_ip6(l),
+            read_volatile(addr_of!((*l).local_port)),
+        )
+    };
+    if protocol != IPPROTO_TCP {
+        return SK_PASS;
+    }
+    let Some(settings) = SETTINGS.get(0) else {
+        return SK_PASS;
+    };
+    // local_port is in host order here.
+    if settings.configured == 0 || port != u32::from(u16::from_be_bytes(settings.proxy_port)) {
+        return SK_PASS;
+    }
+    let index = if family == u32::from(AF_INET) && ip4.to_ne_bytes() == settings.proxy_addr4 {
+        LISTENER_V4
+    } else if family == u32::from(AF_INET6) && ip6 == settings.proxy_addr6 {
+        LISTENER_V6
+    } else {
+        return SK_PASS;
+    };
+    let sk = LISTENERS.get(index);
+    if sk.is_null() {
+        return SK_DROP; // the agent's socket is absent: nobody else gets it
+    }
+    // SAFETY: `sk` is the referenced socket the lookup returned; it is released below.
+    let assigned = unsafe { bpf_sk_assign(ctx.as_ptr(), sk, 0) };
+    // SAFETY: as above.
+    unsafe { bpf_sk_release(sk) };
+    if assigned == 0 { SK_PASS } else { SK_DROP }
+}
+
+unsafe fn read_lookup_ip6(l: *mut bpf_sk_lookup) -> [u8; 16] {
+    let mut out = [0u8; 16];
+    let mut i = 0;
+    while i < 4 {
+        // SAFETY: word-sized reads of local_ip6 are what the verifier allows.
+        let w = unsafe { read_volatile(addr_of!((*l).local_ip6[i])) }.to_ne_bytes();
+        out[i * 4..i * 4 + 4].copy_from_slice(&w);
+        i += 1;
+    }
+    out
 }
 
 /// `user_port` holds the port in network order in its low 16 bits.
@@ -350,18 +442,6 @@ unsafe fn write_ip6(sa: *mut bpf_sock_addr, addr: [u8; 16]) {
         unsafe { write_volatile(addr_of_mut!((*sa).user_ip6[i]), w) };
         i += 1;
     }
-}
-
-unsafe fn read_ops_ip6(ops: *mut bpf_sock_ops) -> [u8; 16] {
-    let mut out = [0u8; 16];
-    let mut i = 0;
-    while i < 4 {
-        // SAFETY: word-sized reads of local_ip6 are what the verifier allows.
-        let w = unsafe { read_volatile(addr_of!((*ops).local_ip6[i])) }.to_ne_bytes();
-        out[i * 4..i * 4 + 4].copy_from_slice(&w);
-        i += 1;
-    }
-    out
 }
 
 #[cfg(not(test))]
