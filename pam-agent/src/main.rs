@@ -321,7 +321,7 @@ fn status(cfg: &Config) -> anyhow::Result<ExitCode> {
     }
     if !matches!(held.v6, kernel::ListenerProof::HeldByAgent { .. }) {
         println!(
-            "listener:  no IPv6 listener held by the agent: governed IPv6 connections are refused"
+            "listener:  the agent has no IPv6 listener: governed IPv6 connections are refused"
         );
     }
     if held.steering {
