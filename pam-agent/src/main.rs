@@ -284,9 +284,7 @@ fn status(cfg: &Config) -> anyhow::Result<ExitCode> {
     println!("pin directory: {}", cfg.pin_dir.display());
     for g in &cfg.governed {
         let id = cgroup::id(&g.path).with_context(|| format!("cgroup {}", g.path.display()))?;
-        let missing: Vec<&str> = kernel::program_names()
-            .filter(|p| !links.iter().any(|l| l.cgroup_id == id && l.program == *p))
-            .collect();
+        let missing = kernel::missing_programs(&links, id)?;
         if missing.is_empty() {
             println!("governed:  {} (cgroup id {id}): enforced", g.path.display());
         } else {

@@ -20,6 +20,9 @@ pub mod maps {
     pub const PROTECTED: &str = "PAM_PROTECTED";
     /// Array with one [`Settings`] at index 0. Filled by the agent.
     pub const SETTINGS: &str = "PAM_SETTINGS";
+    /// Hash: governed cgroup id (u64) -> 1 (u32). Filled by the agent; the root-attached
+    /// connect hooks govern a task whose cgroup (or an ancestor) is in it.
+    pub const GOVERNED: &str = "PAM_GOVERNED";
     /// Hash: socket cookie (u64) -> [`ConnectRecord`]. Filled by connect4/6, read by
     /// getpeername and the agent, removed by sock_release.
     pub const CONNECTS: &str = "PAM_CONNECTS";
@@ -40,6 +43,9 @@ pub const LISTENER_V6: u32 = 1;
 pub mod programs {
     pub const CONNECT4: &str = "pam_connect4";
     pub const CONNECT6: &str = "pam_connect6";
+    /// The connect hooks attached to the cgroup2 root, judging by the calling task.
+    pub const CONNECT4_TASK: &str = "pam_connect4_task";
+    pub const CONNECT6_TASK: &str = "pam_connect6_task";
     pub const GETPEERNAME4: &str = "pam_getpeername4";
     pub const GETPEERNAME6: &str = "pam_getpeername6";
     pub const SOCK_OPS: &str = "pam_sock_ops";
@@ -51,6 +57,7 @@ pub mod programs {
 pub const MAX_PROTECTED: u32 = 4096;
 /// Sized for many concurrent governed connections; entries leave at socket release.
 pub const MAX_CONNECTS: u32 = 65536;
+pub const MAX_GOVERNED: u32 = 1024;
 
 /// Prefix bits taken by the port in a [`ResourceKey`] (the port is matched exactly).
 pub const PORT_PREFIX_BITS: u32 = 16;
@@ -99,6 +106,11 @@ pub struct Settings {
     /// Cookie of the network namespace the agent serves (its own). A governed connect
     /// from any other namespace is refused: its loopback is not the agent's.
     pub netns_cookie: u64,
+    /// Bit N set: some governed cgroup is N levels below the cgroup2 root (the levels
+    /// at which the task check looks for an ancestor in `PAM_GOVERNED`).
+    pub governed_levels: u32,
+    /// Explicit padding, always zero.
+    pub pad: u32,
 }
 
 /// Who connected and where they meant to go, keyed by the worker socket's cookie.
@@ -162,7 +174,7 @@ mod tests {
     #[test]
     fn layouts_have_no_padding() {
         assert_eq!(size_of::<ResourceKey>(), 2 + 16);
-        assert_eq!(size_of::<Settings>(), 16 + 4 + 2 + 2 + 4 + 4 + 8);
+        assert_eq!(size_of::<Settings>(), 16 + 4 + 2 + 2 + 4 + 4 + 8 + 4 + 4);
         assert_eq!(
             size_of::<ConnectRecord>(),
             8 * 4 + 16 + 2 + 2 + 4 + 16 + 4 + 4

@@ -1,8 +1,22 @@
 //! Kernel side of pam-agent: cgroup programs that send governed workers' TCP connects
 //! to protected resources into the agent's local proxy, and remember who connected.
 //!
-//! Attached to each governed cgroup:
-//! - `connect4` / `connect6`: a TCP connect to a protected (address, port) is rewritten
+//! A connect is governed when the socket was created in a governed cgroup or the
+//! calling task is in one (a socket made before joining, or passed in over
+//! SCM_RIGHTS, is governed in a governed task's hands). cgroup programs run by the
+//! socket's cgroup, so:
+//!
+//! Attached to each governed cgroup (runs for sockets created there):
+//! - `connect4` / `connect6`: governed whoever calls.
+//!
+//! Attached to the cgroup2 root (runs for every socket; the socket's own cgroup
+//! programs run first):
+//! - `connect4_task` / `connect6_task`: governed when the calling task's cgroup, or an
+//!   ancestor of it, is in `PAM_GOVERNED`.
+//! - `getpeername4/6`, `sock_ops`, `sock_release` (below), so redirected sockets are
+//!   served wherever they were made.
+//!
+//! In both, a TCP connect to a protected (address, port) is rewritten
 //!   to the agent's listener; the original destination and the caller (pid, uid, cgroup,
 //!   comm) are stored by socket cookie in `PAM_CONNECTS`.
 //!   A connect from another network namespace, or made while the agent's listener is
@@ -33,8 +47,8 @@ use aya_ebpf::{
         bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid,
         bpf_get_current_uid_gid,
         generated::{
-            bpf_get_netns_cookie, bpf_get_socket_cookie, bpf_map_lookup_elem, bpf_set_retval,
-            bpf_sk_assign, bpf_sk_release,
+            bpf_get_current_ancestor_cgroup_id, bpf_get_netns_cookie, bpf_get_socket_cookie,
+            bpf_map_lookup_elem, bpf_set_retval, bpf_sk_assign, bpf_sk_release,
         },
     },
     macros::{cgroup_sock, cgroup_sock_addr, map, sk_lookup, sock_ops},
@@ -47,8 +61,8 @@ use core::{
     ptr::{addr_of, addr_of_mut, read_volatile, write_volatile},
 };
 use pam_common::{
-    AF_INET, AF_INET6, ConnectRecord, LISTENER_V4, LISTENER_V6, MAX_CONNECTS, MAX_PROTECTED,
-    PORT_PREFIX_BITS, ResourceKey, ResourceValue, Settings, as_v4, v4_mapped,
+    AF_INET, AF_INET6, ConnectRecord, LISTENER_V4, LISTENER_V6, MAX_CONNECTS, MAX_GOVERNED,
+    MAX_PROTECTED, PORT_PREFIX_BITS, ResourceKey, ResourceValue, Settings, as_v4, v4_mapped,
 };
 
 /// Verdicts of cgroup sock_addr programs.
@@ -72,6 +86,10 @@ static PROTECTED: LpmTrie<ResourceKey, ResourceValue> = LpmTrie::pinned(MAX_PROT
 
 #[map(name = "PAM_SETTINGS")]
 static SETTINGS: Array<Settings> = Array::pinned(1, 0);
+
+/// Governed cgroup ids (value unused). Filled by the agent.
+#[map(name = "PAM_GOVERNED")]
+static GOVERNED: HashMap<u64, u32> = HashMap::pinned(MAX_GOVERNED, 0);
 
 // Plain preallocated hashes (cheaper inserts than LRU): entries leave when the socket is
 // released, and a full map refuses new governed connects rather than evicting a live one.
@@ -117,6 +135,15 @@ impl ListenerMap {
     }
 }
 
+/// Which attachment a connect hook runs from.
+#[derive(Clone, Copy)]
+enum Scope {
+    /// A governed cgroup's: the socket was created there, so the connect is governed.
+    Socket,
+    /// The root cgroup's: governed only if the calling task is in a governed cgroup.
+    Task,
+}
+
 /// What a connect hook decided to do with the destination it was given.
 enum Decision {
     /// Not ours to touch: leave the connect alone.
@@ -127,13 +154,21 @@ enum Decision {
 
 #[cgroup_sock_addr(connect4)]
 pub fn pam_connect4(ctx: SockAddrContext) -> i32 {
-    match try_connect4(&ctx) {
+    match try_connect4(&ctx, Scope::Socket) {
         Ok(()) => ALLOW,
         Err(()) => REFUSE,
     }
 }
 
-fn try_connect4(ctx: &SockAddrContext) -> Result<(), ()> {
+#[cgroup_sock_addr(connect4)]
+pub fn pam_connect4_task(ctx: SockAddrContext) -> i32 {
+    match try_connect4(&ctx, Scope::Task) {
+        Ok(()) => ALLOW,
+        Err(()) => REFUSE,
+    }
+}
+
+fn try_connect4(ctx: &SockAddrContext, scope: Scope) -> Result<(), ()> {
     let sa = ctx.sock_addr;
     // SAFETY: the verifier grants read access to these context fields.
     let (sock_type, ip4, port) = unsafe {
@@ -149,7 +184,7 @@ fn try_connect4(ctx: &SockAddrContext) -> Result<(), ()> {
     // user_ip4 holds the address in network order as stored in memory.
     let dst = v4_mapped(ip4.to_ne_bytes());
     let dport = port_bytes(port);
-    match decide(ctx, dst, dport, AF_INET)? {
+    match decide(ctx, scope, dst, dport, AF_INET)? {
         Decision::PassThrough => Ok(()),
         Decision::Redirect { addr, port } => {
             let v4 = as_v4(&addr).ok_or(())?;
@@ -165,13 +200,21 @@ fn try_connect4(ctx: &SockAddrContext) -> Result<(), ()> {
 
 #[cgroup_sock_addr(connect6)]
 pub fn pam_connect6(ctx: SockAddrContext) -> i32 {
-    match try_connect6(&ctx) {
+    match try_connect6(&ctx, Scope::Socket) {
         Ok(()) => ALLOW,
         Err(()) => REFUSE,
     }
 }
 
-fn try_connect6(ctx: &SockAddrContext) -> Result<(), ()> {
+#[cgroup_sock_addr(connect6)]
+pub fn pam_connect6_task(ctx: SockAddrContext) -> i32 {
+    match try_connect6(&ctx, Scope::Task) {
+        Ok(()) => ALLOW,
+        Err(()) => REFUSE,
+    }
+}
+
+fn try_connect6(ctx: &SockAddrContext, scope: Scope) -> Result<(), ()> {
     let sa = ctx.sock_addr;
     // SAFETY: the verifier grants read access to these context fields.
     let (sock_type, ip6, port) = unsafe {
@@ -185,7 +228,7 @@ fn try_connect6(ctx: &SockAddrContext) -> Result<(), ()> {
         return Ok(());
     }
     let dport = port_bytes(port);
-    match decide(ctx, ip6, dport, AF_INET6)? {
+    match decide(ctx, scope, ip6, dport, AF_INET6)? {
         Decision::PassThrough => Ok(()),
         Decision::Redirect { addr, port } => {
             // SAFETY: user_ip6 and user_port are writable in connect6.
@@ -200,8 +243,11 @@ fn try_connect6(ctx: &SockAddrContext) -> Result<(), ()> {
 
 /// The core of both connect hooks: is (dst, port) protected, and if so record the
 /// caller and say where to send it.
+// Inlined: BPF calls take at most five arguments in registers.
+#[inline(always)]
 fn decide(
     ctx: &SockAddrContext,
+    scope: Scope,
     dst: [u8; 16],
     dport: [u8; 2],
     family: u16,
@@ -223,6 +269,11 @@ fn decide(
     let pid_tgid = bpf_get_current_pid_tgid();
     if settings.agent_tgid != 0 && (pid_tgid >> 32) as u32 == settings.agent_tgid {
         // The agent's own upstream connection.
+        return Ok(Decision::PassThrough);
+    }
+    if let Scope::Task = scope
+        && !task_governed(settings.governed_levels)
+    {
         return Ok(Decision::PassThrough);
     }
     if settings.configured == 0 {
@@ -272,6 +323,23 @@ fn decide(
         addr: target,
         port: settings.proxy_port,
     })
+}
+
+/// Is the calling task's cgroup, or its ancestor at one of the levels where governed
+/// cgroups sit (bit N of `levels`: depth N below the root), a governed cgroup?
+fn task_governed(levels: u32) -> bool {
+    let mut level = 0;
+    while level < 32 {
+        if levels & (1 << level) != 0 {
+            // SAFETY: plain helper call; 0 when the task is not that deep.
+            let id = unsafe { bpf_get_current_ancestor_cgroup_id(level as i32) };
+            if id != 0 && GOVERNED.get_ptr(&id).is_some() {
+                return true;
+            }
+        }
+        level += 1;
+    }
+    false
 }
 
 #[sock_ops]

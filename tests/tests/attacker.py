@@ -12,6 +12,11 @@ what the attacker saw. Runs under /usr/bin/python3 as root or as nobody.
                                  127.0.0.1:TARGET_PORT, send, count what comes back
   netns PORT DST [BIND_PORT]     (inside a fresh network namespace) listen on the
                                  loopback's PORT, then connect to DST; report both
+  premade CGROUP DST             make a socket, then join CGROUP, then connect with it
+  passed_in CGROUP DST           an ungoverned parent makes a socket and passes it over
+                                 SCM_RIGHTS to a child in CGROUP, which connects
+  passed_out CGROUP DST          a child in CGROUP makes a socket and passes it to the
+                                 ungoverned parent, which connects
 """
 
 import errno
@@ -184,6 +189,76 @@ def netns(port, dst, bind_port):
     print(json.dumps(report), flush=True)
 
 
+def join(cgroup):
+    with open(os.path.join(cgroup, "cgroup.procs"), "w") as f:
+        f.write("0")
+
+
+def echo_with(s, dst):
+    fam, addr = addr_of(dst)
+    report = {"pid": os.getpid(), "echo_ok": False, "errno": None}
+    try:
+        s.settimeout(5)
+        s.connect(addr)
+        report["local"] = "%s:%d" % s.getsockname()[:2]
+        report["peer"] = "%s:%d" % s.getpeername()[:2]
+        s.sendall(b"hello")
+        s.shutdown(socket.SHUT_WR)
+        back = b""
+        while True:
+            chunk = s.recv(100)
+            if not chunk:
+                break
+            back += chunk
+        report["echo_ok"] = back == b"hello"
+    except OSError as e:
+        report["errno"] = e.errno
+    return report
+
+
+def family_of(dst):
+    return addr_of(dst)[0]
+
+
+def premade(cgroup, dst):
+    s = socket.socket(family_of(dst), socket.SOCK_STREAM)
+    join(cgroup)
+    print(json.dumps(echo_with(s, dst)), flush=True)
+
+
+def passed_in(cgroup, dst):
+    parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+    pid = os.fork()
+    if pid == 0:
+        parent.close()
+        join(cgroup)
+        _, fds, _, _ = socket.recv_fds(child, 16, 1)
+        s = socket.socket(fileno=fds[0])
+        print(json.dumps(echo_with(s, dst)), flush=True)
+        os._exit(0)
+    child.close()
+    s = socket.socket(family_of(dst), socket.SOCK_STREAM)
+    socket.send_fds(parent, [b"x"], [s.fileno()])
+    s.close()
+    os.waitpid(pid, 0)
+
+
+def passed_out(cgroup, dst):
+    parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+    pid = os.fork()
+    if pid == 0:
+        parent.close()
+        join(cgroup)
+        s = socket.socket(family_of(dst), socket.SOCK_STREAM)
+        socket.send_fds(child, [b"x"], [s.fileno()])
+        os._exit(0)
+    child.close()
+    _, fds, _, _ = socket.recv_fds(parent, 16, 1)
+    os.waitpid(pid, 0)
+    s = socket.socket(fileno=fds[0])
+    print(json.dumps(echo_with(s, dst)), flush=True)
+
+
 def main():
     mode, args = sys.argv[1], sys.argv[2:]
     if mode == "squat":
@@ -196,6 +271,12 @@ def main():
         scan(int(args[0]), int(args[1]), int(args[2]))
     elif mode == "netns":
         netns(int(args[0]), args[1], int(args[2]) if len(args) > 2 else 0)
+    elif mode == "premade":
+        premade(args[0], args[1])
+    elif mode == "passed_in":
+        passed_in(args[0], args[1])
+    elif mode == "passed_out":
+        passed_out(args[0], args[1])
     else:
         sys.exit("unknown mode " + mode)
 

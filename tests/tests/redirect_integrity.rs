@@ -516,3 +516,41 @@ fn a_worker_in_another_network_namespace_fails_closed() {
     let r = worker(host.addr4(PROTECTED), governed(&cg));
     assert!(r.ok(), "{:?}", r.0);
 }
+
+#[test]
+fn sockets_made_outside_the_cgroup_are_governed_in_a_governed_task() {
+    if !require_root("redirect_integrity") {
+        return;
+    }
+    let (host, cg, agent) = setup("foreign-sock");
+    let script = Script::new();
+    let cgroup = cg.path.display().to_string();
+    // The process starts ungoverned; the socket is made before it joins, or by an
+    // ungoverned process and passed in; or made governed and passed out.
+    for mode in ["premade", "passed_in", "passed_out"] {
+        for dst in [host.addr4(PROTECTED), host.addr6(PROTECTED)] {
+            let r = script.run(None, None, &[], &[mode, &cgroup, &dst.to_string()]);
+            assert_eq!(r["echo_ok"], true, "{mode} {dst}: {r}");
+            let local = r["local"].as_str().unwrap_or_default();
+            assert!(
+                local.starts_with("127.0.0.1") || local.starts_with("::1"),
+                "{mode} {dst}: went around the agent: {r}"
+            );
+            // getpeername still shows the original destination.
+            let peer: std::net::SocketAddr = match dst {
+                std::net::SocketAddr::V4(_) => r["peer"].as_str().unwrap().parse().unwrap(),
+                std::net::SocketAddr::V6(_) => {
+                    let p = r["peer"].as_str().unwrap();
+                    let (ip, port) = p.rsplit_once(':').unwrap();
+                    format!("[{ip}]:{port}").parse().unwrap()
+                }
+            };
+            assert_eq!(peer, dst, "{mode}: {r}");
+            let pid = r["pid"].as_u64().unwrap();
+            assert!(
+                agent.session_of_pid(pid).is_some(),
+                "{mode} {dst}: no session for pid {pid}"
+            );
+        }
+    }
+}

@@ -52,9 +52,22 @@ pub use listener::ListenerProof;
 pub use pins::{PinnedLink, disable, pinned_links};
 pub use probe::KernelError;
 
-/// Names of every program the agent attaches to each governed cgroup.
-pub fn program_names() -> impl Iterator<Item = &'static str> {
-    PROGRAMS.iter().map(|(name, _, _)| *name)
+/// The programs a governed cgroup needs and that `links` lack: those attached to the
+/// cgroup itself and those attached to the cgroup2 root.
+pub fn missing_programs(
+    links: &[PinnedLink],
+    cgroup_id: u64,
+) -> Result<Vec<&'static str>, cgroup::CgroupError> {
+    let root = cgroup::cgroup2_root()?;
+    let root_id = cgroup::id(&root).map_err(|_| cgroup::CgroupError::Missing(root))?;
+    let at = |id: u64, list: &'static [(&'static str, Kind, &'static str)]| {
+        list.iter()
+            .map(|(name, _, _)| *name)
+            .filter(move |p| !links.iter().any(|l| l.cgroup_id == id && l.program == *p))
+    };
+    Ok(at(cgroup_id, CGROUP_PROGRAMS)
+        .chain(at(root_id, ROOT_PROGRAMS))
+        .collect())
 }
 
 /// The kernel object built from `pam-ebpf` by the build script.
@@ -153,8 +166,9 @@ impl Redirected {
     }
 }
 
-/// The programs in the object: name, program kind, and the kernel feature it needs.
-const PROGRAMS: &[(&str, Kind, &str)] = &[
+/// Programs attached to each governed cgroup (they run for sockets created there):
+/// name, program kind, and the kernel feature it needs.
+const CGROUP_PROGRAMS: &[(&str, Kind, &str)] = &[
     (
         programs::CONNECT4,
         Kind::Addr,
@@ -164,6 +178,22 @@ const PROGRAMS: &[(&str, Kind, &str)] = &[
         programs::CONNECT6,
         Kind::Addr,
         "cgroup/connect6, Linux 4.17+ with CONFIG_CGROUP_BPF",
+    ),
+];
+
+/// Programs attached to the cgroup2 root (they run for every socket): the connect
+/// hooks that govern by the calling task, and what every redirected socket needs
+/// wherever it was made.
+const ROOT_PROGRAMS: &[(&str, Kind, &str)] = &[
+    (
+        programs::CONNECT4_TASK,
+        Kind::Addr,
+        "cgroup/connect4 with bpf_get_current_ancestor_cgroup_id, Linux 5.7+",
+    ),
+    (
+        programs::CONNECT6_TASK,
+        Kind::Addr,
+        "cgroup/connect6 with bpf_get_current_ancestor_cgroup_id, Linux 5.7+",
     ),
     (
         programs::GETPEERNAME4,
@@ -220,6 +250,7 @@ impl Redirector {
         for name in [
             maps::PROTECTED,
             maps::SETTINGS,
+            maps::GOVERNED,
             maps::CONNECTS,
             maps::LISTENERS,
         ] {
@@ -240,16 +271,33 @@ impl Redirector {
             })?;
         // Maps first: the settings and resources must be in place before any new
         // program can run.
-        let epoch = write_settings(&mut ebpf, cfg, netns_cookie)?;
+        let levels = write_governed(&mut ebpf, cfg)?;
+        let epoch = write_settings(&mut ebpf, cfg, netns_cookie, levels)?;
         write_resources(&mut ebpf, &cfg.resources)?;
         register_listeners(&mut ebpf, &listeners)?;
 
-        for (name, kind, feature) in PROGRAMS {
+        for (name, kind, feature) in CGROUP_PROGRAMS.iter().chain(ROOT_PROGRAMS) {
             load_program(&mut ebpf, name, *kind, feature)?;
         }
 
         let generation = pins::Generation::new();
         attach_sk_lookup(&mut ebpf, &layout, generation)?;
+        let root = cgroup::cgroup2_root().map_err(KernelError::from)?;
+        let root_id = cgroup::id(&root).map_err(|source| RedirectError::Cgroup {
+            path: root.display().to_string(),
+            source,
+        })?;
+        let root_dir = File::open(&root).map_err(|source| RedirectError::Cgroup {
+            path: root.display().to_string(),
+            source,
+        })?;
+        for (name, kind, feature) in ROOT_PROGRAMS {
+            let link = attach_program(&mut ebpf, name, *kind, feature, &root_dir)?;
+            let path = layout.link(root_id, name, generation);
+            pin_link(link, &path, || {
+                format!("link of {name} to {}", root.display())
+            })?;
+        }
         let mut governed_ids = HashSet::new();
         for g in &cfg.governed {
             let id = cgroup::id(&g.path).map_err(|source| RedirectError::Cgroup {
@@ -261,7 +309,7 @@ impl Redirector {
                 path: g.path.display().to_string(),
                 source,
             })?;
-            for (name, kind, feature) in PROGRAMS {
+            for (name, kind, feature) in CGROUP_PROGRAMS {
                 let link = attach_program(&mut ebpf, name, *kind, feature, &dir)?;
                 let path = layout.link(id, name, generation);
                 pin_link(link, &path, || {
@@ -414,8 +462,61 @@ fn resource_key(r: &Resource) -> Key<ResourceKey> {
     )
 }
 
+/// Fills `PAM_GOVERNED` with the governed cgroups' ids (new in before stale out) and
+/// returns the bitmask of their depths below the cgroup2 root.
+fn write_governed(ebpf: &mut Ebpf, cfg: &Config) -> Result<u32, RedirectError> {
+    let map_err = |source| RedirectError::Map {
+        map: maps::GOVERNED,
+        source,
+    };
+    let root = cgroup::cgroup2_root().map_err(KernelError::from)?;
+    let mut wanted = Vec::new();
+    let mut levels = 0u32;
+    for g in &cfg.governed {
+        let id = cgroup::id(&g.path).map_err(|source| RedirectError::Cgroup {
+            path: g.path.display().to_string(),
+            source,
+        })?;
+        let depth = g
+            .path
+            .strip_prefix(&root)
+            .map(|rel| rel.components().count())
+            .unwrap_or(0);
+        if depth >= 32 {
+            return Err(RedirectError::Cgroup {
+                path: g.path.display().to_string(),
+                source: std::io::Error::other("more than 31 levels below the cgroup2 root"),
+            });
+        }
+        levels |= 1 << depth;
+        wanted.push(id);
+    }
+    let mut governed: HashMap<_, u64, u32> = HashMap::try_from(
+        ebpf.map_mut(maps::GOVERNED)
+            .ok_or(map_err(aya::maps::MapError::InvalidName {
+                name: maps::GOVERNED.into(),
+            }))?,
+    )
+    .map_err(map_err)?;
+    for id in &wanted {
+        governed.insert(id, 1, 0).map_err(map_err)?;
+    }
+    let existing: Vec<u64> = governed.keys().filter_map(Result::ok).collect();
+    for id in existing {
+        if !wanted.contains(&id) {
+            governed.remove(&id).map_err(map_err)?;
+        }
+    }
+    Ok(levels)
+}
+
 /// Writes the settings with a new epoch (the previous one plus one) and returns it.
-fn write_settings(ebpf: &mut Ebpf, cfg: &Config, netns_cookie: u64) -> Result<u32, RedirectError> {
+fn write_settings(
+    ebpf: &mut Ebpf,
+    cfg: &Config,
+    netns_cookie: u64,
+    governed_levels: u32,
+) -> Result<u32, RedirectError> {
     let map_err = |source| RedirectError::Map {
         map: maps::SETTINGS,
         source,
@@ -439,6 +540,8 @@ fn write_settings(ebpf: &mut Ebpf, cfg: &Config, netns_cookie: u64) -> Result<u3
         agent_tgid: std::process::id(),
         epoch,
         netns_cookie,
+        governed_levels,
+        pad: 0,
     };
     settings.set(0, value, 0).map_err(map_err)?;
     Ok(epoch)
