@@ -1,7 +1,10 @@
 //! Who is behind a redirected connection: what the kernel captured at `connect()` (pid,
-//! uid, gid, cgroup id, command name), completed from /proc while the process still runs
-//! (user name, executable, cgroup path, systemd unit). The kernel's values are the
-//! evidence; the /proc ones are best effort and absent when the process already exited.
+//! uid, gid, cgroup id, command name), completed with the cgroup path and systemd unit
+//! of the captured cgroup id (not of whatever cgroup the pid is in later) and, while the
+//! process still runs, its executable from /proc. The kernel's values are the evidence;
+//! `comm` is chosen by the process itself (prctl) and the executable may have changed
+//! by exec since connect(): neither is proof. A fact that cannot be established is
+//! absent, and an absent fact satisfies no rule that asks for it.
 
 use std::{
     collections::HashMap,
@@ -45,7 +48,7 @@ pub struct Captured {
 impl Principal {
     pub fn from_captured(c: Captured) -> Principal {
         let comm_len = c.comm.iter().position(|b| *b == 0).unwrap_or(c.comm.len());
-        let cgroup = cgroup::of_process(c.pid);
+        let cgroup = cgroup::path_of_id(c.cgroup_id);
         let unit = cgroup.as_deref().and_then(systemd_unit);
         Principal {
             pid: c.pid,

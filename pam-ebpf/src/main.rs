@@ -411,6 +411,21 @@ pub fn pam_getpeername6(ctx: SockAddrContext) -> i32 {
 
 #[cgroup_sock(sock_release)]
 pub fn pam_sock_release(ctx: SockContext) -> i32 {
+    let sk = ctx.sock;
+    // SAFETY: the verifier grants read access to these context fields.
+    let (protocol, state) = unsafe {
+        (
+            read_volatile(addr_of!((*sk).protocol)),
+            read_volatile(addr_of!((*sk).state)),
+        )
+    };
+    // A TCP connection still open when its process lets go (a worker that sends and
+    // exits) keeps its record until the connection reaches TCP_CLOSE (sock_ops
+    // removes it then), so the agent can still attribute what was sent. Anything
+    // else is over now.
+    if protocol == IPPROTO_TCP && state != TCP_CLOSE {
+        return 1;
+    }
     // SAFETY: the helper only reads the socket behind a valid program context.
     let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
     let _ = CONNECTS.remove(&cookie);

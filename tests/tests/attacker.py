@@ -17,6 +17,7 @@ what the attacker saw. Runs under /usr/bin/python3 as root or as nobody.
                                  SCM_RIGHTS to a child in CGROUP, which connects
   passed_out CGROUP DST          a child in CGROUP makes a socket and passes it to the
                                  ungoverned parent, which connects
+  fire DST                       connect, send, and exit at once
 """
 
 import errno
@@ -259,6 +260,15 @@ def passed_out(cgroup, dst):
     print(json.dumps(echo_with(s, dst)), flush=True)
 
 
+def fire(dst):
+    fam, addr = addr_of(dst)
+    s = socket.socket(fam, socket.SOCK_STREAM)
+    s.connect(addr)
+    s.sendall(b"fire and forget")
+    print(json.dumps({"pid": os.getpid()}), flush=True)
+    os._exit(0)
+
+
 def main():
     mode, args = sys.argv[1], sys.argv[2:]
     if mode == "squat":
@@ -271,6 +281,8 @@ def main():
         scan(int(args[0]), int(args[1]), int(args[2]))
     elif mode == "netns":
         netns(int(args[0]), args[1], int(args[2]) if len(args) > 2 else 0)
+    elif mode == "fire":
+        fire(args[0])
     elif mode == "premade":
         premade(args[0], args[1])
     elif mode == "passed_in":

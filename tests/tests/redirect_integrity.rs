@@ -554,3 +554,40 @@ fn sockets_made_outside_the_cgroup_are_governed_in_a_governed_task() {
         }
     }
 }
+
+#[test]
+fn a_worker_that_exits_right_after_connecting_is_still_attributed_to_its_cgroup() {
+    if !require_root("redirect_integrity") {
+        return;
+    }
+    let (host, cg, agent) = setup("fire");
+    let script = Script::new();
+    let expected = format!(
+        "/{}",
+        cg.path
+            .strip_prefix(pam_e2e::cgroup2_root())
+            .unwrap()
+            .display()
+    );
+    for dst in [host.addr4(PROTECTED), host.addr6(PROTECTED)] {
+        let r = script.run(Some(&cg), Some(NOBODY), &[], &["fire", &dst.to_string()]);
+        let pid = r["pid"].as_u64().unwrap();
+        // The worker is gone before the agent reads anything about it.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let opened = loop {
+            if let Some((opened, _)) = agent.session_of_pid(pid) {
+                break opened;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{dst}: no session for the exited worker {pid}: {:#?}",
+                agent.journal()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        let p = &opened["principal"];
+        assert_eq!(p["cgroup_id"], cg.id(), "{opened}");
+        assert_eq!(p["cgroup"], expected.as_str(), "{opened}");
+        assert_eq!(p["uid"], NOBODY, "{opened}");
+    }
+}
