@@ -20,6 +20,8 @@ pub mod maps {
     pub const PROTECTED: &str = "PAM_PROTECTED";
     /// Array with one [`Settings`] at index 0. Filled by the agent.
     pub const SETTINGS: &str = "PAM_SETTINGS";
+    /// Array with one [`TaskOffsets`] at index 0. Filled by the agent from kernel BTF.
+    pub const OFFSETS: &str = "PAM_OFFSETS";
     /// Hash: governed cgroup id (u64) -> 1 (u32). Filled by the agent; the root-attached
     /// connect hooks govern a task whose cgroup (or an ancestor) is in it.
     pub const GOVERNED: &str = "PAM_GOVERNED";
@@ -113,6 +115,26 @@ pub struct Settings {
     pub pad: u32,
 }
 
+/// Byte offsets of the kernel fields the connect hooks follow from the current task to
+/// its executable's (device, inode) and its mount namespace. Read by the agent from
+/// the running kernel's BTF; `valid == 0` (a field not found) makes the hooks record
+/// the executable as unknown (all zero).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TaskOffsets {
+    pub task_mm: u32,
+    pub mm_exe_file: u32,
+    pub file_inode: u32,
+    pub inode_ino: u32,
+    pub inode_sb: u32,
+    pub sb_dev: u32,
+    pub task_nsproxy: u32,
+    pub nsproxy_mnt_ns: u32,
+    /// `mnt_namespace.ns` plus `ns_common.inum`.
+    pub mnt_ns_inum: u32,
+    pub valid: u32,
+}
+
 /// Who connected and where they meant to go, keyed by the worker socket's cookie.
 /// Made by the connect hooks for one connection attempt and removed when that attempt
 /// ends (the socket reaches TCP_CLOSE) or the socket is released.
@@ -126,6 +148,8 @@ pub struct ConnectRecord {
     pub uid_gid: u64,
     /// The socket's network namespace (always the agent's: others are refused).
     pub netns_cookie: u64,
+    /// Inode of the executable the calling task ran at connect time (0: unknown).
+    pub exe_ino: u64,
     /// Original destination, IPv4 in mapped form.
     pub orig_addr: [u8; 16],
     /// Original destination port, big-endian bytes.
@@ -137,6 +161,11 @@ pub struct ConnectRecord {
     pub comm: [u8; 16],
     /// [`Settings::epoch`] when the record was made.
     pub epoch: u32,
+    /// Device of that executable's filesystem, in the kernel's encoding
+    /// (major << 20 | minor).
+    pub exe_dev: u32,
+    /// Inode number of the calling task's mount namespace (0: unknown).
+    pub mnt_ns: u32,
     /// Explicit padding, always zero.
     pub pad: [u8; 4],
 }
@@ -164,6 +193,7 @@ mod user {
     unsafe impl aya::Pod for super::ResourceValue {}
     unsafe impl aya::Pod for super::Settings {}
     unsafe impl aya::Pod for super::ConnectRecord {}
+    unsafe impl aya::Pod for super::TaskOffsets {}
 }
 
 #[cfg(test)]
@@ -177,8 +207,9 @@ mod tests {
         assert_eq!(size_of::<Settings>(), 16 + 4 + 2 + 2 + 4 + 4 + 8 + 4 + 4);
         assert_eq!(
             size_of::<ConnectRecord>(),
-            8 * 4 + 16 + 2 + 2 + 4 + 16 + 4 + 4
+            8 * 5 + 16 + 2 + 2 + 4 + 16 + 4 + 4 + 4 + 4
         );
+        assert_eq!(size_of::<TaskOffsets>(), 40);
     }
 
     #[test]

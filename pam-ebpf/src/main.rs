@@ -45,10 +45,11 @@ use aya_ebpf::{
     cty::c_void,
     helpers::{
         bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid,
-        bpf_get_current_uid_gid,
+        bpf_get_current_uid_gid, bpf_probe_read_kernel,
         generated::{
-            bpf_get_current_ancestor_cgroup_id, bpf_get_netns_cookie, bpf_get_socket_cookie,
-            bpf_map_lookup_elem, bpf_set_retval, bpf_sk_assign, bpf_sk_release,
+            bpf_get_current_ancestor_cgroup_id, bpf_get_current_task, bpf_get_netns_cookie,
+            bpf_get_socket_cookie, bpf_map_lookup_elem, bpf_set_retval, bpf_sk_assign,
+            bpf_sk_release,
         },
     },
     macros::{cgroup_sock, cgroup_sock_addr, map, sk_lookup, sock_ops},
@@ -62,7 +63,8 @@ use core::{
 };
 use pam_common::{
     AF_INET, AF_INET6, ConnectRecord, LISTENER_V4, LISTENER_V6, MAX_CONNECTS, MAX_GOVERNED,
-    MAX_PROTECTED, PORT_PREFIX_BITS, ResourceKey, ResourceValue, Settings, as_v4, v4_mapped,
+    MAX_PROTECTED, PORT_PREFIX_BITS, ResourceKey, ResourceValue, Settings, TaskOffsets, as_v4,
+    v4_mapped,
 };
 
 /// Verdicts of cgroup sock_addr programs.
@@ -86,6 +88,10 @@ static PROTECTED: LpmTrie<ResourceKey, ResourceValue> = LpmTrie::pinned(MAX_PROT
 
 #[map(name = "PAM_SETTINGS")]
 static SETTINGS: Array<Settings> = Array::pinned(1, 0);
+
+/// Kernel field offsets for [`exe_identity`]. Filled by the agent from BTF.
+#[map(name = "PAM_OFFSETS")]
+static OFFSETS: Array<TaskOffsets> = Array::pinned(1, 0);
 
 /// Governed cgroup ids (value unused). Filled by the agent.
 #[map(name = "PAM_GOVERNED")]
@@ -300,17 +306,21 @@ fn decide(
         unsafe { bpf_set_retval(-ECONNREFUSED) };
         return Err(());
     }
+    let (exe_ino, exe_dev, mnt_ns) = exe_identity().unwrap_or((0, 0, 0));
     let record = ConnectRecord {
         cgroup_id: unsafe { bpf_get_current_cgroup_id() },
         pid_tgid,
         uid_gid: bpf_get_current_uid_gid(),
         netns_cookie,
+        exe_ino,
         orig_addr: dst,
         orig_port: dport,
         family,
         resource_id,
         comm: bpf_get_current_comm().unwrap_or([0; 16]),
         epoch: settings.epoch,
+        exe_dev,
+        mnt_ns,
         pad: [0; 4],
     };
     // SAFETY: the helper only reads the socket behind a valid program context.
@@ -323,6 +333,40 @@ fn decide(
         addr: target,
         port: settings.proxy_port,
     })
+}
+
+/// The executable the calling task runs now, as the kernel knows it (inode, device of
+/// its filesystem) and the task's mount namespace: facts a later exec, a bind mount or
+/// a chosen `comm` cannot change. Err (recorded as unknown) if any read fails.
+fn exe_identity() -> Result<(u64, u32, u32), i32> {
+    let o = OFFSETS.get(0).ok_or(0)?;
+    if o.valid == 0 {
+        return Err(0);
+    }
+    // SAFETY: kernel memory is only read through bpf_probe_read_kernel, which checks
+    // every address; a bad pointer gives an error, not a fault.
+    unsafe {
+        let task = bpf_get_current_task() as *const u8;
+        let mm: *const u8 = read_at(task, o.task_mm)?;
+        let file: *const u8 = read_at(mm, o.mm_exe_file)?;
+        let inode: *const u8 = read_at(file, o.file_inode)?;
+        let ino: u64 = read_at(inode, o.inode_ino)?;
+        let sb: *const u8 = read_at(inode, o.inode_sb)?;
+        let dev: u32 = read_at(sb, o.sb_dev)?;
+        let nsproxy: *const u8 = read_at(task, o.task_nsproxy)?;
+        let mnt_ns: *const u8 = read_at(nsproxy, o.nsproxy_mnt_ns)?;
+        let inum: u32 = read_at(mnt_ns, o.mnt_ns_inum)?;
+        Ok((ino, dev, inum))
+    }
+}
+
+/// Reads a `T` at `base + offset` in kernel memory; a null base is an error.
+unsafe fn read_at<T>(base: *const u8, offset: u32) -> Result<T, i32> {
+    if base.is_null() {
+        return Err(0);
+    }
+    // SAFETY: see exe_identity.
+    unsafe { bpf_probe_read_kernel(base.wrapping_add(offset as usize).cast::<T>()) }
 }
 
 /// Is the calling task's cgroup, or its ancestor at one of the levels where governed

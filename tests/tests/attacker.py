@@ -18,6 +18,8 @@ what the attacker saw. Runs under /usr/bin/python3 as root or as nobody.
   passed_out CGROUP DST          a child in CGROUP makes a socket and passes it to the
                                  ungoverned parent, which connects
   fire DST                       connect, send, and exit at once
+  exec_after DST PROGRAM         connect, then exec PROGRAM (keeping the socket)
+  comm NAME DST                  set the command name (prctl) to NAME, then `hold DST`
 """
 
 import errno
@@ -269,6 +271,23 @@ def fire(dst):
     os._exit(0)
 
 
+def exec_after(dst, program):
+    fam, addr = addr_of(dst)
+    s = socket.socket(fam, socket.SOCK_STREAM)
+    s.connect(addr)
+    s.set_inheritable(True)
+    print(json.dumps({"pid": os.getpid()}), flush=True)
+    os.execv(program, [program, "3"])
+
+
+def set_comm(name):
+    import ctypes
+
+    libc = ctypes.CDLL(None)
+    PR_SET_NAME = 15
+    libc.prctl(PR_SET_NAME, ctypes.c_char_p(name.encode()), 0, 0, 0)
+
+
 def main():
     mode, args = sys.argv[1], sys.argv[2:]
     if mode == "squat":
@@ -281,6 +300,11 @@ def main():
         scan(int(args[0]), int(args[1]), int(args[2]))
     elif mode == "netns":
         netns(int(args[0]), args[1], int(args[2]) if len(args) > 2 else 0)
+    elif mode == "exec_after":
+        exec_after(args[0], args[1])
+    elif mode == "comm":
+        set_comm(args[0])
+        hold(args[1])
     elif mode == "fire":
         fire(args[0])
     elif mode == "premade":

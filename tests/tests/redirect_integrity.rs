@@ -7,7 +7,7 @@
 use std::{
     io::{BufRead, BufReader, Write},
     os::unix::fs::PermissionsExt,
-    path::PathBuf,
+    path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     time::{Duration, Instant},
 };
@@ -590,4 +590,113 @@ fn a_worker_that_exits_right_after_connecting_is_still_attributed_to_its_cgroup(
         assert_eq!(p["cgroup"], expected.as_str(), "{opened}");
         assert_eq!(p["uid"], NOBODY, "{opened}");
     }
+}
+
+/// Waits for the session of `pid` and returns its principal.
+fn principal_of(agent: &Agent, pid: u64) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        if let Some((opened, _)) = agent.session_of_pid(pid) {
+            return opened["principal"].clone();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no session for {pid}: {:#?}",
+            agent.journal()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn the_executable_is_what_the_kernel_saw_at_connect_never_a_later_or_forged_one() {
+    if !require_root("redirect_integrity") {
+        return;
+    }
+    let (host, cg, agent) = setup("exe");
+    let script = Script::new();
+    let dst = host.addr4(PROTECTED).to_string();
+    let python = std::fs::canonicalize("/usr/bin/python3").unwrap();
+    let python = python.display().to_string();
+
+    // A forged command name is recorded as what it is (self-chosen); the executable
+    // is still the real one.
+    let mut forged = script
+        .command(Some(&cg), Some(NOBODY), &[])
+        .args(["comm", "psql", &dst])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(forged.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let r: Value = serde_json::from_str(&line).unwrap();
+    let p = principal_of(&agent, r["pid"].as_u64().unwrap());
+    assert_eq!(p["comm"], "psql", "{p}");
+    assert_eq!(p["exe"], python.as_str(), "{p}");
+    let _ = forged.kill();
+    let _ = forged.wait();
+
+    // Connect in one binary, exec into another (an "allowed" one) keeping the socket:
+    // the journal never names the binary exec'd after connect().
+    let r = script.run(
+        Some(&cg),
+        Some(NOBODY),
+        &[],
+        &["exec_after", &dst, "/usr/bin/sleep"],
+    );
+    let p = principal_of(&agent, r["pid"].as_u64().unwrap());
+    assert_ne!(p["exe"], "/usr/bin/sleep", "{p}");
+    assert!(p["exe"].is_null() || p["exe"] == python.as_str(), "{p}");
+
+    // In its own user + mount namespace, a worker bind-mounts python over an allowed
+    // path and runs it from there: /proc shows the allowed path, the kernel's inode
+    // does not match it, and the executable is unknown.
+    let mut cmd = Command::new(pam_e2e::agent_bin());
+    cmd.args(["exec", "--cgroup"])
+        .arg(&cg.path)
+        .args([
+            "--",
+            "setpriv",
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "unshare",
+            "-rm",
+            "sh",
+            "-c",
+        ])
+        .arg(format!(
+            "mount --bind {python} /usr/bin/sleep && exec /usr/bin/sleep \"$@\""
+        ))
+        .arg("sh")
+        .arg(script.path())
+        .args(["hold", &dst]);
+    let mut masked = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(masked.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let r: Value = serde_json::from_str(&line).expect("bind-mounted worker report");
+    assert_eq!(r["connected"], true, "{r}");
+    let pid = r["pid"].as_u64().unwrap();
+    let shown = std::fs::read_link(format!("/proc/{pid}/exe")).unwrap();
+    assert_eq!(
+        shown,
+        Path::new("/usr/bin/sleep"),
+        "the disguise did not work"
+    );
+    let p = principal_of(&agent, pid);
+    assert!(
+        p["exe"].is_null(),
+        "a disguised executable was believed: {p}"
+    );
+    let _ = masked.kill();
+    let _ = masked.wait();
 }

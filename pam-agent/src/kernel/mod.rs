@@ -13,6 +13,7 @@
 //! An accepted connection is matched to its record by the cookie of the socket at its
 //! far end ([`peer`]), and only records of this run's epoch are believed.
 
+mod btf;
 pub mod cgroup;
 mod listener;
 mod peer;
@@ -251,6 +252,7 @@ impl Redirector {
             maps::PROTECTED,
             maps::SETTINGS,
             maps::GOVERNED,
+            maps::OFFSETS,
             maps::CONNECTS,
             maps::LISTENERS,
         ] {
@@ -271,6 +273,7 @@ impl Redirector {
             })?;
         // Maps first: the settings and resources must be in place before any new
         // program can run.
+        write_offsets(&mut ebpf)?;
         let levels = write_governed(&mut ebpf, cfg)?;
         let epoch = write_settings(&mut ebpf, cfg, netns_cookie, levels)?;
         write_resources(&mut ebpf, &cfg.resources)?;
@@ -380,6 +383,8 @@ impl Redirector {
                 gid: (record.uid_gid >> 32) as u32,
                 cgroup_id: record.cgroup_id,
                 comm: record.comm,
+                exe: crate::principal::ExeId::from_kernel(record.exe_dev, record.exe_ino),
+                mnt_ns: record.mnt_ns,
             },
         })
     }
@@ -460,6 +465,22 @@ fn resource_key(r: &Resource) -> Key<ResourceKey> {
             addr,
         },
     )
+}
+
+/// Writes the kernel field offsets the connect hooks use to capture the executable.
+fn write_offsets(ebpf: &mut Ebpf) -> Result<(), RedirectError> {
+    let map_err = |source| RedirectError::Map {
+        map: maps::OFFSETS,
+        source,
+    };
+    let mut offsets: Array<_, pam_common::TaskOffsets> = Array::try_from(
+        ebpf.map_mut(maps::OFFSETS)
+            .ok_or(map_err(aya::maps::MapError::InvalidName {
+                name: maps::OFFSETS.into(),
+            }))?,
+    )
+    .map_err(map_err)?;
+    offsets.set(0, btf::task_offsets(), 0).map_err(map_err)
 }
 
 /// Fills `PAM_GOVERNED` with the governed cgroups' ids (new in before stale out) and
@@ -804,12 +825,15 @@ mod tests {
             pid_tgid: 0,
             uid_gid: 0,
             netns_cookie: 0,
+            exe_ino: 0,
             orig_addr: v4_mapped([10, 0, 0, 2]),
             orig_port: 7000u16.to_be_bytes(),
             family: AF_INET,
             resource_id: 0,
             comm: [0; 16],
             epoch: 1,
+            exe_dev: 0,
+            mnt_ns: 0,
             pad: [0; 4],
         };
         assert_eq!(destination(&rec), "10.0.0.2:7000".parse().unwrap());
@@ -826,6 +850,8 @@ mod tests {
                 gid: 0,
                 cgroup_id: 0,
                 comm: [0; 16],
+                exe: None,
+                mnt_ns: 0,
             },
         };
         assert_eq!(red.upstream(), "10.0.0.2:7000".parse().unwrap());
