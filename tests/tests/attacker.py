@@ -20,6 +20,7 @@ what the attacker saw. Runs under /usr/bin/python3 as root or as nobody.
   fire DST                       connect, send, and exit at once
   exec_after DST PROGRAM         connect, then exec PROGRAM (keeping the socket)
   comm NAME DST                  set the command name (prctl) to NAME, then `hold DST`
+  mptcp DST                      connect with an IPPROTO_MPTCP socket, echo, report
 """
 
 import errno
@@ -288,6 +289,11 @@ def set_comm(name):
     libc.prctl(PR_SET_NAME, ctypes.c_char_p(name.encode()), 0, 0, 0)
 
 
+def mptcp(dst):
+    s = socket.socket(family_of(dst), socket.SOCK_STREAM, 262)  # IPPROTO_MPTCP
+    print(json.dumps(echo_with(s, dst)), flush=True)
+
+
 def main():
     mode, args = sys.argv[1], sys.argv[2:]
     if mode == "squat":
@@ -305,6 +311,8 @@ def main():
     elif mode == "comm":
         set_comm(args[0])
         hold(args[1])
+    elif mode == "mptcp":
+        mptcp(args[0])
     elif mode == "fire":
         fire(args[0])
     elif mode == "premade":
