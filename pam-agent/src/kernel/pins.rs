@@ -45,6 +45,7 @@ pub struct Layout {
 
 impl Layout {
     pub fn create(root: &Path) -> Result<Layout, RedirectError> {
+        check_ancestors(root)?;
         for dir in [root.to_owned(), root.join("maps"), root.join("links")] {
             fs::DirBuilder::new()
                 .recursive(true)
@@ -131,6 +132,41 @@ fn check_owned(dir: &Path) -> Result<(), RedirectError> {
             reason,
         }),
     }
+}
+
+/// Every existing directory above the pin directory must be root's, and closed to
+/// others' writes unless sticky (as bpffs's 1777 root is): whoever can rename entries
+/// in a parent could swap the pin directory for their own.
+fn check_ancestors(root: &Path) -> Result<(), RedirectError> {
+    for dir in root.ancestors().skip(1) {
+        if dir.as_os_str().is_empty() {
+            continue;
+        }
+        let Ok(meta) = fs::metadata(dir) else {
+            continue; // created below, as ours
+        };
+        let problem = if meta.uid() != 0 {
+            Some(format!(
+                "its parent {} belongs to uid {}",
+                dir.display(),
+                meta.uid()
+            ))
+        } else if meta.mode() & 0o022 != 0 && meta.mode() & 0o1000 == 0 {
+            Some(format!(
+                "its parent {} is writable by others without the sticky bit",
+                dir.display()
+            ))
+        } else {
+            None
+        };
+        if let Some(reason) = problem {
+            return Err(RedirectError::UnsafePinDir {
+                path: root.display().to_string(),
+                reason,
+            });
+        }
+    }
+    Ok(())
 }
 
 /// Removes every pin in `dir` whose name does not end with `suffix`; returns how many.
