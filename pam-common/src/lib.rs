@@ -133,6 +133,14 @@ pub struct TaskOffsets {
     /// `mnt_namespace.ns` plus `ns_common.inum`.
     pub mnt_ns_inum: u32,
     pub valid: u32,
+    /// `mptcp_sock.first` (the first subflow) and `sock_common.skc_cookie`: an MPTCP
+    /// socket's record is kept under its first subflow's cookie (the connect hook
+    /// runs on the subflow), which getpeername on the MPTCP socket reads through these.
+    pub mptcp_first: u32,
+    pub sk_cookie: u32,
+    pub mptcp_valid: u32,
+    /// Explicit padding, always zero.
+    pub pad: u32,
 }
 
 /// Who connected and where they meant to go, keyed by the worker socket's cookie.
@@ -209,7 +217,7 @@ mod tests {
             size_of::<ConnectRecord>(),
             8 * 5 + 16 + 2 + 2 + 4 + 16 + 4 + 4 + 4 + 4
         );
-        assert_eq!(size_of::<TaskOffsets>(), 40);
+        assert_eq!(size_of::<TaskOffsets>(), 56);
     }
 
     #[test]

@@ -77,6 +77,7 @@ const SK_DROP: u32 = 0;
 
 const SOCK_STREAM: u32 = 1;
 const IPPROTO_TCP: u32 = 6;
+const IPPROTO_MPTCP: u32 = 262;
 const BPF_SOCK_OPS_TCP_CONNECT_CB: u32 = 3;
 const TCP_CLOSE: u32 = 7;
 const ECONNREFUSED: i32 = 111;
@@ -420,17 +421,13 @@ fn try_sock_ops(ctx: &SockOpsContext) {
 #[cgroup_sock_addr(getpeername4)]
 pub fn pam_getpeername4(ctx: SockAddrContext) -> i32 {
     let sa = ctx.sock_addr;
-    // SAFETY: the helper only reads the socket behind a valid program context.
-    let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
-    if let Some(record) = CONNECTS.get_ptr(&cookie) {
-        // SAFETY: the pointer comes from a successful map lookup.
-        let record = unsafe { *record };
-        if let Some(v4) = as_v4(&record.orig_addr) {
-            // SAFETY: user_ip4 and user_port are writable in getpeername4.
-            unsafe {
-                write_volatile(addr_of_mut!((*sa).user_ip4), u32::from_ne_bytes(v4));
-                write_volatile(addr_of_mut!((*sa).user_port), port_field(record.orig_port));
-            }
+    if let Some(record) = record_of(&ctx)
+        && let Some(v4) = as_v4(&record.orig_addr)
+    {
+        // SAFETY: user_ip4 and user_port are writable in getpeername4.
+        unsafe {
+            write_volatile(addr_of_mut!((*sa).user_ip4), u32::from_ne_bytes(v4));
+            write_volatile(addr_of_mut!((*sa).user_port), port_field(record.orig_port));
         }
     }
     ALLOW
@@ -439,18 +436,45 @@ pub fn pam_getpeername4(ctx: SockAddrContext) -> i32 {
 #[cgroup_sock_addr(getpeername6)]
 pub fn pam_getpeername6(ctx: SockAddrContext) -> i32 {
     let sa = ctx.sock_addr;
-    // SAFETY: the helper only reads the socket behind a valid program context.
-    let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
-    if let Some(record) = CONNECTS.get_ptr(&cookie) {
-        // SAFETY: the pointer comes from a successful map lookup; user_ip6 and
-        // user_port are writable in getpeername6.
+    if let Some(record) = record_of(&ctx) {
+        // SAFETY: user_ip6 and user_port are writable in getpeername6.
         unsafe {
-            let record = *record;
             write_ip6(sa, record.orig_addr);
             write_volatile(addr_of_mut!((*sa).user_port), port_field(record.orig_port));
         }
     }
     ALLOW
+}
+
+/// The connect record of the socket behind a getpeername: its own, or for an MPTCP
+/// socket its first subflow's (the connect hook ran on the subflow).
+fn record_of(ctx: &SockAddrContext) -> Option<ConnectRecord> {
+    // SAFETY: the helper only reads the socket behind a valid program context.
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+    if let Some(record) = CONNECTS.get_ptr(&cookie) {
+        // SAFETY: the pointer comes from a successful map lookup.
+        return Some(unsafe { *record });
+    }
+    // SAFETY: the verifier grants read access to this context field.
+    let protocol = unsafe { read_volatile(addr_of!((*ctx.sock_addr).protocol)) };
+    if protocol != IPPROTO_MPTCP {
+        return None;
+    }
+    let o = OFFSETS.get(0)?;
+    if o.mptcp_valid == 0 {
+        return None;
+    }
+    // SAFETY: kernel memory read through bpf_probe_read_kernel only. The kernel's
+    // context (struct bpf_sock_addr_kern) starts with the `struct sock *`.
+    let subflow_cookie = unsafe {
+        let sk: *const u8 = bpf_probe_read_kernel(ctx.as_ptr() as *const *const u8).ok()?;
+        let first: *const u8 = read_at(sk, o.mptcp_first).ok()?;
+        read_at::<u64>(first, o.sk_cookie).ok()?
+    };
+    // SAFETY: the pointer comes from a successful map lookup.
+    CONNECTS
+        .get_ptr(&subflow_cookie)
+        .map(|record| unsafe { *record })
 }
 
 #[cgroup_sock(sock_release)]

@@ -137,6 +137,8 @@ def hold(dst):
 def scan(target_port, lo, hi):
     result = {"bound": 0, "connected": 0, "got_data": 0, "bound_ports": []}
     for p in range(lo, hi + 1):
+        if p == target_port:
+            continue  # binding the target itself is a TCP self-connect: talks to itself
         s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         s.settimeout(1)

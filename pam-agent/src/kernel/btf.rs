@@ -148,24 +148,33 @@ impl Btf {
 
 /// The offsets for this kernel, or an invalid set when they cannot all be found.
 pub fn task_offsets() -> TaskOffsets {
-    let found = std::fs::read("/sys/kernel/btf/vmlinux")
+    let btf = std::fs::read("/sys/kernel/btf/vmlinux")
         .ok()
-        .and_then(|data| Btf::parse(&data))
-        .and_then(|btf| {
-            Some(TaskOffsets {
-                task_mm: btf.offset("task_struct", "mm")?,
-                mm_exe_file: btf.offset("mm_struct", "exe_file")?,
-                file_inode: btf.offset("file", "f_inode")?,
-                inode_ino: btf.offset("inode", "i_ino")?,
-                inode_sb: btf.offset("inode", "i_sb")?,
-                sb_dev: btf.offset("super_block", "s_dev")?,
-                task_nsproxy: btf.offset("task_struct", "nsproxy")?,
-                nsproxy_mnt_ns: btf.offset("nsproxy", "mnt_ns")?,
-                mnt_ns_inum: btf.offset("mnt_namespace", "ns")?
-                    + btf.offset("ns_common", "inum")?,
-                valid: 1,
-            })
-        });
+        .and_then(|data| Btf::parse(&data));
+    let mptcp = btf.as_ref().and_then(|btf| {
+        Some((
+            btf.offset("mptcp_sock", "first")?,
+            btf.offset("sock_common", "skc_cookie")?,
+        ))
+    });
+    let found = btf.and_then(|btf| {
+        Some(TaskOffsets {
+            task_mm: btf.offset("task_struct", "mm")?,
+            mm_exe_file: btf.offset("mm_struct", "exe_file")?,
+            file_inode: btf.offset("file", "f_inode")?,
+            inode_ino: btf.offset("inode", "i_ino")?,
+            inode_sb: btf.offset("inode", "i_sb")?,
+            sb_dev: btf.offset("super_block", "s_dev")?,
+            task_nsproxy: btf.offset("task_struct", "nsproxy")?,
+            nsproxy_mnt_ns: btf.offset("nsproxy", "mnt_ns")?,
+            mnt_ns_inum: btf.offset("mnt_namespace", "ns")? + btf.offset("ns_common", "inum")?,
+            valid: 1,
+            mptcp_first: mptcp.map_or(0, |m| m.0),
+            sk_cookie: mptcp.map_or(0, |m| m.1),
+            mptcp_valid: u32::from(mptcp.is_some()),
+            pad: 0,
+        })
+    });
     found.unwrap_or_else(|| {
         tracing::warn!(
             "kernel BTF lacks a field the executable check needs: executables are recorded as unknown"
