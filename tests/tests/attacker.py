@@ -21,6 +21,7 @@ what the attacker saw. Runs under /usr/bin/python3 as root or as nobody.
   exec_after DST PROGRAM         connect, then exec PROGRAM (keeping the socket)
   comm NAME DST                  set the command name (prctl) to NAME, then `hold DST`
   mptcp DST                      connect with an IPPROTO_MPTCP socket, echo, report
+  tfo DST                        connect by sendto(MSG_FASTOPEN) (TCP Fast Open), echo
 """
 
 import errno
@@ -296,6 +297,28 @@ def mptcp(dst):
     print(json.dumps(echo_with(s, dst)), flush=True)
 
 
+def tfo(dst):
+    fam, addr = addr_of(dst)
+    s = socket.socket(fam, socket.SOCK_STREAM)
+    report = {"pid": os.getpid(), "echo_ok": False, "errno": None}
+    try:
+        # Blocking (a timeout would make it non-blocking: EINPROGRESS).
+        s.sendto(b"hello", socket.MSG_FASTOPEN, addr)
+        s.settimeout(5)
+        report["local"] = "%s:%d" % s.getsockname()[:2]
+        s.shutdown(socket.SHUT_WR)
+        back = b""
+        while True:
+            chunk = s.recv(100)
+            if not chunk:
+                break
+            back += chunk
+        report["echo_ok"] = back == b"hello"
+    except OSError as e:
+        report["errno"] = e.errno
+    print(json.dumps(report), flush=True)
+
+
 def main():
     mode, args = sys.argv[1], sys.argv[2:]
     if mode == "squat":
@@ -313,6 +336,8 @@ def main():
     elif mode == "comm":
         set_comm(args[0])
         hold(args[1])
+    elif mode == "tfo":
+        tfo(args[0])
     elif mode == "mptcp":
         mptcp(args[0])
     elif mode == "fire":

@@ -726,3 +726,24 @@ fn mptcp_connects_are_redirected_and_attributed() {
         assert_eq!(port, dst.port().to_string(), "{r}");
     }
 }
+
+#[test]
+fn a_tcp_fast_open_connect_is_redirected_too() {
+    if !require_root("redirect_integrity") {
+        return;
+    }
+    let (host, cg, agent) = setup("tfo");
+    let script = Script::new();
+    for dst in [host.addr4(PROTECTED), host.addr6(PROTECTED)] {
+        // sendto(MSG_FASTOPEN) connects inside sendmsg, not connect().
+        let r = script.run(Some(&cg), Some(NOBODY), &[], &["tfo", &dst.to_string()]);
+        assert_eq!(r["echo_ok"], true, "{dst}: {r}");
+        let local = r["local"].as_str().unwrap_or_default();
+        assert!(
+            local.starts_with("127.0.0.1") || local.starts_with("::1"),
+            "{dst}: went around the agent: {r}"
+        );
+        let p = principal_of(&agent, r["pid"].as_u64().unwrap());
+        assert_eq!(p["cgroup_id"], cg.id(), "{p}");
+    }
+}
