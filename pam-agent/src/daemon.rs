@@ -48,7 +48,13 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
 
     let tls = tls_setup(&cfg)?;
     let listeners = Listeners::bind(&cfg).context("binding the proxy listener")?;
-    let redirector = Redirector::start(&cfg).context("attaching the kernel programs")?;
+    // The listeners go into the kernel's sockmap here: from then on a connection to
+    // the redirect target reaches them or nobody.
+    let fds = crate::kernel::ListenerFds {
+        v4: std::os::fd::AsFd::as_fd(&listeners.v4),
+        v6: listeners.v6.as_ref().map(std::os::fd::AsFd::as_fd),
+    };
+    let redirector = Redirector::start(&cfg, fds).context("attaching the kernel programs")?;
 
     journal
         .record(

@@ -329,9 +329,7 @@ fn status(cfg: &Config) -> anyhow::Result<ExitCode> {
     println!("pin directory: {}", cfg.pin_dir.display());
     for g in &cfg.governed {
         let id = cgroup::id(&g.path).with_context(|| format!("cgroup {}", g.path.display()))?;
-        let missing: Vec<&str> = kernel::program_names()
-            .filter(|p| !links.iter().any(|l| l.cgroup_id == id && l.program == *p))
-            .collect();
+        let missing = kernel::missing_programs(&links, id)?;
         if missing.is_empty() {
             println!("governed:  {} (cgroup id {id}): enforced", g.path.display());
         } else {
@@ -343,19 +341,40 @@ fn status(cfg: &Config) -> anyhow::Result<ExitCode> {
             );
         }
     }
-    // Something holds the listener port if we cannot bind it (without connecting, so
-    // the probe leaves no trace in the journal).
-    let addr = std::net::SocketAddr::from((cfg.listener.ipv4, cfg.listener.port));
-    let listening = std::net::TcpListener::bind(addr).is_err();
-    println!(
-        "listener:  {addr} {}",
-        if listening {
-            "in use (agent running)"
-        } else {
-            "free: agent NOT running, governed connections are refused"
+    // The listener counts only if the kernel shows it to us: the socket in the pinned
+    // sockmap (which sk_lookup delivers to) is one the agent process itself holds.
+    let target = std::net::SocketAddr::from((cfg.listener.ipv4, cfg.listener.port));
+    let held = kernel::listener_status(&cfg.pin_dir)?;
+    match &held.v4 {
+        kernel::ListenerProof::HeldByAgent { pid, cookie } => println!(
+            "listener:  {target} held by the agent (pid {pid}, socket cookie {cookie}): agent running"
+        ),
+        kernel::ListenerProof::NotTheAgent { pid, cookie } => {
+            healthy = false;
+            println!(
+                "listener:  {target}: socket cookie {cookie} is NOT held by the agent (pid {pid}): agent NOT running"
+            )
         }
-    );
-    healthy &= listening;
+        kernel::ListenerProof::Absent => {
+            healthy = false;
+            println!(
+                "listener:  {target}: no agent socket: agent NOT running, governed connections are refused"
+            )
+        }
+    }
+    if !matches!(held.v6, kernel::ListenerProof::HeldByAgent { .. }) {
+        println!(
+            "listener:  the agent has no IPv6 listener: governed IPv6 connections are refused"
+        );
+    }
+    if held.steering {
+        println!("steering:  sk_lookup attached to this network namespace");
+    } else {
+        healthy = false;
+        println!(
+            "steering:  sk_lookup NOT attached: the listener port is not protected from squatters"
+        );
+    }
     Ok(if healthy {
         ExitCode::SUCCESS
     } else {

@@ -1,7 +1,10 @@
 //! Who is behind a redirected connection: what the kernel captured at `connect()` (pid,
-//! uid, gid, cgroup id, command name), completed from /proc while the process still runs
-//! (user name, executable, cgroup path, systemd unit). The kernel's values are the
-//! evidence; the /proc ones are best effort and absent when the process already exited.
+//! uid, gid, cgroup id, command name), completed with the cgroup path and systemd unit
+//! of the captured cgroup id (not of whatever cgroup the pid is in later) and, while the
+//! process still runs, its executable from /proc. The kernel's values are the evidence;
+//! `comm` is chosen by the process itself (prctl) and the executable may have changed
+//! by exec since connect(): neither is proof. A fact that cannot be established is
+//! absent, and an absent fact satisfies no rule that asks for it.
 
 use std::{
     collections::HashMap,
@@ -40,12 +43,33 @@ pub struct Captured {
     pub gid: u32,
     pub cgroup_id: u64,
     pub comm: [u8; 16],
+    /// The file the task was executing at connect time; None: unknown.
+    pub exe: Option<ExeId>,
+    /// The task's mount namespace (inode number); 0: unknown.
+    pub mnt_ns: u32,
+}
+
+/// A file as the kernel identifies it: device (userspace `st_dev` encoding) and inode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ExeId {
+    pub dev: u64,
+    pub ino: u64,
+}
+
+impl ExeId {
+    /// From the kernel's internal device number (major << 20 | minor).
+    pub fn from_kernel(kernel_dev: u32, ino: u64) -> Option<ExeId> {
+        (ino != 0).then(|| ExeId {
+            dev: libc::makedev(kernel_dev >> 20, kernel_dev & 0xf_ffff),
+            ino,
+        })
+    }
 }
 
 impl Principal {
     pub fn from_captured(c: Captured) -> Principal {
         let comm_len = c.comm.iter().position(|b| *b == 0).unwrap_or(c.comm.len());
-        let cgroup = cgroup::of_process(c.pid);
+        let cgroup = cgroup::path_of_id(c.cgroup_id);
         let unit = cgroup.as_deref().and_then(systemd_unit);
         Principal {
             pid: c.pid,
@@ -55,13 +79,24 @@ impl Principal {
             cgroup_id: c.cgroup_id,
             comm: String::from_utf8_lossy(&c.comm[..comm_len]).into_owned(),
             user: user_name(c.uid),
-            exe: std::fs::read_link(format!("/proc/{}/exe", c.pid))
-                .ok()
-                .map(|p| p.display().to_string()),
+            exe: verified_exe(c.pid, c.exe),
             cgroup,
             unit,
         }
     }
+}
+
+/// The executable's path, only if the file at that path (in the agent's own mount
+/// namespace) is the very file the kernel saw the task executing at connect time. A
+/// later exec into another binary, a binary bind-mounted over an allowed path in the
+/// worker's own mount namespace, or a process already gone leave it unknown (None),
+/// which satisfies no rule on `exes`.
+fn verified_exe(pid: u32, captured: Option<ExeId>) -> Option<String> {
+    use std::os::unix::fs::MetadataExt;
+    let id = captured?;
+    let path = std::fs::read_link(format!("/proc/{pid}/exe")).ok()?;
+    let meta = std::fs::metadata(&path).ok()?;
+    (meta.dev() == id.dev && meta.ino() == id.ino).then(|| path.display().to_string())
 }
 
 /// User names by uid, remembered: a name service lookup (NSS: files, LDAP, sssd) per
@@ -106,19 +141,45 @@ mod tests {
 
     #[test]
     fn completes_from_proc_for_a_live_process() {
+        use std::os::unix::fs::MetadataExt;
         let me = std::process::id();
         let mut comm = [0u8; 16];
         comm[..4].copy_from_slice(b"test");
-        let p = Principal::from_captured(Captured {
+        let exe = std::fs::metadata(std::env::current_exe().unwrap()).unwrap();
+        let root = cgroup::cgroup2_root().unwrap();
+        let captured = Captured {
             pid: me,
             tid: me,
             uid: nix::unistd::getuid().as_raw(),
             gid: nix::unistd::getgid().as_raw(),
-            cgroup_id: 1,
+            cgroup_id: cgroup::id(&root).unwrap(),
             comm,
-        });
+            exe: Some(ExeId {
+                dev: exe.dev(),
+                ino: exe.ino(),
+            }),
+            mnt_ns: 0,
+        };
+        let p = Principal::from_captured(captured);
         assert_eq!(p.comm, "test");
         assert!(p.exe.is_some());
-        assert!(p.cgroup.is_some());
+        assert_eq!(p.cgroup.as_deref(), Some("/"));
+        // Another file than the one executed: the path is not believed.
+        let other = Principal::from_captured(Captured {
+            exe: Some(ExeId {
+                dev: exe.dev(),
+                ino: exe.ino() + 1,
+            }),
+            ..captured
+        });
+        assert_eq!(other.exe, None);
+        let unknown = Principal::from_captured(Captured {
+            exe: None,
+            ..captured
+        });
+        assert_eq!(unknown.exe, None);
+        let m = ExeId::from_kernel((8 << 20) | 1, 5).unwrap();
+        assert_eq!(m.dev, libc::makedev(8, 1));
+        assert_eq!(ExeId::from_kernel(1, 0), None);
     }
 }

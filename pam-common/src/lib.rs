@@ -11,7 +11,7 @@
 /// an upgrade that changes a shared type gets fresh maps instead of failing to reuse
 /// incompatible ones (the old programs keep their old maps until they are detached).
 /// Bump it whenever a type in this crate changes.
-pub const LAYOUT_VERSION: u32 = 2;
+pub const LAYOUT_VERSION: u32 = 3;
 
 /// Names of the maps in the eBPF object. The agent pins them under its pin directory,
 /// so they outlive the agent process (fail-closed across restarts).
@@ -20,28 +20,46 @@ pub mod maps {
     pub const PROTECTED: &str = "PAM_PROTECTED";
     /// Array with one [`Settings`] at index 0. Filled by the agent.
     pub const SETTINGS: &str = "PAM_SETTINGS";
+    /// Array with one [`TaskOffsets`] at index 0. Filled by the agent from kernel BTF.
+    pub const OFFSETS: &str = "PAM_OFFSETS";
+    /// Hash: governed cgroup id (u64) -> 1 (u32). Filled by the agent; the root-attached
+    /// connect hooks govern a task whose cgroup (or an ancestor) is in it.
+    pub const GOVERNED: &str = "PAM_GOVERNED";
     /// Hash: socket cookie (u64) -> [`ConnectRecord`]. Filled by connect4/6, read by
     /// getpeername and the agent, removed by sock_release.
     pub const CONNECTS: &str = "PAM_CONNECTS";
-    /// Hash: [`PeerKey`] (the worker socket's local address) -> socket cookie (u64).
-    /// Filled by sock_ops before the SYN leaves, consumed by the agent on accept.
-    pub const PEERS: &str = "PAM_PEERS";
+    /// Sockmap: [`LISTENER_V4`] / [`LISTENER_V6`] -> the agent's listening sockets.
+    /// The agent inserts them (value: the socket fd); `sk_lookup` delivers every
+    /// connection to the redirect target to them, and drops it when they are absent.
+    /// Read from userspace, a value is the socket's cookie (hence 8-byte values).
+    /// A socket leaves the map when it is closed, so an entry is proof the listener lives.
+    pub const LISTENERS: &str = "PAM_LISTENERS";
 }
+
+/// Sockmap index of the agent's IPv4 listener (target of IPv4 and `::ffff:` connects).
+pub const LISTENER_V4: u32 = 0;
+/// Sockmap index of the agent's IPv6 listener.
+pub const LISTENER_V6: u32 = 1;
 
 /// Names of the programs in the eBPF object.
 pub mod programs {
     pub const CONNECT4: &str = "pam_connect4";
     pub const CONNECT6: &str = "pam_connect6";
+    /// The connect hooks attached to the cgroup2 root, judging by the calling task.
+    pub const CONNECT4_TASK: &str = "pam_connect4_task";
+    pub const CONNECT6_TASK: &str = "pam_connect6_task";
     pub const GETPEERNAME4: &str = "pam_getpeername4";
     pub const GETPEERNAME6: &str = "pam_getpeername6";
     pub const SOCK_OPS: &str = "pam_sock_ops";
     pub const SOCK_RELEASE: &str = "pam_sock_release";
+    /// Attached to the agent's network namespace, not to a cgroup.
+    pub const SK_LOOKUP: &str = "pam_sk_lookup";
 }
 
 pub const MAX_PROTECTED: u32 = 4096;
 /// Sized for many concurrent governed connections; entries leave at socket release.
 pub const MAX_CONNECTS: u32 = 65536;
-pub const MAX_PEERS: u32 = 65536;
+pub const MAX_GOVERNED: u32 = 1024;
 
 /// Prefix bits taken by the port in a [`ResourceKey`] (the port is matched exactly).
 pub const PORT_PREFIX_BITS: u32 = 16;
@@ -84,9 +102,50 @@ pub struct Settings {
     pub configured: u16,
     /// The agent's own process id (tgid): its upstream connections are never redirected.
     pub agent_tgid: u32,
+    /// Changes at every agent start; copied into each [`ConnectRecord`]. The agent only
+    /// trusts records of its own epoch: nothing recorded before a restart is believed.
+    pub epoch: u32,
+    /// Cookie of the network namespace the agent serves (its own). A governed connect
+    /// from any other namespace is refused: its loopback is not the agent's.
+    pub netns_cookie: u64,
+    /// Bit N set: some governed cgroup is N levels below the cgroup2 root (the levels
+    /// at which the task check looks for an ancestor in `PAM_GOVERNED`).
+    pub governed_levels: u32,
+    /// Explicit padding, always zero.
+    pub pad: u32,
+}
+
+/// Byte offsets of the kernel fields the connect hooks follow from the current task to
+/// its executable's (device, inode) and its mount namespace. Read by the agent from
+/// the running kernel's BTF; `valid == 0` (a field not found) makes the hooks record
+/// the executable as unknown (all zero).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TaskOffsets {
+    pub task_mm: u32,
+    pub mm_exe_file: u32,
+    pub file_inode: u32,
+    pub inode_ino: u32,
+    pub inode_sb: u32,
+    pub sb_dev: u32,
+    pub task_nsproxy: u32,
+    pub nsproxy_mnt_ns: u32,
+    /// `mnt_namespace.ns` plus `ns_common.inum`.
+    pub mnt_ns_inum: u32,
+    pub valid: u32,
+    /// `mptcp_sock.first` (the first subflow) and `sock_common.skc_cookie`: an MPTCP
+    /// socket's record is kept under its first subflow's cookie (the connect hook
+    /// runs on the subflow), which getpeername on the MPTCP socket reads through these.
+    pub mptcp_first: u32,
+    pub sk_cookie: u32,
+    pub mptcp_valid: u32,
+    /// Explicit padding, always zero.
+    pub pad: u32,
 }
 
 /// Who connected and where they meant to go, keyed by the worker socket's cookie.
+/// Made by the connect hooks for one connection attempt and removed when that attempt
+/// ends (the socket reaches TCP_CLOSE) or the socket is released.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ConnectRecord {
@@ -95,6 +154,10 @@ pub struct ConnectRecord {
     pub pid_tgid: u64,
     /// `bpf_get_current_uid_gid()`: gid in the upper 32 bits.
     pub uid_gid: u64,
+    /// The socket's network namespace (always the agent's: others are refused).
+    pub netns_cookie: u64,
+    /// Inode of the executable the calling task ran at connect time (0: unknown).
+    pub exe_ino: u64,
     /// Original destination, IPv4 in mapped form.
     pub orig_addr: [u8; 16],
     /// Original destination port, big-endian bytes.
@@ -104,24 +167,15 @@ pub struct ConnectRecord {
     pub resource_id: u32,
     /// Command name (`comm`), NUL-padded.
     pub comm: [u8; 16],
-    /// The socket's local address and port (big-endian), filled in by sock_ops once the
-    /// kernel has chosen them, so sock_release can drop an unconsumed [`PeerKey`].
-    pub local_addr: [u8; 16],
-    pub local_port: [u8; 2],
+    /// [`Settings::epoch`] when the record was made.
+    pub epoch: u32,
+    /// Device of that executable's filesystem, in the kernel's encoding
+    /// (major << 20 | minor).
+    pub exe_dev: u32,
+    /// Inode number of the calling task's mount namespace (0: unknown).
+    pub mnt_ns: u32,
     /// Explicit padding, always zero.
-    pub pad: [u8; 6],
-}
-
-/// The worker socket's local address as the agent sees it as the accepted peer.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct PeerKey {
-    /// IPv4 in mapped form.
-    pub addr: [u8; 16],
-    /// Big-endian bytes.
-    pub port: [u8; 2],
-    /// Explicit padding, always zero, so the key has no uninitialised bytes.
-    pub pad: [u8; 2],
+    pub pad: [u8; 4],
 }
 
 /// Maps an IPv4 address (network-order bytes) to its `::ffff:a.b.c.d` form.
@@ -147,7 +201,7 @@ mod user {
     unsafe impl aya::Pod for super::ResourceValue {}
     unsafe impl aya::Pod for super::Settings {}
     unsafe impl aya::Pod for super::ConnectRecord {}
-    unsafe impl aya::Pod for super::PeerKey {}
+    unsafe impl aya::Pod for super::TaskOffsets {}
 }
 
 #[cfg(test)]
@@ -158,12 +212,12 @@ mod tests {
     #[test]
     fn layouts_have_no_padding() {
         assert_eq!(size_of::<ResourceKey>(), 2 + 16);
-        assert_eq!(size_of::<Settings>(), 16 + 4 + 2 + 2 + 4);
+        assert_eq!(size_of::<Settings>(), 16 + 4 + 2 + 2 + 4 + 4 + 8 + 4 + 4);
         assert_eq!(
             size_of::<ConnectRecord>(),
-            8 * 3 + 16 + 2 + 2 + 4 + 16 + 16 + 2 + 6
+            8 * 5 + 16 + 2 + 2 + 4 + 16 + 4 + 4 + 4 + 4
         );
-        assert_eq!(size_of::<PeerKey>(), 20);
+        assert_eq!(size_of::<TaskOffsets>(), 56);
     }
 
     #[test]

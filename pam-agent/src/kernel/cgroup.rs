@@ -110,6 +110,47 @@ pub fn join(path: &Path, create: bool) -> Result<(), CgroupError> {
     })
 }
 
+/// The cgroup v2 path ("/pam-workers.slice/crew-1") of the cgroup with this id (what
+/// eBPF captured at connect time), as long as the cgroup exists: whether or not the
+/// process that connected still runs. The id is a kernfs file handle of the cgroup2
+/// mount (open_by_handle_at, needs CAP_DAC_READ_SEARCH); None when it cannot be
+/// established.
+pub fn path_of_id(cgroup_id: u64) -> Option<String> {
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    /// FILEID_KERNFS: the handle is the 8-byte kernfs node id.
+    const FILEID_KERNFS: i32 = 0xfe;
+    #[repr(C)]
+    struct Handle {
+        handle_bytes: u32,
+        handle_type: i32,
+        id: u64,
+    }
+    let root = cgroup2_root().ok()?;
+    let mount = fs::File::open(&root).ok()?;
+    let mut handle = Handle {
+        handle_bytes: 8,
+        handle_type: FILEID_KERNFS,
+        id: cgroup_id,
+    };
+    // SAFETY: a valid mount fd and a file_handle of the size it states.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_open_by_handle_at,
+            mount.as_raw_fd(),
+            &mut handle as *mut Handle,
+            libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC,
+        )
+    };
+    if fd < 0 {
+        return None;
+    }
+    // SAFETY: open_by_handle_at returned a fresh descriptor.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+    let path = fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd())).ok()?;
+    let rel = path.strip_prefix(&root).ok()?;
+    Some(format!("/{}", rel.display()))
+}
+
 /// The cgroup v2 path of a running process ("/pam-workers.slice/crew-1"), if it still runs.
 pub fn of_process(pid: u32) -> Option<String> {
     let text = fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
@@ -131,6 +172,18 @@ mod tests {
             Err(CgroupError::Missing(_))
         ));
         assert!(id(&root).unwrap() > 0);
+    }
+
+    #[test]
+    fn a_cgroup_id_resolves_to_its_path() {
+        let root = cgroup2_root().unwrap();
+        assert_eq!(path_of_id(id(&root).unwrap()).as_deref(), Some("/"));
+        let mine = of_process(std::process::id()).unwrap();
+        let dir = root.join(mine.trim_start_matches('/'));
+        if nix::unistd::geteuid().is_root() {
+            assert_eq!(path_of_id(id(&dir).unwrap()), Some(mine));
+        }
+        assert_eq!(path_of_id(u64::MAX - 7), None);
     }
 
     #[test]

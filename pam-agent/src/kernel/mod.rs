@@ -4,32 +4,44 @@
 //!
 //! Enforcement outlives the agent: maps and links are pinned under the pin directory
 //! (see [`pins`]), so while the agent is stopped governed connects to protected
-//! resources still go to the (closed) listener and fail. A restart attaches a new
-//! generation of links before removing the old one, so there is never a moment with
-//! nothing attached and never two generations left behind.
+//! resources are refused (the connect hook finds no listener in `PAM_LISTENERS`), and
+//! a connection to the redirect target reaches the agent's own socket or nobody
+//! (`sk_lookup`), whoever binds that port. A restart attaches a new generation of links
+//! before removing the old one, so there is never a moment with nothing attached and
+//! never two generations left behind.
+//!
+//! An accepted connection is matched to its record by the cookie of the socket at its
+//! far end ([`peer`]), and only records of this run's epoch are believed.
 
+mod btf;
 pub mod cgroup;
+mod listener;
+mod peer;
 mod pins;
 mod probe;
 
 use std::{
     collections::HashSet,
     fs::File,
-    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6},
-    sync::Mutex,
+    net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6},
+    os::{
+        fd::{AsFd, BorrowedFd},
+        unix::fs::MetadataExt,
+    },
+    path::Path,
 };
 
 use aya::{
     Ebpf, EbpfLoader,
     maps::{
-        Array, HashMap, MapData,
+        Array, HashMap, Map, MapData,
         lpm_trie::{Key, LpmTrie},
     },
-    programs::{CgroupAttachMode, CgroupSock, CgroupSockAddr, SockOps, links::FdLink},
+    programs::{CgroupAttachMode, CgroupSock, CgroupSockAddr, SkLookup, SockOps, links::FdLink},
 };
 use pam_common::{
-    AF_INET, ConnectRecord, PORT_PREFIX_BITS, PeerKey, ResourceKey, ResourceValue, Settings,
-    V4_MAPPED_PREFIX_BITS, as_v4, maps, programs, v4_mapped,
+    AF_INET, ConnectRecord, LISTENER_V4, LISTENER_V6, PORT_PREFIX_BITS, ResourceKey, ResourceValue,
+    Settings, V4_MAPPED_PREFIX_BITS, as_v4, maps, programs, v4_mapped,
 };
 
 use crate::{
@@ -37,12 +49,26 @@ use crate::{
     principal::Captured,
 };
 
+pub use listener::ListenerProof;
 pub use pins::{PinnedLink, disable, pinned_links};
 pub use probe::KernelError;
 
-/// Names of every program the agent attaches to each governed cgroup.
-pub fn program_names() -> impl Iterator<Item = &'static str> {
-    PROGRAMS.iter().map(|(name, _, _)| *name)
+/// The programs a governed cgroup needs and that `links` lack: those attached to the
+/// cgroup itself and those attached to the cgroup2 root.
+pub fn missing_programs(
+    links: &[PinnedLink],
+    cgroup_id: u64,
+) -> Result<Vec<&'static str>, cgroup::CgroupError> {
+    let root = cgroup::cgroup2_root()?;
+    let root_id = cgroup::id(&root).map_err(|_| cgroup::CgroupError::Missing(root))?;
+    let at = |id: u64, list: &'static [(&'static str, Kind, &'static str)]| {
+        list.iter()
+            .map(|(name, _, _)| *name)
+            .filter(move |p| !links.iter().any(|l| l.cgroup_id == id && l.program == *p))
+    };
+    Ok(at(cgroup_id, CGROUP_PROGRAMS)
+        .chain(at(root_id, ROOT_PROGRAMS))
+        .collect())
 }
 
 /// The kernel object built from `pam-ebpf` by the build script.
@@ -87,6 +113,14 @@ pub enum RedirectError {
         #[source]
         source: std::io::Error,
     },
+    #[error("refusing pin directory {path}: it {reason}; remove it, or choose another pin_dir")]
+    UnsafePinDir { path: String, reason: String },
+    #[error("cannot take the listener ({what}): {source}")]
+    Listener {
+        what: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// Why an accepted connection has no redirect record.
@@ -94,10 +128,23 @@ pub enum RedirectError {
 pub enum LookupError {
     #[error("no redirect record for peer {0} (not redirected by the kernel programs)")]
     NotRedirected(SocketAddr),
-    #[error("redirect record for peer {0} vanished before it was read")]
+    #[error("peer {0} closed before its record was read")]
     RecordGone(SocketAddr),
+    #[error("connection from {peer} reached {local}, not the redirect target")]
+    NotTarget { peer: SocketAddr, local: SocketAddr },
+    #[error("redirect record for peer {0} was made before this agent started; not trusted")]
+    Stale(SocketAddr),
+    #[error("cannot identify the socket of peer {peer}: {error}")]
+    Diag { peer: SocketAddr, error: String },
     #[error("eBPF map lookup failed: {0}")]
     Map(String),
+}
+
+/// The agent's listening sockets, handed to the kernel side at start.
+pub struct ListenerFds<'a> {
+    pub v4: BorrowedFd<'a>,
+    /// None when the host has no IPv6: governed IPv6 connects are then refused.
+    pub v6: Option<BorrowedFd<'a>>,
 }
 
 /// What the kernel recorded for one redirected connection.
@@ -120,8 +167,9 @@ impl Redirected {
     }
 }
 
-/// The programs in the object: name, program kind, and the kernel feature it needs.
-const PROGRAMS: &[(&str, Kind, &str)] = &[
+/// Programs attached to each governed cgroup (they run for sockets created there):
+/// name, program kind, and the kernel feature it needs.
+const CGROUP_PROGRAMS: &[(&str, Kind, &str)] = &[
     (
         programs::CONNECT4,
         Kind::Addr,
@@ -131,6 +179,22 @@ const PROGRAMS: &[(&str, Kind, &str)] = &[
         programs::CONNECT6,
         Kind::Addr,
         "cgroup/connect6, Linux 4.17+ with CONFIG_CGROUP_BPF",
+    ),
+];
+
+/// Programs attached to the cgroup2 root (they run for every socket): the connect
+/// hooks that govern by the calling task, and what every redirected socket needs
+/// wherever it was made.
+const ROOT_PROGRAMS: &[(&str, Kind, &str)] = &[
+    (
+        programs::CONNECT4_TASK,
+        Kind::Addr,
+        "cgroup/connect4 with bpf_get_current_ancestor_cgroup_id, Linux 5.7+",
+    ),
+    (
+        programs::CONNECT6_TASK,
+        Kind::Addr,
+        "cgroup/connect6 with bpf_get_current_ancestor_cgroup_id, Linux 5.7+",
     ),
     (
         programs::GETPEERNAME4,
@@ -167,19 +231,31 @@ pub struct Redirector {
     _ebpf: Ebpf,
     // Holds the pin directory lock.
     _layout: pins::Layout,
-    peers: Mutex<HashMap<MapData, PeerKey, u64>>,
     connects: HashMap<MapData, u64, ConnectRecord>,
+    /// Records of other epochs (before this start) are not believed.
+    epoch: u32,
+    netns_cookie: u64,
+    /// The redirect targets: accepted connections must have reached one of them.
+    targets: [SocketAddr; 2],
 }
 
 impl Redirector {
-    /// Loads, fills the maps and attaches to every governed cgroup. The listeners must
-    /// already be bound: from the moment this returns, governed connects arrive there.
-    pub fn start(cfg: &Config) -> Result<Redirector, RedirectError> {
+    /// Loads, fills the maps, registers the listeners and attaches to every governed
+    /// cgroup and to this network namespace. The listeners must already be bound: from
+    /// the moment this returns, governed connects arrive there.
+    pub fn start(cfg: &Config, listeners: ListenerFds<'_>) -> Result<Redirector, RedirectError> {
         probe::preflight(&cfg.pin_dir)?;
         let layout = pins::Layout::create(&cfg.pin_dir)?;
 
         let mut loader = EbpfLoader::new();
-        for name in [maps::PROTECTED, maps::SETTINGS, maps::CONNECTS, maps::PEERS] {
+        for name in [
+            maps::PROTECTED,
+            maps::SETTINGS,
+            maps::GOVERNED,
+            maps::OFFSETS,
+            maps::CONNECTS,
+            maps::LISTENERS,
+        ] {
             loader.map_pin_path(name, layout.map(name));
         }
         let mut ebpf = loader
@@ -190,16 +266,41 @@ impl Redirector {
             Err(e) => tracing::warn!(error = %e, "kernel-side logging unavailable"),
         }
 
+        let netns_cookie =
+            listener::netns_cookie(listeners.v4).map_err(|source| RedirectError::Listener {
+                what: "network namespace cookie of the listener",
+                source,
+            })?;
         // Maps first: the settings and resources must be in place before any new
         // program can run.
-        write_settings(&mut ebpf, cfg)?;
+        write_offsets(&mut ebpf)?;
+        let levels = write_governed(&mut ebpf, cfg)?;
+        let epoch = write_settings(&mut ebpf, cfg, netns_cookie, levels)?;
         write_resources(&mut ebpf, &cfg.resources)?;
+        register_listeners(&mut ebpf, &listeners)?;
 
-        for (name, kind, feature) in PROGRAMS {
+        for (name, kind, feature) in CGROUP_PROGRAMS.iter().chain(ROOT_PROGRAMS) {
             load_program(&mut ebpf, name, *kind, feature)?;
         }
 
         let generation = pins::Generation::new();
+        attach_sk_lookup(&mut ebpf, &layout, generation)?;
+        let root = cgroup::cgroup2_root().map_err(KernelError::from)?;
+        let root_id = cgroup::id(&root).map_err(|source| RedirectError::Cgroup {
+            path: root.display().to_string(),
+            source,
+        })?;
+        let root_dir = File::open(&root).map_err(|source| RedirectError::Cgroup {
+            path: root.display().to_string(),
+            source,
+        })?;
+        for (name, kind, feature) in ROOT_PROGRAMS {
+            let link = attach_program(&mut ebpf, name, *kind, feature, &root_dir)?;
+            let path = layout.link(root_id, name, generation);
+            pin_link(link, &path, || {
+                format!("link of {name} to {}", root.display())
+            })?;
+        }
         let mut governed_ids = HashSet::new();
         for g in &cfg.governed {
             let id = cgroup::id(&g.path).map_err(|source| RedirectError::Cgroup {
@@ -211,15 +312,12 @@ impl Redirector {
                 path: g.path.display().to_string(),
                 source,
             })?;
-            for (name, kind, feature) in PROGRAMS {
+            for (name, kind, feature) in CGROUP_PROGRAMS {
                 let link = attach_program(&mut ebpf, name, *kind, feature, &dir)?;
                 let path = layout.link(id, name, generation);
-                link.pin(&path).map_err(|e| RedirectError::Pin {
-                    what: format!("link of {name} to {}", g.path.display()),
-                    path: path.display().to_string(),
-                    source: std::io::Error::other(e),
+                pin_link(link, &path, || {
+                    format!("link of {name} to {}", g.path.display())
                 })?;
-                // Dropping the PinnedLink closes our fd; the pin keeps it attached.
             }
             tracing::info!(cgroup = %g.path.display(), cgroup_id = id, "governing cgroup");
         }
@@ -234,38 +332,47 @@ impl Redirector {
             tracing::info!(stale, "removed maps of an older layout");
         }
 
-        let peers = take_hash(&mut ebpf, maps::PEERS)?;
         let connects = take_hash(&mut ebpf, maps::CONNECTS)?;
         Ok(Redirector {
             _ebpf: ebpf,
             _layout: layout,
-            peers: Mutex::new(peers),
             connects,
+            epoch,
+            netns_cookie,
+            targets: [
+                SocketAddr::new(cfg.listener.ipv4.into(), cfg.listener.port),
+                SocketAddr::new(cfg.listener.ipv6.into(), cfg.listener.port),
+            ],
         })
     }
 
-    /// Finds the record of an accepted connection by its peer address (the worker
-    /// socket's local address). The peer entry is consumed; the connect record stays
-    /// until the worker's socket is released (getpeername needs it).
-    pub fn lookup(&self, peer: SocketAddr) -> Result<Redirected, LookupError> {
-        let key = peer_key(peer);
-        let cookie = {
-            let mut peers = self.peers.lock().unwrap_or_else(|p| p.into_inner());
-            let cookie = match peers.get(&key, 0) {
-                Ok(c) => c,
-                Err(aya::maps::MapError::KeyNotFound) => {
-                    return Err(LookupError::NotRedirected(peer));
-                }
-                Err(e) => return Err(LookupError::Map(e.to_string())),
-            };
-            let _ = peers.remove(&key);
-            cookie
+    /// Finds the record of an accepted connection (`peer` as accept() reported it,
+    /// `local` the accepted socket's own address). The kernel names the socket at the
+    /// far end by its cookie; a record counts only if that very socket made it, in
+    /// this run, in this namespace.
+    pub fn lookup(&self, peer: SocketAddr, local: SocketAddr) -> Result<Redirected, LookupError> {
+        let canonical = SocketAddr::new(local.ip().to_canonical(), local.port());
+        if !self.targets.contains(&canonical) {
+            return Err(LookupError::NotTarget { peer, local });
+        }
+        let cookie = match peer::client_cookie(peer, local) {
+            Ok(Some(c)) => c,
+            Ok(None) => return Err(LookupError::RecordGone(peer)),
+            Err(e) => {
+                return Err(LookupError::Diag {
+                    peer,
+                    error: e.to_string(),
+                });
+            }
         };
         let record = match self.connects.get(&cookie, 0) {
             Ok(r) => r,
-            Err(aya::maps::MapError::KeyNotFound) => return Err(LookupError::RecordGone(peer)),
+            Err(aya::maps::MapError::KeyNotFound) => return Err(LookupError::NotRedirected(peer)),
             Err(e) => return Err(LookupError::Map(e.to_string())),
         };
+        if record.epoch != self.epoch || record.netns_cookie != self.netns_cookie {
+            return Err(LookupError::Stale(peer));
+        }
         Ok(Redirected {
             destination: destination(&record),
             resource_id: record.resource_id,
@@ -276,9 +383,62 @@ impl Redirector {
                 gid: (record.uid_gid >> 32) as u32,
                 cgroup_id: record.cgroup_id,
                 comm: record.comm,
+                exe: crate::principal::ExeId::from_kernel(record.exe_dev, record.exe_ino),
+                mnt_ns: record.mnt_ns,
             },
         })
     }
+}
+
+/// What `pam-agent status` can establish from the pinned state alone.
+#[derive(Debug)]
+pub struct ListenerStatus {
+    /// The agent process named in the settings (0: never started).
+    pub agent_pid: u32,
+    pub v4: ListenerProof,
+    pub v6: ListenerProof,
+    /// sk_lookup is attached to this (the caller's) network namespace.
+    pub steering: bool,
+}
+
+/// Reads the pinned settings and listener map under `pin_dir` and proves who holds
+/// the listeners (the kernel's cookies of the agent process's own sockets).
+pub fn listener_status(pin_dir: &Path) -> Result<ListenerStatus, RedirectError> {
+    let map_err = |map, source| RedirectError::Map { map, source };
+    let settings_path = pins::map_path(pin_dir, maps::SETTINGS);
+    let agent_pid = if settings_path.exists() {
+        let data = MapData::from_pin(&settings_path).map_err(|e| map_err(maps::SETTINGS, e))?;
+        let array: Array<MapData, Settings> =
+            Array::try_from(Map::Array(data)).map_err(|e| map_err(maps::SETTINGS, e))?;
+        array
+            .get(&0, 0)
+            .map_err(|e| map_err(maps::SETTINGS, e))?
+            .agent_tgid
+    } else {
+        0
+    };
+    let listeners_path = pins::map_path(pin_dir, maps::LISTENERS);
+    let prove = |index| -> Result<ListenerProof, RedirectError> {
+        if !listeners_path.exists() {
+            return Ok(ListenerProof::Absent);
+        }
+        listener::prove(&listeners_path, index, agent_pid).map_err(|source| {
+            RedirectError::Listener {
+                what: "reading the pinned listener map",
+                source,
+            }
+        })
+    };
+    let own_netns = std::fs::metadata("/proc/self/ns/net")
+        .map(|m| m.ino())
+        .unwrap_or(0);
+    let steering = pins::netns_links(pin_dir, programs::SK_LOOKUP)?.contains(&own_netns);
+    Ok(ListenerStatus {
+        agent_pid,
+        v4: prove(LISTENER_V4)?,
+        v6: prove(LISTENER_V6)?,
+        steering,
+    })
 }
 
 fn destination(r: &ConnectRecord) -> SocketAddr {
@@ -286,18 +446,6 @@ fn destination(r: &ConnectRecord) -> SocketAddr {
     match (r.family, as_v4(&r.orig_addr)) {
         (AF_INET, Some(v4)) => SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::from(v4), port)),
         _ => SocketAddr::V6(SocketAddrV6::new(Ipv6Addr::from(r.orig_addr), port, 0, 0)),
-    }
-}
-
-fn peer_key(peer: SocketAddr) -> PeerKey {
-    let addr = match peer.ip() {
-        IpAddr::V4(v4) => v4_mapped(v4.octets()),
-        IpAddr::V6(v6) => v6.octets(),
-    };
-    PeerKey {
-        addr,
-        port: peer.port().to_be_bytes(),
-        pad: [0; 2],
     }
 }
 
@@ -319,7 +467,77 @@ fn resource_key(r: &Resource) -> Key<ResourceKey> {
     )
 }
 
-fn write_settings(ebpf: &mut Ebpf, cfg: &Config) -> Result<(), RedirectError> {
+/// Writes the kernel field offsets the connect hooks use to capture the executable.
+fn write_offsets(ebpf: &mut Ebpf) -> Result<(), RedirectError> {
+    let map_err = |source| RedirectError::Map {
+        map: maps::OFFSETS,
+        source,
+    };
+    let mut offsets: Array<_, pam_common::TaskOffsets> = Array::try_from(
+        ebpf.map_mut(maps::OFFSETS)
+            .ok_or(map_err(aya::maps::MapError::InvalidName {
+                name: maps::OFFSETS.into(),
+            }))?,
+    )
+    .map_err(map_err)?;
+    offsets.set(0, btf::task_offsets(), 0).map_err(map_err)
+}
+
+/// Fills `PAM_GOVERNED` with the governed cgroups' ids (new in before stale out) and
+/// returns the bitmask of their depths below the cgroup2 root.
+fn write_governed(ebpf: &mut Ebpf, cfg: &Config) -> Result<u32, RedirectError> {
+    let map_err = |source| RedirectError::Map {
+        map: maps::GOVERNED,
+        source,
+    };
+    let root = cgroup::cgroup2_root().map_err(KernelError::from)?;
+    let mut wanted = Vec::new();
+    let mut levels = 0u32;
+    for g in &cfg.governed {
+        let id = cgroup::id(&g.path).map_err(|source| RedirectError::Cgroup {
+            path: g.path.display().to_string(),
+            source,
+        })?;
+        let depth = g
+            .path
+            .strip_prefix(&root)
+            .map(|rel| rel.components().count())
+            .unwrap_or(0);
+        if depth >= 32 {
+            return Err(RedirectError::Cgroup {
+                path: g.path.display().to_string(),
+                source: std::io::Error::other("more than 31 levels below the cgroup2 root"),
+            });
+        }
+        levels |= 1 << depth;
+        wanted.push(id);
+    }
+    let mut governed: HashMap<_, u64, u32> = HashMap::try_from(
+        ebpf.map_mut(maps::GOVERNED)
+            .ok_or(map_err(aya::maps::MapError::InvalidName {
+                name: maps::GOVERNED.into(),
+            }))?,
+    )
+    .map_err(map_err)?;
+    for id in &wanted {
+        governed.insert(id, 1, 0).map_err(map_err)?;
+    }
+    let existing: Vec<u64> = governed.keys().filter_map(Result::ok).collect();
+    for id in existing {
+        if !wanted.contains(&id) {
+            governed.remove(&id).map_err(map_err)?;
+        }
+    }
+    Ok(levels)
+}
+
+/// Writes the settings with a new epoch (the previous one plus one) and returns it.
+fn write_settings(
+    ebpf: &mut Ebpf,
+    cfg: &Config,
+    netns_cookie: u64,
+    governed_levels: u32,
+) -> Result<u32, RedirectError> {
     let map_err = |source| RedirectError::Map {
         map: maps::SETTINGS,
         source,
@@ -330,14 +548,94 @@ fn write_settings(ebpf: &mut Ebpf, cfg: &Config) -> Result<(), RedirectError> {
         }),
     )?)
     .map_err(map_err)?;
+    let previous = settings.get(&0, 0).map(|s| s.epoch).unwrap_or(0);
+    let epoch = match previous.wrapping_add(1) {
+        0 => 1,
+        e => e,
+    };
     let value = Settings {
         proxy_addr6: cfg.listener.ipv6.octets(),
         proxy_addr4: cfg.listener.ipv4.octets(),
         proxy_port: cfg.listener.port.to_be_bytes(),
         configured: 1,
         agent_tgid: std::process::id(),
+        epoch,
+        netns_cookie,
+        governed_levels,
+        pad: 0,
     };
-    settings.set(0, value, 0).map_err(map_err)
+    settings.set(0, value, 0).map_err(map_err)?;
+    Ok(epoch)
+}
+
+/// Puts the listening sockets into `PAM_LISTENERS`, where sk_lookup and the connect
+/// hooks look for them. A start that cannot do this must not run: governed
+/// connections would all be refused.
+fn register_listeners(ebpf: &mut Ebpf, fds: &ListenerFds<'_>) -> Result<(), RedirectError> {
+    let map = ebpf.map(maps::LISTENERS).ok_or(RedirectError::Map {
+        map: maps::LISTENERS,
+        source: aya::maps::MapError::InvalidName {
+            name: maps::LISTENERS.into(),
+        },
+    })?;
+    let Map::SockMap(data) = map else {
+        return Err(RedirectError::Map {
+            map: maps::LISTENERS,
+            source: aya::maps::MapError::InvalidMapType { map_type: 0 },
+        });
+    };
+    let map_fd = data.fd().as_fd();
+    listener::register(map_fd, LISTENER_V4, fds.v4).map_err(|source| RedirectError::Listener {
+        what: "registering the IPv4 listener in the sockmap",
+        source,
+    })?;
+    if let Some(v6) = fds.v6 {
+        listener::register(map_fd, LISTENER_V6, v6).map_err(|source| RedirectError::Listener {
+            what: "registering the IPv6 listener in the sockmap",
+            source,
+        })?;
+    }
+    Ok(())
+}
+
+/// Loads sk_lookup and attaches it to the agent's own network namespace (pinned).
+fn attach_sk_lookup(
+    ebpf: &mut Ebpf,
+    layout: &pins::Layout,
+    generation: pins::Generation,
+) -> Result<(), RedirectError> {
+    let name = programs::SK_LOOKUP;
+    let err = |action, source| RedirectError::Program {
+        action,
+        program: name,
+        feature: "sk_lookup, Linux 5.9+",
+        source: Box::new(source),
+    };
+    let netns = File::open("/proc/self/ns/net").map_err(|source| RedirectError::Listener {
+        what: "opening this network namespace",
+        source,
+    })?;
+    let ino = netns.metadata().map(|m| m.ino()).unwrap_or(0);
+    let prog: &mut SkLookup = ebpf
+        .program_mut(name)
+        .ok_or(aya::programs::ProgramError::UnexpectedProgramType)
+        .and_then(|p| p.try_into())
+        .map_err(|e| err("load", e))?;
+    prog.load().map_err(|e| err("load", e))?;
+    let id = prog.attach(&netns).map_err(|e| err("attach", e))?;
+    let link = FdLink::from(prog.take_link(id).map_err(|e| err("attach", e))?);
+    pin_link(link, &layout.netns_link(ino, name, generation), || {
+        format!("link of {name} to network namespace {ino}")
+    })
+}
+
+fn pin_link(link: FdLink, path: &Path, what: impl FnOnce() -> String) -> Result<(), RedirectError> {
+    // Dropping the PinnedLink closes our fd; the pin keeps it attached.
+    link.pin(path).map(drop).map_err(|e| RedirectError::Pin {
+        what: what(),
+        path: path.display().to_string(),
+        source: std::io::Error::other(e),
+    })
 }
 
 fn write_resources(ebpf: &mut Ebpf, resources: &[Resource]) -> Result<(), RedirectError> {
@@ -523,14 +821,17 @@ mod tests {
             cgroup_id: 1,
             pid_tgid: 0,
             uid_gid: 0,
+            netns_cookie: 0,
+            exe_ino: 0,
             orig_addr: v4_mapped([10, 0, 0, 2]),
             orig_port: 7000u16.to_be_bytes(),
             family: AF_INET,
             resource_id: 0,
             comm: [0; 16],
-            local_addr: [0; 16],
-            local_port: [0; 2],
-            pad: [0; 6],
+            epoch: 1,
+            exe_dev: 0,
+            mnt_ns: 0,
+            pad: [0; 4],
         };
         assert_eq!(destination(&rec), "10.0.0.2:7000".parse().unwrap());
         rec.family = pam_common::AF_INET6;
@@ -546,12 +847,10 @@ mod tests {
                 gid: 0,
                 cgroup_id: 0,
                 comm: [0; 16],
+                exe: None,
+                mnt_ns: 0,
             },
         };
         assert_eq!(red.upstream(), "10.0.0.2:7000".parse().unwrap());
-        assert_eq!(
-            peer_key("127.0.0.1:5".parse().unwrap()).addr,
-            v4_mapped([127, 0, 0, 1])
-        );
     }
 }

@@ -36,7 +36,11 @@ pub struct Shared {
     pub admission: std::sync::Arc<admission::Admission>,
 }
 
-/// The proxy's listeners: bound before the kernel programs point at them.
+/// The proxy's listeners: bound before the kernel programs point at them. They are
+/// bound to an ephemeral port of the listener addresses, not to the configured port:
+/// that port is the redirect target, which the kernel's sk_lookup program delivers to
+/// these sockets whoever else binds it, so a squatter can never make the agent's start
+/// fail or receive its connections.
 pub struct Listeners {
     pub v4: TcpListener,
     /// None when IPv6 is unavailable on this host; IPv6 destinations then fail closed.
@@ -45,8 +49,8 @@ pub struct Listeners {
 
 impl Listeners {
     pub fn bind(cfg: &Config) -> std::io::Result<Listeners> {
-        let v4 = bind(SocketAddr::new(cfg.listener.ipv4.into(), cfg.listener.port))?;
-        let v6 = match bind(SocketAddr::new(cfg.listener.ipv6.into(), cfg.listener.port)) {
+        let v4 = bind(SocketAddr::new(cfg.listener.ipv4.into(), 0))?;
+        let v6 = match bind(SocketAddr::new(cfg.listener.ipv6.into(), 0)) {
             Ok(l) => Some(l),
             Err(e) => {
                 tracing::warn!(error = %e, "no IPv6 listener: governed IPv6 connections will be refused");

@@ -26,8 +26,12 @@ pub async fn run(
 ) {
     let started = Instant::now();
 
-    // Identify: only connections the kernel redirected have a record.
-    let redirected = match shared.redirector.lookup(peer) {
+    // Identify: only connections the kernel redirected have a record, found by the
+    // cookie of the socket at the far end (an unknown local address fails the lookup).
+    let local = worker
+        .local_addr()
+        .unwrap_or(SocketAddr::from(([0, 0, 0, 0], 0)));
+    let redirected = match shared.redirector.lookup(peer, local) {
         Ok(r) => r,
         Err(e) => {
             tracing::warn!(%peer, error = %e, "refusing connection");
