@@ -178,6 +178,66 @@ fn write_result(r: io::Result<()>) -> Result<(), AuditError> {
     }
 }
 
+/// `audit tail [-f]`: the newest `lines` records, then (following) new ones as they come.
+fn tail(
+    journal: &JournalArgs,
+    filter: &filter::FilterArgs,
+    follow: bool,
+    lines: u64,
+    format: Format,
+) -> Result<ExitCode, AuditError> {
+    let mut filter = filter.to_filter()?;
+    let reader = journal.open()?;
+    let mut out = Printer::new(io::stdout().lock(), format);
+    let mut last = None;
+    let mut write_err = None;
+    reader.query(&filter, Some(lines), |r| {
+        last = Some(r.seq);
+        match out.print(&r) {
+            Ok(()) => true,
+            Err(e) => {
+                write_err = Some(e);
+                false
+            }
+        }
+    })?;
+    if let Some(e) = write_err {
+        return write_result(Err(e)).map(|()| ExitCode::SUCCESS);
+    }
+    write_result(out.flush())?;
+    if !follow {
+        return Ok(ExitCode::SUCCESS);
+    }
+    if last.is_none() {
+        // Start after what exists now, even if nothing matched yet.
+        last = reader
+            .connection()
+            .query_row("SELECT max(seq) FROM records", [], |r| r.get(0))
+            .map_err(|e| AuditError::Failed(e.to_string()))?;
+    }
+    loop {
+        filter.after_seq = Some(last.unwrap_or(0));
+        let mut broken = None;
+        reader.query(&filter, None, |r| {
+            last = Some(r.seq);
+            match out.print(&r) {
+                Ok(()) => true,
+                Err(e) => {
+                    broken = Some(e);
+                    false
+                }
+            }
+        })?;
+        if let Some(e) = broken {
+            return write_result(Err(e)).map(|()| ExitCode::SUCCESS);
+        }
+        if let Err(e) = out.flush() {
+            return write_result(Err(e)).map(|()| ExitCode::SUCCESS);
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
 fn dispatch(journal: &JournalArgs, command: AuditCommand) -> Result<ExitCode, AuditError> {
     match command {
         AuditCommand::Query {
@@ -198,58 +258,7 @@ fn dispatch(journal: &JournalArgs, command: AuditCommand) -> Result<ExitCode, Au
             follow,
             lines,
             format,
-        } => {
-            let mut filter = filter.to_filter()?;
-            let reader = journal.open()?;
-            let mut out = Printer::new(io::stdout().lock(), format);
-            let mut last = None;
-            let mut write_err = None;
-            reader.query(&filter, Some(lines), |r| {
-                last = Some(r.seq);
-                match out.print(&r) {
-                    Ok(()) => true,
-                    Err(e) => {
-                        write_err = Some(e);
-                        false
-                    }
-                }
-            })?;
-            if let Some(e) = write_err {
-                return write_result(Err(e)).map(|()| ExitCode::SUCCESS);
-            }
-            write_result(out.flush())?;
-            if !follow {
-                return Ok(ExitCode::SUCCESS);
-            }
-            if last.is_none() {
-                // Start after what exists now, even if nothing matched yet.
-                last = reader
-                    .connection()
-                    .query_row("SELECT max(seq) FROM records", [], |r| r.get(0))
-                    .map_err(|e| AuditError::Failed(e.to_string()))?;
-            }
-            loop {
-                filter.after_seq = Some(last.unwrap_or(0));
-                let mut broken = None;
-                reader.query(&filter, None, |r| {
-                    last = Some(r.seq);
-                    match out.print(&r) {
-                        Ok(()) => true,
-                        Err(e) => {
-                            broken = Some(e);
-                            false
-                        }
-                    }
-                })?;
-                if let Some(e) = broken {
-                    return write_result(Err(e)).map(|()| ExitCode::SUCCESS);
-                }
-                if let Err(e) = out.flush() {
-                    return write_result(Err(e)).map(|()| ExitCode::SUCCESS);
-                }
-                std::thread::sleep(Duration::from_millis(250));
-            }
-        }
+        } => tail(journal, &filter, follow, lines, format),
         AuditCommand::Show { session, format } => {
             let session = filter::parse_session(&session)?;
             let reader = journal.open()?;

@@ -303,19 +303,7 @@ impl Exporter {
                     json!({ "name": "pam-agent", "vendor_name": VENDOR, "version": version }),
                 );
             }
-            (3002, _) => {
-                obj.insert("user".into(), session.user());
-                obj.insert("actor".into(), session.actor());
-                obj.insert("service".into(), session.service());
-                obj.insert("dst_endpoint".into(), session.dst());
-                if let Some(src) = session.src() {
-                    obj.insert("src_endpoint".into(), src);
-                }
-                obj.insert("session".into(), session.session_object());
-                obj.insert("is_remote".into(), json!(false));
-                obj.insert("logon_type_id".into(), json!(3));
-                obj.insert("logon_type".into(), json!("Network"));
-            }
+            (3002, _) => authentication(obj, &session),
             (4001, Some(Event::ConnectionRefused { client, .. })) => {
                 obj.insert(
                     "src_endpoint".into(),
@@ -328,63 +316,87 @@ impl Exporter {
                 );
                 decision(obj, Decision::Deny, None, None);
             }
-            (6005, Some(e)) => {
-                obj.insert("actor".into(), session.actor());
-                obj.insert(
-                    "src_endpoint".into(),
-                    session
-                        .src()
-                        .unwrap_or_else(|| json!({ "hostname": self.host.hostname })),
-                );
-                obj.insert("dst_endpoint".into(), session.dst());
-                obj.insert("database".into(), session.database());
-                obj.insert("type_id".into(), json!(1));
-                obj.insert("type".into(), json!("Database"));
-                // The statement this event is about: the record itself, or for a
-                // completion the statement record it completes.
-                let judged = match e {
-                    Event::Statement { .. } => Some(e),
-                    _ => statement,
-                };
-                if let Some(Event::Statement {
-                    text,
-                    fingerprint,
-                    kinds,
-                    decision: d,
-                    rule,
-                    reason,
-                    ..
-                }) = judged
-                {
-                    // query_string is required: without recorded text (fingerprint-only
-                    // mode) there is no query_info; the fingerprint stays under unmapped.
-                    if let Some(t) = text {
-                        let mut q = json!({
-                            "query_string": t,
-                            "name": kinds.first().map_or("statement", String::as_str),
-                        });
-                        if let Some(f) = fingerprint {
-                            q["uid"] = json!(f);
-                        }
-                        obj.insert("query_info".into(), q);
-                    }
-                    match e {
-                        Event::Statement { .. } => {
-                            decision(obj, *d, rule.as_deref(), reason.as_deref())
-                        }
-                        // It ran: allowed, by its rule or by the approval it waited for.
-                        _ => decision(obj, Decision::Allow, rule.as_deref(), None),
-                    }
-                } else {
-                    // A completion whose statement record is not at hand: it ran, so
-                    // it was allowed.
-                    decision(obj, Decision::Allow, None, None);
-                }
-            }
+            (6005, Some(e)) => self.database_activity(obj, e, statement, &session),
             _ => {}
         }
         ev
     }
+}
+
+impl Exporter {
+    /// A statement or its completion (class 6005): who, where, the query, the decision.
+    fn database_activity(
+        &self,
+        obj: &mut Map<String, Value>,
+        e: &Event,
+        statement: Option<&Event>,
+        session: &Session<'_>,
+    ) {
+        obj.insert("actor".into(), session.actor());
+        obj.insert(
+            "src_endpoint".into(),
+            session
+                .src()
+                .unwrap_or_else(|| json!({ "hostname": self.host.hostname })),
+        );
+        obj.insert("dst_endpoint".into(), session.dst());
+        obj.insert("database".into(), session.database());
+        obj.insert("type_id".into(), json!(1));
+        obj.insert("type".into(), json!("Database"));
+        // The statement this event is about: the record itself, or for a
+        // completion the statement record it completes.
+        let judged = match e {
+            Event::Statement { .. } => Some(e),
+            _ => statement,
+        };
+        if let Some(Event::Statement {
+            text,
+            fingerprint,
+            kinds,
+            decision: d,
+            rule,
+            reason,
+            ..
+        }) = judged
+        {
+            // query_string is required: without recorded text (fingerprint-only
+            // mode) there is no query_info; the fingerprint stays under unmapped.
+            if let Some(t) = text {
+                let mut q = json!({
+                    "query_string": t,
+                    "name": kinds.first().map_or("statement", String::as_str),
+                });
+                if let Some(f) = fingerprint {
+                    q["uid"] = json!(f);
+                }
+                obj.insert("query_info".into(), q);
+            }
+            match e {
+                Event::Statement { .. } => decision(obj, *d, rule.as_deref(), reason.as_deref()),
+                // It ran: allowed, by its rule or by the approval it waited for.
+                _ => decision(obj, Decision::Allow, rule.as_deref(), None),
+            }
+        } else {
+            // A completion whose statement record is not at hand: it ran, so
+            // it was allowed.
+            decision(obj, Decision::Allow, None, None);
+        }
+    }
+}
+
+/// A session opened or closed (class 3002): who logged on to what, from where.
+fn authentication(obj: &mut Map<String, Value>, session: &Session<'_>) {
+    obj.insert("user".into(), session.user());
+    obj.insert("actor".into(), session.actor());
+    obj.insert("service".into(), session.service());
+    obj.insert("dst_endpoint".into(), session.dst());
+    if let Some(src) = session.src() {
+        obj.insert("src_endpoint".into(), src);
+    }
+    obj.insert("session".into(), session.session_object());
+    obj.insert("is_remote".into(), json!(false));
+    obj.insert("logon_type_id".into(), json!(3));
+    obj.insert("logon_type".into(), json!("Network"));
 }
 
 /// The decision in the security_control profile's fields.

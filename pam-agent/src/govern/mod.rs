@@ -6,8 +6,8 @@
 //! - [`gate`]: per session, [`Gate::judge`] applies policy, the masking guard, the
 //!   session's own safety and a protocol's veto, and journals one record per request
 //!   before it returns a [`Verdict`].
-//! - [`verdict`]: Forward / Refuse / Hold, and how a held request resolves.
-//! - [`approval`]: where held requests go (the approval broker's seam).
+//! - [`verdict`]: Forward / Refuse / Hold.
+//! - [`approval`]: held requests: the approval broker, and how a hold resolves.
 //! - [`audit`]: completion and masking records after a request ran ([`Completions`]).
 //! - [`rules`]: the policy and masking rules in force, replaced together on reload.
 //!
@@ -22,10 +22,11 @@ pub mod rules;
 pub mod verdict;
 
 pub use approval::Approvals;
+pub use approval::{Held, Resolution, denied};
 pub use audit::Completions;
 pub use gate::{
     Ask, Gate, Judged, MASKING_RULE, Session, UNCLASSIFIABLE_RULE, masking_refusal, unreadable,
 };
 pub use request::{Flag, Kind, Request, UNKNOWN_KIND, Vocabulary};
 pub use rules::{Rules, RulesHandle};
-pub use verdict::{Held, Resolution, Verdict, denied};
+pub use verdict::Verdict;

@@ -8,7 +8,7 @@ use tokio::io::AsyncWriteExt;
 
 use super::{
     Shared,
-    wire::{backend, frame::Frame, startup::dangerous_encoding},
+    wire::{backend, frame::Frame, options::dangerous_encoding},
 };
 
 /// Writes and flushes `out` to the worker, then empties it.

@@ -92,10 +92,37 @@ pub fn check_options(options: &str) -> Result<(), OptionError> {
     Ok(())
 }
 
+/// Client-only encodings whose multibyte characters can contain ASCII quote or
+/// backslash bytes: the proxy's parser (UTF-8) and the server would read such text
+/// differently, so they are refused.
+pub fn dangerous_encoding(name: &str) -> bool {
+    let n: String = name
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric())
+        .collect::<String>()
+        .to_ascii_lowercase();
+    matches!(
+        n.as_str(),
+        "sjis"
+            | "shiftjis"
+            | "mskanji"
+            | "big5"
+            | "gbk"
+            | "cp936"
+            | "windows936"
+            | "uhc"
+            | "cp949"
+            | "windows949"
+            | "gb18030"
+            | "johab"
+            | "shiftjis2004"
+    )
+}
+
 /// Values that would make the agent's parser read SQL text differently from the server.
 fn check_value(name: &str, value: &str) -> Result<(), ()> {
     let bad = match name {
-        "client_encoding" => super::startup::dangerous_encoding(value),
+        "client_encoding" => dangerous_encoding(value),
         "standard_conforming_strings" => !value.eq_ignore_ascii_case("on"),
         _ => false,
     };

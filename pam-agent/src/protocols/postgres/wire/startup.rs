@@ -82,33 +82,6 @@ pub fn parse(body: &[u8]) -> Result<Startup, StartupError> {
     }
 }
 
-/// Client-only encodings whose multibyte characters can contain ASCII quote or
-/// backslash bytes: the proxy's parser (UTF-8) and the server would read such text
-/// differently, so they are refused.
-pub fn dangerous_encoding(name: &str) -> bool {
-    let n: String = name
-        .chars()
-        .filter(|c| c.is_ascii_alphanumeric())
-        .collect::<String>()
-        .to_ascii_lowercase();
-    matches!(
-        n.as_str(),
-        "sjis"
-            | "shiftjis"
-            | "mskanji"
-            | "big5"
-            | "gbk"
-            | "cp936"
-            | "windows936"
-            | "uhc"
-            | "cp949"
-            | "windows949"
-            | "gb18030"
-            | "johab"
-            | "shiftjis2004"
-    )
-}
-
 /// Parameters that would change, before the first statement, what later statements
 /// mean (role, name resolution, lexing) or turn the session into something else: only
 /// a short list passes ([`super::options`]).
