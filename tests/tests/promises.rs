@@ -1,0 +1,141 @@
+//! Promises the docs make about the agent's own lifecycle, each shown end to end with the
+//! real agent, eBPF and PostgreSQL: an unreachable database is a clear error on record,
+//! and a stop with open sessions closes each of them on record.
+
+use std::{
+    process::{Command, Stdio},
+    time::Duration,
+};
+
+use pam_e2e::{
+    Agent, Cgroup, ResourceSpec, TestHost, agent_bin, postgres::PgServer, require_root, wait_for,
+};
+
+const PASSWORD: &str = "pg-promises-password";
+const POLICY: &str = "[[policy.rules]]\nname = \"all\"\naction = \"allow\"\nkinds = [\"select\"]\n";
+
+fn psql(cg: &Cgroup, host: &str, port: u16, sql: &str) -> Command {
+    let mut c = Command::new(agent_bin());
+    c.args(["exec", "--cgroup"]).arg(&cg.path).args([
+        "--",
+        "psql",
+        "-h",
+        host,
+        "-p",
+        &port.to_string(),
+        "-U",
+        "postgres",
+        "-d",
+        "postgres",
+        "-XAtc",
+        sql,
+    ]);
+    c.env("PGPASSWORD", PASSWORD).env("PGCONNECT_TIMEOUT", "5");
+    c
+}
+
+#[test]
+fn an_unreachable_database_is_a_clear_error_on_record() {
+    if !require_root("promises") {
+        return;
+    }
+    let host = TestHost::new().expect("test host");
+    let cg = Cgroup::new("unreach").expect("cgroup");
+    // Nothing listens on 5499 of the test host.
+    let agent = Agent::start_with(
+        &[&cg],
+        &[ResourceSpec::postgres("gone", host.v4, 5499)],
+        POLICY,
+    )
+    .expect("agent");
+    let out = psql(&cg, &host.v4.to_string(), 5499, "select 1")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("FATAL:  pam-agent: resource \"gone\" cannot be reached"),
+        "{err}"
+    );
+    let closed = agent.settled();
+    let closed: Vec<_> = closed
+        .iter()
+        .filter(|r| r["kind"] == "session_closed")
+        .collect();
+    assert_eq!(closed.len(), 1);
+    assert_eq!(closed[0]["end"], "upstream_unreachable");
+    assert!(
+        closed[0]["detail"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("{}:5499", host.v4)),
+        "{closed:?}"
+    );
+}
+
+#[test]
+fn a_stop_with_open_sessions_closes_each_on_record() {
+    if !require_root("promises") {
+        return;
+    }
+    let host = TestHost::new().expect("test host");
+    let _pg = PgServer::start(&host, 5432, PASSWORD).expect("postgres");
+    let cg = Cgroup::new("stopping").expect("cgroup");
+    let mut agent = Agent::start_with(
+        &[&cg],
+        &[ResourceSpec::postgres("db", host.v4, 5432)],
+        POLICY,
+    )
+    .expect("agent");
+    let v4 = host.v4.to_string();
+    let mut workers: Vec<_> = (0..3)
+        .map(|_| {
+            psql(&cg, &v4, 5432, "select pg_sleep(60)")
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    // All three are in their statement.
+    wait_for("three running statements", Duration::from_secs(20), || {
+        (agent
+            .records("statement")
+            .iter()
+            .filter(|r| r["text"] == "select pg_sleep(60)")
+            .count()
+            == 3)
+            .then_some(())
+    });
+    agent.stop().expect("orderly stop");
+    let all = agent.journal();
+    let opened: Vec<_> = all
+        .iter()
+        .filter(|r| r["kind"] == "session_opened")
+        .map(|r| r["session"].clone())
+        .collect();
+    let closed: Vec<_> = all
+        .iter()
+        .filter(|r| r["kind"] == "session_closed")
+        .collect();
+    assert_eq!(opened.len(), 3);
+    assert_eq!(closed.len(), 3, "every open session closed on record");
+    for c in &closed {
+        assert!(opened.contains(&c["session"]));
+        assert_eq!(c["end"], "agent_shutdown", "{c}");
+    }
+    let stopped = all.last().unwrap();
+    assert_eq!(
+        stopped["kind"], "agent_stopped",
+        "the stop is the last record"
+    );
+    for w in &mut workers {
+        let status = w.wait().unwrap();
+        assert!(
+            !status.success(),
+            "the worker's session ended with the agent"
+        );
+    }
+    let (ok, report) = agent.verify_journal();
+    assert!(ok, "{report}");
+}
