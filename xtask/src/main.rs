@@ -9,6 +9,7 @@
 //! - `install`: install the daemon as a systemd service.
 
 mod bench;
+mod bench_approvals;
 mod bench_mask;
 mod bench_pg;
 mod demo;
@@ -52,7 +53,8 @@ enum Task {
         /// Size of the large result read through masking (default 1 GiB).
         #[arg(long, default_value_t = 1 << 30)]
         mask_bytes: u64,
-        /// Run only these parts (`redirect`, `postgres`, `masking`); all by default.
+        /// Run only these parts (`redirect`, `postgres`, `masking`, `approvals`); all by
+        /// default.
         #[arg(long, value_delimiter = ',')]
         only: Vec<String>,
     },
@@ -97,6 +99,9 @@ fn main() -> anyhow::Result<()> {
             }
             if wanted("masking") {
                 bench_mask::run(mask_bytes)?;
+            }
+            if wanted("approvals") {
+                bench_approvals::run()?;
             }
             Ok(())
         }
