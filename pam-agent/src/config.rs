@@ -270,6 +270,24 @@ impl Resource {
 impl Config {
     /// Reads and validates a config file; `cgroup_root` is the cgroup2 mount used to
     /// resolve relative cgroup names (found from /proc/self/mounts when `None`).
+    /// Only the pin directory a config names (for `disable`, which must work when the
+    /// rest of the file no longer validates, e.g. a governed cgroup was removed).
+    pub fn pin_dir_of(path: &Path) -> Result<PathBuf, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        let raw: RawConfig = toml::from_str(&text).map_err(|e| ConfigError::Parse {
+            path: path.to_owned(),
+            message: e.to_string(),
+        })?;
+        validate_agent(raw.agent).map_err(|(field, reason)| ConfigError::Invalid {
+            path: path.to_owned(),
+            field,
+            reason,
+        })
+    }
+
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.to_owned(),

@@ -265,7 +265,9 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
         } => policy_explain(&config, &principal, &resource, &sql),
         Command::Disable { config, pin_dir } => {
             let dir = match (config, pin_dir) {
-                (Some(c), _) => Config::load(&c)?.pin_dir,
+                // Only the pin directory is needed: a config whose governed cgroups are
+                // gone must still let enforcement be turned off.
+                (Some(c), _) => Config::pin_dir_of(&c)?,
                 (None, Some(d)) => d,
                 (None, None) => PathBuf::from(DEFAULT_PIN_DIR),
             };
@@ -449,8 +451,11 @@ fn parse_principal(spec: &str) -> anyhow::Result<Principal> {
 fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // Colours only for a person at a terminal, never into a file or the system journal.
+    use std::io::IsTerminal;
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),

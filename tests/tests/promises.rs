@@ -139,3 +139,96 @@ fn a_stop_with_open_sessions_closes_each_on_record() {
     let (ok, report) = agent.verify_journal();
     assert!(ok, "{report}");
 }
+
+#[test]
+fn disable_turns_enforcement_off_even_after_the_governed_cgroup_is_gone() {
+    if !require_root("promises") {
+        return;
+    }
+    let host = TestHost::new().expect("test host");
+    let cg = Cgroup::new("vanishing").expect("cgroup");
+    let mut agent = Agent::start_with(
+        &[&cg],
+        &[ResourceSpec::postgres("db", host.v4, 5432)],
+        POLICY,
+    )
+    .expect("agent");
+    // The agent's own log, written to a file, carries no terminal colour codes.
+    let log = agent.log();
+    assert!(log.contains("pam-agent ready"), "{log}");
+    assert!(
+        !log.contains('\u{1b}'),
+        "colour codes in a log file: {log:?}"
+    );
+    agent.stop().expect("stop");
+    assert!(
+        !agent.link_pins().is_empty(),
+        "still enforced while stopped"
+    );
+    drop(cg);
+    // `check` now fails (the cgroup is gone), but `disable` still works from the config.
+    let out = Command::new(agent_bin())
+        .args(["disable", "--config"])
+        .arg(&agent.config)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(agent.link_pins().is_empty(), "every link detached");
+    assert!(!agent.pin_dir.exists() || std::fs::read_dir(&agent.pin_dir).unwrap().count() == 0);
+}
+
+#[test]
+fn verify_says_permission_denied_not_tampered() {
+    if !require_root("promises") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(
+        dir.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let journal = dir.path().join("journal.db");
+    std::fs::copy(
+        concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../pam-agent/tests/fixtures/journal-v1/journal.db"
+        ),
+        &journal,
+    )
+    .unwrap();
+    std::fs::set_permissions(
+        &journal,
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )
+    .unwrap();
+    let out = Command::new("runuser")
+        .args(["-u", "nobody", "--"])
+        .arg(agent_bin())
+        .args(["audit", "verify", "--journal"])
+        .arg(&journal)
+        .output()
+        .unwrap();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert_eq!(out.status.code(), Some(4), "{stdout}{stderr}");
+    assert!(stderr.contains("permission denied"), "{stderr}");
+    assert!(!stdout.contains("TAMPERED"), "{stdout}");
+    // Root reads it, and it verifies.
+    let out = Command::new(agent_bin())
+        .args(["audit", "verify", "--journal"])
+        .arg(&journal)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+}

@@ -238,6 +238,9 @@ fn tail(
     }
 }
 
+/// `audit verify`'s exit status when the journal may not be read by the caller.
+const NO_PERMISSION: u8 = 4;
+
 fn dispatch(journal: &JournalArgs, command: AuditCommand) -> Result<ExitCode, AuditError> {
     match command {
         AuditCommand::Query {
@@ -293,6 +296,18 @@ fn dispatch(journal: &JournalArgs, command: AuditCommand) -> Result<ExitCode, Au
                 .map(|k| parse_key(k))
                 .collect::<Result<Vec<_>, _>>()?;
             let path = journal.path()?;
+            // Not being allowed to read it is not a finding about the journal: say so,
+            // with an exit status of its own.
+            if let Err(e) = std::fs::File::open(&path)
+                && e.kind() == io::ErrorKind::PermissionDenied
+            {
+                eprintln!(
+                    "pam-agent: cannot read {}: permission denied (the journal is readable by \
+                     root and its read group; run as one of them); nothing was verified",
+                    path.display()
+                );
+                return Ok(ExitCode::from(NO_PERMISSION));
+            }
             // The file exists: if it cannot be opened as a journal, that is a finding.
             let reader = match Reader::open(&path) {
                 Ok(r) => r,
