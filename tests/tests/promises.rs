@@ -153,9 +153,12 @@ fn disable_turns_enforcement_off_even_after_the_governed_cgroup_is_gone() {
         POLICY,
     )
     .expect("agent");
-    // The agent's own log, written to a file, carries no terminal colour codes.
-    let log = agent.log();
-    assert!(log.contains("pam-agent ready"), "{log}");
+    // The agent's own log, written to a file, carries no terminal colour codes. (READY
+    // reaches systemd just before the log line: wait for the line.)
+    let log = wait_for("the ready line in the log", Duration::from_secs(10), || {
+        let log = agent.log();
+        log.contains("pam-agent ready").then_some(log)
+    });
     assert!(
         !log.contains('\u{1b}'),
         "colour codes in a log file: {log:?}"
