@@ -58,7 +58,7 @@ fn one_principal_past_its_limit_gets_53300_and_the_others_still_get_in() {
     // Two sessions of the noisy principal hold their places.
     let held: Vec<_> = (0..2)
         .map(|_| {
-            psql(&noisy, &v4, "select pg_sleep(8)")
+            psql(&noisy, &v4, "select pg_sleep(60)")
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
                 .spawn()
