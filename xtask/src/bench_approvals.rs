@@ -2,7 +2,9 @@
 //! governed psql's DELETE is held; another user runs `pam-agent approvals approve`; we
 //! time that command (connect, decide, journal the decision, release the statement) and
 //! the time until the worker's psql has its result, over several rounds, with the direct
-//! DELETE (no agent) in the same run as the baseline.
+//! DELETE (no agent) in the same run as the baseline. Then pgbench measures what the
+//! approval machinery costs when nothing is held: the same policy with and without a
+//! `require_approval` rule and the control socket, next to direct, in the same run.
 
 use std::{
     fmt::Write as _,
@@ -100,6 +102,7 @@ pub fn run() -> anyhow::Result<()> {
     }
     let left = pg.admin_sql("postgres", "select count(*) from t")?;
     anyhow::ensure!(left.trim() == "0", "every delete ran: {left}");
+    let unheld = pgbench_unheld(&host, &socket)?;
     let mut md = format!("## {HEADING}\n\n");
     writeln!(
         md,
@@ -129,6 +132,7 @@ pub fn run() -> anyhow::Result<()> {
         md,
         "\nGoal: under 10 ms from `approve` to the statement reaching the server (via the CLI)."
     )?;
+    md.push_str(&unheld);
     util::replace_section("docs/benchmarks.md", HEADING, &md)?;
     println!("{md}");
     Ok(())
@@ -136,4 +140,66 @@ pub fn run() -> anyhow::Result<()> {
 
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
+}
+
+/// pgbench through two agents with the same policy, one of them also carrying a
+/// `require_approval` rule (for deletes, which pgbench never sends) and the approvals
+/// control socket, with direct as the baseline: the cost of approvals when nothing is
+/// held. Points alternate so that drift in the shared machine hits all three alike.
+fn pgbench_unheld(host: &TestHost, socket: &std::path::Path) -> anyhow::Result<String> {
+    use crate::bench_pg::{POLICY, parse_tps, pgbench_cmd};
+    const SECONDS: &str = "10";
+    let target = host.v4.to_string();
+    util::output(
+        pgbench_cmd(None, &target, 5432)
+            .env("PGPASSWORD", PASSWORD)
+            .args(["-i", "-q", "-s", "1", "postgres"]),
+    )?;
+    let resources = [ResourceSpec::postgres("db", host.v4, 5432)];
+    let cg_plain = Cgroup::new("benchappr-plain")?;
+    let _plain = Agent::start_with(&[&cg_plain], &resources, POLICY)?;
+    let cg_held = Cgroup::new("benchappr-rules")?;
+    let held_socket = socket.with_file_name("approvals-pgbench.sock");
+    let _held = Agent::start_with(
+        &[&cg_held],
+        &resources,
+        &format!(
+            "{POLICY}\n[[policy.rules]]\nname = \"deletes\"\naction = \"require_approval\"\n\
+             kinds = [\"delete\"]\n\n[approvals]\nsocket = \"{}\"\ngroup = \"nogroup\"\n",
+            held_socket.display()
+        ),
+    )?;
+    let mut md = format!(
+        "\n### pgbench when nothing is held\n\npgbench scale 1, 1 client, simple protocol, \
+         {SECONDS} s per point, measured one after the other in the same run: **direct**; \
+         **pam-agent** with the pgbench policy of the PostgreSQL table above; **pam-agent + \
+         approvals**: the same policy plus a `require_approval` rule (for deletes, which \
+         pgbench never sends) and the approvals control socket. This is what approvals cost \
+         a workload that is never held.\n\n\
+         | script | direct tps | pam-agent tps (ratio) | pam-agent + approvals tps (ratio) | approvals / pam-agent |\n\
+         |---|---:|---:|---:|---:|\n"
+    );
+    for (script, args) in [("select-only (-S)", &["-S"][..]), ("tpcb-like", &[][..])] {
+        let mut tps = [0.0f64; 3];
+        for (i, cg) in [None, Some(&cg_plain.path), Some(&cg_held.path)]
+            .into_iter()
+            .enumerate()
+        {
+            let mut cmd = pgbench_cmd(cg.map(|p| p.as_path()), &target, 5432);
+            cmd.env("PGPASSWORD", PASSWORD)
+                .args(args)
+                .args(["-n", "-M", "simple", "-c", "1", "-T", SECONDS, "postgres"]);
+            tps[i] = parse_tps(&util::output(&mut cmd)?)?;
+            eprintln!("  {script} [{i}]: {:.0} tps", tps[i]);
+        }
+        let [d, a, h] = tps;
+        writeln!(
+            md,
+            "| {script} | {d:.0} | {a:.0} ({:.2}) | {h:.0} ({:.2}) | {:.2} |",
+            a / d,
+            h / d,
+            h / a
+        )?;
+    }
+    Ok(md)
 }

@@ -30,7 +30,7 @@ const PASSWORD: &str = "bench-password";
 const SCALE: &str = "10";
 
 /// Allows what pgbench sends, nothing else.
-const POLICY: &str = r#"
+pub(crate) const POLICY: &str = r#"
 [policy]
 default = "deny"
 
@@ -209,7 +209,7 @@ pub fn run(seconds: u32) -> anyhow::Result<String> {
     Ok(md)
 }
 
-fn pgbench_cmd(governed: Option<&Path>, host: &str, port: u16) -> Command {
+pub(crate) fn pgbench_cmd(governed: Option<&Path>, host: &str, port: u16) -> Command {
     let mut c = match governed {
         Some(cg) => {
             let mut c = Command::new(pam_e2e::agent_bin());
@@ -224,7 +224,7 @@ fn pgbench_cmd(governed: Option<&Path>, host: &str, port: u16) -> Command {
     c
 }
 
-fn parse_tps(out: &str) -> anyhow::Result<f64> {
+pub(crate) fn parse_tps(out: &str) -> anyhow::Result<f64> {
     out.lines()
         .find_map(|l| l.strip_prefix("tps = "))
         .and_then(|l| l.split_whitespace().next())
