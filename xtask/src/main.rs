@@ -63,7 +63,11 @@ enum Task {
 }
 
 fn main() -> anyhow::Result<()> {
-    match Cli::parse().task {
+    let task = Cli::parse().task;
+    // Before any thread starts: every task's children find the Python clients' own
+    // environment first (setup creates it).
+    setup::use_venv();
+    match task {
         Task::Setup => setup::run(),
         Task::Build { release } => {
             setup::run()?;

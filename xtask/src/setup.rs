@@ -11,8 +11,9 @@ use crate::util::{self, output};
 /// pg_query, PostgreSQL and pgbouncer for tests and benchmarks, iproute2 for test hosts,
 /// util-linux for setpriv,
 /// bpftool for the benchmarks' per-program run-time statistics, openssl for the TLS
-/// tests' server certificates.
+/// tests' server certificates, python3-venv for the Python clients' own environment.
 const APT: &[&str] = &[
+    "python3-venv",
     "llvm-22-dev",
     "libclang-dev",
     "postgresql",
@@ -132,11 +133,37 @@ fn bpf_linker() -> anyhow::Result<()> {
     )
 }
 
+/// The Python environment of the test workers and the demo: a virtual environment, so
+/// setup never installs into the system's Python. It sees the system's site packages, so
+/// clients already installed there are used rather than installed again.
+pub const VENV: &str = "/opt/pam-agent-dev/venv";
+
+/// Puts [`VENV`] first on `PATH`, for this process and every child (cargo, the test
+/// binaries, the workers they start): `python3` is then the environment's.
+pub fn use_venv() {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    let mut dirs = vec![std::path::Path::new(VENV).join("bin")];
+    dirs.extend(std::env::split_paths(&path));
+    let path = std::env::join_paths(dirs).expect("PATH entries hold no ':'");
+    // SAFETY: called from `main` before any thread is started; nothing reads the
+    // environment concurrently.
+    unsafe { std::env::set_var("PATH", path) };
+}
+
 fn pip() -> anyhow::Result<()> {
+    let python = std::path::Path::new(VENV).join("bin/python3");
+    if !python.exists() {
+        util::run(
+            Command::new("python3")
+                .args(["-m", "venv", "--system-site-packages"])
+                .arg(VENV),
+        )
+        .context("creating the Python virtual environment")?;
+    }
     let missing: Vec<&str> = PIP
         .iter()
         .filter(|(module, _)| {
-            !Command::new("python3")
+            !Command::new(&python)
                 .args(["-c", &format!("import {module}")])
                 .output()
                 .map(|o| o.status.success())
@@ -148,7 +175,7 @@ fn pip() -> anyhow::Result<()> {
         return Ok(());
     }
     util::run(
-        Command::new("python3")
+        Command::new(&python)
             .args([
                 "-m",
                 "pip",
