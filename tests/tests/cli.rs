@@ -154,6 +154,67 @@ fn the_shipped_default_config_is_valid() {
     );
 }
 
+/// The shipped example policy is read-only in fact, not only in statement kind: what a
+/// worker could use to write through a SELECT (a sequence, a user function, a shadowing
+/// function, a search path change) is refused, while the reads it is for are allowed.
+#[test]
+fn the_shipped_policy_refuses_writes_hidden_in_a_select() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap();
+    let text = std::fs::read_to_string(root.join("deploy/config.toml")).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("config.toml");
+    std::fs::write(
+        &path,
+        text.replace("cgroups = [\"pam-workers.slice\"]", "cgroups = [\"/\"]"),
+    )
+    .unwrap();
+    let decision = |sql: &str| {
+        let out = Command::new(agent_bin())
+            .args(["policy", "explain", "--config"])
+            .arg(&path)
+            .args(["--principal", "user=crew", "--resource", "orders-db", sql])
+            .output_within()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let decision = text
+            .lines()
+            .find_map(|l| l.strip_prefix("decision: "))
+            .unwrap_or_else(|| panic!("{sql}: no decision line in {text}"))
+            .to_owned();
+        // `policy explain` exits 0 for allow and 2 for deny, so scripts can use it.
+        (out.status.code(), decision)
+    };
+    for sql in [
+        "SELECT * FROM public.orders",
+        "SELECT count(*), max(total), lower(status) FROM public.orders",
+        "SELECT extract(year from now()), trim(status) FROM public.orders",
+    ] {
+        assert_eq!(
+            decision(sql),
+            (Some(0), "allow (rule: crew-reads-orders)".to_owned()),
+            "{sql}"
+        );
+    }
+    for sql in [
+        "SELECT nextval('orders_id_seq')",
+        "SELECT pg_catalog.setval('orders_id_seq', 1)",
+        "SELECT archive_orders()",
+        "SELECT public.upper(status) FROM public.orders",
+        "SELECT lo_import('/etc/passwd')",
+        "SET search_path = public, pg_catalog",
+        "SELECT set_config('search_path', 'public, pg_catalog', false)",
+        "SELECT * FROM public.customers",
+    ] {
+        assert_eq!(
+            decision(sql),
+            (Some(2), "deny (rule: default)".to_owned()),
+            "{sql}"
+        );
+    }
+}
+
 /// `pam-agent ca` makes the CA once, shows it, and says when TLS is not configured.
 #[test]
 fn ca_init_and_show() {
