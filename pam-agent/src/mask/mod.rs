@@ -52,4 +52,6 @@ pub(crate) use plan::Outcome;
 pub(crate) use value::ValueKind;
 
 #[cfg(test)]
+pub(crate) mod fixtures;
+#[cfg(test)]
 mod tests;
