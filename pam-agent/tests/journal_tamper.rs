@@ -192,21 +192,7 @@ fn rewritten_chain_fails_at_the_signed_checkpoint() {
     )
     .unwrap();
     // Recompute every hash from 23 on, as an attacker without the signing key can.
-    let mut prev = get_hash(&c, 22);
-    for seq in 23..=50u64 {
-        let json: String = c
-            .query_row("SELECT record FROM records WHERE seq = ?1", [seq], |r| {
-                r.get(0)
-            })
-            .unwrap();
-        let hash = format::link(&prev, json.as_bytes());
-        c.execute(
-            "UPDATE records SET prev_hash = ?1, hash = ?2 WHERE seq = ?3",
-            params![&prev[..], &hash[..], seq],
-        )
-        .unwrap();
-        prev = hash;
-    }
+    rechain_from(&c, 23);
     assert_detected(
         &path,
         &[],
@@ -289,21 +275,7 @@ fn rewritten_and_resigned_with_a_foreign_key() {
         [],
     )
     .unwrap();
-    let mut prev = get_hash(&c, 22);
-    for seq in 23..=50u64 {
-        let json: String = c
-            .query_row("SELECT record FROM records WHERE seq = ?1", [seq], |r| {
-                r.get(0)
-            })
-            .unwrap();
-        let hash = format::link(&prev, json.as_bytes());
-        c.execute(
-            "UPDATE records SET prev_hash = ?1, hash = ?2 WHERE seq = ?3",
-            params![&prev[..], &hash[..], seq],
-        )
-        .unwrap();
-        prev = hash;
-    }
+    rechain_from(&c, 23);
     let seed = [0x5a; 32];
     let foreign = ed25519_dalek::SigningKey::from_bytes(&seed)
         .verifying_key()
@@ -340,4 +312,24 @@ fn rewritten_and_resigned_with_a_foreign_key() {
         "{}",
         stdout(&o)
     );
+}
+
+/// Recomputes the hash chain from `from` to the end (seq 50), as an attacker without the
+/// signing key can after editing a record.
+fn rechain_from(c: &Connection, from: u64) {
+    let mut prev = get_hash(c, from - 1);
+    for seq in from..=50u64 {
+        let json: String = c
+            .query_row("SELECT record FROM records WHERE seq = ?1", [seq], |r| {
+                r.get(0)
+            })
+            .unwrap();
+        let hash = format::link(&prev, json.as_bytes());
+        c.execute(
+            "UPDATE records SET prev_hash = ?1, hash = ?2 WHERE seq = ?3",
+            params![&prev[..], &hash[..], seq],
+        )
+        .unwrap();
+        prev = hash;
+    }
 }
