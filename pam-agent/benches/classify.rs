@@ -81,6 +81,7 @@ fn principal() -> Principal {
         exe: Some("/usr/bin/python3".into()),
         cgroup: Some("/crew.slice/w1.service".into()),
         unit: None,
+        ..Default::default()
     }
 }
 

@@ -53,6 +53,9 @@ pub(crate) struct RawConfig {
     pub govern: RawGovern,
     #[serde(default, rename = "resources")]
     pub resources: Vec<RawResource>,
+    /// Named principals (see [`crate::principal::named`]).
+    #[serde(default)]
+    pub principals: Vec<crate::principal::RawPrincipal>,
     /// Statement policy for protocol-aware resources (see [`crate::policy`]).
     #[serde(default)]
     pub policy: crate::policy::RawPolicy,
@@ -328,13 +331,19 @@ impl Config {
             .validate(&names, &crate::protocols::vocabulary())
             .map_err(invalid)?;
         let masking = validate_masking(&raw.masking, &names).map_err(invalid)?;
+        let principals = crate::principal::Principals::compile(raw.principals).map_err(invalid)?;
+        validate_principal_names(&principals, &policy, &masking).map_err(invalid)?;
         let approvals = raw
             .approvals
             .map(crate::control::RawApprovals::validate)
             .transpose()
             .map_err(|(f, r)| invalid((f.into(), r)))?;
         Ok(Config {
-            rules: crate::govern::Rules { policy, masking },
+            rules: crate::govern::Rules {
+                policy,
+                masking,
+                principals,
+            },
             limits,
             path: path.to_owned(),
             pin_dir,
@@ -530,6 +539,34 @@ fn validate_resources(
         resources.push(resource);
     }
     Ok(resources)
+}
+
+/// Policy and masking rules may name only principals `[[principals]]` declares (or
+/// `unknown`): a typo would otherwise be a rule that silently never applies.
+fn validate_principal_names(
+    principals: &crate::principal::Principals,
+    policy: &crate::policy::Policy,
+    masking: &crate::mask::MaskingPolicy,
+) -> Result<(), Invalid> {
+    let known = |n: &str| n == crate::principal::UNKNOWN || principals.names().any(|p| p == n);
+    for (i, rule) in policy.rules.iter().enumerate() {
+        if let Some(n) = rule.principals.iter().flatten().find(|n| !known(n)) {
+            return err(
+                &format!("policy.rules[{i}].principals"),
+                format!(
+                    "rule `{}` names principal `{n}`, which `[[principals]]` does not declare",
+                    rule.name
+                ),
+            );
+        }
+    }
+    if let Some((rule, n)) = masking.selector_principals().find(|(_, n)| !known(n)) {
+        return err(
+            "masking.rules.when.principals",
+            format!("rule `{rule}` names principal `{n}`, which `[[principals]]` does not declare"),
+        );
+    }
+    Ok(())
 }
 
 /// `[masking]`: compiled (reads `hash_key_file`); a rule may name only known resources.

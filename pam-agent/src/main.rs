@@ -80,6 +80,11 @@ enum Command {
         #[command(subcommand)]
         command: Box<audit::AuditCommand>,
     },
+    /// Which principal (`[[principals]]`) a process is, and why.
+    Principals {
+        #[command(subcommand)]
+        command: PrincipalsCommand,
+    },
     /// Statement policy tools.
     Policy {
         #[command(subcommand)]
@@ -152,14 +157,33 @@ enum CaCommand {
 }
 
 #[derive(Subcommand)]
+enum PrincipalsCommand {
+    /// Show the facts of a running process (or a unit's first process), every
+    /// `[[principals]]` entry tried and the name it gets. Exits 0 when an entry names
+    /// it, 2 when it is `unknown`.
+    Explain {
+        #[arg(long, default_value = DEFAULT_CONFIG_PATH)]
+        config: PathBuf,
+        /// A running process.
+        #[arg(long, required_unless_present = "unit", conflicts_with = "unit")]
+        pid: Option<u32>,
+        /// A systemd unit (or any cgroup) by name, e.g. `crew-1.service`.
+        #[arg(long)]
+        unit: Option<String>,
+    },
+}
+
+#[derive(Subcommand)]
 enum PolicyCommand {
     /// Show how the policy judges a SQL text: its classification, every rule tried,
     /// and the decision. Exits 0 when allowed, 2 when refused.
     Explain {
         #[arg(long, default_value = DEFAULT_CONFIG_PATH)]
         config: PathBuf,
-        /// Who runs it: comma-separated `user=NAME,uid=N,cgroup=PATH,exe=PATH`
-        /// (any subset; absent values match no rule that asks for them).
+        /// Who runs it: comma-separated `user=NAME,uid=N,group=NAME,gid=N,unit=NAME,
+        /// cgroup=PATH,exe=PATH` (any subset; absent values match no rule that asks for
+        /// them), or `pid=N` for a running process's facts; the principal name comes
+        /// from `[[principals]]` unless `name=NAME` is given.
         #[arg(long, default_value = "")]
         principal: String,
         /// The resource's name in the config.
@@ -254,6 +278,9 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             bail!("cannot run {}: {err}", command[0])
         }
         Command::Status { config } => status(&Config::load(&config)?),
+        Command::Principals {
+            command: PrincipalsCommand::Explain { config, pid, unit },
+        } => principals_explain(&config, pid, unit.as_deref()),
         Command::Policy {
             command:
                 PolicyCommand::Explain {
@@ -394,7 +421,7 @@ fn policy_explain(
     let Some(r) = cfg.resources.iter().find(|r| r.name == resource) else {
         bail!("{}: no resource is named `{resource}`", cfg.path.display());
     };
-    let who = parse_principal(principal)?;
+    let who = parse_principal(principal, &cfg.rules.principals)?;
     let policy = &cfg.rules.policy;
     let decision = match protocols::requests_of(r.protocol, sql, &cfg.limits)? {
         Ok(requests) => {
@@ -416,34 +443,66 @@ fn policy_explain(
     })
 }
 
-fn parse_principal(spec: &str) -> anyhow::Result<Principal> {
+fn principals_explain(
+    config: &std::path::Path,
+    pid: Option<u32>,
+    unit: Option<&str>,
+) -> anyhow::Result<ExitCode> {
+    use pam_agent::principal::probe;
+    let cfg = Config::load(config)?;
+    let mut who = match (pid, unit) {
+        (Some(pid), _) => probe::process(pid)?,
+        (None, Some(unit)) => probe::unit(unit)?,
+        (None, None) => bail!("give --pid or --unit"),
+    };
+    let (text, naming) = cfg.rules.principals.explain(&mut who);
+    print!("{text}");
+    Ok(match naming {
+        Some(n) if n.name == pam_agent::principal::UNKNOWN => ExitCode::from(2),
+        _ => ExitCode::SUCCESS,
+    })
+}
+
+/// `--principal` of `policy explain`: facts written out (`user=crew,unit=x.service`), or
+/// `pid=N` for a running process's own; named by `[[principals]]` unless `name=` says.
+fn parse_principal(
+    spec: &str,
+    principals: &pam_agent::principal::Principals,
+) -> anyhow::Result<Principal> {
     let mut p = Principal {
-        pid: 0,
-        tid: 0,
         uid: u32::MAX,
         gid: u32::MAX,
-        cgroup_id: 0,
-        comm: String::new(),
-        user: None,
-        exe: None,
-        cgroup: None,
-        unit: None,
+        ..Default::default()
     };
+    let mut named = false;
     for part in spec.split(',').map(str::trim).filter(|s| !s.is_empty()) {
         let Some((k, v)) = part.split_once('=') else {
             bail!("--principal: `{part}` is not key=value");
         };
+        let number = |v: &str| -> anyhow::Result<u32> {
+            v.parse()
+                .with_context(|| format!("--principal: {k} `{v}` is not a number"))
+        };
         match k {
-            "user" => p.user = Some(v.to_owned()),
-            "uid" => {
-                p.uid = v
-                    .parse()
-                    .with_context(|| format!("--principal: uid `{v}`"))?
+            "pid" => p = pam_agent::principal::probe::process(number(v)?)?,
+            "name" => {
+                p.name = Some(v.to_owned());
+                named = true;
             }
+            "user" => p.user = Some(v.to_owned()),
+            "uid" => p.uid = number(v)?,
+            "group" => p.group = Some(v.to_owned()),
+            "gid" => p.gid = number(v)?,
+            "unit" => p.unit = Some(v.to_owned()),
             "cgroup" => p.cgroup = Some(v.to_owned()),
             "exe" => p.exe = Some(v.to_owned()),
-            other => bail!("--principal: unknown key `{other}` (user, uid, cgroup, exe)"),
+            other => bail!(
+                "--principal: unknown key `{other}` (pid, name, user, uid, group, gid, unit, cgroup, exe)"
+            ),
         }
+    }
+    if !named {
+        principals.name(&mut p);
     }
     Ok(p)
 }

@@ -5,18 +5,28 @@
 //! `comm` is chosen by the process itself (prctl) and the executable may have changed
 //! by exec since connect(): neither is proof. A fact that cannot be established is
 //! absent, and an absent fact satisfies no rule that asks for it.
+//!
+//! [`named`] turns these facts into a principal's name (`[[principals]]`), the unit
+//! rules, masking and the journal speak of; [`attest`] reads the facts that need more
+//! than the kernel record (group names, executable hashes, systemd invocation ids,
+//! container ids).
 
-use std::{
-    collections::HashMap,
-    sync::{Mutex, OnceLock},
-};
+pub mod attest;
+pub mod named;
+pub mod probe;
+
+pub use named::{NamedPrincipal, Naming, Principals, RawPrincipal, UNKNOWN};
 
 use serde::{Deserialize, Serialize};
 
 use crate::kernel::cgroup;
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Principal {
+    /// The `[[principals]]` entry these facts matched ([`UNKNOWN`] when none did);
+    /// `None` when the config names no principals.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
     pub pid: u32,
     /// Thread that called connect().
     pub tid: u32,
@@ -32,6 +42,25 @@ pub struct Principal {
     pub cgroup: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub unit: Option<String>,
+    /// The group name of `gid`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<String>,
+    /// The audit login uid the kernel kept for the task (who logged in, across su/sudo).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auid: Option<u32>,
+    /// The systemd invocation id of the unit (one per start of the unit).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub invocation_id: Option<String>,
+    /// The container id a container runtime wrote into the cgroup path.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container_id: Option<String>,
+    /// SHA-256 of the executable (hex), computed only when a principal selects by it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exe_sha256: Option<String>,
+    /// The executable as the kernel identified it (what `exe` and `exe_sha256` are
+    /// checked against).
+    #[serde(skip)]
+    pub exe_id: Option<ExeId>,
 }
 
 /// What the kernel recorded, in plain form.
@@ -47,6 +76,8 @@ pub struct Captured {
     pub exe: Option<ExeId>,
     /// The task's mount namespace (inode number); 0: unknown.
     pub mnt_ns: u32,
+    /// The task's audit login uid; None: unset or unknown.
+    pub auid: Option<u32>,
 }
 
 /// A file as the kernel identifies it: device (userspace `st_dev` encoding) and inode.
@@ -71,17 +102,26 @@ impl Principal {
         let comm_len = c.comm.iter().position(|b| *b == 0).unwrap_or(c.comm.len());
         let cgroup = cgroup::path_of_id(c.cgroup_id);
         let unit = cgroup.as_deref().and_then(systemd_unit);
+        let invocation_id = cgroup.as_deref().and_then(attest::invocation_id);
+        let container_id = cgroup.as_deref().and_then(attest::container_id);
         Principal {
+            name: None,
             pid: c.pid,
             tid: c.tid,
             uid: c.uid,
             gid: c.gid,
             cgroup_id: c.cgroup_id,
             comm: String::from_utf8_lossy(&c.comm[..comm_len]).into_owned(),
-            user: user_name(c.uid),
+            user: attest::user_name(c.uid),
             exe: verified_exe(c.pid, c.exe),
+            exe_id: c.exe,
             cgroup,
             unit,
+            group: attest::group_name(c.gid),
+            auid: c.auid,
+            invocation_id,
+            container_id,
+            exe_sha256: None,
         }
     }
 }
@@ -97,25 +137,6 @@ fn verified_exe(pid: u32, captured: Option<ExeId>) -> Option<String> {
     let path = std::fs::read_link(format!("/proc/{pid}/exe")).ok()?;
     let meta = std::fs::metadata(&path).ok()?;
     (meta.dev() == id.dev && meta.ino() == id.ino).then(|| path.display().to_string())
-}
-
-/// User names by uid, remembered: a name service lookup (NSS: files, LDAP, sssd) per
-/// connection would put its latency on every session's first byte.
-fn user_name(uid: u32) -> Option<String> {
-    static NAMES: OnceLock<Mutex<HashMap<u32, Option<String>>>> = OnceLock::new();
-    let names = NAMES.get_or_init(Default::default);
-    if let Some(name) = names.lock().unwrap_or_else(|p| p.into_inner()).get(&uid) {
-        return name.clone();
-    }
-    let name = nix::unistd::User::from_uid(uid.into())
-        .ok()
-        .flatten()
-        .map(|u| u.name);
-    names
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .insert(uid, name.clone());
-    name
 }
 
 /// The innermost systemd unit (`.service` or `.scope`) named in a cgroup path.
@@ -159,6 +180,7 @@ mod tests {
                 ino: exe.ino(),
             }),
             mnt_ns: 0,
+            auid: None,
         };
         let p = Principal::from_captured(captured);
         assert_eq!(p.comm, "test");

@@ -320,9 +320,11 @@ fn a_reloaded_policy_applies_to_open_sessions_without_dropping_them() {
         .unwrap()
         .0;
     let masking = proxy.rules.current().masking.clone();
-    proxy
-        .rules
-        .replace(pam_agent::govern::Rules { policy, masking });
+    proxy.rules.replace(pam_agent::govern::Rules {
+        policy,
+        masking,
+        principals: Default::default(),
+    });
     let answer = query(secret);
     let tags: Vec<u8> = answer.iter().map(|f| f.0).collect();
     assert_eq!(tags, b"TDCZ");

@@ -139,8 +139,9 @@ pub struct TaskOffsets {
     pub mptcp_first: u32,
     pub sk_cookie: u32,
     pub mptcp_valid: u32,
-    /// Explicit padding, always zero.
-    pub pad: u32,
+    /// `task_struct.loginuid` (the audit login uid, `kuid_t`); 0: not found (the
+    /// kernel has no CONFIG_AUDIT), and the login uid is then recorded as unset.
+    pub task_loginuid: u32,
 }
 
 /// Who connected and where they meant to go, keyed by the worker socket's cookie.
@@ -174,9 +175,13 @@ pub struct ConnectRecord {
     pub exe_dev: u32,
     /// Inode number of the calling task's mount namespace (0: unknown).
     pub mnt_ns: u32,
-    /// Explicit padding, always zero.
-    pub pad: [u8; 4],
+    /// The calling task's audit login uid (`/proc/PID/loginuid`: set once at login, kept
+    /// across su and sudo); [`AUID_UNSET`] when unset or unknown.
+    pub auid: u32,
 }
+
+/// The login uid of a task no login session started (the kernel's `AUDIT_UID_UNSET`).
+pub const AUID_UNSET: u32 = u32::MAX;
 
 /// Maps an IPv4 address (network-order bytes) to its `::ffff:a.b.c.d` form.
 pub const fn v4_mapped(v4: [u8; 4]) -> [u8; 16] {

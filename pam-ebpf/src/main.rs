@@ -62,9 +62,9 @@ use core::{
     ptr::{addr_of, addr_of_mut, read_volatile, write_volatile},
 };
 use pam_common::{
-    AF_INET, AF_INET6, ConnectRecord, LISTENER_V4, LISTENER_V6, MAX_CONNECTS, MAX_GOVERNED,
-    MAX_PROTECTED, PORT_PREFIX_BITS, ResourceKey, ResourceValue, Settings, TaskOffsets, as_v4,
-    v4_mapped,
+    AF_INET, AF_INET6, AUID_UNSET, ConnectRecord, LISTENER_V4, LISTENER_V6, MAX_CONNECTS,
+    MAX_GOVERNED, MAX_PROTECTED, PORT_PREFIX_BITS, ResourceKey, ResourceValue, Settings,
+    TaskOffsets, as_v4, v4_mapped,
 };
 
 /// Verdicts of cgroup sock_addr programs.
@@ -322,7 +322,7 @@ fn decide(
         epoch: settings.epoch,
         exe_dev,
         mnt_ns,
-        pad: [0; 4],
+        auid: login_uid(),
     };
     // SAFETY: the helper only reads the socket behind a valid program context.
     let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
@@ -358,6 +358,22 @@ fn exe_identity() -> Result<(u64, u32, u32), i32> {
         let mnt_ns: *const u8 = read_at(nsproxy, o.nsproxy_mnt_ns)?;
         let inum: u32 = read_at(mnt_ns, o.mnt_ns_inum)?;
         Ok((ino, dev, inum))
+    }
+}
+
+/// The calling task's audit login uid, as the kernel keeps it (the task cannot change
+/// it once set without CAP_AUDIT_CONTROL); [`AUID_UNSET`] when unknown.
+fn login_uid() -> u32 {
+    let Some(o) = OFFSETS.get(0) else {
+        return AUID_UNSET;
+    };
+    if o.task_loginuid == 0 {
+        return AUID_UNSET;
+    }
+    // SAFETY: see exe_identity.
+    unsafe {
+        let task = bpf_get_current_task() as *const u8;
+        read_at(task, o.task_loginuid).unwrap_or(AUID_UNSET)
     }
 }
 

@@ -152,6 +152,7 @@ pub fn opened(worker: u64) -> Event {
             exe: Some("/usr/bin/python3".into()),
             cgroup: Some("/crew.slice/crew-worker@1.service".into()),
             unit: Some("crew-worker@1.service".into()),
+            ..Default::default()
         },
         resource: ResourceRef {
             name: "orders-db".into(),

@@ -15,7 +15,7 @@ pub struct FilterArgs {
     /// Records before this time: RFC 3339 or an age.
     #[arg(long)]
     pub until: Option<String>,
-    /// The worker's uid or user name.
+    /// A principal's name (`[[principals]]`), or the worker's uid or user name.
     #[arg(long)]
     pub principal: Option<String>,
     /// Substring of the worker's command name or executable path.

@@ -123,12 +123,21 @@ pub fn detail(r: &StoredRecord) -> String {
             client,
             ..
         } => format!(
-            "{} pid {} {client} -> {destination}{}",
+            "{}{} pid {} {client} -> {destination}{}{}",
+            principal
+                .name
+                .as_ref()
+                .map(|n| format!("principal {n}: "))
+                .unwrap_or_default(),
             principal.comm,
             principal.pid,
             principal
                 .exe
                 .map(|e| format!(" exe {e}"))
+                .unwrap_or_default(),
+            principal
+                .unit
+                .map(|u| format!(" unit {u}"))
                 .unwrap_or_default()
         ),
         Event::SessionClosed {

@@ -770,6 +770,7 @@ mod tests {
             exe: Some("/usr/bin/python3".into()),
             cgroup: Some("/crew.slice/w1.service".into()),
             unit: Some("w1.service".into()),
+            ..Default::default()
         }
     }
 

@@ -92,6 +92,7 @@ impl Gate {
     pub fn new(session: Arc<Session>, rules: RulesHandle, approvals: Approvals) -> Gate {
         let p = &session.principal;
         let subject = Subject {
+            principal: p.name.as_deref(),
             uid: Some(p.uid),
             user: p.user.as_deref(),
             cgroup: p.cgroup.as_deref(),

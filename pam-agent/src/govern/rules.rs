@@ -4,13 +4,15 @@
 
 use std::sync::{Arc, RwLock};
 
-use crate::{mask::MaskingPolicy, policy::Policy};
+use crate::{mask::MaskingPolicy, policy::Policy, principal::Principals};
 
 #[derive(Debug, Clone)]
 pub struct Rules {
     pub policy: Policy,
     /// What a principal may see: the compiled `[masking]` rules.
     pub masking: MaskingPolicy,
+    /// Who is who: the compiled `[[principals]]`, reloaded with the rules that name them.
+    pub principals: Principals,
 }
 
 impl Default for Rules {
@@ -19,6 +21,7 @@ impl Default for Rules {
         Rules {
             policy: Policy::default(),
             masking: MaskingPolicy::none(),
+            principals: Principals::default(),
         }
     }
 }

@@ -57,6 +57,8 @@ pub struct Filter {
     pub since_us: Option<i64>,
     pub until_us: Option<i64>,
     pub uid: Option<u32>,
+    /// A user name, or the name of a principal (`[[principals]]`): records of the
+    /// sessions opened by that principal, and records of that user.
     pub user: Option<String>,
     /// Substring of the command name or executable path.
     pub process: Option<String>,
@@ -88,9 +90,6 @@ impl Filter {
         if let Some(u) = self.uid {
             add("uid = ?", Value::Integer(u.into()));
         }
-        if let Some(u) = &self.user {
-            add("user = ?", Value::Text(u.clone()));
-        }
         if let Some(r) = &self.resource {
             add("resource = ?", Value::Text(r.clone()));
         }
@@ -102,6 +101,15 @@ impl Filter {
         }
         if let Some(s) = self.after_seq {
             add("seq > ?", Value::Integer(s as i64));
+        }
+        if let Some(u) = &self.user {
+            clauses.push(
+                "(user = ? OR session IN (SELECT session FROM records WHERE kind = 'session_opened' \
+                 AND json_extract(record, '$.principal.name') = ?))"
+                    .into(),
+            );
+            values.push(Value::Text(u.clone()));
+            values.push(Value::Text(u.clone()));
         }
         if let Some(p) = &self.process {
             clauses.push("(instr(comm, ?) > 0 OR instr(exe, ?) > 0)".into());

@@ -157,6 +157,11 @@ pub fn task_offsets() -> TaskOffsets {
             btf.offset("sock_common", "skc_cookie")?,
         ))
     });
+    // Kernels built without CONFIG_AUDIT have no login uid: recorded as unset.
+    let task_loginuid = btf
+        .as_ref()
+        .and_then(|btf| btf.offset("task_struct", "loginuid"))
+        .unwrap_or(0);
     let found = btf.and_then(|btf| {
         Some(TaskOffsets {
             task_mm: btf.offset("task_struct", "mm")?,
@@ -172,14 +177,17 @@ pub fn task_offsets() -> TaskOffsets {
             mptcp_first: mptcp.map_or(0, |m| m.0),
             sk_cookie: mptcp.map_or(0, |m| m.1),
             mptcp_valid: u32::from(mptcp.is_some()),
-            pad: 0,
+            task_loginuid,
         })
     });
     found.unwrap_or_else(|| {
         tracing::warn!(
             "kernel BTF lacks a field the executable check needs: executables are recorded as unknown"
         );
-        TaskOffsets::default()
+        TaskOffsets {
+            task_loginuid,
+            ..TaskOffsets::default()
+        }
     })
 }
 
@@ -195,5 +203,6 @@ mod tests {
             o.mm_exe_file > 0 && o.task_mm > 0 && o.inode_ino > 0,
             "{o:?}"
         );
+        assert!(o.task_loginuid > 0, "this kernel has CONFIG_AUDIT: {o:?}");
     }
 }

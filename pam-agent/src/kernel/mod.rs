@@ -385,6 +385,7 @@ impl Redirector {
                 comm: record.comm,
                 exe: crate::principal::ExeId::from_kernel(record.exe_dev, record.exe_ino),
                 mnt_ns: record.mnt_ns,
+                auid: (record.auid != pam_common::AUID_UNSET).then_some(record.auid),
             },
         })
     }
@@ -831,7 +832,7 @@ mod tests {
             epoch: 1,
             exe_dev: 0,
             mnt_ns: 0,
-            pad: [0; 4],
+            auid: pam_common::AUID_UNSET,
         };
         assert_eq!(destination(&rec), "10.0.0.2:7000".parse().unwrap());
         rec.family = pam_common::AF_INET6;
@@ -849,6 +850,7 @@ mod tests {
                 comm: [0; 16],
                 exe: None,
                 mnt_ns: 0,
+                auid: None,
             },
         };
         assert_eq!(red.upstream(), "10.0.0.2:7000".parse().unwrap());

@@ -223,6 +223,17 @@ impl MaskingPolicy {
         })
     }
 
+    /// `(rule, principal)` for every principal a rule's selector names.
+    pub fn selector_principals(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.compiled.rules.iter().flat_map(|r| {
+            r.selector
+                .principals
+                .iter()
+                .flatten()
+                .map(move |p| (r.name.as_str(), p.as_str()))
+        })
+    }
+
     pub fn rule_names(&self) -> impl Iterator<Item = &str> {
         self.compiled.rules.iter().map(|r| r.name.as_str())
     }

@@ -69,6 +69,8 @@ pub struct MaskRule {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Selector {
+    /// Principal names (`[[principals]]`), exactly.
+    pub principals: Option<Vec<String>>,
     pub uids: Option<Vec<u32>>,
     pub users: Option<Vec<String>>,
     pub cgroups: Option<Vec<String>>,
@@ -80,6 +82,8 @@ pub struct Selector {
 /// selector field that asks about them.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Subject<'a> {
+    /// The principal's name, when the config names principals.
+    pub principal: Option<&'a str>,
     pub uid: Option<u32>,
     pub user: Option<&'a str>,
     pub cgroup: Option<&'a str>,
@@ -99,7 +103,12 @@ impl Selector {
             None => true,
             Some(list) => s.uid.is_some_and(|u| list.contains(&u)),
         };
+        let principal_ok = match &self.principals {
+            None => true,
+            Some(list) => s.principal.is_some_and(|p| list.iter().any(|n| n == p)),
+        };
         uid_ok
+            && principal_ok
             && any(&self.users, s.user)
             && any(&self.cgroups, s.cgroup)
             && any(&self.exes, s.exe)

@@ -46,6 +46,8 @@ pub struct RawRule {
     pub resources: Option<Vec<String>>,
     pub databases: Option<Vec<String>>,
     pub roles: Option<Vec<String>>,
+    /// Principal names (`[[principals]]`; `unknown` for connections none names).
+    pub principals: Option<Vec<String>>,
     pub users: Option<Vec<String>>,
     pub uids: Option<Vec<u32>>,
     pub cgroups: Option<Vec<String>>,
@@ -204,6 +206,7 @@ fn validate_rule(
         resources: raw.resources,
         databases: raw.databases,
         roles: raw.roles,
+        principals: raw.principals,
         users: raw.users,
         uids: raw.uids,
         cgroups: raw.cgroups,

@@ -6,7 +6,10 @@
 //! resource's default applies, and the default default is `deny`.
 //!
 //! A rule matches a statement when every condition it sets holds:
-//! - principal: `users`, `uids`, `cgroups`, `exes` (each a list; any entry may match);
+//! - `principals`: the connection's principal name (`[[principals]]`). When the config
+//!   names principals, a connection none of them selects is `unknown`, and allow and
+//!   approval rules match it only if they list `unknown` (deny rules match it anyway);
+//! - process facts: `users`, `uids`, `cgroups`, `exes` (each a list; any entry may match);
 //! - `resources`: resource names;
 //! - `databases`, `roles`: the database and role the session logged in with (globs);
 //! - `kinds`: every kind of the statement is listed (a SELECT with a deleting CTE has
@@ -155,6 +158,8 @@ pub struct Rule {
     pub databases: Option<Vec<String>>,
     /// Roles the session logged in as (`*` wildcard).
     pub roles: Option<Vec<String>>,
+    /// Principal names, exactly (`unknown` included only when written).
+    pub principals: Option<Vec<String>>,
     pub users: Option<Vec<String>>,
     pub uids: Option<Vec<u32>>,
     pub cgroups: Option<Vec<String>>,
@@ -346,6 +351,22 @@ impl Rule {
     /// The first condition on who asks, and where, that fails.
     fn subject_mismatch(&self, subject: &Subject<'_>) -> Option<String> {
         let (who, resource) = (subject.principal, subject.resource);
+        if let Some(name) = who.name.as_deref() {
+            let listed = self
+                .principals
+                .as_ref()
+                .is_some_and(|ps| ps.iter().any(|p| p == name));
+            if self.principals.is_some() && !listed {
+                return Some(format!("principal `{name}` not listed"));
+            }
+            if name == crate::principal::UNKNOWN && self.action != Action::Deny && !listed {
+                return Some(
+                    "the principal is unknown (no [[principals]] entry selects it) and the rule does not list `unknown`".into(),
+                );
+            }
+        } else if self.principals.is_some() {
+            return Some("no principal name (the config declares no [[principals]])".into());
+        }
         if let Some(rs) = &self.resources
             && !rs.iter().any(|r| r == resource)
         {

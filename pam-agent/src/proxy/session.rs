@@ -1,6 +1,7 @@
 //! One redirected connection, from accept to its closing audit record.
 //!
-//! identify (kernel record) -> resource -> principal -> journal "opened" (before any
+//! identify (kernel record) -> resource -> principal (facts, then its `[[principals]]`
+//! name) -> journal "opened" (before any
 //! byte moves) -> the resource's protocol (which dials the original destination when
 //! it is ready to) -> journal "closed". Any step that fails closes the worker's connection; nothing is
 //! relayed unaudited.
@@ -69,9 +70,11 @@ pub async fn run(
             return;
         }
     };
+    let mut principal = Principal::from_captured(redirected.captured);
+    shared.rules.current().principals.name(&mut principal);
     let session = Arc::new(Session {
         id: SessionId::new(),
-        principal: Principal::from_captured(redirected.captured),
+        principal,
         resource: resource.name.clone(),
         journal: shared.journal.clone(),
     });

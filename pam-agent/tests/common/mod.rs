@@ -91,6 +91,7 @@ pub fn principal(uid: u32, user: &str, comm: &str) -> Principal {
         exe: Some(format!("/usr/bin/{comm}")),
         cgroup: Some("/crew.slice/w.service".into()),
         unit: Some("w.service".into()),
+        ..Default::default()
     }
 }
 

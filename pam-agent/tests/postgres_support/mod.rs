@@ -152,6 +152,7 @@ pub fn crew() -> Principal {
         exe: Some("/usr/bin/python3.11".into()),
         cgroup: Some("/crew.slice/worker-1.service".into()),
         unit: Some("worker-1.service".into()),
+        ..Default::default()
     }
 }
 
@@ -247,6 +248,7 @@ impl Proxy {
         let rules = RulesHandle::new(Rules {
             policy,
             masking: masking_rules(opts.masking.as_deref()),
+            principals: Default::default(),
         });
         let handle = rules.clone();
         let journal_path = server

@@ -20,6 +20,7 @@ fn crew() -> Principal {
         exe: Some("/usr/bin/python3.11".into()),
         cgroup: Some("/crew.slice/w1.service".into()),
         unit: Some("w1.service".into()),
+        ..Default::default()
     }
 }
 
