@@ -332,7 +332,7 @@ impl Config {
             .map_err(invalid)?;
         let masking = validate_masking(&raw.masking, &names).map_err(invalid)?;
         let principals = crate::principal::Principals::compile(raw.principals).map_err(invalid)?;
-        validate_principal_names(&principals, &policy, &masking).map_err(invalid)?;
+        validate_principal_names(&principals, &resources, &policy, &masking).map_err(invalid)?;
         let approvals = raw
             .approvals
             .map(crate::control::RawApprovals::validate)
@@ -545,10 +545,21 @@ fn validate_resources(
 /// `unknown`): a typo would otherwise be a rule that silently never applies.
 fn validate_principal_names(
     principals: &crate::principal::Principals,
+    resources: &[Resource],
     policy: &crate::policy::Policy,
     masking: &crate::mask::MaskingPolicy,
 ) -> Result<(), Invalid> {
     let known = |n: &str| n == crate::principal::UNKNOWN || principals.names().any(|p| p == n);
+    for (i, r) in resources.iter().enumerate() {
+        for (j, login) in r.settings.postgres.logins.iter().enumerate() {
+            if let Some(n) = login.principals.iter().flatten().find(|n| !known(n)) {
+                return err(
+                    &format!("resources[{i}].logins[{j}].principals"),
+                    format!("principal `{n}` is not declared by `[[principals]]`"),
+                );
+            }
+        }
+    }
     for (i, rule) in policy.rules.iter().enumerate() {
         if let Some(n) = rule.principals.iter().flatten().find(|n| !known(n)) {
             return err(

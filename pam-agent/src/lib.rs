@@ -13,7 +13,8 @@
 //! - [`mask`]: the masking engine (rules, detectors, strategies, plans; no I/O).
 //! - [`tls`]: the agent CA and its leaves, client TLS, plain-or-TLS streams.
 //! - [`journal`]: the audit journal interface and its store; [`audit`]: `pam-agent audit`.
-//! - [`principal`]: who is behind a connection.
+//! - [`principal`]: who is behind a connection, and its `[[principals]]` name.
+//! - [`credentials`]: the logins the agent uses upstream, and their secrets.
 //! - [`control`]: the local control socket approvers use (`pam-agent approvals`).
 //! - [`config`]: the TOML config and its validation; [`daemon`]: `pam-agent run`, the
 //!   wiring and the shutdown order; [`secret_file`]: private key files.
@@ -21,6 +22,7 @@
 pub mod audit;
 pub mod config;
 pub mod control;
+pub mod credentials;
 pub mod daemon;
 mod glob;
 pub mod govern;

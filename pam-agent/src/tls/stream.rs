@@ -27,6 +27,22 @@ impl<S> MaybeTls<S> {
     }
 }
 
+impl UpstreamStream {
+    /// The server's certificate (DER) on a TLS connection: what SCRAM channel binding
+    /// (`tls-server-end-point`) names.
+    pub fn peer_certificate(&self) -> Option<Vec<u8>> {
+        match self {
+            MaybeTls::Plain(_) => None,
+            MaybeTls::Tls(s) => s
+                .get_ref()
+                .1
+                .peer_certificates()
+                .and_then(|c| c.first())
+                .map(|c| c.as_ref().to_vec()),
+        }
+    }
+}
+
 impl<S: AsyncRead + Unpin> AsyncRead for MaybeTls<S> {
     fn poll_read(
         self: Pin<&mut Self>,

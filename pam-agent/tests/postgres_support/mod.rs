@@ -305,6 +305,7 @@ impl Proxy {
                         cancels: cancels.clone(),
                         tls: opts.tls.clone(),
                         upstream_tls: None,
+                        injection: None,
                     };
                     let upstream = upstream.clone();
                     let sd = sd.clone();

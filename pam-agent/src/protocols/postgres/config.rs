@@ -1,12 +1,54 @@
 //! The `[[resources]]` keys only PostgreSQL resources use, flattened into the resource's
 //! table (the file format does not change): the names on the certificate shown to workers
-//! and TLS toward the server.
+//! and TLS toward the server; who completes the worker's login, and the logins the agent
+//! uses upstream (credential injection).
 
 use std::{net::IpAddr, path::PathBuf};
 
 use serde::Deserialize;
 
-use crate::tls::TlsMode;
+use crate::{
+    credentials::{Login, RawLogin},
+    tls::TlsMode,
+};
+
+/// Who authenticates the worker.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WorkerAuth {
+    /// The server does, with the worker's own password relayed (the worker holds it).
+    #[default]
+    Passthrough,
+    /// The agent does: the kernel's identity of the process is the authentication, the
+    /// worker is never asked for a password (one it sends is discarded), and the agent
+    /// logs in upstream with the principal's login from `[[resources.logins]]`.
+    None,
+}
+
+/// How the agent may prove a login's secret to the server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+pub enum UpstreamAuth {
+    /// SCRAM-SHA-256, with channel binding (-PLUS) whenever the agent holds TLS to the
+    /// server and the server offers it.
+    #[serde(rename = "scram-sha-256")]
+    ScramSha256,
+    /// md5 (the password's hash can be replayed): only where a resource lists it.
+    #[serde(rename = "md5")]
+    Md5,
+    /// The password in clear (over the connection as it is): only where listed.
+    #[serde(rename = "password")]
+    Password,
+}
+
+impl UpstreamAuth {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            UpstreamAuth::ScramSha256 => "scram-sha-256",
+            UpstreamAuth::Md5 => "md5",
+            UpstreamAuth::Password => "password",
+        }
+    }
+}
 
 /// The keys as written.
 #[derive(Debug, Default, Deserialize)]
@@ -22,6 +64,14 @@ pub(crate) struct RawSettings {
     pub upstream_ca: Option<PathBuf>,
     /// The name the server's certificate must carry; the destination IP by default.
     pub upstream_server_name: Option<String>,
+    /// `passthrough` (default) or `none` (the agent logs in for the worker).
+    #[serde(default)]
+    pub worker_auth: WorkerAuth,
+    /// The logins the agent uses upstream when `worker_auth = "none"`, first match wins.
+    #[serde(default)]
+    pub logins: Vec<RawLogin>,
+    /// Methods the agent may answer the server with (default: SCRAM-SHA-256 only).
+    pub upstream_auth: Option<Vec<UpstreamAuth>>,
 }
 
 /// The validated keys (all empty or `disable` for a resource of another protocol).
@@ -32,6 +82,9 @@ pub struct Settings {
     pub upstream_tls: TlsMode,
     pub upstream_ca: Option<PathBuf>,
     pub upstream_server_name: Option<String>,
+    pub worker_auth: WorkerAuth,
+    pub logins: Vec<Login>,
+    pub upstream_auth: Vec<UpstreamAuth>,
 }
 
 /// Checks a resource's PostgreSQL keys (`postgres`: whether the resource speaks it); the
@@ -51,6 +104,47 @@ pub(crate) fn validate(postgres: bool, r: RawSettings) -> Result<Settings, (&'st
         if r.upstream_tls != TlsMode::Disable {
             return Err(postgres_only("upstream_tls"));
         }
+        if r.worker_auth != WorkerAuth::Passthrough {
+            return Err(postgres_only("worker_auth"));
+        }
+        if !r.logins.is_empty() {
+            return Err(postgres_only("logins"));
+        }
+    }
+    match (r.worker_auth, r.logins.is_empty()) {
+        (WorkerAuth::None, true) => {
+            return Err((
+                "logins",
+                "`worker_auth = \"none\"` needs at least one [[resources.logins]] (the role and secret the agent logs in with)".into(),
+            ));
+        }
+        (WorkerAuth::Passthrough, false) => {
+            return Err((
+                "logins",
+                "logins are used only with `worker_auth = \"none\"` (with passthrough the worker logs in itself)".into(),
+            ));
+        }
+        _ => {}
+    }
+    if r.upstream_auth.is_some() && r.worker_auth != WorkerAuth::None {
+        return Err((
+            "upstream_auth",
+            "only used with `worker_auth = \"none\"`".into(),
+        ));
+    }
+    let upstream_auth = r
+        .upstream_auth
+        .unwrap_or_else(|| vec![UpstreamAuth::ScramSha256]);
+    if upstream_auth.is_empty() {
+        return Err(("upstream_auth", "must allow at least one method".into()));
+    }
+    let mut logins = Vec::new();
+    for l in r.logins {
+        logins.push(l.validate().map_err(|(f, why)| match f {
+            "role" => ("logins.role", why),
+            "secret_credential" => ("logins.secret_credential", why),
+            _ => ("logins.secret_file", why),
+        })?);
     }
     for name in &r.tls_names {
         let ok = tokio_rustls::rustls::pki_types::DnsName::try_from(name.as_str()).is_ok()
@@ -99,6 +193,9 @@ pub(crate) fn validate(postgres: bool, r: RawSettings) -> Result<Settings, (&'st
         upstream_tls: r.upstream_tls,
         upstream_ca: r.upstream_ca,
         upstream_server_name: r.upstream_server_name,
+        worker_auth: r.worker_auth,
+        logins,
+        upstream_auth,
     })
 }
 

@@ -9,6 +9,9 @@
 //!   Authentication messages then flow untouched both ways until the server's
 //!   ReadyForQuery, except SCRAM channel binding, which cannot pass a TLS-terminating
 //!   proxy: not offered to clear-text workers, refused with a clear FATAL otherwise.
+//! - With `worker_auth = "none"` ([`super::login`]) the startup goes out rewritten (the
+//!   login's role, a tagged application_name) and the agent answers the server's
+//!   authentication itself; the worker sees only AuthenticationOk.
 
 use std::{
     net::SocketAddr,
@@ -92,6 +95,28 @@ pub async fn handshake(
         }
         Opening::Closed(detail) => return Ok(Handshake::Done(detail)),
     };
+    // Credential injection: the login is chosen, checked and its secret read before
+    // the server is dialed; a worker that may not log in costs the server nothing.
+    let (startup_body, plan) = match &ctx.injection {
+        None => (startup_body, None),
+        Some(injection) => {
+            match super::login::plan(
+                injection,
+                &ctx.session.principal,
+                &ctx.session.resource,
+                &params,
+            ) {
+                Ok(plan) => (startup::startup_message(&plan.params), Some(plan)),
+                Err(refusal) => {
+                    fatal(&mut worker, refusal.code, &refusal.message).await;
+                    return Ok(Handshake::Done(format!(
+                        "login refused: {}",
+                        refusal.message
+                    )));
+                }
+            }
+        }
+    };
     let upstream = match dialer.dial().await {
         Ok(s) => s,
         Err(e) => {
@@ -105,11 +130,20 @@ pub async fn handshake(
     };
     let server = dialer.addr;
     let upstream = server_startup(upstream, server, &mut worker, &startup_body, ctx).await?;
-    let mut done = relay_auth(worker, upstream, server, ctx, shared).await?;
+    let (role, login) = match plan {
+        Some(mut plan) => {
+            if let Some(cert) = upstream.peer_certificate() {
+                plan.login.bind_to(&cert);
+            }
+            (Some(plan.role), Some(plan.login))
+        }
+        None => (None, None),
+    };
+    let mut done = relay_auth(worker, upstream, server, ctx, shared, login).await?;
     if let Handshake::Ready(r) = &mut done {
         let param = |k: &str| params.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
-        r.role = param("user");
-        r.database = param("database").or_else(|| r.role.clone());
+        r.role = role.or_else(|| param("user"));
+        r.database = param("database").or_else(|| param("user"));
     }
     Ok(done)
 }
@@ -270,6 +304,10 @@ struct Auth<'a> {
     out: Vec<u8>,
     /// Set by AuthenticationSASL: the worker's next message names its mechanism.
     sasl_pending: bool,
+    /// Credential injection: the agent answers the server's authentication itself.
+    login: Option<super::login::UpstreamLogin>,
+    /// Bytes for the server (the agent's authentication answers).
+    to_server: Vec<u8>,
 }
 
 /// What a message of the exchange leads to.
@@ -289,6 +327,7 @@ async fn relay_auth(
     server: SocketAddr,
     ctx: &Context,
     shared: &Arc<Shared>,
+    login: Option<super::login::UpstreamLogin>,
 ) -> Result<Handshake, SessionError> {
     let mut auth = Auth {
         ctx,
@@ -297,6 +336,8 @@ async fn relay_auth(
         registration: None,
         out: Vec::new(),
         sasl_pending: false,
+        login,
+        to_server: Vec::new(),
     };
     let (wr, mut ww) = tokio::io::split(worker);
     let (ur, mut uw) = tokio::io::split(upstream);
@@ -311,6 +352,10 @@ async fn relay_auth(
                 let step = auth.server_message(f, shared)?;
                 if !ureader.has_frame() || !matches!(step, Step::Continue) {
                     write_out(&mut ww, &mut auth.out, shared).await?;
+                }
+                if !auth.to_server.is_empty() {
+                    uw.write_all(&auth.to_server).await?;
+                    auth.to_server.clear();
                 }
                 step
             }
@@ -376,6 +421,25 @@ impl Auth<'_> {
                 watch_parameter(&f, shared);
                 self.out.extend_from_slice(&f.raw);
             }
+            backend::AUTHENTICATION if self.login.is_some() => {
+                let login = self.login.as_mut().expect("checked");
+                match login.answer(&f) {
+                    Ok(super::login::Answer::Send(bytes)) => {
+                        self.to_server.extend_from_slice(&bytes)
+                    }
+                    Ok(super::login::Answer::Wait) => {}
+                    Ok(super::login::Answer::Accepted) => {
+                        // The worker's whole authentication: it was never asked for a
+                        // password. The secret is no longer needed.
+                        self.login = None;
+                        self.out.extend_from_slice(&f.raw);
+                    }
+                    Err(refusal) => {
+                        self.fatal(refusal.code, &refusal.message);
+                        return Ok(Step::Done(format!("login failed: {}", refusal.message)));
+                    }
+                }
+            }
             backend::AUTHENTICATION => {
                 self.sasl_pending = backend::auth_code(&f) == Ok(AUTH_SASL);
                 if self.sasl_pending && !self.worker_tls {
@@ -404,6 +468,11 @@ impl Auth<'_> {
                 return Err(SessionError::Worker(e));
             }
         };
+        if f.tag == frontend::AUTH_RESPONSE && self.login.is_some() {
+            // The agent logs in: a password the worker sends anyway is discarded,
+            // never forwarded.
+            return Ok(Step::Continue);
+        }
         if f.tag != frontend::AUTH_RESPONSE {
             let msg = format!(
                 "pam-agent: unexpected message '{}' during authentication",
@@ -415,7 +484,7 @@ impl Auth<'_> {
         if std::mem::take(&mut self.sasl_pending) && f.body().starts_with(SCRAM_PLUS) {
             // Channel binding ties SCRAM to the TLS certificate the worker saw: the
             // agent's, not the server's. The server would refuse the proof; say why.
-            self.fatal(INVALID_AUTHORIZATION, CHANNEL_BINDING);
+            self.fatal(sqlstate::INVALID_AUTHORIZATION, CHANNEL_BINDING);
             return Ok(Step::Done(
                 "worker chose SCRAM-SHA-256-PLUS (channel binding), which cannot pass through the agent".into(),
             ));
@@ -462,7 +531,6 @@ const AUTH_SASL: i32 = 10;
 
 /// The mechanism name at the start of a SASLInitialResponse, NUL-terminated.
 const SCRAM_PLUS: &[u8] = b"SCRAM-SHA-256-PLUS\0";
-const INVALID_AUTHORIZATION: &str = "28000";
 
 async fn fatal(worker: &mut WorkerStream, code: &str, message: &str) {
     let f: Frame = backend::error(Severity::Fatal, code, message, None, None);

@@ -29,6 +29,7 @@ pub mod config;
 mod handshake;
 mod inject;
 mod io;
+mod login;
 pub mod masking;
 mod names;
 mod notes;
@@ -73,6 +74,8 @@ pub struct Context {
     pub tls: Option<TlsAcceptor>,
     /// TLS toward the server; `None`: plain TCP.
     pub upstream_tls: Option<ClientTls>,
+    /// `worker_auth = "none"`: the logins the agent completes the worker's login with.
+    pub injection: Option<login::Injection>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -173,6 +176,12 @@ pub async fn open(d: Dispatch<'_>) -> Outcome {
         cancels: d.services.postgres.cancels.clone(),
         tls,
         upstream_tls: d.upstream_tls,
+        injection: (d.settings.postgres.worker_auth == config::WorkerAuth::None).then(|| {
+            login::Injection {
+                logins: d.settings.postgres.logins.clone(),
+                methods: d.settings.postgres.upstream_auth.clone(),
+            }
+        }),
     };
     serve(d.worker, d.upstream, ctx, gate, d.shutdown).await
 }

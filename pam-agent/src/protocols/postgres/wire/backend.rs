@@ -36,6 +36,8 @@ pub mod sqlstate {
     pub const INVALID_CURSOR_NAME: &str = "34000";
     /// Too many connections (the server's own code when it is full).
     pub const TOO_MANY_CONNECTIONS: &str = "53300";
+    /// invalid_authorization_specification: a login the agent will not make.
+    pub const INVALID_AUTHORIZATION: &str = "28000";
     /// A notice that a statement waits for approval (warning class: drivers log it).
     pub const HELD: &str = "01000";
 }

@@ -108,6 +108,20 @@ pub fn check_params(params: &[(String, String)]) -> Result<(), StartupError> {
     Ok(())
 }
 
+/// A StartupMessage body (protocol 3.0, without its length word) carrying `params`.
+pub fn startup_message(params: &[(String, String)]) -> Bytes {
+    let mut out = Vec::with_capacity(64);
+    out.extend_from_slice(&(3i32 << 16).to_be_bytes());
+    for (k, v) in params {
+        out.extend_from_slice(k.as_bytes());
+        out.push(0);
+        out.extend_from_slice(v.as_bytes());
+        out.push(0);
+    }
+    out.push(0);
+    Bytes::from(out)
+}
+
 /// Re-encodes a CancelRequest with the upstream's key.
 pub fn cancel_request(pid: i32, secret: &[u8]) -> Bytes {
     let mut out = Vec::with_capacity(12 + secret.len());
