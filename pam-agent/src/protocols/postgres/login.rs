@@ -223,7 +223,7 @@ impl UpstreamLogin {
                 self.allowed(UpstreamAuth::ScramSha256, "SASL")?;
                 let offered: Vec<&[u8]> =
                     data.split(|b| *b == 0).filter(|m| !m.is_empty()).collect();
-                let offers = |m: &str| offered.iter().any(|o| *o == m.as_bytes());
+                let offers = |m: &str| offered.contains(&m.as_bytes());
                 let (mechanism, binding) = match &self.binding {
                     Some(hash) if offers(SCRAM_SHA_256_PLUS) => (
                         SCRAM_SHA_256_PLUS,
