@@ -431,6 +431,12 @@ impl Auth<'_> {
                     Ok(super::login::Answer::Accepted) => {
                         // The worker's whole authentication: it was never asked for a
                         // password. The secret is no longer needed.
+                        tracing::info!(
+                            session = %self.ctx.session.id,
+                            resource = %self.ctx.session.resource,
+                            method = login.method.unwrap_or("trust"),
+                            "logged in upstream for the worker"
+                        );
                         self.login = None;
                         self.out.extend_from_slice(&f.raw);
                     }

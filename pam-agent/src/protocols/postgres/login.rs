@@ -136,6 +136,7 @@ pub fn plan(
             secret,
             methods: injection.methods.clone(),
             scram: None,
+            method: None,
             binding: None,
         },
     })
@@ -157,6 +158,8 @@ pub struct UpstreamLogin {
     secret: Secret,
     methods: Vec<UpstreamAuth>,
     scram: Option<ScramSha256>,
+    /// The method the server asked for and got (for the log).
+    pub method: Option<&'static str>,
     /// `tls-server-end-point` data of the server's certificate, when the agent holds
     /// TLS to the server.
     binding: Option<Vec<u8>>,
@@ -201,6 +204,7 @@ impl UpstreamLogin {
             AUTH_OK => return Ok(Answer::Accepted),
             AUTH_CLEARTEXT => {
                 self.allowed(UpstreamAuth::Password, "a clear-text password")?;
+                self.method = Some("password");
                 let mut pw = self.secret.expose().to_vec();
                 pw.push(0);
                 let r = pg_frontend::password_message(&pw, &mut buf);
@@ -213,6 +217,7 @@ impl UpstreamLogin {
                     .get(..4)
                     .and_then(|s| s.try_into().ok())
                     .ok_or_else(|| self.broken("an md5 request without salt"))?;
+                self.method = Some("md5");
                 let mut hashed = md5_hash(self.role.as_bytes(), self.secret.expose(), salt);
                 hashed.push('\0');
                 let r = pg_frontend::password_message(hashed.as_bytes(), &mut buf);
@@ -244,6 +249,7 @@ impl UpstreamLogin {
                         )));
                     }
                 };
+                self.method = Some(mechanism);
                 let scram = ScramSha256::new(self.secret.expose(), binding);
                 pg_frontend::sasl_initial_response(mechanism, scram.message(), &mut buf)
                     .map_err(|_| self.broken("SASL"))?;
