@@ -271,14 +271,14 @@ async fn reload_policy(shared: &Shared) {
         || new.worker_tls != shared.config.worker_tls;
     if needs_restart {
         tracing::warn!(
-            "SIGHUP: only [policy] rules and defaults are reloaded; restart the agent to apply other changes"
+            "SIGHUP: only [policy], [masking] and [[principals]] are reloaded; restart the agent to apply other changes"
         );
     }
     let event = Event::ConfigReloaded {
         config: config.clone(),
         ok: true,
         detail: needs_restart.then(|| {
-            "only [policy] and [masking] are applied on reload; restart the agent to apply \
+            "only [policy], [masking] and [[principals]] are applied on reload; restart the agent to apply \
              the other changes"
                 .to_string()
         }),

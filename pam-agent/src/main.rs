@@ -243,6 +243,10 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
                     protocols::describe(r.protocol, &r.settings)
                 );
             }
+            if !cfg.rules.principals.is_empty() {
+                let names: Vec<&str> = cfg.rules.principals.names().collect();
+                println!("  principals: {} (others: unknown)", names.join(", "));
+            }
             match &cfg.worker_tls {
                 Some(t) => {
                     let state = if t.ca_cert.exists() || t.ca_key.exists() {

@@ -399,6 +399,13 @@ fn each_principal_gets_its_own_login_and_verdicts_and_never_holds_the_secret() {
         .arg(&f.agent.config)
         .output_within()
         .unwrap();
+    let said = String::from_utf8_lossy(&check.stdout).into_owned();
+    assert!(
+        said.contains("the agent logs in: orders-crew as crew_writer (secret: file ")
+            && said
+                .contains("principals: orders-crew, billing-crew, psql-as-1000 (others: unknown)"),
+        "{said}"
+    );
     let mut haystack: Vec<u8> = Vec::new();
     for suffix in ["", "-wal", "-shm"] {
         let mut p = f.agent.journal.clone().into_os_string();

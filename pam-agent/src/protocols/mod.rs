@@ -120,10 +120,29 @@ pub fn upstream_tls(
 pub fn describe(protocol: Protocol, settings: &ResourceSettings) -> String {
     match protocol {
         Protocol::Tcp => String::new(),
-        Protocol::Postgres => match settings.postgres.upstream_tls {
-            tls::TlsMode::Disable => String::new(),
-            mode => format!(", TLS to the server: {mode}"),
-        },
+        Protocol::Postgres => {
+            let pg = &settings.postgres;
+            let mut out = match pg.upstream_tls {
+                tls::TlsMode::Disable => String::new(),
+                mode => format!(", TLS to the server: {mode}"),
+            };
+            if pg.worker_auth == postgres::config::WorkerAuth::None {
+                // Where each secret is kept, never the secret.
+                let logins: Vec<String> = pg
+                    .logins
+                    .iter()
+                    .map(|l| {
+                        let who = l
+                            .principals
+                            .as_ref()
+                            .map_or("every principal".to_owned(), |p| p.join(", "));
+                        format!("{who} as {} (secret: {})", l.role, l.source)
+                    })
+                    .collect();
+                out.push_str(&format!(", the agent logs in: {}", logins.join("; ")));
+            }
+            out
+        }
     }
 }
 
