@@ -9,6 +9,8 @@ use pam_e2e::{Agent, Cgroup, ResourceSpec, TestHost, postgres::PgServer};
 use crate::util;
 
 const PASSWORD: &str = "demo-worker-password";
+/// The database password of `crew_reader`, which only the agent holds (in a 0600 file).
+const READER_SECRET: &str = "demo-reader-secret-5e1f";
 
 pub fn run() -> anyhow::Result<()> {
     // SAFETY: geteuid has no preconditions.
@@ -36,6 +38,23 @@ pub fn run() -> anyhow::Result<()> {
          create table api_keys(id int, owner text, secret text);
          insert into api_keys values (1, 'billing', 'sk-live-demo');",
     )?;
+    pg.admin_sql(
+        "shop",
+        &format!(
+            "create role crew_reader login password '{READER_SECRET}';
+             grant select on orders to crew_reader;"
+        ),
+    )?;
+    // Credential injection: the agent, not the worker, holds crew_reader's password.
+    let secrets = tempfile::Builder::new()
+        .prefix("pam-demo-secrets")
+        .tempdir()?;
+    let reader_secret = secrets.path().join("shop-db.crew_reader");
+    std::fs::write(&reader_secret, READER_SECRET)?;
+    std::fs::set_permissions(
+        &reader_secret,
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )?;
 
     step("governed cgroup for workers, and the agent protecting the database");
     let workers = Cgroup::new("demo-workers")?;
@@ -54,10 +73,16 @@ pub fn run() -> anyhow::Result<()> {
         &[&workers],
         &[
             ResourceSpec::postgres("shop-db", host.v4, 5432),
-            ResourceSpec::postgres("shop-db-v6", host.v6, 5432),
+            // Over IPv6 the agent logs workers in itself, as crew_reader.
+            ResourceSpec::postgres("shop-db-v6", host.v6, 5432)
+                .with("worker_auth = \"none\"")
+                .with(format!(
+                    "[[resources.logins]]\nprincipals = [\"demo-crew\"]\nrole = \"crew_reader\"\nsecret_file = \"{}\"",
+                    reader_secret.display()
+                )),
         ],
         &format!(
-            "{}{DEMO_MASKING}{approvals}",
+            "{DEMO_PRINCIPALS}{}{DEMO_MASKING}{approvals}",
             pam_e2e::postgres::CREW_POLICY
         ),
     )?;
@@ -105,15 +130,37 @@ pub fn run() -> anyhow::Result<()> {
         .output()?;
     println!("{}", String::from_utf8_lossy(&explain.stdout));
 
-    step("the same over IPv6");
-    println!(
-        "{}",
-        psql(
-            Some(&workers),
-            &host.v6.to_string(),
-            "select inet_client_addr() as seen_by_server"
-        )?
+    step(
+        "over IPv6, credential injection: psql with no password (-w: never prompt) is logged in by the agent as crew_reader",
     );
+    let mut cmd = Command::new(pam_e2e::agent_bin());
+    cmd.args(["exec", "--cgroup"])
+        .arg(&workers.path)
+        .args(["--", "psql", "-w", "-h"])
+        .arg(host.v6.to_string())
+        .args([
+            "-U",
+            "crew_reader",
+            "-d",
+            "shop",
+            "-X",
+            "-c",
+            "select current_user, application_name, inet_client_addr() as seen_by_server \
+             from pg_stat_activity where pid = pg_backend_pid()",
+        ])
+        .env_remove("PGPASSWORD")
+        .env("PGCONNECT_TIMEOUT", "5");
+    println!("{}", util::output(&mut cmd)?);
+    let explain = Command::new(pam_e2e::agent_bin())
+        .args(["principals", "explain", "--config"])
+        .arg(&agent.config)
+        .args(["--pid", &std::process::id().to_string()])
+        .output()?;
+    println!(
+        "  $ pam-agent principals explain --pid {}   (this demo process, outside the workers' cgroup)",
+        std::process::id()
+    );
+    print!("{}", String::from_utf8_lossy(&explain.stdout));
 
     step("masking: the governed worker gets masked e-mail addresses and card numbers");
     let sql_pii = "select id, customer, email, card from orders order by id limit 3";
@@ -126,7 +173,9 @@ pub fn run() -> anyhow::Result<()> {
 
     step("a CrewAI worker, unmodified: CrewAI's NL2SQLTool queries the database");
     let script = util::root().join("tests/clients/crewai_nl2sql.py");
-    let uri = format!("postgresql://postgres:{PASSWORD}@{}:5432/shop", host.v4);
+    // By IPv6, through credential injection: the URI holds no password.
+    let uri = format!("postgresql://crew_reader@[{}]:5432/shop", host.v6);
+    println!("  db_uri = {uri}");
     let mut crew = Command::new(pam_e2e::agent_bin());
     crew.args(["exec", "--cgroup"])
         .arg(&workers.path)
@@ -180,6 +229,13 @@ pub fn run() -> anyhow::Result<()> {
     drop(host);
     Ok(())
 }
+
+/// The demo's workers, named by their cgroup.
+const DEMO_PRINCIPALS: &str = r#"
+[[principals]]
+name = "demo-crew"
+cgroups = ["/pamtest-demo-workers-*"]
+"#;
 
 /// Masking for the demo's workers: e-mail addresses by column, card numbers by content.
 const DEMO_MASKING: &str = r#"
