@@ -45,6 +45,26 @@ pub struct RawPrincipal {
     pub container_ids: Option<Vec<String>>,
 }
 
+impl RawPrincipal {
+    /// How many entries each selector lists (`None`: not set).
+    fn selector_sizes(&self) -> [Option<usize>; 10] {
+        let n = |l: &Option<Vec<String>>| l.as_ref().map(Vec::len);
+        let m = |l: &Option<Vec<u32>>| l.as_ref().map(Vec::len);
+        [
+            n(&self.units),
+            n(&self.cgroups),
+            n(&self.users),
+            n(&self.groups),
+            n(&self.exes),
+            n(&self.exe_sha256),
+            n(&self.container_ids),
+            m(&self.uids),
+            m(&self.gids),
+            m(&self.auids),
+        ]
+    }
+}
+
 /// The compiled `[[principals]]`, in config order.
 #[derive(Debug, Clone, Default)]
 pub struct Principals {
@@ -105,21 +125,8 @@ impl Principals {
                     format!("`{bad}` is not a SHA-256 in hex (64 digits)"),
                 ));
             }
-            let empty = |l: &Option<Vec<String>>| l.as_ref().is_some_and(Vec::is_empty);
-            let empty_n = |l: &Option<Vec<u32>>| l.as_ref().is_some_and(Vec::is_empty);
-            if [
-                &p.units,
-                &p.cgroups,
-                &p.users,
-                &p.groups,
-                &p.exes,
-                &p.exe_sha256,
-                &p.container_ids,
-            ]
-            .into_iter()
-            .any(empty)
-                || [&p.uids, &p.gids, &p.auids].into_iter().any(empty_n)
-            {
+            let sizes = p.selector_sizes();
+            if sizes.contains(&Some(0)) {
                 return Err((
                     at("name"),
                     format!(
@@ -128,19 +135,7 @@ impl Principals {
                     ),
                 ));
             }
-            let any = [
-                &p.units,
-                &p.cgroups,
-                &p.users,
-                &p.groups,
-                &p.exes,
-                &p.exe_sha256,
-                &p.container_ids,
-            ]
-            .iter()
-            .any(|l| l.is_some())
-                || [&p.uids, &p.gids, &p.auids].iter().any(|l| l.is_some());
-            if !any {
+            if sizes.iter().all(Option::is_none) {
                 return Err((
                     at("name"),
                     format!(
