@@ -131,7 +131,11 @@ impl Grant {
 /// An approver, as the channel authenticated them.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Approver {
-    pub uid: u32,
+    /// The local account: the kernel's word (SO_PEERCRED), or the one a remote
+    /// subject is configured to be. `None`: a remote approver with no local account.
+    pub uid: Option<u32>,
+    /// The identity provider's subject, when a token authenticated the approver.
+    pub subject: Option<String>,
     pub user: String,
     pub groups: Vec<String>,
     /// `cli`, `http`, ...
@@ -140,7 +144,20 @@ pub struct Approver {
 
 impl Approver {
     fn named(&self) -> String {
-        format!("{} (uid {}, {})", self.user, self.uid, self.channel)
+        match (self.uid, &self.subject) {
+            (Some(uid), None) => format!("{} (uid {uid}, {})", self.user, self.channel),
+            (Some(uid), Some(s)) => {
+                format!("{} (uid {uid}, subject {s}, {})", self.user, self.channel)
+            }
+            (None, Some(s)) => format!("{} (subject {s}, {})", self.user, self.channel),
+            (None, None) => format!("{} ({})", self.user, self.channel),
+        }
+    }
+
+    /// The same person, whatever channel: same local account or same subject.
+    fn same_as(&self, other: &Approver) -> bool {
+        (self.uid.is_some() && self.uid == other.uid)
+            || (self.subject.is_some() && self.subject == other.subject)
     }
 
     fn admitted_by(&self, approvers: &[String]) -> bool {
@@ -245,7 +262,56 @@ impl Approvals {
 pub struct Broker {
     inner: Arc<Mutex<State>>,
     journal: crate::journal::Journal,
+    /// Requests and decisions, for whoever listens (webhooks). Sending never waits: a
+    /// listener that falls behind loses notices, the decision path never slows.
+    notices: tokio::sync::broadcast::Sender<Notice>,
 }
+
+/// Told to listeners once a request or decision is on record.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Notice {
+    /// `approval_requested` or `approval_decided`.
+    pub event: &'static str,
+    pub request: Summary,
+    /// For decisions: `approved`, `counted`, `rejected`, `expired`, `withdrawn`,
+    /// `abandoned`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub outcome: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub by: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+impl Notice {
+    fn requested(request: Summary) -> Notice {
+        Notice {
+            event: "approval_requested",
+            request,
+            outcome: None,
+            by: None,
+            reason: None,
+        }
+    }
+
+    fn decided(
+        request: Summary,
+        outcome: &'static str,
+        by: String,
+        reason: Option<String>,
+    ) -> Notice {
+        Notice {
+            event: "approval_decided",
+            request,
+            outcome: Some(outcome),
+            by: Some(by),
+            reason,
+        }
+    }
+}
+
+/// Notices a slow listener may fall behind by before it loses some.
+const NOTICE_BACKLOG: usize = 1024;
 
 #[derive(Default)]
 struct State {
@@ -284,7 +350,18 @@ impl Broker {
                 ..State::default()
             })),
             journal,
+            notices: tokio::sync::broadcast::channel(NOTICE_BACKLOG).0,
         }
+    }
+
+    /// Requests and decisions from now on.
+    pub fn notices(&self) -> tokio::sync::broadcast::Receiver<Notice> {
+        self.notices.subscribe()
+    }
+
+    fn notify(&self, n: Notice) {
+        // No listener is not an error.
+        let _ = self.notices.send(n);
     }
 
     fn state(&self) -> std::sync::MutexGuard<'_, State> {
@@ -380,6 +457,7 @@ impl Broker {
                 expiry: Some(ExpiryTimer(Some(expiry.abort_handle()))),
             },
         );
+        self.notify(Notice::requested(summary.clone()));
         let withdraw = Withdraw {
             broker: self.clone(),
             id,
@@ -421,10 +499,10 @@ impl Broker {
         grant_for: Option<Duration>,
         reason: Option<String>,
     ) -> Result<Decided, ApprovalError> {
-        let (session, decided, done) = {
+        let (summary, decided, done) = {
             let mut st = self.state();
             let p = st.pending.get_mut(&id).ok_or(ApprovalError::Unknown(id))?;
-            if who.uid == p.summary.principal.uid {
+            if who.uid == Some(p.summary.principal.uid) {
                 return Err(ApprovalError::SelfApproval);
             }
             if !who.admitted_by(&p.requirement.approvers) {
@@ -433,18 +511,18 @@ impl Broker {
                     p.summary.rule.clone(),
                 ));
             }
-            if p.approvals.iter().any(|a| a.uid == who.uid) {
+            if p.approvals.iter().any(|a| a.same_as(who)) {
                 return Err(ApprovalError::AlreadyApproved(who.user.clone()));
             }
             p.approvals.push(who.clone());
             p.summary.approved_by.push(who.named());
             let have = p.approvals.len() as u32;
             let need = p.summary.min_approvals;
-            let session = p.summary.session.clone();
+            let summary = p.summary.clone();
             if have < need {
-                (session, Decided::Counted { have, need }, None)
+                (summary, Decided::Counted { have, need }, None)
             } else {
-                (session, Decided::Approved, st.pending.remove(&id))
+                (summary, Decided::Approved, st.pending.remove(&id))
             }
         };
         let grant = match (&done, grant_for) {
@@ -470,17 +548,26 @@ impl Broker {
             )),
             (None, r) => r,
         };
+        let outcome = match decided {
+            Decided::Counted { .. } => ApprovalOutcome::Counted,
+            _ => ApprovalOutcome::Approved,
+        };
         let event = Event::ApprovalDecided {
             approval: id,
-            outcome: match decided {
-                Decided::Counted { .. } => ApprovalOutcome::Counted,
-                _ => ApprovalOutcome::Approved,
-            },
+            outcome,
             by: who.named(),
-            reason,
+            reason: reason.clone(),
             grant: grant.as_ref().map(Grant::record),
         };
-        let recorded = self.journal_for(&session, event).await;
+        let recorded = self.journal_for(&summary.session, event).await;
+        if recorded.is_ok() {
+            self.notify(Notice::decided(
+                summary,
+                outcome.as_str(),
+                who.named(),
+                reason,
+            ));
+        }
         if let Some(p) = done {
             match &recorded {
                 Ok(()) => {
@@ -510,7 +597,9 @@ impl Broker {
         let p = {
             let mut st = self.state();
             let p = st.pending.get(&id).ok_or(ApprovalError::Unknown(id))?;
-            if !who.admitted_by(&p.requirement.approvers) && who.uid != p.summary.principal.uid {
+            if !who.admitted_by(&p.requirement.approvers)
+                && who.uid != Some(p.summary.principal.uid)
+            {
                 return Err(ApprovalError::NotAnApprover(
                     who.user.clone(),
                     p.summary.rule.clone(),
@@ -530,10 +619,18 @@ impl Broker {
             approval: id,
             outcome: ApprovalOutcome::Rejected,
             by: who.named(),
-            reason,
+            reason: reason.clone(),
             grant: None,
         };
         let recorded = self.journal_for(&p.summary.session, event).await;
+        if recorded.is_ok() {
+            self.notify(Notice::decided(
+                p.summary.clone(),
+                "rejected",
+                who.named(),
+                reason,
+            ));
+        }
         let _ = p.answer.send(Resolution::Denied(why));
         recorded.map(|()| Decided::Denied)
     }
@@ -578,6 +675,12 @@ impl Broker {
         {
             tracing::error!(error = %e, "cannot journal an expired approval");
         }
+        self.notify(Notice::decided(
+            p.summary.clone(),
+            "expired",
+            "pam-agent".into(),
+            Some("nobody decided in time".into()),
+        ));
         let _ = p.answer.send(Resolution::Denied(format!(
             "approval request {id} expired at {} with no decision",
             p.summary.expires_at
@@ -609,9 +712,9 @@ impl Broker {
 
     /// The worker went away (disconnect, cancel, session end) before a decision.
     async fn withdraw(&self, id: Uuid, session: crate::journal::SessionId) {
-        if self.state().pending.remove(&id).is_none() {
+        let Some(p) = self.state().pending.remove(&id) else {
             return;
-        }
+        };
         let event = Event::ApprovalDecided {
             approval: id,
             outcome: ApprovalOutcome::Withdrawn,
@@ -622,6 +725,12 @@ impl Broker {
         if let Err(e) = self.journal.record(Some(session), event).await {
             tracing::error!(error = %e, "cannot journal a withdrawn approval");
         }
+        self.notify(Notice::decided(
+            p.summary,
+            "withdrawn",
+            "the requesting session".into(),
+            None,
+        ));
     }
 
     async fn journal_for(&self, session: &str, event: Event) -> Result<(), ApprovalError> {
@@ -775,7 +884,8 @@ mod tests {
 
     fn approver(uid: u32, groups: &[&str]) -> Approver {
         Approver {
-            uid,
+            uid: Some(uid),
+            subject: None,
             user: format!("a{uid}"),
             groups: groups.iter().map(|g| g.to_string()).collect(),
             channel: "cli".into(),
