@@ -136,7 +136,10 @@ impl Api {
                     _ => return,
                 };
                 let service = hyper_util::service::TowerToHyperService::new(router(inner, peer));
+                // A client that trickles its headers is dropped (slowloris).
                 let _ = hyper::server::conn::http1::Builder::new()
+                    .timer(hyper_util::rt::TokioTimer::new())
+                    .header_read_timeout(HANDSHAKE)
                     .serve_connection(hyper_util::rt::TokioIo::new(tls), service)
                     .await;
             });
