@@ -10,6 +10,8 @@
 
 pub mod config;
 pub mod jwks;
+#[cfg(test)]
+mod tests;
 pub mod verifier;
 
 pub use config::{OidcConfig, RawOidc};

@@ -38,7 +38,7 @@ pub struct Identity {
 
 /// Why a token was refused. Each is a reason to answer 401; none says more to the
 /// presenter than "invalid token".
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
 pub enum OidcError {
     #[error("not a JWT: {0}")]
     Malformed(String),
