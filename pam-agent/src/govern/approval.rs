@@ -388,23 +388,6 @@ impl Broker {
                 })
                 .cloned()
         };
-        if let Some(g) = grant {
-            // A grant in force answers at once; the decision is on record as the grant's.
-            self.journal
-                .record(
-                    Some(r.session.id),
-                    Event::ApprovalDecided {
-                        approval: id,
-                        outcome: ApprovalOutcome::Approved,
-                        by: format!("grant {} by {}", g.id, g.by),
-                        reason: Some(format!("within the grant until {}", g.until)),
-                        grant: None,
-                    },
-                )
-                .await?;
-            let _ = tx.send(Resolution::Approved);
-            return Ok(Held::new(r.decision, rx));
-        }
         let expires_at = now
             .checked_add(r.requirement.timeout)
             .unwrap_or(Timestamp::MAX);
@@ -427,6 +410,26 @@ impl Broker {
             min_approvals: r.requirement.min_approvals.max(1),
             approved_by: Vec::new(),
         };
+        if let Some(g) = grant {
+            // A grant in force answers at once; the decision is on record as the grant's.
+            let by = format!("grant {} by {}", g.id, g.by);
+            let reason = format!("within the grant until {}", g.until);
+            self.journal
+                .record(
+                    Some(r.session.id),
+                    Event::ApprovalDecided {
+                        approval: id,
+                        outcome: ApprovalOutcome::Approved,
+                        by: by.clone(),
+                        reason: Some(reason.clone()),
+                        grant: None,
+                    },
+                )
+                .await?;
+            self.notify(Notice::decided(summary, "approved", by, Some(reason)));
+            let _ = tx.send(Resolution::Approved);
+            return Ok(Held::new(r.decision, rx));
+        }
         // On record before anyone can decide it.
         self.journal
             .record(
@@ -1106,6 +1109,110 @@ mod tests {
             "{k:?}"
         );
         assert!(k.contains(&"decided:revoked".to_owned()), "{k:?}");
+    }
+
+    #[tokio::test]
+    async fn a_person_counts_once_whatever_the_channel_and_a_mapped_subject_is_its_user() {
+        let s = setup();
+        let req = Requirement {
+            min_approvals: 3,
+            ..Requirement::default()
+        };
+        let held = s.approvals.request(hold(&s, req, "fp")).await.unwrap();
+        let id = held.request().unwrap().id;
+        let remote = |uid: Option<u32>, sub: &str| Approver {
+            uid,
+            subject: Some(sub.into()),
+            user: format!("oidc:{sub}"),
+            groups: vec![],
+            channel: "http".into(),
+        };
+        // A subject mapped to the worker's own user is the requester.
+        assert_eq!(
+            s.broker
+                .approve(id, &remote(Some(1001), "crewbot"), None, None)
+                .await,
+            Err(ApprovalError::SelfApproval)
+        );
+        // alice by socket, then alice by token (mapped to her uid): counted once.
+        s.broker
+            .approve(id, &approver(2000, &[]), None, None)
+            .await
+            .unwrap();
+        assert!(matches!(
+            s.broker
+                .approve(id, &remote(Some(2000), "alice"), None, None)
+                .await,
+            Err(ApprovalError::AlreadyApproved(_))
+        ));
+        // An unmapped subject is someone else, once.
+        assert_eq!(
+            s.broker.approve(id, &remote(None, "bob"), None, None).await,
+            Ok(Decided::Counted { have: 2, need: 3 })
+        );
+        assert!(matches!(
+            s.broker.approve(id, &remote(None, "bob"), None, None).await,
+            Err(ApprovalError::AlreadyApproved(_))
+        ));
+        assert_eq!(
+            s.broker
+                .approve(id, &remote(None, "carol"), None, None)
+                .await,
+            Ok(Decided::Approved)
+        );
+        assert_eq!(held.resolution().await.1, Resolution::Approved);
+    }
+
+    #[tokio::test]
+    async fn listeners_hear_of_requests_and_decisions_once_on_record() {
+        let s = setup();
+        let mut notices = s.broker.notices();
+        let held = s
+            .approvals
+            .request(hold(&s, Requirement::default(), "fp"))
+            .await
+            .unwrap();
+        let id = held.request().unwrap().id;
+        let n = notices.recv().await.unwrap();
+        assert_eq!(
+            (n.event, n.request.id, n.outcome),
+            ("approval_requested", id, None)
+        );
+        assert_eq!(kinds(&s), ["approval_requested"], "on record first");
+        s.broker
+            .approve(
+                id,
+                &approver(2000, &[]),
+                Some(Duration::from_secs(60)),
+                Some("ok".into()),
+            )
+            .await
+            .unwrap();
+        let n = notices.recv().await.unwrap();
+        assert_eq!((n.event, n.outcome), ("approval_decided", Some("approved")));
+        assert_eq!(n.by.as_deref(), Some("a2000 (uid 2000, cli)"));
+        held.resolution().await;
+        // A use of the grant is a decision too.
+        let again = s
+            .approvals
+            .request(hold(&s, Requirement::default(), "fp"))
+            .await
+            .unwrap();
+        assert!(again.request().is_none());
+        let n = notices.recv().await.unwrap();
+        assert_eq!(n.outcome, Some("approved"));
+        assert!(n.by.unwrap().starts_with("grant "));
+        // A listener that never reads does not hold anything up.
+        let _deaf = s.broker.notices();
+        for i in 0..(NOTICE_BACKLOG + 10) {
+            let h = s
+                .approvals
+                .request(hold(&s, Requirement::default(), &format!("other{i}")))
+                .await
+                .unwrap();
+            let id = h.request().unwrap().id;
+            s.broker.deny(id, &approver(2000, &[]), None).await.unwrap();
+        }
     }
 
     #[tokio::test]
