@@ -337,7 +337,13 @@ impl Config {
             .approvals
             .map(crate::control::RawApprovals::validate)
             .transpose()
-            .map_err(|(f, r)| invalid((f.into(), r)))?;
+            .map_err(invalid)?;
+        if approvals.as_ref().is_some_and(|a| a.http.is_some()) && worker_tls.is_none() {
+            return Err(invalid((
+                "approvals.http".into(),
+                "needs [worker_tls]: the API's certificate is issued by the agent CA".into(),
+            )));
+        }
         Ok(Config {
             rules: crate::govern::Rules {
                 policy,

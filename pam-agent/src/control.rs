@@ -31,6 +31,11 @@ pub struct RawApprovals {
     pub socket: Option<PathBuf>,
     /// The group whose members may connect (and so approve); root always may.
     pub group: Option<String>,
+    /// The HTTP API for remote approvers ([`crate::approval_api::http`]).
+    pub http: Option<crate::approval_api::RawHttp>,
+    /// Notices of requests and decisions ([`crate::approval_api::webhook`]).
+    #[serde(default)]
+    pub webhooks: Vec<crate::approval_api::RawWebhook>,
 }
 
 /// `[approvals]`, checked.
@@ -39,23 +44,39 @@ pub struct ApprovalsConfig {
     pub socket: PathBuf,
     /// The group's id, resolved at load so a typo fails `check`.
     pub group: Option<(String, u32)>,
+    pub http: Option<crate::approval_api::HttpConfig>,
+    pub webhooks: Vec<crate::approval_api::WebhookConfig>,
 }
 
 impl RawApprovals {
     /// Errors are (field, reason).
-    pub fn validate(self) -> Result<ApprovalsConfig, (&'static str, String)> {
+    pub fn validate(self) -> Result<ApprovalsConfig, (String, String)> {
         let socket = self.socket.unwrap_or_else(|| DEFAULT_SOCKET.into());
         if !socket.is_absolute() {
-            return Err(("approvals.socket", "must be an absolute path".into()));
+            return Err(("approvals.socket".into(), "must be an absolute path".into()));
         }
         let group = match self.group {
             None => None,
             Some(name) => match nix::unistd::Group::from_name(&name) {
                 Ok(Some(g)) => Some((name, g.gid.as_raw())),
-                _ => return Err(("approvals.group", format!("no group named `{name}`"))),
+                _ => {
+                    return Err(("approvals.group".into(), format!("no group named `{name}`")));
+                }
             },
         };
-        Ok(ApprovalsConfig { socket, group })
+        let http = self.http.map(|h| h.validate()).transpose()?;
+        let webhooks = self
+            .webhooks
+            .into_iter()
+            .enumerate()
+            .map(|(i, w)| w.validate(i))
+            .collect::<Result<_, _>>()?;
+        Ok(ApprovalsConfig {
+            socket,
+            group,
+            http,
+            webhooks,
+        })
     }
 }
 
@@ -206,7 +227,8 @@ fn approver_of(uid: u32, gid: u32) -> Approver {
         }
     }
     Approver {
-        uid,
+        uid: Some(uid),
+        subject: None,
         user: name,
         groups,
         channel: "cli".into(),

@@ -76,7 +76,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     let protocols =
         protocols::Services::start(&cfg.limits).context("starting the protocols' services")?;
     let shutdown = CancellationToken::new();
-    let approvals = start_approvals(&cfg, &journal, grants, &shutdown)?;
+    let approvals = start_approvals(&cfg, &journal, grants, &shutdown).await?;
     let shared = Arc::new(Shared {
         protocols,
         rules: RulesHandle::new(cfg.rules.clone()),
@@ -160,7 +160,7 @@ async fn abandon_unanswered(
 }
 
 /// The approval broker and its control socket, when `[approvals]` asks for them.
-fn start_approvals(
+async fn start_approvals(
     cfg: &Config,
     journal: &Journal,
     grants: Vec<crate::govern::approval::Grant>,
@@ -177,6 +177,15 @@ fn start_approvals(
         shutdown.clone(),
     ));
     tracing::info!(socket = %a.socket.display(), "approvals: control socket open");
+    crate::approval_api::start(
+        a.http.as_ref(),
+        &a.webhooks,
+        cfg.worker_tls.as_ref(),
+        &broker,
+        journal,
+        shutdown,
+    )
+    .await?;
     Ok(Approvals::with_broker(broker))
 }
 

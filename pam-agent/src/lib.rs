@@ -15,10 +15,13 @@
 //! - [`journal`]: the audit journal interface and its store; [`audit`]: `pam-agent audit`.
 //! - [`principal`]: who is behind a connection, and its `[[principals]]` name.
 //! - [`credentials`]: the logins the agent uses upstream, and their secrets.
-//! - [`control`]: the local control socket approvers use (`pam-agent approvals`).
+//! - [`control`]: the local control socket approvers use (`pam-agent approvals`);
+//!   [`approval_api`]: the remote channels (HTTP API with OIDC tokens, webhooks);
+//!   [`oidc`]: OpenID Connect bearer tokens, protocol-free.
 //! - [`config`]: the TOML config and its validation; [`daemon`]: `pam-agent run`, the
 //!   wiring and the shutdown order; [`secret_file`]: private key files.
 
+pub mod approval_api;
 pub mod audit;
 pub mod config;
 pub mod control;
@@ -29,6 +32,7 @@ pub mod govern;
 pub mod journal;
 pub mod kernel;
 pub mod mask;
+pub mod oidc;
 pub mod policy;
 pub mod principal;
 pub mod protocols;

@@ -7,8 +7,11 @@
 //! - [`Agent`]: `pam-agent run` with a generated config, ready when it says READY=1 on
 //!   its systemd notify socket.
 //! - [`worker`]: runs `pam-testpeer connect` as a worker (inside a cgroup or not).
+//! - [`idp::Idp`]: a real OpenID provider on loopback; [`receiver`]: webhook receivers.
 
+pub mod idp;
 pub mod postgres;
+pub mod receiver;
 
 use std::{
     io::Read,

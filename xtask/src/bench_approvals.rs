@@ -2,7 +2,9 @@
 //! governed psql's DELETE is held; another user runs `pam-agent approvals approve`; we
 //! time that command (connect, decide, journal the decision, release the statement) and
 //! the time until the worker's psql has its result, over several rounds, with the direct
-//! DELETE (no agent) in the same run as the baseline. Then pgbench measures what the
+//! DELETE (no agent) in the same run as the baseline; then the same through the HTTPS
+//! API, approved by `curl` with a bearer token from a real OpenID provider on loopback
+//! (the token verified on each call). Then pgbench measures what the
 //! approval machinery costs when nothing is held: the same policy with and without a
 //! `require_approval` rule and the control socket, next to direct, in the same run.
 
@@ -30,7 +32,7 @@ pub fn run() -> anyhow::Result<()> {
         "postgres",
         &format!(
             "create table t(id int primary key); insert into t select generate_series(1, {})",
-            2 * ROUNDS
+            3 * ROUNDS
         ),
     )?;
     let cg = Cgroup::new("benchappr")?;
@@ -39,13 +41,23 @@ pub fn run() -> anyhow::Result<()> {
         .tempdir()?;
     std::fs::set_permissions(sock_dir.path(), std::fs::Permissions::from_mode(0o755))?;
     let socket = sock_dir.path().join("approvals.sock");
+    let idp = pam_e2e::idp::Idp::start(&[("alice", &["secops"])])?;
+    let api_port = pam_e2e::free_port();
+    let ca = sock_dir.path().join("ca.pem");
     let _agent = Agent::start_with(
         &[&cg],
         &[ResourceSpec::postgres("db", host.v4, 5432)],
         &format!(
             "[[policy.rules]]\nname = \"deletes\"\naction = \"require_approval\"\nkinds = [\"delete\"]\n\n\
-             [approvals]\nsocket = \"{}\"\ngroup = \"nogroup\"\n",
-            socket.display()
+             [worker_tls]\nca_cert = \"{}\"\nca_key = \"{}\"\n\n\
+             [approvals]\nsocket = \"{}\"\ngroup = \"nogroup\"\n\n\
+             [approvals.http]\nlisten = \"127.0.0.1:{api_port}\"\n\n\
+             [approvals.http.oidc]\nissuer = \"{}\"\naudience = [\"{}\"]\n",
+            ca.display(),
+            sock_dir.path().join("ca.key").display(),
+            socket.display(),
+            idp.issuer,
+            pam_e2e::idp::AUDIENCE,
         ),
     )?;
     let v4 = host.v4.to_string();
@@ -100,6 +112,42 @@ pub fn run() -> anyhow::Result<()> {
         worker.wait().context("worker")?;
         result_ms.push(ms(t.elapsed()));
     }
+    // The same through the HTTPS API: curl with a bearer token (verified on each call).
+    let token = idp.token("alice");
+    let (mut http_ms, mut http_result_ms) = (Vec::new(), Vec::new());
+    for i in 1..=ROUNDS {
+        let mut worker = psql(
+            true,
+            &format!("delete from t where id = {}", 2 * ROUNDS + i),
+        )
+        .spawn()?;
+        let id = loop {
+            let out = approvals(&["--json", "list"])?;
+            let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+            if let Some(id) = v["requests"][0]["id"].as_str() {
+                break id.to_owned();
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        };
+        let t = Instant::now();
+        let ok = Command::new("curl")
+            .args(["-sS", "--fail-with-body", "-X", "POST", "--cacert"])
+            .arg(&ca)
+            .args(["-H", &format!("Authorization: Bearer {token}")])
+            .arg(format!(
+                "https://127.0.0.1:{api_port}/v1/approvals/{id}/approve"
+            ))
+            .output()?;
+        http_ms.push(ms(t.elapsed()));
+        anyhow::ensure!(
+            ok.status.success(),
+            "HTTP approve failed: {}{}",
+            String::from_utf8_lossy(&ok.stdout),
+            String::from_utf8_lossy(&ok.stderr)
+        );
+        worker.wait().context("worker")?;
+        http_result_ms.push(ms(t.elapsed()));
+    }
     let left = pg.admin_sql("postgres", "select count(*) from t")?;
     anyhow::ensure!(left.trim() == "0", "every delete ran: {left}");
     let unheld = pgbench_unheld(&host, &socket)?;
@@ -110,7 +158,9 @@ pub fn run() -> anyhow::Result<()> {
          `nobody` runs `pam-agent approvals approve ID` (a new process: connect to the control \
          socket, decide, journal the decision with fsync, release the statement). *approve* is \
          that command's wall time; *result* runs until the worker's psql exited with its result \
-         (the statement forwarded, run and answered, psql's exit). The baseline is the same \
+         (the statement forwarded, run and answered, psql's exit). The HTTPS rows do the same \
+         with `curl` (a new process: TLS handshake with the agent CA's leaf, bearer token \
+         verified against the provider's cached JWKS, decision journaled). The baseline is the same \
          `DELETE` by psql directly, no agent (process start to exit).\n",
         crate::bench::machine()
     )?;
@@ -118,6 +168,11 @@ pub fn run() -> anyhow::Result<()> {
     for (name, v) in [
         ("approve (CLI, decision journaled)", &mut approve_ms),
         ("approve to the worker's result", &mut result_ms),
+        ("approve (HTTPS + bearer token, curl)", &mut http_ms),
+        (
+            "approve (HTTPS) to the worker's result",
+            &mut http_result_ms,
+        ),
         ("direct psql DELETE, whole process", &mut direct_ms),
     ] {
         v.sort_by(f64::total_cmp);

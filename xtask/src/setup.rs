@@ -11,8 +11,11 @@ use crate::util::{self, output};
 /// pg_query, PostgreSQL and pgbouncer for tests and benchmarks, iproute2 for test hosts,
 /// util-linux for setpriv,
 /// bpftool for the benchmarks' per-program run-time statistics, openssl for the TLS
-/// tests' server certificates, python3-venv for the Python clients' own environment.
+/// tests' server certificates, python3-venv for the Python clients' own environment,
+/// nodejs for the test OpenID provider (`tests/idp`), curl as the remote approver.
 const APT: &[&str] = &[
+    "nodejs",
+    "curl",
     "python3-venv",
     "llvm-22-dev",
     "libclang-dev",
@@ -47,6 +50,7 @@ pub fn run() -> anyhow::Result<()> {
         .and_then(|()| rust())
         .and_then(|()| bpf_linker())
         .and_then(|()| pip())
+        .and_then(|()| npm())
         .context("setting up prerequisites (cargo xtask setup)")
 }
 
@@ -185,4 +189,19 @@ fn pip() -> anyhow::Result<()> {
             ])
             .args(&missing),
     )
+}
+
+/// The test OpenID provider (`oidc-provider`, pinned by `tests/idp/package-lock.json`),
+/// installed into `tests/idp/node_modules`.
+fn npm() -> anyhow::Result<()> {
+    let dir = util::root().join("tests/idp");
+    if dir.join("node_modules/oidc-provider").exists() {
+        return Ok(());
+    }
+    util::run(
+        Command::new("npm")
+            .args(["ci", "--no-audit", "--no-fund", "--prefix"])
+            .arg(&dir),
+    )
+    .context("installing the test OpenID provider (npm ci in tests/idp)")
 }

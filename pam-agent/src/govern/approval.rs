@@ -131,7 +131,11 @@ impl Grant {
 /// An approver, as the channel authenticated them.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Approver {
-    pub uid: u32,
+    /// The local account: the kernel's word (SO_PEERCRED), or the one a remote
+    /// subject is configured to be. `None`: a remote approver with no local account.
+    pub uid: Option<u32>,
+    /// The identity provider's subject, when a token authenticated the approver.
+    pub subject: Option<String>,
     pub user: String,
     pub groups: Vec<String>,
     /// `cli`, `http`, ...
@@ -140,7 +144,20 @@ pub struct Approver {
 
 impl Approver {
     fn named(&self) -> String {
-        format!("{} (uid {}, {})", self.user, self.uid, self.channel)
+        match (self.uid, &self.subject) {
+            (Some(uid), None) => format!("{} (uid {uid}, {})", self.user, self.channel),
+            (Some(uid), Some(s)) => {
+                format!("{} (uid {uid}, subject {s}, {})", self.user, self.channel)
+            }
+            (None, Some(s)) => format!("{} (subject {s}, {})", self.user, self.channel),
+            (None, None) => format!("{} ({})", self.user, self.channel),
+        }
+    }
+
+    /// The same person, whatever channel: same local account or same subject.
+    fn same_as(&self, other: &Approver) -> bool {
+        (self.uid.is_some() && self.uid == other.uid)
+            || (self.subject.is_some() && self.subject == other.subject)
     }
 
     fn admitted_by(&self, approvers: &[String]) -> bool {
@@ -245,7 +262,56 @@ impl Approvals {
 pub struct Broker {
     inner: Arc<Mutex<State>>,
     journal: crate::journal::Journal,
+    /// Requests and decisions, for whoever listens (webhooks). Sending never waits: a
+    /// listener that falls behind loses notices, the decision path never slows.
+    notices: tokio::sync::broadcast::Sender<Notice>,
 }
+
+/// Told to listeners once a request or decision is on record.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Notice {
+    /// `approval_requested` or `approval_decided`.
+    pub event: &'static str,
+    pub request: Summary,
+    /// For decisions: `approved`, `counted`, `rejected`, `expired`, `withdrawn`,
+    /// `abandoned`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub outcome: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub by: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+impl Notice {
+    fn requested(request: Summary) -> Notice {
+        Notice {
+            event: "approval_requested",
+            request,
+            outcome: None,
+            by: None,
+            reason: None,
+        }
+    }
+
+    fn decided(
+        request: Summary,
+        outcome: &'static str,
+        by: String,
+        reason: Option<String>,
+    ) -> Notice {
+        Notice {
+            event: "approval_decided",
+            request,
+            outcome: Some(outcome),
+            by: Some(by),
+            reason,
+        }
+    }
+}
+
+/// Notices a slow listener may fall behind by before it loses some.
+const NOTICE_BACKLOG: usize = 1024;
 
 #[derive(Default)]
 struct State {
@@ -284,7 +350,18 @@ impl Broker {
                 ..State::default()
             })),
             journal,
+            notices: tokio::sync::broadcast::channel(NOTICE_BACKLOG).0,
         }
+    }
+
+    /// Requests and decisions from now on.
+    pub fn notices(&self) -> tokio::sync::broadcast::Receiver<Notice> {
+        self.notices.subscribe()
+    }
+
+    fn notify(&self, n: Notice) {
+        // No listener is not an error.
+        let _ = self.notices.send(n);
     }
 
     fn state(&self) -> std::sync::MutexGuard<'_, State> {
@@ -311,23 +388,6 @@ impl Broker {
                 })
                 .cloned()
         };
-        if let Some(g) = grant {
-            // A grant in force answers at once; the decision is on record as the grant's.
-            self.journal
-                .record(
-                    Some(r.session.id),
-                    Event::ApprovalDecided {
-                        approval: id,
-                        outcome: ApprovalOutcome::Approved,
-                        by: format!("grant {} by {}", g.id, g.by),
-                        reason: Some(format!("within the grant until {}", g.until)),
-                        grant: None,
-                    },
-                )
-                .await?;
-            let _ = tx.send(Resolution::Approved);
-            return Ok(Held::new(r.decision, rx));
-        }
         let expires_at = now
             .checked_add(r.requirement.timeout)
             .unwrap_or(Timestamp::MAX);
@@ -350,6 +410,26 @@ impl Broker {
             min_approvals: r.requirement.min_approvals.max(1),
             approved_by: Vec::new(),
         };
+        if let Some(g) = grant {
+            // A grant in force answers at once; the decision is on record as the grant's.
+            let by = format!("grant {} by {}", g.id, g.by);
+            let reason = format!("within the grant until {}", g.until);
+            self.journal
+                .record(
+                    Some(r.session.id),
+                    Event::ApprovalDecided {
+                        approval: id,
+                        outcome: ApprovalOutcome::Approved,
+                        by: by.clone(),
+                        reason: Some(reason.clone()),
+                        grant: None,
+                    },
+                )
+                .await?;
+            self.notify(Notice::decided(summary, "approved", by, Some(reason)));
+            let _ = tx.send(Resolution::Approved);
+            return Ok(Held::new(r.decision, rx));
+        }
         // On record before anyone can decide it.
         self.journal
             .record(
@@ -380,6 +460,7 @@ impl Broker {
                 expiry: Some(ExpiryTimer(Some(expiry.abort_handle()))),
             },
         );
+        self.notify(Notice::requested(summary.clone()));
         let withdraw = Withdraw {
             broker: self.clone(),
             id,
@@ -421,10 +502,10 @@ impl Broker {
         grant_for: Option<Duration>,
         reason: Option<String>,
     ) -> Result<Decided, ApprovalError> {
-        let (session, decided, done) = {
+        let (summary, decided, done) = {
             let mut st = self.state();
             let p = st.pending.get_mut(&id).ok_or(ApprovalError::Unknown(id))?;
-            if who.uid == p.summary.principal.uid {
+            if who.uid == Some(p.summary.principal.uid) {
                 return Err(ApprovalError::SelfApproval);
             }
             if !who.admitted_by(&p.requirement.approvers) {
@@ -433,18 +514,18 @@ impl Broker {
                     p.summary.rule.clone(),
                 ));
             }
-            if p.approvals.iter().any(|a| a.uid == who.uid) {
+            if p.approvals.iter().any(|a| a.same_as(who)) {
                 return Err(ApprovalError::AlreadyApproved(who.user.clone()));
             }
             p.approvals.push(who.clone());
             p.summary.approved_by.push(who.named());
             let have = p.approvals.len() as u32;
             let need = p.summary.min_approvals;
-            let session = p.summary.session.clone();
+            let summary = p.summary.clone();
             if have < need {
-                (session, Decided::Counted { have, need }, None)
+                (summary, Decided::Counted { have, need }, None)
             } else {
-                (session, Decided::Approved, st.pending.remove(&id))
+                (summary, Decided::Approved, st.pending.remove(&id))
             }
         };
         let grant = match (&done, grant_for) {
@@ -470,17 +551,26 @@ impl Broker {
             )),
             (None, r) => r,
         };
+        let outcome = match decided {
+            Decided::Counted { .. } => ApprovalOutcome::Counted,
+            _ => ApprovalOutcome::Approved,
+        };
         let event = Event::ApprovalDecided {
             approval: id,
-            outcome: match decided {
-                Decided::Counted { .. } => ApprovalOutcome::Counted,
-                _ => ApprovalOutcome::Approved,
-            },
+            outcome,
             by: who.named(),
-            reason,
+            reason: reason.clone(),
             grant: grant.as_ref().map(Grant::record),
         };
-        let recorded = self.journal_for(&session, event).await;
+        let recorded = self.journal_for(&summary.session, event).await;
+        if recorded.is_ok() {
+            self.notify(Notice::decided(
+                summary,
+                outcome.as_str(),
+                who.named(),
+                reason,
+            ));
+        }
         if let Some(p) = done {
             match &recorded {
                 Ok(()) => {
@@ -510,7 +600,9 @@ impl Broker {
         let p = {
             let mut st = self.state();
             let p = st.pending.get(&id).ok_or(ApprovalError::Unknown(id))?;
-            if !who.admitted_by(&p.requirement.approvers) && who.uid != p.summary.principal.uid {
+            if !who.admitted_by(&p.requirement.approvers)
+                && who.uid != Some(p.summary.principal.uid)
+            {
                 return Err(ApprovalError::NotAnApprover(
                     who.user.clone(),
                     p.summary.rule.clone(),
@@ -530,10 +622,18 @@ impl Broker {
             approval: id,
             outcome: ApprovalOutcome::Rejected,
             by: who.named(),
-            reason,
+            reason: reason.clone(),
             grant: None,
         };
         let recorded = self.journal_for(&p.summary.session, event).await;
+        if recorded.is_ok() {
+            self.notify(Notice::decided(
+                p.summary.clone(),
+                "rejected",
+                who.named(),
+                reason,
+            ));
+        }
         let _ = p.answer.send(Resolution::Denied(why));
         recorded.map(|()| Decided::Denied)
     }
@@ -578,6 +678,12 @@ impl Broker {
         {
             tracing::error!(error = %e, "cannot journal an expired approval");
         }
+        self.notify(Notice::decided(
+            p.summary.clone(),
+            "expired",
+            "pam-agent".into(),
+            Some("nobody decided in time".into()),
+        ));
         let _ = p.answer.send(Resolution::Denied(format!(
             "approval request {id} expired at {} with no decision",
             p.summary.expires_at
@@ -609,9 +715,9 @@ impl Broker {
 
     /// The worker went away (disconnect, cancel, session end) before a decision.
     async fn withdraw(&self, id: Uuid, session: crate::journal::SessionId) {
-        if self.state().pending.remove(&id).is_none() {
+        let Some(p) = self.state().pending.remove(&id) else {
             return;
-        }
+        };
         let event = Event::ApprovalDecided {
             approval: id,
             outcome: ApprovalOutcome::Withdrawn,
@@ -622,6 +728,12 @@ impl Broker {
         if let Err(e) = self.journal.record(Some(session), event).await {
             tracing::error!(error = %e, "cannot journal a withdrawn approval");
         }
+        self.notify(Notice::decided(
+            p.summary,
+            "withdrawn",
+            "the requesting session".into(),
+            None,
+        ));
     }
 
     async fn journal_for(&self, session: &str, event: Event) -> Result<(), ApprovalError> {
@@ -776,7 +888,8 @@ mod tests {
 
     fn approver(uid: u32, groups: &[&str]) -> Approver {
         Approver {
-            uid,
+            uid: Some(uid),
+            subject: None,
             user: format!("a{uid}"),
             groups: groups.iter().map(|g| g.to_string()).collect(),
             channel: "cli".into(),
@@ -997,6 +1110,110 @@ mod tests {
             "{k:?}"
         );
         assert!(k.contains(&"decided:revoked".to_owned()), "{k:?}");
+    }
+
+    #[tokio::test]
+    async fn a_person_counts_once_whatever_the_channel_and_a_mapped_subject_is_its_user() {
+        let s = setup();
+        let req = Requirement {
+            min_approvals: 3,
+            ..Requirement::default()
+        };
+        let held = s.approvals.request(hold(&s, req, "fp")).await.unwrap();
+        let id = held.request().unwrap().id;
+        let remote = |uid: Option<u32>, sub: &str| Approver {
+            uid,
+            subject: Some(sub.into()),
+            user: format!("oidc:{sub}"),
+            groups: vec![],
+            channel: "http".into(),
+        };
+        // A subject mapped to the worker's own user is the requester.
+        assert_eq!(
+            s.broker
+                .approve(id, &remote(Some(1001), "crewbot"), None, None)
+                .await,
+            Err(ApprovalError::SelfApproval)
+        );
+        // alice by socket, then alice by token (mapped to her uid): counted once.
+        s.broker
+            .approve(id, &approver(2000, &[]), None, None)
+            .await
+            .unwrap();
+        assert!(matches!(
+            s.broker
+                .approve(id, &remote(Some(2000), "alice"), None, None)
+                .await,
+            Err(ApprovalError::AlreadyApproved(_))
+        ));
+        // An unmapped subject is someone else, once.
+        assert_eq!(
+            s.broker.approve(id, &remote(None, "bob"), None, None).await,
+            Ok(Decided::Counted { have: 2, need: 3 })
+        );
+        assert!(matches!(
+            s.broker.approve(id, &remote(None, "bob"), None, None).await,
+            Err(ApprovalError::AlreadyApproved(_))
+        ));
+        assert_eq!(
+            s.broker
+                .approve(id, &remote(None, "carol"), None, None)
+                .await,
+            Ok(Decided::Approved)
+        );
+        assert_eq!(held.resolution().await.1, Resolution::Approved);
+    }
+
+    #[tokio::test]
+    async fn listeners_hear_of_requests_and_decisions_once_on_record() {
+        let s = setup();
+        let mut notices = s.broker.notices();
+        let held = s
+            .approvals
+            .request(hold(&s, Requirement::default(), "fp"))
+            .await
+            .unwrap();
+        let id = held.request().unwrap().id;
+        let n = notices.recv().await.unwrap();
+        assert_eq!(
+            (n.event, n.request.id, n.outcome),
+            ("approval_requested", id, None)
+        );
+        assert_eq!(kinds(&s), ["approval_requested"], "on record first");
+        s.broker
+            .approve(
+                id,
+                &approver(2000, &[]),
+                Some(Duration::from_secs(60)),
+                Some("ok".into()),
+            )
+            .await
+            .unwrap();
+        let n = notices.recv().await.unwrap();
+        assert_eq!((n.event, n.outcome), ("approval_decided", Some("approved")));
+        assert_eq!(n.by.as_deref(), Some("a2000 (uid 2000, cli)"));
+        held.resolution().await;
+        // A use of the grant is a decision too.
+        let again = s
+            .approvals
+            .request(hold(&s, Requirement::default(), "fp"))
+            .await
+            .unwrap();
+        assert!(again.request().is_none());
+        let n = notices.recv().await.unwrap();
+        assert_eq!(n.outcome, Some("approved"));
+        assert!(n.by.unwrap().starts_with("grant "));
+        // A listener that never reads does not hold anything up.
+        let _deaf = s.broker.notices();
+        for i in 0..(NOTICE_BACKLOG + 10) {
+            let h = s
+                .approvals
+                .request(hold(&s, Requirement::default(), &format!("other{i}")))
+                .await
+                .unwrap();
+            let id = h.request().unwrap().id;
+            s.broker.deny(id, &approver(2000, &[]), None).await.unwrap();
+        }
     }
 
     #[tokio::test]
