@@ -73,8 +73,8 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         .await
         .context("writing the first journal record")?;
 
-    let protocols =
-        protocols::Services::start(&cfg.limits).context("starting the protocols' services")?;
+    let protocols = protocols::Services::start(&cfg.limits, &cfg.resources)
+        .context("starting the protocols' services")?;
     let shutdown = CancellationToken::new();
     let approvals = start_approvals(&cfg, &journal, grants, &shutdown).await?;
     let shared = Arc::new(Shared {

@@ -63,6 +63,17 @@ pub struct Principal {
     pub exe_id: Option<ExeId>,
 }
 
+/// What an identity provider says of a worker that presented its token
+/// (`worker_auth = "oidc"`), verified: rules may match its subject and groups.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WorkerToken {
+    pub issuer: String,
+    pub subject: String,
+    pub groups: Vec<String>,
+    /// `exp`, seconds since the epoch.
+    pub expires_at: Option<i64>,
+}
+
 /// What the kernel recorded, in plain form.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Captured {

@@ -632,3 +632,230 @@ fn over_tls_to_the_server_the_agent_binds_scram_to_the_servers_certificate() {
     );
     assert!(!log.contains(READER_SECRET));
 }
+
+/// A worker that presents an identity-provider token as its password
+/// (`worker_auth = "oidc"`): verified against a real provider on loopback, bound to the
+/// workload (`token_subjects`), matched by rules (`token_groups`), never forwarded or
+/// journaled; every forged or foreign token refused with FATAL 28000 and a record.
+#[test]
+fn worker_tokens_are_verified_bound_to_their_workload_and_never_kept() {
+    use pam_e2e::idp::{AUDIENCE, Idp};
+    use serde_json::json;
+    if !require_root("identity") {
+        return;
+    }
+    let idp = Idp::start(&[("orders-bot", &["crew"]), ("billing-bot", &["interns"])])
+        .expect("OpenID provider");
+    let host = TestHost::new().expect("test host");
+    let pg = PgServer::start(&host, 5432, ADMIN_PASSWORD).expect("postgres");
+    pg.admin_sql("postgres", "create database shop").unwrap();
+    pg.admin_sql(
+        "shop",
+        &format!(
+            "create role crew_reader login password '{READER_SECRET}';
+             create table orders(id int primary key, customer text);
+             insert into orders values (1, 'customer-1');
+             grant select on orders to crew_reader;"
+        ),
+    )
+    .unwrap();
+    let secrets = tempfile::tempdir().unwrap();
+    let reader = secret_file(secrets.path(), "reader", READER_SECRET);
+    let cg = Cgroup::new("identity-oidc").expect("cgroup");
+    let policy = r#"
+[[principals]]
+name = "orders-crew"
+units = ["orders-*.service"]
+token_subjects = ["orders-bot"]
+
+[[principals]]
+name = "billing-crew"
+units = ["billing-*.service"]
+token_subjects = ["billing-bot"]
+
+[policy]
+default = "deny"
+
+[[policy.rules]]
+name = "crew-group-reads"
+action = "allow"
+kinds = ["select"]
+tables = ["public.orders", "pg_catalog.*"]
+token_groups = ["crew"]
+"#;
+    let resource = ResourceSpec::postgres("shop-db", host.v4, 5432)
+        .with("worker_auth = \"oidc\"")
+        .with(format!(
+            "[resources.worker_oidc]\nissuer = \"{}\"\naudience = [\"{AUDIENCE}\"]",
+            idp.issuer
+        ))
+        .with(format!(
+            "[[resources.logins]]\nrole = \"crew_reader\"\nsecret_file = \"{}\"",
+            reader.display()
+        ));
+    let agent = Agent::start_with(&[&cg], &[resource], policy).expect("agent");
+    let orders = Unit::new(&cg, "orders-1.service");
+    let billing = Unit::new(&cg, "billing-1.service");
+    let v4 = host.v4.to_string();
+
+    // The provider's own token, as the orders workload's password: in, as the login's
+    // role; its group lets it read.
+    let orders_token = idp.token("orders-bot");
+    let (out, err) = text(&psql(
+        &orders.path,
+        None,
+        &v4,
+        "crew_reader",
+        Some(&orders_token),
+        "select current_user, (select customer from orders)",
+    ));
+    assert_eq!(out, "crew_reader|customer-1", "{err}");
+    // The billing workload's own token is valid, but its group may not read.
+    let billing_token = idp.token("billing-bot");
+    let (out, err) = text(&psql(
+        &billing.path,
+        None,
+        &v4,
+        "crew_reader",
+        Some(&billing_token),
+        "select customer from orders",
+    ));
+    assert!(out.is_empty(), "{out}");
+    assert!(
+        err.contains("42501") && err.contains("token has none of token_groups"),
+        "{err}"
+    );
+    // The orders token copied into the billing workload: refused there.
+    let (out, err) = text(&psql(
+        &billing.path,
+        None,
+        &v4,
+        "crew_reader",
+        Some(&orders_token),
+        "select 1",
+    ));
+    assert!(out.is_empty(), "{out}");
+    assert!(
+        err.contains("FATAL:  pam-agent: worker token refused: principal \"billing-crew\" may not present a token of subject \"orders-bot\""),
+        "{err}"
+    );
+
+    // Forged and foreign tokens: each refused before the server is dialed.
+    let now = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs() as i64
+    };
+    let with = |changes: serde_json::Value| {
+        let mut c = idp.claims("orders-bot", &["crew"]);
+        for (k, v) in changes.as_object().unwrap() {
+            c[k] = v.clone();
+        }
+        c
+    };
+    let k1 = idp.signing_kid().to_owned();
+    idp.unpublished_key("rogue").unwrap();
+    let sound = idp.forge("RS256", Some(&k1), &with(json!({})), false);
+    let (out, err) = text(&psql(
+        &orders.path,
+        None,
+        &v4,
+        "crew_reader",
+        Some(&sound),
+        "select 1",
+    ));
+    assert_eq!(out, "1", "the forging itself is sound: {err}");
+    let attacks = [
+        (
+            "alg none",
+            idp.forge("none", Some(&k1), &with(json!({})), false),
+            "algorithm",
+        ),
+        (
+            "HS256 with the public key",
+            idp.forge("HS256", Some(&k1), &with(json!({})), false),
+            "algorithm",
+        ),
+        (
+            "expired",
+            idp.forge(
+                "RS256",
+                Some(&k1),
+                &with(json!({"iat": now() - 7200, "exp": now() - 3600})),
+                false,
+            ),
+            "expired",
+        ),
+        (
+            "foreign audience",
+            idp.forge(
+                "RS256",
+                Some(&k1),
+                &with(json!({"aud": "https://elsewhere.test/"})),
+                false,
+            ),
+            "audience",
+        ),
+        (
+            "unknown key",
+            idp.forge("RS256", Some("rogue"), &with(json!({})), false),
+            "rogue",
+        ),
+        (
+            "altered signature",
+            idp.forge("RS256", Some(&k1), &with(json!({})), true),
+            "signature",
+        ),
+        ("not a token", "hunter2".to_owned(), "not a JWT"),
+    ];
+    for (what, token, says) in &attacks {
+        let (out, err) = text(&psql(
+            &orders.path,
+            None,
+            &v4,
+            "crew_reader",
+            Some(token),
+            "select 1",
+        ));
+        assert!(out.is_empty(), "{what}: {out}");
+        assert!(
+            err.contains("FATAL:  pam-agent: worker token refused: the token was refused:")
+                && err.contains(says),
+            "{what}: {err}"
+        );
+    }
+
+    // The journal: one worker_token record per attempt, accepted ones with subject,
+    // groups and expiry; never a token.
+    let journal = agent.settled();
+    let tokens: Vec<&Value> = journal
+        .iter()
+        .filter(|r| r["kind"] == "worker_token")
+        .collect();
+    let accepted: Vec<bool> = tokens
+        .iter()
+        .map(|r| r["accepted"].as_bool().unwrap())
+        .collect();
+    let mut want = vec![true, true, false, true];
+    want.extend(std::iter::repeat_n(false, attacks.len()));
+    assert_eq!(accepted, want);
+    assert_eq!(tokens[0]["subject"], "orders-bot");
+    assert_eq!(tokens[0]["groups"], json!(["crew"]));
+    assert!(tokens[0]["expires_at"].as_i64().unwrap() > now());
+    assert_eq!(tokens[0]["issuer"], idp.issuer.as_str());
+    let mut haystack = std::fs::read(&agent.journal).unwrap();
+    let mut wal = agent.journal.clone().into_os_string();
+    wal.push("-wal");
+    haystack.extend(std::fs::read(wal).unwrap_or_default());
+    haystack.extend(agent.log().into_bytes());
+    for t in [&orders_token, &billing_token, &sound] {
+        // The signature part is what makes a token usable: it must be nowhere.
+        let sig = t.rsplit('.').next().unwrap();
+        assert!(
+            !haystack.windows(sig.len()).any(|w| w == sig.as_bytes()),
+            "a token was kept"
+        );
+    }
+    drop((orders, billing));
+}

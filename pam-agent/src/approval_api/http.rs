@@ -379,6 +379,7 @@ mod tests {
             issuer: "https://idp".into(),
             subject: "root".into(),
             groups: vec!["secops".into()],
+            expires_at: None,
         };
         assert!(admitted(&cfg.groups, &id));
         assert!(!admitted(

@@ -128,6 +128,7 @@ fn class(event: Option<&Event>, statement: Option<&Event>) -> Class {
         Some(Event::ApprovalDecided { .. }) => c(0, 99, "Approval Decided", &[]),
         Some(Event::ApprovalExpired { .. }) => c(0, 99, "Approval Expired", &[]),
         Some(Event::MaskingApplied { .. }) => c(0, 99, "Masking Applied", &[]),
+        Some(Event::WorkerToken { .. }) => c(0, 99, "Worker Token", &[]),
         Some(Event::Error { .. }) => c(0, 99, "Error", &[]),
         Some(Event::JournalPruned { .. }) => c(0, 99, "Journal Pruned", &[]),
         // A record this version cannot read: still exported, as what it is.
@@ -177,6 +178,11 @@ fn status(event: Option<&Event>) -> Status {
         Some(Event::ConfigReloaded {
             ok: false, detail, ..
         }) => s(2, "Failure", None, detail.clone(), 3),
+        Some(Event::WorkerToken {
+            accepted: false,
+            reason,
+            ..
+        }) => s(2, "Failure", None, reason.clone(), 3),
         Some(Event::SessionClosed { end, detail, .. }) => match end {
             SessionEnd::Closed => ok,
             SessionEnd::AgentShutdown => s(99, "Agent Shutdown", None, detail.clone(), 1),

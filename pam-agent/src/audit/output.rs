@@ -140,6 +140,24 @@ pub fn detail(r: &StoredRecord) -> String {
                 .map(|u| format!(" unit {u}"))
                 .unwrap_or_default()
         ),
+        Event::WorkerToken {
+            accepted,
+            issuer,
+            subject,
+            groups,
+            reason,
+            ..
+        } => format!(
+            "{} token of {} from {issuer}{}{}",
+            if accepted { "accepted" } else { "refused" },
+            subject.as_deref().unwrap_or("?"),
+            if groups.is_empty() {
+                String::new()
+            } else {
+                format!(" groups {}", groups.join(","))
+            },
+            reason.map(|r| format!(": {r}")).unwrap_or_default()
+        ),
         Event::SessionClosed {
             bytes_from_worker,
             bytes_to_worker,

@@ -85,6 +85,8 @@ pub struct Gate {
     /// The database and role the session logged in with, once the protocol knows them.
     database: Option<String>,
     role: Option<String>,
+    /// The worker's verified token, when it presented one.
+    token: Option<crate::principal::WorkerToken>,
 }
 
 impl Gate {
@@ -109,6 +111,7 @@ impl Gate {
             unsafe_reason: None,
             database: None,
             role: None,
+            token: None,
         }
     }
 
@@ -118,12 +121,18 @@ impl Gate {
         self.role = role;
     }
 
+    /// The worker's verified token (rules may match its subject and groups).
+    pub fn set_token(&mut self, token: Option<crate::principal::WorkerToken>) {
+        self.token = token;
+    }
+
     fn subject(&self) -> PolicySubject<'_> {
         PolicySubject {
             principal: &self.session.principal,
             resource: &self.session.resource,
             database: self.database.as_deref(),
             role: self.role.as_deref(),
+            token: self.token.as_ref(),
         }
     }
 

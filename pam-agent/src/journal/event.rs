@@ -101,6 +101,23 @@ pub enum Event {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         detail: Option<String>,
     },
+    /// The token a worker presented (`worker_auth = "oidc"`), accepted or refused: who
+    /// the issuer says it is, never the token itself.
+    WorkerToken {
+        accepted: bool,
+        /// The resource's configured issuer.
+        issuer: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        subject: Option<String>,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        groups: Vec<String>,
+        /// `exp`, seconds since the epoch.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        expires_at: Option<i64>,
+        /// Why it was refused.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reason: Option<String>,
+    },
     /// A connection reached the listener that the kernel did not redirect (or whose
     /// record was lost): it is closed unjudged.
     ConnectionRefused {
@@ -225,6 +242,7 @@ impl Event {
         "config_reloaded",
         "session_opened",
         "session_closed",
+        "worker_token",
         "connection_refused",
         "statement",
         "statement_completed",
@@ -245,6 +263,7 @@ impl Event {
             Event::ConfigReloaded { .. } => "config_reloaded",
             Event::SessionOpened { .. } => "session_opened",
             Event::SessionClosed { .. } => "session_closed",
+            Event::WorkerToken { .. } => "worker_token",
             Event::ConnectionRefused { .. } => "connection_refused",
             Event::Statement { .. } => "statement",
             Event::StatementCompleted { .. } => "statement_completed",
@@ -267,6 +286,9 @@ impl Event {
             Event::ApprovalDecided { outcome, .. } => Some(outcome.as_str()),
             Event::ApprovalExpired { .. } => Some("expired"),
             Event::ConnectionRefused { .. } => Some("refused"),
+            Event::WorkerToken {
+                accepted: false, ..
+            } => Some("refused"),
             _ => None,
         }
     }

@@ -34,6 +34,8 @@ pub struct Identity {
     pub subject: String,
     /// From the configured groups claim; empty when the token has none.
     pub groups: Vec<String>,
+    /// `exp`, seconds since the epoch.
+    pub expires_at: Option<i64>,
 }
 
 /// Why a token was refused. Each is a reason to answer 401; none says more to the
@@ -171,6 +173,7 @@ impl Verifier {
             issuer: self.cfg.issuer.clone(),
             subject,
             groups,
+            expires_at: claims.get("exp").and_then(Value::as_i64),
         })
     }
 }

@@ -48,6 +48,8 @@ pub struct RawRule {
     pub roles: Option<Vec<String>>,
     /// Principal names (`[[principals]]`; `unknown` for connections none names).
     pub principals: Option<Vec<String>>,
+    pub token_subjects: Option<Vec<String>>,
+    pub token_groups: Option<Vec<String>>,
     pub users: Option<Vec<String>>,
     pub uids: Option<Vec<u32>>,
     pub cgroups: Option<Vec<String>>,
@@ -207,6 +209,8 @@ fn validate_rule(
         databases: raw.databases,
         roles: raw.roles,
         principals: raw.principals,
+        token_subjects: raw.token_subjects,
+        token_groups: raw.token_groups,
         users: raw.users,
         uids: raw.uids,
         cgroups: raw.cgroups,

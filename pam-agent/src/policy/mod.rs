@@ -10,6 +10,8 @@
 //!   names principals, a connection none of them selects is `unknown`, and allow and
 //!   approval rules match it only if they list `unknown` (deny rules match it anyway);
 //! - process facts: `users`, `uids`, `cgroups`, `exes` (each a list; any entry may match);
+//! - `token_subjects` (globs), `token_groups`: the worker's verified identity-provider
+//!   token (`worker_auth = "oidc"`); a session without one satisfies neither;
 //! - `resources`: resource names;
 //! - `databases`, `roles`: the database and role the session logged in with (globs);
 //! - `kinds`: every kind of the statement is listed (a SELECT with a deleting CTE has
@@ -78,6 +80,8 @@ pub struct Subject<'a> {
     /// protocol has them (unknown never satisfies a rule that asks for one).
     pub database: Option<&'a str>,
     pub role: Option<&'a str>,
+    /// The worker's verified identity-provider token, when it presented one.
+    pub token: Option<&'a crate::principal::WorkerToken>,
 }
 
 impl<'a> Subject<'a> {
@@ -87,6 +91,7 @@ impl<'a> Subject<'a> {
             resource,
             database: None,
             role: None,
+            token: None,
         }
     }
 }
@@ -160,6 +165,10 @@ pub struct Rule {
     pub roles: Option<Vec<String>>,
     /// Principal names, exactly (`unknown` included only when written).
     pub principals: Option<Vec<String>>,
+    /// Subjects (globs) of the worker's verified token; no token: not satisfied.
+    pub token_subjects: Option<Vec<String>>,
+    /// Groups of the worker's verified token, any of them (exact).
+    pub token_groups: Option<Vec<String>>,
     pub users: Option<Vec<String>>,
     pub uids: Option<Vec<u32>>,
     pub cgroups: Option<Vec<String>>,
@@ -388,6 +397,24 @@ impl Rule {
                 .is_some_and(|r| roles.iter().any(|p| glob::matches(p, r)))
         {
             return Some(format!("role {:?} not listed", subject.role.unwrap_or("?")));
+        }
+        if let Some(subjects) = &self.token_subjects {
+            match subject.token {
+                None => return Some("no worker token".into()),
+                Some(t) if !subjects.iter().any(|p| glob::matches(p, &t.subject)) => {
+                    return Some(format!("token subject {:?} not listed", t.subject));
+                }
+                Some(_) => {}
+            }
+        }
+        if let Some(groups) = &self.token_groups {
+            match subject.token {
+                None => return Some("no worker token".into()),
+                Some(t) if !t.groups.iter().any(|g| groups.contains(g)) => {
+                    return Some("token has none of token_groups".into());
+                }
+                Some(_) => {}
+            }
         }
         if let Some(us) = &self.users
             && !who.user.as_ref().is_some_and(|u| us.contains(u))

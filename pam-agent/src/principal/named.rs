@@ -43,6 +43,11 @@ pub struct RawPrincipal {
     pub auids: Option<Vec<u32>>,
     /// Container ids (globs) from the cgroup path.
     pub container_ids: Option<Vec<String>>,
+    /// Not a selector: the subjects (globs) of worker tokens (`worker_auth = "oidc"`)
+    /// this principal may present. A subject another entry lists is refused to every
+    /// principal that does not list it too, so a token copied to another workload is
+    /// of no use there.
+    pub token_subjects: Option<Vec<String>>,
 }
 
 impl RawPrincipal {
@@ -186,6 +191,40 @@ impl Principals {
 }
 
 impl Principals {
+    /// Whether the principal named `name` may present a token of `subject`: `Err` says
+    /// why not.
+    pub fn token_binding(&self, name: Option<&str>, subject: &str) -> Result<(), String> {
+        let lists = |e: &NamedPrincipal| {
+            e.raw
+                .token_subjects
+                .as_ref()
+                .is_some_and(|l| l.iter().any(|p| glob::matches(p, subject)))
+        };
+        let own = self
+            .entries
+            .iter()
+            .find(|e| Some(e.raw.name.as_str()) == name);
+        let label = name.unwrap_or(UNKNOWN);
+        if let Some(e) = own
+            && e.raw.token_subjects.is_some()
+        {
+            return if lists(e) {
+                Ok(())
+            } else {
+                Err(format!(
+                    "principal \"{label}\" may not present a token of subject \"{subject}\""
+                ))
+            };
+        }
+        match self.entries.iter().find(|e| lists(e)) {
+            Some(other) => Err(format!(
+                "a token of subject \"{subject}\" belongs to principal \"{}\", not \"{label}\"",
+                other.raw.name
+            )),
+            None => Ok(()),
+        }
+    }
+
     /// The facts `who` was judged on, every entry tried and the name it gets: what
     /// `pam-agent principals explain` prints.
     pub fn explain(&self, who: &mut Principal) -> (String, Option<Naming>) {

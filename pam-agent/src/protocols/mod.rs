@@ -38,9 +38,12 @@ pub struct Services {
 }
 
 impl Services {
-    pub fn start(limits: &Limits) -> std::io::Result<Services> {
+    pub fn start(
+        limits: &Limits,
+        resources: &[crate::config::Resource],
+    ) -> std::io::Result<Services> {
         Ok(Services {
-            postgres: postgres::Services::start(limits)?,
+            postgres: postgres::Services::start(limits, resources)?,
         })
     }
 }

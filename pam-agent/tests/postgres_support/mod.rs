@@ -306,6 +306,7 @@ impl Proxy {
                         tls: opts.tls.clone(),
                         upstream_tls: None,
                         injection: None,
+                        worker_token: None,
                     };
                     let upstream = upstream.clone();
                     let sd = sd.clone();

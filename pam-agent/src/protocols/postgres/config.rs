@@ -23,6 +23,10 @@ pub enum WorkerAuth {
     /// worker is never asked for a password (one it sends is discarded), and the agent
     /// logs in upstream with the principal's login from `[[resources.logins]]`.
     None,
+    /// As `none`, and the worker must also present a token of the resource's
+    /// `worker_oidc` issuer as its password; its subject and groups join the principal's
+    /// facts. The token is never forwarded (the agent logs in) and never journaled.
+    Oidc,
 }
 
 /// How the agent may prove a login's secret to the server.
@@ -72,6 +76,8 @@ pub(crate) struct RawSettings {
     pub logins: Vec<RawLogin>,
     /// Methods the agent may answer the server with (default: SCRAM-SHA-256 only).
     pub upstream_auth: Option<Vec<UpstreamAuth>>,
+    /// The issuer whose tokens workers present (`worker_auth = "oidc"`).
+    pub worker_oidc: Option<crate::oidc::RawOidc>,
 }
 
 /// The validated keys (all empty or `disable` for a resource of another protocol).
@@ -85,6 +91,7 @@ pub struct Settings {
     pub worker_auth: WorkerAuth,
     pub logins: Vec<Login>,
     pub upstream_auth: Vec<UpstreamAuth>,
+    pub worker_oidc: Option<crate::oidc::OidcConfig>,
 }
 
 /// Checks a resource's PostgreSQL keys (`postgres`: whether the resource speaks it); the
@@ -111,11 +118,12 @@ pub(crate) fn validate(postgres: bool, r: RawSettings) -> Result<Settings, (&'st
             return Err(postgres_only("logins"));
         }
     }
+    let injects = r.worker_auth != WorkerAuth::Passthrough;
     match (r.worker_auth, r.logins.is_empty()) {
-        (WorkerAuth::None, true) => {
+        (WorkerAuth::None | WorkerAuth::Oidc, true) => {
             return Err((
                 "logins",
-                "`worker_auth = \"none\"` needs at least one [[resources.logins]] (the role and secret the agent logs in with)".into(),
+                "`worker_auth = \"none\"` or `\"oidc\"` needs at least one [[resources.logins]] (the role and secret the agent logs in with)".into(),
             ));
         }
         (WorkerAuth::Passthrough, false) => {
@@ -126,16 +134,48 @@ pub(crate) fn validate(postgres: bool, r: RawSettings) -> Result<Settings, (&'st
         }
         _ => {}
     }
-    if r.upstream_auth.is_some() && r.worker_auth != WorkerAuth::None {
+    if r.upstream_auth.is_some() && !injects {
         return Err((
             "upstream_auth",
-            "only used with `worker_auth = \"none\"`".into(),
+            "only used with `worker_auth = \"none\"` or `\"oidc\"`".into(),
         ));
     }
-    let upstream_auth = r
-        .upstream_auth
-        .unwrap_or_else(|| vec![UpstreamAuth::ScramSha256]);
-    if upstream_auth.is_empty() {
+    let worker_oidc = match (r.worker_auth, r.worker_oidc) {
+        (WorkerAuth::Oidc, None) => {
+            return Err((
+                "worker_oidc",
+                "`worker_auth = \"oidc\"` needs [resources.worker_oidc] (issuer, audience)".into(),
+            ));
+        }
+        (WorkerAuth::Oidc, Some(raw)) => {
+            Some(raw.validate("worker_oidc").map_err(|(f, why)| {
+                // The field names the section's key; the caller adds `resources[i].`.
+                let key: &'static str = match f.rsplit('.').next().unwrap_or("") {
+                    "issuer" => "worker_oidc.issuer",
+                    "audience" => "worker_oidc.audience",
+                    "groups_claim" => "worker_oidc.groups_claim",
+                    "ca_file" => "worker_oidc.ca_file",
+                    "leeway" => "worker_oidc.leeway",
+                    _ => "worker_oidc",
+                };
+                (key, why)
+            })?)
+        }
+        (_, Some(_)) => {
+            return Err((
+                "worker_oidc",
+                "only used with `worker_auth = \"oidc\"`".into(),
+            ));
+        }
+        (_, None) => None,
+    };
+    // Passthrough: the worker answers the server itself; no method is the agent's.
+    let upstream_auth = match (injects, r.upstream_auth) {
+        (false, _) => Vec::new(),
+        (true, None) => vec![UpstreamAuth::ScramSha256],
+        (true, Some(m)) => m,
+    };
+    if injects && upstream_auth.is_empty() {
         return Err(("upstream_auth", "must allow at least one method".into()));
     }
     let mut logins = Vec::new();
@@ -196,6 +236,7 @@ pub(crate) fn validate(postgres: bool, r: RawSettings) -> Result<Settings, (&'st
         worker_auth: r.worker_auth,
         logins,
         upstream_auth,
+        worker_oidc,
     })
 }
 

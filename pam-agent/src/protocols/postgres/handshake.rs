@@ -61,6 +61,8 @@ pub struct Ready {
     /// role's name, as the server does).
     pub database: Option<String>,
     pub role: Option<String>,
+    /// The worker's verified token (`worker_auth = "oidc"`).
+    pub token: Option<crate::principal::WorkerToken>,
     pub registration: Option<Registration>,
 }
 
@@ -94,6 +96,33 @@ pub async fn handshake(
             return Ok(Handshake::Done(detail));
         }
         Opening::Closed(detail) => return Ok(Handshake::Done(detail)),
+    };
+    // A worker token (`worker_auth = "oidc"`): asked for, verified and journaled before
+    // anything else; refused, the worker gets FATAL 28000 and the server is not dialed.
+    let token = match &ctx.worker_token {
+        None => None,
+        Some(check) => {
+            use super::worker_token::{REFUSED, TokenError, authenticate};
+            match authenticate(&mut worker, check, &ctx.session).await {
+                Ok(t) => Some(t),
+                Err(TokenError::Refused(msg)) => {
+                    fatal(&mut worker, REFUSED, &msg).await;
+                    return Ok(Handshake::Done(format!("login refused: {msg}")));
+                }
+                Err(TokenError::Io(e)) => {
+                    return Ok(Handshake::Done(format!(
+                        "worker left during token authentication: {e}"
+                    )));
+                }
+                Err(TokenError::Journal(e)) => {
+                    let msg = "pam-agent: audit journal unavailable";
+                    fatal(&mut worker, sqlstate::CONNECTION_FAILURE, msg).await;
+                    return Err(SessionError::Io(std::io::Error::other(format!(
+                        "cannot journal the worker's token: {e}"
+                    ))));
+                }
+            }
+        }
     };
     // Credential injection: the login is chosen, checked and its secret read before
     // the server is dialed; a worker that may not log in costs the server nothing.
@@ -143,6 +172,7 @@ pub async fn handshake(
     if let Handshake::Ready(r) = &mut done {
         let param = |k: &str| params.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
         r.role = role.or_else(|| param("user"));
+        r.token = token;
         r.database = param("database").or_else(|| param("user"));
     }
     Ok(done)
@@ -380,6 +410,7 @@ async fn relay_auth(
                     registration: auth.registration,
                     database: None,
                     role: None,
+                    token: None,
                 })));
             }
         }

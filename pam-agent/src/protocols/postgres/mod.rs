@@ -39,6 +39,7 @@ pub mod sql;
 mod txn;
 pub(crate) mod upstream_tls;
 pub mod wire;
+mod worker_token;
 
 use std::sync::{
     Arc,
@@ -76,6 +77,9 @@ pub struct Context {
     pub upstream_tls: Option<ClientTls>,
     /// `worker_auth = "none"`: the logins the agent completes the worker's login with.
     pub injection: Option<login::Injection>,
+    /// `worker_auth = "oidc"`: the verifier of the worker's token, and the principals
+    /// (which token subjects each may carry).
+    pub worker_token: Option<worker_token::TokenCheck>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -129,17 +133,36 @@ struct Shared {
 pub struct Services {
     pub classifier: Classifier,
     pub cancels: Arc<CancelRegistry>,
+    /// Per resource with `worker_auth = "oidc"`: its issuer's verifier (one JWKS cache
+    /// for all its sessions).
+    pub verifiers: std::collections::HashMap<String, Arc<crate::oidc::Verifier>>,
 }
 
 impl Services {
-    pub fn start(limits: &Limits) -> std::io::Result<Services> {
+    pub fn start(
+        limits: &Limits,
+        resources: &[crate::config::Resource],
+    ) -> std::io::Result<Services> {
         let classifier = Classifier::start(sql::ClassifierConfig {
             max_statement_bytes: limits.max_statement_bytes,
             ..Default::default()
         })?;
+        let mut verifiers = std::collections::HashMap::new();
+        for r in resources {
+            if let Some(cfg) = &r.settings.postgres.worker_oidc {
+                let http = crate::oidc::verifier::client(cfg).map_err(|e| {
+                    std::io::Error::other(format!("resource `{}`: worker_oidc: {e}", r.name))
+                })?;
+                verifiers.insert(
+                    r.name.clone(),
+                    Arc::new(crate::oidc::Verifier::new(cfg.clone(), http)),
+                );
+            }
+        }
         Ok(Services {
             classifier,
             cancels: Arc::new(CancelRegistry::default()),
+            verifiers,
         })
     }
 }
@@ -169,6 +192,15 @@ pub async fn open(d: Dispatch<'_>) -> Outcome {
         },
     };
     let gate = Gate::new(d.session.clone(), d.rules.clone(), d.approvals.clone());
+    let worker_token = d
+        .services
+        .postgres
+        .verifiers
+        .get(&d.session.resource)
+        .map(|v| worker_token::TokenCheck {
+            verifier: v.clone(),
+            principals: d.rules.current().principals.clone(),
+        });
     let ctx = Context {
         session: d.session,
         limits: d.limits,
@@ -176,12 +208,13 @@ pub async fn open(d: Dispatch<'_>) -> Outcome {
         cancels: d.services.postgres.cancels.clone(),
         tls,
         upstream_tls: d.upstream_tls,
-        injection: (d.settings.postgres.worker_auth == config::WorkerAuth::None).then(|| {
-            login::Injection {
+        injection: (d.settings.postgres.worker_auth != config::WorkerAuth::Passthrough).then(
+            || login::Injection {
                 logins: d.settings.postgres.logins.clone(),
                 methods: d.settings.postgres.upstream_auth.clone(),
-            }
-        }),
+            },
+        ),
+        worker_token,
     };
     serve(d.worker, d.upstream, ctx, gate, d.shutdown).await
 }
@@ -250,6 +283,7 @@ async fn run(
     };
     let mut gate = gate;
     gate.set_login(ready.database.clone(), ready.role.clone());
+    gate.set_token(ready.token.clone());
     let (notes, rx) = tokio::sync::mpsc::channel(1024);
     let done = CancellationToken::new();
     let masker = gate.masker().cloned();
