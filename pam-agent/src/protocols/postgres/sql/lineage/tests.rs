@@ -1,0 +1,199 @@
+use crate::protocols::postgres::sql::classify;
+
+/// `schema.table.column` (`?` unknown, `*` whole row) with the functions passed through.
+fn derived(sql: &str) -> Vec<String> {
+    let sts = classify(sql, 1 << 20).unwrap();
+    sts.into_iter()
+        .flat_map(|s| s.request.derived)
+        .map(|d| {
+            let mut s = format!(
+                "{}.{}.{}",
+                d.schema.as_deref().unwrap_or("?"),
+                d.table.as_deref().unwrap_or("?"),
+                d.column.as_deref().unwrap_or("*")
+            );
+            if !d.through.is_empty() {
+                s.push_str(&format!(" via {}", d.through.join(",")));
+            }
+            s
+        })
+        .collect()
+}
+
+fn has(sql: &str, want: &str) {
+    let got = derived(sql);
+    assert!(
+        got.iter().any(|g| g == want),
+        "{sql}\nwant {want}\ngot {got:?}"
+    );
+}
+
+fn none(sql: &str) {
+    let got = derived(sql);
+    assert!(got.is_empty(), "{sql}\nwant nothing derived, got {got:?}");
+}
+
+#[test]
+fn columns_returned_as_themselves_are_not_derived() {
+    for sql in [
+        "SELECT ssn FROM t",
+        "SELECT t.ssn AS x, name FROM public.t",
+        "SELECT * FROM t",
+        "SELECT t.* FROM t JOIN u ON t.id = u.id",
+        "SELECT ssn FROM (SELECT ssn FROM t) s",
+        "SELECT s.x FROM (SELECT ssn AS x FROM t) s",
+        "WITH c AS (SELECT ssn FROM t) SELECT ssn FROM c",
+        "SELECT * FROM (SELECT * FROM t) s",
+        "SELECT a.ssn FROM t a LEFT JOIN u b USING (id)",
+        "SELECT ssn FROM t ORDER BY 1",
+        "UPDATE t SET name = 'x' WHERE id = 1 RETURNING ssn",
+        "DELETE FROM t RETURNING *",
+        "COPY (SELECT ssn FROM t) TO STDOUT",
+        "COPY t TO STDOUT",
+        "DECLARE c CURSOR FOR SELECT ssn FROM t",
+        "SELECT count(*) FROM t",
+        "SELECT id, 1 + 2, now() FROM t",
+        "SELECT ssn FROM t, generate_series(1, 3) g",
+        "BEGIN",
+        "SET application_name = 'x'",
+    ] {
+        none(sql);
+    }
+}
+
+#[test]
+fn functions_operators_and_casts_derive() {
+    has("SELECT reverse(ssn) FROM t", "?.t.ssn via reverse");
+    has(
+        "SELECT substring(c.ssn, 1, 3) FROM crm.t c",
+        "crm.t.ssn via substring",
+    );
+    has("SELECT ssn || '' FROM t", "?.t.ssn");
+    has("SELECT ssn::bytea FROM t", "?.t.ssn");
+    has("SELECT CAST(ssn AS bytea) FROM t", "?.t.ssn");
+    has(
+        "SELECT encode(convert_to(ssn, 'UTF8'), 'base64') FROM t",
+        "?.t.ssn via convert_to,encode",
+    );
+    has("SELECT CASE WHEN true THEN ssn END FROM t", "?.t.ssn");
+    has("SELECT coalesce(ssn, 'x') FROM t", "?.t.ssn");
+    has("SELECT array_agg(ssn) FROM t", "?.t.ssn via array_agg");
+    has("SELECT ARRAY[ssn] FROM t", "?.t.ssn");
+    has("SELECT ROW(ssn, 1) FROM t", "?.t.ssn");
+    has(
+        "SELECT json_build_object('k', ssn) FROM t",
+        "?.t.ssn via json_build_object",
+    );
+    has(
+        "SELECT lag(ssn) OVER (ORDER BY id) FROM t",
+        "?.t.ssn via lag",
+    );
+    has("SELECT count(ssn) FROM t", "?.t.ssn via count");
+    has(
+        "SELECT pg_catalog.count(ssn) FROM t",
+        "?.t.ssn via pg_catalog.count",
+    );
+}
+
+#[test]
+fn whole_rows_derive() {
+    has("SELECT c FROM t c", "?.t.*");
+    has("SELECT to_json(t) FROM t", "?.t.* via to_json");
+    has("SELECT row(t.*) FROM t", "?.t.*");
+    has("SELECT (c).ssn FROM t c", "?.t.*");
+    has("SELECT jsonb_agg(x) FROM crm.t x", "crm.t.* via jsonb_agg");
+    has("SELECT s FROM (SELECT ssn FROM t) s", "?.t.ssn");
+    has("SELECT count(t.*) FROM t", "?.t.* via count");
+}
+
+#[test]
+fn set_operations_values_and_functions_in_from_lose_the_origin() {
+    has("SELECT ssn FROM t UNION SELECT 'x'", "?.t.ssn");
+    has(
+        "SELECT x FROM (SELECT ssn AS x FROM t UNION ALL SELECT ssn FROM u) s",
+        "?.u.ssn",
+    );
+    has("SELECT * FROM t UNION SELECT * FROM t", "?.t.*");
+    has(
+        "SELECT v.x FROM (VALUES ((SELECT ssn FROM t LIMIT 1))) v(x)",
+        "?.t.ssn",
+    );
+    has(
+        "SELECT p FROM t, LATERAL unnest(string_to_array(t.ssn, '-')) p",
+        "?.t.ssn via string_to_array,unnest",
+    );
+    has(
+        "SELECT r FROM t, LATERAL (SELECT reverse(t.ssn) AS r) s",
+        "?.t.ssn via reverse",
+    );
+    has("SELECT ssn FROM t a FULL JOIN t b USING (ssn)", "?.t.ssn");
+    has(
+        "WITH RECURSIVE r(x) AS (SELECT ssn FROM t UNION ALL SELECT x FROM r) SELECT x FROM r",
+        "?.t.ssn",
+    );
+}
+
+#[test]
+fn subqueries_and_ctes_carry_derivations_outwards() {
+    has("SELECT (SELECT ssn FROM t LIMIT 1)", "?.t.ssn");
+    has("SELECT ARRAY(SELECT ssn FROM t)", "?.t.ssn");
+    has("SELECT 'x' = ANY (SELECT ssn FROM t)", "?.t.ssn");
+    has(
+        "WITH c AS (SELECT reverse(ssn) AS r FROM t) SELECT r FROM c",
+        "?.t.ssn via reverse",
+    );
+    has(
+        "SELECT * FROM (SELECT reverse(ssn) r FROM t) s",
+        "?.t.ssn via reverse",
+    );
+    // EXISTS returns no value of the sub-select.
+    none("SELECT EXISTS (SELECT ssn FROM t)");
+}
+
+#[test]
+fn copies_count_even_when_bare() {
+    has("CREATE TABLE c AS SELECT ssn FROM t", "?.t.ssn");
+    has("SELECT ssn INTO c FROM t", "?.t.ssn");
+    has("CREATE VIEW v AS SELECT ssn AS contact FROM t", "?.t.ssn");
+    has("CREATE MATERIALIZED VIEW v AS SELECT * FROM t", "?.t.*");
+    has("INSERT INTO c SELECT ssn FROM t", "?.t.ssn");
+    has(
+        "INSERT INTO c (x) VALUES ((SELECT ssn FROM t LIMIT 1))",
+        "?.t.ssn",
+    );
+    has("UPDATE t SET note = ssn", "?.t.ssn");
+    has(
+        "ALTER TABLE t ADD COLUMN r text GENERATED ALWAYS AS (reverse(ssn)) STORED",
+        "?.?.ssn via reverse",
+    );
+    has(
+        "DO $$ DECLARE x text; BEGIN SELECT ssn INTO x FROM t; RAISE NOTICE '%', x; END $$",
+        "?.t.ssn",
+    );
+    has(
+        "CREATE FUNCTION f() RETURNS text LANGUAGE sql AS 'SELECT ssn FROM t'",
+        "?.t.ssn",
+    );
+    has("PREPARE p AS SELECT md5(ssn) FROM t", "?.t.ssn via md5");
+    has(
+        "COPY (SELECT upper(ssn) FROM t) TO STDOUT",
+        "?.t.ssn via upper",
+    );
+}
+
+#[test]
+fn the_expression_is_quoted_as_written() {
+    let sts = classify("SELECT id, reverse(ssn) AS r, name FROM t", 1 << 20).unwrap();
+    let d = &sts[0].request.derived;
+    assert_eq!(d.len(), 1, "{d:?}");
+    assert_eq!(d[0].expression, "reverse(ssn)");
+    let sts = classify(
+        "SELECT CASE WHEN id > 1 THEN ssn ELSE 'x' END FROM t",
+        1 << 20,
+    )
+    .unwrap();
+    assert_eq!(
+        sts[0].request.derived[0].expression,
+        "CASE WHEN id > ? THEN ssn ELSE ? END"
+    );
+}
