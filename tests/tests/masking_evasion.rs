@@ -51,6 +51,10 @@ strategy = { kind = "partial", keep_last = 4 }
 [[masking.rules.columns]]
 columns = ["public.customers.token"]
 strategy = { kind = "redact", text = "[token]" }
+
+[[masking.rules.content]]
+detectors = ["email", "payment_card", "us_ssn"]
+strategy = { kind = "redact", text = "[pii]" }
 "#;
 
 /// The protected values of the fixture.
@@ -61,6 +65,10 @@ const SECRETS: &[&str] = &[
     "078-05-1120",
     "tok_Zq8Xv3Lm9Kp2Ww",
     "tok_Hn4Rt7Yb1Cd6Qs",
+    // Only content detectors protect these (table `notes`).
+    "4111111111111111",
+    "219-09-9999",
+    "amara@example.org",
 ];
 
 /// One evasion form: its statements (the last one's rows are what the client reads),
@@ -375,6 +383,41 @@ const CORPUS: &[Form] = &[
             &["SELECT count(ssn), count(DISTINCT email) FROM customers"],
         )
     },
+    // No column rule names `notes`: content detectors look inside every type.
+    served("detect_text", &["SELECT id, body FROM notes"]),
+    served("detect_array", &["SELECT id, tags FROM notes"]),
+    served("detect_bytea", &["SELECT id, blob FROM notes"]),
+    served(
+        "detect_bytea_escape",
+        &["SELECT id, encode(blob, 'escape') FROM notes"],
+    ),
+    served("detect_int8", &["SELECT id, card_num FROM notes"]),
+    served("detect_numeric", &["SELECT id, amount FROM notes"]),
+    served("detect_jsonb", &["SELECT id, doc FROM notes"]),
+    served("detect_json", &["SELECT id, doc::json FROM notes"]),
+    served("detect_row", &["SELECT id, row(id, body) FROM notes"]),
+    served("detect_whole_row", &["SELECT id, n FROM notes n"]),
+    served(
+        "detect_array_ctor",
+        &["SELECT id, ARRAY[body, 'x'] FROM notes"],
+    ),
+    served(
+        "detect_int_array",
+        &["SELECT id, ARRAY[card_num] FROM notes"],
+    ),
+    served(
+        "detect_nested_array",
+        &["SELECT id, ARRAY[tags] FROM notes"],
+    ),
+    served(
+        "detect_record_array",
+        &["SELECT id, array_agg(n) FROM notes n GROUP BY id"],
+    ),
+    served("detect_to_jsonb", &["SELECT id, to_jsonb(n) FROM notes n"]),
+    served(
+        "detect_convert_to",
+        &["SELECT id, convert_to(body, 'UTF8') FROM notes"],
+    ),
 ];
 
 /// Every form in which `secret` could be read back from `cell`.
@@ -453,13 +496,21 @@ fn setup() -> Fixture {
     let host = TestHost::new().expect("test host");
     let pg = PgServer::start(&host, 5432, PASSWORD).expect("postgres");
     pg.admin_sql("postgres", "create database crm").unwrap();
+    pg.admin_sql("postgres", "alter database crm set jit = off")
+        .unwrap();
     pg.admin_sql(
         "crm",
         "create table customers(id int primary key, name text, email text, ssn text, token text);
          insert into customers values
            (1, 'Maria Garcia', 'maria.garcia@example.com', '123-45-6789', 'tok_Zq8Xv3Lm9Kp2Ww'),
            (2, 'Wei Chen', 'wei.chen@example.net', '078-05-1120', 'tok_Hn4Rt7Yb1Cd6Qs');
-         create view contacts as select id, email as contact from customers;",
+         create view contacts as select id, email as contact from customers;
+         create table notes(id int, body text, tags text[], blob bytea, card_num int8,
+                            amount numeric, doc jsonb);
+         insert into notes values
+           (1, 'write to amara@example.org', array['219-09-9999', 'x'],
+            convert_to('ssn 219-09-9999', 'UTF8'), 4111111111111111, 4111111111111111.00,
+            '{\"contact\": \"amara@example.org\"}');",
     )
     .unwrap();
     let cg = Cgroup::new("evasion").expect("cgroup");
@@ -542,6 +593,7 @@ fn corpus_is_large_enough_and_named_uniquely() {
     names.dedup();
     assert_eq!(names.len(), CORPUS.len());
     let evasions = CORPUS.iter().filter(|f| !f.allowed).count();
+    assert!(CORPUS.iter().filter(|f| f.allowed).count() >= 20);
     assert!(evasions >= 60, "{evasions} evasion forms");
 }
 
@@ -611,10 +663,18 @@ fn evasion_corpus_reveals_nothing_to_any_client_in_text_or_binary() {
                 }
             } else {
                 // Refused by the agent before it ran, never a client-side failure.
-                assert!(
-                    !form.allowed,
-                    "{what}: a column as itself must be served: {got}"
-                );
+                if form.allowed {
+                    let refused: Vec<String> = f
+                        .agent
+                        .journal()
+                        .iter()
+                        .filter(|r| r["kind"] == "statement" && r["decision"] == "deny")
+                        .map(|r| format!("{} {}", r["text"], r["flags"]))
+                        .collect();
+                    panic!(
+                        "{what}: a column as itself must be served: {got}\nrefused: {refused:#?}"
+                    );
+                }
                 assert_eq!(got["sqlstate"], "42501", "{what}: {got}");
                 let msg = got["error"].as_str().unwrap();
                 assert!(
