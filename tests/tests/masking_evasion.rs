@@ -81,6 +81,8 @@ struct Form {
     copy: Option<&'static str>,
     reveals: bool,
     allowed: bool,
+    /// Ungoverned, the form fails (with the value in its error).
+    fails: bool,
 }
 
 const fn q(name: &'static str, steps: &'static [&'static str]) -> Form {
@@ -90,6 +92,7 @@ const fn q(name: &'static str, steps: &'static [&'static str]) -> Form {
         copy: None,
         reveals: true,
         allowed: false,
+        fails: false,
     }
 }
 
@@ -97,6 +100,14 @@ const fn q(name: &'static str, steps: &'static [&'static str]) -> Form {
 const fn opaque(name: &'static str, steps: &'static [&'static str]) -> Form {
     Form {
         reveals: false,
+        ..q(name, steps)
+    }
+}
+
+/// Fails when run ungoverned, with the value in the error message.
+const fn in_error(name: &'static str, steps: &'static [&'static str]) -> Form {
+    Form {
+        fails: true,
         ..q(name, steps)
     }
 }
@@ -116,6 +127,7 @@ const fn copy(name: &'static str, query: &'static str) -> Form {
         copy: Some(query),
         reveals: true,
         allowed: false,
+        fails: false,
     }
 }
 
@@ -357,6 +369,26 @@ const CORPUS: &[Form] = &[
             "EXECUTE p",
         ],
     ),
+    in_error("count_cast", &["SELECT count(ssn::int) FROM customers"]),
+    in_error("cast_int", &["SELECT ssn::int FROM customers"]),
+    opaque(
+        "count_nested",
+        &["SELECT count(reverse(ssn)) FROM customers"],
+    ),
+    q(
+        "cursor",
+        &[
+            "DECLARE cur CURSOR FOR SELECT reverse(ssn) FROM customers",
+            "FETCH ALL FROM cur",
+        ],
+    ),
+    q(
+        "sql_function",
+        &[
+            "CREATE FUNCTION pg_temp.f() RETURNS text LANGUAGE sql AS 'SELECT ssn FROM customers WHERE id = 1'",
+            "SELECT pg_temp.f()",
+        ],
+    ),
     copy("copy_reverse", "SELECT reverse(ssn) FROM customers"),
     copy("copy_whole_row", "SELECT c FROM customers c"),
     // Served, masked: the column as itself, and what reveals nothing.
@@ -474,6 +506,15 @@ fn base64(input: &[u8]) -> String {
         }
     }
     out
+}
+
+/// What a client received for one form: its values, and the error message if any.
+fn received(got: &Value) -> Vec<String> {
+    let mut cells: Vec<String> = serde_json::from_value(got["values"].clone()).unwrap();
+    if let Some(e) = got["error"].as_str() {
+        cells.push(e.to_owned());
+    }
+    cells
 }
 
 /// The first protected value found in any cell, with the form it was in.
@@ -637,8 +678,8 @@ fn evasion_corpus_reveals_nothing_to_any_client_in_text_or_binary() {
     let direct = run_client(None, "psycopg-text", &dsn, &corpus);
     for form in CORPUS {
         let got = &direct[form.name];
-        assert!(got["error"].is_null(), "{}: {got}", form.name);
-        let cells: Vec<String> = serde_json::from_value(got["values"].clone()).unwrap();
+        assert_eq!(got["error"].is_null(), !form.fails, "{}: {got}", form.name);
+        let cells = received(got);
         if form.reveals {
             assert!(
                 leaks(&cells).is_some(),
@@ -655,12 +696,12 @@ fn evasion_corpus_reveals_nothing_to_any_client_in_text_or_binary() {
         for form in CORPUS {
             let got = &out[form.name];
             let what = format!("{client} {}", form.name);
+            // Values and error messages alike.
+            if let Some((secret, how, cell)) = leaks(&received(got)) {
+                panic!("{what}: {secret} reached the client ({how}) in {cell:?}");
+            }
             if got["error"].is_null() {
-                let cells: Vec<String> = serde_json::from_value(got["values"].clone()).unwrap();
-                assert!(!cells.is_empty(), "{what}: no values");
-                if let Some((secret, how, cell)) = leaks(&cells) {
-                    panic!("{what}: {secret} reached the client ({how}) in {cell:?}");
-                }
+                assert!(!received(got).is_empty(), "{what}: no values");
             } else {
                 // Refused by the agent before it ran, never a client-side failure.
                 if form.allowed {
@@ -712,8 +753,10 @@ fn evasion_corpus_reveals_nothing_to_any_client_in_text_or_binary() {
         .expect("psql");
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
+    // Rows, and the server's and agent's error messages.
     let cells: Vec<String> = stdout
         .lines()
+        .chain(stderr.lines())
         .flat_map(|l| std::iter::once(l.to_owned()).chain(l.split('|').map(str::to_owned)))
         .collect();
     if let Some((secret, how, cell)) = leaks(&cells) {

@@ -292,7 +292,7 @@ impl Gate {
             rule: hit.rule.clone(),
             reason: format!(
                 "the result `{}` {what} {}, which rule {} masks (pattern {}); only the column \
-                 itself (masked) or a non-revealing function of it may be returned",
+                 itself (masked) or a non-revealing function applied to it directly may be returned",
                 d.expression,
                 d.source_name(),
                 hit.rule,

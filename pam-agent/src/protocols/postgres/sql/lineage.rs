@@ -923,7 +923,19 @@ impl Walker<'_> {
                         let src = self.select(inner, scope);
                         whole(&src)
                     }
-                    _ => inner.values().flat_map(|v| self.expr(v, scope)).collect(),
+                    // Anything else computes (a cast, an operator, CASE, a row, ...): it
+                    // is on the way too, so no function outside it counts as applied to
+                    // the column directly (`count(ssn::int)` errors with the value).
+                    _ => {
+                        let mut refs: Vec<Ref> =
+                            inner.values().flat_map(|v| self.expr(v, scope)).collect();
+                        if ty != "List" {
+                            for r in &mut refs {
+                                r.through.push(ty.to_owned());
+                            }
+                        }
+                        refs
+                    }
                 }
             }
             _ => Vec::new(),

@@ -12,8 +12,15 @@ fn derived(sql: &str) -> Vec<String> {
                 d.table.as_deref().unwrap_or("?"),
                 d.column.as_deref().unwrap_or("*")
             );
-            if !d.through.is_empty() {
-                s.push_str(&format!(" via {}", d.through.join(",")));
+            // Functions only; other computations are checked below.
+            let functions: Vec<&str> = d
+                .through
+                .iter()
+                .map(String::as_str)
+                .filter(|t| t.starts_with(|c: char| !c.is_ascii_uppercase()))
+                .collect();
+            if !functions.is_empty() {
+                s.push_str(&format!(" via {}", functions.join(",")));
             }
             s
         })
@@ -196,4 +203,22 @@ fn the_expression_is_quoted_as_written() {
         sts[0].request.derived[0].expression,
         "CASE WHEN id > ? THEN ssn ELSE ? END"
     );
+}
+
+#[test]
+fn what_is_computed_before_a_function_is_on_the_way_innermost_first() {
+    let through = |sql: &str| -> Vec<String> {
+        let sts = classify(sql, 1 << 20).unwrap();
+        sts[0].request.derived[0].through.clone()
+    };
+    assert_eq!(through("SELECT count(ssn) FROM t"), ["count"]);
+    assert_eq!(
+        through("SELECT count(ssn::int) FROM t"),
+        ["TypeCast", "count"]
+    );
+    assert_eq!(
+        through("SELECT count(reverse(ssn)) FROM t"),
+        ["reverse", "count"]
+    );
+    assert_eq!(through("SELECT ssn || 'x' FROM t"), ["AExpr"]);
 }
