@@ -369,6 +369,14 @@ const CORPUS: &[Form] = &[
             "EXECUTE p",
         ],
     ),
+    q(
+        "table_column_aliases",
+        &["SELECT reverse(d) FROM customers AS c(a, b, c, d)"],
+    ),
+    q(
+        "natural_full_join",
+        &["SELECT ssn FROM customers a NATURAL FULL JOIN customers b"],
+    ),
     in_error("count_cast", &["SELECT count(ssn::int) FROM customers"]),
     in_error("cast_int", &["SELECT ssn::int FROM customers"]),
     opaque(

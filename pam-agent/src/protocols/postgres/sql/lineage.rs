@@ -58,6 +58,9 @@ enum Source {
     Table {
         schema: Option<String>,
         table: String,
+        /// `FROM t AS x(a, b)`: names stand for columns by position, which only the
+        /// catalog knows; a name is then any column of the table.
+        renamed: bool,
     },
     /// A sub-select, CTE, set operation or a join with an alias; `stars`: what a `*` in
     /// its select list expanded to, `stars_direct`: whether those keep their origin.
@@ -180,7 +183,7 @@ fn items(v: Option<&Value>) -> impl Iterator<Item = &Value> {
 /// and a `*` whose values are kept or lose their origin).
 fn whole(source: &Source) -> Vec<Ref> {
     match source {
-        Source::Table { schema, table } => vec![Ref {
+        Source::Table { schema, table, .. } => vec![Ref {
             schema: schema.clone(),
             table: Some(table.clone()),
             column: None,
@@ -199,11 +202,15 @@ fn whole(source: &Source) -> Vec<Ref> {
 /// `None`: the source cannot have it (as far as known).
 fn resolve(source: &Source, column: &str) -> Option<(Vec<Ref>, bool)> {
     match source {
-        Source::Table { schema, table } => Some((
+        Source::Table {
+            schema,
+            table,
+            renamed,
+        } => Some((
             vec![Ref {
                 schema: schema.clone(),
                 table: Some(table.clone()),
-                column: Some(column.to_owned()),
+                column: (!renamed).then(|| column.to_owned()),
                 through: Vec::new(),
             }],
             true,
@@ -543,6 +550,7 @@ impl Walker<'_> {
                     _ => Source::Table {
                         schema: non_empty(schema),
                         table: rel.to_owned(),
+                        renamed: !colnames.is_empty(),
                     },
                 };
                 let name = if alias_name.is_empty() {

@@ -111,6 +111,12 @@ fn whole_rows_derive() {
     has("SELECT jsonb_agg(x) FROM crm.t x", "crm.t.* via jsonb_agg");
     has("SELECT s FROM (SELECT ssn FROM t) s", "?.t.ssn");
     has("SELECT count(t.*) FROM t", "?.t.* via count");
+    // Column aliases of a table: `d` may be any of its columns.
+    has(
+        "SELECT reverse(d) FROM t AS x(a, b, c, d)",
+        "?.t.* via reverse",
+    );
+    none("SELECT d FROM t AS x(a, b, c, d)");
 }
 
 #[test]
