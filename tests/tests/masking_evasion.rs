@@ -377,6 +377,22 @@ const CORPUS: &[Form] = &[
         "natural_full_join",
         &["SELECT ssn FROM customers a NATURAL FULL JOIN customers b"],
     ),
+    in_error(
+        "where_cast",
+        &["SELECT id FROM customers WHERE ssn::int = 0"],
+    ),
+    in_error(
+        "order_by_cast",
+        &["SELECT id FROM customers ORDER BY email::int"],
+    ),
+    in_error(
+        "where_regclass",
+        &["SELECT id FROM customers WHERE token::regclass IS NULL"],
+    ),
+    in_error(
+        "filter_cast",
+        &["SELECT count(*) FILTER (WHERE ssn::date IS NULL) FROM customers"],
+    ),
     in_error("count_cast", &["SELECT count(ssn::int) FROM customers"]),
     in_error("cast_int", &["SELECT ssn::int FROM customers"]),
     opaque(

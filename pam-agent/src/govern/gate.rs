@@ -287,6 +287,22 @@ impl Gate {
         } else {
             "holds whole rows of"
         };
+        // A row-deciding clause (`WHERE clause`): a cast or function there can fail with
+        // the value in its error message.
+        if d.expression.ends_with(" clause") {
+            return Some(Decision {
+                action: Action::Deny,
+                rule: hit.rule.clone(),
+                reason: format!(
+                    "the {} casts or calls a function on {}, which rule {} masks (pattern {}); \
+                     it could fail with the value in its error message",
+                    d.expression,
+                    d.source_name(),
+                    hit.rule,
+                    hit.pattern
+                ),
+            });
+        }
         Some(Decision {
             action: Action::Deny,
             rule: hit.rule.clone(),

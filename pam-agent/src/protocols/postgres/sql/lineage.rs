@@ -19,6 +19,9 @@ use serde_json::{Map, Value};
 use super::tree::{node_of, node_of_map};
 pub use crate::mask::Derivation;
 
+/// How a derivation found in a row-deciding clause names itself (`WHERE clause`).
+pub(super) const CLAUSE: &str = "clause";
+
 /// Longest output expression quoted in a derivation.
 const MAX_EXPRESSION: usize = 200;
 
@@ -589,6 +592,12 @@ impl Walker<'_> {
                         self.range_item(s, scope, &mut own);
                     }
                 }
+                let join_scope = Scope {
+                    rels: own.clone(),
+                    ctes: Vec::new(),
+                    parent: Some(scope),
+                };
+                self.condition(inner.get("quals"), &join_scope, "JOIN");
                 let using: Vec<String> = strings(inner.get("using_clause"))
                     .into_iter()
                     .map(str::to_owned)
@@ -743,6 +752,9 @@ impl Walker<'_> {
             for o in &mut outputs {
                 o.direct = false;
             }
+            self.condition(sel.get("sort_clause"), &scope, "ORDER BY");
+            self.condition(sel.get("limit_count"), &scope, "LIMIT");
+            self.condition(sel.get("limit_offset"), &scope, "OFFSET");
             return Source::Derived {
                 outputs,
                 stars,
@@ -779,6 +791,18 @@ impl Walker<'_> {
                 refs,
                 direct,
             });
+        }
+        for (key, clause) in [
+            ("where_clause", "WHERE"),
+            ("having_clause", "HAVING"),
+            ("group_clause", "GROUP BY"),
+            ("sort_clause", "ORDER BY"),
+            ("distinct_clause", "DISTINCT ON"),
+            ("window_clause", "WINDOW"),
+            ("limit_count", "LIMIT"),
+            ("limit_offset", "OFFSET"),
+        ] {
+            self.condition(sel.get(key), &scope, clause);
         }
         Source::Derived {
             outputs,
@@ -822,6 +846,7 @@ impl Walker<'_> {
                 }
                 scope.rels = rels;
                 if let Some(oc) = st.get("on_conflict_clause").and_then(Value::as_object) {
+                    self.condition(oc.get("where_clause"), &scope, "ON CONFLICT WHERE");
                     let refs = self.expr_opt(oc.get("target_list"), &scope);
                     self.emit(&refs, "ON CONFLICT DO UPDATE SET");
                 }
@@ -836,6 +861,7 @@ impl Walker<'_> {
                     self.range_item(item, &scope, &mut rels);
                 }
                 scope.rels = rels;
+                self.condition(st.get("where_clause"), &scope, "WHERE");
                 for t in targets(st.get("target_list")) {
                     let refs = self.expr(t.val, &scope);
                     let expr = self.expression_at(t.location);
@@ -847,8 +873,10 @@ impl Walker<'_> {
                     self.range_item(src, &scope, &mut rels);
                 }
                 scope.rels = rels;
+                self.condition(st.get("join_condition"), &scope, "MERGE ON");
                 for w in items(st.get("merge_when_clauses")) {
                     if let Some((_, w)) = node_of(w) {
+                        self.condition(w.get("condition"), &scope, "MERGE WHEN");
                         let mut refs = self.expr_opt(w.get("target_list"), &scope);
                         refs.extend(self.expr_opt(w.get("values"), &scope));
                         self.emit(&refs, "MERGE");
@@ -882,6 +910,24 @@ impl Walker<'_> {
         src
     }
 
+    /// A clause that decides which rows rather than returning values (WHERE, JOIN ON,
+    /// ORDER BY, ...). Using a masked column there is the side-channel guard's business,
+    /// but a cast or a function of it can fail with the value quoted in its error
+    /// (`WHERE ssn::int = 0`): such a use counts as a derivation, named after the clause.
+    fn condition(&mut self, v: Option<&Value>, scope: &Scope<'_>, clause: &str) {
+        let Some(v) = v else { return };
+        let refs: Vec<Ref> = self
+            .expr(v, scope)
+            .into_iter()
+            .filter(|r| {
+                r.through
+                    .iter()
+                    .any(|t| t == "TypeCast" || t.starts_with(|c: char| !c.is_ascii_uppercase()))
+            })
+            .collect();
+        self.emit(&refs, &format!("{clause} {CLAUSE}"));
+    }
+
     fn expr_opt(&mut self, v: Option<&Value>, scope: &Scope<'_>) -> Vec<Ref> {
         v.map(|v| self.expr(v, scope)).unwrap_or_default()
     }
@@ -906,11 +952,15 @@ impl Walker<'_> {
                     "FuncCall" => {
                         let name = strings(inner.get("funcname")).join(".").to_lowercase();
                         // Only the arguments flow into the value; FILTER, ORDER BY and OVER
-                        // decide which rows (the side-channel guard's business).
+                        // decide which rows (the side-channel guard's business, save for
+                        // what could fail with the value: `condition`).
                         let mut refs = self.expr_opt(inner.get("args"), scope);
                         for r in &mut refs {
                             r.through.push(name.clone());
                         }
+                        self.condition(inner.get("agg_filter"), scope, "FILTER");
+                        self.condition(inner.get("agg_order"), scope, "ORDER BY");
+                        self.condition(inner.get("over"), scope, "OVER");
                         refs
                     }
                     "SubLink" => {

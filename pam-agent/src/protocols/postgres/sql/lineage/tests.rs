@@ -228,3 +228,32 @@ fn what_is_computed_before_a_function_is_on_the_way_innermost_first() {
     );
     assert_eq!(through("SELECT ssn || 'x' FROM t"), ["AExpr"]);
 }
+
+#[test]
+fn casts_and_functions_in_row_deciding_clauses_derive() {
+    // They can fail with the value quoted in the error message.
+    has("SELECT id FROM t WHERE ssn::int = 0", "?.t.ssn");
+    has(
+        "SELECT id FROM t WHERE length(ssn) > 3",
+        "?.t.ssn via length",
+    );
+    has(
+        "SELECT id FROM t a JOIN u b ON a.ssn::date = b.d",
+        "?.t.ssn",
+    );
+    has("SELECT id FROM t ORDER BY ssn::uuid", "?.t.ssn");
+    has("SELECT id FROM t LIMIT (SELECT ssn::int FROM t)", "?.?.ssn");
+    has(
+        "SELECT count(*) FILTER (WHERE ssn::int > 0) FROM t",
+        "?.t.ssn",
+    );
+    has("UPDATE t SET a = 1 WHERE ssn::regclass IS NULL", "?.t.ssn");
+    has(
+        "SELECT id FROM t WHERE EXISTS (SELECT 1 FROM u WHERE u.ssn::int = 1)",
+        "?.u.ssn",
+    );
+    // Plain comparisons and aggregates that cannot fail are the side-channel guard's.
+    none("SELECT id FROM t WHERE ssn = 'x' AND email LIKE 'a%' ORDER BY ssn");
+    let sts = classify("SELECT id FROM t WHERE ssn::int = 0", 1 << 20).unwrap();
+    assert_eq!(sts[0].request.derived[0].expression, "WHERE clause");
+}
