@@ -145,6 +145,7 @@ pub(super) fn derivations(stmt: &Value, text: &str, writes: bool) -> Vec<Derivat
     let mut w = Walker {
         text,
         out: Vec::new(),
+        tokens: None,
     };
     w.statement(stmt, &Scope::root(), writes);
     w.out.sort();
@@ -155,6 +156,8 @@ pub(super) fn derivations(stmt: &Value, text: &str, writes: bool) -> Vec<Derivat
 struct Walker<'t> {
     text: &'t str,
     out: Vec<Derivation>,
+    /// The text's tokens, scanned once, when an expression is first quoted.
+    tokens: Option<Vec<pg_query::protobuf::ScanToken>>,
 }
 
 fn strings(v: Option<&Value>) -> Vec<&str> {
@@ -341,17 +344,19 @@ impl Walker<'_> {
     /// The text of the expression starting at `location`, up to the end of the select-list
     /// item (a top-level comma, `AS`, `FROM`, ...), constants shown as `?` (so texts that
     /// differ only in constants classify alike, and no literal is echoed), shortened.
-    fn expression_at(&self, location: i64) -> String {
+    fn expression_at(&mut self, location: i64) -> String {
         use pg_query::protobuf::Token;
-        let Some(rest) = usize::try_from(location)
+        let text = self.text;
+        let Some((start, rest)) = usize::try_from(location)
             .ok()
-            .and_then(|l| self.text.get(l..))
+            .and_then(|l| Some((l, text.get(l..)?)))
         else {
             return "?".into();
         };
-        let Ok(tokens) = pg_query::scan_tokens(rest) else {
-            return "?".into();
-        };
+        let tokens = self
+            .tokens
+            .get_or_insert_with(|| pg_query::scan_tokens(text).unwrap_or_default());
+        let first = tokens.partition_point(|t| (t.start as usize) < start);
         let constants = [
             Token::Fconst,
             Token::Sconst,
@@ -364,8 +369,8 @@ impl Walker<'_> {
         let mut expr = String::new();
         let mut at = 0usize;
         let mut depth = 0i32;
-        for t in tokens {
-            let (s, e) = (t.start as usize, t.end as usize);
+        for t in &tokens[first..] {
+            let (s, e) = (t.start as usize - start, t.end as usize - start);
             let Some(word) = rest.get(s..e) else { break };
             let stop = match word.to_ascii_lowercase().as_str() {
                 "(" | "[" | "case" => {
