@@ -145,8 +145,17 @@ fn psql_sees_masked_values_by_column_and_content() {
     assert_ne!(h2[1], h1[0]);
     // Content detectors catch what no column rule names: expressions, JSON, phones.
     assert_eq!(
-        lines(&proxy.psql("SELECT lower(email) || '' FROM customers WHERE id = 1")),
+        lines(&proxy.psql("SELECT lower(phone) || '' FROM customers WHERE id = 1")),
         ["[redacted]"]
+    );
+    // A value computed from a column a rule masks is refused before it runs (issue 13).
+    let derived = proxy.psql("SELECT lower(email) || '' FROM customers WHERE id = 1");
+    assert!(
+        !derived.ok
+            && derived.stderr.contains("42501")
+            && derived.stderr.contains("customers.email")
+            && derived.stderr.contains("lower(email) || ?"),
+        "{derived:?}"
     );
     assert_eq!(
         lines(&proxy.psql("SELECT note->>'contact', note FROM customers WHERE id = 1")),
@@ -158,8 +167,8 @@ fn psql_sees_masked_values_by_column_and_content() {
     );
     // The null strategy, and a custom pattern.
     assert_eq!(
-        lines(&proxy.psql("SELECT id, iban IS NULL, iban FROM customers WHERE id = 1")),
-        ["1|f|"]
+        lines(&proxy.psql("SELECT id, count(iban) OVER (), iban FROM customers WHERE id = 1")),
+        ["1|1|"]
     );
     assert_eq!(
         lines(&proxy.psql("SELECT note FROM customers WHERE id = 3")),
@@ -224,8 +233,15 @@ fn psql_sees_masked_values_by_column_and_content() {
             _ => None,
         })
         .filter(|t| t != "SELECT name, balance FROM customers WHERE id = 1")
+        .filter(|t| t != "SELECT lower(email) || '' FROM customers WHERE id = 1")
         .collect();
     queried.sort();
+    // The refused derivation is on record as such.
+    assert!(
+        all.iter().any(|r| matches!(&r.event, Event::Statement { text: Some(t), flags, .. }
+            if t.starts_with("SELECT lower(email)") && flags.iter().any(|f| f == "derived_from_masked"))),
+        "no derived_from_masked record"
+    );
     assert_eq!(masked_statements.len(), 13);
     assert_eq!(masked_statements, queried);
     assert_eq!(masking_lines.len(), 13, "{masking_lines:?}");
@@ -294,7 +310,8 @@ fn columns_created_in_the_session_are_masked_after_ddl() {
     // reloads column names; until then its columns are withheld, never shown.
     let run = proxy.psql_script(
         "CREATE TABLE contacts_copy (id int, email text);\n\
-         INSERT INTO contacts_copy SELECT id, email FROM customers;\n\
+         INSERT INTO contacts_copy VALUES (1, 'maria.garcia@example.com'), \
+           (2, 'wei.chen@example.net'), (3, 'amara@example.org');\n\
          SELECT id, email FROM contacts_copy ORDER BY id;\n\
          BEGIN;\n\
          ALTER TABLE contacts_copy RENAME COLUMN email TO mail;\n\
@@ -331,9 +348,9 @@ fn columns_created_in_the_session_are_masked_after_ddl() {
     assert_eq!(
         lines(&proxy.psql(
             "CREATE TABLE fresh (email text); INSERT INTO fresh VALUES ('zed@example.com'); \
-             SELECT email, email IS NULL FROM fresh"
+             SELECT email, count(email) OVER () FROM fresh"
         )),
-        ["CREATE TABLE", "INSERT 0 1", "|f"]
+        ["CREATE TABLE", "INSERT 0 1", "|1"]
     );
     let withheld = masking_records(&proxy)
         .into_iter()
@@ -361,11 +378,11 @@ fn tables_other_sessions_create_are_not_shown_unmasked() {
     );
     let run = proxy.psql_script(&format!(
         "SELECT email FROM customers WHERE id = 1;\n\\! PGPASSWORD={PASSWORD} {direct}\n\
-         SELECT email, email IS NULL FROM later;\n\
+         SELECT email, count(email) OVER () FROM later;\n\
          SELECT email FROM later;\n"
     ));
     assert!(run.stderr.is_empty(), "{}", run.stderr);
-    assert_eq!(lines(&run), ["m***@example.com", "|f", "l***@example.com"]);
+    assert_eq!(lines(&run), ["m***@example.com", "|1", "l***@example.com"]);
 }
 
 #[test]

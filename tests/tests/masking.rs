@@ -141,9 +141,22 @@ fn governed_workers_see_masked_values_and_others_the_real_ones() {
         psql(
             Some(&f.cg),
             &v4,
-            "select email as contact, upper(email) from customers where id = 1"
+            "select email as contact, upper(iban) from customers where id = 1"
         ),
         "m***@example.com|[redacted]\n"
+    );
+    // A value computed from a masked column is refused before it runs (issue 13).
+    let out = command(Some(&f.cg), "psql")
+        .args(["-h", &v4, "-U", "postgres", "-d", "crm", "-XAt", "-c"])
+        .arg("select upper(email) from customers where id = 1")
+        .env("PGPASSWORD", PASSWORD)
+        .output_within()
+        .expect("psql");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success()
+            && stderr.contains("the result `upper(email)` is computed from customers.email"),
+        "{stderr}"
     );
     assert_eq!(
         psql(Some(&f.cg), &v4, "copy customers (id, email) to stdout"),
@@ -204,9 +217,9 @@ fn governed_workers_see_masked_values_and_others_the_real_ones() {
         ]
     );
     assert_eq!(
-        masking_of("select email as contact, upper(email) from customers where id = 1"),
+        masking_of("select email as contact, upper(iban) from customers where id = 1"),
         [
-            col("email by detector", "redact", 1, 1),
+            col("iban by detector", "redact", 1, 1),
             col("public.customers.email by column", "email", 1, 1),
         ]
     );

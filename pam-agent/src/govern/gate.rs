@@ -21,6 +21,9 @@ use crate::{
 pub const UNCLASSIFIABLE_RULE: &str = "unclassifiable";
 /// The rule name of refusals made so that no value escapes masking.
 pub const MASKING_RULE: &str = "masking";
+/// The flag journaled on a statement refused for returning a value computed from a masked
+/// column.
+pub const DERIVED_FROM_MASKED: &str = "derived_from_masked";
 /// Request text kept in a journal record.
 const MAX_AUDIT_TEXT: usize = 16 * 1024;
 
@@ -155,6 +158,8 @@ impl Gate {
     /// must not forward anything.
     pub async fn judge(&mut self, ask: Ask<'_>) -> Result<Judged, JournalError> {
         let rules = self.rules.current();
+        // Set when masking refuses a value computed from a masked column: journaled as a flag.
+        let mut derived_flag = None;
         let decision = match (&self.unsafe_reason, &ask.requests) {
             (Some(why), _) => Decision {
                 action: Action::Deny,
@@ -169,6 +174,12 @@ impl Gate {
                     && let Some(refusal) = self.masking_guard(requests)
                 {
                     d = refusal;
+                }
+                if d.allowed()
+                    && let Some(refusal) = self.lineage_guard(requests)
+                {
+                    d = refusal;
+                    derived_flag = Some(DERIVED_FROM_MASKED);
                 }
                 match ask.veto {
                     Some(veto) if d.allowed() => veto,
@@ -187,11 +198,11 @@ impl Gate {
                     } else {
                         decision.clone()
                     };
-                    statements.push(self.record(ask.text, Some(r), &own).await?);
+                    statements.push(self.record(ask.text, Some(r), &own, derived_flag).await?);
                 }
             }
             _ => {
-                self.record(ask.text, None, &decision).await?;
+                self.record(ask.text, None, &decision, None).await?;
             }
         }
         let verdict = match decision.action {
@@ -245,7 +256,7 @@ impl Gate {
     /// Refuses what the protocol itself will not forward (a malformed message, a
     /// reserved name) with `d`, journaled like any refusal: one record with `text`.
     pub async fn refuse(&mut self, text: &str, d: Decision) -> Result<Judged, JournalError> {
-        let n = self.record(text, None, &d).await?;
+        let n = self.record(text, None, &d, None).await?;
         Ok(Judged {
             verdict: Verdict::Refuse(d),
             statements: vec![n],
@@ -272,12 +283,57 @@ impl Gate {
         })
     }
 
+    /// A request whose result holds a value computed from a column an active rule masks
+    /// (not through one of its non-revealing functions) would send it in clear: refused,
+    /// naming the column, the rule and the expression.
+    fn lineage_guard(&self, requests: &[&Request]) -> Option<Decision> {
+        let masker = self.masker.as_ref()?;
+        let hit = requests
+            .iter()
+            .find_map(|r| masker.derived_from_masked(&r.derived))?;
+        let d = &hit.derivation;
+        let what = if d.column.is_some() {
+            "is computed from"
+        } else {
+            "holds whole rows of"
+        };
+        // A row-deciding clause (`WHERE clause`): a cast or function there can fail with
+        // the value in its error message.
+        if d.expression.ends_with(" clause") {
+            return Some(Decision {
+                action: Action::Deny,
+                rule: hit.rule.clone(),
+                reason: format!(
+                    "the {} casts or calls a function on {}, which rule {} masks (pattern {}); \
+                     it could fail with the value in its error message",
+                    d.expression,
+                    d.source_name(),
+                    hit.rule,
+                    hit.pattern
+                ),
+            });
+        }
+        Some(Decision {
+            action: Action::Deny,
+            rule: hit.rule.clone(),
+            reason: format!(
+                "the result `{}` {what} {}, which rule {} masks (pattern {}); only the column \
+                 itself (masked) or a non-revealing function applied to it directly may be returned",
+                d.expression,
+                d.source_name(),
+                hit.rule,
+                hit.pattern
+            ),
+        })
+    }
+
     /// The one place a statement record is built.
     async fn record(
         &mut self,
         text: &str,
         request: Option<&Request>,
         d: &Decision,
+        extra_flag: Option<&str>,
     ) -> Result<u64, JournalError> {
         let n = self.next_statement;
         self.next_statement += 1;
@@ -295,7 +351,7 @@ impl Gate {
                 .map(|r| r.tables.iter().cloned().collect())
                 .unwrap_or_default(),
             flags: request
-                .map(|r| strings(&mut r.flags.iter().map(|f| f.as_str())))
+                .map(|r| strings(&mut r.flags.iter().map(|f| f.as_str()).chain(extra_flag)))
                 .unwrap_or_default(),
             decision: d.action.into(),
             rule: Some(d.rule.clone()),

@@ -5,7 +5,7 @@ use std::collections::BTreeSet;
 
 use serde::Serialize;
 
-use crate::mask::ColumnReference;
+use crate::mask::{ColumnReference, Derivation};
 
 /// What a request does (`select`, `delete`, `ddl`, ...). A protocol defines its kinds as
 /// constants and lists them in its [`Vocabulary`]; policy rules name them as strings and
@@ -87,6 +87,10 @@ pub struct Request {
     /// Columns used to filter, join, sort, group or partition (for the masking
     /// side-channel guard), sorted and deduplicated.
     pub columns: Vec<ColumnReference>,
+    /// Result values computed from columns rather than returned as themselves (for the
+    /// masking lineage guard), sorted and deduplicated.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub derived: Vec<Derivation>,
 }
 
 impl Request {

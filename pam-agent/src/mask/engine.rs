@@ -70,6 +70,13 @@ impl ColumnPattern {
         self.matches_parts(Some(&c.schema), Some(&c.table), &c.column)
     }
 
+    /// Whether the pattern names some column of this relation (a whole-row value holds
+    /// them all). Unknown parts match any pattern part.
+    pub(super) fn matches_relation(&self, schema: Option<&str>, table: Option<&str>) -> bool {
+        schema.is_none_or(|s| glob::matches(&self.parts[0], s))
+            && table.is_none_or(|t| glob::matches(&self.parts[1], t))
+    }
+
     /// Unknown parts (an unqualified reference in SQL) match any pattern part.
     pub(super) fn matches_parts(
         &self,
@@ -96,6 +103,8 @@ pub(super) struct CompiledRule {
     pub name: String,
     pub selector: Selector,
     pub refuse_side_channels: bool,
+    /// Lower-case function names a derivation may pass through (`mask::lineage`).
+    pub non_revealing: Vec<String>,
     pub columns: Vec<ColumnMatcher>,
     /// (detector ids, strategy index)
     pub content: Vec<(Vec<usize>, usize)>,
@@ -180,6 +189,11 @@ impl MaskingPolicy {
                 name,
                 selector: rule.when.clone(),
                 refuse_side_channels: rule.refuse_side_channels,
+                non_revealing: rule
+                    .non_revealing_functions
+                    .iter()
+                    .map(|f| f.to_ascii_lowercase())
+                    .collect(),
                 columns,
                 content,
             });

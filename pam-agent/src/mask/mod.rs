@@ -22,6 +22,8 @@
 //! - [`detect`]: content detectors (one `RegexSet` pre-filter, then checksum confirmation).
 //! - [`strategy`]: how a text value is masked (redact, partial, keyed hash, NULL, e-mail).
 //! - [`side_channel`]: masked columns a statement filters, sorts, groups or joins on.
+//! - [`lineage`]: result values computed from masked columns (refused unless through a
+//!   non-revealing function such as `count`).
 //! - [`report`]: per-statement audit counts.
 //!
 //! Architecture invariant: nothing here imports a protocol, the journal or tokio
@@ -30,6 +32,7 @@
 pub(crate) mod column;
 pub(crate) mod detect;
 pub(crate) mod engine;
+pub(crate) mod lineage;
 pub(crate) mod plan;
 pub(crate) mod report;
 pub(crate) mod rules;
@@ -41,6 +44,7 @@ pub(crate) mod value;
 pub use column::{ColumnName, ResolvedColumn};
 pub use detect::DetectorKind;
 pub use engine::{ConfigError, Masker, MaskingPolicy};
+pub use lineage::{Derivation, DerivedHit};
 pub use plan::RowPlan;
 pub use report::{MaskSource, MaskingReport, ReportEntry};
 pub use rules::{MaskingConfig, Selector, Strategy, Subject};

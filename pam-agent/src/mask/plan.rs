@@ -21,6 +21,9 @@ pub(super) enum Action {
     Scan {
         from: usize,
     },
+    /// Content detectors read the kind's search text of each value (arrays, records,
+    /// bytea, numbers); a finding makes the whole value NULL.
+    ScanWhole,
     /// A table column whose name could not be learned in time (after DDL, or when the
     /// catalog query failed): it might be one a rule names, so it is sent as NULL.
     Withhold,
@@ -123,6 +126,7 @@ impl Masker {
 fn scan_or_pass(scanning: bool, kind: &dyn ValueKind) -> Action {
     match kind.scan_from() {
         Some(from) if scanning => Action::Scan { from },
+        None if scanning && kind.searched_whole() => Action::ScanWhole,
         _ => Action::Pass,
     }
 }
@@ -192,6 +196,24 @@ impl RowPlan {
                     Masked::Text => Outcome::Written,
                     Masked::Null => Outcome::Null,
                 }
+            }
+            Action::ScanWhole => {
+                let text = &mut self.scratch.tmp;
+                text.clear();
+                col.kind.search_text(value, text);
+                compiled
+                    .detectors
+                    .find(text, self.masker.detectors_on(), &mut self.scratch.detect);
+                let found = &self.scratch.detect.found;
+                if found.is_empty() {
+                    return Outcome::Unchanged;
+                }
+                for f in found {
+                    if let Some(c) = self.detector_counts.get_mut(f.detector) {
+                        c[1] += 1;
+                    }
+                }
+                Outcome::Null
             }
             Action::Scan { from: offset } => {
                 let Some(text) = value.get(offset..) else {

@@ -55,6 +55,11 @@ pub struct MaskRule {
     /// this rule masks (an agent could otherwise recover values with `WHERE ssn LIKE '1%'`).
     #[serde(default)]
     pub refuse_side_channels: bool,
+    /// Functions whose result reveals nothing of a masked column given to them (`count`):
+    /// a result computed through one passes. Any other computation from a masked column is
+    /// refused (see `mask::lineage`). Names are matched unqualified or `pg_catalog.`-qualified.
+    #[serde(default = "default_non_revealing")]
+    pub non_revealing_functions: Vec<String>,
     #[serde(default)]
     pub columns: Vec<ColumnRule>,
     #[serde(default)]
@@ -170,6 +175,11 @@ pub enum Strategy {
     Null {},
     /// `john.doe@example.com` → `j***@example.com`; anything not shaped like an e-mail → `***`.
     Email {},
+}
+
+/// `count` tells how many values there are, never what they are.
+fn default_non_revealing() -> Vec<String> {
+    vec!["count".to_string()]
 }
 
 fn default_redaction() -> String {

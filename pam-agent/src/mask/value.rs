@@ -19,6 +19,16 @@ pub trait ValueKind: std::fmt::Debug + Send + Sync {
         true
     }
 
+    /// Whether values detectors cannot rewrite in place (arrays, records, bytea, numbers)
+    /// are searched as a whole: a finding anywhere in one makes the value NULL.
+    fn searched_whole(&self) -> bool {
+        false
+    }
+
+    /// The text detectors read in such a value, decoded as far as the type allows (bytea
+    /// hex, binary numbers, the elements of binary arrays and records), into `out`.
+    fn search_text(&self, _value: &[u8], _out: &mut Vec<u8>) {}
+
     /// Appends `value` masked with a column rule's `strategy` in a form valid for this
     /// kind, or returns [`Masked::Null`] (having appended nothing). `tmp` is scratch space
     /// reused across values.

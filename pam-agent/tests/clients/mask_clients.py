@@ -39,7 +39,7 @@ def with_psycopg(port, password, out):
            f"password={password} sslmode=disable")
     with psycopg.connect(dsn) as conn:
         with conn.cursor(binary=True) as cur:
-            cur.execute("SELECT id, email, lower(email) || '' AS expr FROM customers "
+            cur.execute("SELECT id, email, lower(phone) || '' AS expr FROM customers "
                         "WHERE id <= %s ORDER BY id", (2,))
             out["psycopg_binary"] = [list(r) for r in cur.fetchall()]
         with conn.cursor(name="server_side") as cur:

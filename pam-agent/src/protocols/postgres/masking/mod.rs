@@ -27,6 +27,7 @@ pub(crate) mod pgtype;
 pub(crate) mod plan;
 pub(crate) mod resolve;
 pub mod row_description;
+mod search;
 
 #[cfg(test)]
 mod tests;

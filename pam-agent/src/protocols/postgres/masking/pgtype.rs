@@ -17,6 +17,7 @@
 //! Keyed hashes are computed over the text form of a value whatever the wire format, so a
 //! value hashes the same in text and binary results (joins across both still work).
 
+use super::search;
 use crate::mask::strategy::{self, KeyedHasher, Masked};
 use crate::mask::{Strategy, ValueKind};
 
@@ -51,6 +52,8 @@ pub enum TypeClass {
     Int4,
     Int8,
     Uuid,
+    /// `numeric`: no masked form fits, but content detectors read its digits.
+    Numeric,
     Other,
 }
 
@@ -62,7 +65,7 @@ pub struct PgValue {
 }
 
 /// Every [`TypeClass`], in declaration order (the index into [`KINDS`]).
-const CLASSES: [TypeClass; 10] = [
+const CLASSES: [TypeClass; 11] = [
     TypeClass::Text,
     TypeClass::Bpchar,
     TypeClass::Json,
@@ -72,15 +75,16 @@ const CLASSES: [TypeClass; 10] = [
     TypeClass::Int4,
     TypeClass::Int8,
     TypeClass::Uuid,
+    TypeClass::Numeric,
     TypeClass::Other,
 ];
 
 /// The plan keeps `&'static dyn ValueKind`s: one static per (class, format).
-static KINDS: [PgValue; 20] = {
+static KINDS: [PgValue; 22] = {
     let mut out = [PgValue {
         class: TypeClass::Other,
         format: Format::Text,
-    }; 20];
+    }; 22];
     let mut i = 0;
     while i < CLASSES.len() {
         out[2 * i] = PgValue {
@@ -113,6 +117,14 @@ impl ValueKind for PgValue {
         !matches!(self.class, TypeClass::Json | TypeClass::Jsonb) || json_still_valid(text)
     }
 
+    fn searched_whole(&self) -> bool {
+        search::searched_whole(self.class)
+    }
+
+    fn search_text(&self, value: &[u8], out: &mut Vec<u8>) {
+        search::search_text(self.class, self.format, value, out);
+    }
+
     fn write_masked(
         &self,
         strategy: &Strategy,
@@ -137,6 +149,7 @@ pub fn class_of(type_oid: u32) -> TypeClass {
         23 => TypeClass::Int4,
         20 => TypeClass::Int8,
         2950 => TypeClass::Uuid,
+        1700 => TypeClass::Numeric,
         _ => TypeClass::Other,
     }
 }
@@ -258,7 +271,7 @@ pub fn write_masked(
             }
             Masked::Text
         }
-        TypeClass::Other => Masked::Null,
+        TypeClass::Numeric | TypeClass::Other => Masked::Null,
     }
 }
 
@@ -275,7 +288,7 @@ fn write_json_string(s: &str, out: &mut Vec<u8>) {
     }
 }
 
-fn decode_bytea_hex(text: &[u8], out: &mut Vec<u8>) -> bool {
+pub(super) fn decode_bytea_hex(text: &[u8], out: &mut Vec<u8>) -> bool {
     let Some(hex) = text.strip_prefix(b"\\x") else {
         return false;
     };
@@ -294,7 +307,7 @@ fn decode_bytea_hex(text: &[u8], out: &mut Vec<u8>) -> bool {
     true
 }
 
-fn int_value(class: TypeClass, format: Format, value: &[u8]) -> Option<i64> {
+pub(super) fn int_value(class: TypeClass, format: Format, value: &[u8]) -> Option<i64> {
     match format {
         Format::Text => std::str::from_utf8(value).ok()?.parse().ok(),
         Format::Binary => match (class, value.len()) {
@@ -314,7 +327,7 @@ fn write_int(format: Format, n: i64, width: usize, out: &mut Vec<u8>) {
 }
 
 /// `n` in decimal, without a heap allocation (the hot path of hashing integer ids).
-fn decimal(n: i64, buf: &mut [u8; 20]) -> &[u8] {
+pub(super) fn decimal(n: i64, buf: &mut [u8; 20]) -> &[u8] {
     let mut i = buf.len();
     let mut m = n.unsigned_abs();
     loop {
@@ -445,7 +458,8 @@ mod tests {
         for (oid, class) in [
             (25, TypeClass::Text),
             (3802, TypeClass::Jsonb),
-            (1700, TypeClass::Other),
+            (1700, TypeClass::Numeric),
+            (1009, TypeClass::Other),
         ] {
             for format in [Format::Text, Format::Binary] {
                 assert_eq!(*value_kind(oid, format), PgValue { class, format });

@@ -12,7 +12,7 @@ use serde_json::{Map, Value};
 use super::{
     Flag, Kind, Request, columns,
     functions::{is_dynamic_sql_function, is_side_effect_function},
-    plpgsql,
+    lineage, plpgsql,
     statement::{Prepared, Statement, Unclassifiable, flag, kind},
     tree::{node_of, node_of_map},
 };
@@ -96,6 +96,8 @@ fn classify_at(
         };
         walk.value(&value, &[]);
         st.columns = columns::references(&value);
+        // Inside a procedural body every value is kept (variables, RETURN), never masked.
+        st.derived = lineage::derivations(&value, text, depth > 0);
         procedural(ty, inner, stmt_text, &mut st, max_len, depth)?;
         out.push(st);
     }

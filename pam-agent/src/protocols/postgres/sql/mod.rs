@@ -9,6 +9,8 @@
 //! - [`copy_out`]: the columns and row format of a `COPY ... TO STDOUT`, for masking.
 //! - `columns`: the [`ColumnReference`]s a statement filters, joins, sorts or groups on
 //!   (for the masking side-channel guard, which re-exports these types).
+//! - `lineage`: the result values a statement computes from columns or whole rows rather
+//!   than returning a column as itself (for the masking lineage guard).
 //! - `plpgsql`: DO blocks and PL/pgSQL function bodies, statement by statement.
 //! - [`PreparedStatements`]: judging SQL-level `EXECUTE name` as what was prepared.
 //!
@@ -18,6 +20,7 @@ mod classify;
 mod columns;
 mod copy;
 mod functions;
+mod lineage;
 mod normalize;
 mod plpgsql;
 mod pool;

@@ -187,6 +187,9 @@ pub(super) fn merge(st: &mut Statement, inner: Statement, whole_statement: bool)
     st.columns.extend(inner.columns);
     st.columns.sort();
     st.columns.dedup();
+    st.derived.extend(inner.derived);
+    st.derived.sort();
+    st.derived.dedup();
 }
 
 /// Declarations with a default value (`:=`, `=` or DEFAULT) in the DECLARE sections of a

@@ -83,6 +83,9 @@ impl PreparedStatements {
         out.columns.extend(st.columns.iter().cloned());
         out.columns.sort();
         out.columns.dedup();
+        out.derived.extend(st.derived.iter().cloned());
+        out.derived.sort();
+        out.derived.dedup();
         Some(out)
     }
 
