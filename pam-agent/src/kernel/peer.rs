@@ -16,6 +16,7 @@ const NETLINK_SOCK_DIAG: libc::c_int = 4;
 const SOCK_DIAG_BY_FAMILY: u16 = 20;
 const NLM_F_REQUEST: u16 = 1;
 const NLMSG_ERROR: u16 = 2;
+const TCP_ESTABLISHED: u8 = 1;
 const TCP_LISTEN: u8 = 10;
 /// "No cookie given" in an inet_diag request.
 const NO_COOKIE: u32 = !0;
@@ -25,9 +26,18 @@ const NLMSG_HDR: usize = 16;
 const SOCKID: usize = 48;
 const REQ: usize = 8 + SOCKID;
 
-/// The cookie of the live TCP socket whose local end is `client` and remote end is
-/// `server`, in the caller's network namespace; None when there is none (it closed).
-pub fn client_cookie(client: SocketAddr, server: SocketAddr) -> io::Result<Option<u64>> {
+/// The far end of an accepted connection, as the kernel reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FarEnd {
+    pub cookie: u64,
+    /// Still ESTABLISHED: the worker has not closed it (a closed one is in FIN_WAIT or
+    /// TIME_WAIT, and its record is gone).
+    pub open: bool,
+}
+
+/// The TCP socket whose local end is `client` and remote end is `server`, in the
+/// caller's network namespace; None when there is none (it closed).
+pub fn client_socket(client: SocketAddr, server: SocketAddr) -> io::Result<Option<FarEnd>> {
     let (family, src, dst) = match (client.ip().to_canonical(), server.ip().to_canonical()) {
         (IpAddr::V4(c), IpAddr::V4(s)) => {
             (libc::AF_INET as u8, pad16(&c.octets()), pad16(&s.octets()))
@@ -100,7 +110,7 @@ fn pad16(v4: &[u8; 4]) -> [u8; 16] {
 /// Reads the answer to a one-socket request: the socket's cookie, after checking that
 /// the kernel answered for exactly the 4-tuple asked (a lookup may fall back to a
 /// listener on the client's address, which is never the client).
-fn parse_reply(reply: &[u8], asked: &[u8; SOCKID], family: u8) -> io::Result<Option<u64>> {
+fn parse_reply(reply: &[u8], asked: &[u8; SOCKID], family: u8) -> io::Result<Option<FarEnd>> {
     let bad = |what: &str| io::Error::new(io::ErrorKind::InvalidData, format!("sock_diag: {what}"));
     if reply.len() < NLMSG_HDR + 4 {
         return Err(bad("short reply"));
@@ -139,7 +149,10 @@ fn parse_reply(reply: &[u8], asked: &[u8; SOCKID], family: u8) -> io::Result<Opt
     }
     let lo = u32::from_ne_bytes([id[40], id[41], id[42], id[43]]);
     let hi = u32::from_ne_bytes([id[44], id[45], id[46], id[47]]);
-    Ok(Some(u64::from(lo) | (u64::from(hi) << 32)))
+    Ok(Some(FarEnd {
+        cookie: u64::from(lo) | (u64::from(hi) << 32),
+        open: state == TCP_ESTABLISHED,
+    }))
 }
 
 #[cfg(test)]
@@ -158,8 +171,11 @@ mod tests {
             let local = accepted.local_addr().unwrap();
             let expected = super::super::listener::socket_cookie(client.as_fd()).unwrap();
             assert_eq!(
-                client_cookie(peer, local).unwrap(),
-                Some(expected),
+                client_socket(peer, local).unwrap(),
+                Some(FarEnd {
+                    cookie: expected,
+                    open: true
+                }),
                 "{bind}"
             );
             // The accepted end is not the client.
@@ -169,7 +185,20 @@ mod tests {
             // lookup of another port finds nothing.
             let mut other = peer;
             other.set_port(peer.port().wrapping_add(1).max(1));
-            assert_eq!(client_cookie(other, local).unwrap(), None);
+            assert_eq!(client_socket(other, local).unwrap(), None);
+            // A client that closed is found, and is not open any more.
+            drop(client);
+            let closed = (0..200)
+                .find_map(|_| {
+                    let s = client_socket(peer, local).unwrap()?;
+                    if s.open {
+                        std::thread::sleep(std::time::Duration::from_millis(5));
+                        return None;
+                    }
+                    Some(s)
+                })
+                .expect("the closed client is reported");
+            assert_eq!(closed.cookie, expected);
         }
     }
 }
