@@ -11,7 +11,8 @@ use crate::util::{self, output};
 /// pg_query, PostgreSQL and pgbouncer for tests and benchmarks, iproute2 for test hosts,
 /// util-linux for setpriv,
 /// bpftool for the benchmarks' per-program run-time statistics, openssl for the TLS
-/// tests' server certificates, python3-venv for the Python clients' own environment.
+/// tests' server certificates, python3-venv for the Python clients' own environment,
+/// dnsmasq-base for the DNS server of the host-name resource tests.
 const APT: &[&str] = &[
     "python3-venv",
     "llvm-22-dev",
@@ -24,6 +25,7 @@ const APT: &[&str] = &[
     "util-linux",
     "bpftool",
     "openssl",
+    "dnsmasq-base",
 ];
 
 /// Python clients used as real workers in tests, and the OCSF schema validator (module

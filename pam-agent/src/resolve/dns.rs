@@ -82,9 +82,19 @@ impl Dns {
         if addresses.is_empty() {
             return Err(DnsError::NoAddresses { host: host.clone() });
         }
+        // The shortest TTL the server gave (what a cache in between has left of it
+        // when answers came from one: hosts-file answers have none and count as long).
         let ttl = answer
-            .valid_until()
-            .saturating_duration_since(Instant::now());
+            .as_lookup()
+            .answers()
+            .iter()
+            .map(|r| Duration::from_secs(u64::from(r.ttl)))
+            .min()
+            .unwrap_or_else(|| {
+                answer
+                    .valid_until()
+                    .saturating_duration_since(Instant::now())
+            });
         Ok(Answer { addresses, ttl })
     }
 }
