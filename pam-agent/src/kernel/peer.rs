@@ -16,7 +16,6 @@ const NETLINK_SOCK_DIAG: libc::c_int = 4;
 const SOCK_DIAG_BY_FAMILY: u16 = 20;
 const NLM_F_REQUEST: u16 = 1;
 const NLMSG_ERROR: u16 = 2;
-const TCP_ESTABLISHED: u8 = 1;
 const TCP_LISTEN: u8 = 10;
 /// "No cookie given" in an inet_diag request.
 const NO_COOKIE: u32 = !0;
@@ -25,13 +24,18 @@ const NO_COOKIE: u32 = !0;
 const NLMSG_HDR: usize = 16;
 const SOCKID: usize = 48;
 const REQ: usize = 8 + SOCKID;
+/// Offset of `idiag_inode` in `inet_diag_msg` (after family, state, timer, retrans, the
+/// socket id, expires, rqueue, wqueue and uid).
+const INODE: usize = 4 + SOCKID + 16;
 
 /// The far end of an accepted connection, as the kernel reports it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct FarEnd {
     pub cookie: u64,
-    /// Still ESTABLISHED: the worker has not closed it (a closed one is in FIN_WAIT or
-    /// TIME_WAIT, and its record is gone).
+    /// A process still holds the socket (the kernel reports its inode). Once the worker
+    /// has closed it (a connect-and-close), it is an orphan or a TIME_WAIT entry with
+    /// no inode, and its record is gone with it. A half-closed socket (shutdown of the
+    /// write side) is still held.
     pub open: bool,
 }
 
@@ -125,7 +129,7 @@ fn parse_reply(reply: &[u8], asked: &[u8; SOCKID], family: u8) -> io::Result<Opt
             Err(io::Error::from_raw_os_error(errno))
         };
     }
-    if kind != SOCK_DIAG_BY_FAMILY || body.len() < 4 + SOCKID {
+    if kind != SOCK_DIAG_BY_FAMILY || body.len() < INODE + 4 {
         return Err(bad("unexpected reply"));
     }
     let (msg_family, state) = (body[0], body[1]);
@@ -149,9 +153,15 @@ fn parse_reply(reply: &[u8], asked: &[u8; SOCKID], family: u8) -> io::Result<Opt
     }
     let lo = u32::from_ne_bytes([id[40], id[41], id[42], id[43]]);
     let hi = u32::from_ne_bytes([id[44], id[45], id[46], id[47]]);
+    let inode = u32::from_ne_bytes([
+        body[INODE],
+        body[INODE + 1],
+        body[INODE + 2],
+        body[INODE + 3],
+    ]);
     Ok(Some(FarEnd {
         cookie: u64::from(lo) | (u64::from(hi) << 32),
-        open: state == TCP_ESTABLISHED,
+        open: inode != 0,
     }))
 }
 
@@ -186,7 +196,10 @@ mod tests {
             let mut other = peer;
             other.set_port(peer.port().wrapping_add(1).max(1));
             assert_eq!(client_socket(other, local).unwrap(), None);
-            // A client that closed is found, and is not open any more.
+            // Half-closed (its write side shut) is still held; closed is found, and is
+            // not open any more.
+            client.shutdown(std::net::Shutdown::Write).unwrap();
+            assert!(client_socket(peer, local).unwrap().unwrap().open);
             drop(client);
             let closed = (0..200)
                 .find_map(|_| {
