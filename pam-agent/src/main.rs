@@ -212,14 +212,16 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             let resolved = resolve_for_check(&cfg);
             for (r, addresses) in cfg.resources.iter().zip(&resolved) {
                 println!(
-                    "  protects: {} {}{} port {} ({}{})",
+                    "  protects: {} {} port {} ({}{})",
                     r.name,
                     r.address,
-                    addresses,
                     r.port,
                     r.protocol,
                     protocols::describe(r.protocol, &r.settings)
                 );
+                if !addresses.is_empty() {
+                    println!("            {addresses}");
+                }
             }
             match &cfg.worker_tls {
                 Some(t) => {
@@ -335,10 +337,11 @@ fn ca(command: CaCommand) -> anyhow::Result<ExitCode> {
 }
 
 /// How `check` marks a host name that does not resolve.
-const UNRESOLVED: &str = " -> ERROR: ";
+const UNRESOLVED: &str = "DOES NOT RESOLVE: ";
 
-/// What each resource resolves to now, as `check` shows it after the name (empty for
-/// a fixed network): ` -> 10.0.0.5, fd00::5 (TTL 30 s)` or [`UNRESOLVED`] and why.
+/// What each resource resolves to now, as `check` shows it under the resource (empty
+/// for a fixed network): `resolves to 10.0.0.5, fd00::5 (TTL 30 s)` or [`UNRESOLVED`]
+/// and why.
 fn resolve_for_check(cfg: &Config) -> Vec<String> {
     let hosts = cfg.resources.iter().any(|r| r.address.host().is_some());
     if !hosts {
@@ -362,7 +365,7 @@ fn resolve_for_check(cfg: &Config) -> Vec<String> {
                 None => String::new(),
                 Some(host) => match dns.lookup(host).await {
                     Ok(a) => format!(
-                        " -> {} (TTL {} s)",
+                        "resolves to {} (TTL {} s)",
                         pam_agent::resolve::list(&a.addresses),
                         a.ttl.as_secs()
                     ),

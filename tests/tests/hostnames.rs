@@ -89,7 +89,7 @@ fn a_host_name_resource_follows_its_addresses_v4_and_v6() {
     assert!(ok, "{out}");
     assert!(
         out.contains(&format!(
-            "protects: db {NAME} -> {v4a}, {v6a} (TTL 1 s) port {PORT}"
+            "protects: db {NAME} port {PORT} (tcp)\n            resolves to {v4a}, {v6a} (TTL 1 s)"
         )),
         "{out}"
     );

@@ -17,8 +17,8 @@ pub enum DnsError {
     System(String),
     #[error("`{host}` does not resolve: {reason}")]
     Lookup { host: HostName, reason: String },
-    #[error("`{host}` resolves to no IPv4 or IPv6 address")]
-    NoAddresses { host: HostName },
+    #[error("`{host}` resolves to no IPv4 or IPv6 address ({reason})")]
+    NoAddresses { host: HostName, reason: String },
 }
 
 /// One answer: every address, and how long it may be believed.
@@ -70,7 +70,10 @@ impl Dns {
     pub async fn lookup(&self, host: &HostName) -> Result<Answer, DnsError> {
         let answer = self.resolver.lookup_ip(host.as_str()).await.map_err(|e| {
             if e.is_no_records_found() {
-                DnsError::NoAddresses { host: host.clone() }
+                DnsError::NoAddresses {
+                    host: host.clone(),
+                    reason: e.to_string(),
+                }
             } else {
                 DnsError::Lookup {
                     host: host.clone(),
@@ -80,7 +83,10 @@ impl Dns {
         })?;
         let addresses: AddressSet = answer.iter().map(|ip| ip.to_canonical()).collect();
         if addresses.is_empty() {
-            return Err(DnsError::NoAddresses { host: host.clone() });
+            return Err(DnsError::NoAddresses {
+                host: host.clone(),
+                reason: "empty answer".into(),
+            });
         }
         // The shortest TTL the server gave (what a cache in between has left of it
         // when answers came from one: hosts-file answers have none and count as long).
