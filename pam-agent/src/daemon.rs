@@ -107,9 +107,8 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         redirector,
         tls,
     });
-    if let Some(refresher) = crate::resolve::Refresher::new(dns, resolved) {
-        tokio::spawn(refresher.run(shared.clone(), shutdown.clone()));
-    }
+    let refresher = crate::resolve::Refresher::new(dns, resolved)
+        .map(|r| tokio::spawn(r.run(shared.clone(), shutdown.clone())));
     let refusals_timer = tokio::spawn(shared.refusals.clone().run(shutdown.clone()));
     let sessions = TaskTracker::new();
     let server = tokio::spawn(proxy::serve(
@@ -143,6 +142,9 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     // Nothing is accepted any more: the refusals counted but not yet written go on
     // record now, before the stop.
     let _ = refusals_timer.await;
+    if let Some(refresher) = refresher {
+        let _ = refresher.await;
+    }
     shared.refusals.flush().await;
     journal
         .record(None, Event::AgentStopped { reason })
@@ -293,7 +295,8 @@ async fn reload_policy(shared: &Shared) {
     let needs_restart = new.resources != shared.config.resources
         || new.governed != shared.config.governed
         || new.limits != shared.config.limits
-        || new.worker_tls != shared.config.worker_tls;
+        || new.worker_tls != shared.config.worker_tls
+        || new.resolver != shared.config.resolver;
     if needs_restart {
         tracing::warn!(
             "SIGHUP: only [policy] rules and defaults are reloaded; restart the agent to apply other changes"

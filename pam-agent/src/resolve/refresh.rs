@@ -183,7 +183,12 @@ impl Refresher {
                 _ = shutdown.cancelled() => return,
                 _ = tokio::time::sleep_until(next) => {}
             }
-            self.refresh_due(&shared).await;
+            // A stop does not wait for a slow name server (the pinned map keeps the set
+            // last applied; the next start resolves again).
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = self.refresh_due(&shared) => {}
+            }
         }
     }
 
