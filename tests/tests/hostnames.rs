@@ -3,7 +3,8 @@
 //! every address the name resolves to, follows a change while workers connect (the new
 //! addresses redirected, the removed one no longer, the kept one never missing), keeps
 //! the last addresses when the DNS server is gone, and does not start when a name does
-//! not resolve. `check`, `status` and the journal show what the name resolved to.
+//! not resolve. `check`, `status` and the journal show what the name resolved to; the
+//! certificates default to the host name (a worker verifying it by name gets in).
 
 use std::{
     net::{IpAddr, SocketAddr},
@@ -250,4 +251,58 @@ fn a_host_name_that_does_not_resolve_stops_the_start_naming_the_resource() {
         "{text}"
     );
     assert!(text.contains("would be unprotected"), "{text}");
+}
+
+#[test]
+fn a_host_name_resource_names_the_certificates_by_its_host() {
+    if !require_root("hostnames") {
+        return;
+    }
+    use pam_e2e::postgres::{CREW_POLICY, PgServer, SERVER_DNS_NAME};
+    const PASSWORD: &str = "pg-hostname-password";
+    let host = TestHost::new().expect("test host");
+    let pg = PgServer::start_tls(&host, 5432, PASSWORD).expect("postgres with ssl=on");
+    let server_ca = pg.server_ca.clone().unwrap();
+    let dns = DnsServer::start(&host, &[(SERVER_DNS_NAME, IpAddr::V4(host.v4))]).expect("dnsmasq");
+    let cg = Cgroup::new("hostname-tls").expect("cgroup");
+    let ca_dir = tempfile::tempdir().unwrap();
+    // No tls_names, no upstream_server_name: both default to the host name.
+    let agent = Agent::start_with(
+        &[&cg],
+        &[ResourceSpec::postgres("db", SERVER_DNS_NAME, 5432)
+            .with("upstream_tls = \"verify-full\"")
+            .with(format!("upstream_ca = \"{}\"", server_ca.display()))],
+        &format!(
+            "{}\n[worker_tls]\nca_cert = \"{}\"\nca_key = \"{}\"\n{CREW_POLICY}",
+            resolver(&dns),
+            ca_dir.path().join("ca.pem").display(),
+            ca_dir.path().join("ca.key").display()
+        ),
+    )
+    .expect("agent");
+    // A worker that verifies the name it connects by (libpq: host= is the name checked,
+    // hostaddr= the address dialed) gets in; the server is reached over verified TLS.
+    let out = Command::new(agent_bin())
+        .args(["exec", "--cgroup"])
+        .arg(&cg.path)
+        .args(["--", "psql", "-XAt", "-c"])
+        .arg("select ssl from pg_stat_ssl where pid = pg_backend_pid()")
+        .arg(format!(
+            "host={SERVER_DNS_NAME} hostaddr={} sslmode=verify-full sslrootcert={} \
+             channel_binding=disable user=postgres dbname=postgres password={PASSWORD} \
+             connect_timeout=5",
+            host.v4,
+            ca_dir.path().join("ca.pem").display()
+        ))
+        .output_within()
+        .unwrap();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(out.status.success(), "{stdout}{stderr}\n{}", agent.log());
+    assert_eq!(stdout, "t\n");
+    let opened = agent.records("session_opened");
+    assert_eq!(opened.len(), 1, "{opened:#?}");
+    assert_eq!(opened[0]["resource"]["name"], "db");
 }
