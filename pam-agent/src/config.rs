@@ -11,7 +11,6 @@ use std::{
     time::Duration,
 };
 
-use ipnet::IpNet;
 use serde::Deserialize;
 
 /// Each resource names its protocol; the protocols own the enum (one arm each) and their
@@ -66,6 +65,9 @@ pub(crate) struct RawConfig {
     pub worker_tls: Option<RawWorkerTls>,
     /// Just-in-time approvals (see [`crate::control`]); without it every hold is denied.
     pub approvals: Option<crate::control::RawApprovals>,
+    /// Where host-name resources are looked up (see [`crate::resolve`]).
+    #[serde(default)]
+    pub resolver: crate::resolve::RawResolver,
 }
 
 #[derive(Debug, Deserialize)]
@@ -177,7 +179,8 @@ pub(crate) struct RawGovern {
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawResource {
     pub name: String,
-    /// An address (`10.0.0.5`, `fd00::5`) or a CIDR (`10.0.0.0/24`).
+    /// An address (`10.0.0.5`, `fd00::5`), a CIDR (`10.0.0.0/24`) or a host name
+    /// (`db.internal`: all its addresses, kept resolved).
     pub address: String,
     pub port: u16,
     #[serde(default)]
@@ -204,6 +207,8 @@ pub struct Config {
     pub worker_tls: Option<WorkerTls>,
     /// The approvals broker's control socket; `None`: holds are denied at once.
     pub approvals: Option<crate::control::ApprovalsConfig>,
+    /// How host-name resources are resolved.
+    pub resolver: crate::resolve::ResolverSettings,
 }
 
 #[derive(Debug, Clone)]
@@ -242,7 +247,8 @@ pub struct GovernedCgroup {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Resource {
     pub name: String,
-    pub net: IpNet,
+    /// A fixed network, or a host name resolved at start and kept resolved.
+    pub address: crate::resolve::Address,
     pub port: u16,
     pub protocol: Protocol,
     /// The protocols' own keys (TLS toward the server, certificate names, ...).
@@ -258,7 +264,12 @@ pub struct WorkerTls {
 }
 
 impl Resource {
+    /// Whether a fixed-network resource covers `addr` (a host name's addresses are
+    /// known only once resolved: see [`crate::resolve`]).
     pub fn covers(&self, addr: SocketAddr) -> bool {
+        let Some(net) = self.address.net() else {
+            return false;
+        };
         let ip = match addr.ip() {
             IpAddr::V6(v6) => v6
                 .to_ipv4_mapped()
@@ -266,7 +277,7 @@ impl Resource {
                 .unwrap_or(IpAddr::V6(v6)),
             v4 => v4,
         };
-        addr.port() == self.port && self.net.contains(&ip)
+        addr.port() == self.port && net.contains(&ip)
     }
 }
 
@@ -344,6 +355,7 @@ impl Config {
                 "needs [worker_tls]: the API's certificate is issued by the agent CA".into(),
             )));
         }
+        let resolver = raw.resolver.validate().map_err(invalid)?;
         Ok(Config {
             rules: crate::govern::Rules {
                 policy,
@@ -359,6 +371,7 @@ impl Config {
             resources,
             worker_tls,
             approvals,
+            resolver,
         })
     }
 
@@ -499,8 +512,9 @@ fn validate_govern(raw: &RawGovern) -> Result<Vec<GovernedCgroup>, Invalid> {
     Ok(governed)
 }
 
-/// `[[resources]]`: unique names, an address or CIDR that does not cover the agent's own
-/// listener, and each protocol's own keys.
+/// `[[resources]]`: unique names, an address, CIDR or host name (a CIDR must not cover
+/// the agent's own listener; a host name's addresses are checked once resolved), and
+/// each protocol's own keys.
 fn validate_resources(
     raw: Vec<RawResource>,
     listener: &Listener,
@@ -518,15 +532,20 @@ fn validate_resources(
                 format!("`{}` is used by another resource", r.name),
             );
         }
-        let net = parse_net(&r.address).or_else(|reason| err(&field("address"), reason))?;
+        let address = crate::resolve::Address::parse(&r.address)
+            .or_else(|reason| err(&field("address"), reason))?;
         if r.port == 0 {
             return err(&field("port"), "must be between 1 and 65535");
         }
-        let settings = protocol_config::validate(r.protocol, r.settings)
+        let mut settings = protocol_config::validate(r.protocol, r.settings)
             .or_else(|(f, reason)| err(&field(f), reason))?;
+        if let Some(host) = address.host() {
+            // Workers and the server's certificate know the database by this name.
+            protocol_config::default_names(&mut settings, host.as_str());
+        }
         let resource = Resource {
             name: r.name,
-            net,
+            address,
             port: r.port,
             protocol: r.protocol,
             settings,
@@ -707,28 +726,6 @@ impl JournalConfig {
             completion_wait: self.completion_wait,
             ..Default::default()
         }
-    }
-}
-
-/// Accepts `10.0.0.5`, `fd00::5`, `10.0.0.0/24`; refuses a CIDR with host bits set.
-fn parse_net(text: &str) -> Result<IpNet, String> {
-    let text = text.trim();
-    if text.contains('/') {
-        let net: IpNet = text
-            .parse()
-            .map_err(|_| format!("`{text}` is not an address or CIDR (e.g. 10.0.0.0/24)"))?;
-        if net.trunc() != net {
-            return Err(format!(
-                "`{text}` has host bits set; did you mean `{}`?",
-                net.trunc()
-            ));
-        }
-        Ok(net)
-    } else {
-        let ip: IpAddr = text
-            .parse()
-            .map_err(|_| format!("`{text}` is not an address or CIDR (e.g. 10.0.0.0/24)"))?;
-        Ok(IpNet::from(ip))
     }
 }
 

@@ -47,6 +47,16 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     abandon_unanswered(&journal, unanswered).await?;
 
     let tls = tls_setup(&cfg)?;
+    // Host names resolve before anything is attached: one that does not stops the start
+    // (its resource would be unprotected).
+    let dns = if cfg.resources.iter().any(|r| r.address.host().is_some()) {
+        Some(crate::resolve::Dns::new(&cfg.resolver).context("setting up the resolver")?)
+    } else {
+        None
+    };
+    let resolved = crate::resolve::resolve_at_start(&cfg, dns.as_ref())
+        .await
+        .context("resolving host-name resources")?;
     let listeners = Listeners::bind(&cfg).context("binding the proxy listener")?;
     // The listeners go into the kernel's sockmap here: from then on a connection to
     // the redirect target reaches them or nobody.
@@ -54,7 +64,9 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         v4: std::os::fd::AsFd::as_fd(&listeners.v4),
         v6: listeners.v6.as_ref().map(std::os::fd::AsFd::as_fd),
     };
-    let redirector = Redirector::start(&cfg, fds).context("attaching the kernel programs")?;
+    let protected = crate::resolve::entries(&cfg, &resolved);
+    let redirector =
+        Redirector::start(&cfg, fds, &protected).context("attaching the kernel programs")?;
 
     journal
         .record(
@@ -72,6 +84,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         )
         .await
         .context("writing the first journal record")?;
+    crate::resolve::journal_initial(&cfg, &resolved, &journal).await;
 
     let protocols = protocols::Services::start(&cfg.limits, &cfg.resources)
         .context("starting the protocols' services")?;
@@ -85,11 +98,18 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
             cfg.listener.max_sessions,
             cfg.listener.max_sessions_per_principal,
         ),
+        refusals: crate::proxy::refusals::Refusals::new(
+            journal.clone(),
+            crate::proxy::refusals::REPORT_EVERY,
+        ),
         config: cfg,
         journal: journal.clone(),
         redirector,
         tls,
     });
+    let refresher = crate::resolve::Refresher::new(dns, resolved)
+        .map(|r| tokio::spawn(r.run(shared.clone(), shutdown.clone())));
+    let refusals_timer = tokio::spawn(shared.refusals.clone().run(shutdown.clone()));
     let sessions = TaskTracker::new();
     let server = tokio::spawn(proxy::serve(
         listeners,
@@ -119,6 +139,13 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     if tokio::time::timeout(DRAIN, sessions.wait()).await.is_err() {
         tracing::warn!("some sessions did not finish within {DRAIN:?}");
     }
+    // Nothing is accepted any more: the refusals counted but not yet written go on
+    // record now, before the stop.
+    let _ = refusals_timer.await;
+    if let Some(refresher) = refresher {
+        let _ = refresher.await;
+    }
+    shared.refusals.flush().await;
     journal
         .record(None, Event::AgentStopped { reason })
         .await
@@ -277,7 +304,8 @@ async fn reload_policy(shared: &Shared) {
     let needs_restart = new.resources != shared.config.resources
         || new.governed != shared.config.governed
         || new.limits != shared.config.limits
-        || new.worker_tls != shared.config.worker_tls;
+        || new.worker_tls != shared.config.worker_tls
+        || new.resolver != shared.config.resolver;
     if needs_restart {
         tracing::warn!(
             "SIGHUP: only [policy], [masking] and [[principals]] are reloaded; restart the agent to apply other changes"

@@ -37,5 +37,6 @@ pub mod policy;
 pub mod principal;
 pub mod protocols;
 pub mod proxy;
+pub mod resolve;
 pub mod secret_file;
 pub mod tls;

@@ -233,15 +233,19 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             for g in &cfg.governed {
                 println!("  governs:  {}", g.path.display());
             }
-            for r in &cfg.resources {
+            let resolved = resolve_for_check(&cfg);
+            for (r, addresses) in cfg.resources.iter().zip(&resolved) {
                 println!(
                     "  protects: {} {} port {} ({}{})",
                     r.name,
-                    r.net,
+                    r.address,
                     r.port,
                     r.protocol,
                     protocols::describe(r.protocol, &r.settings)
                 );
+                if !addresses.is_empty() {
+                    println!("            {addresses}");
+                }
             }
             if !cfg.rules.principals.is_empty() {
                 let names: Vec<&str> = cfg.rules.principals.names().collect();
@@ -260,6 +264,13 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
                 None => println!("  worker TLS: off (SSLRequest answered 'N')"),
             }
             println!("  journal:  {}", cfg.journal.path.display());
+            // `run` refuses to start with a host name that does not resolve.
+            if resolved.iter().any(|a| a.starts_with(UNRESOLVED)) {
+                eprintln!(
+                    "pam-agent: a host-name resource does not resolve: the agent would not start"
+                );
+                return Ok(ExitCode::FAILURE);
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::Exec {
@@ -356,6 +367,47 @@ fn ca(command: CaCommand) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// How `check` marks a host name that does not resolve.
+const UNRESOLVED: &str = "DOES NOT RESOLVE: ";
+
+/// What each resource resolves to now, as `check` shows it under the resource (empty
+/// for a fixed network): `resolves to 10.0.0.5, fd00::5 (TTL 30 s)` or [`UNRESOLVED`]
+/// and why.
+fn resolve_for_check(cfg: &Config) -> Vec<String> {
+    let hosts = cfg.resources.iter().any(|r| r.address.host().is_some());
+    if !hosts {
+        return vec![String::new(); cfg.resources.len()];
+    }
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => return vec![format!("{UNRESOLVED}no async runtime: {e}"); cfg.resources.len()],
+    };
+    rt.block_on(async {
+        let dns = match pam_agent::resolve::Dns::new(&cfg.resolver) {
+            Ok(d) => d,
+            Err(e) => return vec![format!("{UNRESOLVED}{e}"); cfg.resources.len()],
+        };
+        let mut out = Vec::new();
+        for r in &cfg.resources {
+            out.push(match r.address.host() {
+                None => String::new(),
+                Some(host) => match dns.lookup(host).await {
+                    Ok(a) => format!(
+                        "resolves to {} (TTL {} s)",
+                        pam_agent::resolve::list(&a.addresses),
+                        a.ttl.as_secs()
+                    ),
+                    Err(e) => format!("{UNRESOLVED}{e}"),
+                },
+            });
+        }
+        out
+    })
+}
+
 fn status(cfg: &Config) -> anyhow::Result<ExitCode> {
     let links = kernel::pinned_links(&cfg.pin_dir)?;
     let mut healthy = true;
@@ -399,6 +451,33 @@ fn status(cfg: &Config) -> anyhow::Result<ExitCode> {
         println!(
             "listener:  the agent has no IPv6 listener: governed IPv6 connections are refused"
         );
+    }
+    // What the kernel protects now (a host name: what the agent last resolved it to).
+    let entries = kernel::protected_entries(&cfg.pin_dir)?;
+    for (i, r) in cfg.resources.iter().enumerate() {
+        let mine: Vec<String> = entries
+            .iter()
+            .filter(|e| e.resource_id == i as u32 && e.port == r.port)
+            .map(|e| match r.address {
+                pam_agent::resolve::Address::Host(_) => e.net.addr().to_string(),
+                pam_agent::resolve::Address::Net(_) => e.net.to_string(),
+            })
+            .collect();
+        if mine.is_empty() {
+            healthy = false;
+            println!(
+                "resource:  {} {} port {}: NOT in the kernel's map",
+                r.name, r.address, r.port
+            );
+        } else {
+            println!(
+                "resource:  {} {} port {}: protected: {}",
+                r.name,
+                r.address,
+                r.port,
+                mine.join(", ")
+            );
+        }
     }
     if held.steering {
         println!("steering:  sk_lookup attached to this network namespace");

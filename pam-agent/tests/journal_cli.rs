@@ -113,19 +113,20 @@ fn filters_select_what_they_say() {
         a.extend_from_slice(args);
         jsonl(&audit(&path, &a)).iter().map(|r| r.seq).collect()
     };
-    // alice's session: opened..closed are seq 3..=11; bob's opening is 14.
+    // alice's session: opened..closed are seq 3..=11; bob's opening is 16.
     assert_eq!(
         seqs(&["--principal", "alice"]),
         (3..=11).collect::<Vec<_>>()
     );
     assert_eq!(seqs(&["--principal", "1001"]), (3..=11).collect::<Vec<_>>());
-    assert_eq!(seqs(&["--principal", "bob"]), vec![14]);
-    assert_eq!(seqs(&["--process", "node"]), vec![14]);
+    assert_eq!(seqs(&["--principal", "bob"]), vec![16]);
+    assert_eq!(seqs(&["--process", "node"]), vec![16]);
     assert_eq!(seqs(&["--process", "/usr/bin/pyth"]).len(), 9);
     assert_eq!(seqs(&["--resource", "orders-db"]).len(), 10);
     assert_eq!(seqs(&["--session", &session.to_string()]).len(), 9);
     assert_eq!(seqs(&["--decision", "deny"]), vec![5]);
-    assert_eq!(seqs(&["--decision", "refused"]), vec![12]);
+    assert_eq!(seqs(&["--decision", "refused"]), vec![12, 13]);
+    assert_eq!(seqs(&["--kind", "resource_resolved"]), vec![14]);
     assert_eq!(
         seqs(&["--kind", "statement", "--decision", "allow"]),
         vec![4]
@@ -135,7 +136,7 @@ fn filters_select_what_they_say() {
         vec![6, 8]
     );
     assert_eq!(seqs(&["--text", "OPS-12"]), vec![7]);
-    assert_eq!(seqs(&["--since", "1h"]).len(), 14);
+    assert_eq!(seqs(&["--since", "1h"]).len(), 16);
     assert!(seqs(&["--until", "1h"]).is_empty());
     assert!(
         seqs(&[
@@ -146,7 +147,7 @@ fn filters_select_what_they_say() {
         ])
         .is_empty()
     );
-    assert_eq!(seqs(&["--limit", "2"]), vec![13, 14]);
+    assert_eq!(seqs(&["--limit", "2"]), vec![15, 16]);
 }
 
 #[test]
@@ -159,7 +160,7 @@ fn export_ocsf_uses_fitting_classes() {
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
-    assert_eq!(events.len(), 14);
+    assert_eq!(events.len(), 16);
     let class = |seq: u64| {
         events
             .iter()
@@ -177,7 +178,9 @@ fn export_ocsf_uses_fitting_classes() {
     assert_eq!(class(4), (6005, 1)); // statement: a select reads
     assert_eq!(class(11), (3002, 2)); // logoff
     assert_eq!(class(12), (4001, 5)); // refused
-    assert_eq!(class(13), (6002, 4)); // agent stopped
+    assert_eq!(class(13), (4001, 5)); // refused, coalesced
+    assert_eq!(class(14), (6002, 99)); // a host name's addresses
+    assert_eq!(class(15), (6002, 4)); // agent stopped
     let stmt = events
         .iter()
         .find(|e| e["metadata"]["sequence"] == 4)
@@ -196,7 +199,7 @@ fn export_ocsf_uses_fitting_classes() {
     assert_eq!(denied["status_id"], 2);
     // Plain export: exactly the stored records.
     let plain = jsonl(&audit(&path, &["export", "--format", "jsonl"]));
-    assert_eq!(plain.len(), 14);
+    assert_eq!(plain.len(), 16);
 }
 
 #[test]
@@ -259,7 +262,7 @@ fn tail_follow_prints_new_records() {
     let mut child = KillOnDrop(child);
     let mut lines = BufReader::new(stdout).lines();
     let first: Record = serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap();
-    assert_eq!(first.seq, 14);
+    assert_eq!(first.seq, 16);
     let (j, h) = open(options(&path));
     j.record_blocking(
         None,
@@ -272,7 +275,7 @@ fn tail_follow_prints_new_records() {
     h.join().unwrap();
     let started = Instant::now();
     let next: Record = serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap();
-    assert_eq!(next.seq, 15);
+    assert_eq!(next.seq, 17);
     assert!(started.elapsed() < Duration::from_secs(5));
     child.0.kill().unwrap();
     child.0.wait().unwrap();

@@ -10,6 +10,7 @@
 //! - [`idp::Idp`]: a real OpenID provider on loopback; [`receiver`]: webhook receivers.
 
 pub mod idp;
+pub mod dns;
 pub mod postgres;
 pub mod receiver;
 
@@ -95,6 +96,8 @@ fn ip(args: &[&str]) -> anyhow::Result<()> {
 pub struct TestHost {
     pub ns: String,
     host_if: String,
+    /// The veth end inside the namespace.
+    ns_if: String,
     /// The test host's own addresses.
     pub v4: Ipv4Addr,
     pub v6: Ipv6Addr,
@@ -111,6 +114,7 @@ impl TestHost {
         let host = TestHost {
             ns: ns.clone(),
             host_if: host_if.clone(),
+            ns_if: ns_if.clone(),
             v4: Ipv4Addr::new(10, 200 + (a % 50) as u8, b as u8, 2),
             v6: format!("fd00:{a:x}:{b:x}::2").parse()?,
             servers: Vec::new(),
@@ -134,6 +138,37 @@ impl TestHost {
         ip(&["-n", &ns, "link", "set", &ns_if, "up"])?;
         ip(&["-n", &ns, "link", "set", "lo", "up"])?;
         Ok(host)
+    }
+
+    /// A second IPv4 and IPv6 address of the test host (`.3` and `::3`, beside `.2` and
+    /// `::2`): one machine with several addresses, as a database host often has.
+    pub fn add_second_addresses(&self) -> anyhow::Result<(Ipv4Addr, Ipv6Addr)> {
+        let o = self.v4.octets();
+        let v4 = Ipv4Addr::new(o[0], o[1], o[2], 3);
+        let mut s = self.v6.segments();
+        s[7] = 3;
+        let v6 = Ipv6Addr::from(s);
+        ip(&[
+            "-n",
+            &self.ns,
+            "addr",
+            "add",
+            &format!("{v4}/24"),
+            "dev",
+            &self.ns_if,
+        ])?;
+        ip(&[
+            "-n",
+            &self.ns,
+            "-6",
+            "addr",
+            "add",
+            &format!("{v6}/64"),
+            "dev",
+            &self.ns_if,
+            "nodad",
+        ])?;
+        Ok((v4, v6))
     }
 
     /// Runs a command inside the test host's namespace.

@@ -45,8 +45,24 @@ fn bad_configs_are_refused_naming_the_field() {
             "resources[0].address",
         ),
         (
-            config(&GOOD_RESOURCE.replace("10.0.0.0/24", "not-an-ip"), "/"),
+            config(&GOOD_RESOURCE.replace("10.0.0.0/24", "not_an_ip"), "/"),
             "resources[0].address",
+        ),
+        (
+            config(&GOOD_RESOURCE.replace("10.0.0.0/24", "10.0.0.300"), "/"),
+            "not an address, CIDR (e.g. 10.0.0.0/24) or host name",
+        ),
+        // A host name that does not resolve: `run` would not start, so `check` fails
+        // (the name server asked is a closed loopback port: nothing leaves the host).
+        (
+            config(
+                &format!(
+                    "{}[resolver]\nnameservers = [\"127.0.0.1:9\"]\ntimeout_ms = 300\n",
+                    GOOD_RESOURCE.replace("10.0.0.0/24", "db.pamtest.invalid")
+                ),
+                "/",
+            ),
+            "a host-name resource does not resolve: the agent would not start",
         ),
         (
             config(&GOOD_RESOURCE.replace("5432", "0"), "/"),

@@ -1,14 +1,18 @@
 //! Limits against a noisy neighbour, end to end: one governed worker opening sessions in
 //! a loop gets PostgreSQL's own "too many connections" (53300) past its limit, the
 //! database never sees the extra connections, other principals still get in, and the
-//! journal holds one record per burst, not one per connection.
+//! journal holds a record per burst and interval with a count, not one per connection;
+//! a connect-and-close flood is a handful of records and log lines.
 
 use std::{
     process::{Command, Stdio},
     time::{Duration, Instant},
 };
 
-use pam_e2e::{Agent, Cgroup, ResourceSpec, TestHost, agent_bin, postgres::PgServer, require_root};
+use pam_e2e::{
+    Agent, Cgroup, OutputWithin, ResourceSpec, TestHost, agent_bin, postgres::PgServer,
+    require_root, wait_for,
+};
 
 const PASSWORD: &str = "pg-limits-password";
 
@@ -89,17 +93,126 @@ fn one_principal_past_its_limit_gets_53300_and_the_others_still_get_in() {
     // Another principal (another cgroup) is not affected.
     let out = psql(&quiet, &v4, "select 42").output().unwrap();
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "42");
-    // One journal record for the burst, naming the principal.
+    // The burst on record without a record per connection: the first refusal at once,
+    // the other 19 counted into one record when the interval ends (no later event
+    // needed), each naming the principal.
     let refused = agent.records("connection_refused");
-    assert_eq!(refused.len(), 1, "{refused:#?}");
-    let reason = refused[0]["reason"].as_str().unwrap();
-    assert!(
-        reason.contains("too many sessions for this principal (limit 2)")
-            && reason.contains(&format!("cgroup id {}", noisy.id())),
-        "{reason}"
+    assert_eq!(refused[0]["count"], 1, "the first at once: {refused:#?}");
+    let refused = wait_for(
+        "the burst's count on record",
+        Duration::from_secs(60),
+        || {
+            let all = agent.records("connection_refused");
+            (refused_total(&all) >= 20).then_some(all)
+        },
     );
+    assert_eq!(refused_total(&refused), 20, "{refused:#?}");
+    assert!(refused.len() <= 3, "{refused:#?}");
+    for r in &refused {
+        let reason = r["reason"].as_str().unwrap();
+        assert!(
+            reason.contains("too many sessions for this principal (limit 2)")
+                && reason.contains(&format!("cgroup id {}", noisy.id())),
+            "{reason}"
+        );
+    }
     for mut h in held {
         let _ = h.kill();
         let _ = h.wait();
     }
+}
+
+/// Sum of the `count`s of `connection_refused` records (a record without one is one).
+fn refused_total(records: &[serde_json::Value]) -> u64 {
+    records
+        .iter()
+        .map(|r| r["count"].as_u64().unwrap_or(1))
+        .sum()
+}
+
+#[test]
+fn a_connect_and_close_flood_is_a_handful_of_records_and_a_bounded_log() {
+    if !require_root("limits") {
+        return;
+    }
+    const ATTEMPTS: u64 = 2000;
+    let mut host = TestHost::new().expect("test host");
+    host.serve_echo(&[7000]).expect("echo server");
+    let cg = Cgroup::new("flood").expect("cgroup");
+    let mut agent = Agent::start_with_journal(
+        &[&cg],
+        &[ResourceSpec::tcp("echo", host.v4, 7000)],
+        "fsync = false",
+        "",
+    )
+    .expect("agent");
+    // One governed worker: connect and close, again and again.
+    let out = Command::new(agent_bin())
+        .args(["exec", "--cgroup"])
+        .arg(&cg.path)
+        .args(["--"])
+        .arg(pam_e2e::peer_bin())
+        .args(["connect-close", &host.addr4(7000).to_string()])
+        .arg(ATTEMPTS.to_string())
+        .output_within()
+        .unwrap();
+    let report: serde_json::Value =
+        serde_json::from_slice(&out.stdout).expect("connect-close report");
+    assert_eq!(report["connected"], ATTEMPTS, "{report}");
+    // Every attempt is accounted for: refused (counted) or a session (a worker that
+    // closed after the kernel recorded it, which the agent still attributes). The last
+    // counts come with the interval's end, though no refusal follows them.
+    let accounted = |journal: &[serde_json::Value]| {
+        let refused: Vec<serde_json::Value> = journal
+            .iter()
+            .filter(|r| r["kind"] == "connection_refused")
+            .cloned()
+            .collect();
+        let sessions = journal
+            .iter()
+            .filter(|r| r["kind"] == "session_opened")
+            .count() as u64;
+        (refused_total(&refused) + sessions, refused)
+    };
+    let refused = wait_for("every attempt on record", Duration::from_secs(60), || {
+        let (n, refused) = accounted(&agent.journal());
+        (n >= ATTEMPTS).then_some(refused)
+    });
+    agent.stop().unwrap();
+    let journal = agent.journal();
+    assert_eq!(accounted(&journal).0, ATTEMPTS, "{refused:#?}");
+    eprintln!(
+        "flood: {ATTEMPTS} connect-and-close -> {} connection_refused records, counts {:?}; log {} lines",
+        refused.len(),
+        refused
+            .iter()
+            .map(|r| r["count"].as_u64().unwrap())
+            .collect::<Vec<_>>(),
+        agent.log().lines().count()
+    );
+    assert!(
+        refused.len() <= 6,
+        "not coalesced: {} records for {ATTEMPTS} attempts",
+        refused.len()
+    );
+    assert_eq!(
+        refused[0]["count"], 1,
+        "the first refusal is written at once"
+    );
+    for r in &refused {
+        let reason = r["reason"].as_str().unwrap();
+        assert!(
+            reason.contains("closed before it could be identified"),
+            "a connect-and-close is labelled as what it is: {reason}"
+        );
+    }
+    // The log is bounded the same way: one line per record, not per attempt.
+    let log = agent.log();
+    let lines = log
+        .lines()
+        .filter(|l| l.contains("connection refused"))
+        .count();
+    assert_eq!(lines, refused.len(), "{log}");
+    assert!(log.lines().count() < 60, "{log}");
+    assert!(agent.verify_journal().0);
 }

@@ -12,7 +12,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use pam_e2e::{Agent, Cgroup, ResourceSpec, TestHost, WorkerOpts, require_root, worker};
+use pam_e2e::{Agent, Cgroup, ResourceSpec, TestHost, WorkerOpts, require_root, wait_for, worker};
 use serde_json::Value;
 
 const PROTECTED: u16 = 7000;
@@ -188,7 +188,7 @@ fn a_squatter_on_the_listener_port_receives_nothing_while_the_agent_runs() {
     if !require_root("redirect_integrity") {
         return;
     }
-    let (host, cg, agent) = setup("squat-run");
+    let (host, cg, mut agent) = setup("squat-run");
     let script = Script::new();
     // The agent listens on an ephemeral port: the redirect target is free to bind.
     let squatter = Squatter::start(&script, agent.port, 30);
@@ -229,7 +229,34 @@ fn a_squatter_on_the_listener_port_receives_nothing_while_the_agent_runs() {
         Vec::<String>::new(),
         "the squatter got connections"
     );
-    assert_eq!(agent.records("connection_refused").len(), 2);
+    // Both on record, coalesced: the first at once, the second counted; its record is
+    // written when the interval ends or, as here, at the stop (not lost for want of a
+    // later refusal), before `agent_stopped`.
+    let refused = agent.records("connection_refused");
+    assert_eq!(refused.len(), 1, "the first at once: {refused:#?}");
+    agent.stop().unwrap();
+    let refused = agent.records("connection_refused");
+    let stopped = agent.records("agent_stopped");
+    assert!(refused.last().unwrap()["seq"].as_u64() < stopped.last().unwrap()["seq"].as_u64());
+    let counts: Vec<u64> = refused
+        .iter()
+        .map(|r| r["count"].as_u64().unwrap())
+        .collect();
+    assert_eq!(counts, [1, 1], "{refused:#?}");
+    for r in &refused {
+        assert!(
+            r["reason"].as_str().unwrap().contains("not redirected"),
+            "{r}"
+        );
+    }
+}
+
+/// Sum of the `count`s of `connection_refused` records.
+fn refused_total(records: &[Value]) -> u64 {
+    records
+        .iter()
+        .map(|r| r["count"].as_u64().unwrap_or(1))
+        .sum()
 }
 
 #[test]
@@ -436,6 +463,7 @@ fn a_stale_record_cannot_lend_a_governed_identity_to_another_socket() {
     );
     agent.restart().unwrap();
     let before = agent.records("session_opened").len();
+    let refused_before = refused_total(&agent.records("connection_refused"));
 
     // 3. An ungoverned user scans local ports around the worker's (including its
     //    very port, now free) and connects to the listener from each.
@@ -453,6 +481,7 @@ fn a_stale_record_cannot_lend_a_governed_identity_to_another_socket() {
         ],
     );
     let bound: Vec<u64> = serde_json::from_value(scan["bound_ports"].clone()).unwrap();
+    let mut attempts = scan["connected"].as_u64().unwrap();
     if !bound.contains(&u64::from(port)) {
         // The worker's port frees once the kernel has finished with the broken
         // connection: try that very port again for a while, the way an attacker would.
@@ -469,6 +498,7 @@ fn a_stale_record_cannot_lend_a_governed_identity_to_another_socket() {
                 again["got_data"], 0,
                 "the attacker's bytes were relayed: {again}"
             );
+            attempts += again["connected"].as_u64().unwrap();
             if again["bound"] == 1 {
                 break;
             }
@@ -490,8 +520,29 @@ fn a_stale_record_cannot_lend_a_governed_identity_to_another_socket() {
         before,
         "a session was opened for the attacker"
     );
-    let refused_records = agent.records("connection_refused");
-    assert!(refused_records.len() as u64 >= scan["connected"].as_u64().unwrap());
+    // Every attempt refused and on record, coalesced: counts that add up to the
+    // attempts exactly (the last ones written when their interval ends), in far fewer
+    // records than attempts.
+    let records = wait_for(
+        "every refusal of the scan on record",
+        Duration::from_secs(60),
+        || {
+            let r = agent.records("connection_refused");
+            (refused_total(&r) >= refused_before + attempts).then_some(r)
+        },
+    );
+    assert_eq!(refused_total(&records), refused_before + attempts);
+    assert!(
+        (records.len() as u64) * 50 < attempts,
+        "{} records for {attempts} attempts",
+        records.len()
+    );
+    for r in &records {
+        assert!(
+            r["reason"].as_str().unwrap().contains("not redirected"),
+            "{r}"
+        );
+    }
     for child in [&mut refused, &mut held] {
         let _ = child.kill();
         let _ = child.wait();

@@ -13,6 +13,7 @@ use crate::util::{self, output};
 /// bpftool for the benchmarks' per-program run-time statistics, openssl for the TLS
 /// tests' server certificates, python3-venv for the Python clients' own environment,
 /// nodejs for the test OpenID provider (`tests/idp`), curl as the remote approver.
+/// dnsmasq-base for the DNS server of the host-name resource tests.
 const APT: &[&str] = &[
     "nodejs",
     "curl",
@@ -27,6 +28,7 @@ const APT: &[&str] = &[
     "util-linux",
     "bpftool",
     "openssl",
+    "dnsmasq-base",
 ];
 
 /// Python clients used as real workers in tests, and the OCSF schema validator (module

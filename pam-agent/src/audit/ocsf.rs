@@ -131,6 +131,7 @@ fn class(event: Option<&Event>, statement: Option<&Event>) -> Class {
         Some(Event::WorkerToken { .. }) => c(0, 99, "Worker Token", &[]),
         Some(Event::Error { .. }) => c(0, 99, "Error", &[]),
         Some(Event::JournalPruned { .. }) => c(0, 99, "Journal Pruned", &[]),
+        Some(Event::ResourceResolved { .. }) => c(6002, 99, "Resource Resolved", HOST),
         // A record this version cannot read: still exported, as what it is.
         None => c(0, 0, "Unknown", &[]),
     }

@@ -168,7 +168,15 @@ pub fn detail(r: &StoredRecord) -> String {
             "{end:?} after {duration_ms} ms, {bytes_from_worker} B from worker, {bytes_to_worker} B to worker{}",
             detail.map(|d| format!(": {d}")).unwrap_or_default()
         ),
-        Event::ConnectionRefused { client, reason } => format!("{client}: {reason}"),
+        Event::ConnectionRefused {
+            client,
+            reason,
+            count,
+            ..
+        } => match count {
+            Some(n) if n > 1 => format!("{client}: {reason} ({n} times)"),
+            _ => format!("{client}: {reason}"),
+        },
         Event::Statement {
             text,
             fingerprint,
@@ -257,6 +265,19 @@ pub fn detail(r: &StoredRecord) -> String {
             records,
             reason,
         } => format!("removed {records} records through seq {through_seq} ({reason})"),
+        Event::ResourceResolved {
+            resource,
+            host,
+            addresses,
+            ..
+        } => format!(
+            "{resource}: {host} -> {}",
+            addresses
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
     }
 }
 

@@ -2,7 +2,7 @@
 //! session it belongs to (if any) and the [`Event`]. The record's JSON form (serde, field
 //! order as declared) is what the hash chain covers, so it is part of the on-disk format.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 
 use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
@@ -119,10 +119,30 @@ pub enum Event {
         reason: Option<String>,
     },
     /// A connection reached the listener that the kernel did not redirect (or whose
-    /// record was lost): it is closed unjudged.
+    /// record was lost), or was over a session limit: it is closed unjudged. Refusals of
+    /// one principal for one reason are coalesced: the first is written at once, the
+    /// rest of its interval follow in one record with their `count`.
     ConnectionRefused {
+        /// The (last) refused connection's address as the proxy saw it.
         client: SocketAddr,
         reason: String,
+        /// How many refusals this record stands for (absent: one).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        count: Option<u64>,
+        /// When the first of them happened (absent: at `ts`).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        since: Option<Timestamp>,
+    },
+    /// A host-name resource's addresses were resolved at start or changed: from now on
+    /// the kernel protects exactly `addresses` (on its port) for it.
+    ResourceResolved {
+        resource: String,
+        host: String,
+        addresses: Vec<IpAddr>,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        added: Vec<IpAddr>,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        removed: Vec<IpAddr>,
     },
     /// One statement judged by a protocol inspector, written before any byte of it goes
     /// upstream (a refused statement never goes upstream at all). `duration_ms`/`rows`
@@ -253,6 +273,7 @@ impl Event {
         "masking_applied",
         "error",
         "journal_pruned",
+        "resource_resolved",
     ];
 
     /// The `kind` tag of this event.
@@ -274,6 +295,7 @@ impl Event {
             Event::MaskingApplied { .. } => "masking_applied",
             Event::Error { .. } => "error",
             Event::JournalPruned { .. } => "journal_pruned",
+            Event::ResourceResolved { .. } => "resource_resolved",
         }
     }
 

@@ -44,10 +44,7 @@ use pam_common::{
     Settings, V4_MAPPED_PREFIX_BITS, as_v4, maps, programs, v4_mapped,
 };
 
-use crate::{
-    config::{Config, Resource},
-    principal::Captured,
-};
+use crate::{config::Config, principal::Captured};
 
 pub use listener::ListenerProof;
 pub use pins::{PinnedLink, disable, pinned_links};
@@ -128,7 +125,9 @@ pub enum RedirectError {
 pub enum LookupError {
     #[error("no redirect record for peer {0} (not redirected by the kernel programs)")]
     NotRedirected(SocketAddr),
-    #[error("peer {0} closed before its record was read")]
+    /// The worker's socket had closed by the time it was accepted (a connect-and-close):
+    /// its record went with it, so who made it cannot be told.
+    #[error("peer {0} closed before it could be identified")]
     RecordGone(SocketAddr),
     #[error("connection from {peer} reached {local}, not the redirect target")]
     NotTarget { peer: SocketAddr, local: SocketAddr },
@@ -138,6 +137,29 @@ pub enum LookupError {
     Diag { peer: SocketAddr, error: String },
     #[error("eBPF map lookup failed: {0}")]
     Map(String),
+}
+
+/// One entry of the protected-resource map: connects to `net` on `port` are governed
+/// as resource `resource_id` (its index in the config). A host-name resource has one
+/// entry per address it resolved to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Protected {
+    pub net: ipnet::IpNet,
+    pub port: u16,
+    pub resource_id: u32,
+}
+
+impl LookupError {
+    /// The reason's name, for counting refusals together.
+    pub fn class(&self) -> &'static str {
+        match self {
+            LookupError::NotRedirected(_) => "not_redirected",
+            LookupError::RecordGone(_) => "closed_before_identification",
+            LookupError::NotTarget { .. } => "not_the_redirect_target",
+            LookupError::Stale(_) => "stale_record",
+            LookupError::Diag { .. } | LookupError::Map(_) => "identification_failed",
+        }
+    }
 }
 
 /// The agent's listening sockets, handed to the kernel side at start.
@@ -232,6 +254,8 @@ pub struct Redirector {
     // Holds the pin directory lock.
     _layout: pins::Layout,
     connects: HashMap<MapData, u64, ConnectRecord>,
+    /// `PAM_PROTECTED`, updated while running when a host name resolves anew.
+    protected: std::sync::Mutex<LpmTrie<MapData, ResourceKey, ResourceValue>>,
     /// Records of other epochs (before this start) are not believed.
     epoch: u32,
     netns_cookie: u64,
@@ -242,8 +266,13 @@ pub struct Redirector {
 impl Redirector {
     /// Loads, fills the maps, registers the listeners and attaches to every governed
     /// cgroup and to this network namespace. The listeners must already be bound: from
-    /// the moment this returns, governed connects arrive there.
-    pub fn start(cfg: &Config, listeners: ListenerFds<'_>) -> Result<Redirector, RedirectError> {
+    /// the moment this returns, governed connects arrive there. `protected` is every
+    /// resource's entries (host names already resolved).
+    pub fn start(
+        cfg: &Config,
+        listeners: ListenerFds<'_>,
+        protected: &[Protected],
+    ) -> Result<Redirector, RedirectError> {
         probe::preflight(&cfg.pin_dir)?;
         let layout = pins::Layout::create(&cfg.pin_dir)?;
 
@@ -276,7 +305,8 @@ impl Redirector {
         write_offsets(&mut ebpf)?;
         let levels = write_governed(&mut ebpf, cfg)?;
         let epoch = write_settings(&mut ebpf, cfg, netns_cookie, levels)?;
-        write_resources(&mut ebpf, &cfg.resources)?;
+        let mut protected_map = take_protected(&mut ebpf)?;
+        sync_protected(&mut protected_map, protected)?;
         register_listeners(&mut ebpf, &listeners)?;
 
         for (name, kind, feature) in CGROUP_PROGRAMS.iter().chain(ROOT_PROGRAMS) {
@@ -337,6 +367,7 @@ impl Redirector {
             _ebpf: ebpf,
             _layout: layout,
             connects,
+            protected: std::sync::Mutex::new(protected_map),
             epoch,
             netns_cookie,
             targets: [
@@ -344,6 +375,13 @@ impl Redirector {
                 SocketAddr::new(cfg.listener.ipv6.into(), cfg.listener.port),
             ],
         })
+    }
+
+    /// Makes the protected-resource map hold exactly `protected`: new entries go in
+    /// before stale ones come out, so an entry kept is never missing for a moment.
+    pub fn protect(&self, protected: &[Protected]) -> Result<(), RedirectError> {
+        let mut map = self.protected.lock().unwrap_or_else(|p| p.into_inner());
+        sync_protected(&mut map, protected)
     }
 
     /// Finds the record of an accepted connection (`peer` as accept() reported it,
@@ -355,8 +393,8 @@ impl Redirector {
         if !self.targets.contains(&canonical) {
             return Err(LookupError::NotTarget { peer, local });
         }
-        let cookie = match peer::client_cookie(peer, local) {
-            Ok(Some(c)) => c,
+        let far_end = match peer::client_socket(peer, local) {
+            Ok(Some(s)) => s,
             Ok(None) => return Err(LookupError::RecordGone(peer)),
             Err(e) => {
                 return Err(LookupError::Diag {
@@ -365,8 +403,13 @@ impl Redirector {
                 });
             }
         };
-        let record = match self.connects.get(&cookie, 0) {
+        let record = match self.connects.get(&far_end.cookie, 0) {
             Ok(r) => r,
+            // A socket that is no longer open lost its record when it closed: that is a
+            // connect-and-close, not a connection the kernel let through.
+            Err(aya::maps::MapError::KeyNotFound) if !far_end.open => {
+                return Err(LookupError::RecordGone(peer));
+            }
             Err(aya::maps::MapError::KeyNotFound) => return Err(LookupError::NotRedirected(peer)),
             Err(e) => return Err(LookupError::Map(e.to_string())),
         };
@@ -450,8 +493,8 @@ fn destination(r: &ConnectRecord) -> SocketAddr {
     }
 }
 
-/// LPM-trie key for a resource: the port, then the network prefix (IPv4 in mapped form).
-fn resource_key(r: &Resource) -> Key<ResourceKey> {
+/// LPM-trie key for an entry: the port, then the network prefix (IPv4 in mapped form).
+fn resource_key(r: &Protected) -> Key<ResourceKey> {
     let (addr, bits) = match r.net {
         ipnet::IpNet::V4(n) => (
             v4_mapped(n.network().octets()),
@@ -639,32 +682,42 @@ fn pin_link(link: FdLink, path: &Path, what: impl FnOnce() -> String) -> Result<
     })
 }
 
-fn write_resources(ebpf: &mut Ebpf, resources: &[Resource]) -> Result<(), RedirectError> {
+fn take_protected(
+    ebpf: &mut Ebpf,
+) -> Result<LpmTrie<MapData, ResourceKey, ResourceValue>, RedirectError> {
     let map_err = |source| RedirectError::Map {
         map: maps::PROTECTED,
         source,
     };
-    let mut trie: LpmTrie<_, ResourceKey, ResourceValue> = LpmTrie::try_from(
-        ebpf.map_mut(maps::PROTECTED)
-            .ok_or(map_err(aya::maps::MapError::InvalidName {
-                name: maps::PROTECTED.into(),
-            }))?,
-    )
-    .map_err(map_err)?;
-    let wanted: Vec<(Key<ResourceKey>, ResourceValue)> = resources
+    let map = ebpf
+        .take_map(maps::PROTECTED)
+        .ok_or(map_err(aya::maps::MapError::InvalidName {
+            name: maps::PROTECTED.into(),
+        }))?;
+    LpmTrie::try_from(map).map_err(map_err)
+}
+
+fn sync_protected(
+    trie: &mut LpmTrie<MapData, ResourceKey, ResourceValue>,
+    protected: &[Protected],
+) -> Result<(), RedirectError> {
+    let map_err = |source| RedirectError::Map {
+        map: maps::PROTECTED,
+        source,
+    };
+    let wanted: Vec<(Key<ResourceKey>, ResourceValue)> = protected
         .iter()
-        .enumerate()
-        .map(|(i, r)| {
+        .map(|p| {
             (
-                resource_key(r),
+                resource_key(p),
                 ResourceValue {
-                    resource_id: i as u32,
+                    resource_id: p.resource_id,
                 },
             )
         })
         .collect();
-    // New entries in before stale ones out: a resource kept across a restart is never
-    // briefly unprotected.
+    // New entries in before stale ones out: a resource kept across a restart or a new
+    // resolution is never briefly unprotected.
     for (key, value) in &wanted {
         trie.insert(key, value, 0).map_err(map_err)?;
     }
@@ -678,6 +731,48 @@ fn write_resources(ebpf: &mut Ebpf, resources: &[Resource]) -> Result<(), Redire
         }
     }
     Ok(())
+}
+
+/// What the pinned protected-resource map holds (for `status`: what the kernel
+/// enforces, not what the config says), sorted.
+pub fn protected_entries(pin_dir: &Path) -> Result<Vec<Protected>, RedirectError> {
+    let map_err = |source| RedirectError::Map {
+        map: maps::PROTECTED,
+        source,
+    };
+    let path = pins::map_path(pin_dir, maps::PROTECTED);
+    if !path.exists() {
+        return Ok(Vec::new());
+    }
+    let data = MapData::from_pin(&path).map_err(map_err)?;
+    let trie: LpmTrie<MapData, ResourceKey, ResourceValue> =
+        LpmTrie::try_from(Map::LpmTrie(data)).map_err(map_err)?;
+    let mut out = Vec::new();
+    for entry in trie.iter() {
+        let (key, value) = entry.map_err(map_err)?;
+        if let Some(p) = entry_of(&key, value) {
+            out.push(p);
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// The entry a trie key and value stand for (the inverse of [`resource_key`]).
+fn entry_of(key: &Key<ResourceKey>, value: ResourceValue) -> Option<Protected> {
+    let data = key.data();
+    let bits = key.prefix_len().checked_sub(PORT_PREFIX_BITS)?;
+    let net = match as_v4(&data.addr) {
+        Some(v4) if bits >= V4_MAPPED_PREFIX_BITS => ipnet::IpNet::V4(
+            ipnet::Ipv4Net::new(Ipv4Addr::from(v4), (bits - V4_MAPPED_PREFIX_BITS) as u8).ok()?,
+        ),
+        _ => ipnet::IpNet::V6(ipnet::Ipv6Net::new(Ipv6Addr::from(data.addr), bits as u8).ok()?),
+    };
+    Some(Protected {
+        net,
+        port: u16::from_be_bytes(data.port),
+        resource_id: value.resource_id,
+    })
 }
 
 fn take_hash<K: aya::Pod, V: aya::Pod>(
@@ -796,24 +891,25 @@ mod tests {
     use super::*;
 
     #[test]
-    fn resource_keys_put_port_then_prefix() {
-        let r = Resource {
-            name: "db".into(),
+    fn resource_keys_put_port_then_prefix_and_read_back() {
+        let r = Protected {
             net: "10.1.0.0/16".parse().unwrap(),
             port: 5432,
-            protocol: crate::config::Protocol::Tcp,
-            settings: Default::default(),
+            resource_id: 3,
         };
         let k = resource_key(&r);
         assert_eq!(k.prefix_len(), 16 + 96 + 16);
         assert_eq!(k.data().port, 5432u16.to_be_bytes());
         assert_eq!(as_v4(&k.data().addr), Some([10, 1, 0, 0]));
+        assert_eq!(entry_of(&k, ResourceValue { resource_id: 3 }), Some(r));
 
-        let r6 = Resource {
+        let r6 = Protected {
             net: "fd00:1::/64".parse().unwrap(),
             ..r
         };
-        assert_eq!(resource_key(&r6).prefix_len(), 16 + 64);
+        let k6 = resource_key(&r6);
+        assert_eq!(k6.prefix_len(), 16 + 64);
+        assert_eq!(entry_of(&k6, ResourceValue { resource_id: 3 }), Some(r6));
     }
 
     #[test]

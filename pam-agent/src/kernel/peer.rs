@@ -24,10 +24,24 @@ const NO_COOKIE: u32 = !0;
 const NLMSG_HDR: usize = 16;
 const SOCKID: usize = 48;
 const REQ: usize = 8 + SOCKID;
+/// Offset of `idiag_inode` in `inet_diag_msg` (after family, state, timer, retrans, the
+/// socket id, expires, rqueue, wqueue and uid).
+const INODE: usize = 4 + SOCKID + 16;
 
-/// The cookie of the live TCP socket whose local end is `client` and remote end is
-/// `server`, in the caller's network namespace; None when there is none (it closed).
-pub fn client_cookie(client: SocketAddr, server: SocketAddr) -> io::Result<Option<u64>> {
+/// The far end of an accepted connection, as the kernel reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FarEnd {
+    pub cookie: u64,
+    /// A process still holds the socket (the kernel reports its inode). Once the worker
+    /// has closed it (a connect-and-close), it is an orphan or a TIME_WAIT entry with
+    /// no inode, and its record is gone with it. A half-closed socket (shutdown of the
+    /// write side) is still held.
+    pub open: bool,
+}
+
+/// The TCP socket whose local end is `client` and remote end is `server`, in the
+/// caller's network namespace; None when there is none (it closed).
+pub fn client_socket(client: SocketAddr, server: SocketAddr) -> io::Result<Option<FarEnd>> {
     let (family, src, dst) = match (client.ip().to_canonical(), server.ip().to_canonical()) {
         (IpAddr::V4(c), IpAddr::V4(s)) => {
             (libc::AF_INET as u8, pad16(&c.octets()), pad16(&s.octets()))
@@ -100,7 +114,7 @@ fn pad16(v4: &[u8; 4]) -> [u8; 16] {
 /// Reads the answer to a one-socket request: the socket's cookie, after checking that
 /// the kernel answered for exactly the 4-tuple asked (a lookup may fall back to a
 /// listener on the client's address, which is never the client).
-fn parse_reply(reply: &[u8], asked: &[u8; SOCKID], family: u8) -> io::Result<Option<u64>> {
+fn parse_reply(reply: &[u8], asked: &[u8; SOCKID], family: u8) -> io::Result<Option<FarEnd>> {
     let bad = |what: &str| io::Error::new(io::ErrorKind::InvalidData, format!("sock_diag: {what}"));
     if reply.len() < NLMSG_HDR + 4 {
         return Err(bad("short reply"));
@@ -115,7 +129,7 @@ fn parse_reply(reply: &[u8], asked: &[u8; SOCKID], family: u8) -> io::Result<Opt
             Err(io::Error::from_raw_os_error(errno))
         };
     }
-    if kind != SOCK_DIAG_BY_FAMILY || body.len() < 4 + SOCKID {
+    if kind != SOCK_DIAG_BY_FAMILY || body.len() < INODE + 4 {
         return Err(bad("unexpected reply"));
     }
     let (msg_family, state) = (body[0], body[1]);
@@ -139,7 +153,16 @@ fn parse_reply(reply: &[u8], asked: &[u8; SOCKID], family: u8) -> io::Result<Opt
     }
     let lo = u32::from_ne_bytes([id[40], id[41], id[42], id[43]]);
     let hi = u32::from_ne_bytes([id[44], id[45], id[46], id[47]]);
-    Ok(Some(u64::from(lo) | (u64::from(hi) << 32)))
+    let inode = u32::from_ne_bytes([
+        body[INODE],
+        body[INODE + 1],
+        body[INODE + 2],
+        body[INODE + 3],
+    ]);
+    Ok(Some(FarEnd {
+        cookie: u64::from(lo) | (u64::from(hi) << 32),
+        open: inode != 0,
+    }))
 }
 
 #[cfg(test)]
@@ -158,8 +181,11 @@ mod tests {
             let local = accepted.local_addr().unwrap();
             let expected = super::super::listener::socket_cookie(client.as_fd()).unwrap();
             assert_eq!(
-                client_cookie(peer, local).unwrap(),
-                Some(expected),
+                client_socket(peer, local).unwrap(),
+                Some(FarEnd {
+                    cookie: expected,
+                    open: true
+                }),
                 "{bind}"
             );
             // The accepted end is not the client.
@@ -169,7 +195,23 @@ mod tests {
             // lookup of another port finds nothing.
             let mut other = peer;
             other.set_port(peer.port().wrapping_add(1).max(1));
-            assert_eq!(client_cookie(other, local).unwrap(), None);
+            assert_eq!(client_socket(other, local).unwrap(), None);
+            // Half-closed (its write side shut) is still held; closed is found, and is
+            // not open any more.
+            client.shutdown(std::net::Shutdown::Write).unwrap();
+            assert!(client_socket(peer, local).unwrap().unwrap().open);
+            drop(client);
+            let closed = (0..200)
+                .find_map(|_| {
+                    let s = client_socket(peer, local).unwrap()?;
+                    if s.open {
+                        std::thread::sleep(std::time::Duration::from_millis(5));
+                        return None;
+                    }
+                    Some(s)
+                })
+                .expect("the closed client is reported");
+            assert_eq!(closed.cookie, expected);
         }
     }
 }

@@ -57,3 +57,9 @@ pub(crate) fn validate(
         postgres: postgres::validate(protocol == Protocol::Postgres, raw.postgres)?,
     })
 }
+
+/// A resource named by host name: the protocols' certificate names default to it (the
+/// worker-facing certificate carries it, the server's is checked against it).
+pub(crate) fn default_names(settings: &mut ResourceSettings, host: &str) {
+    postgres::default_names(&mut settings.postgres, host);
+}

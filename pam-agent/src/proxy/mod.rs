@@ -4,6 +4,7 @@
 //! flows inside a session is [`crate::protocols`]'.
 
 pub mod admission;
+pub mod refusals;
 pub mod session;
 
 use std::{net::SocketAddr, sync::Arc};
@@ -34,6 +35,8 @@ pub struct Shared {
     pub tls: tls::Material,
     /// Sessions open at once, in all and per principal.
     pub admission: std::sync::Arc<admission::Admission>,
+    /// Refused connections, coalesced per principal and reason before the journal.
+    pub refusals: std::sync::Arc<refusals::Refusals>,
 }
 
 /// The proxy's listeners: bound before the kernel programs point at them. They are

@@ -11,7 +11,7 @@ use std::{net::SocketAddr, sync::Arc, time::Instant};
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
-use super::Shared;
+use super::{Shared, refusals};
 use crate::{
     govern::Session,
     journal::{Event, SessionId, event::ResourceRef},
@@ -35,37 +35,41 @@ pub async fn run(
     let redirected = match shared.redirector.lookup(peer, local) {
         Ok(r) => r,
         Err(e) => {
-            tracing::warn!(%peer, error = %e, "refusing connection");
-            refuse(&shared, peer, e.to_string()).await;
+            let key = refusals::Key {
+                reason: e.class(),
+                principal: None,
+            };
+            shared.refusals.refuse(key, peer, e.to_string()).await;
             return;
         }
     };
+    let c = redirected.captured;
     let Some(resource) = shared.config.resource(redirected.resource_id) else {
         let reason = format!(
             "redirect names resource #{} which the running config does not have",
             redirected.resource_id
         );
-        refuse(&shared, peer, reason).await;
+        let key = refusals::Key {
+            reason: "unknown_resource",
+            principal: Some((c.uid, c.cgroup_id)),
+        };
+        shared.refusals.refuse(key, peer, reason).await;
         return;
     };
 
     // Admitted before anything else is spent on it (no /proc reads, no dial).
-    let c = redirected.captured;
     let _ticket = match shared.admission.admit((c.uid, c.cgroup_id)) {
         Ok(t) => t,
-        Err((refused, report)) => {
-            if let Some(r) = report {
-                let also = match r.also {
-                    0 => String::new(),
-                    n => format!("; {n} more refused in the interval before"),
-                };
-                let reason = format!(
-                    "{refused}: uid {} cgroup id {} pid {}{also}",
-                    c.uid, c.cgroup_id, c.pid
-                );
-                tracing::warn!(%peer, %reason, "session refused");
-                refuse(&shared, peer, reason).await;
-            }
+        Err(refused) => {
+            let reason = format!(
+                "{refused}: uid {} cgroup id {} pid {}",
+                c.uid, c.cgroup_id, c.pid
+            );
+            let key = refusals::Key {
+                reason: refused.class(),
+                principal: Some((c.uid, c.cgroup_id)),
+            };
+            shared.refusals.refuse(key, peer, reason).await;
             protocols::refuse(resource.protocol, worker, &refused.to_string()).await;
             return;
         }
@@ -122,16 +126,6 @@ pub async fn run(
     })
     .await;
     close(&shared, session.id, started, outcome).await;
-}
-
-async fn refuse(shared: &Shared, client: SocketAddr, reason: String) {
-    if let Err(e) = shared
-        .journal
-        .record(None, Event::ConnectionRefused { client, reason })
-        .await
-    {
-        tracing::error!(error = %e, "cannot journal refused connection");
-    }
 }
 
 async fn close(shared: &Shared, session: SessionId, started: Instant, o: Outcome) {

@@ -227,6 +227,27 @@ pub fn every_kind(session: SessionId) -> Vec<(Option<SessionId>, Event)> {
             Event::ConnectionRefused {
                 client: addr("10.0.0.9:40002"),
                 reason: "no kernel record for this connection".into(),
+                count: Some(1),
+                since: None,
+            },
+        ),
+        (
+            None,
+            Event::ConnectionRefused {
+                client: addr("10.0.0.9:40090"),
+                reason: "no kernel record for this connection".into(),
+                count: Some(1999),
+                since: Some("2026-12-01T10:00:00Z".parse().unwrap()),
+            },
+        ),
+        (
+            None,
+            Event::ResourceResolved {
+                resource: "db".into(),
+                host: "db.internal".into(),
+                addresses: vec!["10.0.0.6".parse().unwrap(), "fd00::6".parse().unwrap()],
+                added: vec!["10.0.0.6".parse().unwrap()],
+                removed: vec!["10.0.0.5".parse().unwrap()],
             },
         ),
         (

@@ -6,6 +6,7 @@
 //! pam-testpeer serve-close ADDR...      accept and close at once (connect benchmarks)
 //! pam-testpeer connect ADDR [BYTES]     send BYTES (default 4096), read the echo, report
 //! pam-testpeer connect-bench ADDR N     time N connect()s, report latencies in ns
+//! pam-testpeer connect-close ADDR N     N times: connect and close at once (a flood)
 //! pam-testpeer bulk ADDR BYTES          send BYTES, read them back, report duration
 //! pam-testpeer rr ADDR N SIZE           N request/response round trips of SIZE bytes
 //! ```
@@ -28,6 +29,7 @@ fn main() {
             args.get(2).map(|n| n.parse().unwrap()).unwrap_or(4096),
         ),
         "connect-bench" => connect_bench(&args[1], args[2].parse().unwrap()),
+        "connect-close" => connect_close(&args[1], args[2].parse().unwrap()),
         "bulk" => bulk(&args[1], args[2].parse().unwrap()),
         "rr" => rr(&args[1], args[2].parse().unwrap(), args[3].parse().unwrap()),
         _ => {
@@ -166,6 +168,25 @@ fn connect_bench(addr: &str, n: usize) {
     println!(
         "{}",
         serde_json::json!({"n": n, "p50_ns": percentile(&lat, 0.5), "p99_ns": percentile(&lat, 0.99)})
+    );
+}
+
+/// A worker looping on connect-and-close: counts the connects that succeeded.
+fn connect_close(addr: &str, n: usize) {
+    let addr: SocketAddr = addr.parse().expect("address");
+    let (mut connected, mut failed) = (0u64, 0u64);
+    for _ in 0..n {
+        match TcpStream::connect(addr) {
+            Ok(s) => {
+                connected += 1;
+                drop(s);
+            }
+            Err(_) => failed += 1,
+        }
+    }
+    println!(
+        "{}",
+        serde_json::json!({"connected": connected, "failed": failed, "pid": std::process::id()})
     );
 }
 

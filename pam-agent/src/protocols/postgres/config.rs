@@ -240,6 +240,18 @@ pub(crate) fn validate(postgres: bool, r: RawSettings) -> Result<Settings, (&'st
     })
 }
 
+/// A resource named by host name: workers connecting by that name see it on the agent's
+/// certificate, and TLS toward the server sends and checks it unless
+/// `upstream_server_name` says otherwise.
+pub(crate) fn default_names(s: &mut Settings, host: &str) {
+    if !s.tls_names.iter().any(|n| n.eq_ignore_ascii_case(host)) {
+        s.tls_names.insert(0, host.to_owned());
+    }
+    if s.upstream_tls != TlsMode::Disable && s.upstream_server_name.is_none() {
+        s.upstream_server_name = Some(host.to_owned());
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -332,5 +344,28 @@ mod tests {
             e.contains("resources[0].upstream_tls") && e.contains("postgres"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn a_host_name_resource_names_its_certificates_by_default() {
+        let cfg = |extra: &str| {
+            crate::config::Config::from_toml(
+                std::path::Path::new("t.toml"),
+                &base(&format!(
+                    "[[resources]]\nname=\"db\"\naddress=\"DB.internal\"\nport=5432\nprotocol=\"postgres\"\n{extra}\n"
+                )),
+            )
+            .unwrap()
+            .resources
+            .remove(0)
+            .settings
+            .postgres
+        };
+        let s = cfg("upstream_tls = \"require\"");
+        assert_eq!(s.tls_names, ["db.internal"]);
+        assert_eq!(s.upstream_server_name.as_deref(), Some("db.internal"));
+        let s = cfg("tls_names = [\"db\"]");
+        assert_eq!(s.tls_names, ["db.internal", "db"]);
+        assert_eq!(s.upstream_server_name, None, "no TLS toward the server");
     }
 }
