@@ -414,7 +414,17 @@ impl Agent {
         journal_extra: &str,
         extra: &str,
     ) -> anyhow::Result<Agent> {
-        Self::start_config(cgroups, resources, "", journal_extra, extra)
+        Self::start_config(cgroups, resources, "", journal_extra, None, extra)
+    }
+
+    /// Like [`Agent::start_with`], with the journal in `dir` (a small tmpfs, say).
+    pub fn start_with_journal_in(
+        cgroups: &[&Cgroup],
+        resources: &[ResourceSpec],
+        dir: &Path,
+        extra: &str,
+    ) -> anyhow::Result<Agent> {
+        Self::start_config(cgroups, resources, "", "", Some(dir), extra)
     }
 
     /// Like [`Agent::start_with`], with more lines in the `[listener]` section
@@ -425,7 +435,7 @@ impl Agent {
         listener_extra: &str,
         extra: &str,
     ) -> anyhow::Result<Agent> {
-        Self::start_config(cgroups, resources, listener_extra, "", extra)
+        Self::start_config(cgroups, resources, listener_extra, "", None, extra)
     }
 
     fn start_config(
@@ -433,6 +443,7 @@ impl Agent {
         resources: &[ResourceSpec],
         listener_extra: &str,
         journal_extra: &str,
+        journal_dir: Option<&Path>,
         extra: &str,
     ) -> anyhow::Result<Agent> {
         let dir = tempfile::Builder::new()
@@ -440,7 +451,7 @@ impl Agent {
             .tempdir()?;
         let port = free_port();
         let pin_dir = PathBuf::from(format!("/sys/fs/bpf/pamtest-{}", unique()));
-        let journal = dir.path().join("journal.db");
+        let journal = journal_dir.unwrap_or(dir.path()).join("journal.db");
         let mut text = format!(
             "[agent]\npin_dir = \"{}\"\n\n[listener]\nport = {port}\n{listener_extra}\n\n[journal]\npath = \"{}\"\n{journal_extra}\n\n[govern]\ncgroups = [{}]\n",
             pin_dir.display(),

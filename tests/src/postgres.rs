@@ -182,6 +182,11 @@ impl PgServer {
     }
 
     /// Runs SQL as the superuser over the local socket (not through any agent).
+    /// The server's log (`server.log`, written by pg_ctl).
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("server.log")).unwrap_or_default()
+    }
+
     pub fn admin_sql(&self, db: &str, sql: &str) -> anyhow::Result<String> {
         let out = Command::new("ip")
             .args([

@@ -372,7 +372,7 @@ fn column_name(r: &ColumnReference) -> String {
     [
         r.schema.as_deref(),
         r.table.as_deref(),
-        Some(r.column.as_str()),
+        Some(r.column.as_deref().unwrap_or("*")),
     ]
     .into_iter()
     .flatten()

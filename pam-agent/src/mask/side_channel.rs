@@ -34,7 +34,8 @@ pub enum Clause {
 pub struct ColumnReference {
     pub schema: Option<String>,
     pub table: Option<String>,
-    pub column: String,
+    /// `None`: any column of the table (`FROM t AS x(a, b)` renames them by position).
+    pub column: Option<String>,
     pub clause: Clause,
 }
 
@@ -58,12 +59,14 @@ impl Masker {
                 .find_map(|rule| {
                     rule.columns
                         .iter()
-                        .find(|m| {
-                            m.pattern.matches_parts(
-                                r.schema.as_deref(),
-                                r.table.as_deref(),
-                                &r.column,
-                            )
+                        .find(|m| match r.column.as_deref() {
+                            Some(c) => {
+                                m.pattern
+                                    .matches_parts(r.schema.as_deref(), r.table.as_deref(), c)
+                            }
+                            None => m
+                                .pattern
+                                .matches_relation(r.schema.as_deref(), r.table.as_deref()),
                         })
                         .map(|m| (rule.name.clone(), m.source.clone()))
                 });

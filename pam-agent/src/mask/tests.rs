@@ -93,7 +93,7 @@ fn side_channels_name_masked_columns_used_to_filter_or_sort() {
     let r = |schema: Option<&str>, table: Option<&str>, column: &str, clause| ColumnReference {
         schema: schema.map(Into::into),
         table: table.map(Into::into),
-        column: column.into(),
+        column: Some(column.into()),
         clause,
     };
     let refs = [
@@ -120,6 +120,16 @@ fn side_channels_name_masked_columns_used_to_filter_or_sort() {
         ops.side_channels(&[r(Some("public"), Some("tickets"), "note", Clause::Where)])
             .is_empty()
     );
+    // Any column of a table (`FROM customers AS c(a, b, c, d)`): hits when one may be
+    // masked (`*.*.ssn` names a column of every table).
+    let any = |table: &str| ColumnReference {
+        schema: None,
+        table: Some(table.into()),
+        column: None,
+        clause: Clause::Where,
+    };
+    assert_eq!(m.side_channels(&[any("customers")]).len(), 1);
+    assert_eq!(m.side_channels(&[any("orders")])[0].pattern, "*.*.ssn");
 }
 
 #[test]

@@ -16,12 +16,12 @@ use super::tree::{node_of, node_of_map};
 /// module produces them.
 pub use crate::mask::side_channel::{Clause, ColumnReference};
 
-/// A resolved column, before its clause is known.
+/// A resolved column, before its clause is known; `column` `None`: any column of the table.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Col {
     schema: Option<String>,
     table: Option<String>,
-    column: String,
+    column: Option<String>,
 }
 
 impl Col {
@@ -29,7 +29,7 @@ impl Col {
         Col {
             schema: None,
             table: None,
-            column: column.to_owned(),
+            column: Some(column.to_owned()),
         }
     }
 }
@@ -40,6 +40,9 @@ enum Source {
     Table {
         schema: Option<String>,
         table: String,
+        /// `FROM t AS x(a, b)`: names stand for columns by position, which only the
+        /// catalog knows; a name is then any column of the table (as in `lineage`).
+        renamed: bool,
     },
     /// A sub-select, CTE or set operation: each output column and the columns it uses;
     /// `stars` are the sources a `*` in its select list expands to.
@@ -137,10 +140,14 @@ fn non_empty(s: &str) -> Option<String> {
 
 fn resolve_in(source: &Source, column: &str) -> Vec<Col> {
     match source {
-        Source::Table { schema, table } => vec![Col {
+        Source::Table {
+            schema,
+            table,
+            renamed,
+        } => vec![Col {
             schema: schema.clone(),
             table: Some(table.clone()),
-            column: column.to_owned(),
+            column: (!renamed).then(|| column.to_owned()),
         }],
         Source::Derived { outputs, stars } => {
             let named: Vec<Col> = outputs
@@ -160,14 +167,16 @@ fn resolve_in(source: &Source, column: &str) -> Vec<Col> {
     }
 }
 
-/// Whether a derived source can say something definite about `column`.
+/// Whether a source can say something definite about `column`: a derived one that has
+/// it, or a table whose columns are renamed (any of them may be `column`).
 fn derived_knows(source: &Source, column: &str) -> bool {
     match source {
         Source::Derived { outputs, stars } => {
             outputs.iter().any(|(n, _)| n == column)
                 || stars.iter().any(|s| derived_knows(s, column))
         }
-        _ => false,
+        Source::Table { renamed, .. } => *renamed,
+        Source::Opaque => false,
     }
 }
 
@@ -303,7 +312,7 @@ impl Walker {
                 vec![Col {
                     schema: non_empty(schema),
                     table: non_empty(table),
-                    column: column.to_owned(),
+                    column: Some(column.to_owned()),
                 }]
             }
         }
@@ -356,6 +365,7 @@ impl Walker {
                     _ => Source::Table {
                         schema: non_empty(schema),
                         table: rel.to_owned(),
+                        renamed: !colnames.is_empty(),
                     },
                 };
                 let name = if alias_name.is_empty() {

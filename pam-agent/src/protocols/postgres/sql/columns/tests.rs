@@ -16,7 +16,7 @@ fn short(sql: &str) -> Vec<String> {
                 "{}.{}.{}@{:?}",
                 r.schema.as_deref().unwrap_or("?"),
                 r.table.as_deref().unwrap_or("?"),
-                r.column,
+                r.column.as_deref().unwrap_or("*"),
                 r.clause
             )
         })
@@ -206,4 +206,36 @@ fn plain_distinct_and_constants_reference_nothing() {
     );
     assert!(short("SELECT 1 WHERE true").is_empty());
     assert_eq!(Clause::Where, Clause::Where);
+}
+
+/// `FROM t AS x(a, b)` renames t's columns by position, which only the catalog knows:
+/// any name then stands for any column of t (`*`), so a masked one is never missed.
+#[test]
+fn column_aliases_of_a_table_may_name_any_of_its_columns() {
+    has(
+        "SELECT 1 FROM customers AS c(a, b, c, d) WHERE d LIKE '1%'",
+        "?.customers.*@Where",
+    );
+    has(
+        "SELECT 1 FROM customers AS c(a, b, c, d) ORDER BY c.d",
+        "?.customers.*@OrderBy",
+    );
+    // Among several tables an unqualified name may still be any renamed column.
+    has(
+        "SELECT 1 FROM customers AS c(a, b, c, d), orders o WHERE d = o.id",
+        "?.customers.*@Where",
+    );
+    has(
+        "SELECT 1 FROM (SELECT * FROM customers AS c(a, b, c, d)) s GROUP BY d",
+        "?.customers.*@GroupBy",
+    );
+    has(
+        "SELECT 1 FROM customers AS c(a, b, c, d) JOIN orders o ON o.x = c.d",
+        "?.customers.*@Join",
+    );
+    // Without column aliases the column keeps its name.
+    has(
+        "SELECT 1 FROM customers AS c WHERE c.d = 1",
+        "?.customers.d@Where",
+    );
 }

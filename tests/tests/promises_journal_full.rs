@@ -1,0 +1,126 @@
+//! A session whose `session_opened` record cannot be stored is closed before anything is
+//! relayed (issue 16), end to end: the journal on a small tmpfs, filled up while the agent
+//! runs; the server's own statement log shows what reached it.
+
+use std::{path::PathBuf, process::Command, time::Duration};
+
+use pam_e2e::{
+    Agent, Cgroup, OutputWithin, ResourceSpec, TestHost, agent_bin, postgres::PgServer,
+    require_root, wait_for,
+};
+
+const PASSWORD: &str = "pg-full-password";
+const POLICY: &str = "[[policy.rules]]\nname = \"all\"\naction = \"allow\"\nkinds = [\"select\"]\n";
+
+/// A tmpfs mounted for the test, unmounted on drop.
+struct Tmpfs(PathBuf);
+
+impl Tmpfs {
+    fn mount(dir: PathBuf, size: &str) -> Tmpfs {
+        let ok = Command::new("mount")
+            .args([
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={size},mode=0700"),
+                "tmpfs",
+            ])
+            .arg(&dir)
+            .status()
+            .unwrap();
+        assert!(ok.success(), "mount tmpfs failed");
+        Tmpfs(dir)
+    }
+
+    /// Writes a file until the file system is full.
+    fn fill(&self) {
+        let out = Command::new("dd")
+            .args(["if=/dev/zero", "bs=4096"])
+            .arg(format!("of={}", self.0.join("filler").display()))
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("No space left on device"), "{err}");
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+fn psql(host: &str, cg: &Cgroup, tag: &str) -> (bool, String, String) {
+    let out = Command::new(agent_bin())
+        .args(["exec", "--cgroup"])
+        .arg(&cg.path)
+        .args(["--", "psql", "-h", host, "-U", "postgres", "-d", "postgres"])
+        .args(["-XAtc", &format!("select '{tag}'")])
+        .env("PGPASSWORD", PASSWORD)
+        .env("PGCONNECT_TIMEOUT", "5")
+        .output_within()
+        .expect("psql");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn a_session_whose_opening_cannot_be_stored_is_closed_and_relays_nothing() {
+    if !require_root("promises_journal_full") {
+        return;
+    }
+    let host = TestHost::new().expect("test host");
+    let pg = PgServer::start(&host, 5432, PASSWORD).expect("postgres");
+    for sql in [
+        "alter system set log_connections = on",
+        "alter system set log_statement = 'all'",
+        "select pg_reload_conf()",
+    ] {
+        pg.admin_sql("postgres", sql).unwrap();
+    }
+    wait_for("log_statement = all", Duration::from_secs(10), || {
+        (pg.admin_sql("postgres", "show log_statement").ok()?.trim() == "all").then_some(())
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let fs = Tmpfs::mount(dir.path().to_owned(), "4m");
+    let cg = Cgroup::new("jfull").expect("cgroup");
+    let mut agent = Agent::start_with_journal_in(
+        &[&cg],
+        &[ResourceSpec::postgres("db", host.v4, 5432)],
+        &fs.0,
+        POLICY,
+    )
+    .expect("agent");
+    let v4 = host.v4.to_string();
+    // Control: with room in the journal the worker is answered and the server runs it.
+    let (ok, stdout, stderr) = psql(&v4, &cg, "with-room");
+    assert!(ok, "{stderr}");
+    assert_eq!(stdout, "with-room\n");
+    agent.settled();
+    assert!(pg.log().contains("statement: select 'with-room'"));
+    let connections_before = pg.log().matches("connection authorized").count();
+    assert!(connections_before > 0, "the server logs connections");
+
+    fs.fill();
+    let (ok, stdout, stderr) = psql(&v4, &cg, "journal-full");
+    assert!(!ok, "answered with a full journal: {stdout}");
+    assert!(stdout.is_empty(), "{stdout}");
+    // Nothing was relayed: the server saw no new connection, let alone the statement.
+    let log = pg.log();
+    assert!(!log.contains("select 'journal-full'"), "{log}");
+    assert_eq!(
+        log.matches("connection authorized").count(),
+        connections_before,
+        "a connection reached the server: {log}\n{stderr}"
+    );
+    let agent_log = agent.log();
+    assert!(
+        agent_log.contains("cannot journal session; closing it")
+            && agent_log.contains("database or disk is full"),
+        "{agent_log}"
+    );
+    let _ = agent.stop();
+}
