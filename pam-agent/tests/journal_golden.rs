@@ -274,6 +274,7 @@ fn statement(n: u64, kind: &str, text: Option<&str>, decision: Decision, rule: &
         fingerprint: Some(format!("fp{n:02}")),
         kinds: vec![kind.into()],
         tables: vec!["public.orders".into()],
+        functions: Vec::new(),
         flags: Vec::new(),
         decision,
         rule: Some(rule.into()),

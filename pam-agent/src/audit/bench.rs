@@ -168,6 +168,7 @@ pub fn statement(n: u64) -> Event {
         statement: Some(n),
         kinds: vec!["select".into()],
         tables: vec!["public.orders".into()],
+        functions: Vec::new(),
         flags: Vec::new(),
         reason: None,
         text: Some(format!(

@@ -284,6 +284,9 @@ impl Gate {
             tables: request
                 .map(|r| r.tables.iter().cloned().collect())
                 .unwrap_or_default(),
+            functions: request
+                .map(|r| r.functions.iter().cloned().collect())
+                .unwrap_or_default(),
             flags: request
                 .map(|r| strings(&mut r.flags.iter().map(|f| f.as_str())))
                 .unwrap_or_default(),

@@ -125,6 +125,10 @@ pub enum Event {
         kinds: Vec<String>,
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         tables: Vec<String>,
+        /// Functions it calls, as the session resolved them on the server
+        /// (`pg_catalog.upper`; as written when they resolve to nothing).
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        functions: Vec<String>,
         /// Risk flags the classifier raised (`update_without_where`, `dynamic_sql`, ...).
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         flags: Vec<String>,

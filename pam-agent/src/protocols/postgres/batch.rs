@@ -91,6 +91,12 @@ impl Batch {
         self.held.is_empty() && !self.sent && !self.refused && !self.awaiting
     }
 
+    /// Nothing of the worker's open batch is on the server yet (or none is open): a
+    /// group the proxy sends now runs before all of it.
+    pub fn can_inject(&self) -> bool {
+        !self.sent && !self.refused && !self.awaiting
+    }
+
     /// The outputs produced so far, to be carried out in order.
     pub fn take(&mut self) -> Vec<Out> {
         std::mem::take(&mut self.out)

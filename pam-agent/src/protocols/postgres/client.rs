@@ -27,6 +27,7 @@ use super::{
     Context, SessionError, Shared,
     batch::{Batch, Out, SyncStep},
     inject::{self, Preload},
+    known_functions::KnownFunctions,
     masking::PlanResults,
     names::{self, Reserved},
     notes::{Catalog, Exec, Injected, Note},
@@ -44,6 +45,7 @@ use crate::{
     tls::stream::{UpstreamStream, WorkerStream},
 };
 
+mod functions;
 mod hold;
 mod judge;
 
@@ -140,6 +142,8 @@ pub struct Client<'a> {
     cancelled: Arc<tokio::sync::Notify>,
     /// Messages read while a statement waited for approval, to handle after it.
     stash: std::collections::VecDeque<Frame>,
+    /// What the server's functions are, as far as this session has looked them up.
+    known: KnownFunctions,
 }
 
 /// Messages a worker may send while a statement of its waits for approval.
@@ -176,6 +180,7 @@ impl<'a> Client<'a> {
             names,
             cancelled,
             stash: std::collections::VecDeque::new(),
+            known: KnownFunctions::new(),
         }
     }
 
@@ -264,6 +269,7 @@ impl<'a> Client<'a> {
                 if self.batch.sync(f.raw) == SyncStep::Await {
                     self.settle().await?;
                 }
+                self.known.batch_closed();
             }
             frontend::FUNCTION_CALL => self.function_call(f).await?,
             frontend::COPY_DATA | frontend::COPY_DONE | frontend::COPY_FAIL => {

@@ -29,6 +29,7 @@ pub mod config;
 mod handshake;
 mod inject;
 mod io;
+mod known_functions;
 pub mod masking;
 mod names;
 mod notes;

@@ -61,6 +61,11 @@ impl Client<'_> {
             }
             other => other,
         };
+        // Calls as the server will resolve them (looked up first if need be).
+        let statements = match statements {
+            Ok(sts) => self.resolve_functions(sts, via).await?,
+            Err(e) => Err(e),
+        };
         let (veto, copy) = match &statements {
             Ok(sts) if self.masked => match copy_veto(&self.ctx.classifier, sts, via).await {
                 Ok(copy) => (None, copy),

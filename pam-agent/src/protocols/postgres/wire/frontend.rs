@@ -175,6 +175,25 @@ pub fn bind_message(portal: &str, statement: &str) -> Frame {
     Frame::build(BIND, &body)
 }
 
+/// Bind of a named statement to a named portal with text parameters, text results.
+pub fn bind_text_message(portal: &str, statement: &str, params: &[&str]) -> Frame {
+    let mut body = Vec::with_capacity(portal.len() + statement.len() + 16);
+    for n in [portal, statement] {
+        body.extend_from_slice(n.as_bytes());
+        body.push(0);
+    }
+    // No parameter format codes (all text), then the values.
+    body.extend_from_slice(&0i16.to_be_bytes());
+    body.extend_from_slice(&(params.len() as u16).to_be_bytes());
+    for v in params {
+        body.extend_from_slice(&(v.len() as i32).to_be_bytes());
+        body.extend_from_slice(v.as_bytes());
+    }
+    // No result format codes (all text).
+    body.extend_from_slice(&0i16.to_be_bytes());
+    Frame::build(BIND, &body)
+}
+
 /// Execute of a portal, all rows.
 pub fn execute_message(portal: &str) -> Frame {
     let mut body = Vec::with_capacity(portal.len() + 5);
