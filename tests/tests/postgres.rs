@@ -302,3 +302,81 @@ fn crewai_nl2sql_tool_is_judged_statement_by_statement() {
         && r["session"] == records[0]["session"]
         && r["statement"] == records[0]["statement"]));
 }
+
+/// Issue 14: a call is judged as the function the server will run. The database's own
+/// search path (set by its owner, not by the worker) puts a schema ahead of pg_catalog,
+/// and a function there shadows `upper`: the worker's `upper(...)` is the shadow on the
+/// server, so it is judged and journaled as `app.upper` (a volatile user function) and
+/// refused, while other built-ins still run; `nextval` is refused as volatile.
+#[test]
+fn calls_are_judged_as_the_function_the_search_path_resolves_them_to() {
+    if !require_root("postgres") {
+        return;
+    }
+    let f = setup();
+    f._pg
+        .admin_sql(
+            "shop",
+            "create sequence order_ids;
+             create table audit_log(note text);
+             create schema app;
+             create function app.upper(text) returns text language plpgsql as
+               $$ begin insert into public.audit_log values ('shadow ran'); return 'x'; end $$;
+             alter database shop set search_path = app, pg_catalog, public;",
+        )
+        .unwrap();
+    let v4 = f.host.v4.to_string();
+    let lower = "select lower(customer) from orders where id = 1";
+    let (out, err) = psql(Some(&f.cg), &v4, lower);
+    assert_eq!(out, "customer-1\n", "{err}");
+    for sql in [
+        "select upper(customer) from orders where id = 1",
+        "select nextval('order_ids')",
+    ] {
+        let (out, err) = psql(Some(&f.cg), &v4, sql);
+        assert!(out.is_empty(), "{sql}: {out}");
+        assert!(
+            err.starts_with("ERROR:  42501: pam-agent refused the statement (rule \"default\")"),
+            "{sql}: {err}"
+        );
+    }
+    // Directly (ungoverned), the same text runs the shadow: what was refused would have.
+    assert_eq!(
+        f._pg
+            .admin_sql("shop", "select count(*) from audit_log")
+            .unwrap()
+            .trim(),
+        "0"
+    );
+    let (direct, _) = psql(None, &v4, "select upper(customer) from orders where id = 1");
+    assert_eq!(direct, "x\n");
+
+    let journal = f.agent.settled();
+    let record = |text: &str| -> (String, Vec<String>, Vec<String>) {
+        let r = journal
+            .iter()
+            .find(|r| r["kind"] == "statement" && r["text"] == text)
+            .unwrap_or_else(|| panic!("{text}: {journal:#?}"));
+        let strings = |v: &Value| -> Vec<String> {
+            v.as_array()
+                .map(|a| a.iter().map(|s| s.as_str().unwrap().to_owned()).collect())
+                .unwrap_or_default()
+        };
+        (
+            r["decision"].as_str().unwrap().to_owned(),
+            strings(&r["functions"]),
+            strings(&r["flags"]),
+        )
+    };
+    assert_eq!(
+        record(lower),
+        ("allow".into(), vec!["pg_catalog.lower".into()], vec![])
+    );
+    let (decision, functions, flags) = record("select upper(customer) from orders where id = 1");
+    assert_eq!(decision, "deny");
+    assert_eq!(functions, ["app.upper", "pg_catalog.upper"]);
+    assert_eq!(flags, ["user_function", "volatile_function"]);
+    let (_, functions, flags) = record("select nextval('order_ids')");
+    assert_eq!(functions, ["pg_catalog.nextval"]);
+    assert_eq!(flags, ["side_effect_function", "volatile_function"]);
+}
