@@ -179,6 +179,49 @@ fn a_shadow_moved_ahead_of_pg_catalog_is_what_the_call_is_judged_as() {
         .filter(|s| s.0.starts_with("SELECT upper(item)"))
         .map(|s| (s.1.as_str(), s.2.clone()))
         .collect();
+    // The login and each effective search path the lookups found are on record.
+    let records = proxy.settled_records();
+    let login = records
+        .iter()
+        .find_map(|r| match &r.event {
+            Event::SessionLogin {
+                database,
+                role,
+                application_name,
+                reported,
+            } => Some((
+                database.clone(),
+                role.clone(),
+                application_name.clone(),
+                reported.get("session_authorization").cloned(),
+            )),
+            _ => None,
+        })
+        .unwrap();
+    assert_eq!(
+        login,
+        (
+            Some("postgres".into()),
+            Some("postgres".into()),
+            Some("psql".into()),
+            Some("postgres".into())
+        )
+    );
+    let paths: Vec<Vec<String>> = records
+        .iter()
+        .filter_map(|r| match &r.event {
+            Event::SessionSettings { search_path, .. } => Some(search_path.clone()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        paths,
+        [
+            vec!["pg_catalog", "public"],
+            vec!["public", "pg_catalog"],
+            vec!["pg_catalog", "public"]
+        ]
+    );
     assert_eq!(
         shadowed,
         [

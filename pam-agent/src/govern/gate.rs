@@ -32,6 +32,8 @@ pub struct Session {
     /// The resource's configured name.
     pub resource: String,
     pub journal: Journal,
+    /// What execution records keep of bound values (`journal.parameters`).
+    pub parameters: super::ParameterRecording,
 }
 
 /// The refusal of a text the protocol could not read.

@@ -74,6 +74,7 @@ pub async fn run(
         principal: Principal::from_captured(redirected.captured),
         resource: resource.name.clone(),
         journal: shared.journal.clone(),
+        parameters: shared.config.journal.parameters,
     });
     let opened = Event::SessionOpened {
         principal: session.principal.clone(),

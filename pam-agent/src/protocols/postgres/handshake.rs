@@ -58,6 +58,8 @@ pub struct Ready {
     /// role's name, as the server does).
     pub database: Option<String>,
     pub role: Option<String>,
+    /// The application_name the worker's startup packet gave.
+    pub application_name: Option<String>,
     pub registration: Option<Registration>,
 }
 
@@ -110,6 +112,7 @@ pub async fn handshake(
         let param = |k: &str| params.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
         r.role = param("user");
         r.database = param("database").or_else(|| r.role.clone());
+        r.application_name = param("application_name");
     }
     Ok(done)
 }
@@ -335,6 +338,7 @@ async fn relay_auth(
                     registration: auth.registration,
                     database: None,
                     role: None,
+                    application_name: None,
                 })));
             }
         }

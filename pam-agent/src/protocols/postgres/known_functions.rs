@@ -214,6 +214,8 @@ pub struct KnownFunctions {
     changed_in_batch: bool,
     /// A transaction that changed resolution may still be open (its end may undo it).
     changed_in_txn: bool,
+    /// The role and search path last put on record.
+    recorded: Option<(String, Vec<String>)>,
 }
 
 impl KnownFunctions {
@@ -280,6 +282,17 @@ impl KnownFunctions {
         if self.loaded_at.is_none() {
             self.loaded_at = Some(Instant::now());
         }
+    }
+
+    /// The effective role and search path, when they differ from those last put on
+    /// record (which they then are).
+    pub fn settings_changed(&mut self) -> Option<(String, Vec<String>)> {
+        let now = (self.role.clone(), self.path.clone()?);
+        if self.recorded.as_ref() == Some(&now) {
+            return None;
+        }
+        self.recorded = Some(now.clone());
+        Some(now)
     }
 
     /// Drops what is known (it may no longer hold).

@@ -68,6 +68,9 @@ pub enum Note {
     /// Describe messages now sent upstream, in order: `true` for one the proxy added
     /// (its RowDescription / NoData is not shown to the worker).
     Describes(Vec<bool>),
+    /// Describe messages of statements now sent upstream, in order (name, parse
+    /// generation): their ParameterDescriptions go to [`super::Shared::param_types`].
+    StatementDescribes(Vec<(String, u64)>),
     /// An injected group is about to be sent (between the worker's groups).
     Inject(Injected),
     /// The next injected [`Injected::Functions`] group's rows go here.

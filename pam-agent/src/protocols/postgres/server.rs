@@ -43,6 +43,8 @@ enum Pending {
         execs: VecDeque<Exec>,
         /// Describes sent, in order: `true` for the proxy's own.
         describes: VecDeque<bool>,
+        /// Statement describes sent, in order, whose ParameterDescription is due.
+        statement_describes: VecDeque<(String, u64)>,
         closed: bool,
         failed: bool,
         replace: Option<Frame>,
@@ -182,6 +184,17 @@ impl<'a> Server<'a> {
                     describes.extend(d);
                 }
             }
+            Note::StatementDescribes(d) => {
+                if let Some(Pending::Group {
+                    statement_describes,
+                    failed,
+                    ..
+                }) = self.open_group()
+                    && !*failed
+                {
+                    statement_describes.extend(d);
+                }
+            }
             Note::Inject(what) => self.queue.push_back(Pending::Injected {
                 what,
                 rows: Vec::new(),
@@ -225,6 +238,7 @@ impl<'a> Server<'a> {
             self.queue.push_back(Pending::Group {
                 execs: VecDeque::new(),
                 describes: VecDeque::new(),
+                statement_describes: VecDeque::new(),
                 closed: false,
                 failed: false,
                 replace: None,
@@ -267,6 +281,10 @@ impl<'a> Server<'a> {
                 }
             }
             backend::ROW_DESCRIPTION | backend::NO_DATA => self.row_description(f)?,
+            backend::PARAMETER_DESCRIPTION => {
+                self.parameter_description(&f);
+                self.out.extend_from_slice(&f.raw);
+            }
             backend::COPY_OUT_RESPONSE => {
                 if let Some(m) = &mut self.masking {
                     m.copy_out_response(&f)?;
@@ -341,6 +359,28 @@ impl<'a> Server<'a> {
         Ok(())
     }
 
+    /// The parameter types of the statement the worker described, for decoding the
+    /// values it binds to it (see [`super::params`]).
+    fn parameter_description(&mut self, f: &Frame) {
+        let Some(Pending::Group {
+            statement_describes,
+            ..
+        }) = self.queue.front_mut()
+        else {
+            return;
+        };
+        let (Some((name, generation)), Ok(types)) =
+            (statement_describes.pop_front(), backend::parameter_types(f))
+        else {
+            return;
+        };
+        self.shared
+            .param_types
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(name, (generation, types));
+    }
+
     /// The server failed the current execution: its audit completes with the error (or
     /// the worker sees the refusal it stands in for), and the server skips the rest of
     /// the group.
@@ -369,12 +409,14 @@ impl<'a> Server<'a> {
         if let Some(Pending::Group {
             execs,
             describes,
+            statement_describes,
             failed,
             ..
         }) = self.queue.front_mut()
         {
             execs.clear();
             describes.clear();
+            statement_describes.clear();
             *failed = true;
         }
         Ok(())

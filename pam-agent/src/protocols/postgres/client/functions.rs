@@ -6,11 +6,14 @@ use std::borrow::Cow;
 use tokio::io::AsyncWriteExt;
 
 use super::{Client, Via};
-use crate::protocols::postgres::{
-    SessionError,
-    known_functions::{self, LookupError, Row},
-    notes::Note,
-    sql::Statement,
+use crate::{
+    journal::Event,
+    protocols::postgres::{
+        SessionError,
+        known_functions::{self, LookupError, Row},
+        notes::Note,
+        sql::Statement,
+    },
 };
 
 impl Client<'_> {
@@ -27,7 +30,17 @@ impl Client<'_> {
             let certain = self.known.can_look_up();
             if certain && !missing.is_empty() && self.batch.can_inject() {
                 match self.look_up(&missing).await? {
-                    Ok(rows) => self.known.absorb(&missing, rows),
+                    Ok(rows) => {
+                        self.known.absorb(&missing, rows);
+                        if let Some((role, search_path)) = self.known.settings_changed() {
+                            let event = Event::SessionSettings {
+                                role: Some(role),
+                                search_path,
+                            };
+                            let session = &self.ctx.session;
+                            session.journal.record(Some(session.id), event).await?;
+                        }
+                    }
                     Err(e) => {
                         return Ok(Err(format!(
                             "{e}: what a function call runs cannot be known, so statements \

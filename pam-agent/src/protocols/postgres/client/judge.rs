@@ -101,6 +101,7 @@ impl Client<'_> {
                         .map(|_| Arc::new(st.clone())),
                     writes: (!st.writes.is_empty() && !st.commits)
                         .then(|| (st.text.clone(), st.writes.clone())),
+                    tables: Some(Arc::new(st.tables.clone())),
                 })
                 .collect(),
             Err(_) => Vec::new(),
