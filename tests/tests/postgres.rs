@@ -380,3 +380,90 @@ fn calls_are_judged_as_the_function_the_search_path_resolves_them_to() {
     assert_eq!(functions, ["pg_catalog.nextval"]);
     assert_eq!(flags, ["side_effect_function", "volatile_function"]);
 }
+
+/// Issue 14: through the real redirect, an unmodified asyncpg worker's executions are on
+/// record before they run, with their bound values (a detector's finding withheld), after
+/// a login record naming the database, role and application; `pam-agent audit show`
+/// prints them.
+#[test]
+fn executions_are_on_record_with_their_parameters_and_audit_show_prints_them() {
+    if !require_root("postgres") {
+        return;
+    }
+    let f = setup();
+    let host = f.host.v4.to_string();
+    let script = format!(
+        "import asyncio, asyncpg\n\
+         async def main():\n\
+         \x20   c = await asyncpg.connect(host='{host}', user='postgres', password='{PASSWORD}', database='shop', server_settings={{'application_name': 'crew-report'}})\n\
+         \x20   s = await c.prepare('select customer from orders where id = $1 and customer <> $2')\n\
+         \x20   for i in (3, 4):\n\
+         \x20       print(await s.fetchval(i, 'jane@example.com'))\n\
+         asyncio.run(main())\n"
+    );
+    let out = Command::new(agent_bin())
+        .args(["exec", "--cgroup"])
+        .arg(&f.cg.path)
+        .args(["--", "python3", "-c", &script])
+        .output_within()
+        .expect("python");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "customer-3\ncustomer-4\n"
+    );
+
+    let journal = f.agent.settled();
+    let login = journal
+        .iter()
+        .find(|r| r["kind"] == "session_login")
+        .unwrap_or_else(|| panic!("no login record: {journal:#?}"));
+    assert_eq!(login["database"], "shop");
+    assert_eq!(login["role"], "postgres");
+    assert_eq!(login["application_name"], "crew-report");
+    assert_eq!(login["reported"]["session_authorization"], "postgres");
+    let session = login["session"].as_str().unwrap();
+    let executions: Vec<&Value> = journal
+        .iter()
+        .filter(|r| r["kind"] == "execution" && r["session"] == session)
+        .collect();
+    assert_eq!(executions.len(), 2, "{journal:#?}");
+    for (e, id) in executions.iter().zip(["3", "4"]) {
+        assert_eq!(
+            e["parameters"],
+            serde_json::json!([
+                {"type": "int4", "value": id},
+                {"type": "text", "redacted": "detector email"}
+            ])
+        );
+        // Stored before the execution it describes completed.
+        let done = journal
+            .iter()
+            .find(|r| {
+                r["kind"] == "statement_completed"
+                    && r["session"] == session
+                    && r["seq"].as_u64() > e["seq"].as_u64()
+            })
+            .is_some();
+        assert!(done, "{e}");
+    }
+    let shown = Command::new(agent_bin())
+        .args(["audit", "show", session, "--journal"])
+        .arg(&f.agent.journal)
+        .output_within()
+        .expect("audit show");
+    let shown = String::from_utf8_lossy(&shown.stdout);
+    assert!(
+        shown.contains("database shop role postgres application crew-report"),
+        "{shown}"
+    );
+    assert!(
+        shown.contains(r#"executes: $1=int4 "3", $2=text [redacted: detector email]"#),
+        "{shown}"
+    );
+    assert!(!shown.contains("jane@example.com"), "{shown}");
+}
