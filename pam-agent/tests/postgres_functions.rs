@@ -277,3 +277,20 @@ fn when_the_catalog_cannot_be_read_calls_are_refused_and_the_rest_runs() {
         .unwrap();
     assert_eq!(count.1, "deny", "{st:?}");
 }
+
+#[test]
+fn drivers_batches_are_looked_up_and_judged_call_by_call() {
+    let pg = PgServer::start();
+    pg.direct(SETUP);
+    let proxy = Proxy::start(&pg, ANALYST);
+    let run = proxy.python("functions_pipeline.py", &[]);
+    assert!(run.ok, "{run:?}");
+    let out: serde_json::Value = serde_json::from_str(run.stdout.trim()).unwrap();
+    assert_eq!(out["pipeline"], serde_json::json!(["A", "b", 5]));
+    assert_eq!(out["nextval"], serde_json::json!("42501"));
+    assert_eq!(out["asyncpg"], serde_json::json!(50));
+    assert_eq!(
+        pg.direct("SELECT last_value, is_called FROM order_ids"),
+        "1|f\n"
+    );
+}
