@@ -19,7 +19,7 @@
 //! server gives to objects made after initdb), `security_definer`. A call that resolves
 //! to nothing (made in the same message, or unknown to the server) reads as a volatile
 //! user function. Knowledge is dropped after anything that can change what a name
-//! resolves to (DDL, DO, CALL, SET/RESET/DISCARD, a role or search path change, the end
+//! resolves to (DDL, DO, CALL, session statements, a role or search path change, the end
 //! of a transaction that had one) and after [`MAX_AGE`] (functions other sessions
 //! create); statements later in the same message or open batch then read their calls as
 //! unknown, since a lookup could not see the change yet.
@@ -418,17 +418,20 @@ fn unknown(written: &str) -> Resolved {
 }
 
 /// Whether a statement can change what a function name resolves to (or which functions
-/// exist): DDL, DO, CALL, SET/RESET/DISCARD, role and search path changes.
+/// exist): DDL, DCL, DO, CALL, session statements other than a plain SHOW (SET, RESET
+/// ALL, DISCARD ALL, ...), role and search path changes anywhere (`set_config`).
 pub fn changes_resolution(st: &Statement) -> bool {
-    st.kinds
-        .iter()
-        .any(|k| matches!(*k, kind::DDL | kind::DCL | kind::DO | kind::CALL))
+    let session = st.kinds.contains(&kind::SESSION) && {
+        let t = st.text.trim_start();
+        !t.get(..5).is_some_and(|w| w.eq_ignore_ascii_case("show "))
+    };
+    session
+        || st
+            .kinds
+            .iter()
+            .any(|k| matches!(*k, kind::DDL | kind::DCL | kind::DO | kind::CALL))
         || st.flags.contains(&flag::ROLE_CHANGE)
         || st.flags.contains(&flag::SEARCH_PATH_CHANGE)
-        || (st.kind() == kind::SESSION && {
-            let t = st.text.trim_start().to_ascii_lowercase();
-            t.starts_with("reset") || t.starts_with("discard") || t.starts_with("set")
-        })
 }
 
 /// A name's parts, as the classifier writes them (`a.b`, a part with a dot or quote in

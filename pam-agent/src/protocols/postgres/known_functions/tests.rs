@@ -163,6 +163,7 @@ fn changes_drop_knowledge_and_a_batch_change_blocks_lookups_until_sync() {
         "RESET ALL",
         "DISCARD ALL",
         "SELECT set_config('search_path', 'public', false)",
+        "/* driver */ RESET ALL",
     ] {
         let mut k = known(
             &["pg_catalog", "public"],
@@ -176,7 +177,11 @@ fn changes_drop_knowledge_and_a_batch_change_blocks_lookups_until_sync() {
         assert!(k.can_look_up(), "{text}");
     }
     // Ordinary statements change nothing.
-    let st = classify("SELECT 1; INSERT INTO t VALUES (1)", 1 << 20).unwrap();
+    let st = classify(
+        "SELECT 1; INSERT INTO t VALUES (1); SHOW search_path",
+        1 << 20,
+    )
+    .unwrap();
     k.forwarded(&st.iter().collect::<Vec<_>>(), false);
     assert!(k.missing(&sel).is_empty());
     // The end of a transaction that changed the path may undo the change.
