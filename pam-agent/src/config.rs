@@ -153,6 +153,10 @@ pub(crate) struct RawJournal {
     pub max_age_days: Option<u64>,
     /// Keep the journal under this many MiB by removing the oldest records.
     pub max_size_mb: Option<u64>,
+    /// What execution records keep of bound parameter values: `redacted` (default),
+    /// `full` or `none`.
+    #[serde(default)]
+    pub parameters: crate::govern::ParameterRecording,
     /// Group (name or gid) allowed to read the journal.
     pub read_group: Option<String>,
 }
@@ -234,6 +238,7 @@ pub struct JournalConfig {
     pub max_age: Option<Duration>,
     pub max_size_bytes: Option<u64>,
     pub read_group: Option<u32>,
+    pub parameters: crate::govern::ParameterRecording,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -701,6 +706,7 @@ fn validate_journal_settings(raw: RawJournal) -> Result<JournalConfig, (&'static
         max_age: raw.max_age_days.map(|d| Duration::from_secs(d * 86_400)),
         max_size_bytes: raw.max_size_mb.map(|m| m * 1024 * 1024),
         read_group,
+        parameters: raw.parameters,
     })
 }
 

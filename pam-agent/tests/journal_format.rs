@@ -40,6 +40,7 @@ fn statement() -> Record {
             fingerprint: Some("a1b2".into()),
             kinds: vec!["select".into()],
             tables: vec!["public.orders".into()],
+            functions: Vec::new(),
             flags: Vec::new(),
             decision: Decision::Deny,
             rule: Some("no-ddl".into()),

@@ -112,7 +112,11 @@ fn sqlalchemy_over_psycopg2() {
 #[test]
 fn cancel_reaches_the_right_backend() {
     let pg = PgServer::start();
-    let proxy = Proxy::start(&pg, CREW_POLICY);
+    // pg_sleep is volatile: allowed by name (and only when called), with that flag
+    // permitted.
+    let sleep = "[[rules]]\nname = \"crew-may-sleep\"\naction = \"allow\"\nkinds = [\"select\"]\n\
+                 functions = [\"pg_catalog.pg_sleep\"]\nany_functions = [\"pg_catalog.pg_sleep\"]\npermit_flags = [\"volatile_function\"]\n";
+    let proxy = Proxy::start(&pg, &format!("{CREW_POLICY}{sleep}"));
     let out = json_of(&proxy.python("psycopg_cancel.py", &[]));
     assert_eq!(out["cancel"], json!("57014"));
     assert!(out["seconds"].as_f64().unwrap() < 10.0, "{out}");

@@ -66,7 +66,7 @@ fn notices_notifications_and_copy_through_psql() {
     let run = proxy.psql_script(&format!(
         "ROLLBACK;
          LISTEN jobs;
-         SELECT pg_notify('jobs', 'hello');
+         NOTIFY jobs, 'hello';
          \\copy orders FROM '{}'
          \\copy (SELECT id, item FROM orders WHERE id >= 10 ORDER BY id) TO '{}'
          SELECT count(*) FROM orders;

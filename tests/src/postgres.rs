@@ -36,6 +36,17 @@ action = "allow"
 kinds = ["select"]
 tables = ["public.orders", "pg_catalog.*", "information_schema.*"]
 
+# pg_sleep is volatile: allowed by its resolved name, with that flag permitted (the
+# tests that cancel or outlast a long statement use it). `any_functions` too: a
+# statement that calls no function satisfies `functions` alone.
+[[policy.rules]]
+name = "crew-may-sleep"
+action = "allow"
+kinds = ["select"]
+functions = ["pg_catalog.pg_sleep"]
+any_functions = ["pg_catalog.pg_sleep"]
+permit_flags = ["volatile_function"]
+
 [[policy.rules]]
 name = "crew-writes-orders"
 action = "allow"

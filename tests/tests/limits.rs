@@ -55,7 +55,8 @@ fn one_principal_past_its_limit_gets_53300_and_the_others_still_get_in() {
         &[&noisy, &quiet],
         &[ResourceSpec::postgres("db", host.v4, 5432)],
         "max_sessions_per_principal = 2",
-        "[[policy.rules]]\nname = \"all\"\naction = \"allow\"\nkinds = [\"select\"]\n",
+        // pg_sleep is volatile.
+        "[[policy.rules]]\nname = \"all\"\naction = \"allow\"\nkinds = [\"select\"]\npermit_flags = [\"volatile_function\"]\n",
     )
     .expect("agent");
     let v4 = host.v4.to_string();

@@ -302,3 +302,168 @@ fn crewai_nl2sql_tool_is_judged_statement_by_statement() {
         && r["session"] == records[0]["session"]
         && r["statement"] == records[0]["statement"]));
 }
+
+/// Issue 14: a call is judged as the function the server will run. The database's own
+/// search path (set by its owner, not by the worker) puts a schema ahead of pg_catalog,
+/// and a function there shadows `upper`: the worker's `upper(...)` is the shadow on the
+/// server, so it is judged and journaled as `app.upper` (a volatile user function) and
+/// refused, while other built-ins still run; `nextval` is refused as volatile.
+#[test]
+fn calls_are_judged_as_the_function_the_search_path_resolves_them_to() {
+    if !require_root("postgres") {
+        return;
+    }
+    let f = setup();
+    f._pg
+        .admin_sql(
+            "shop",
+            "create sequence order_ids;
+             create table audit_log(note text);
+             create schema app;
+             create function app.upper(text) returns text language plpgsql as
+               $$ begin insert into public.audit_log values ('shadow ran'); return 'x'; end $$;
+             alter database shop set search_path = app, pg_catalog, public;",
+        )
+        .unwrap();
+    let v4 = f.host.v4.to_string();
+    let lower = "select lower(customer) from orders where id = 1";
+    let (out, err) = psql(Some(&f.cg), &v4, lower);
+    assert_eq!(out, "customer-1\n", "{err}");
+    for sql in [
+        "select upper(customer) from orders where id = 1",
+        "select nextval('order_ids')",
+    ] {
+        let (out, err) = psql(Some(&f.cg), &v4, sql);
+        assert!(out.is_empty(), "{sql}: {out}");
+        assert!(
+            err.starts_with("ERROR:  42501: pam-agent refused the statement (rule \"default\")"),
+            "{sql}: {err}"
+        );
+    }
+    // Directly (ungoverned), the same text runs the shadow: what was refused would have.
+    assert_eq!(
+        f._pg
+            .admin_sql("shop", "select count(*) from audit_log")
+            .unwrap()
+            .trim(),
+        "0"
+    );
+    let (direct, _) = psql(None, &v4, "select upper(customer) from orders where id = 1");
+    assert_eq!(direct, "x\n");
+
+    let journal = f.agent.settled();
+    let record = |text: &str| -> (String, Vec<String>, Vec<String>) {
+        let r = journal
+            .iter()
+            .find(|r| r["kind"] == "statement" && r["text"] == text)
+            .unwrap_or_else(|| panic!("{text}: {journal:#?}"));
+        let strings = |v: &Value| -> Vec<String> {
+            v.as_array()
+                .map(|a| a.iter().map(|s| s.as_str().unwrap().to_owned()).collect())
+                .unwrap_or_default()
+        };
+        (
+            r["decision"].as_str().unwrap().to_owned(),
+            strings(&r["functions"]),
+            strings(&r["flags"]),
+        )
+    };
+    assert_eq!(
+        record(lower),
+        ("allow".into(), vec!["pg_catalog.lower".into()], vec![])
+    );
+    let (decision, functions, flags) = record("select upper(customer) from orders where id = 1");
+    assert_eq!(decision, "deny");
+    assert_eq!(functions, ["app.upper", "pg_catalog.upper"]);
+    assert_eq!(flags, ["user_function", "volatile_function"]);
+    let (_, functions, flags) = record("select nextval('order_ids')");
+    assert_eq!(functions, ["pg_catalog.nextval"]);
+    assert_eq!(flags, ["side_effect_function", "volatile_function"]);
+}
+
+/// Issue 14: through the real redirect, an unmodified asyncpg worker's executions are on
+/// record before they run, with their bound values (a detector's finding withheld), after
+/// a login record naming the database, role and application; `pam-agent audit show`
+/// prints them.
+#[test]
+fn executions_are_on_record_with_their_parameters_and_audit_show_prints_them() {
+    if !require_root("postgres") {
+        return;
+    }
+    let f = setup();
+    let host = f.host.v4.to_string();
+    let script = format!(
+        "import asyncio, asyncpg\n\
+         async def main():\n\
+         \x20   c = await asyncpg.connect(host='{host}', user='postgres', password='{PASSWORD}', database='shop', server_settings={{'application_name': 'crew-report'}})\n\
+         \x20   s = await c.prepare('select customer from orders where id = $1 and customer <> $2')\n\
+         \x20   for i in (3, 4):\n\
+         \x20       print(await s.fetchval(i, 'jane@example.com'))\n\
+         asyncio.run(main())\n"
+    );
+    let out = Command::new(agent_bin())
+        .args(["exec", "--cgroup"])
+        .arg(&f.cg.path)
+        .args(["--", "python3", "-c", &script])
+        .output_within()
+        .expect("python");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "customer-3\ncustomer-4\n"
+    );
+
+    let journal = f.agent.settled();
+    let login = journal
+        .iter()
+        .find(|r| r["kind"] == "session_login")
+        .unwrap_or_else(|| panic!("no login record: {journal:#?}"));
+    assert_eq!(login["database"], "shop");
+    assert_eq!(login["role"], "postgres");
+    assert_eq!(login["application_name"], "crew-report");
+    assert_eq!(login["reported"]["session_authorization"], "postgres");
+    let session = login["session"].as_str().unwrap();
+    let executions: Vec<&Value> = journal
+        .iter()
+        .filter(|r| r["kind"] == "execution" && r["session"] == session)
+        .collect();
+    assert_eq!(executions.len(), 2, "{journal:#?}");
+    for (e, id) in executions.iter().zip(["3", "4"]) {
+        assert_eq!(
+            e["parameters"],
+            serde_json::json!([
+                {"type": "int4", "value": id},
+                {"type": "text", "redacted": "detector email"}
+            ])
+        );
+        // Stored before the execution it describes completed.
+        let done = journal
+            .iter()
+            .find(|r| {
+                r["kind"] == "statement_completed"
+                    && r["session"] == session
+                    && r["seq"].as_u64() > e["seq"].as_u64()
+            })
+            .is_some();
+        assert!(done, "{e}");
+    }
+    let shown = Command::new(agent_bin())
+        .args(["audit", "show", session, "--journal"])
+        .arg(&f.agent.journal)
+        .output_within()
+        .expect("audit show");
+    let shown = String::from_utf8_lossy(&shown.stdout);
+    assert!(
+        shown.contains("database shop role postgres application crew-report"),
+        "{shown}"
+    );
+    assert!(
+        shown.contains(r#"executes: $1=int4 "3", $2=text [redacted: detector email]"#),
+        "{shown}"
+    );
+    assert!(!shown.contains("jane@example.com"), "{shown}");
+}

@@ -12,7 +12,8 @@ use pam_e2e::{
 };
 
 const PASSWORD: &str = "pg-promises-password";
-const POLICY: &str = "[[policy.rules]]\nname = \"all\"\naction = \"allow\"\nkinds = [\"select\"]\n";
+/// Every SELECT, pg_sleep (volatile) included.
+const POLICY: &str = "[[policy.rules]]\nname = \"all\"\naction = \"allow\"\nkinds = [\"select\"]\npermit_flags = [\"volatile_function\"]\n";
 
 fn psql(cg: &Cgroup, host: &str, port: u16, sql: &str) -> Command {
     let mut c = Command::new(agent_bin());

@@ -169,6 +169,7 @@ pub fn statement(n: u64) -> Event {
         statement: Some(n),
         kinds: vec!["select".into()],
         tables: vec!["public.orders".into()],
+        functions: Vec::new(),
         flags: Vec::new(),
         reason: None,
         text: Some(format!(

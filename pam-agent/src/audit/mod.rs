@@ -399,8 +399,10 @@ fn export_ocsf(reader: &Reader, filter: &Filter) -> Result<(), AuditError> {
                     opened.insert(s.clone(), found);
                 }
                 ctx.opened = opened.get(s).and_then(|o| o.as_ref());
-                if let Some(Event::StatementCompleted { statement: n, .. }) =
-                    record.as_ref().map(|r| &r.event)
+                if let Some(
+                    Event::StatementCompleted { statement: n, .. }
+                    | Event::Execution { statement: n, .. },
+                ) = record.as_ref().map(|r| &r.event)
                 {
                     let key = (s.clone(), *n);
                     if !statements.contains_key(&key) {

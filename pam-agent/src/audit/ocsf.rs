@@ -124,11 +124,17 @@ fn class(event: Option<&Event>, statement: Option<&Event>) -> Class {
             let (id, name) = statement.map_or((0, "Unknown"), statement_activity);
             c(6005, id, name, CONTROL)
         }
+        Some(Event::Execution { .. }) => {
+            let (id, name) = statement.map_or((0, "Unknown"), statement_activity);
+            c(6005, id, name, CONTROL)
+        }
         Some(Event::ApprovalRequested { .. }) => c(0, 99, "Approval Requested", &[]),
         Some(Event::ApprovalDecided { .. }) => c(0, 99, "Approval Decided", &[]),
         Some(Event::ApprovalExpired { .. }) => c(0, 99, "Approval Expired", &[]),
         Some(Event::MaskingApplied { .. }) => c(0, 99, "Masking Applied", &[]),
         Some(Event::WorkerToken { .. }) => c(0, 99, "Worker Token", &[]),
+        Some(Event::SessionLogin { .. }) => c(0, 99, "Session Login", &[]),
+        Some(Event::SessionSettings { .. }) => c(0, 99, "Session Settings", &[]),
         Some(Event::Error { .. }) => c(0, 99, "Error", &[]),
         Some(Event::JournalPruned { .. }) => c(0, 99, "Journal Pruned", &[]),
         Some(Event::ResourceResolved { .. }) => c(6002, 99, "Resource Resolved", HOST),

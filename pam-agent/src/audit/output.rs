@@ -258,6 +258,53 @@ pub fn detail(r: &StoredRecord) -> String {
             }
             s
         }
+        Event::Execution {
+            statement,
+            parameters,
+            more,
+        } => {
+            let mut s = format!("statement #{statement} executes");
+            for (i, p) in parameters.iter().enumerate() {
+                let ty = p.ty.as_deref().map(|t| format!("{t} ")).unwrap_or_default();
+                let value = match (&p.value, &p.redacted) {
+                    (_, Some(why)) => format!("[redacted: {why}]"),
+                    (Some(v), None) => format!("{v:?}"),
+                    (None, None) => "NULL".into(),
+                };
+                s.push_str(&format!(
+                    "{} ${}={ty}{value}",
+                    if i == 0 { ":" } else { "," },
+                    i + 1
+                ));
+            }
+            if more > 0 {
+                s.push_str(&format!(" (+{more} more)"));
+            }
+            s
+        }
+        Event::SessionLogin {
+            database,
+            role,
+            application_name,
+            reported,
+        } => {
+            let mut s = format!(
+                "database {} role {} application {}",
+                database.as_deref().unwrap_or("?"),
+                role.as_deref().unwrap_or("?"),
+                application_name.as_deref().unwrap_or("?")
+            );
+            if !reported.is_empty() {
+                let r: Vec<String> = reported.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                s.push_str(&format!("; server: {}", r.join(", ")));
+            }
+            s
+        }
+        Event::SessionSettings { role, search_path } => format!(
+            "role {} search_path {}",
+            role.as_deref().unwrap_or("?"),
+            search_path.join(", ")
+        ),
         Event::PolicyReloaded { config, rules } => format!("{config}: {rules} rules"),
         Event::Error { component, message } => format!("{component}: {message}"),
         Event::JournalPruned {

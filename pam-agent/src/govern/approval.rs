@@ -915,6 +915,7 @@ mod tests {
                 principal: worker(1001),
                 resource: "db".into(),
                 journal,
+                parameters: Default::default(),
             }),
             events,
         }

@@ -35,6 +35,8 @@ pub struct Session {
     /// The resource's configured name.
     pub resource: String,
     pub journal: Journal,
+    /// What execution records keep of bound values (`journal.parameters`).
+    pub parameters: super::ParameterRecording,
 }
 
 /// The refusal of a text the protocol could not read.
@@ -349,6 +351,9 @@ impl Gate {
                 .unwrap_or_default(),
             tables: request
                 .map(|r| r.tables.iter().cloned().collect())
+                .unwrap_or_default(),
+            functions: request
+                .map(|r| r.functions.iter().cloned().collect())
                 .unwrap_or_default(),
             flags: request
                 .map(|r| strings(&mut r.flags.iter().map(|f| f.as_str()).chain(extra_flag)))

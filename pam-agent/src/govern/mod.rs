@@ -17,6 +17,7 @@
 pub mod approval;
 pub mod audit;
 pub mod gate;
+pub mod parameters;
 pub mod request;
 pub mod rules;
 pub mod verdict;
@@ -27,6 +28,7 @@ pub use audit::Completions;
 pub use gate::{
     Ask, Gate, Judged, MASKING_RULE, Session, UNCLASSIFIABLE_RULE, masking_refusal, unreadable,
 };
+pub use parameters::ParameterRecording;
 pub use request::{Flag, Kind, Request, UNKNOWN_KIND, Vocabulary};
 pub use rules::{Rules, RulesHandle};
 pub use verdict::Verdict;

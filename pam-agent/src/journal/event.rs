@@ -93,6 +93,28 @@ pub enum Event {
         /// The worker socket's address as the proxy saw it.
         client: SocketAddr,
     },
+    /// What a session logged in as, once its protocol's login is done and before its
+    /// first request: what the worker asked for, and what the server reported.
+    SessionLogin {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        database: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        role: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        application_name: Option<String>,
+        /// Settings the server reported (PostgreSQL: ParameterStatus such as
+        /// `session_authorization`, `application_name`, `server_version`).
+        #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+        reported: std::collections::BTreeMap<String, String>,
+    },
+    /// The session's effective role and search path as the server last gave them, when
+    /// they changed since the session's previous record of them.
+    SessionSettings {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        role: Option<String>,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        search_path: Vec<String>,
+    },
     SessionClosed {
         bytes_from_worker: u64,
         bytes_to_worker: u64,
@@ -162,6 +184,10 @@ pub enum Event {
         kinds: Vec<String>,
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         tables: Vec<String>,
+        /// Functions it calls, as the session resolved them on the server
+        /// (`pg_catalog.upper`; as written when they resolve to nothing).
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        functions: Vec<String>,
         /// Risk flags the classifier raised (`update_without_where`, `dynamic_sql`, ...).
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         flags: Vec<String>,
@@ -179,6 +205,18 @@ pub enum Event {
         /// The upstream's error (e.g. SQLSTATE and message) when the statement failed.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         error: Option<String>,
+    },
+    /// One execution of a prepared statement (PostgreSQL: Bind + Execute), written
+    /// before it goes upstream, with the values bound to it as the config says
+    /// (`journal.parameters`).
+    Execution {
+        /// The statement record (number within the session) it executes.
+        statement: u64,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        parameters: Vec<Parameter>,
+        /// Parameters bound beyond those listed (the record keeps the first ones).
+        #[serde(default, skip_serializing_if = "is_zero")]
+        more: u64,
     },
     /// An allowed statement finished upstream (one per execution).
     StatementCompleted {
@@ -261,11 +299,14 @@ impl Event {
         "agent_stopped",
         "config_reloaded",
         "session_opened",
+        "session_login",
+        "session_settings",
         "session_closed",
         "worker_token",
         "connection_refused",
         "statement",
         "statement_completed",
+        "execution",
         "policy_reloaded",
         "approval_requested",
         "approval_decided",
@@ -283,11 +324,14 @@ impl Event {
             Event::AgentStopped { .. } => "agent_stopped",
             Event::ConfigReloaded { .. } => "config_reloaded",
             Event::SessionOpened { .. } => "session_opened",
+            Event::SessionLogin { .. } => "session_login",
+            Event::SessionSettings { .. } => "session_settings",
             Event::SessionClosed { .. } => "session_closed",
             Event::WorkerToken { .. } => "worker_token",
             Event::ConnectionRefused { .. } => "connection_refused",
             Event::Statement { .. } => "statement",
             Event::StatementCompleted { .. } => "statement_completed",
+            Event::Execution { .. } => "execution",
             Event::PolicyReloaded { .. } => "policy_reloaded",
             Event::ApprovalRequested { .. } => "approval_requested",
             Event::ApprovalDecided { .. } => "approval_decided",
@@ -413,6 +457,21 @@ pub struct MaskedColumn {
     /// column was withheld).
     #[serde(default, skip_serializing_if = "is_zero")]
     pub nulled: u64,
+}
+
+/// One bound parameter value as the journal keeps it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Parameter {
+    /// The type it was read as (`int4`, `text`, `oid:1234`), when known.
+    #[serde(rename = "type", default, skip_serializing_if = "Option::is_none")]
+    pub ty: Option<String>,
+    /// The value as text (cut at a bound, with `…`); absent for NULL and when withheld.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<String>,
+    /// Why the value is withheld (`masked table public.customers`, `detector email`,
+    /// `not recorded`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub redacted: Option<String>,
 }
 
 fn is_zero(n: &u64) -> bool {

@@ -81,6 +81,7 @@ pub async fn run(
         principal,
         resource: resource.name.clone(),
         journal: shared.journal.clone(),
+        parameters: shared.config.journal.parameters,
     });
     let opened = Event::SessionOpened {
         principal: session.principal.clone(),

@@ -164,6 +164,8 @@ pub struct Options {
     pub fail_journal_on: Option<String>,
     /// A `[masking]` section (TOML, without the header); its rules apply to `crew()`.
     pub masking: Option<String>,
+    /// `journal.parameters`.
+    pub parameters: pam_agent::govern::ParameterRecording,
 }
 
 /// A journal store that fails on chosen records (a full disk, a lost volume).
@@ -196,6 +198,7 @@ impl Options {
             tls: None,
             fail_journal_on: None,
             masking: None,
+            parameters: Default::default(),
         }
     }
 
@@ -262,6 +265,7 @@ impl Proxy {
         };
         let jp = journal_path.clone();
         let sd = shutdown.clone();
+        let parameters = opts.parameters;
         let thread = thread::spawn(move || {
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(2)
@@ -296,6 +300,7 @@ impl Proxy {
                         principal: crew(),
                         resource: "db".into(),
                         journal: journal.clone(),
+                        parameters,
                     });
                     let gate = Gate::new(session.clone(), rules.clone(), Approvals::unavailable());
                     let ctx = postgres::Context {

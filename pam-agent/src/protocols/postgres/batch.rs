@@ -52,6 +52,8 @@ pub struct Batch {
     held_bytes: usize,
     execs: Vec<Exec>,
     describes: Vec<bool>,
+    /// Statements described (name, parse generation), for their parameter types.
+    statement_describes: Vec<(String, u64)>,
     /// Part of the current batch already went upstream.
     sent: bool,
     /// The batch had a refusal: discard until Sync.
@@ -89,6 +91,12 @@ impl Batch {
     /// No batch of the worker's is open: the proxy may send a group of its own.
     pub fn is_idle(&self) -> bool {
         self.held.is_empty() && !self.sent && !self.refused && !self.awaiting
+    }
+
+    /// Nothing of the worker's open batch is on the server yet (or none is open): a
+    /// group the proxy sends now runs before all of it.
+    pub fn can_inject(&self) -> bool {
+        !self.sent && !self.refused && !self.awaiting
     }
 
     /// The outputs produced so far, to be carried out in order.
@@ -131,6 +139,14 @@ impl Batch {
     pub fn push_describe(&mut self, ours: bool) {
         if !self.refused {
             self.describes.push(ours);
+        }
+    }
+
+    /// A Describe of a statement the messages held so far carry (its ParameterDescription
+    /// names its parameter types).
+    pub fn push_statement_describe(&mut self, name: String, generation: u64) {
+        if !self.refused {
+            self.statement_describes.push((name, generation));
         }
     }
 
@@ -190,6 +206,7 @@ impl Batch {
         self.held_bytes = 0;
         self.execs.clear();
         self.describes.clear();
+        self.statement_describes.clear();
         if self.sent {
             // Part of the batch is on the server: make it fail there, so its implicit
             // transaction is rolled back and it skips to Sync like after any error.
@@ -235,6 +252,11 @@ impl Batch {
         let describes = std::mem::take(&mut self.describes);
         if !describes.is_empty() {
             self.out.push(Out::Note(Note::Describes(describes)));
+        }
+        let statements = std::mem::take(&mut self.statement_describes);
+        if !statements.is_empty() {
+            self.out
+                .push(Out::Note(Note::StatementDescribes(statements)));
         }
     }
 

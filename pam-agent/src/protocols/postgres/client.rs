@@ -27,10 +27,11 @@ use super::{
     Context, SessionError, Shared,
     batch::{Batch, Out, SyncStep},
     inject::{self, Preload},
+    known_functions::KnownFunctions,
     masking::PlanResults,
     names::{self, Reserved},
     notes::{Catalog, Exec, Injected, Note},
-    refusal,
+    params, refusal,
     sql::{CopyOut, Statement},
     wire::{
         backend::{self, Severity, sqlstate},
@@ -40,10 +41,12 @@ use super::{
 };
 use crate::{
     govern::{Ask, Gate, Resolution, UNCLASSIFIABLE_RULE, Verdict, masking_refusal},
+    journal::{Ack, event::Parameter},
     policy::{Action, Decision},
     tls::stream::{UpstreamStream, WorkerStream},
 };
 
+mod functions;
 mod hold;
 mod judge;
 
@@ -65,6 +68,8 @@ struct Numbered {
     prepares: Option<Arc<Statement>>,
     /// What it writes (its text and tables), for the open transaction's record.
     writes: Option<(String, std::collections::BTreeSet<String>)>,
+    /// Every table it touches (a parameter bound to it may be a masked column's value).
+    tables: Option<Arc<std::collections::BTreeSet<String>>>,
 }
 
 impl Numbered {
@@ -74,6 +79,7 @@ impl Numbered {
         catalog: Catalog::Unchanged,
         prepares: None,
         writes: None,
+        tables: None,
     };
 
     fn exec(&self) -> Exec {
@@ -140,6 +146,17 @@ pub struct Client<'a> {
     cancelled: Arc<tokio::sync::Notify>,
     /// Messages read while a statement waited for approval, to handle after it.
     stash: std::collections::VecDeque<Frame>,
+    /// What the server's functions are, as far as this session has looked them up.
+    known: KnownFunctions,
+    /// Prepared statement name -> its parse generation (which ParameterDescription
+    /// belongs to it) and the parameter types the worker declared.
+    declared: HashMap<String, (u64, Vec<u32>)>,
+    generation: u64,
+    /// Portal -> the parameters bound to it, as its execution records keep them.
+    bound: HashMap<String, (Vec<Parameter>, u64)>,
+    /// Execution records submitted and not yet stored: stored before anything more goes
+    /// upstream (write-ahead).
+    acks: Vec<Ack>,
 }
 
 /// Messages a worker may send while a statement of its waits for approval.
@@ -176,6 +193,11 @@ impl<'a> Client<'a> {
             names,
             cancelled,
             stash: std::collections::VecDeque::new(),
+            known: KnownFunctions::new(),
+            declared: HashMap::new(),
+            generation: 0,
+            bound: HashMap::new(),
+            acks: Vec::new(),
         }
     }
 
@@ -264,6 +286,7 @@ impl<'a> Client<'a> {
                 if self.batch.sync(f.raw) == SyncStep::Await {
                     self.settle().await?;
                 }
+                self.known.batch_closed();
             }
             frontend::FUNCTION_CALL => self.function_call(f).await?,
             frontend::COPY_DATA | frontend::COPY_DONE | frontend::COPY_FAIL => {
@@ -350,9 +373,15 @@ impl<'a> Client<'a> {
         if names::is_reserved(&name) {
             return self.reserved_name(&name).await;
         }
+        let declared = frontend::parse_types(&f).map_err(protocol)?;
         let j = self.judge_text(p.query, Via::Parse).await?;
         // A Parse holds one statement (the server refuses more).
         let first = j.numbered.first().cloned().unwrap_or(Numbered::NONE);
+        if !matches!(j.verdict, Verdict::Refuse(_)) {
+            self.generation += 1;
+            self.declared
+                .insert(name.clone(), (self.generation, declared));
+        }
         match j.verdict {
             Verdict::Forward => {
                 self.forwarded(&j.numbered);
@@ -388,12 +417,52 @@ impl<'a> Client<'a> {
         }
         if !self.batch.discarding() {
             match self.prepared.get(&b.statement) {
-                Some(p) => self.portals.insert(b.portal, p.clone()),
-                None => self.portals.remove(&b.portal),
+                Some(p) => {
+                    let bound = self.bound_parameters(&f, &b.statement, p)?;
+                    self.bound.insert(b.portal.clone(), bound);
+                    self.portals.insert(b.portal, p.clone())
+                }
+                None => {
+                    self.bound.remove(&b.portal);
+                    self.portals.remove(&b.portal)
+                }
             };
             self.batch.push(f.raw);
         }
         Ok(())
+    }
+
+    /// The values a Bind gives statement `name`, as its execution records keep them.
+    fn bound_parameters(
+        &self,
+        f: &Frame,
+        name: &str,
+        statement: &Numbered,
+    ) -> Result<(Vec<Parameter>, u64), SessionError> {
+        let values = frontend::bind_values(f).map_err(protocol)?;
+        let (generation, declared) = self.declared.get(name).cloned().unwrap_or_default();
+        let described = self
+            .shared
+            .param_types
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(name)
+            .filter(|(g, _)| *g == generation)
+            .map(|(_, t)| t.clone())
+            .unwrap_or_default();
+        let types: Vec<u32> = (0..values.values.len())
+            .map(|i| match declared.get(i).copied().unwrap_or(0) {
+                0 => described.get(i).copied().unwrap_or(0),
+                t => t,
+            })
+            .collect();
+        let no_tables = Default::default();
+        let redaction = params::Redaction {
+            mode: self.ctx.session.parameters,
+            masker: self.gate.masker(),
+            tables: statement.tables.as_deref().unwrap_or(&no_tables),
+        };
+        Ok(params::record(&types, &values.values, &redaction))
     }
 
     async fn execute(&mut self, f: Frame, described: Option<String>) -> Result<(), SessionError> {
@@ -410,6 +479,12 @@ impl<'a> Client<'a> {
             self.batch.push(frontend::describe_portal(&portal).raw);
         }
         if let Some(p) = self.portals.get(&portal) {
+            if p.statement != 0 {
+                // Write-ahead: stored before the Execute goes upstream (see carry_out).
+                let (parameters, more) = self.bound.get(&portal).cloned().unwrap_or_default();
+                let ack = self.gate.execution(p.statement, parameters, more).await?;
+                self.acks.push(ack);
+            }
             self.batch.push_exec(p.exec());
         }
         self.batch.push(f.raw);
@@ -427,13 +502,23 @@ impl<'a> Client<'a> {
         if f.tag == frontend::CLOSE {
             if target == b'S' {
                 self.prepared.remove(&name);
+                self.declared.remove(&name);
             } else {
                 self.portals.remove(&name);
+                self.bound.remove(&name);
             }
-        } else if self.masked {
-            self.batch.push_describe(false);
-            if target == b'P' {
-                self.described = Some(name);
+        } else {
+            if target == b'S'
+                && let Some((generation, _)) = self.declared.get(&name)
+            {
+                self.batch
+                    .push_statement_describe(name.clone(), *generation);
+            }
+            if self.masked {
+                self.batch.push_describe(false);
+                if target == b'P' {
+                    self.described = Some(name);
+                }
             }
         }
         self.batch.push(f.raw);
@@ -531,7 +616,12 @@ impl<'a> Client<'a> {
         for out in self.batch.take() {
             match out {
                 Out::Note(n) => self.note(n).await?,
-                Out::Send(bytes) => self.upstream.write_all(&bytes).await?,
+                Out::Send(bytes) => {
+                    for ack in self.acks.drain(..) {
+                        ack.stored().await?;
+                    }
+                    self.upstream.write_all(&bytes).await?
+                }
             }
         }
         Ok(())

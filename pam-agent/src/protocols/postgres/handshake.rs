@@ -63,6 +63,8 @@ pub struct Ready {
     pub role: Option<String>,
     /// The worker's verified token (`worker_auth = "oidc"`).
     pub token: Option<crate::principal::WorkerToken>,
+    /// The application_name the worker's startup packet gave.
+    pub application_name: Option<String>,
     pub registration: Option<Registration>,
 }
 
@@ -174,6 +176,7 @@ pub async fn handshake(
         r.role = role.or_else(|| param("user"));
         r.token = token;
         r.database = param("database").or_else(|| param("user"));
+        r.application_name = param("application_name");
     }
     Ok(done)
 }
@@ -411,6 +414,7 @@ async fn relay_auth(
                     database: None,
                     role: None,
                     token: None,
+                    application_name: None,
                 })));
             }
         }

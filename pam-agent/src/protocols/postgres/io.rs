@@ -41,5 +41,12 @@ pub fn watch_parameter(f: &Frame, shared: &Shared) {
         if unsafe_now {
             shared.lexer_unsafe.store(true, Ordering::Relaxed);
         }
+        if super::login_record::REPORTED.contains(&k.as_str()) {
+            shared
+                .reported
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(k, v);
+        }
     }
 }

@@ -29,10 +29,13 @@ pub mod config;
 mod handshake;
 mod inject;
 mod io;
+mod known_functions;
+mod login_record;
 mod login;
 pub mod masking;
 mod names;
 mod notes;
+mod params;
 mod refusal;
 mod server;
 pub mod sql;
@@ -125,6 +128,11 @@ struct Shared {
     prepared: std::sync::Mutex<PreparedStatements>,
     /// The open transaction's writes (see [`txn`]).
     txn: std::sync::Mutex<txn::Transaction>,
+    /// Parameter types of the worker's statements as the server described them: name →
+    /// (the worker half's parse generation of that name, type OIDs).
+    param_types: std::sync::Mutex<std::collections::HashMap<String, (u64, Vec<u32>)>>,
+    /// What the server last reported of the settings [`login_record::REPORTED`] names.
+    reported: std::sync::Mutex<std::collections::BTreeMap<String, String>>,
 }
 
 /// What all PostgreSQL sessions of the daemon share: parser threads and cache, cancel
@@ -281,6 +289,7 @@ async fn run(
         handshake::Handshake::Unreachable(detail) => return Ok(Ended::Unreachable(detail)),
         handshake::Handshake::Ready(r) => *r,
     };
+    login_record::journal(ctx, &ready, shared).await?;
     let mut gate = gate;
     gate.set_login(ready.database.clone(), ready.role.clone());
     gate.set_token(ready.token.clone());

@@ -4,7 +4,11 @@
 use std::{sync::Arc, time::Instant};
 
 use super::masking::CopyTextOptions;
-use super::{sql::Statement, wire::frame::Frame};
+use super::{
+    known_functions::{LookupError, Row},
+    sql::Statement,
+    wire::frame::Frame,
+};
 
 /// One execution whose completion the server half audits.
 #[derive(Debug, Clone)]
@@ -40,7 +44,12 @@ pub enum Injected {
     CopyDescribe(CopyTextOptions),
     /// ROLLBACK of the transaction whose COMMIT was held and not approved.
     Rollback,
+    /// A lookup of functions by name (see [`super::known_functions`]).
+    Functions,
 }
+
+/// Where the answer to a function lookup goes (dropped unanswered if the session ends).
+pub type LookupAnswer = tokio::sync::oneshot::Sender<Result<Vec<Row>, LookupError>>;
 
 #[derive(Debug)]
 pub enum Note {
@@ -59,8 +68,13 @@ pub enum Note {
     /// Describe messages now sent upstream, in order: `true` for one the proxy added
     /// (its RowDescription / NoData is not shown to the worker).
     Describes(Vec<bool>),
+    /// Describe messages of statements now sent upstream, in order (name, parse
+    /// generation): their ParameterDescriptions go to [`super::Shared::param_types`].
+    StatementDescribes(Vec<(String, u64)>),
     /// An injected group is about to be sent (between the worker's groups).
     Inject(Injected),
+    /// The next injected [`Injected::Functions`] group's rows go here.
+    Lookup(LookupAnswer),
     /// Show this NoticeResponse now (asynchronous, outside the answers' order).
     Notice(Frame),
     /// End the session with this error.

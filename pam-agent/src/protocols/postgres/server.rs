@@ -19,8 +19,9 @@ use tokio_util::sync::CancellationToken;
 use super::{
     Context, SessionError, Shared,
     io::{watch_parameter, write_out},
+    known_functions::{LookupError, Row as FunctionRow},
     masking::{CatalogRow, ColumnResolver, ResultMasking},
-    notes::{Catalog, Exec, Injected, Note},
+    notes::{Catalog, Exec, Injected, LookupAnswer, Note},
     wire::{
         backend::{self, sqlstate},
         frame::{Frame, FrameReader},
@@ -42,6 +43,8 @@ enum Pending {
         execs: VecDeque<Exec>,
         /// Describes sent, in order: `true` for the proxy's own.
         describes: VecDeque<bool>,
+        /// Statement describes sent, in order, whose ParameterDescription is due.
+        statement_describes: VecDeque<(String, u64)>,
         closed: bool,
         failed: bool,
         replace: Option<Frame>,
@@ -51,6 +54,8 @@ enum Pending {
         what: Injected,
         rows: Vec<CatalogRow>,
         failed: bool,
+        /// A function lookup's rows, or why it failed.
+        functions: Result<Vec<FunctionRow>, LookupError>,
     },
     /// A refusal to answer once the groups ahead of it are answered.
     Refusal(Frame),
@@ -74,6 +79,8 @@ pub struct Server<'a> {
     masking: Option<ResultMasking>,
     /// DDL completed in the open transaction: its end changes the catalog again.
     ddl_in_txn: bool,
+    /// Where the answers to injected function lookups go, in order.
+    lookups: VecDeque<LookupAnswer>,
 }
 
 impl<'a> Server<'a> {
@@ -100,6 +107,7 @@ impl<'a> Server<'a> {
             shared,
             completions: None,
             ddl_in_txn: false,
+            lookups: VecDeque::new(),
         }
     }
 
@@ -176,11 +184,24 @@ impl<'a> Server<'a> {
                     describes.extend(d);
                 }
             }
+            Note::StatementDescribes(d) => {
+                if let Some(Pending::Group {
+                    statement_describes,
+                    failed,
+                    ..
+                }) = self.open_group()
+                    && !*failed
+                {
+                    statement_describes.extend(d);
+                }
+            }
             Note::Inject(what) => self.queue.push_back(Pending::Injected {
                 what,
                 rows: Vec::new(),
                 failed: false,
+                functions: Ok(Vec::new()),
             }),
+            Note::Lookup(answer) => self.lookups.push_back(answer),
             Note::Close => {
                 if let Some(Pending::Group { closed, .. }) = self.open_group() {
                     *closed = true;
@@ -217,6 +238,7 @@ impl<'a> Server<'a> {
             self.queue.push_back(Pending::Group {
                 execs: VecDeque::new(),
                 describes: VecDeque::new(),
+                statement_describes: VecDeque::new(),
                 closed: false,
                 failed: false,
                 replace: None,
@@ -259,6 +281,10 @@ impl<'a> Server<'a> {
                 }
             }
             backend::ROW_DESCRIPTION | backend::NO_DATA => self.row_description(f)?,
+            backend::PARAMETER_DESCRIPTION => {
+                self.parameter_description(&f);
+                self.out.extend_from_slice(&f.raw);
+            }
             backend::COPY_OUT_RESPONSE => {
                 if let Some(m) = &mut self.masking {
                     m.copy_out_response(&f)?;
@@ -333,6 +359,28 @@ impl<'a> Server<'a> {
         Ok(())
     }
 
+    /// The parameter types of the statement the worker described, for decoding the
+    /// values it binds to it (see [`super::params`]).
+    fn parameter_description(&mut self, f: &Frame) {
+        let Some(Pending::Group {
+            statement_describes,
+            ..
+        }) = self.queue.front_mut()
+        else {
+            return;
+        };
+        let (Some((name, generation)), Ok(types)) =
+            (statement_describes.pop_front(), backend::parameter_types(f))
+        else {
+            return;
+        };
+        self.shared
+            .param_types
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(name, (generation, types));
+    }
+
     /// The server failed the current execution: its audit completes with the error (or
     /// the worker sees the refusal it stands in for), and the server skips the rest of
     /// the group.
@@ -361,12 +409,14 @@ impl<'a> Server<'a> {
         if let Some(Pending::Group {
             execs,
             describes,
+            statement_describes,
             failed,
             ..
         }) = self.queue.front_mut()
         {
             execs.clear();
             describes.clear();
+            statement_describes.clear();
             *failed = true;
         }
         Ok(())
@@ -471,10 +521,24 @@ impl<'a> Server<'a> {
 
     /// An answer to a group the worker half injected: never shown to the worker.
     async fn injected_answer(&mut self, f: Frame) -> Result<(), SessionError> {
-        let Some(Pending::Injected { what, rows, failed }) = self.queue.front_mut() else {
+        let Some(Pending::Injected {
+            what,
+            rows,
+            failed,
+            functions,
+        }) = self.queue.front_mut()
+        else {
             return Ok(());
         };
         match f.tag {
+            backend::DATA_ROW if matches!(what, Injected::Functions) => {
+                if let Ok(found) = functions {
+                    match FunctionRow::from_data_row(f.body()) {
+                        Ok(r) => found.push(r),
+                        Err(e) => *functions = Err(e),
+                    }
+                }
+            }
             backend::DATA_ROW if matches!(what, Injected::Preload) => {
                 if let (Some(oid), Some(m)) =
                     (ColumnResolver::horizon_of(f.body()), &mut self.masking)
@@ -496,15 +560,31 @@ impl<'a> Server<'a> {
                 }
             }
             backend::ERROR_RESPONSE => {
-                tracing::warn!(session = %self.ctx.session.id, code = ?backend::error_code(&f), "masking: injected query failed");
+                let code = backend::error_code(&f);
+                tracing::warn!(session = %self.ctx.session.id, code = ?code, what = ?what, "injected query failed");
                 *failed = true;
+                if matches!(what, Injected::Functions) {
+                    *functions = Err(LookupError::Refused(code.unwrap_or_default()));
+                }
             }
             backend::READY_FOR_QUERY => {
                 // An injected ROLLBACK changes the status refusals after it report.
                 self.set_status(&f)?;
-                let Some(Pending::Injected { what, rows, failed }) = self.queue.pop_front() else {
+                let Some(Pending::Injected {
+                    what,
+                    rows,
+                    failed,
+                    functions,
+                }) = self.queue.pop_front()
+                else {
                     return Ok(());
                 };
+                if matches!(what, Injected::Functions)
+                    && let Some(answer) = self.lookups.pop_front()
+                {
+                    // The worker's half may be gone already; nothing to answer then.
+                    let _ = answer.send(functions);
+                }
                 if let (Injected::Preload, Some(m)) = (what, &mut self.masking) {
                     if failed {
                         // Unknown columns stay withheld; try again before the next group.

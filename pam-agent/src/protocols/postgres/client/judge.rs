@@ -61,6 +61,11 @@ impl Client<'_> {
             }
             other => other,
         };
+        // Calls as the server will resolve them (looked up first if need be).
+        let statements = match statements {
+            Ok(sts) => self.resolve_functions(sts, via).await?,
+            Err(e) => Err(e),
+        };
         let (veto, copy) = match &statements {
             Ok(sts) if self.masked => match copy_veto(&self.ctx.classifier, sts, via).await {
                 Ok(copy) => (None, copy),
@@ -96,6 +101,7 @@ impl Client<'_> {
                         .map(|_| Arc::new(st.clone())),
                     writes: (!st.writes.is_empty() && !st.commits)
                         .then(|| (st.text.clone(), st.writes.clone())),
+                    tables: Some(Arc::new(st.tables.clone())),
                 })
                 .collect(),
             Err(_) => Vec::new(),

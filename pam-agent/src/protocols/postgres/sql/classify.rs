@@ -11,7 +11,7 @@ use serde_json::{Map, Value};
 
 use super::{
     Flag, Kind, Request, columns,
-    functions::{is_dynamic_sql_function, is_side_effect_function},
+    functions::{is_dynamic_sql_function, is_side_effect_function, quote_part},
     lineage, plpgsql,
     statement::{Prepared, Statement, Unclassifiable, flag, kind},
     tree::{node_of, node_of_map},
@@ -583,7 +583,12 @@ impl Walk<'_> {
         if parts.is_empty() {
             return;
         }
-        let name = parts.join(".");
+        // A part with a dot in it is quoted, so the name splits back exactly.
+        let name = parts
+            .iter()
+            .map(|p| quote_part(p))
+            .collect::<Vec<_>>()
+            .join(".");
         let base = parts[parts.len() - 1];
         if is_side_effect_function(base) {
             self.st.flags.insert(flag::SIDE_EFFECT_FUNCTION);

@@ -20,14 +20,12 @@ pub(super) fn is_side_effect_function(name: &str) -> bool {
         "pg_file_unlink",
         "pg_file_sync",
         "pg_logdir_ls",
-        "lo_import",
-        "lo_export",
-        "lo_unlink",
-        "lo_put",
-        "lo_from_bytea",
-        "lo_create",
-        "lo_creat",
-        "lo_truncate",
+        // Sequences advance outside the statement's rows (and its transaction).
+        "nextval",
+        "setval",
+        // Large objects: every `lo_*` (below) plus the old names of two of them.
+        "lowrite",
+        "loread",
         "pg_terminate_backend",
         "pg_cancel_backend",
         "pg_reload_conf",
@@ -44,6 +42,7 @@ pub(super) fn is_side_effect_function(name: &str) -> bool {
         "pg_wal_replay_resume",
     ];
     const PREFIX: &[&str] = &[
+        "lo_",
         "dblink",
         "pg_replication_",
         "pg_create_physical_replication_slot",
@@ -77,4 +76,14 @@ pub(super) fn is_dynamic_sql_function(name: &str) -> bool {
             | "ts_stat"
             | "ts_rewrite"
     )
+}
+
+/// A name part as calls are written in requests: in double quotes when it holds a dot or
+/// a quote, so a joined `schema.name` splits back exactly (`"a.b"` is one part).
+pub fn quote_part(part: &str) -> String {
+    if part.contains('.') || part.contains('"') {
+        format!("\"{}\"", part.replace('"', "\"\""))
+    } else {
+        part.to_owned()
+    }
 }

@@ -32,6 +32,7 @@ pub use crate::govern::{Flag, Kind, Request};
 pub use classify::classify;
 pub use columns::{Clause, ColumnReference};
 pub use copy::{CopyOut, CopyOutError, copy_out};
+pub use functions::quote_part;
 pub use pool::{Classified, Classifier, ClassifierConfig};
 pub use prepared::PreparedStatements;
 pub use statement::{Prepared, Statement, Unclassifiable, flag, kind};
@@ -52,8 +53,26 @@ pub fn requests_of(text: &str, max: usize) -> std::io::Result<Result<Vec<Request
         .join()
         .map_err(|_| std::io::Error::other("the SQL parser failed"))?;
     Ok(classified
-        .map(|sts| sts.into_iter().map(|s| s.request).collect())
+        .map(|sts| sts.into_iter().map(|s| offline(s.request)).collect())
         .map_err(|e| e.to_string()))
+}
+
+/// Without a session there is no catalog to resolve calls against: an unqualified call
+/// reads as the built-in `pg_catalog.name` (what the default search path finds when no
+/// other schema has that name), and no catalog flag is set. A session resolves it on
+/// its server (see `known_functions`).
+fn offline(mut r: Request) -> Request {
+    r.functions = std::mem::take(&mut r.functions)
+        .into_iter()
+        .map(|f| {
+            if f.starts_with("oid:") || f.contains('.') {
+                f
+            } else {
+                format!("pg_catalog.{f}")
+            }
+        })
+        .collect();
+    r
 }
 
 #[cfg(test)]

@@ -245,7 +245,9 @@ fn any_functions_refuses_a_statement_that_uses_one_among_others() {
         &every,
         "SELECT count(*), nextval('orders_id_seq') FROM orders",
     );
-    assert_eq!((d.action, d.rule.as_str()), (Action::Allow, "read"));
+    // (Only the `side_effect_function` flag nextval carries keeps "read" from allowing it.)
+    assert_eq!((d.action, d.rule.as_str()), (Action::Deny, "default"));
+    assert!(d.reason.contains("side_effect_function"), "{}", d.reason);
 }
 
 #[test]

@@ -104,6 +104,16 @@ pub mod flag {
     /// A function with effects outside the statement: files, large objects, dblink,
     /// signalling backends, reloading configuration, replication slots.
     pub const SIDE_EFFECT_FUNCTION: Flag = Flag::new("side_effect_function");
+    /// Calls a function the server marks volatile (it may write or differ per row:
+    /// `nextval`, `random`, most user functions), or one the session could not learn.
+    /// Set by sessions from the catalog (`policy explain` has none).
+    pub const VOLATILE_FUNCTION: Flag = Flag::new("volatile_function");
+    /// Calls a function that is not built in (made after initdb: user functions,
+    /// extensions), or one the session could not learn. Set by sessions from the catalog.
+    pub const USER_FUNCTION: Flag = Flag::new("user_function");
+    /// Calls a SECURITY DEFINER function (it runs with its owner's rights). Set by
+    /// sessions from the catalog.
+    pub const SECURITY_DEFINER: Flag = Flag::new("security_definer");
 
     /// Every flag, for validating policy rules.
     pub const ALL: &[Flag] = &[
@@ -119,6 +129,9 @@ pub mod flag {
         LEXER_CHANGE,
         DYNAMIC_SQL,
         SIDE_EFFECT_FUNCTION,
+        VOLATILE_FUNCTION,
+        USER_FUNCTION,
+        SECURITY_DEFINER,
     ];
 }
 

@@ -14,6 +14,7 @@ pub const PORTAL_SUSPENDED: u8 = b's';
 pub const DATA_ROW: u8 = b'D';
 pub const ROW_DESCRIPTION: u8 = b'T';
 pub const NO_DATA: u8 = b'n';
+pub const PARAMETER_DESCRIPTION: u8 = b't';
 pub const COPY_OUT_RESPONSE: u8 = b'H';
 pub const COPY_BOTH_RESPONSE: u8 = b'W';
 pub const COPY_DATA: u8 = b'd';
@@ -107,6 +108,18 @@ pub fn ready_status(f: &Frame) -> Result<u8, Malformed> {
         return Err(Malformed("unknown transaction status"));
     }
     Ok(s)
+}
+
+/// ParameterDescription: the type OID of each parameter of a described statement.
+pub fn parameter_types(f: &Frame) -> Result<Vec<u32>, Malformed> {
+    let mut r = Fields::new(f.body());
+    let n = r.i16()? as u16 as usize;
+    let mut out = Vec::with_capacity(n);
+    for _ in 0..n {
+        out.push(r.i32()? as u32);
+    }
+    r.end()?;
+    Ok(out)
 }
 
 /// The SQLSTATE of an ErrorResponse.

@@ -82,6 +82,59 @@ pub fn bind(f: &Frame) -> Result<Bind, Malformed> {
     Ok(Bind { portal, statement })
 }
 
+/// A Bind's parameters: each value's format code (0 text, 1 binary) and bytes (`None`:
+/// NULL).
+pub struct BindValues<'a> {
+    pub values: Vec<(i16, Option<&'a [u8]>)>,
+}
+
+/// Bind: the values bound, with their formats (no format codes: all text; one: all of
+/// that format; else one per value, as the server reads them).
+pub fn bind_values(f: &Frame) -> Result<BindValues<'_>, Malformed> {
+    let mut r = Fields::new(f.body());
+    r.cstr()?;
+    r.cstr()?;
+    let nfmt = r.i16()? as u16 as usize;
+    let mut formats = Vec::with_capacity(nfmt);
+    for _ in 0..nfmt {
+        formats.push(r.i16()?);
+    }
+    let nparams = r.i16()? as u16 as usize;
+    let mut values = Vec::with_capacity(nparams);
+    for i in 0..nparams {
+        let format = match nfmt {
+            0 => 0,
+            1 => formats[0],
+            _ => *formats
+                .get(i)
+                .ok_or(Malformed("fewer format codes than parameters"))?,
+        };
+        let len = r.i32()?;
+        let value = if len >= 0 {
+            Some(r.bytes(len as usize)?)
+        } else if len == -1 {
+            None
+        } else {
+            return Err(Malformed("negative parameter length"));
+        };
+        values.push((format, value));
+    }
+    Ok(BindValues { values })
+}
+
+/// Parse: the parameter types the worker declared (0: unspecified).
+pub fn parse_types(f: &Frame) -> Result<Vec<u32>, Malformed> {
+    let mut r = Fields::new(f.body());
+    r.cstr()?;
+    r.cstr()?;
+    let n = r.i16()? as u16 as usize;
+    let mut out = Vec::with_capacity(n);
+    for _ in 0..n {
+        out.push(r.i32()? as u32);
+    }
+    Ok(out)
+}
+
 /// Execute: portal name (row limit ignored).
 pub fn execute(f: &Frame) -> Result<String, Malformed> {
     let mut r = Fields::new(f.body());
@@ -172,6 +225,25 @@ pub fn bind_message(portal: &str, statement: &str) -> Frame {
         body.push(0);
     }
     body.extend_from_slice(&[0; 6]);
+    Frame::build(BIND, &body)
+}
+
+/// Bind of a named statement to a named portal with text parameters, text results.
+pub fn bind_text_message(portal: &str, statement: &str, params: &[&str]) -> Frame {
+    let mut body = Vec::with_capacity(portal.len() + statement.len() + 16);
+    for n in [portal, statement] {
+        body.extend_from_slice(n.as_bytes());
+        body.push(0);
+    }
+    // No parameter format codes (all text), then the values.
+    body.extend_from_slice(&0i16.to_be_bytes());
+    body.extend_from_slice(&(params.len() as u16).to_be_bytes());
+    for v in params {
+        body.extend_from_slice(&(v.len() as i32).to_be_bytes());
+        body.extend_from_slice(v.as_bytes());
+    }
+    // No result format codes (all text).
+    body.extend_from_slice(&0i16.to_be_bytes());
     Frame::build(BIND, &body)
 }
 

@@ -1,0 +1,296 @@
+//! Functions are judged by what the server will run (issue 14): calls resolved through
+//! the session's search path against the server's catalog, with the catalog's
+//! volatility, user-or-built-in and security definer facts as flags; a read-only analyst
+//! policy in a few lines; fail closed when the catalog cannot be read. Real PostgreSQL
+//! 15, real psql, the agent's session code.
+
+mod postgres_support;
+
+use std::process::Command;
+
+use pam_agent::journal::Event;
+use postgres_support::*;
+
+/// The read-only analyst of docs/postgres.md: reads of public tables with built-in,
+/// non-volatile functions; search path changes allowed (so the test can move a shadow
+/// in front of pg_catalog), nothing else.
+const ANALYST: &str = r#"
+[[rules]]
+name = "no-volatile-functions"
+action = "deny"
+if_flags = ["volatile_function"]
+
+[[rules]]
+name = "analyst-reads-public"
+action = "allow"
+kinds = ["select"]
+tables = ["public.*"]
+
+[[rules]]
+name = "housekeeping"
+action = "allow"
+kinds = ["session", "transaction"]
+permit_flags = ["search_path_change"]
+"#;
+
+/// A sequence, a user function that writes, a shadow of `upper(text)` that writes, and
+/// a security definer function.
+const SETUP: &str = "
+CREATE SEQUENCE order_ids;
+CREATE FUNCTION public.archive_orders() RETURNS int LANGUAGE sql
+  AS $$ INSERT INTO audit_log(note) VALUES ('archived') RETURNING 1 $$;
+CREATE FUNCTION public.upper(text) RETURNS text LANGUAGE plpgsql
+  AS $$ BEGIN INSERT INTO audit_log(note) VALUES ('shadow ran'); RETURN 'x'; END $$;
+CREATE FUNCTION public.definer() RETURNS int LANGUAGE sql STABLE SECURITY DEFINER
+  AS $$ SELECT 1 $$;
+CREATE FUNCTION public.double(int) RETURNS int LANGUAGE sql IMMUTABLE AS $$ SELECT $1 * 2 $$;
+";
+
+fn statements(proxy: &Proxy) -> Vec<(String, String, Vec<String>, Vec<String>)> {
+    proxy
+        .settled_records()
+        .into_iter()
+        .filter_map(|r| match r.event {
+            Event::Statement {
+                text,
+                decision,
+                functions,
+                flags,
+                ..
+            } => Some((
+                text.unwrap_or_default(),
+                decision.as_str().to_owned(),
+                functions,
+                flags,
+            )),
+            _ => None,
+        })
+        .collect()
+}
+
+fn refused_by(run: &PsqlRun, rule: &str) -> bool {
+    run.stderr.contains(&format!(
+        "ERROR:  42501: pam-agent refused the statement (rule \"{rule}\")"
+    ))
+}
+
+#[test]
+fn read_only_analyst_reads_with_built_ins_and_never_runs_what_writes() {
+    let pg = PgServer::start();
+    pg.direct(SETUP);
+    let proxy = Proxy::start(&pg, ANALYST);
+
+    // Built-ins resolve to pg_catalog and run (the same-signature public.upper is hidden
+    // behind the implicit pg_catalog at the head of the path).
+    let run = proxy.psql("SELECT count(*), max(id), upper(item), pg_catalog.lower(item) FROM orders GROUP BY item ORDER BY item LIMIT 1");
+    assert!(run.ok, "{run:?}");
+    assert_eq!(run.stdout, "1|1|ITEM1|item1\n");
+
+    for (sql, rule) in [
+        ("SELECT nextval('order_ids')", "no-volatile-functions"),
+        (
+            "SELECT pg_catalog.setval('order_ids', 5)",
+            "no-volatile-functions",
+        ),
+        ("SELECT archive_orders()", "no-volatile-functions"),
+        (
+            "SELECT public.upper(item) FROM orders",
+            "no-volatile-functions",
+        ),
+        // Not volatile, but a user function: the allow rule does not permit the flag.
+        ("SELECT public.definer()", "default"),
+        ("SELECT double(id) FROM orders", "default"),
+        // Unknown to the server: read as the worst.
+        ("SELECT no_such_function()", "no-volatile-functions"),
+    ] {
+        let run = proxy.psql(sql);
+        assert!(refused_by(&run, rule), "{sql}: {run:?}");
+    }
+    // Nothing ran: no row written, the sequence never advanced.
+    assert_eq!(pg.direct("SELECT count(*) FROM audit_log"), "0\n");
+    assert_eq!(
+        pg.direct("SELECT last_value, is_called FROM order_ids"),
+        "1|f\n"
+    );
+
+    // The journal names what the server would run, with the catalog's facts.
+    let st = statements(&proxy);
+    let find = |prefix: &str| {
+        st.iter()
+            .find(|s| s.0.starts_with(prefix))
+            .unwrap_or_else(|| panic!("{prefix}: {st:?}"))
+    };
+    let read = find("SELECT count(*)");
+    assert_eq!(read.1, "allow");
+    assert_eq!(
+        read.2,
+        [
+            "pg_catalog.count",
+            "pg_catalog.lower",
+            "pg_catalog.max",
+            "pg_catalog.upper"
+        ]
+    );
+    assert!(read.3.is_empty(), "{read:?}");
+    let next = find("SELECT nextval");
+    assert_eq!(next.2, ["pg_catalog.nextval"]);
+    assert_eq!(next.3, ["side_effect_function", "volatile_function"]);
+    let archive = find("SELECT archive_orders");
+    assert_eq!(archive.2, ["public.archive_orders"]);
+    assert_eq!(archive.3, ["user_function", "volatile_function"]);
+    let definer = find("SELECT public.definer");
+    assert_eq!(definer.3, ["security_definer", "user_function"]);
+}
+
+#[test]
+fn a_shadow_moved_ahead_of_pg_catalog_is_what_the_call_is_judged_as() {
+    let pg = PgServer::start();
+    pg.direct(SETUP);
+    let proxy = Proxy::start(&pg, ANALYST);
+    // One session: the path change is allowed, then the same text now runs the shadow on
+    // the server, so it is judged as the shadow and refused. In one message, a call after
+    // the change cannot be looked up yet and reads as unknown: refused too.
+    let run = proxy.psql_script(
+        "SELECT upper(item) FROM orders WHERE id = 1;
+         SET search_path = public, pg_catalog;
+         SELECT upper(item) FROM orders WHERE id = 1;
+         SHOW search_path;
+         RESET search_path;
+         SELECT upper(item) FROM orders WHERE id = 2;
+         SET search_path = public, pg_catalog\\; SELECT lower(item) FROM orders WHERE id = 1;
+",
+    );
+    assert!(run.stdout.starts_with("ITEM1\n"), "{run:?}");
+    assert!(
+        run.stdout.contains("public, pg_catalog\nRESET\nITEM2\n"),
+        "{run:?}"
+    );
+    assert_eq!(
+        run.stderr
+            .matches("pam-agent refused the statement (rule \"no-volatile-functions\")")
+            .count(),
+        2,
+        "{run:?}"
+    );
+    assert_eq!(pg.direct("SELECT count(*) FROM audit_log"), "0\n");
+    let st = statements(&proxy);
+    let shadowed: Vec<_> = st
+        .iter()
+        .filter(|s| s.0.starts_with("SELECT upper(item)"))
+        .map(|s| (s.1.as_str(), s.2.clone()))
+        .collect();
+    // The login and each effective search path the lookups found are on record.
+    let records = proxy.settled_records();
+    let login = records
+        .iter()
+        .find_map(|r| match &r.event {
+            Event::SessionLogin {
+                database,
+                role,
+                application_name,
+                reported,
+            } => Some((
+                database.clone(),
+                role.clone(),
+                application_name.clone(),
+                reported.get("session_authorization").cloned(),
+            )),
+            _ => None,
+        })
+        .unwrap();
+    assert_eq!(
+        login,
+        (
+            Some("postgres".into()),
+            Some("postgres".into()),
+            Some("psql".into()),
+            Some("postgres".into())
+        )
+    );
+    let paths: Vec<Vec<String>> = records
+        .iter()
+        .filter_map(|r| match &r.event {
+            Event::SessionSettings { search_path, .. } => Some(search_path.clone()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        paths,
+        [
+            vec!["pg_catalog", "public"],
+            vec!["public", "pg_catalog"],
+            vec!["pg_catalog", "public"]
+        ]
+    );
+    assert_eq!(
+        shadowed,
+        [
+            ("allow", vec!["pg_catalog.upper".to_owned()]),
+            // pg_catalog's other upper()s (ranges) stay candidates: other argument types.
+            (
+                "deny",
+                vec!["pg_catalog.upper".to_owned(), "public.upper".to_owned()]
+            ),
+            ("allow", vec!["pg_catalog.upper".to_owned()]),
+        ]
+    );
+}
+
+#[test]
+fn when_the_catalog_cannot_be_read_calls_are_refused_and_the_rest_runs() {
+    let pg = PgServer::start();
+    pg.direct(&format!(
+        "CREATE ROLE analyst LOGIN PASSWORD '{PASSWORD}';
+         GRANT SELECT ON orders TO analyst;
+         REVOKE SELECT ON pg_catalog.pg_proc FROM PUBLIC;"
+    ));
+    let proxy = Proxy::start(&pg, ANALYST);
+    let out = Command::new("psql")
+        .args(["-X", "-At", "-v", "VERBOSITY=verbose"])
+        .arg(format!(
+            "host=127.0.0.1 port={} user=analyst dbname=postgres password={PASSWORD} sslmode=disable",
+            proxy.port
+        ))
+        .args([
+            "-c",
+            "SELECT id FROM orders WHERE id = 3",
+            "-c",
+            "SELECT count(*) FROM orders",
+            "-c",
+            "SELECT 'still here'",
+        ])
+        .output()
+        .unwrap();
+    let run = PsqlRun::from(out);
+    assert!(run.stdout.starts_with("3\n"), "{run:?}");
+    assert!(run.stdout.ends_with("still here\n"), "{run:?}");
+    assert!(
+        run.stderr.contains(
+            "the server refused the function lookup (42501): what a function call runs cannot be known"
+        ),
+        "{run:?}"
+    );
+    let st = statements(&proxy);
+    let count = st
+        .iter()
+        .find(|s| s.0 == "SELECT count(*) FROM orders")
+        .unwrap();
+    assert_eq!(count.1, "deny", "{st:?}");
+}
+
+#[test]
+fn drivers_batches_are_looked_up_and_judged_call_by_call() {
+    let pg = PgServer::start();
+    pg.direct(SETUP);
+    let proxy = Proxy::start(&pg, ANALYST);
+    let run = proxy.python("functions_pipeline.py", &[]);
+    assert!(run.ok, "{run:?}");
+    let out: serde_json::Value = serde_json::from_str(run.stdout.trim()).unwrap();
+    assert_eq!(out["pipeline"], serde_json::json!(["A", "b", 5]));
+    assert_eq!(out["nextval"], serde_json::json!("42501"));
+    assert_eq!(out["asyncpg"], serde_json::json!(50));
+    assert_eq!(
+        pg.direct("SELECT last_value, is_called FROM order_ids"),
+        "1|f\n"
+    );
+}
