@@ -126,9 +126,16 @@ fn default_connect_timeout_ms() -> u64 {
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawJournal {
     pub path: PathBuf,
-    /// fsync after each group of records (default true).
+    /// Older spelling of `sync`: `false` is `sync = "interval"` (default true).
     #[serde(default = "default_true")]
     pub fsync: bool,
+    /// `always`: each group is on disk (fdatasync) before its records are acknowledged;
+    /// `interval`: acknowledged once in the OS (survives a kill of the agent), on disk
+    /// within `sync_interval_ms`.
+    pub sync: Option<String>,
+    /// The power-loss window of `sync = "interval"` (default 100 ms).
+    #[serde(default = "default_sync_interval_ms")]
+    pub sync_interval_ms: u64,
     /// Ed25519 key (PKCS#8 PEM, mode 0600) for checkpoints; default `<path>.key`.
     pub signing_key: Option<PathBuf>,
     /// Longest wait for companions before a group is committed (0: commit at once).
@@ -152,6 +159,9 @@ pub(crate) struct RawJournal {
     pub read_group: Option<String>,
 }
 
+fn default_sync_interval_ms() -> u64 {
+    100
+}
 fn default_checkpoint_records() -> u64 {
     1000
 }
@@ -217,7 +227,10 @@ pub struct Listener {
 #[derive(Debug, Clone)]
 pub struct JournalConfig {
     pub path: PathBuf,
+    /// `sync = "always"`: fdatasync before acknowledging.
     pub fsync: bool,
+    /// `sync = "interval"`: how often the log is flushed to disk.
+    pub sync_interval: Duration,
     pub signing_key: PathBuf,
     pub commit_interval: Duration,
     pub completion_wait: Duration,
@@ -590,6 +603,23 @@ fn validate_journal_settings(raw: RawJournal) -> Result<JournalConfig, (&'static
             "at most 100: a session's completion records wait this long at most".into(),
         ));
     }
+    let fsync = match raw.sync.as_deref() {
+        None => raw.fsync,
+        Some("always") => true,
+        Some("interval") => false,
+        Some(other) => {
+            return Err((
+                "journal.sync",
+                format!("`{other}`: must be \"always\" or \"interval\""),
+            ));
+        }
+    };
+    if raw.sync_interval_ms == 0 || raw.sync_interval_ms > 10_000 {
+        return Err((
+            "journal.sync_interval_ms",
+            "between 1 and 10000: a power loss may take the records of this window".into(),
+        ));
+    }
     if raw.max_age_days == Some(0) {
         return Err(("journal.max_age_days", "must be at least 1".into()));
     }
@@ -619,7 +649,8 @@ fn validate_journal_settings(raw: RawJournal) -> Result<JournalConfig, (&'static
     }
     Ok(JournalConfig {
         path: raw.path,
-        fsync: raw.fsync,
+        fsync,
+        sync_interval: Duration::from_millis(raw.sync_interval_ms),
         signing_key,
         commit_interval: Duration::from_millis(raw.commit_interval_ms),
         completion_wait: Duration::from_millis(raw.completion_wait_ms),
@@ -638,6 +669,7 @@ impl JournalConfig {
             path: self.path.clone(),
             signing_key: self.signing_key.clone(),
             fsync: self.fsync,
+            sync_interval: self.sync_interval,
             checkpoint_every: self.checkpoint_records,
             checkpoint_interval: self.checkpoint_interval,
             max_age: self.max_age,

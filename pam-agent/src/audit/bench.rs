@@ -21,7 +21,8 @@ use crate::{
     journal::{
         Event, Journal, SessionId, WriterOptions,
         event::{Decision, ResourceRef},
-        sqlite::{SqliteStore, StoreOptions},
+        log::LogStore,
+        sqlite::StoreOptions,
     },
     principal::Principal,
 };
@@ -63,7 +64,7 @@ pub fn run(args: BenchArgs) -> Result<(), AuditError> {
     }
     let mut opts = StoreOptions::new(&args.journal);
     opts.fsync = !args.no_fsync;
-    let store = SqliteStore::open(opts).map_err(|e| AuditError::Failed(e.to_string()))?;
+    let store = LogStore::open(opts).map_err(|e| AuditError::Failed(e.to_string()))?;
     let (journal, writer) = Journal::start_with(
         store,
         WriterOptions {

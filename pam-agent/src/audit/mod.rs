@@ -210,10 +210,7 @@ fn tail(
     }
     if last.is_none() {
         // Start after what exists now, even if nothing matched yet.
-        last = reader
-            .connection()
-            .query_row("SELECT max(seq) FROM records", [], |r| r.get(0))
-            .map_err(|e| AuditError::Failed(e.to_string()))?;
+        last = reader.last_seq()?;
     }
     loop {
         filter.after_seq = Some(last.unwrap_or(0));

@@ -31,6 +31,9 @@ pub struct StoreOptions {
     /// fsync every commit (`synchronous=FULL`); without it a power loss may lose the last
     /// groups (an agent crash still loses nothing).
     pub fsync: bool,
+    /// Without `fsync` (`sync = "interval"`), the segment log is flushed to disk at least
+    /// this often: the window of records a power loss may take.
+    pub sync_interval: Duration,
     /// Sign a checkpoint at least every this many records...
     pub checkpoint_every: u64,
     /// ...and when records wait unsigned for this long.
@@ -50,6 +53,7 @@ impl StoreOptions {
             path: path.to_owned(),
             signing_key: default_key_path(path),
             fsync: true,
+            sync_interval: Duration::from_millis(100),
             checkpoint_every: 1000,
             checkpoint_interval: Duration::from_secs(10),
             max_age: None,
