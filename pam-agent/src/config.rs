@@ -670,6 +670,7 @@ impl JournalConfig {
             signing_key: self.signing_key.clone(),
             fsync: self.fsync,
             sync_interval: self.sync_interval,
+            segment_bytes: crate::journal::segment::SEGMENT_BYTES,
             checkpoint_every: self.checkpoint_records,
             checkpoint_interval: self.checkpoint_interval,
             max_age: self.max_age,

@@ -505,6 +505,15 @@ fn print_report(path: &Path, report: &verify::Report) {
         (None, Some(_)) => println!("  no signed checkpoint yet"),
         _ => {}
     }
+    if report.segments {
+        println!(
+            "  format 2: the segments' chain verified; {} index rows checked against them",
+            report.index_records
+        );
+    }
+    for t in &report.torn {
+        println!("  kept by crash recovery (a torn tail cut from the log): {t}");
+    }
     if report.unknown_kinds > 0 {
         println!(
             "  {} records of kinds this version does not know: hash-checked only",

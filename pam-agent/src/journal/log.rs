@@ -197,9 +197,10 @@ impl LogStore {
         }
         let file = OpenOptions::new().append(true).open(&last_path)?;
         let checkpoint_every = opts.checkpoint_every;
+        // Retention removes whole segments: keep them small against a small bound.
         let segment_bytes = match opts.max_bytes {
-            Some(max) => (max / 8).clamp(64 << 10, segment::SEGMENT_BYTES),
-            None => segment::SEGMENT_BYTES,
+            Some(max) => (max / 8).clamp(64 << 10, opts.segment_bytes),
+            None => opts.segment_bytes,
         };
         let index = Index::open(&path, &dir, header.journal_id, &public, &opts)?;
         let syncer = if opts.fsync {

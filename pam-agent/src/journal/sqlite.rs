@@ -34,6 +34,8 @@ pub struct StoreOptions {
     /// Without `fsync` (`sync = "interval"`), the segment log is flushed to disk at least
     /// this often: the window of records a power loss may take.
     pub sync_interval: Duration,
+    /// A segment of the log (v2) is closed at this size (smaller with `max_bytes`).
+    pub segment_bytes: u64,
     /// Sign a checkpoint at least every this many records...
     pub checkpoint_every: u64,
     /// ...and when records wait unsigned for this long.
@@ -54,6 +56,7 @@ impl StoreOptions {
             signing_key: default_key_path(path),
             fsync: true,
             sync_interval: Duration::from_millis(100),
+            segment_bytes: super::segment::SEGMENT_BYTES,
             checkpoint_every: 1000,
             checkpoint_interval: Duration::from_secs(10),
             max_age: None,

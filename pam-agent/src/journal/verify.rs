@@ -240,6 +240,11 @@ pub fn verify(reader: &Reader, opts: &VerifyOptions) -> Report {
         });
     }
     report.index_records = index.records;
+    for k in index.keys {
+        if !report.keys.contains(&k) {
+            report.keys.push(k);
+        }
+    }
     report.unknown_kinds = index.unknown_kinds;
     report
         .problems
