@@ -830,6 +830,29 @@ port = 22
     }
 
     #[test]
+    fn journal_sync_is_always_or_an_interval() {
+        let journal = |lines: &str| {
+            Config::from_toml(
+                Path::new("t.toml"),
+                &base("").replace("[journal]\n", &format!("[journal]\n{lines}\n")),
+            )
+            .map(|c| (c.journal.fsync, c.journal.sync_interval))
+        };
+        assert_eq!(journal("").unwrap(), (true, Duration::from_millis(100)));
+        assert_eq!(
+            journal("sync = \"interval\"\nsync_interval_ms = 20").unwrap(),
+            (false, Duration::from_millis(20))
+        );
+        // The older key still works; `sync` wins when both are given.
+        assert!(!journal("fsync = false").unwrap().0);
+        assert!(journal("fsync = false\nsync = \"always\"").unwrap().0);
+        let e = err(&base("").replace("[journal]\n", "[journal]\nsync = \"never\"\n"));
+        assert!(e.contains("journal.sync"), "{e}");
+        let e = err(&base("").replace("[journal]\n", "[journal]\nsync_interval_ms = 0\n"));
+        assert!(e.contains("journal.sync_interval_ms"), "{e}");
+    }
+
+    #[test]
     fn policy_section_is_validated() {
         let cfg = Config::from_toml(
             Path::new("t.toml"),
