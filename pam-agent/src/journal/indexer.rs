@@ -47,8 +47,13 @@ pub struct Group {
 
 enum Msg {
     Group(Group),
-    Close,
+    /// Index up to this seq (the log's last), then stop.
+    Close(u64),
 }
+
+/// Records queued for the thread beyond which groups are not queued but left for a
+/// catch-up from the log: memory stays bounded when appends outrun the index.
+const MAX_QUEUED: usize = 200_000;
 
 fn db(e: rusqlite::Error) -> JournalError {
     JournalError::Database(Arc::new(e))
@@ -67,6 +72,7 @@ pub struct Index {
     db: Option<IndexDb>,
     worker: Option<(mpsc::Sender<Msg>, thread::JoinHandle<()>)>,
     read: Connection,
+    queued: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 /// Whether `path` is a v1 journal (SQLite, `schema_version` 1, no segments).
@@ -164,6 +170,7 @@ impl Index {
             }),
             worker: None,
             read,
+            queued: Arc::default(),
         })
     }
 
@@ -217,7 +224,13 @@ impl Index {
 
     /// Hands a stored group to the index thread (started on the first call).
     pub fn send(&self, group: Group) {
+        use std::sync::atomic::Ordering;
         if let Some((tx, _)) = &self.worker {
+            let n = group.records.len();
+            if n > 0 && self.queued.load(Ordering::Relaxed) + n > MAX_QUEUED {
+                return; // the thread finds the gap and reads these from the log
+            }
+            self.queued.fetch_add(n, Ordering::Relaxed);
             let _ = tx.send(Msg::Group(group));
         }
     }
@@ -229,9 +242,10 @@ impl Index {
         }
         let Some(db) = self.db.take() else { return };
         let (tx, rx) = mpsc::channel();
+        let queued = self.queued.clone();
         match thread::Builder::new()
             .name("pam-journal-index".into())
-            .spawn(move || db.run(rx))
+            .spawn(move || db.run(rx, queued))
         {
             Ok(handle) => self.worker = Some((tx, handle)),
             Err(e) => {
@@ -241,9 +255,9 @@ impl Index {
     }
 
     /// Indexes everything sent, then stops the thread.
-    pub fn close(mut self) {
+    pub fn close(mut self, log_last_seq: u64) {
         if let Some((tx, handle)) = self.worker.take() {
-            let _ = tx.send(Msg::Close);
+            let _ = tx.send(Msg::Close(log_last_seq));
             let _ = handle.join();
         } else if let Some(mut db) = self.db.take() {
             let _ = db.catch_up();
@@ -260,12 +274,13 @@ fn tip(conn: &Connection) -> Result<u64, JournalError> {
 }
 
 impl IndexDb {
-    fn run(mut self, rx: mpsc::Receiver<Msg>) {
+    fn run(mut self, rx: mpsc::Receiver<Msg>, queued: Arc<std::sync::atomic::AtomicUsize>) {
         let mut pending: Vec<Group> = Vec::new();
         let mut pending_records = 0usize;
         let mut since = Instant::now();
         let mut behind = false;
         let mut retry_at = Instant::now();
+        let mut close_at: Option<u64> = None;
         loop {
             let msg = if pending.is_empty() && !behind {
                 rx.recv().map_err(|_| mpsc::RecvTimeoutError::Disconnected)
@@ -285,11 +300,16 @@ impl IndexDb {
                     }
                     false
                 }
-                Ok(Msg::Close) | Err(mpsc::RecvTimeoutError::Disconnected) => true,
+                Ok(Msg::Close(last)) => {
+                    close_at = Some(last);
+                    true
+                }
+                Err(mpsc::RecvTimeoutError::Disconnected) => true,
                 Err(mpsc::RecvTimeoutError::Timeout) => false,
             };
             if behind && (closing || Instant::now() >= retry_at) {
                 pending.clear();
+                queued.fetch_sub(pending_records, std::sync::atomic::Ordering::Relaxed);
                 pending_records = 0;
                 match self.catch_up() {
                     Ok(_) => behind = false,
@@ -301,6 +321,7 @@ impl IndexDb {
             }
             if !behind && !pending.is_empty() {
                 let groups = std::mem::take(&mut pending);
+                queued.fetch_sub(pending_records, std::sync::atomic::Ordering::Relaxed);
                 pending_records = 0;
                 if let Err(e) = self.commit(groups) {
                     tracing::error!(error = %e, "journal index write failed; it will catch up from the log");
@@ -310,7 +331,7 @@ impl IndexDb {
             }
             since = Instant::now();
             if closing {
-                if behind {
+                if behind || close_at.is_some_and(|last| last > self.tip) {
                     let _ = self.catch_up();
                 }
                 self.fold_wal();

@@ -703,7 +703,7 @@ impl JournalStore for LogStore {
             s.stop();
         }
         if let Some(index) = self.index.take() {
-            index.close();
+            index.close(self.last_seq);
         }
         signed.and(synced)
     }
@@ -715,7 +715,7 @@ impl Drop for LogStore {
             s.stop();
         }
         if let Some(index) = self.index.take() {
-            index.close();
+            index.close(self.last_seq);
         }
     }
 }
