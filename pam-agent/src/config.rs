@@ -671,6 +671,7 @@ impl JournalConfig {
             fsync: self.fsync,
             sync_interval: self.sync_interval,
             segment_bytes: crate::journal::segment::SEGMENT_BYTES,
+            build_index: true,
             checkpoint_every: self.checkpoint_records,
             checkpoint_interval: self.checkpoint_interval,
             max_age: self.max_age,

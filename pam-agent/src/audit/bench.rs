@@ -47,6 +47,9 @@ pub struct BenchArgs {
     /// As journal.fsync = false.
     #[arg(long)]
     pub no_fsync: bool,
+    /// Without the index behind the log (measures the log alone).
+    #[arg(long)]
+    pub no_index: bool,
     /// Print each acknowledged seq on stdout.
     #[arg(long)]
     pub print_acks: bool,
@@ -64,6 +67,7 @@ pub fn run(args: BenchArgs) -> Result<(), AuditError> {
     }
     let mut opts = StoreOptions::new(&args.journal);
     opts.fsync = !args.no_fsync;
+    opts.build_index = !args.no_index;
     let store = LogStore::open(opts).map_err(|e| AuditError::Failed(e.to_string()))?;
     let (journal, writer) = Journal::start_with(
         store,

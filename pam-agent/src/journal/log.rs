@@ -262,7 +262,11 @@ impl LogStore {
             ));
             next += 1;
         }
-        store.index_mut()?.start();
+        if store.opts.build_index {
+            store.index_mut()?.start();
+        } else {
+            store.index = None;
+        }
         if !records.is_empty() {
             store.append(&records)?;
             store.written(records);

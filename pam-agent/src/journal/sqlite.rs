@@ -36,6 +36,9 @@ pub struct StoreOptions {
     pub sync_interval: Duration,
     /// A segment of the log (v2) is closed at this size (smaller with `max_bytes`).
     pub segment_bytes: u64,
+    /// Build the index behind the log (v2). Off only to measure the log alone: readers
+    /// then take every record the index lacks from the log.
+    pub build_index: bool,
     /// Sign a checkpoint at least every this many records...
     pub checkpoint_every: u64,
     /// ...and when records wait unsigned for this long.
@@ -57,6 +60,7 @@ impl StoreOptions {
             fsync: true,
             sync_interval: Duration::from_millis(100),
             segment_bytes: super::segment::SEGMENT_BYTES,
+            build_index: true,
             checkpoint_every: 1000,
             checkpoint_interval: Duration::from_secs(10),
             max_age: None,
