@@ -32,7 +32,7 @@ fn scratch(name: &str) -> PathBuf {
     dir.join("journal.db")
 }
 
-fn store(path: &PathBuf, fsync: bool, index: bool) -> LogStore {
+fn store(path: &std::path::Path, fsync: bool, index: bool) -> LogStore {
     let mut opts = StoreOptions::new(path);
     opts.fsync = fsync;
     opts.build_index = index;
@@ -115,7 +115,11 @@ fn verification(c: &mut Criterion) {
         let mut s = store(&path, false, true);
         append(&mut s, SessionId::new(), groups);
         s.close().unwrap(); // the index catches up from the log here
-        eprintln!("built a {}-record journal in {:?}", groups * GROUP, t.elapsed());
+        eprintln!(
+            "built a {}-record journal in {:?}",
+            groups * GROUP,
+            t.elapsed()
+        );
     }
     let records = (groups * GROUP) as u64;
     let dir = segment::dir_of(&path);
