@@ -295,8 +295,11 @@ fn dispatch(journal: &JournalArgs, command: AuditCommand) -> Result<ExitCode, Au
             let path = journal.path()?;
             // Not being allowed to read it is not a finding about the journal: say so,
             // with an exit status of its own.
-            if let Err(e) = std::fs::File::open(&path)
-                && e.kind() == io::ErrorKind::PermissionDenied
+            let segments = crate::journal::segment::dir_of(&path);
+            let denied =
+                |r: io::Result<()>| r.is_err_and(|e| e.kind() == io::ErrorKind::PermissionDenied);
+            if denied(std::fs::File::open(&path).map(drop))
+                || (segments.is_dir() && denied(std::fs::read_dir(&segments).map(drop)))
             {
                 eprintln!(
                     "pam-agent: cannot read {}: permission denied (the journal is readable by \
