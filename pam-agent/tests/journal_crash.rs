@@ -223,3 +223,37 @@ fn a_torn_last_record_is_cut_kept_and_journaled() {
         stdout(&v)
     );
 }
+
+/// A crash between creating the next segment and writing its header leaves an empty
+/// file: the next open sets it aside (it holds no record) and goes on.
+#[test]
+fn a_segment_cut_at_its_creation_is_set_aside() {
+    let dir = Scratch::new("torn-create");
+    let path = dir.path("journal.db");
+    let s = SessionId::new();
+    {
+        let (j, h) = open(options(&path));
+        for (session, event) in every_kind(s) {
+            j.record_blocking(session, event).unwrap();
+        }
+        drop(j);
+        h.join().unwrap();
+    }
+    let next = dir.path("journal.db.segments/00000000000000000014.seg");
+    std::fs::write(&next, b"PAMJ").unwrap();
+    let (j, h) = open(options(&path));
+    let seq = j
+        .record_blocking(
+            None,
+            Event::AgentStopped {
+                reason: "after".into(),
+            },
+        )
+        .unwrap();
+    drop(j);
+    h.join().unwrap();
+    assert_eq!(seq, 14);
+    let v = audit(&path, &["verify"]);
+    assert!(v.status.success(), "{}", stdout(&v));
+    assert_eq!(all_records(&path).len(), 14);
+}

@@ -122,10 +122,9 @@ impl LogStore {
         let mut segments = segment::list(&dir)?;
         let mut notes: Vec<Event> = Vec::new();
         if segments.is_empty() {
-            let id = if indexer::holds_v1_journal(&path)? {
-                let id = super::migrate::v1_to_segments(&path, &dir, opts.read_group)?;
+            if indexer::holds_v1_journal(&path)? {
+                super::migrate::v1_to_segments(&path, &dir, opts.read_group)?;
                 tracing::info!(path = %path.display(), "journal migrated from format v1 to segments (v2)");
-                id
             } else if indexer::holds_v2_index(&path)? {
                 return Err(schema_err(format!(
                     "{} is the index of a v2 journal but its segments ({}) are gone; \
@@ -142,13 +141,22 @@ impl LogStore {
                     prev_hash: chain::genesis(&id),
                 };
                 create_segment(&dir, &header, opts.read_group)?;
-                id
-            };
+            }
             segments = segment::list(&dir)?;
             if segments.is_empty() {
                 return Err(schema_err("no segment after creating the journal"));
             }
-            let _ = id;
+        }
+        // A segment whose creation a crash cut short (shorter than its header) holds no
+        // record: it is set aside, and the one before it is the last.
+        if segments.len() > 1
+            && let Some((_, p)) = segments.last()
+            && fs::metadata(p)?.len() < segment::HEADER_LEN as u64
+        {
+            let aside = p.with_extension(format!("seg.torn-{}", Timestamp::now().as_second()));
+            fs::rename(p, &aside)?;
+            tracing::warn!(segment = %p.display(), "journal: set aside a segment whose creation was cut short");
+            segments.pop();
         }
         let (last_first, last_path) = segments.last().cloned().expect("not empty");
         let bytes = fs::read(&last_path)?;
@@ -442,8 +450,7 @@ impl LogStore {
             .sum();
         let mut drop_through: Option<(u64, u64, &'static str)> = None; // (through, next first, reason)
         for win in segments.windows(2) {
-            let ((first, path), (next_first, _)) = (&win[0], &win[1]);
-            let _ = first;
+            let ((_, path), (next_first, _)) = (&win[0], &win[1]);
             let len = fs::metadata(path).map(|m| m.len()).unwrap_or(0);
             let by_size = self
                 .opts
