@@ -257,3 +257,19 @@ fn a_segment_cut_at_its_creation_is_set_aside() {
     assert!(v.status.success(), "{}", stdout(&v));
     assert_eq!(all_records(&path).len(), 14);
 }
+
+/// One writer per journal: a second store on the same journal is refused while the first
+/// is open (two writers would interleave their frames).
+#[test]
+fn a_second_writer_is_refused() {
+    let dir = Scratch::new("two-writers");
+    let path = dir.path("journal.db");
+    let (j, h) = open(options(&path));
+    let e = pam_agent::journal::log::LogStore::open(options(&path))
+        .err()
+        .expect("a second writer must be refused");
+    assert!(e.to_string().contains("in use by another process"), "{e}");
+    drop(j);
+    h.join().unwrap();
+    assert!(pam_agent::journal::log::LogStore::open(options(&path)).is_ok());
+}
