@@ -41,12 +41,7 @@ fn bench(journal: &Path, args: &[&str]) -> anyhow::Result<(f64, f64)> {
         .with_context(|| format!("no summary in: {err}"))?;
     let rate = |after: &str| -> Option<f64> {
         let i = line.find(after)? + after.len();
-        line[i..]
-            .trim_start()
-            .split_whitespace()
-            .next()?
-            .parse()
-            .ok()
+        line[i..].split_whitespace().next()?.parse().ok()
     };
     Ok((
         rate(" s = ").context("appended rate")?,
