@@ -131,9 +131,16 @@ fn default_connect_timeout_ms() -> u64 {
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawJournal {
     pub path: PathBuf,
-    /// fsync after each group of records (default true).
+    /// Older spelling of `sync`: `false` is `sync = "interval"` (default true).
     #[serde(default = "default_true")]
     pub fsync: bool,
+    /// `always`: each group is on disk (fdatasync) before its records are acknowledged;
+    /// `interval`: acknowledged once in the OS (survives a kill of the agent), on disk
+    /// within `sync_interval_ms`.
+    pub sync: Option<String>,
+    /// The power-loss window of `sync = "interval"` (default 100 ms).
+    #[serde(default = "default_sync_interval_ms")]
+    pub sync_interval_ms: u64,
     /// Ed25519 key (PKCS#8 PEM, mode 0600) for checkpoints; default `<path>.key`.
     pub signing_key: Option<PathBuf>,
     /// Longest wait for companions before a group is committed (0: commit at once).
@@ -161,6 +168,9 @@ pub(crate) struct RawJournal {
     pub read_group: Option<String>,
 }
 
+fn default_sync_interval_ms() -> u64 {
+    100
+}
 fn default_checkpoint_records() -> u64 {
     1000
 }
@@ -229,7 +239,10 @@ pub struct Listener {
 #[derive(Debug, Clone)]
 pub struct JournalConfig {
     pub path: PathBuf,
+    /// `sync = "always"`: fdatasync before acknowledging.
     pub fsync: bool,
+    /// `sync = "interval"`: how often the log is flushed to disk.
+    pub sync_interval: Duration,
     pub signing_key: PathBuf,
     pub commit_interval: Duration,
     pub completion_wait: Duration,
@@ -668,6 +681,23 @@ fn validate_journal_settings(raw: RawJournal) -> Result<JournalConfig, (&'static
             "at most 100: a session's completion records wait this long at most".into(),
         ));
     }
+    let fsync = match raw.sync.as_deref() {
+        None => raw.fsync,
+        Some("always") => true,
+        Some("interval") => false,
+        Some(other) => {
+            return Err((
+                "journal.sync",
+                format!("`{other}`: must be \"always\" or \"interval\""),
+            ));
+        }
+    };
+    if raw.sync_interval_ms == 0 || raw.sync_interval_ms > 10_000 {
+        return Err((
+            "journal.sync_interval_ms",
+            "between 1 and 10000: a power loss may take the records of this window".into(),
+        ));
+    }
     if raw.max_age_days == Some(0) {
         return Err(("journal.max_age_days", "must be at least 1".into()));
     }
@@ -697,7 +727,8 @@ fn validate_journal_settings(raw: RawJournal) -> Result<JournalConfig, (&'static
     }
     Ok(JournalConfig {
         path: raw.path,
-        fsync: raw.fsync,
+        fsync,
+        sync_interval: Duration::from_millis(raw.sync_interval_ms),
         signing_key,
         commit_interval: Duration::from_millis(raw.commit_interval_ms),
         completion_wait: Duration::from_millis(raw.completion_wait_ms),
@@ -717,6 +748,9 @@ impl JournalConfig {
             path: self.path.clone(),
             signing_key: self.signing_key.clone(),
             fsync: self.fsync,
+            sync_interval: self.sync_interval,
+            segment_bytes: crate::journal::segment::SEGMENT_BYTES,
+            build_index: true,
             checkpoint_every: self.checkpoint_records,
             checkpoint_interval: self.checkpoint_interval,
             max_age: self.max_age,
@@ -851,6 +885,29 @@ port = 22
         assert!(e.contains("journal.read_group"), "{e}");
         let e = err(&base("").replace("[journal]\n", "[journal]\nretention = 3\n"));
         assert!(e.contains("unknown field `retention`"), "{e}");
+    }
+
+    #[test]
+    fn journal_sync_is_always_or_an_interval() {
+        let journal = |lines: &str| {
+            Config::from_toml(
+                Path::new("t.toml"),
+                &base("").replace("[journal]\n", &format!("[journal]\n{lines}\n")),
+            )
+            .map(|c| (c.journal.fsync, c.journal.sync_interval))
+        };
+        assert_eq!(journal("").unwrap(), (true, Duration::from_millis(100)));
+        assert_eq!(
+            journal("sync = \"interval\"\nsync_interval_ms = 20").unwrap(),
+            (false, Duration::from_millis(20))
+        );
+        // The older key still works; `sync` wins when both are given.
+        assert!(!journal("fsync = false").unwrap().0);
+        assert!(journal("fsync = false\nsync = \"always\"").unwrap().0);
+        let e = err(&base("").replace("[journal]\n", "[journal]\nsync = \"never\"\n"));
+        assert!(e.contains("journal.sync"), "{e}");
+        let e = err(&base("").replace("[journal]\n", "[journal]\nsync_interval_ms = 0\n"));
+        assert!(e.contains("journal.sync_interval_ms"), "{e}");
     }
 
     #[test]

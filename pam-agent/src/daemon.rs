@@ -12,7 +12,7 @@ use crate::journal::JournalStore;
 use crate::{
     config::Config,
     govern::{Approvals, RulesHandle, approval::Broker},
-    journal::{Event, Journal, sqlite::SqliteStore},
+    journal::{Event, Journal, log::LogStore},
     kernel::Redirector,
     protocols,
     proxy::{self, Listeners, Shared},
@@ -26,7 +26,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     // Handlers first: a SIGTERM that arrives right after READY must stop us in order,
     // not by the default action.
     let stop = StopSignals::install()?;
-    let store = SqliteStore::open(cfg.journal.store_options())
+    let store = LogStore::open(cfg.journal.store_options())
         .with_context(|| format!("opening journal {}", cfg.journal.path.display()))?;
     tracing::info!(
         path = %cfg.journal.path.display(),

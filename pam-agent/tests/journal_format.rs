@@ -184,3 +184,140 @@ fn the_writer_stores_the_documented_chain() {
         assert_eq!(stored_hash, prev, "seq {seq}: hash");
     }
 }
+
+// ---- Format 2: segment files. ----
+
+/// BLAKE3 (plain hash) of the segment `documented_segment` lays out: the header (ID,
+/// first seq 1, a checkpoint every 1000 records, GENESIS), the two records above, and the
+/// checkpoint at seq 2 (CHECKPOINT_SIG). Computed with the independent encoder.
+const SEGMENT_BLAKE3: &str = "6f1c2d1648058e750d2c108eeaf558bab52b7ff6c87d83665208684c1f79c418";
+
+fn documented_segment() -> Vec<u8> {
+    let public = ed25519_dalek::SigningKey::from_bytes(&SEED)
+        .verifying_key()
+        .to_bytes();
+    let sig: [u8; 64] = format::unhex(CHECKPOINT_SIG).try_into().unwrap();
+    [
+        format::segment_header(&ID, 1, 1000, &h32(GENESIS)),
+        format::record_frame(&h32(GENESIS), STATEMENT_JSON.as_bytes(), &h32(LINK_1)),
+        format::record_frame(&h32(LINK_1), CLOSED_JSON.as_bytes(), &h32(LINK_2)),
+        format::signed_frame(b'C', 2, &h32(LINK_2), TS_US, &public, &sig),
+    ]
+    .concat()
+}
+
+#[test]
+fn the_documented_segment_layout_gives_the_known_answer() {
+    let bytes = documented_segment();
+    assert_eq!(
+        bytes.len(),
+        72 + (69 + STATEMENT_JSON.len()) + (69 + CLOSED_JSON.len()) + 145
+    );
+    assert_eq!(blake3::hash(&bytes).to_hex().as_str(), SEGMENT_BLAKE3);
+}
+
+/// The product's encoder writes exactly the documented bytes, and its verifier accepts
+/// them (signed by the known key, and only by it).
+#[test]
+fn the_product_encodes_and_verifies_the_documented_segment() {
+    use pam_agent::journal::{
+        segment::{self, Header, Signed},
+        verify::{Report, VerifyOptions},
+        verify_log,
+    };
+    let key = ed25519_dalek::SigningKey::from_bytes(&SEED);
+    let mut b = Vec::new();
+    Header {
+        journal_id: ID,
+        first_seq: 1,
+        checkpoint_every: 1000,
+        prev_hash: h32(GENESIS),
+    }
+    .encode(&mut b);
+    segment::encode_record(
+        &mut b,
+        &h32(GENESIS),
+        STATEMENT_JSON.as_bytes(),
+        &h32(LINK_1),
+    );
+    segment::encode_record(&mut b, &h32(LINK_1), CLOSED_JSON.as_bytes(), &h32(LINK_2));
+    segment::encode_checkpoint(
+        &mut b,
+        &Signed {
+            seq: 2,
+            hash: h32(LINK_2),
+            ts_us: TS_US,
+            public_key: key.verifying_key().to_bytes(),
+            signature: format::unhex(CHECKPOINT_SIG).try_into().unwrap(),
+        },
+    );
+    assert_eq!(b, documented_segment());
+
+    let dir = common::Scratch::new("format-segment");
+    std::fs::write(dir.path(&segment::file_name(1)), &b).unwrap();
+    let verify = |trusted: Vec<[u8; 32]>| {
+        let mut report = Report::default();
+        verify_log::verify_segments(
+            &dir.0,
+            &VerifyOptions {
+                trusted_keys: trusted,
+                expect_seq: Some(2),
+            },
+            &mut report,
+        );
+        report
+    };
+    let ok = verify(vec![key.verifying_key().to_bytes()]);
+    assert!(ok.ok(), "{:?}", ok.problems);
+    assert_eq!((ok.records, ok.last_signed), (2, Some(2)));
+    assert!(!verify(vec![[9; 32]]).ok());
+}
+
+/// The writer's segment, read with the test's own parser: the header names the journal
+/// and genesis, every record frame links by the documented formula.
+#[test]
+fn the_writer_stores_the_documented_segments() {
+    use common::{Scratch, every_kind, open, options};
+    let dir = Scratch::new("format-writer-v2");
+    let path = dir.path("journal.db");
+    let (j, h) = open(options(&path));
+    let s = SessionId::new();
+    for (session, event) in every_kind(s) {
+        j.record_blocking(session, event).unwrap();
+    }
+    drop(j);
+    h.join().unwrap();
+    let seg = dir.path("journal.db.segments/00000000000000000001.seg");
+    let bytes = std::fs::read(seg).unwrap();
+    let (header, frames) = format::split_segment(&bytes);
+    assert_eq!(&header[..8], b"PAMJSEG2");
+    let id: [u8; 16] = header[8..24].try_into().unwrap();
+    assert_eq!(u64::from_be_bytes(header[24..32].try_into().unwrap()), 1);
+    assert_eq!(u64::from_be_bytes(header[32..40].try_into().unwrap()), 10);
+    let mut prev = format::genesis(&id);
+    assert_eq!(header[40..72], prev);
+    let mut seq = 0;
+    for (tag, frame) in frames {
+        match tag {
+            b'R' => {
+                seq += 1;
+                let (p, record, hash) = format::record_parts(&frame);
+                assert_eq!(p, prev, "seq {seq}: prev_hash");
+                prev = format::link(&prev, &record);
+                assert_eq!(hash, prev, "seq {seq}: hash");
+                let v: serde_json::Value = serde_json::from_slice(&record).unwrap();
+                assert_eq!(v["seq"], seq);
+            }
+            b'C' => {
+                assert_eq!(u64::from_be_bytes(frame[1..9].try_into().unwrap()), seq);
+                assert_eq!(
+                    frame[9..41],
+                    prev,
+                    "a checkpoint names the record before it"
+                );
+            }
+            t => panic!("unexpected frame {t}"),
+        }
+    }
+    assert_eq!(seq, every_kind(s).len() as u64);
+}

@@ -569,3 +569,68 @@ fn write_golden_journal() {
         let _ = std::fs::remove_file(format!("{}{suffix}", db.display()));
     }
 }
+
+/// The agent opening the v1 golden journal migrates it to format 2: the records move to
+/// a first segment as stored (same JSON, same hashes, the v1 checkpoints and anchor as
+/// signed frames), the SQLite file becomes the index. It then verifies with the golden
+/// key pinned and reads back exactly as before.
+#[test]
+fn golden_v1_journal_migrates_to_segments() {
+    use pam_agent::journal::log::LogStore;
+    let dir = Scratch::new("golden-migrate");
+    let path = golden(&dir);
+    let mut opts = StoreOptions::new(&path);
+    opts.checkpoint_every = 5;
+    let mut store = LogStore::open(opts).unwrap();
+    assert_eq!(store.last_seq(), LAST_SEQ);
+    store.close().unwrap();
+    drop(store);
+
+    let key = public_key();
+    let o = audit(
+        &path,
+        &[
+            "verify",
+            "--trusted-key",
+            &key,
+            "--expect-seq",
+            &LAST_SEQ.to_string(),
+        ],
+    );
+    let out = stdout(&o);
+    assert_eq!(o.status.code(), Some(0), "{out}{}", stderr(&o));
+    assert!(
+        out.contains("format 2: the segments' chain verified"),
+        "{out}"
+    );
+    let q = audit(&path, &["query", "--format", "jsonl"]);
+    assert_eq!(stdout(&q), fixture("query.jsonl"));
+
+    // The segment, read with the test's own parser: the anchor, then records 3..=21 with
+    // the hashes the v1 file holds, and its checkpoints after the records they sign.
+    let seg = dir.path("journal.db.segments/00000000000000000003.seg");
+    let (header, frames) = format::split_segment(&std::fs::read(seg).unwrap());
+    assert_eq!(u64::from_be_bytes(header[24..32].try_into().unwrap()), 3);
+    let c = Connection::open(fixture_dir().join("journal.db")).unwrap();
+    let v1: Vec<(String, Vec<u8>, Vec<u8>)> = c
+        .prepare("SELECT record, prev_hash, hash FROM records ORDER BY seq")
+        .unwrap()
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(header[40..72], v1[0].1[..]);
+    assert_eq!(frames[0].0, b'A');
+    let records: Vec<_> = frames
+        .iter()
+        .filter(|(t, _)| *t == b'R')
+        .map(|(_, f)| format::record_parts(f))
+        .collect();
+    assert_eq!(records.len(), v1.len());
+    for ((prev, json, hash), (v1_json, v1_prev, v1_hash)) in records.iter().zip(&v1) {
+        assert_eq!(json, v1_json.as_bytes());
+        assert_eq!(&prev[..], &v1_prev[..]);
+        assert_eq!(&hash[..], &v1_hash[..]);
+    }
+    assert_eq!(frames.iter().filter(|(t, _)| *t == b'C').count(), 5);
+}

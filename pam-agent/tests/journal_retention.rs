@@ -12,6 +12,7 @@ use std::{
 use common::*;
 use pam_agent::journal::{
     Event, JournalStore, Record, SessionId,
+    log::LogStore,
     sqlite::{SqliteStore, StoreOptions},
 };
 use rusqlite::Connection;
@@ -24,12 +25,12 @@ fn statement(session: SessionId, n: u64) -> Event {
     e
 }
 
-fn append(store: &mut SqliteStore, session: SessionId, count: u64) {
+fn append(store: &mut impl JournalStore, session: SessionId, count: u64) {
     append_at(store, session, count, jiff::Timestamp::now());
 }
 
 /// Appends records stamped `ts`: records of an hour ago are old without waiting an hour.
-fn append_at(store: &mut SqliteStore, session: SessionId, count: u64, ts: jiff::Timestamp) {
+fn append_at(store: &mut impl JournalStore, session: SessionId, count: u64, ts: jiff::Timestamp) {
     let mut batch = Vec::new();
     for _ in 0..count {
         let seq = store.last_seq() + 1 + batch.len() as u64;
@@ -107,40 +108,70 @@ fn age_retention_keeps_the_rest_verifiable() {
     assert!(stdout(&v).contains("no signed anchor"), "{}", stdout(&v));
 }
 
+/// Format 2 (the agent's store): the writer removes whole segments whose records are all
+/// older than `max_age` (never the one being written), signs an anchor for the first
+/// record kept, journals the removal, and numbering continues.
 #[test]
 fn writer_applies_retention_on_its_own_and_numbering_continues() {
     let dir = Scratch::new("retain-writer");
     let path = dir.path("journal.db");
     let mut opts = options(&path);
+    opts.segment_bytes = 4096;
     let session = SessionId::new();
     {
-        let mut store = SqliteStore::open(opts.clone()).unwrap();
-        append_at(&mut store, session, 20, an_hour_ago());
+        let mut store = LogStore::open(opts.clone()).unwrap();
+        // One group each: a segment is closed between groups.
+        for _ in 0..60 {
+            append_at(&mut store, session, 1, an_hour_ago());
+        }
         store.close().unwrap();
     }
+    let segments = || {
+        std::fs::read_dir(dir.path("journal.db.segments"))
+            .unwrap()
+            .filter(|e| {
+                e.as_ref()
+                    .unwrap()
+                    .path()
+                    .extension()
+                    .is_some_and(|x| x == "seg")
+            })
+            .count()
+    };
+    let before = segments();
+    assert!(before >= 4, "{before} segments");
     opts.max_age = Some(Duration::from_secs(60));
     let (j, h) = open(opts);
-    // The writer's first upkeep tick (after about a second) removes 1..=19 (the newest
-    // record always stays) and journals it as seq 21: wait for that record.
+    // The writer's first upkeep tick (after about a second) removes the old segments but
+    // the last and journals it: wait for that record.
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    let reader =
-        Connection::open_with_flags(&path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY).unwrap();
-    while reader
-        .query_row(
-            "SELECT count(*) FROM records WHERE kind = 'journal_pruned'",
-            [],
-            |r| r.get::<_, i64>(0),
-        )
-        .unwrap()
-        == 0
-    {
+    let pruned = loop {
+        let q = audit(
+            &path,
+            &["query", "--kind", "journal_pruned", "--format", "jsonl"],
+        );
+        if let Ok(r) = serde_json::from_str::<Record>(stdout(&q).trim()) {
+            break r;
+        }
         assert!(
             std::time::Instant::now() < deadline,
             "the writer never applied retention"
         );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    drop(reader);
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let Event::JournalPruned {
+        through_seq,
+        records,
+        ref reason,
+    } = pruned.event
+    else {
+        panic!("{pruned:?}")
+    };
+    assert_eq!((records, reason.as_str()), (through_seq, "max_age"));
+    assert_eq!(pruned.seq, 61);
+    // Only the segment being written stayed (and the next, which the pruned record
+    // started when that one was full).
+    assert!(segments() <= 2, "{} of {before} segments left", segments());
     let seq = j
         .record_blocking(
             None,
@@ -149,11 +180,15 @@ fn writer_applies_retention_on_its_own_and_numbering_continues() {
             },
         )
         .unwrap();
-    assert_eq!(seq, 22, "seq 21 is the journal_pruned record");
+    assert_eq!(seq, 62, "seq 61 is the journal_pruned record");
     drop(j);
     h.join().unwrap();
-    assert_eq!(first_last(&path), (20, 22));
-    assert_verifies(&path);
+    assert_eq!(first_last(&path), (through_seq + 1, 62));
+    let out = assert_verifies(&path);
+    assert!(
+        out.contains(&format!("seq {}..=62", through_seq + 1)),
+        "{out}"
+    );
 }
 
 #[test]

@@ -9,8 +9,8 @@
 //! - [`worker`]: runs `pam-testpeer connect` as a worker (inside a cgroup or not).
 //! - [`idp::Idp`]: a real OpenID provider on loopback; [`receiver`]: webhook receivers.
 
-pub mod idp;
 pub mod dns;
+pub mod idp;
 pub mod postgres;
 pub mod receiver;
 

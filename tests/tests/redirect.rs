@@ -342,9 +342,16 @@ fn a_second_agent_on_the_same_pin_directory_is_refused() {
     let config = std::fs::read_to_string(&agent.config).unwrap();
     let other = agent.dir.path().join("second.toml");
     let port = pam_e2e::free_port();
+    // Its own journal: a journal has one writer, and that would refuse it first.
+    let journal = agent.dir.path().join("second.db");
     std::fs::write(
         &other,
-        config.replace(&format!("port = {}", agent.port), &format!("port = {port}")),
+        config
+            .replace(&format!("port = {}", agent.port), &format!("port = {port}"))
+            .replace(
+                &format!("path = \"{}\"", agent.journal.display()),
+                &format!("path = \"{}\"", journal.display()),
+            ),
     )
     .unwrap();
     let out = std::process::Command::new(pam_e2e::agent_bin())

@@ -7,7 +7,7 @@
 //! - pam-agent: the same, unmodified pgbench started in a governed cgroup, so its
 //!   connections are redirected by the kernel programs, and every statement is
 //!   classified, judged and journaled (default journal settings: durable, fsync);
-//! - pam-agent with `fsync = false` in its journal (records still written, and awaited,
+//! - pam-agent with `sync = "interval"` in its journal (records still written, and awaited,
 //!   before each statement goes on; a power loss may lose the last ones): separates
 //!   what the agent costs from what the disk's flush costs.
 
@@ -82,6 +82,48 @@ struct Point {
     clients: u32,
     mode: &'static str,
     tps: [f64; 4],
+    /// Proxy CPU time per transaction, µs (pgbouncer, agent, agent without fsync).
+    cpu_us: [f64; 4],
+    /// Of the agent's: its journal index thread (built behind the log).
+    index_us: [f64; 4],
+}
+
+/// CPU time (user + system) of a process, and of its threads named `thread`, in µs.
+fn cpu_us(pid: u32, thread: &str) -> (f64, f64) {
+    let tick = 1e6 / 100.0; // USER_HZ
+    let fields = |stat: &str| -> Option<(String, f64)> {
+        let open = stat.find('(')?;
+        let close = stat.rfind(')')?;
+        let comm = stat[open + 1..close].to_owned();
+        let rest: Vec<&str> = stat[close + 2..].split_whitespace().collect();
+        let ticks = rest.get(11)?.parse::<f64>().ok()? + rest.get(12)?.parse::<f64>().ok()?;
+        Some((comm, ticks * tick))
+    };
+    let total = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| fields(&s))
+        .map_or(0.0, |(_, t)| t);
+    let mut part = 0.0;
+    if let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) {
+        for t in tasks.flatten() {
+            if let Some((comm, us)) = std::fs::read_to_string(t.path().join("stat"))
+                .ok()
+                .and_then(|s| fields(&s))
+                && comm.starts_with(thread)
+            {
+                part += us;
+            }
+        }
+    }
+    (total, part)
+}
+
+/// Transactions pgbench completed.
+fn parse_transactions(out: &str) -> Option<f64> {
+    out.lines()
+        .find_map(|l| l.strip_prefix("number of transactions actually processed: "))
+        .and_then(|l| l.split(|c: char| !c.is_ascii_digit()).next())
+        .and_then(|n| n.parse().ok())
 }
 
 /// Runs the matrix and returns the markdown section (without its `## ` heading line).
@@ -107,7 +149,7 @@ pub fn run(seconds: u32) -> anyhow::Result<String> {
     let agent_nofsync = Agent::start_with_journal(
         &[&cg_nofsync],
         &[ResourceSpec::postgres("bench-db", host.v4, PG_PORT)],
-        "fsync = false",
+        "sync = \"interval\"",
         POLICY,
     )?;
     let load_before = loadavg();
@@ -118,7 +160,16 @@ pub fn run(seconds: u32) -> anyhow::Result<String> {
         for clients in [1u32, 8] {
             for mode in ["simple", "prepared"] {
                 let mut tps = [0.0; 4];
+                let mut cpu = [f64::NAN; 4];
+                let mut index = [f64::NAN; 4];
                 for (i, setup) in Setup::ALL.into_iter().enumerate() {
+                    let proxy_pid = match setup {
+                        Setup::Direct => None,
+                        Setup::Pgbouncer => bouncer.pid(),
+                        Setup::Agent => agent.pid(),
+                        Setup::AgentNoFsync => agent_nofsync.pid(),
+                    };
+                    let before = proxy_pid.map(|p| cpu_us(p, "pam-journal-ind"));
                     let mut cmd = match setup {
                         Setup::Direct => pgbench_cmd(None, &target, PG_PORT),
                         Setup::Pgbouncer => pgbench_cmd(None, "127.0.0.1", bouncer.port),
@@ -133,6 +184,13 @@ pub fn run(seconds: u32) -> anyhow::Result<String> {
                         .args(["-T", &seconds.to_string(), "postgres"]);
                     let out = util::output(&mut cmd)?;
                     tps[i] = parse_tps(&out)?;
+                    if let (Some(p), Some((t0, i0)), Some(n)) =
+                        (proxy_pid, before, parse_transactions(&out))
+                    {
+                        let (t1, i1) = cpu_us(p, "pam-journal-ind");
+                        cpu[i] = (t1 - t0) / n;
+                        index[i] = (i1 - i0) / n;
+                    }
                     eprintln!(
                         "  {script} c={clients} {mode} {}: {:.0} tps",
                         setup.label(),
@@ -144,6 +202,8 @@ pub fn run(seconds: u32) -> anyhow::Result<String> {
                     clients,
                     mode,
                     tps,
+                    cpu_us: cpu,
+                    index_us: index,
                 });
             }
         }
@@ -167,8 +227,9 @@ pub fn run(seconds: u32) -> anyhow::Result<String> {
          in a governed cgroup (`pam-agent exec`) connecting to the server's own address, \
          redirected by the kernel programs into the agent, which classifies, judges and \
          journals every statement before forwarding it (default journal settings: \
-         SQLite, group commit, fsync); and the same with `fsync = false` in the journal \
-         (a second agent governing another cgroup), which separates the disk's flush from \
+         segment log with group commit and `sync = \"always\"`, SQLite index behind it); and the same with `sync = \"interval\"` in the \
+         journal (records acknowledged once in the OS, flushed every 100 ms; a second agent \
+         governing another cgroup), which separates the disk's flush from \
          the rest. The durable agent journaled {statements} statement records in this run. \
          Load average (1 min) before/after: {load_before}/{load_after}; pgbench, \
          PostgreSQL, the proxies and the journal share the 2 CPUs.\n",
@@ -192,6 +253,41 @@ pub fn run(seconds: u32) -> anyhow::Result<String> {
             n / d
         )?;
     }
+    writeln!(
+        md,
+        "\nProxy CPU time per transaction (user + system time of the proxy process over \
+         the point, from /proc, divided by the transactions pgbench completed; same runs as \
+         above). The agent's includes its journal index thread (SQLite, built behind the \
+         log), shown apart in parentheses. Goal: agent ≤ 1.5× pgbouncer.\n"
+    )?;
+    writeln!(
+        md,
+        "| script | clients | mode | pgbouncer µs/tx | pam-agent µs/tx (index) | ratio | pam-agent, no fsync, µs/tx (index) | ratio |"
+    )?;
+    writeln!(md, "|---|---:|---|---:|---:|---:|---:|---:|")?;
+    for p in &points {
+        let [_, b, a, n] = p.cpu_us;
+        writeln!(
+            md,
+            "| {} | {} | {} | {b:.1} | {a:.1} ({:.1}) | {:.2} | {n:.1} ({:.1}) | {:.2} |",
+            p.script,
+            p.clients,
+            p.mode,
+            p.index_us[2],
+            a / b,
+            p.index_us[3],
+            n / b
+        )?;
+    }
+    let cpu_met = points
+        .iter()
+        .filter(|p| p.cpu_us[2] <= 1.5 * p.cpu_us[1])
+        .count();
+    writeln!(
+        md,
+        "\nCPU goal (agent ≤ 1.5× pgbouncer, durable journal): **met at {cpu_met} of {} points.**",
+        points.len()
+    )?;
     let met = |i: usize| {
         points
             .iter()
@@ -293,6 +389,19 @@ impl Pgbouncer {
             std::thread::sleep(Duration::from_millis(50));
         }
         Ok(bouncer)
+    }
+}
+
+impl Pgbouncer {
+    /// pgbouncer's own pid (the child of `runuser`).
+    fn pid(&self) -> Option<u32> {
+        let parent = self.child.id();
+        std::fs::read_to_string(format!("/proc/{parent}/task/{parent}/children"))
+            .ok()?
+            .split_whitespace()
+            .next()?
+            .parse()
+            .ok()
     }
 }
 

@@ -10,6 +10,7 @@
 
 mod bench;
 mod bench_approvals;
+mod bench_journal;
 mod bench_mask;
 mod bench_pg;
 mod demo;
@@ -53,8 +54,8 @@ enum Task {
         /// Size of the large result read through masking (default 1 GiB).
         #[arg(long, default_value_t = 1 << 30)]
         mask_bytes: u64,
-        /// Run only these parts (`redirect`, `postgres`, `masking`, `approvals`); all by
-        /// default.
+        /// Run only these parts (`redirect`, `postgres`, `masking`, `approvals`,
+        /// `journal`); all by default.
         #[arg(long, value_delimiter = ',')]
         only: Vec<String>,
     },
@@ -106,6 +107,9 @@ fn main() -> anyhow::Result<()> {
             }
             if wanted("approvals") {
                 bench_approvals::run()?;
+            }
+            if wanted("journal") {
+                bench_journal::run()?;
             }
             Ok(())
         }

@@ -210,10 +210,7 @@ fn tail(
     }
     if last.is_none() {
         // Start after what exists now, even if nothing matched yet.
-        last = reader
-            .connection()
-            .query_row("SELECT max(seq) FROM records", [], |r| r.get(0))
-            .map_err(|e| AuditError::Failed(e.to_string()))?;
+        last = reader.last_seq()?;
     }
     loop {
         filter.after_seq = Some(last.unwrap_or(0));
@@ -298,8 +295,11 @@ fn dispatch(journal: &JournalArgs, command: AuditCommand) -> Result<ExitCode, Au
             let path = journal.path()?;
             // Not being allowed to read it is not a finding about the journal: say so,
             // with an exit status of its own.
-            if let Err(e) = std::fs::File::open(&path)
-                && e.kind() == io::ErrorKind::PermissionDenied
+            let segments = crate::journal::segment::dir_of(&path);
+            let denied =
+                |r: io::Result<()>| r.is_err_and(|e| e.kind() == io::ErrorKind::PermissionDenied);
+            if denied(std::fs::File::open(&path).map(drop))
+                || (segments.is_dir() && denied(std::fs::read_dir(&segments).map(drop)))
             {
                 eprintln!(
                     "pam-agent: cannot read {}: permission denied (the journal is readable by \
@@ -509,6 +509,15 @@ fn print_report(path: &Path, report: &verify::Report) {
         (Some(s), _) => println!("  last signed checkpoint at seq {s}"),
         (None, Some(_)) => println!("  no signed checkpoint yet"),
         _ => {}
+    }
+    if report.segments {
+        println!(
+            "  format 2: the segments' chain verified; {} index rows checked against them",
+            report.index_records
+        );
+    }
+    for t in &report.torn {
+        println!("  kept by crash recovery (a torn tail cut from the log): {t}");
     }
     if report.unknown_kinds > 0 {
         println!(

@@ -193,6 +193,7 @@ fn status(event: Option<&Event>) -> Status {
         Some(Event::SessionClosed { end, detail, .. }) => match end {
             SessionEnd::Closed => ok,
             SessionEnd::AgentShutdown => s(99, "Agent Shutdown", None, detail.clone(), 1),
+            SessionEnd::Abandoned => s(99, "Abandoned", None, detail.clone(), 3),
             SessionEnd::UpstreamUnreachable => s(
                 2,
                 "Failure",

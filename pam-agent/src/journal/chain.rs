@@ -7,7 +7,7 @@
 pub type Hash = [u8; 32];
 
 /// Separates our inputs from any other use of BLAKE3 (a "derive key" context string).
-const RECORD_CONTEXT: &str = "pam-agent journal record v1";
+pub const RECORD_CONTEXT: &str = "pam-agent journal record v1";
 const GENESIS_CONTEXT: &str = "pam-agent journal genesis v1";
 
 /// The hash the first record of journal `journal_id` follows.

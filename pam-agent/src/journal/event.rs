@@ -490,4 +490,7 @@ pub enum SessionEnd {
     Error,
     /// The agent shut down while the session was open.
     AgentShutdown,
+    /// The writer died (killed, crashed) while the session was open; written by the
+    /// journal at the next start.
+    Abandoned,
 }

@@ -103,6 +103,12 @@ impl SessionIndex {
         }
     }
 
+    /// Remembers a session opened before the records being derived (read back from the
+    /// index when the writer starts in the middle of the journal).
+    pub fn remember(&mut self, session: SessionId, info: SessionInfo) {
+        self.open.insert(session, info);
+    }
+
     /// Whether the index knows `session` (it does not for sessions opened before the
     /// oldest record retention kept).
     pub fn knows(&self, session: &SessionId) -> bool {

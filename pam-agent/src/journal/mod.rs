@@ -4,8 +4,10 @@
 //! The interface is [`Journal`], a cheap-to-clone handle whose [`Journal::record`]
 //! returns only once the record is stored (per the store's durability setting). Records
 //! are numbered and written by one writer thread that drains the queue in groups, so
-//! many sessions share one fsync (group commit). The storage format lives behind
-//! [`JournalStore`]; the agent uses [`sqlite::SqliteStore`] (docs/journal.md).
+//! many sessions share one write and one fsync (group commit). The storage format lives
+//! behind [`JournalStore`]; the agent uses [`log::LogStore`] (format v2: hash-chained
+//! segment files, SQLite index behind them; docs/journal.md). [`sqlite::SqliteStore`] is
+//! the format v1 store (SQLite only), kept to read, verify and migrate v1 journals.
 //!
 //! Layout:
 //! - [`event`]: the record model, every kind of event.
@@ -13,18 +15,30 @@
 //! - [`signing`]: the ed25519 key and what checkpoints and anchors sign.
 //! - [`schema`]: the SQLite tables.
 //! - [`index`]: the indexed columns derived from a record.
-//! - [`sqlite`]: the store: group commit, checkpoints, retention, permissions.
-//! - [`reader`]: read-only access and filtered queries (the `audit` CLI).
-//! - [`verify`]: walks a journal and reports what was changed, and where.
+//! - [`segment`]: the segment file format (v2): header and frames.
+//! - [`log`]: the v2 store: appends groups to segments, syncs, recovers a torn tail,
+//!   closes abandoned sessions, retention by whole segments.
+//! - [`indexer`]: the SQLite index built behind the log (a thread), and its catch-up.
+//! - [`migrate`]: a v1 journal into segments.
+//! - [`sqlite`]: the v1 store: group commit in SQLite, checkpoints, retention.
+//! - [`reader`]: read-only access and filtered queries (the `audit` CLI): the index,
+//!   then the log's records the index does not hold yet.
+//! - [`verify`]: walks a journal and reports what was changed, and where;
+//!   [`verify_log`]: the segments' chain, in parallel.
 
 pub mod chain;
 pub mod event;
 pub mod index;
+pub mod indexer;
+pub mod log;
+pub mod migrate;
 pub mod reader;
 pub mod schema;
+pub mod segment;
 pub mod signing;
 pub mod sqlite;
 pub mod verify;
+pub mod verify_log;
 
 use std::{
     collections::HashSet,
@@ -81,6 +95,9 @@ pub trait JournalStore: Send + 'static {
     fn tick(&mut self) -> Result<(), JournalError> {
         Ok(())
     }
+    /// Takes a stored group's records once they are acknowledged, for work that goes on
+    /// behind the log (the v2 store's index).
+    fn written(&mut self, _records: Vec<Record>) {}
     /// Called once when the last handle is gone and everything is written.
     fn close(&mut self) -> Result<(), JournalError> {
         Ok(())
@@ -229,6 +246,7 @@ async fn write_loop<S: JournalStore>(
     let mut next_seq = store.last_seq() + 1;
     let mut batch: Vec<Pending> = Vec::with_capacity(MAX_BATCH);
     let mut records: Vec<Record> = Vec::with_capacity(MAX_BATCH);
+    let mut acks: Vec<oneshot::Sender<Result<u64, JournalError>>> = Vec::with_capacity(MAX_BATCH);
     let mut next_tick = Instant::now() + opts.tick;
     // Sessions with an awaited record in the last group.
     let mut awaited_last: HashSet<SessionId> = HashSet::new();
@@ -293,23 +311,30 @@ async fn write_loop<S: JournalStore>(
                 .filter(|p| !p.event.is_completion())
                 .filter_map(|p| p.session),
         );
+        // The events move into the records (no copy); the acks stay to answer.
         records.clear();
-        for (i, p) in batch.iter().enumerate() {
-            records.push(Record::new(next_seq + i as u64, p.session, p.event.clone()));
+        acks.clear();
+        for (i, p) in batch.drain(..).enumerate() {
+            records.push(Record::new(next_seq + i as u64, p.session, p.event));
+            acks.push(p.ack);
         }
         match store.append(&records) {
             Ok(()) => {
-                for (p, r) in batch.drain(..).zip(&records) {
-                    let _ = p.ack.send(Ok(r.seq));
+                for (ack, r) in acks.drain(..).zip(&records) {
+                    let _ = ack.send(Ok(r.seq));
                 }
                 next_seq += records.len() as u64;
+                store.written(std::mem::replace(
+                    &mut records,
+                    Vec::with_capacity(MAX_BATCH),
+                ));
             }
             Err(e) => {
                 // Nothing in this group is acknowledged. Numbering continues after what
                 // the store holds, so the next successful group leaves no gap.
-                tracing::error!(error = %e, records = batch.len(), "audit journal write failed; the work it describes is refused");
-                for p in batch.drain(..) {
-                    let _ = p.ack.send(Err(e.clone()));
+                tracing::error!(error = %e, records = records.len(), "audit journal write failed; the work it describes is refused");
+                for ack in acks.drain(..) {
+                    let _ = ack.send(Err(e.clone()));
                 }
                 next_seq = store.last_seq() + 1;
             }

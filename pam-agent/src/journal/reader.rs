@@ -4,7 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
-use rusqlite::{Connection, OpenFlags, Row, ToSql, types::Value};
+use rusqlite::{Connection, OpenFlags, OptionalExtension, Row, ToSql, types::Value};
 
 use super::{JournalError, Record, schema};
 
@@ -73,6 +73,41 @@ pub struct Filter {
 }
 
 impl Filter {
+    /// Whether a record matches (for the log's records the index does not hold yet).
+    pub fn matches(&self, r: &StoredRecord) -> bool {
+        let has =
+            |hay: &Option<String>, needle: &str| hay.as_deref().is_some_and(|h| h.contains(needle));
+        self.since_us.is_none_or(|t| r.ts_us >= t)
+            && self.until_us.is_none_or(|t| r.ts_us < t)
+            && self.uid.is_none_or(|u| r.uid == Some(u))
+            && self
+                .user
+                .as_ref()
+                .is_none_or(|u| r.user.as_ref() == Some(u))
+            && self
+                .resource
+                .as_ref()
+                .is_none_or(|x| r.resource.as_ref() == Some(x))
+            && self
+                .session
+                .as_ref()
+                .is_none_or(|x| r.session.as_ref() == Some(x))
+            && self
+                .decision
+                .as_ref()
+                .is_none_or(|x| r.decision.as_ref() == Some(x))
+            && self.after_seq.is_none_or(|s| r.seq > s)
+            && self
+                .process
+                .as_ref()
+                .is_none_or(|p| has(&r.comm, p) || has(&r.exe, p))
+            && self
+                .text
+                .as_ref()
+                .is_none_or(|t| r.json.contains(t.as_str()))
+            && (self.kinds.is_empty() || self.kinds.contains(&r.kind))
+    }
+
     /// The WHERE clause (with `?` placeholders) and its values.
     fn sql(&self) -> (String, Vec<Value>) {
         let mut clauses: Vec<String> = Vec::new();
@@ -152,6 +187,8 @@ fn immutable_uri(path: &Path) -> String {
 /// A journal opened for reading.
 pub struct Reader {
     conn: Connection,
+    /// Format 2: the segment directory (the log); the database is its index.
+    segments: Option<PathBuf>,
 }
 
 impl Reader {
@@ -193,11 +230,133 @@ impl Reader {
                 path.display()
             )));
         }
-        Ok(Reader { conn })
+        let dir = super::segment::dir_of(path);
+        let segments = dir.is_dir().then_some(dir);
+        Ok(Reader { conn, segments })
     }
 
     pub fn connection(&self) -> &Connection {
         &self.conn
+    }
+
+    /// The segment directory of a format 2 journal.
+    pub fn segments(&self) -> Option<&Path> {
+        self.segments.as_deref()
+    }
+
+    /// The newest seq in the journal (the log's, for format 2).
+    pub fn last_seq(&self) -> Result<Option<u64>, JournalError> {
+        let db = |e: rusqlite::Error| JournalError::Database(e.into());
+        let indexed: Option<u64> = self
+            .conn
+            .query_row("SELECT max(seq) FROM records", [], |r| r.get(0))
+            .map_err(db)?;
+        let tail = self.tail(indexed.unwrap_or(0))?;
+        Ok(tail.last().map(|r| r.seq).or(indexed))
+    }
+
+    /// Format 2: the log's records after `after` (those the index does not hold yet),
+    /// with their columns derived as the index would.
+    fn tail(&self, after: u64) -> Result<Vec<StoredRecord>, JournalError> {
+        use super::segment::{self, Frame};
+        let Some(dir) = &self.segments else {
+            return Ok(Vec::new());
+        };
+        let segments = segment::list(dir)?;
+        let start = segments
+            .iter()
+            .rposition(|(first, _)| *first <= after + 1)
+            .unwrap_or(0);
+        let mut sessions = super::index::SessionIndex::default();
+        let mut out = Vec::new();
+        let mut expect = after + 1;
+        'segments: for (_, path) in &segments[start..] {
+            let bytes = std::fs::read(path)?;
+            for (_, frame) in segment::Frames::new(&bytes) {
+                let Frame::Record { json, .. } = frame else {
+                    continue;
+                };
+                let Some(seq) = segment::seq_of(json) else {
+                    break 'segments;
+                };
+                if seq < expect {
+                    continue;
+                }
+                if seq != expect {
+                    break 'segments;
+                }
+                expect += 1;
+                let text = String::from_utf8_lossy(json).into_owned();
+                out.push(self.stored_from_log(seq, text, &mut sessions)?);
+            }
+        }
+        Ok(out)
+    }
+
+    fn stored_from_log(
+        &self,
+        seq: u64,
+        json: String,
+        sessions: &mut super::index::SessionIndex,
+    ) -> Result<StoredRecord, JournalError> {
+        let Ok(record) = serde_json::from_str::<Record>(&json) else {
+            let v: serde_json::Value = serde_json::from_str(&json).unwrap_or_default();
+            return Ok(StoredRecord {
+                seq,
+                ts_us: v["ts"]
+                    .as_str()
+                    .and_then(|t| t.parse::<jiff::Timestamp>().ok())
+                    .map_or(0, |t| t.as_microsecond()),
+                kind: v["kind"].as_str().unwrap_or("unknown").to_owned(),
+                session: v["session"].as_str().map(str::to_owned),
+                uid: None,
+                user: None,
+                comm: None,
+                exe: None,
+                resource: None,
+                decision: None,
+                json,
+            });
+        };
+        if let Some(s) = record.session
+            && !sessions.knows(&s)
+            && !matches!(record.event, super::Event::SessionOpened { .. })
+        {
+            let info = self
+                .conn
+                .query_row(
+                    "SELECT uid, user, comm, exe, resource FROM records WHERE session = ?1 AND kind = 'session_opened' LIMIT 1",
+                    [s.to_string()],
+                    |r| {
+                        Ok(super::index::SessionInfo {
+                            uid: r.get(0)?,
+                            user: r.get(1)?,
+                            comm: r.get(2)?,
+                            exe: r.get(3)?,
+                            resource: r.get(4)?,
+                        })
+                    },
+                )
+                .optional()
+                .map_err(|e| JournalError::Database(e.into()))?;
+            if let Some(info) = info {
+                sessions.remember(s, info);
+            }
+        }
+        let (c, _) = sessions.derive(&record);
+        Ok(StoredRecord {
+            seq,
+            ts_us: c.ts_us,
+            kind: c.kind.to_owned(),
+            session: c.session,
+            uid: c.info.uid,
+            user: c.info.user,
+            comm: c.info.comm,
+            exe: c.info.exe,
+            resource: c.info.resource,
+            decision: c.decision.map(str::to_owned),
+            json,
+        })
     }
 
     /// Calls `each` for every matching record in sequence order (newest `limit` when
@@ -208,7 +367,26 @@ impl Reader {
         limit: Option<u64>,
         mut each: impl FnMut(StoredRecord) -> bool,
     ) -> Result<(), JournalError> {
-        let (clause, values) = filter.sql();
+        let db = |e: rusqlite::Error| JournalError::Database(e.into());
+        let (mut clause, mut values) = filter.sql();
+        // Format 2: the index up to its tip, then the log after it (read in that order,
+        // so a record the index takes meanwhile is not read twice).
+        let indexed: Option<u64> = if self.segments.is_some() {
+            let tip: Option<u64> = self
+                .conn
+                .query_row("SELECT max(seq) FROM records", [], |r| r.get(0))
+                .map_err(db)?;
+            let tip = tip.unwrap_or(0);
+            clause = if clause.is_empty() {
+                " WHERE seq <= ?".into()
+            } else {
+                format!("{clause} AND seq <= ?")
+            };
+            values.push(Value::Integer(tip as i64));
+            Some(tip)
+        } else {
+            None
+        };
         let sql = match limit {
             Some(n) => format!(
                 "SELECT * FROM (SELECT {} FROM records{clause} ORDER BY seq DESC LIMIT {n}) ORDER BY seq",
@@ -219,12 +397,40 @@ impl Reader {
                 StoredRecord::COLUMNS
             ),
         };
-        let db = |e: rusqlite::Error| JournalError::Database(e.into());
+        let tail: Vec<StoredRecord> = match indexed {
+            Some(tip) => self
+                .tail(tip)?
+                .into_iter()
+                .filter(|r| filter.matches(r))
+                .collect(),
+            None => Vec::new(),
+        };
         let mut stmt = self.conn.prepare(&sql).map_err(db)?;
         let params: Vec<&dyn ToSql> = values.iter().map(|v| v as &dyn ToSql).collect();
         let mut rows = stmt.query(params.as_slice()).map_err(db)?;
+        // With a limit, the newest `n` of both parts.
+        if let Some(n) = limit
+            && !tail.is_empty()
+        {
+            let mut from_index = Vec::new();
+            while let Some(row) = rows.next().map_err(db)? {
+                from_index.push(StoredRecord::from_row(row).map_err(db)?);
+            }
+            let skip = (from_index.len() + tail.len()).saturating_sub(n as usize);
+            for r in from_index.into_iter().chain(tail).skip(skip) {
+                if !each(r) {
+                    break;
+                }
+            }
+            return Ok(());
+        }
         while let Some(row) = rows.next().map_err(db)? {
             if !each(StoredRecord::from_row(row).map_err(db)?) {
+                return Ok(());
+            }
+        }
+        for r in tail {
+            if !each(r) {
                 break;
             }
         }

@@ -31,6 +31,14 @@ pub struct StoreOptions {
     /// fsync every commit (`synchronous=FULL`); without it a power loss may lose the last
     /// groups (an agent crash still loses nothing).
     pub fsync: bool,
+    /// Without `fsync` (`sync = "interval"`), the segment log is flushed to disk at least
+    /// this often: the window of records a power loss may take.
+    pub sync_interval: Duration,
+    /// A segment of the log (v2) is closed at this size (smaller with `max_bytes`).
+    pub segment_bytes: u64,
+    /// Build the index behind the log (v2). Off only to measure the log alone: readers
+    /// then take every record the index lacks from the log.
+    pub build_index: bool,
     /// Sign a checkpoint at least every this many records...
     pub checkpoint_every: u64,
     /// ...and when records wait unsigned for this long.
@@ -50,6 +58,9 @@ impl StoreOptions {
             path: path.to_owned(),
             signing_key: default_key_path(path),
             fsync: true,
+            sync_interval: Duration::from_millis(100),
+            segment_bytes: super::segment::SEGMENT_BYTES,
+            build_index: true,
             checkpoint_every: 1000,
             checkpoint_interval: Duration::from_secs(10),
             max_age: None,

@@ -49,6 +49,19 @@ pub enum Problem {
     /// More records without a checkpoint than the journal's policy allows: checkpoints
     /// were removed (often with records at the tail).
     CheckpointGap { after: u64, until: u64, every: u64 },
+    /// A segment file (v2) is damaged at `offset`: bytes that are no frame, a cut frame,
+    /// a header that does not fit.
+    SegmentCorrupt {
+        segment: String,
+        offset: usize,
+        reason: String,
+    },
+    /// The index row of `seq` is not the log's record (v2).
+    IndexDiffers { seq: u64 },
+    /// The index holds a record `seq` the log does not (v2): the log lost its tail.
+    IndexAhead { seq: u64 },
+    /// A problem found in the index (v2), which is what queries read.
+    InIndex(Box<Problem>),
 }
 
 impl fmt::Display for Problem {
@@ -120,6 +133,20 @@ impl fmt::Display for Problem {
                 "seq {}..={until}: no checkpoint, though the journal signs one every {every} records (checkpoints removed; the tail may be truncated)",
                 after + 1
             ),
+            Problem::SegmentCorrupt {
+                segment,
+                offset,
+                reason,
+            } => write!(f, "segment {segment} at byte {offset}: {reason}"),
+            Problem::IndexDiffers { seq } => write!(
+                f,
+                "seq {seq}: the index row is not the log's record (the index was edited)"
+            ),
+            Problem::IndexAhead { seq } => write!(
+                f,
+                "seq {seq}: the index holds a record the log does not (the log's tail was removed)"
+            ),
+            Problem::InIndex(p) => write!(f, "in the index (what queries read): {p}"),
         }
     }
 }
@@ -138,6 +165,12 @@ pub struct Report {
     /// Records whose kind this version does not know: hash-checked, columns not checked.
     pub unknown_kinds: u64,
     pub problems: Vec<Problem>,
+    /// Format 2: the segments were verified (and the index against them).
+    pub segments: bool,
+    /// Rows of the index checked (format 2).
+    pub index_records: u64,
+    /// Torn tails crash recovery cut and kept (format 2), for inspection.
+    pub torn: Vec<String>,
 }
 
 impl Report {
@@ -155,12 +188,12 @@ pub struct VerifyOptions {
     pub expect_seq: Option<u64>,
 }
 
-struct Signed {
-    hash: Vec<u8>,
-    good: bool,
+pub(crate) struct Signed {
+    pub hash: Vec<u8>,
+    pub good: bool,
 }
 
-fn check_sig(
+pub(crate) fn check_sig(
     opts: &VerifyOptions,
     keys: &mut Vec<[u8; 32]>,
     public: &[u8],
@@ -179,18 +212,56 @@ fn check_sig(
     signing::verify(&pk, msg, sig)
 }
 
-/// Verifies the journal behind `reader`.
+/// Verifies the journal behind `reader`: format 1, its SQLite file; format 2, its
+/// segments (what the journal is), then its index against them.
 pub fn verify(reader: &Reader, opts: &VerifyOptions) -> Report {
     let mut report = Report::default();
-    if let Err(reason) = walk(reader, opts, &mut report) {
-        report.problems.push(Problem::Unreadable {
+    let Some(dir) = reader.segments() else {
+        if let Err(reason) = walk(reader, opts, &mut report, None) {
+            report.problems.push(Problem::Unreadable {
+                reason: reason.to_string(),
+            });
+        }
+        return report;
+    };
+    report.segments = true;
+    super::verify_log::verify_segments(dir, opts, &mut report);
+    // The index: its own chain and columns (v1 checks), and each row against the log.
+    // It may lag the log (it is built behind it), so a witness's seq is the log's to meet.
+    let mut index = Report::default();
+    let index_opts = VerifyOptions {
+        trusted_keys: opts.trusted_keys.clone(),
+        expect_seq: None,
+    };
+    let mut cursor = super::verify_log::LogCursor::new(dir);
+    if let Err(reason) = walk(reader, &index_opts, &mut index, Some(&mut cursor)) {
+        index.problems.push(Problem::Unreadable {
             reason: reason.to_string(),
         });
     }
+    report.index_records = index.records;
+    for k in index.keys {
+        if !report.keys.contains(&k) {
+            report.keys.push(k);
+        }
+    }
+    report.unknown_kinds = index.unknown_kinds;
+    report
+        .problems
+        .extend(index.problems.into_iter().map(|p| match p {
+            p @ (Problem::IndexDiffers { .. } | Problem::IndexAhead { .. }) => p,
+            p => Problem::InIndex(Box::new(p)),
+        }));
     report
 }
 
-fn walk(reader: &Reader, opts: &VerifyOptions, report: &mut Report) -> rusqlite::Result<()> {
+fn walk(
+    reader: &Reader,
+    opts: &VerifyOptions,
+    report: &mut Report,
+    mut log: Option<&mut super::verify_log::LogCursor>,
+) -> rusqlite::Result<()> {
+    let mut peeked = None;
     let conn = reader.connection();
     let id_hex = schema::meta(conn, schema::META_JOURNAL_ID)?.unwrap_or_default();
     let Some(journal_id) = chain::unhex::<16>(&id_hex) else {
@@ -251,6 +322,13 @@ fn walk(reader: &Reader, opts: &VerifyOptions, report: &mut Report) -> rusqlite:
         let computed = chain::link(&prev, json.as_bytes());
         if stored[..] != computed[..] {
             report.problems.push(Problem::Edited { seq });
+        }
+        if let Some(log) = log.as_deref_mut() {
+            match log.hash_of(seq, &mut peeked) {
+                Some(h) if h[..] == stored[..] => {}
+                Some(_) => report.problems.push(Problem::IndexDiffers { seq }),
+                None => report.problems.push(Problem::IndexAhead { seq }),
+            }
         }
         // Continue from the stored hash so one edit is reported once.
         expected_prev = chain::from_blob(&stored).unwrap_or(computed);
@@ -414,7 +492,7 @@ fn check_record(
 
 /// Checkpoints beyond the last record (truncation), and runs of records longer than the
 /// checkpoint interval without one.
-fn check_tail(
+pub(crate) fn check_tail(
     checkpoints: &BTreeMap<u64, Signed>,
     first_seq: u64,
     last_seq: u64,

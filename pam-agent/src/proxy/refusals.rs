@@ -173,14 +173,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store =
             crate::journal::sqlite::SqliteStore::open(crate::journal::sqlite::StoreOptions {
-                path: dir.path().join("j.db"),
-                signing_key: dir.path().join("j.key"),
                 fsync: false,
-                checkpoint_every: 1000,
-                checkpoint_interval: Duration::from_secs(10),
-                max_age: None,
-                max_bytes: None,
-                read_group: None,
+                ..crate::journal::sqlite::StoreOptions::new(&dir.path().join("j.db"))
             })
             .unwrap();
         let (journal, _writer) = Journal::start_with(store, Default::default());

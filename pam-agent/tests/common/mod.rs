@@ -16,7 +16,8 @@ use pam_agent::{
     journal::{
         Event, Journal, SessionId, WriterOptions,
         event::{ApprovalOutcome, Decision, MaskedColumn, ResourceRef, SessionEnd},
-        sqlite::{SqliteStore, StoreOptions},
+        log::LogStore,
+        sqlite::StoreOptions,
     },
     principal::Principal,
 };
@@ -75,8 +76,9 @@ pub fn options(path: &Path) -> StoreOptions {
     o
 }
 
+/// The agent's journal (format v2: segments, and the SQLite index behind them).
 pub fn open(opts: StoreOptions) -> (Journal, std::thread::JoinHandle<()>) {
-    Journal::start_with(SqliteStore::open(opts).unwrap(), WriterOptions::default())
+    Journal::start_with(LogStore::open(opts).unwrap(), WriterOptions::default())
 }
 
 pub fn principal(uid: u32, user: &str, comm: &str) -> Principal {

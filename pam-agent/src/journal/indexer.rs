@@ -1,0 +1,670 @@
+//! The SQLite index of a v2 journal, built behind the log: a thread receives each
+//! stored group and inserts its rows (the v1 `records` table with its indexed columns,
+//! `checkpoints`, `anchors`) in one transaction every [`COMMIT_EVERY`], so queries see
+//! a record within a second. The index can always be rebuilt from the segments: at open
+//! and after any failure it catches up from the log (`catch_up`). Nothing waits for it;
+//! readers take the records it does not hold yet from the log.
+
+use std::{
+    fs::{self, OpenOptions},
+    os::unix::fs::OpenOptionsExt,
+    path::{Path, PathBuf},
+    sync::{Arc, mpsc},
+    thread,
+    time::{Duration, Instant},
+};
+
+use jiff::Timestamp;
+use rusqlite::{Connection, OpenFlags, OptionalExtension, Transaction, params};
+
+use super::{
+    Event, JournalError, Record, SessionId,
+    chain::{self, Hash},
+    event::{ApprovalOutcome, GrantRecord},
+    index::{SessionIndex, SessionInfo},
+    log::{Written, set_mode},
+    schema,
+    segment::{self, Frame, Signed},
+    sqlite::StoreOptions,
+};
+
+/// The index commits what it received at least this often.
+const COMMIT_EVERY: Duration = Duration::from_millis(200);
+/// ... or when this many records wait.
+const COMMIT_RECORDS: usize = 50_000;
+/// After a failure (a full disk), the index retries no more often than this.
+const RETRY: Duration = Duration::from_secs(1);
+
+/// One stored group, as the log wrote it.
+pub struct Group {
+    /// The group's frames; each record's JSON is a range of it.
+    pub buf: Vec<u8>,
+    pub records: Vec<Record>,
+    pub written: Vec<Written>,
+    /// Checkpoints (`b'C'`) and anchors (`b'A'`) written with or after the group.
+    pub signed: Vec<(u8, Signed)>,
+}
+
+enum Msg {
+    Group(Group),
+    /// Index up to this seq (the log's last), then stop.
+    Close(u64),
+}
+
+/// Records queued for the thread beyond which groups are not queued but left for a
+/// catch-up from the log: memory stays bounded when appends outrun the index.
+const MAX_QUEUED: usize = 200_000;
+
+fn db(e: rusqlite::Error) -> JournalError {
+    JournalError::Database(Arc::new(e))
+}
+
+/// The index writer: a connection, the sessions seen, and where the log is.
+pub struct IndexDb {
+    conn: Connection,
+    sessions: SessionIndex,
+    tip: u64,
+    dir: PathBuf,
+}
+
+/// The index: synchronous until the first group is sent, then a thread.
+pub struct Index {
+    db: Option<IndexDb>,
+    worker: Option<(mpsc::Sender<Msg>, thread::JoinHandle<()>)>,
+    read: Connection,
+    queued: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+/// Whether `path` is a v1 journal (SQLite, `schema_version` 1, no segments).
+pub fn holds_v1_journal(path: &Path) -> Result<bool, JournalError> {
+    Ok(meta_version(path)?.as_deref() == Some("1"))
+}
+
+/// Whether `path` is the index of a v2 journal.
+pub fn holds_v2_index(path: &Path) -> Result<bool, JournalError> {
+    Ok(meta_version(path)?.as_deref() == Some("2"))
+}
+
+fn meta_version(path: &Path) -> Result<Option<String>, JournalError> {
+    if fs::metadata(path).map(|m| m.len()).unwrap_or(0) == 0 {
+        return Ok(None);
+    }
+    let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_WRITE).map_err(db)?;
+    if !schema::exists(&conn).map_err(db)? {
+        return Ok(None);
+    }
+    schema::meta(&conn, schema::META_VERSION).map_err(db)
+}
+
+impl Index {
+    pub fn open(
+        path: &Path,
+        dir: &Path,
+        journal_id: [u8; 16],
+        public: &[u8; 32],
+        opts: &StoreOptions,
+    ) -> Result<Index, JournalError> {
+        OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o640)
+            .open(path)?;
+        set_mode(path, 0o640, opts.read_group)?;
+        let conn = Connection::open_with_flags(
+            path,
+            OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .map_err(db)?;
+        let mode: String = conn
+            .query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))
+            .map_err(db)?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            return Err(JournalError::Schema(format!(
+                "cannot switch {} to WAL mode (got {mode})",
+                path.display()
+            )));
+        }
+        // The index is rebuilt from the log after a power loss: no fsync per commit.
+        conn.execute_batch(
+            "PRAGMA synchronous = NORMAL; PRAGMA cache_size = -65536; PRAGMA mmap_size = 268435456;",
+        )
+        .map_err(db)?;
+        conn.busy_timeout(Duration::from_secs(5)).map_err(db)?;
+        conn.execute_batch(schema::DDL).map_err(db)?;
+        if !super::log::meta_matches(&conn, &journal_id)? {
+            return Err(JournalError::Schema(format!(
+                "{} indexes another journal than the segments beside it",
+                path.display()
+            )));
+        }
+        schema::set_meta(&conn, schema::META_VERSION, "2").map_err(db)?;
+        schema::set_meta(&conn, schema::META_JOURNAL_ID, &chain::hex(&journal_id)).map_err(db)?;
+        let every = schema::meta(&conn, schema::META_CHECKPOINT_EVERY)
+            .map_err(db)?
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0)
+            .max(opts.checkpoint_every);
+        schema::set_meta(&conn, schema::META_CHECKPOINT_EVERY, &every.to_string()).map_err(db)?;
+        schema::set_meta(&conn, schema::META_PUBLIC_KEY, &chain::hex(public)).map_err(db)?;
+        for suffix in ["-wal", "-shm"] {
+            let side = PathBuf::from(format!("{}{suffix}", path.display()));
+            if side.exists() {
+                set_mode(&side, 0o640, opts.read_group)?;
+            }
+        }
+        let tip = tip(&conn)?;
+        let read = Connection::open_with_flags(
+            path,
+            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .map_err(db)?;
+        read.busy_timeout(Duration::from_secs(5)).map_err(db)?;
+        Ok(Index {
+            db: Some(IndexDb {
+                conn,
+                sessions: SessionIndex::default(),
+                tip,
+                dir: dir.to_owned(),
+            }),
+            worker: None,
+            read,
+            queued: Arc::default(),
+        })
+    }
+
+    /// A read-only connection to the index.
+    pub fn connection(&self) -> &Connection {
+        &self.read
+    }
+
+    fn db(&mut self) -> Result<&mut IndexDb, JournalError> {
+        self.db
+            .as_mut()
+            .ok_or_else(|| JournalError::Schema("the index thread owns the index".into()))
+    }
+
+    /// Indexes what the log holds beyond the index (synchronously, before the thread).
+    pub fn catch_up(&mut self) -> Result<u64, JournalError> {
+        self.db()?.catch_up()
+    }
+
+    /// Sessions opened since the last `agent_started` record (or ever, without one) that
+    /// have no `session_closed` record: what a writer that died left open.
+    pub fn open_sessions(&mut self) -> Result<Vec<SessionId>, JournalError> {
+        let conn = &self.db()?.conn;
+        let since: Option<u64> = conn
+            .query_row(
+                "SELECT max(seq) FROM records WHERE kind = 'agent_started'",
+                [],
+                |r| r.get(0),
+            )
+            .map_err(db)?;
+        let mut st = conn
+            .prepare(
+                "SELECT o.session FROM records o WHERE o.kind = 'session_opened' AND o.seq > ?1
+                   AND o.session IS NOT NULL
+                   AND NOT EXISTS (SELECT 1 FROM records c WHERE c.session = o.session
+                                   AND c.kind = 'session_closed')
+                 ORDER BY o.seq",
+            )
+            .map_err(db)?;
+        let rows = st
+            .query_map([since.unwrap_or(0)], |r| r.get::<_, String>(0))
+            .map_err(db)?;
+        let mut out = Vec::new();
+        for s in rows {
+            if let Ok(id) = s.map_err(db)?.parse() {
+                out.push(SessionId(id));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Hands a stored group to the index thread (started on the first call).
+    pub fn send(&self, group: Group) {
+        use std::sync::atomic::Ordering;
+        if let Some((tx, _)) = &self.worker {
+            let n = group.records.len();
+            if n > 0 && self.queued.load(Ordering::Relaxed) + n > MAX_QUEUED {
+                return; // the thread finds the gap and reads these from the log
+            }
+            self.queued.fetch_add(n, Ordering::Relaxed);
+            let _ = tx.send(Msg::Group(group));
+        }
+    }
+
+    /// Starts the thread; later groups are indexed behind the log.
+    pub fn start(&mut self) {
+        if self.worker.is_some() {
+            return;
+        }
+        let Some(db) = self.db.take() else { return };
+        let (tx, rx) = mpsc::channel();
+        let queued = self.queued.clone();
+        match thread::Builder::new()
+            .name("pam-journal-index".into())
+            .spawn(move || db.run(rx, queued))
+        {
+            Ok(handle) => self.worker = Some((tx, handle)),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot start the journal index thread; queries read the log")
+            }
+        }
+    }
+
+    /// Indexes everything sent, then stops the thread.
+    pub fn close(mut self, log_last_seq: u64) {
+        if let Some((tx, handle)) = self.worker.take() {
+            let _ = tx.send(Msg::Close(log_last_seq));
+            let _ = handle.join();
+        } else if let Some(mut db) = self.db.take() {
+            let _ = db.catch_up();
+            db.fold_wal();
+        }
+    }
+}
+
+fn tip(conn: &Connection) -> Result<u64, JournalError> {
+    let t: Option<u64> = conn
+        .query_row("SELECT max(seq) FROM records", [], |r| r.get(0))
+        .map_err(db)?;
+    Ok(t.unwrap_or(0))
+}
+
+impl IndexDb {
+    fn run(mut self, rx: mpsc::Receiver<Msg>, queued: Arc<std::sync::atomic::AtomicUsize>) {
+        let mut pending: Vec<Group> = Vec::new();
+        let mut pending_records = 0usize;
+        let mut since = Instant::now();
+        let mut behind = false;
+        let mut retry_at = Instant::now();
+        let mut close_at: Option<u64> = None;
+        loop {
+            let msg = if pending.is_empty() && !behind {
+                rx.recv().map_err(|_| mpsc::RecvTimeoutError::Disconnected)
+            } else {
+                let wait = (since + COMMIT_EVERY).saturating_duration_since(Instant::now());
+                rx.recv_timeout(wait)
+            };
+            let closing = match msg {
+                Ok(Msg::Group(g)) => {
+                    if pending.is_empty() {
+                        since = Instant::now();
+                    }
+                    pending_records += g.records.len();
+                    pending.push(g);
+                    if pending_records < COMMIT_RECORDS && since.elapsed() < COMMIT_EVERY {
+                        continue;
+                    }
+                    false
+                }
+                Ok(Msg::Close(last)) => {
+                    close_at = Some(last);
+                    true
+                }
+                Err(mpsc::RecvTimeoutError::Disconnected) => true,
+                Err(mpsc::RecvTimeoutError::Timeout) => false,
+            };
+            if behind && (closing || Instant::now() >= retry_at) {
+                pending.clear();
+                queued.fetch_sub(pending_records, std::sync::atomic::Ordering::Relaxed);
+                pending_records = 0;
+                match self.catch_up() {
+                    Ok(_) => behind = false,
+                    Err(e) => {
+                        tracing::error!(error = %e, "journal index cannot catch up with the log; queries read the log meanwhile");
+                        retry_at = Instant::now() + RETRY;
+                    }
+                }
+            }
+            if !behind && !pending.is_empty() {
+                let groups = std::mem::take(&mut pending);
+                queued.fetch_sub(pending_records, std::sync::atomic::Ordering::Relaxed);
+                pending_records = 0;
+                if let Err(e) = self.commit(groups) {
+                    tracing::error!(error = %e, "journal index write failed; it will catch up from the log");
+                    behind = true;
+                    retry_at = Instant::now() + RETRY;
+                }
+            }
+            since = Instant::now();
+            if closing {
+                if behind || close_at.is_some_and(|last| last > self.tip) {
+                    let _ = self.catch_up();
+                }
+                self.fold_wal();
+                return;
+            }
+        }
+    }
+
+    /// Fold the WAL back so the file alone is the whole index (readers without write
+    /// access to the directory need that once the agent stopped).
+    fn fold_wal(&mut self) {
+        let _ = self.conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE);");
+    }
+
+    /// Inserts groups that follow the index's tip; a gap (groups lost to an earlier
+    /// failure) sends it to the log instead.
+    fn commit(&mut self, groups: Vec<Group>) -> Result<(), JournalError> {
+        let tx = self.conn.unchecked_transaction().map_err(db)?;
+        let mut tip = self.tip;
+        let mut undo = Vec::new();
+        let mut gap = false;
+        let result = (|| -> Result<(), JournalError> {
+            for g in &groups {
+                for (r, w) in g.records.iter().zip(&g.written) {
+                    if r.seq <= tip {
+                        continue; // a catch-up already indexed it
+                    }
+                    if r.seq != tip + 1 {
+                        gap = true;
+                        return Ok(());
+                    }
+                    let json = std::str::from_utf8(&g.buf[w.json.clone()])
+                        .map_err(|e| JournalError::Schema(e.to_string()))?;
+                    insert_record(
+                        &tx,
+                        &mut self.sessions,
+                        &mut undo,
+                        r,
+                        json,
+                        &w.prev,
+                        &w.hash,
+                    )?;
+                    tip = r.seq;
+                }
+                for (tag, s) in &g.signed {
+                    insert_signed(&tx, *tag, s)?;
+                }
+            }
+            Ok(())
+        })();
+        if gap {
+            drop(tx);
+            self.sessions.undo(undo.into_iter());
+            if !self.conn.is_autocommit() {
+                let _ = self.conn.execute_batch("ROLLBACK");
+            }
+            return self.catch_up().map(|_| ());
+        }
+        match result.and_then(|()| tx.commit().map_err(db)) {
+            Ok(()) => {
+                self.tip = tip;
+                Ok(())
+            }
+            Err(e) => {
+                self.sessions.undo(undo.into_iter());
+                if !self.conn.is_autocommit() {
+                    let _ = self.conn.execute_batch("ROLLBACK");
+                }
+                self.tip = self::tip(&self.conn).unwrap_or(self.tip);
+                Err(e)
+            }
+        }
+    }
+
+    /// Indexes the log's records after the tip, reading the segments.
+    fn catch_up(&mut self) -> Result<u64, JournalError> {
+        self.tip = tip(&self.conn)?;
+        let segments = segment::list(&self.dir)?;
+        let start = segments
+            .iter()
+            .rposition(|(first, _)| *first <= self.tip + 1)
+            .unwrap_or(0);
+        let mut added = 0u64;
+        for (_, path) in &segments[start..] {
+            let bytes = fs::read(path)?;
+            let tx = self.conn.unchecked_transaction().map_err(db)?;
+            let mut undo = Vec::new();
+            let mut tip = self.tip;
+            let mut n = 0usize;
+            for (_, frame) in segment::Frames::new(&bytes) {
+                match frame {
+                    Frame::Record { prev, json, hash } => {
+                        let Some(seq) = segment::seq_of(json) else {
+                            continue;
+                        };
+                        if seq <= tip {
+                            continue;
+                        }
+                        if seq != tip + 1 {
+                            break;
+                        }
+                        let text = std::str::from_utf8(json)
+                            .map_err(|e| JournalError::Schema(e.to_string()))?;
+                        let record: Record = match serde_json::from_str(text) {
+                            Ok(r) => r,
+                            Err(_) => {
+                                insert_unknown(&tx, seq, text, prev, hash)?;
+                                tip = seq;
+                                continue;
+                            }
+                        };
+                        insert_record(
+                            &tx,
+                            &mut self.sessions,
+                            &mut undo,
+                            &record,
+                            text,
+                            prev,
+                            hash,
+                        )?;
+                        tip = seq;
+                        n += 1;
+                    }
+                    Frame::Checkpoint(c) => insert_signed(&tx, b'C', &c)?,
+                    Frame::Anchor(a) => insert_signed(&tx, b'A', &a)?,
+                }
+                if n >= COMMIT_RECORDS {
+                    break;
+                }
+            }
+            match tx.commit() {
+                Ok(()) => {
+                    added += tip - self.tip;
+                    self.tip = tip;
+                }
+                Err(e) => {
+                    self.sessions.undo(undo.into_iter());
+                    return Err(db(e));
+                }
+            }
+            if n >= COMMIT_RECORDS {
+                // A long catch-up goes on in more transactions.
+                return Ok(added + self.catch_up()?);
+            }
+        }
+        Ok(added)
+    }
+}
+
+/// One row of `records`, its columns derived like the v1 store's.
+fn insert_record(
+    tx: &Transaction,
+    sessions: &mut SessionIndex,
+    undo: &mut Vec<super::index::Undo>,
+    r: &Record,
+    json: &str,
+    prev: &Hash,
+    hash: &Hash,
+) -> Result<(), JournalError> {
+    if let Some(s) = r.session
+        && !sessions.knows(&s)
+        && !matches!(r.event, Event::SessionOpened { .. })
+        && let Some(info) = opened_info(tx, &s)?
+    {
+        sessions.remember(s, info);
+    }
+    let (c, u) = sessions.derive(r);
+    undo.push(u);
+    tx.prepare_cached(
+        "INSERT OR REPLACE INTO records (seq, ts_us, kind, session, uid, user, comm, exe, resource, decision, record, prev_hash, hash)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
+    )
+    .and_then(|mut st| {
+        st.execute(params![
+            r.seq,
+            c.ts_us,
+            c.kind,
+            c.session,
+            c.info.uid,
+            c.info.user,
+            c.info.comm,
+            c.info.exe,
+            c.info.resource,
+            c.decision,
+            json,
+            &prev[..],
+            &hash[..],
+        ])
+    })
+    .map_err(db)?;
+    Ok(())
+}
+
+/// A record of a kind this version does not know: its text and hashes only.
+fn insert_unknown(
+    tx: &Transaction,
+    seq: u64,
+    json: &str,
+    prev: &Hash,
+    hash: &Hash,
+) -> Result<(), JournalError> {
+    let v: serde_json::Value = serde_json::from_str(json).unwrap_or_default();
+    let kind = v["kind"].as_str().unwrap_or("unknown").to_owned();
+    let ts_us = v["ts"]
+        .as_str()
+        .and_then(|t| t.parse::<Timestamp>().ok())
+        .map_or(0, |t| t.as_microsecond());
+    tx.execute(
+        "INSERT OR REPLACE INTO records (seq, ts_us, kind, session, record, prev_hash, hash)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        params![
+            seq,
+            ts_us,
+            kind,
+            v["session"].as_str(),
+            json,
+            &prev[..],
+            &hash[..]
+        ],
+    )
+    .map_err(db)?;
+    Ok(())
+}
+
+fn insert_signed(tx: &Transaction, tag: u8, s: &Signed) -> Result<(), JournalError> {
+    if tag == b'C' {
+        tx.prepare_cached(
+            "INSERT OR REPLACE INTO checkpoints (seq, hash, ts_us, public_key, signature) VALUES (?1, ?2, ?3, ?4, ?5)",
+        )
+        .and_then(|mut st| {
+            st.execute(params![s.seq, &s.hash[..], s.ts_us, &s.public_key[..], &s.signature[..]])
+        })
+        .map_err(db)?;
+    } else {
+        // Retention: the records before the anchor are gone from the log.
+        let through = s.seq.saturating_sub(1);
+        tx.execute("DELETE FROM records WHERE seq <= ?1", [through])
+            .map_err(db)?;
+        tx.execute("DELETE FROM checkpoints WHERE seq <= ?1", [through])
+            .map_err(db)?;
+        tx.execute("DELETE FROM anchors WHERE first_seq <= ?1", [through])
+            .map_err(db)?;
+        tx.execute(
+            "INSERT OR REPLACE INTO anchors (first_seq, prev_hash, ts_us, public_key, signature) VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![s.seq, &s.hash[..], s.ts_us, &s.public_key[..], &s.signature[..]],
+        )
+        .map_err(db)?;
+    }
+    Ok(())
+}
+
+/// The principal and resource of `session`, from its `session_opened` row.
+fn opened_info(tx: &Transaction, session: &SessionId) -> Result<Option<SessionInfo>, JournalError> {
+    tx.prepare_cached(
+        "SELECT uid, user, comm, exe, resource FROM records WHERE session = ?1 AND kind = 'session_opened' LIMIT 1",
+    )
+    .and_then(|mut st| {
+        st.query_row([session.to_string()], |r| {
+            Ok(SessionInfo {
+                uid: r.get(0)?,
+                user: r.get(1)?,
+                comm: r.get(2)?,
+                exe: r.get(3)?,
+                resource: r.get(4)?,
+            })
+        })
+        .optional()
+    })
+    .map_err(db)
+}
+
+/// Grants made by approvals, not revoked, whose window is still open at `now`.
+pub fn grants_in_force(
+    conn: &Connection,
+    now: Timestamp,
+) -> Result<Vec<(GrantRecord, uuid::Uuid, String)>, JournalError> {
+    let mut stmt = conn
+        .prepare("SELECT record FROM records WHERE kind = 'approval_decided' ORDER BY seq")
+        .map_err(db)?;
+    let mut rows = stmt.query([]).map_err(db)?;
+    let mut grants: Vec<(GrantRecord, uuid::Uuid, String)> = Vec::new();
+    while let Some(row) = rows.next().map_err(db)? {
+        let json: String = row.get(0).map_err(db)?;
+        let Ok(Record {
+            event:
+                Event::ApprovalDecided {
+                    approval,
+                    outcome,
+                    by,
+                    grant: Some(g),
+                    ..
+                },
+            ..
+        }) = serde_json::from_str::<Record>(&json)
+        else {
+            continue;
+        };
+        match outcome {
+            ApprovalOutcome::Revoked => grants.retain(|(k, _, _)| k.id != g.id),
+            _ => grants.push((g, approval, by)),
+        }
+    }
+    grants.retain(|(g, _, _)| g.until > now);
+    Ok(grants)
+}
+
+/// Approval requests with no outcome: what a previous run left waiting.
+pub fn unanswered_approvals(
+    conn: &Connection,
+) -> Result<Vec<(Option<SessionId>, uuid::Uuid)>, JournalError> {
+    let mut stmt = conn
+        .prepare(
+            "SELECT record FROM records WHERE kind IN \
+             ('approval_requested', 'approval_decided', 'approval_expired') ORDER BY seq",
+        )
+        .map_err(db)?;
+    let mut rows = stmt.query([]).map_err(db)?;
+    let mut open: Vec<(Option<SessionId>, uuid::Uuid)> = Vec::new();
+    while let Some(row) = rows.next().map_err(db)? {
+        let json: String = row.get(0).map_err(db)?;
+        let Ok(r) = serde_json::from_str::<Record>(&json) else {
+            continue;
+        };
+        match r.event {
+            Event::ApprovalRequested { approval, .. } => open.push((r.session, approval)),
+            Event::ApprovalDecided {
+                approval, outcome, ..
+            } if outcome != ApprovalOutcome::Counted && outcome != ApprovalOutcome::Revoked => {
+                open.retain(|(_, a)| *a != approval)
+            }
+            Event::ApprovalExpired { approval } => open.retain(|(_, a)| *a != approval),
+            _ => {}
+        }
+    }
+    Ok(open)
+}
