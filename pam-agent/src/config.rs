@@ -594,13 +594,11 @@ fn validate_principal_names(
 ) -> Result<(), Invalid> {
     let known = |n: &str| n == crate::principal::UNKNOWN || principals.names().any(|p| p == n);
     for (i, r) in resources.iter().enumerate() {
-        for (j, login) in r.settings.postgres.logins.iter().enumerate() {
-            if let Some(n) = login.principals.iter().flatten().find(|n| !known(n)) {
-                return err(
-                    &format!("resources[{i}].logins[{j}].principals"),
-                    format!("principal `{n}` is not declared by `[[principals]]`"),
-                );
-            }
+        if let Some((field, n)) = r.settings.principal_names().find(|(_, n)| !known(n)) {
+            return err(
+                &format!("resources[{i}].{field}"),
+                format!("principal `{n}` is not declared by `[[principals]]`"),
+            );
         }
     }
     for (i, rule) in policy.rules.iter().enumerate() {

@@ -79,6 +79,7 @@ fn every_kind_is_written_and_read_back() {
                 "execution",
                 "session_login",
                 "session_settings",
+                "worker_token",
             ]
             .contains(k)
         })
@@ -374,6 +375,14 @@ fn session_details_and_executions_are_read_back() {
             role: Some("crew".into()),
             search_path: vec!["pg_catalog".into(), "public".into()],
         },
+        Event::WorkerToken {
+            accepted: false,
+            issuer: "https://idp.test".into(),
+            subject: Some("orders-bot".into()),
+            groups: vec!["crew".into()],
+            expires_at: Some(1_900_000_000),
+            reason: Some("the token was refused: expired".into()),
+        },
         Event::Execution {
             statement: 3,
             parameters: vec![
@@ -404,9 +413,14 @@ fn session_details_and_executions_are_read_back() {
         drop(j);
         h.join().unwrap();
     }
-    for (kind, e) in ["session_login", "session_settings", "execution"]
-        .iter()
-        .zip(&events)
+    for (kind, e) in [
+        "session_login",
+        "session_settings",
+        "worker_token",
+        "execution",
+    ]
+    .iter()
+    .zip(&events)
     {
         let got = jsonl(&audit(
             &path,
@@ -419,6 +433,7 @@ fn session_details_and_executions_are_read_back() {
     for line in [
         "database orders role crew application psql; server: session_authorization=crew",
         "role crew search_path pg_catalog, public",
+        "refused token of orders-bot from https://idp.test groups crew: the token was refused: expired",
         r#"statement #3 executes: $1=int4 "42", $2=text [redacted: detector email], $3=NULL (+2 more)"#,
     ] {
         assert!(shown.contains(line), "{line}\n{shown}");

@@ -162,6 +162,8 @@ fn a_torn_last_record_is_cut_kept_and_journaled() {
     let dir = Scratch::new("torn");
     let path = dir.path("journal.db");
     let s = SessionId::new();
+    // Records before the cut: every kind once.
+    let n = every_kind(s).len() as u64;
     {
         let (j, h) = open(options(&path));
         for (session, event) in every_kind(s) {
@@ -172,9 +174,12 @@ fn a_torn_last_record_is_cut_kept_and_journaled() {
     }
     let seg = dir.path("journal.db.segments/00000000000000000001.seg");
     let whole = std::fs::read(&seg).unwrap();
-    // A record frame for seq 14 whose write stopped halfway.
-    let json = br#"{"seq":14,"ts":"2026-01-01T00:00:00Z","kind":"agent_stopped","reason":"cut"}"#;
-    let frame = format::record_frame(&[0; 32], json, &[0; 32]);
+    // A record frame for the next seq whose write stopped halfway.
+    let json = format!(
+        r#"{{"seq":{},"ts":"2026-01-01T00:00:00Z","kind":"agent_stopped","reason":"cut"}}"#,
+        n + 1
+    );
+    let frame = format::record_frame(&[0; 32], json.as_bytes(), &[0; 32]);
     let mut torn = whole.clone();
     torn.extend_from_slice(&frame[..frame.len() / 2]);
     std::fs::write(&seg, &torn).unwrap();
@@ -202,12 +207,12 @@ fn a_torn_last_record_is_cut_kept_and_journaled() {
         .iter()
         .find(|r| r["kind"] == "error" && r["component"] == "journal")
         .expect("the cut is journaled");
-    assert_eq!(note["seq"], 14, "{note}");
+    assert_eq!(note["seq"], n + 1, "{note}");
     assert!(
         note["message"].as_str().unwrap().contains("torn tail"),
         "{note}"
     );
-    assert_eq!(seq, 15);
+    assert_eq!(seq, n + 2);
     let kept: Vec<_> = std::fs::read_dir(dir.path("journal.db.segments"))
         .unwrap()
         .map(|e| e.unwrap().path())
@@ -231,6 +236,7 @@ fn a_segment_cut_at_its_creation_is_set_aside() {
     let dir = Scratch::new("torn-create");
     let path = dir.path("journal.db");
     let s = SessionId::new();
+    let n = every_kind(s).len() as u64;
     {
         let (j, h) = open(options(&path));
         for (session, event) in every_kind(s) {
@@ -239,7 +245,7 @@ fn a_segment_cut_at_its_creation_is_set_aside() {
         drop(j);
         h.join().unwrap();
     }
-    let next = dir.path("journal.db.segments/00000000000000000014.seg");
+    let next = dir.path(&format!("journal.db.segments/{:020}.seg", n + 1));
     std::fs::write(&next, b"PAMJ").unwrap();
     let (j, h) = open(options(&path));
     let seq = j
@@ -252,10 +258,10 @@ fn a_segment_cut_at_its_creation_is_set_aside() {
         .unwrap();
     drop(j);
     h.join().unwrap();
-    assert_eq!(seq, 14);
+    assert_eq!(seq, n + 1);
     let v = audit(&path, &["verify"]);
     assert!(v.status.success(), "{}", stdout(&v));
-    assert_eq!(all_records(&path).len(), 14);
+    assert_eq!(all_records(&path).len() as u64, n + 1);
 }
 
 /// One writer per journal: a second store on the same journal is refused while the first

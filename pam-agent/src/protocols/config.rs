@@ -48,6 +48,18 @@ pub struct ResourceSettings {
     pub postgres: postgres::Settings,
 }
 
+impl ResourceSettings {
+    /// Every principal name the resource's keys refer to, with the key's path.
+    pub fn principal_names(&self) -> impl Iterator<Item = (String, &str)> {
+        self.postgres.logins.iter().enumerate().flat_map(|(j, l)| {
+            l.principals
+                .iter()
+                .flatten()
+                .map(move |n| (format!("logins[{j}].principals"), n.as_str()))
+        })
+    }
+}
+
 /// Checks the keys of a resource of `protocol`; the field name is relative to the resource.
 pub(crate) fn validate(
     protocol: Protocol,
