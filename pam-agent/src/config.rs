@@ -273,13 +273,9 @@ pub struct Resource {
     pub settings: ResourceSettings,
 }
 
-/// `[worker_tls]`: the agent CA on disk and the lifetime of the leaves it issues.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct WorkerTls {
-    pub ca_cert: PathBuf,
-    pub ca_key: PathBuf,
-    pub leaf_validity: Duration,
-}
+/// `[worker_tls]`, validated: owned by [`crate::tls`], which everything that issues
+/// leaves (the proxy, the approvals API) reads it from.
+pub use crate::tls::WorkerTls;
 
 impl Resource {
     /// Whether a fixed-network resource covers `addr` (a host name's addresses are

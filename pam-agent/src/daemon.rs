@@ -86,8 +86,11 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         .context("writing the first journal record")?;
     crate::resolve::journal_initial(&cfg, &resolved, &journal).await;
 
-    let protocols = protocols::Services::start(&cfg.limits, &cfg.resources)
-        .context("starting the protocols' services")?;
+    let protocols = protocols::Services::start(
+        &cfg.limits,
+        cfg.resources.iter().map(|r| (r.name.as_str(), &r.settings)),
+    )
+    .context("starting the protocols' services")?;
     let shutdown = CancellationToken::new();
     let approvals = start_approvals(&cfg, &journal, grants, &shutdown).await?;
     let shared = Arc::new(Shared {

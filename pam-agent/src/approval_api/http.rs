@@ -62,7 +62,7 @@ impl Api {
     /// certificates, and the verifier for `cfg.oidc`.
     pub fn new(
         cfg: &HttpConfig,
-        ca: &crate::config::WorkerTls,
+        ca: &crate::tls::WorkerTls,
         broker: Broker,
         journal: Journal,
     ) -> anyhow::Result<Api> {

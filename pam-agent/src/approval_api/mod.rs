@@ -18,7 +18,7 @@ use crate::{govern::approval::Broker, journal::Journal};
 pub async fn start(
     http: Option<&HttpConfig>,
     webhooks: &[WebhookConfig],
-    ca: Option<&crate::config::WorkerTls>,
+    ca: Option<&crate::tls::WorkerTls>,
     broker: &Broker,
     journal: &Journal,
     shutdown: &CancellationToken,

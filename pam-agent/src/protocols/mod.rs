@@ -38,9 +38,10 @@ pub struct Services {
 }
 
 impl Services {
-    pub fn start(
+    /// `resources`: each protected resource's name and protocol settings.
+    pub fn start<'a>(
         limits: &Limits,
-        resources: &[crate::config::Resource],
+        resources: impl IntoIterator<Item = (&'a str, &'a ResourceSettings)>,
     ) -> std::io::Result<Services> {
         Ok(Services {
             postgres: postgres::Services::start(limits, resources)?,

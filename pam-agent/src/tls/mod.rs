@@ -11,6 +11,14 @@ pub use ca::{AgentCa, LeafCache, TlsError};
 pub use client::{ClientTls, ClientTlsError, TlsMode, load_roots};
 pub use stream::MaybeTls;
 
+/// `[worker_tls]`: the agent CA on disk and the lifetime of the leaves it issues.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WorkerTls {
+    pub ca_cert: std::path::PathBuf,
+    pub ca_key: std::path::PathBuf,
+    pub leaf_validity: std::time::Duration,
+}
+
 /// The TLS material the daemon loads once at start.
 pub struct Material {
     /// Leaves from the agent CA (`[worker_tls]`); `None`: workers are answered that

@@ -11,6 +11,14 @@ use super::{
     wire::{backend, frame::Frame, options::dangerous_encoding},
 };
 
+/// ParameterStatus settings the login record keeps.
+pub const REPORTED: &[&str] = &[
+    "application_name",
+    "is_superuser",
+    "server_version",
+    "session_authorization",
+];
+
 /// Writes and flushes `out` to the worker, then empties it.
 pub async fn write_out<W: tokio::io::AsyncWrite + Unpin>(
     w: &mut W,
@@ -41,7 +49,7 @@ pub fn watch_parameter(f: &Frame, shared: &Shared) {
         if unsafe_now {
             shared.lexer_unsafe.store(true, Ordering::Relaxed);
         }
-        if super::login_record::REPORTED.contains(&k.as_str()) {
+        if REPORTED.contains(&k.as_str()) {
             shared
                 .reported
                 .lock()

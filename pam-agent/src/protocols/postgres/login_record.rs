@@ -8,14 +8,6 @@ use std::sync::Arc;
 use super::{Context, SessionError, Shared, handshake::Ready};
 use crate::journal::Event;
 
-/// ParameterStatus settings the login record keeps.
-pub const REPORTED: &[&str] = &[
-    "application_name",
-    "is_superuser",
-    "server_version",
-    "session_authorization",
-];
-
 /// Journals the login (awaited: nothing of the worker's is read before it is stored).
 pub async fn journal(
     ctx: &Context,

@@ -131,7 +131,7 @@ struct Shared {
     /// Parameter types of the worker's statements as the server described them: name →
     /// (the worker half's parse generation of that name, type OIDs).
     param_types: std::sync::Mutex<std::collections::HashMap<String, (u64, Vec<u32>)>>,
-    /// What the server last reported of the settings [`login_record::REPORTED`] names.
+    /// What the server last reported of the settings [`io::REPORTED`] names.
     reported: std::sync::Mutex<std::collections::BTreeMap<String, String>>,
 }
 
@@ -147,22 +147,23 @@ pub struct Services {
 }
 
 impl Services {
-    pub fn start(
+    /// `resources`: each resource's name and settings (the verifiers of its worker tokens).
+    pub fn start<'a>(
         limits: &Limits,
-        resources: &[crate::config::Resource],
+        resources: impl IntoIterator<Item = (&'a str, &'a super::config::ResourceSettings)>,
     ) -> std::io::Result<Services> {
         let classifier = Classifier::start(sql::ClassifierConfig {
             max_statement_bytes: limits.max_statement_bytes,
             ..Default::default()
         })?;
         let mut verifiers = std::collections::HashMap::new();
-        for r in resources {
-            if let Some(cfg) = &r.settings.postgres.worker_oidc {
+        for (name, settings) in resources {
+            if let Some(cfg) = &settings.postgres.worker_oidc {
                 let http = crate::oidc::verifier::client(cfg).map_err(|e| {
-                    std::io::Error::other(format!("resource `{}`: worker_oidc: {e}", r.name))
+                    std::io::Error::other(format!("resource `{name}`: worker_oidc: {e}"))
                 })?;
                 verifiers.insert(
-                    r.name.clone(),
+                    name.to_owned(),
                     Arc::new(crate::oidc::Verifier::new(cfg.clone(), http)),
                 );
             }
