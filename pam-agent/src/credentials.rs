@@ -240,6 +240,25 @@ mod tests {
     }
 
     #[test]
+    fn a_systemd_credential_is_read_from_the_credentials_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("orders-db"), "cr3d\n").unwrap();
+        let login = RawLogin {
+            role: "r".into(),
+            secret_credential: Some("orders-db".into()),
+            ..Default::default()
+        }
+        .validate()
+        .unwrap();
+        // SAFETY: no other test in this crate reads or writes this variable.
+        unsafe { std::env::set_var("CREDENTIALS_DIRECTORY", dir.path()) };
+        assert_eq!(login.secret().unwrap().expose(), b"cr3d");
+        unsafe { std::env::remove_var("CREDENTIALS_DIRECTORY") };
+        let e = login.secret().err().unwrap().to_string();
+        assert!(e.contains("LoadCredential="), "{e}");
+    }
+
+    #[test]
     fn logins_are_chosen_by_principal_name() {
         let l = |p: Option<&[&str]>, role: &str| Login {
             principals: p.map(|p| p.iter().map(|s| s.to_string()).collect()),
