@@ -144,8 +144,8 @@ fn the_validator_flags_the_faults_of_the_old_export() {
         assert_eq!(code, Some(1), "{what}: not flagged: {report:#}");
         assert_eq!(report["invalid"].as_array().unwrap().len(), 1, "{what}");
     }
-    // An undeclared actor on a base event (approval), as the old export wrote it.
-    let mut e = at(11);
+    // An undeclared actor on a base event (an error), as the old export wrote it.
+    let mut e = at(17);
     e["actor"] = at(7)["actor"].clone();
     assert_eq!(validate(&format!("{e}\n")).0, Some(1));
 }
@@ -205,25 +205,25 @@ fn each_record_kind_is_mapped_deliberately() {
     }
     // (seq, class, activity, status_id) for every record of the golden journal.
     let expected: [(u64, u64, u64, u64); 19] = [
-        (3, 6002, 3, 1),   // agent_started: Start
-        (4, 6002, 99, 2),  // config_reloaded, refused: Failure
-        (5, 6002, 99, 1),  // policy_reloaded
-        (6, 3002, 1, 1),   // session_opened: Logon
-        (7, 6005, 1, 1),   // select allowed: Read
-        (8, 6005, 1, 1),   // its completion
-        (9, 0, 99, 1),     // masking_applied
-        (10, 6005, 2, 99), // update held for approval: Update, pending
-        (11, 0, 99, 99),   // approval_requested: pending
-        (12, 0, 99, 1),    // approval_decided: approved
-        (13, 6005, 2, 2),  // the update failed in the database (23505): Failure
-        (14, 6005, 99, 2), // ddl denied: Failure
-        (15, 0, 99, 99),   // approval_requested
-        (16, 0, 99, 2),    // approval_expired: Failure
-        (17, 0, 99, 2),    // error: Failure
-        (18, 3002, 2, 2),  // session_closed with end=error: Logoff, Failure
-        (19, 4001, 5, 2),  // connection_refused: Refuse
-        (20, 0, 99, 1),    // journal_pruned
-        (21, 6002, 4, 1),  // agent_stopped: Stop
+        (3, 6002, 3, 1),    // agent_started: Start
+        (4, 6002, 99, 2),   // config_reloaded, refused: Failure
+        (5, 6002, 99, 1),   // policy_reloaded
+        (6, 3002, 1, 1),    // session_opened: Logon
+        (7, 6005, 1, 1),    // select allowed: Read
+        (8, 6005, 1, 1),    // its completion
+        (9, 6005, 1, 1),    // masking_applied: its statement's activity
+        (10, 6005, 2, 99),  // update held for approval: Update, pending
+        (11, 6005, 99, 99), // approval_requested: pending
+        (12, 6005, 99, 1),  // approval_decided: approved
+        (13, 6005, 2, 2),   // the update failed in the database (23505): Failure
+        (14, 6005, 99, 2),  // ddl denied: Failure
+        (15, 6005, 99, 99), // approval_requested
+        (16, 6005, 99, 2),  // approval_expired: Failure
+        (17, 0, 99, 2),     // error: Failure
+        (18, 3002, 2, 2),   // session_closed with end=error: Logoff, Failure
+        (19, 4001, 5, 2),   // connection_refused: Refuse
+        (20, 0, 99, 1),     // journal_pruned
+        (21, 6002, 4, 1),   // agent_stopped: Stop
     ];
     for (seq, class, activity, status) in expected {
         let ev = e(seq);
@@ -347,4 +347,137 @@ fn events_without_their_context_still_validate() {
         (Some(0), Some(0))
     );
     assert_eq!(e(22)["unmapped"]["pam_agent"]["kind"], "from_the_future");
+}
+
+/// A journal (the agent's own writer, format 2) holding every record kind and the
+/// outcomes that change a kind's meaning; with the name of each record's sample.
+fn every_variant_journal(dir: &Scratch) -> (PathBuf, Vec<&'static str>) {
+    use common::every_variant::every_variant;
+    use pam_agent::journal::SessionId;
+    let path = dir.path("journal");
+    let s = SessionId::new();
+    let others = [(); 4].map(|_| SessionId::new());
+    let (j, h) = open(options(&path));
+    let mut names = Vec::new();
+    for (session, event, name) in every_variant(s, others) {
+        j.record_blocking(session, event).unwrap();
+        names.push(name);
+    }
+    drop(j);
+    h.join().unwrap();
+    (path, names)
+}
+
+/// What each record kind and outcome becomes: (class, activity, status_id, action_id,
+/// disposition_id), action and disposition only where the class has them. A name
+/// missing here fails the test below, so a new sample must say what it maps to.
+fn expected_mapping(name: &str) -> (u64, u64, u64, Option<u64>, Option<u64>) {
+    match name {
+        "started" => (6002, 3, 1, None, None),
+        "resolved" | "reloaded" | "policy reloaded" => (6002, 99, 1, None, None),
+        "reload refused" => (6002, 99, 2, None, None),
+        "opened" | "opened other" | "token accepted" => (3002, 1, 1, None, None),
+        "token refused" => (3002, 1, 2, None, None),
+        "login" | "settings" => (3002, 99, 1, None, None),
+        "select" | "execution" | "completed" => (6005, 1, 1, Some(1), Some(1)),
+        "masked" => (6005, 1, 1, Some(1), Some(99)),
+        "held" => (6005, 2, 99, Some(99), Some(14)),
+        "failed upstream" => (6005, 2, 2, Some(1), Some(1)),
+        "denied" => (6005, 99, 2, Some(2), Some(2)),
+        "requested" | "requested again" => (6005, 99, 99, Some(99), Some(14)),
+        "counted" => (6005, 99, 99, Some(99), Some(14)),
+        "approved" => (6005, 99, 1, Some(1), Some(8)),
+        "revoked" => (6005, 99, 1, Some(2), Some(24)),
+        "rejected" => (6005, 99, 2, Some(2), Some(25)),
+        "withdrawn" => (6005, 99, 99, Some(99), Some(16)),
+        "abandoned" | "expired" => (6005, 99, 2, Some(2), Some(2)),
+        "error" => (0, 99, 2, None, None),
+        "pruned" => (0, 99, 1, None, None),
+        "closed" => (3002, 2, 1, None, None),
+        "ended in error" | "unreachable" => (3002, 2, 2, None, None),
+        "shut down" | "abandoned session" => (3002, 2, 99, None, None),
+        "refused" | "refusals coalesced" => (4001, 5, 2, Some(2), Some(2)),
+        "stopped" => (6002, 4, 1, None, None),
+        other => panic!("no expected OCSF mapping for the sample {other:?}: add one"),
+    }
+}
+
+#[test]
+fn every_record_kind_exports_valid_ocsf_mapped_deliberately() {
+    let dir = Scratch::new("ocsf-every-kind");
+    let (path, names) = every_variant_journal(&dir);
+    let lines = export(&path, &[]);
+    let (code, report) = validate(&lines);
+    assert_eq!(report["events"], names.len(), "{report:#}");
+    assert_eq!(report["invalid"], serde_json::json!([]), "{report:#}");
+    assert_eq!(code, Some(0), "{report:#}");
+    let events: Vec<Value> = lines
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    // Every kind the journal knows is in this journal.
+    let kinds: HashSet<&str> = events
+        .iter()
+        .map(|e| e["unmapped"]["pam_agent"]["kind"].as_str().unwrap())
+        .collect();
+    for kind in pam_agent::journal::Event::KINDS {
+        assert!(kinds.contains(kind), "no {kind} record in the journal");
+    }
+    let mut uids = HashSet::new();
+    for (ev, name) in events.iter().zip(&names) {
+        no_nulls(ev, name);
+        assert!(uids.insert(ev["metadata"]["uid"].as_str().unwrap().to_owned()));
+        let got = (
+            ev["class_uid"].as_u64().unwrap(),
+            ev["activity_id"].as_u64().unwrap(),
+            ev["status_id"].as_u64().unwrap(),
+            ev["action_id"].as_u64(),
+            ev["disposition_id"].as_u64(),
+        );
+        assert_eq!(got, expected_mapping(name), "{name}: {ev:#}");
+        assert_ne!(ev["activity_name"], "Unknown", "{name}");
+    }
+    let e = |name: &str| &events[names.iter().position(|n| *n == name).unwrap()];
+    // The rule and reason where the profile keeps them.
+    assert_eq!(e("denied")["firewall_rule"]["name"], "no-ddl");
+    assert_eq!(
+        e("denied")["firewall_rule"]["desc"],
+        "statement kind ddl is not allowed"
+    );
+    assert_eq!(e("requested")["firewall_rule"]["name"], "approve-writes");
+    assert_eq!(e("masked")["firewall_rule"]["name"], "mask-pii");
+    assert_eq!(e("rejected")["status_detail"], "not during the freeze");
+    // An execution and a masking record carry their statement's query.
+    for name in ["execution", "masked", "completed"] {
+        assert_eq!(
+            e(name)["query_info"]["query_string"],
+            "SELECT * FROM orders WHERE id = $1",
+            "{name}"
+        );
+    }
+    // The approver is the actor of a decision; the worker of the rest.
+    assert_eq!(e("approved")["actor"]["user"]["name"], "dave@example.com");
+    assert_eq!(e("requested")["actor"]["user"]["name"], "alice");
+    // Tokens: OpenID, the subject as the user; refused with the reason.
+    assert_eq!(e("token accepted")["auth_protocol_id"], 4);
+    assert_eq!(
+        e("token accepted")["user"],
+        serde_json::json!({"uid": "crew-reader", "name": "crew-reader", "groups": [{"name": "analysts"}]})
+    );
+    assert_eq!(
+        e("token refused")["status_detail"],
+        "subject crew-writer is bound to another principal"
+    );
+    // The database login: the role is the user, the database the service.
+    assert_eq!(e("login")["user"]["name"], "crew_reader");
+    assert_eq!(e("login")["service"]["name"], "orders");
+    assert_eq!(e("settings")["user"]["name"], "reporting");
+    // Coalesced refusals: the count and the interval they span.
+    let c = e("refusals coalesced");
+    assert_eq!(c["count"], 1999);
+    assert_eq!(c["start_time"], 1_796_119_200_000_u64);
+    assert!(c["end_time"].as_u64().unwrap() >= c["start_time"].as_u64().unwrap());
+    assert_eq!(c["src_endpoint"]["ip"], "fd00::9");
+    assert!(e("refused").get("count").is_none());
+    assert_eq!(e("unreachable")["status_detail"], "upstream unreachable");
 }

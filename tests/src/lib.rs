@@ -11,6 +11,7 @@
 
 pub mod dns;
 pub mod idp;
+pub mod ocsf;
 pub mod postgres;
 pub mod receiver;
 

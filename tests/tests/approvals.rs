@@ -333,6 +333,11 @@ fn a_denied_statement_gets_42501_and_the_session_goes_on() {
     assert_eq!(f.orders("id = 2"), "1", "nothing deleted");
     let decided = f.records("approval_decided");
     assert_eq!(decided[0]["outcome"], "rejected");
+    // This run's records, exported as OCSF, validate against the schema.
+    let kinds = f.agent.assert_ocsf_export_valid();
+    for kind in ["approval_requested", "approval_decided", "statement"] {
+        assert!(kinds.contains(kind), "no {kind} in {kinds:?}");
+    }
 }
 
 #[test]

@@ -225,6 +225,9 @@ fn a_host_name_resource_follows_its_addresses_v4_and_v6() {
         "{out}"
     );
     assert_eq!(agent.records("resource_resolved").len(), resolutions);
+    // This run's records, exported as OCSF, validate against the schema.
+    let kinds = agent.assert_ocsf_export_valid();
+    assert!(kinds.contains("resource_resolved"), "{kinds:?}");
 }
 
 #[test]

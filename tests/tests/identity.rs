@@ -857,5 +857,15 @@ token_groups = ["crew"]
             "a token was kept"
         );
     }
+    // This run's records, exported as OCSF, validate against the schema.
+    let kinds = agent.assert_ocsf_export_valid();
+    for kind in [
+        "worker_token",
+        "session_login",
+        "session_opened",
+        "statement",
+    ] {
+        assert!(kinds.contains(kind), "no {kind} in {kinds:?}");
+    }
     drop((orders, billing));
 }

@@ -233,6 +233,9 @@ fn governed_workers_see_masked_values_and_others_the_real_ones() {
     }
     let (ok, report) = f.agent.verify_journal();
     assert!(ok, "{report}");
+    // This run's records, exported as OCSF, validate against the schema.
+    let kinds = f.agent.assert_ocsf_export_valid();
+    assert!(kinds.contains("masking_applied"), "{kinds:?}");
 }
 
 #[test]

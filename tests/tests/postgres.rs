@@ -466,4 +466,9 @@ fn executions_are_on_record_with_their_parameters_and_audit_show_prints_them() {
         "{shown}"
     );
     assert!(!shown.contains("jane@example.com"), "{shown}");
+    // This run's records, exported as OCSF, validate against the schema.
+    let kinds = f.agent.assert_ocsf_export_valid();
+    for kind in ["execution", "session_login", "statement_completed"] {
+        assert!(kinds.contains(kind), "no {kind} in {kinds:?}");
+    }
 }

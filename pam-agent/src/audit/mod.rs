@@ -399,14 +399,20 @@ fn export_ocsf(reader: &Reader, filter: &Filter) -> Result<(), AuditError> {
                     opened.insert(s.clone(), found);
                 }
                 ctx.opened = opened.get(s).and_then(|o| o.as_ref());
-                if let Some(
-                    Event::StatementCompleted { statement: n, .. }
-                    | Event::Execution { statement: n, .. },
-                ) = record.as_ref().map(|r| &r.event)
-                {
-                    let key = (s.clone(), *n);
+                let refers_to = match record.as_ref().map(|r| &r.event) {
+                    Some(
+                        Event::StatementCompleted { statement: n, .. }
+                        | Event::Execution { statement: n, .. }
+                        | Event::MaskingApplied {
+                            statement: Some(n), ..
+                        },
+                    ) => Some(*n),
+                    _ => None,
+                };
+                if let Some(n) = refers_to {
+                    let key = (s.clone(), n);
                     if !statements.contains_key(&key) {
-                        let found = statement_record(reader, s, *n)?;
+                        let found = statement_record(reader, s, n)?;
                         statements.insert(key.clone(), found);
                     }
                     ctx.statement = statements.get(&key).and_then(|o| o.as_ref());

@@ -6,10 +6,12 @@
 //! |---|---|---|
 //! | `agent_started` / `agent_stopped` | Application Lifecycle 6002 (host) | Start 3 / Stop 4 |
 //! | `config_reloaded`, `policy_reloaded` | 6002 (host) | Other 99 "Reload" / "Reload Policy" |
-//! | `session_opened` / `session_closed` | Authentication 3002 (host) | Logon 1 / Logoff 2 |
-//! | `connection_refused` | Network Activity 4001 (host, security_control) | Refuse 5 |
-//! | `statement`, `statement_completed` | Datastore Activity 6005 (security_control) | by statement kind: Read 1, Update 2, Write 5, Delete 7, Other 99, Unknown 0 |
-//! | approvals, masking, errors, retention | Base Event 0 | Other 99, named |
+//! | `session_opened` / `session_closed`, `worker_token` | Authentication 3002 (host) | Logon 1 / Logoff 2, Logon 1 (OpenID) |
+//! | `session_login`, `session_settings` | 3002 (host) | Other 99 "Database Login" / "Session Settings" |
+//! | `connection_refused` | Network Activity 4001 (host, security_control) | Refuse 5 (coalesced: `count`, `start_time`) |
+//! | `statement`, `execution`, `statement_completed`, `masking_applied` | Datastore Activity 6005 (security_control) | by statement kind: Read 1, Update 2, Write 5, Delete 7, Other 99, Unknown 0 |
+//! | approvals | 6005 (security_control) | Other 99, named; the decision in action/disposition |
+//! | errors, retention | Base Event 0 | Other 99, named |
 //!
 //! The decision goes to `action_id` / `disposition_id` (allow: Allowed / Allowed, deny:
 //! Denied / Blocked, require_approval: Other / Delayed), the rule and reason to
@@ -115,26 +117,30 @@ fn class(event: Option<&Event>, statement: Option<&Event>) -> Class {
         Some(Event::PolicyReloaded { .. }) => c(6002, 99, "Reload Policy", HOST),
         Some(Event::SessionOpened { .. }) => c(3002, 1, "Logon", HOST),
         Some(Event::SessionClosed { .. }) => c(3002, 2, "Logoff", HOST),
+        // The worker's token is its logon credential (OpenID).
+        Some(Event::WorkerToken { .. }) => c(3002, 1, "Logon", HOST),
+        // The database account the session logged in as, and later role changes.
+        Some(Event::SessionLogin { .. }) => c(3002, 99, "Database Login", HOST),
+        Some(Event::SessionSettings { .. }) => c(3002, 99, "Session Settings", HOST),
         Some(Event::ConnectionRefused { .. }) => c(4001, 5, "Refuse", HOST_CONTROL),
         Some(e @ Event::Statement { .. }) => {
             let (id, name) = statement_activity(e);
             c(6005, id, name, CONTROL)
         }
-        Some(Event::StatementCompleted { .. }) => {
+        // About the statement they refer to: its activity.
+        Some(
+            Event::StatementCompleted { .. }
+            | Event::Execution { .. }
+            | Event::MaskingApplied { .. },
+        ) => {
             let (id, name) = statement.map_or((0, "Unknown"), statement_activity);
             c(6005, id, name, CONTROL)
         }
-        Some(Event::Execution { .. }) => {
-            let (id, name) = statement.map_or((0, "Unknown"), statement_activity);
-            c(6005, id, name, CONTROL)
-        }
-        Some(Event::ApprovalRequested { .. }) => c(0, 99, "Approval Requested", &[]),
-        Some(Event::ApprovalDecided { .. }) => c(0, 99, "Approval Decided", &[]),
-        Some(Event::ApprovalExpired { .. }) => c(0, 99, "Approval Expired", &[]),
-        Some(Event::MaskingApplied { .. }) => c(0, 99, "Masking Applied", &[]),
-        Some(Event::WorkerToken { .. }) => c(0, 99, "Worker Token", &[]),
-        Some(Event::SessionLogin { .. }) => c(0, 99, "Session Login", &[]),
-        Some(Event::SessionSettings { .. }) => c(0, 99, "Session Settings", &[]),
+        // A decision about a statement, taken by a person: Datastore Activity with the
+        // decision in the security_control fields.
+        Some(Event::ApprovalRequested { .. }) => c(6005, 99, "Approval Requested", CONTROL),
+        Some(Event::ApprovalDecided { .. }) => c(6005, 99, "Approval Decided", CONTROL),
+        Some(Event::ApprovalExpired { .. }) => c(6005, 99, "Approval Expired", CONTROL),
         Some(Event::Error { .. }) => c(0, 99, "Error", &[]),
         Some(Event::JournalPruned { .. }) => c(0, 99, "Journal Pruned", &[]),
         Some(Event::ResourceResolved { .. }) => c(6002, 99, "Resource Resolved", HOST),
@@ -230,16 +236,44 @@ fn status(event: Option<&Event>) -> Status {
         Some(Event::StatementCompleted { error: Some(e), .. }) => s(2, "Failure", Some(e), None, 2),
         Some(Event::ApprovalRequested { .. }) => s(99, "Pending", None, None, 1),
         Some(Event::ApprovalDecided {
-            outcome: ApprovalOutcome::Rejected,
-            reason,
-            ..
-        }) => s(2, "Failure", None, reason.clone(), 2),
+            outcome, reason, ..
+        }) => match outcome {
+            ApprovalOutcome::Approved | ApprovalOutcome::Revoked => {
+                s(1, "Success", None, reason.clone(), 1)
+            }
+            ApprovalOutcome::Counted => s(99, "Pending", None, reason.clone(), 1),
+            ApprovalOutcome::Withdrawn => s(99, "Withdrawn", None, reason.clone(), 1),
+            ApprovalOutcome::Rejected => s(2, "Failure", None, reason.clone(), 2),
+            ApprovalOutcome::Abandoned => s(
+                2,
+                "Failure",
+                None,
+                Some("the agent stopped before a decision".into()),
+                2,
+            ),
+        },
         Some(Event::ApprovalExpired { .. }) => {
             s(2, "Failure", None, Some("nobody decided in time".into()), 2)
         }
         Some(Event::Error { message, .. }) => s(2, "Failure", None, Some(message.clone()), 3),
         None => s(0, "Unknown", None, None, 0),
-        Some(_) => ok,
+        // Every other kind records something that happened as it says: no wildcard, so
+        // a new kind must decide here whether it can fail.
+        Some(
+            Event::AgentStarted { .. }
+            | Event::AgentStopped { .. }
+            | Event::ConfigReloaded { ok: true, .. }
+            | Event::PolicyReloaded { .. }
+            | Event::ResourceResolved { .. }
+            | Event::SessionOpened { .. }
+            | Event::SessionLogin { .. }
+            | Event::SessionSettings { .. }
+            | Event::WorkerToken { accepted: true, .. }
+            | Event::Execution { .. }
+            | Event::StatementCompleted { error: None, .. }
+            | Event::MaskingApplied { .. }
+            | Event::JournalPruned { .. },
+        ) => ok,
     }
 }
 
@@ -317,8 +351,24 @@ impl Exporter {
                     json!({ "name": "pam-agent", "vendor_name": VENDOR, "version": version }),
                 );
             }
-            (3002, _) => authentication(obj, &session),
-            (4001, Some(Event::ConnectionRefused { client, .. })) => {
+            (3002, Some(e)) => self.authentication(obj, e, &session),
+            (
+                4001,
+                Some(Event::ConnectionRefused {
+                    client,
+                    count,
+                    since,
+                    ..
+                }),
+            ) => {
+                // Coalesced refusals: how many, from the first to this record.
+                if let Some(n) = count {
+                    obj.insert("count".into(), json!(n));
+                }
+                if let Some(t) = since {
+                    obj.insert("start_time".into(), json!(t.as_millisecond()));
+                    obj.insert("end_time".into(), json!(r.ts_us.div_euclid(1000)));
+                }
                 obj.insert(
                     "src_endpoint".into(),
                     json!({ "ip": client.ip().to_string(), "port": client.port() }),
@@ -328,7 +378,7 @@ impl Exporter {
                     "dst_endpoint".into(),
                     json!({ "hostname": self.host.hostname, "svc_name": "pam-agent" }),
                 );
-                decision(obj, Decision::Deny, None, None);
+                control(obj, Control::of(Decision::Deny), "refused", None, None);
             }
             (6005, Some(e)) => self.database_activity(obj, e, statement, &session),
             _ => {}
@@ -338,7 +388,8 @@ impl Exporter {
 }
 
 impl Exporter {
-    /// A statement or its completion (class 6005): who, where, the query, the decision.
+    /// A statement, what followed it (execution, completion, masking) or a person's
+    /// decision about it (approvals), class 6005: who, where, the query, the decision.
     fn database_activity(
         &self,
         obj: &mut Map<String, Value>,
@@ -357,52 +408,130 @@ impl Exporter {
         obj.insert("database".into(), session.database());
         obj.insert("type_id".into(), json!(1));
         obj.insert("type".into(), json!("Database"));
-        // The statement this event is about: the record itself, or for a
-        // completion the statement record it completes.
+        // The statement this event is about: the record itself, or for what followed
+        // it the statement record it refers to.
         let judged = match e {
             Event::Statement { .. } => Some(e),
             _ => statement,
         };
-        if let Some(Event::Statement {
-            text,
-            fingerprint,
-            kinds,
-            decision: d,
-            rule,
-            reason,
-            ..
-        }) = judged
-        {
-            // query_string is required: without recorded text (fingerprint-only
-            // mode) there is no query_info; the fingerprint stays under unmapped.
-            if let Some(t) = text {
-                let mut q = json!({
-                    "query_string": t,
-                    "name": kinds.first().map_or("statement", String::as_str),
-                });
-                if let Some(f) = fingerprint {
-                    q["uid"] = json!(f);
+        let (rule, reason) = match judged {
+            Some(Event::Statement {
+                text,
+                fingerprint,
+                kinds,
+                rule,
+                reason,
+                ..
+            }) => {
+                // query_string is required: without recorded text (fingerprint-only
+                // mode) there is no query_info; the fingerprint stays under unmapped.
+                if let Some(t) = text {
+                    let mut q = json!({
+                        "query_string": t,
+                        "name": kinds.first().map_or("statement", String::as_str),
+                    });
+                    if let Some(f) = fingerprint {
+                        q["uid"] = json!(f);
+                    }
+                    obj.insert("query_info".into(), q);
                 }
-                obj.insert("query_info".into(), q);
+                (rule.as_deref(), reason.as_deref())
             }
-            match e {
-                Event::Statement { .. } => decision(obj, *d, rule.as_deref(), reason.as_deref()),
-                // It ran: allowed, by its rule or by the approval it waited for.
-                _ => decision(obj, Decision::Allow, rule.as_deref(), None),
+            _ => (None, None),
+        };
+        match e {
+            Event::Statement { decision: d, .. } => {
+                control(obj, Control::of(*d), d.as_str(), rule, reason)
             }
-        } else {
-            // A completion whose statement record is not at hand: it ran, so
-            // it was allowed.
-            decision(obj, Decision::Allow, None, None);
+            Event::ApprovalRequested { rule, .. } => control(
+                obj,
+                Control::of(Decision::RequireApproval),
+                "pending",
+                Some(rule),
+                None,
+            ),
+            Event::ApprovalDecided {
+                outcome,
+                by,
+                reason,
+                ..
+            } => {
+                // The approver acted; the worker is the session (correlation_uid).
+                obj.insert("actor".into(), json!({ "user": { "name": by } }));
+                let c = match outcome {
+                    ApprovalOutcome::Approved => Control(1, "Allowed", 8, "Approved"),
+                    ApprovalOutcome::Counted => Control(99, "Require Approval", 14, "Delayed"),
+                    ApprovalOutcome::Rejected => Control(2, "Denied", 25, "Rejected"),
+                    ApprovalOutcome::Withdrawn => Control(99, "Withdrawn", 16, "No Action"),
+                    ApprovalOutcome::Abandoned => Control(2, "Denied", 2, "Blocked"),
+                    ApprovalOutcome::Revoked => Control(2, "Denied", 24, "Access Revoked"),
+                };
+                control(obj, c, outcome.as_str(), None, reason.as_deref());
+            }
+            Event::ApprovalExpired { .. } => control(
+                obj,
+                Control(2, "Denied", 2, "Blocked"),
+                "expired",
+                None,
+                Some("nobody decided in time"),
+            ),
+            // It ran (allowed, by its rule or the approval it waited for) and its
+            // results were rewritten by the masking rule.
+            Event::MaskingApplied { rule, .. } => control(
+                obj,
+                Control(1, "Allowed", 99, "Masked"),
+                "masked",
+                rule.as_deref(),
+                None,
+            ),
+            // An execution or completion: it ran, so it was allowed.
+            _ => control(obj, Control::of(Decision::Allow), "allow", rule, None),
         }
+    }
+
+    /// A logon (session, worker token, database login, role change), class 3002.
+    fn authentication(&self, obj: &mut Map<String, Value>, e: &Event, session: &Session<'_>) {
+        let mut user = session.user();
+        match e {
+            Event::WorkerToken {
+                subject, groups, ..
+            } => {
+                user = match subject {
+                    Some(sub) => json!({ "uid": sub, "name": sub }),
+                    None => json!({ "name": "unknown", "type_id": 0, "type": "Unknown" }),
+                };
+                if !groups.is_empty() {
+                    let g: Vec<Value> = groups.iter().map(|n| json!({ "name": n })).collect();
+                    user["groups"] = json!(g);
+                }
+                obj.insert("auth_protocol_id".into(), json!(4));
+                obj.insert("auth_protocol".into(), json!("OpenID"));
+            }
+            // The database account (role) is the user of these logons.
+            Event::SessionLogin { role, database, .. } => {
+                if let Some(role) = role {
+                    user = json!({ "name": role, "type_id": 3, "type": "System" });
+                }
+                if let Some(db) = database {
+                    obj.insert("service".into(), json!({ "name": db }));
+                }
+            }
+            Event::SessionSettings {
+                role: Some(role), ..
+            } => {
+                user = json!({ "name": role, "type_id": 3, "type": "System" });
+            }
+            _ => {}
+        }
+        authentication(obj, session, user);
     }
 }
 
-/// A session opened or closed (class 3002): who logged on to what, from where.
-fn authentication(obj: &mut Map<String, Value>, session: &Session<'_>) {
-    obj.insert("user".into(), session.user());
+/// A session's logon (class 3002): who logged on to what, from where.
+fn authentication(obj: &mut Map<String, Value>, session: &Session<'_>, user: Value) {
+    obj.insert("user".into(), user);
     obj.insert("actor".into(), session.actor());
-    obj.insert("service".into(), session.service());
+    obj.entry("service").or_insert_with(|| session.service());
     obj.insert("dst_endpoint".into(), session.dst());
     if let Some(src) = session.src() {
         obj.insert("src_endpoint".into(), src);
@@ -413,18 +542,34 @@ fn authentication(obj: &mut Map<String, Value>, session: &Session<'_>) {
     obj.insert("logon_type".into(), json!("Network"));
 }
 
-/// The decision in the security_control profile's fields.
-fn decision(obj: &mut Map<String, Value>, d: Decision, rule: Option<&str>, reason: Option<&str>) {
-    let (action_id, action, disposition_id, disposition) = match d {
-        Decision::Allow => (1, "Allowed", 1, "Allowed"),
-        Decision::Deny => (2, "Denied", 2, "Blocked"),
-        Decision::RequireApproval => (99, "Require Approval", 14, "Delayed"),
-    };
+/// The security_control profile's action and disposition: (action_id, action,
+/// disposition_id, disposition).
+struct Control(u32, &'static str, u32, &'static str);
+
+impl Control {
+    fn of(d: Decision) -> Control {
+        match d {
+            Decision::Allow => Control(1, "Allowed", 1, "Allowed"),
+            Decision::Deny => Control(2, "Denied", 2, "Blocked"),
+            Decision::RequireApproval => Control(99, "Require Approval", 14, "Delayed"),
+        }
+    }
+}
+
+/// The decision in the security_control profile's fields, the rule and reason with it.
+fn control(
+    obj: &mut Map<String, Value>,
+    c: Control,
+    decision: &str,
+    rule: Option<&str>,
+    reason: Option<&str>,
+) {
+    let Control(action_id, action, disposition_id, disposition) = c;
     obj.insert("action_id".into(), json!(action_id));
     obj.insert("action".into(), json!(action));
     obj.insert("disposition_id".into(), json!(disposition_id));
     obj.insert("disposition".into(), json!(disposition));
-    let mut auth = json!({ "decision": d.as_str() });
+    let mut auth = json!({ "decision": decision });
     if let Some(rule) = rule {
         let mut named = json!({ "name": rule, "uid": rule });
         if let Some(reason) = reason {

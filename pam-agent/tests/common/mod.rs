@@ -2,6 +2,7 @@
 //! event, and running the real `pam-agent` binary.
 #![allow(dead_code)]
 
+pub mod every_variant;
 pub mod format;
 
 use std::{
