@@ -16,6 +16,7 @@ mod bench_pg;
 mod demo;
 mod install;
 mod setup;
+mod suite;
 mod util;
 
 use clap::{Parser, Subcommand};
