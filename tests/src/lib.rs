@@ -14,6 +14,7 @@ pub mod idp;
 pub mod ocsf;
 pub mod postgres;
 pub mod receiver;
+pub mod run_id;
 
 use std::{
     io::Read,
@@ -21,19 +22,16 @@ use std::{
     os::unix::net::UnixDatagram,
     path::{Path, PathBuf},
     process::{Child, Command, Output, Stdio},
-    sync::atomic::{AtomicU32, Ordering},
     time::{Duration, Instant},
 };
 
 use anyhow::{Context, bail};
 use serde_json::Value;
 
-static COUNTER: AtomicU32 = AtomicU32::new(0);
-
-/// A small id unique among this process's fixtures and unlikely to collide with another
-/// test process (used in interface, namespace and cgroup names).
+/// An id no other fixture of any running test process holds (used in interface,
+/// namespace, cgroup and pin names): see [`run_id`].
 fn unique() -> u32 {
-    (std::process::id() % 5000) * 10 + COUNTER.fetch_add(1, Ordering::Relaxed) % 10
+    run_id::take()
 }
 
 /// True when the test can run (root with eBPF). Under `CI=true` a test that cannot run
@@ -95,6 +93,8 @@ fn ip(args: &[&str]) -> anyhow::Result<()> {
 
 /// A test host: a network namespace reachable from the host over a veth pair.
 pub struct TestHost {
+    /// Its fixture id ([`run_id`]): processes started in it are noted under it.
+    pub id: u32,
     pub ns: String,
     host_if: String,
     /// The veth end inside the namespace.
@@ -113,6 +113,7 @@ impl TestHost {
         let ns_if = format!("pt{id}n");
         let (a, b) = ((id / 250) % 250 + 1, id % 250 + 1);
         let host = TestHost {
+            id,
             ns: ns.clone(),
             host_if: host_if.clone(),
             ns_if: ns_if.clone(),
@@ -213,6 +214,7 @@ impl TestHost {
             .expect("stdout")
             .read_exact(&mut ready)
             .context("echo server did not start")?;
+        run_id::note_pid(self.id, child.id());
         self.servers.push(child);
         Ok(())
     }
@@ -241,18 +243,24 @@ impl Drop for TestHost {
             .args(["link", "del", &self.host_if])
             .output();
         let _ = Command::new("ip").args(["netns", "del", &self.ns]).output();
+        run_id::release(self.id);
     }
 }
 
-/// Removes what killed test runs left behind (a Drop never runs under SIGKILL): test
-/// network namespaces and their veths, test cgroups (killing their processes), and test
-/// pin directories (detaching their programs). Returns how many objects it removed.
+/// Removes what killed test runs left behind (a Drop never runs under SIGKILL): the
+/// registered fixtures of dead test processes ([`run_id::sweep`]: their agents,
+/// postmasters and servers, namespaces, veths, cgroups and pins), then test objects that
+/// no live test process registered (runs of older fixtures). Objects of running tests
+/// are left alone. Returns how many slots and objects it removed.
 pub fn sweep_leftovers() -> usize {
-    let mut removed = 0;
+    let mut removed = run_id::sweep();
+    // The id at the end of a fixture's name, when a live test process holds it.
+    let held = |name: &str| run_id::id_of(name).is_some_and(run_id::live);
     if let Ok(out) = Command::new("ip").args(["netns", "list"]).output() {
         for line in String::from_utf8_lossy(&out.stdout).lines() {
             let ns = line.split_whitespace().next().unwrap_or_default();
             if ns.starts_with("pamt")
+                && !held(ns)
                 && Command::new("ip")
                     .args(["netns", "del", ns])
                     .status()
@@ -268,6 +276,7 @@ pub fn sweep_leftovers() -> usize {
             if let Some(name) = line.split(": ").nth(1).and_then(|n| n.split('@').next())
                 && name.starts_with("pt")
                 && name.ends_with('h')
+                && !held(name)
                 && Command::new("ip")
                     .args(["link", "del", name])
                     .status()
@@ -279,7 +288,8 @@ pub fn sweep_leftovers() -> usize {
     }
     if let Ok(entries) = std::fs::read_dir(cgroup2_root()) {
         for e in entries.flatten() {
-            if e.file_name().to_string_lossy().starts_with("pamtest-") {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if name.starts_with("pamtest-") && !held(&name) {
                 drop(Cgroup { path: e.path() });
                 removed += 1;
             }
@@ -287,7 +297,8 @@ pub fn sweep_leftovers() -> usize {
     }
     if let Ok(entries) = std::fs::read_dir("/sys/fs/bpf") {
         for e in entries.flatten() {
-            if e.file_name().to_string_lossy().starts_with("pamtest-") {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if name.starts_with("pamtest-") && !held(&name) {
                 let _ = Command::new(agent_bin())
                     .args(["disable", "--pin-dir"])
                     .arg(e.path())
@@ -337,6 +348,13 @@ impl Drop for Cgroup {
         while std::fs::remove_dir(&self.path).is_err() && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(20));
         }
+        if let Some(id) = self
+            .path
+            .file_name()
+            .and_then(|n| run_id::id_of(&n.to_string_lossy()))
+        {
+            run_id::release(id);
+        }
     }
 }
 
@@ -377,6 +395,8 @@ impl ResourceSpec {
 
 /// A running `pam-agent run` with its own config, journal and pin directory.
 pub struct Agent {
+    /// Its fixture id ([`run_id`]), in its pin directory's name.
+    id: u32,
     child: Option<Child>,
     pub dir: tempfile::TempDir,
     pub config: PathBuf,
@@ -451,7 +471,8 @@ impl Agent {
             .prefix("pam-agent-test")
             .tempdir()?;
         let port = free_port();
-        let pin_dir = PathBuf::from(format!("/sys/fs/bpf/pamtest-{}", unique()));
+        let id = unique();
+        let pin_dir = PathBuf::from(format!("/sys/fs/bpf/pamtest-{id}"));
         let journal = journal_dir.unwrap_or(dir.path()).join("journal.db");
         let mut text = format!(
             "[agent]\npin_dir = \"{}\"\n\n[listener]\nport = {port}\n{listener_extra}\n\n[journal]\npath = \"{}\"\n{journal_extra}\n\n[govern]\ncgroups = [{}]\n",
@@ -478,6 +499,7 @@ impl Agent {
         let config = dir.path().join("config.toml");
         std::fs::write(&config, text)?;
         let mut agent = Agent {
+            id,
             child: None,
             dir,
             config,
@@ -529,6 +551,7 @@ impl Agent {
             .stderr(log)
             .spawn()
             .context("starting pam-agent")?;
+        run_id::note_pid(self.id, child.id());
         let deadline = Instant::now() + Duration::from_secs(30);
         let mut buf = [0u8; 512];
         loop {
@@ -709,6 +732,7 @@ impl Drop for Agent {
                 .arg(&self.pin_dir)
                 .output();
         }
+        run_id::release(self.id);
     }
 }
 

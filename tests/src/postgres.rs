@@ -1,5 +1,7 @@
-//! A real PostgreSQL server on a test host: `initdb` into a temporary directory, started
-//! inside the host's network namespace, stopped and removed on drop.
+//! A real PostgreSQL server on a test host: a copy of the template cluster (one `initdb`
+//! per machine, made once under a lock, then copied: far cheaper than an `initdb` per
+//! test) in a temporary directory, started inside the host's network namespace with the
+//! test's superuser password, stopped and removed on drop.
 
 use std::{
     path::PathBuf,
@@ -69,6 +71,56 @@ pub struct PgServer {
 /// Server certificate names when started with TLS: the test host's addresses and this.
 pub const SERVER_DNS_NAME: &str = "db.pam.test";
 
+/// The template cluster's superuser password, replaced by each server's own at start.
+const TEMPLATE_PASSWORD: &str = "pam-e2e-template";
+
+/// The template cluster's data directory, made by the first test that needs it (under a
+/// lock, so parallel runs make it once) and kept: every [`PgServer`] starts from a copy.
+fn template(uid: u32, gid: u32) -> anyhow::Result<PathBuf> {
+    use std::os::unix::io::AsRawFd;
+    let root = std::env::temp_dir().join("pam-pg-template-15");
+    let data = root.join("data");
+    std::fs::create_dir_all(&root)?;
+    let lock = std::fs::File::create(root.with_extension("lock"))?;
+    // SAFETY: flock on a descriptor this function owns; released when `lock` drops.
+    if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX) } != 0 {
+        bail!(
+            "locking the template cluster: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+    if data.join("PG_VERSION").exists() {
+        return Ok(data);
+    }
+    let work = root.join(format!("making-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&work);
+    std::fs::create_dir(&work)?;
+    std::os::unix::fs::chown(&work, Some(uid), Some(gid))?;
+    let pwfile = work.join("pw");
+    std::fs::write(&pwfile, TEMPLATE_PASSWORD)?;
+    std::os::unix::fs::chown(&pwfile, Some(uid), Some(gid))?;
+    let out = Command::new("runuser")
+        .args(["-u", "postgres", "--"])
+        .arg(format!("{BIN}/initdb"))
+        .arg("-D")
+        .arg(work.join("data"))
+        .args(["--auth=scram-sha-256", "-U", "postgres", "--no-sync"])
+        .arg(format!("--pwfile={}", pwfile.display()))
+        .output_within()
+        .context("initdb")?;
+    if !out.status.success() {
+        bail!("initdb failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    // Clients on the host reach it over the veth pair.
+    let hba = work.join("data/pg_hba.conf");
+    let mut text = std::fs::read_to_string(&hba)?;
+    text.push_str("host all all 0.0.0.0/0 scram-sha-256\nhost all all ::/0 scram-sha-256\n");
+    std::fs::write(&hba, text)?;
+    std::fs::rename(work.join("data"), &data)?;
+    let _ = std::fs::remove_dir_all(&work);
+    Ok(data)
+}
+
 fn postgres_uid() -> anyhow::Result<(u32, u32)> {
     let uid = Command::new("id")
         .args(["-u", "postgres"])
@@ -106,26 +158,18 @@ impl PgServer {
         let dir = tempfile::Builder::new().prefix("pam-pg").tempdir()?;
         std::os::unix::fs::chown(dir.path(), Some(uid), Some(gid))?;
         let data = dir.path().join("data");
-        let pwfile = dir.path().join("pw");
-        std::fs::write(&pwfile, password)?;
-        std::os::unix::fs::chown(&pwfile, Some(uid), Some(gid))?;
-        let out = Command::new("runuser")
-            .args(["-u", "postgres", "--"])
-            .arg(format!("{BIN}/initdb"))
-            .arg("-D")
+        let out = Command::new("cp")
+            .arg("-a")
+            .arg(template(uid, gid)?)
             .arg(&data)
-            .args(["--auth=scram-sha-256", "-U", "postgres", "--no-sync"])
-            .arg(format!("--pwfile={}", pwfile.display()))
             .output_within()
-            .context("initdb")?;
+            .context("copying the template cluster")?;
         if !out.status.success() {
-            bail!("initdb failed: {}", String::from_utf8_lossy(&out.stderr));
+            bail!(
+                "copying the template cluster: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
         }
-        // Clients on the host reach it over the veth pair.
-        let hba = data.join("pg_hba.conf");
-        let mut text = std::fs::read_to_string(&hba)?;
-        text.push_str("host all all 0.0.0.0/0 scram-sha-256\nhost all all ::/0 scram-sha-256\n");
-        std::fs::write(&hba, text)?;
 
         let hosts = vec![host.v4.to_string(), host.v6.to_string()];
         let mut opts = format!(
@@ -169,15 +213,29 @@ impl PgServer {
                 std::fs::read_to_string(dir.path().join("server.log")).unwrap_or_default()
             );
         }
-        let server = PgServer {
+        if let Some(pid) = std::fs::read_to_string(data.join("postmaster.pid"))
+            .ok()
+            .and_then(|t| t.lines().next()?.trim().parse().ok())
+        {
+            crate::run_id::note_pid(host.id, pid);
+        }
+        let mut server = PgServer {
             dir,
             ns: host.ns.clone(),
             port,
-            password: password.into(),
+            password: TEMPLATE_PASSWORD.into(),
             hosts,
             server_ca,
         };
         server.wait_ready()?;
+        server.admin_sql(
+            "postgres",
+            &format!(
+                "ALTER USER postgres PASSWORD '{}'",
+                password.replace('\'', "''")
+            ),
+        )?;
+        server.password = password.into();
         Ok(server)
     }
 
