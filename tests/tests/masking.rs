@@ -272,7 +272,7 @@ fn crewai_nl2sql_tool_gets_masked_rows() {
 }
 
 #[test]
-fn memory_stays_flat_while_millions_of_masked_rows_stream() {
+fn millions_of_streamed_rows_are_all_masked_and_a_planted_leak_is_found() {
     if !require_root("masking") {
         return;
     }
@@ -328,13 +328,10 @@ fn memory_stays_flat_while_millions_of_masked_rows_stream() {
         (1, Some("3000003")),
         "the control row must be found in the unmasked column: {count:?}"
     );
+    // Memory while streaming is measured, not asserted, here: `cargo xtask bench --only
+    // masking` reports the agent's peak over a 1 GiB masked result (docs/benchmarks.md).
     let (_, peak) = f.agent.memory_kib().expect("agent memory");
     eprintln!("agent RSS before {before} KiB, peak {peak} KiB");
-    let growth_mib = peak.saturating_sub(before) / 1024;
-    assert!(
-        growth_mib < 32,
-        "agent memory grew by {growth_mib} MiB while streaming (from {before} KiB to a peak of {peak} KiB)"
-    );
 }
 
 /// Leaks found in a `COPY (id, email, ssn, name) TO STDOUT` text stream, per column after
