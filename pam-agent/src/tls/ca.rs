@@ -285,8 +285,19 @@ impl LeafCache {
         tls_names: &[String],
         alpn: &[u8],
     ) -> Result<TlsAcceptor, TlsError> {
+        self.acceptor_at(resource, destination, tls_names, alpn, Instant::now())
+    }
+
+    /// [`LeafCache::acceptor`] at the time `now` (tests move the clock past the half-life).
+    fn acceptor_at(
+        &self,
+        resource: &str,
+        destination: IpAddr,
+        tls_names: &[String],
+        alpn: &[u8],
+        now: Instant,
+    ) -> Result<TlsAcceptor, TlsError> {
         let key = (resource.to_owned(), destination);
-        let now = Instant::now();
         if let Some(leaf) = self.lock().get(&key)
             && leaf.renew_at > now
         {
@@ -389,11 +400,42 @@ mod tests {
 
     #[test]
     fn leaves_are_reissued_when_half_their_life_is_gone() {
-        // A zero lifetime: every call is past the renewal point.
-        let cache = LeafCache::new(AgentCa::generate("t").unwrap(), Duration::ZERO);
+        let life = Duration::from_secs(3600);
+        let cache = LeafCache::new(AgentCa::generate("t").unwrap(), life);
         let ip: IpAddr = "10.0.0.5".parse().unwrap();
-        let a = cache.acceptor("db", ip, &[], b"").unwrap();
-        let b = cache.acceptor("db", ip, &[], b"").unwrap();
-        assert!(!Arc::ptr_eq(a.config(), b.config()));
+        let t0 = Instant::now();
+        let at = |t: Instant| cache.acceptor_at("db", ip, &[], b"", t).unwrap();
+        let first = at(t0);
+        // Just before half the lifetime: the same leaf.
+        let before = at(t0 + life / 2 - Duration::from_millis(1));
+        assert!(Arc::ptr_eq(first.config(), before.config()));
+        // At half the lifetime: a new leaf, then that one until its own half-life.
+        let renewed = at(t0 + life / 2);
+        assert!(!Arc::ptr_eq(first.config(), renewed.config()));
+        let later = at(t0 + life / 2 + life / 2 - Duration::from_millis(1));
+        assert!(Arc::ptr_eq(renewed.config(), later.config()));
+        assert!(!Arc::ptr_eq(
+            renewed.config(),
+            at(t0 + life + Duration::from_millis(1)).config()
+        ));
+    }
+
+    /// The lifetime the half-life is taken from is the one written in the certificate,
+    /// read back with an X.509 parser.
+    #[test]
+    fn a_leaf_is_valid_for_the_configured_lifetime() {
+        let ca = AgentCa::generate("t").unwrap();
+        let life = Duration::from_secs(7200);
+        let (chain, _) = ca.issue(&["10.0.0.5".into()], life).unwrap();
+        let (_, cert) = x509_parser::parse_x509_certificate(&chain[0]).unwrap();
+        let v = cert.validity();
+        let span = v.not_after.timestamp() - v.not_before.timestamp();
+        assert_eq!(
+            span,
+            (life + CLOCK_SKEW).as_secs() as i64,
+            "not_before is back-dated by the clock skew"
+        );
+        let now = time::OffsetDateTime::now_utc().unix_timestamp();
+        assert!((v.not_after.timestamp() - now - life.as_secs() as i64).abs() <= 5);
     }
 }

@@ -428,6 +428,39 @@ mod tests {
         }
     }
 
+    proptest::proptest! {
+        /// Two texts of one template differing in their constants: once the first is
+        /// classified, the second is answered from the cache exactly as a full parse of
+        /// the second text answers (the oracle: `classify`, which no cache touches). The
+        /// templates in `SHARED` must be answered from the cache, so the comparison is
+        /// never between two full parses.
+        #[test]
+        fn a_cache_hit_equals_the_full_parse_of_its_own_text(
+            t in 0usize..TEMPLATES.len(),
+            a in 0u64..2_000_000_000,
+            b in 0u64..2_000_000_000,
+            sa in "[ -&(-\\[\\]-~]{0,12}",
+            sb in "[ -&(-\\[\\]-~]{0,12}",
+        ) {
+            let text = |n: u64, s: &str| {
+                TEMPLATES[t].replace("{n}", &n.to_string()).replace("{s}", &s.replace('\'', "''"))
+            };
+            let (first, second) = (text(a, &sa), text(b, &sb));
+            let c = classifier();
+            c.classify_here(&first);
+            let hit = c.cached(&second);
+            if SHARED.contains(&t) {
+                proptest::prop_assert!(hit.is_some(), "{} after {}: not from the cache", second, first);
+            }
+            if let Some(hit) = hit {
+                proptest::prop_assert_eq!(hit.as_ref(), &classify(&second, 1 << 20), "{} after {}", second, first);
+            }
+        }
+    }
+
+    /// Templates whose constants never change the classification (so the cache shares it).
+    const SHARED: &[usize] = &[0, 1, 5, 9];
+
     const TEMPLATES: &[&str] = &[
         "SELECT abalance FROM pgbench_accounts WHERE aid = {n}",
         "UPDATE t SET a = '{s}' WHERE id = {n};",
