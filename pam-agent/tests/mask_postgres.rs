@@ -16,6 +16,9 @@ use pam_agent::protocols::postgres::masking::{
     PlannedColumn, RewriteRows,
 };
 
+#[path = "postgres_support/template.rs"]
+mod pg_template;
+
 const BIN: &str = "/usr/lib/postgresql/15/bin";
 
 /// A throwaway server, stopped and removed on drop.
@@ -51,12 +54,9 @@ impl Server {
             .unwrap();
         std::os::unix::fs::chown(dir.path(), Some(uid), Some(gid)).unwrap();
         let data = dir.path().join("data");
-        let out = Command::new("runuser")
-            .args(["-u", "postgres", "--"])
-            .arg(format!("{BIN}/initdb"))
-            .arg("-D")
-            .arg(&data)
-            .args([
+        pg_template::copy_to(
+            &data,
+            &[
                 "--auth=trust",
                 "-U",
                 "postgres",
@@ -64,13 +64,9 @@ impl Server {
                 "-E",
                 "UTF8",
                 "--locale=C",
-            ])
-            .output()
-            .expect("initdb");
-        assert!(
-            out.status.success(),
-            "initdb: {}",
-            String::from_utf8_lossy(&out.stderr)
+            ],
+            None,
+            "",
         );
         // Ask the kernel for a free port; the tiny window before the server binds is harmless here.
         let port = std::net::TcpListener::bind("127.0.0.1:0")

@@ -24,6 +24,7 @@ use pam_agent::{
 use tokio_util::sync::CancellationToken;
 
 mod jsonl;
+pub mod template;
 
 pub const PASSWORD: &str = "s3cret-pw";
 const BIN: &str = "/usr/lib/postgresql/15/bin";
@@ -53,24 +54,19 @@ fn run(cmd: &mut Command) -> Output {
 }
 
 impl PgServer {
-    /// initdb (scram-sha-256, plus `trusty` trusted from 127.0.0.1 for raw-protocol
-    /// tests), start on a free port, create the test schema.
+    /// A copy of the template cluster (scram-sha-256, plus `trusty` trusted from
+    /// 127.0.0.1 for raw-protocol tests), started on a free port, with the test schema.
     pub fn start() -> PgServer {
         let dir = std::env::temp_dir().join(format!("pam-pg-{}", uuid::Uuid::now_v7()));
         std::fs::create_dir_all(&dir).unwrap();
-        std::fs::write(dir.join("pw"), PASSWORD).unwrap();
-        run(Command::new("chown").arg("-R").arg("postgres").arg(&dir));
+        run(Command::new("chown").arg("postgres").arg(&dir));
         let data = dir.join("data");
-        run(Command::new("runuser")
-            .args(["-u", "postgres", "--"])
-            .arg(format!("{BIN}/initdb"))
-            .arg("-D")
-            .arg(&data)
-            .args(["--auth=scram-sha-256", "-U", "postgres", "--no-sync"])
-            .arg(format!("--pwfile={}", dir.join("pw").display())));
-        let hba = data.join("pg_hba.conf");
-        let old = std::fs::read_to_string(&hba).unwrap();
-        std::fs::write(&hba, format!("host all trusty 127.0.0.1/32 trust\n{old}")).unwrap();
+        template::copy_to(
+            &data,
+            &["--auth=scram-sha-256", "-U", "postgres", "--no-sync"],
+            Some(PASSWORD),
+            "host all trusty 127.0.0.1/32 trust\n",
+        );
         let port = free_port();
         run(Command::new("runuser")
             .args(["-u", "postgres", "--"])
