@@ -11,7 +11,7 @@ use std::{
 
 use anyhow::Context;
 
-use crate::{TestHost, wait_for};
+use crate::{OutputWithin, TestHost, wait_for};
 
 pub struct DnsServer {
     child: Child,
@@ -53,7 +53,7 @@ impl DnsServer {
             || {
                 let out = Command::new("ip")
                     .args(["netns", "exec", &ns, "ss", "-Hlun", "sport = :53"])
-                    .output()
+                    .output_within()
                     .ok()?;
                 (!out.stdout.is_empty()).then_some(())
             },

@@ -8,6 +8,8 @@
 //!   its systemd notify socket.
 //! - [`worker`]: runs `pam-testpeer connect` as a worker (inside a cgroup or not).
 //! - [`idp::Idp`]: a real OpenID provider on loopback; [`receiver`]: webhook receivers.
+//! - [`session::Session`]: one PostgreSQL session kept open and driven statement by
+//!   statement, for what must hold across an event in the agent.
 
 pub mod dns;
 pub mod idp;
@@ -15,6 +17,7 @@ pub mod ocsf;
 pub mod postgres;
 pub mod receiver;
 pub mod run_id;
+pub mod session;
 
 use std::{
     io::Read,
@@ -911,6 +914,62 @@ pub fn output_within(cmd: &mut Command, limit: Duration) -> Output {
         status,
         stdout: out.join().unwrap_or_default(),
         stderr: err.join().unwrap_or_default(),
+    }
+}
+
+/// A child process under a [`Watchdog`]: started in its own process group, killed with
+/// everything it started (printing what it was) if it outlives [`CHILD_TIMEOUT`], and
+/// when dropped (a failed test leaves no worker behind). Use it as a [`Child`].
+pub struct Watched {
+    child: Option<Child>,
+    _watch: Watchdog,
+}
+
+impl Watched {
+    /// `Child::wait_with_output`, under the same deadline.
+    pub fn wait_with_output(mut self) -> std::io::Result<Output> {
+        self.child.take().expect("child").wait_with_output()
+    }
+}
+
+impl std::ops::Deref for Watched {
+    type Target = Child;
+    fn deref(&self) -> &Child {
+        self.child.as_ref().expect("child")
+    }
+}
+
+impl std::ops::DerefMut for Watched {
+    fn deref_mut(&mut self) -> &mut Child {
+        self.child.as_mut().expect("child")
+    }
+}
+
+impl Drop for Watched {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            // SAFETY: signalling the process group this fixture spawned.
+            unsafe { libc::kill(-(child.id() as i32), libc::SIGKILL) };
+            let _ = child.wait();
+        }
+    }
+}
+
+/// `cmd.spawn_watched()`: `spawn()`, as a [`Watched`] child.
+pub trait SpawnWatched {
+    fn spawn_watched(&mut self) -> std::io::Result<Watched>;
+}
+
+impl SpawnWatched for Command {
+    fn spawn_watched(&mut self) -> std::io::Result<Watched> {
+        use std::os::unix::process::CommandExt;
+        let what = format!("{self:?}");
+        let child = self.process_group(0).spawn()?;
+        let watch = Watchdog::new(child.id(), what, CHILD_TIMEOUT);
+        Ok(Watched {
+            child: Some(child),
+            _watch: watch,
+        })
     }
 }
 

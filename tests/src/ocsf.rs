@@ -10,7 +10,7 @@ use std::{
 
 use serde_json::Value;
 
-use crate::{Agent, CHILD_TIMEOUT, agent_bin, output_within};
+use crate::{Agent, CHILD_TIMEOUT, SpawnWatched, agent_bin, output_within};
 
 impl Agent {
     /// Exports this agent's journal with `audit export --format ocsf`, checks every event
@@ -38,7 +38,7 @@ impl Agent {
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
-            .spawn()
+            .spawn_watched()
             .expect("python3");
         child
             .stdin

@@ -17,6 +17,8 @@ use std::{
     sync::atomic::{AtomicU32, Ordering},
 };
 
+use crate::OutputWithin;
+
 /// Where the slots live (tmpfs: gone at reboot, like everything they name).
 pub const REGISTRY: &str = "/run/pam-e2e";
 
@@ -137,7 +139,7 @@ fn remove_objects(id: u32) -> usize {
     let quiet = |args: &[&str]| {
         Command::new("ip")
             .args(args)
-            .output()
+            .output_within()
             .is_ok_and(|o| o.status.success())
     };
     if quiet(&["netns", "del", &format!("pamt{id}")]) {

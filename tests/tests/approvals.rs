@@ -5,11 +5,13 @@
 
 use std::{
     os::unix::fs::PermissionsExt,
-    process::{Child, Command, Output, Stdio},
+    process::{Command, Output, Stdio},
     time::{Duration, Instant},
 };
 
+use pam_e2e::OutputWithin;
 use pam_e2e::{Agent, Cgroup, ResourceSpec, TestHost, agent_bin, postgres::PgServer, require_root};
+use pam_e2e::{SpawnWatched, Watched};
 use serde_json::Value;
 
 const PASSWORD: &str = "pg-approvals-password";
@@ -107,7 +109,7 @@ impl Fixture {
     }
 
     /// psql as `uid` in the governed cgroup, each `-c` its own statement in one session.
-    fn worker(&self, uid: &str, statements: &[&str]) -> Child {
+    fn worker(&self, uid: &str, statements: &[&str]) -> Watched {
         let mut c = Command::new(agent_bin());
         c.args(["exec", "--cgroup"]).arg(&self.cg.path).args([
             "--",
@@ -121,7 +123,9 @@ impl Fixture {
             "-h",
         ]);
         c.arg(self.host.v4.to_string())
-            .args(["-U", "postgres", "-d", "shop", "-X", "-At"]);
+            .args(["-U", "postgres", "-d", "shop", "-X", "-At"])
+            // Errors with their SQLSTATE: `ERROR:  42501: ...`.
+            .args(["-v", "VERBOSITY=verbose"]);
         for s in statements {
             c.args(["-c", s]);
         }
@@ -129,7 +133,7 @@ impl Fixture {
             .env("PGCONNECT_TIMEOUT", "5")
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
-            .spawn()
+            .spawn_watched()
             .expect("psql")
     }
 
@@ -148,7 +152,7 @@ impl Fixture {
             .arg("--socket")
             .arg(self.sock_dir.path().join("approvals.sock"))
             .args(args);
-        c.output().expect("pam-agent approvals")
+        c.output_within().expect("pam-agent approvals")
     }
 
     /// The pending requests (as root), waiting until there are `n`.
@@ -197,7 +201,7 @@ fn text(b: &[u8]) -> String {
 }
 
 /// Waits for a worker, failing (and killing it) if it takes longer than `secs`.
-fn finish(mut child: Child, secs: u64) -> Output {
+fn finish(mut child: Watched, secs: u64) -> Output {
     let deadline = Instant::now() + Duration::from_secs(secs);
     while child.try_wait().unwrap().is_none() {
         if Instant::now() > deadline {
@@ -213,7 +217,7 @@ fn finish(mut child: Child, secs: u64) -> Output {
 }
 
 /// Like [`finish`], printing the agent's log when the worker hangs.
-fn finish_or_log(f: &Fixture, mut child: Child, secs: u64) -> Output {
+fn finish_or_log(f: &Fixture, mut child: Watched, secs: u64) -> Output {
     let deadline = Instant::now() + Duration::from_secs(secs);
     while child.try_wait().unwrap().is_none() {
         if Instant::now() > deadline {
@@ -325,8 +329,9 @@ fn a_denied_statement_gets_42501_and_the_session_goes_on() {
     let out = finish(worker, 20);
     let stderr = text(&out.stderr);
     assert!(
-        stderr.contains("ERROR:  pam-agent refused the statement (rule \"deletes-need-approval\")")
-            && stderr.contains("denied by root: not during the sale"),
+        stderr.contains(
+            "ERROR:  42501: pam-agent refused the statement (rule \"deletes-need-approval\")"
+        ) && stderr.contains("denied by root: not during the sale"),
         "{stderr}"
     );
     assert_eq!(text(&out.stdout).trim(), "10", "the next statement ran");
@@ -545,7 +550,7 @@ fn a_crewai_nl2sql_write_is_held_approved_and_the_tool_finishes() {
         .env("CREWAI_NL2SQL_ALLOW_DML", "true")
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
-        .spawn()
+        .spawn_watched()
         .expect("crewai");
     let req = f.pending(1).remove(0);
     assert_eq!(req["text"], "delete from orders where id = 1");
@@ -610,7 +615,7 @@ fn extended_protocol_drivers_wait_for_approval_too() {
             .args(["--", "python3", "-c", &script])
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
-            .spawn()
+            .spawn_watched()
             .expect("python");
         let req = f.pending(1).remove(0);
         assert_eq!(req["rule"], "deletes-need-approval", "{driver}");

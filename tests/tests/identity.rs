@@ -10,6 +10,7 @@ use std::{
     process::{Command, Output},
 };
 
+use pam_e2e::SpawnWatched;
 use pam_e2e::{
     Agent, Cgroup, OutputWithin, ResourceSpec, TestHost, agent_bin, postgres::PgServer,
     require_root,
@@ -530,7 +531,7 @@ fn principals_explain_names_a_running_process_and_says_why() {
             .args(["exec", "--cgroup"])
             .arg(cgroup)
             .args(["--", "sleep", "30"])
-            .spawn()
+            .spawn_watched()
             .expect("sleep")
     };
     let explain = |args: &[&str]| {

@@ -12,6 +12,8 @@ use std::{
     time::Duration,
 };
 
+use pam_e2e::OutputWithin;
+use pam_e2e::SpawnWatched;
 use pam_e2e::{
     Agent, Cgroup, ResourceSpec, TestHost, agent_bin, postgres::PgServer, require_root, wait_for,
 };
@@ -66,7 +68,7 @@ fn kill_9_under_load_keeps_every_acknowledged_statement() {
             .args(["--", "python3", "-c", WORKER, &uri, &w.to_string()])
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
-            .spawn()
+            .spawn_watched()
             .expect("worker");
         let out = child.stdout.take().unwrap();
         let seen = seen.clone();
@@ -187,8 +189,9 @@ fn a_full_disk_refuses_statements_rather_than_running_them_unaudited() {
     let mounted = Command::new("mount")
         .args(["-t", "tmpfs", "-o", "size=4m", "tmpfs"])
         .arg(&fs)
-        .status()
-        .unwrap();
+        .output_within()
+        .unwrap()
+        .status;
     assert!(mounted.success());
     struct Unmount(std::path::PathBuf);
     impl Drop for Unmount {
@@ -221,7 +224,7 @@ fn a_full_disk_refuses_statements_rather_than_running_them_unaudited() {
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
-        .spawn()
+        .spawn_watched()
         .expect("worker");
     let mut stdin = worker.stdin.take().unwrap();
     let mut lines = BufReader::new(worker.stdout.take().unwrap()).lines();
@@ -237,8 +240,7 @@ fn a_full_disk_refuses_statements_rather_than_running_them_unaudited() {
     let _ = Command::new("dd")
         .args(["if=/dev/zero", "bs=64k"])
         .arg(format!("of={}", filler.display()))
-        .stderr(Stdio::null())
-        .status();
+        .output_within();
     // The last page of the log may still hold a few records; then statements fail.
     let mut refused = None;
     for n in 0..10_000 {
@@ -285,7 +287,7 @@ fn a_full_disk_refuses_statements_rather_than_running_them_unaudited() {
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
-        .spawn()
+        .spawn_watched()
         .and_then(|mut c| {
             writeln!(
                 c.stdin.take().unwrap(),

@@ -7,6 +7,7 @@ use std::{
     process::{Command, Stdio},
 };
 
+use pam_e2e::OutputWithin;
 use pam_e2e::{Cgroup, TestHost, cgroup2_root, require_root, run_id, sweep_leftovers};
 
 #[test]
@@ -29,7 +30,10 @@ fn concurrent_takers_never_share_an_id() {
 }
 
 fn netns_exists(name: &str) -> bool {
-    let out = Command::new("ip").args(["netns", "list"]).output().unwrap();
+    let out = Command::new("ip")
+        .args(["netns", "list"])
+        .output_within()
+        .unwrap();
     String::from_utf8_lossy(&out.stdout)
         .lines()
         .any(|l| l.split_whitespace().next() == Some(name))
@@ -56,8 +60,9 @@ fn a_sweep_removes_a_killed_runs_leftovers_and_keeps_live_fixtures() {
     assert!(
         Command::new("ip")
             .args(["netns", "add", &ns])
-            .status()
+            .output_within()
             .unwrap()
+            .status
             .success()
     );
     let cg = cgroup2_root().join(format!("pamtest-kit-orphan-{id}"));

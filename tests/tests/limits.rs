@@ -9,6 +9,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use pam_e2e::SpawnWatched;
 use pam_e2e::{
     Agent, Cgroup, OutputWithin, ResourceSpec, TestHost, agent_bin, postgres::PgServer,
     require_root, wait_for,
@@ -66,7 +67,7 @@ fn one_principal_past_its_limit_gets_53300_and_the_others_still_get_in() {
             psql(&noisy, &v4, "select pg_sleep(60)")
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
-                .spawn()
+                .spawn_watched()
                 .unwrap()
         })
         .collect();
@@ -78,7 +79,7 @@ fn one_principal_past_its_limit_gets_53300_and_the_others_still_get_in() {
     let before = client_backends(&pg);
     // Twenty more from the same principal: each refused as a full server refuses.
     for _ in 0..20 {
-        let out = psql(&noisy, &v4, "select 1").output().unwrap();
+        let out = psql(&noisy, &v4, "select 1").output_within().unwrap();
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success());
         assert!(
@@ -92,7 +93,7 @@ fn one_principal_past_its_limit_gets_53300_and_the_others_still_get_in() {
         "refused sessions cost the database nothing"
     );
     // Another principal (another cgroup) is not affected.
-    let out = psql(&quiet, &v4, "select 42").output().unwrap();
+    let out = psql(&quiet, &v4, "select 42").output_within().unwrap();
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "42");
     // The burst on record without a record per connection: the first refusal at once,
     // the other 19 counted into one record when the interval ends (no later event

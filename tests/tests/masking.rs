@@ -5,13 +5,13 @@
 
 use std::{
     io::BufRead,
-    os::unix::process::CommandExt,
     process::{Command, Stdio},
 };
 
+use pam_e2e::SpawnWatched;
 use pam_e2e::{
-    Agent, CHILD_TIMEOUT, Cgroup, OutputWithin, ResourceSpec, TestHost, Watchdog, agent_bin,
-    postgres::PgServer, require_root,
+    Agent, Cgroup, OutputWithin, ResourceSpec, TestHost, agent_bin, postgres::PgServer,
+    require_root,
 };
 
 const PASSWORD: &str = "pg-mask-password";
@@ -309,10 +309,8 @@ fn millions_of_streamed_rows_are_all_masked_and_a_planted_leak_is_found() {
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
-        .process_group(0)
-        .spawn()
+        .spawn_watched()
         .unwrap();
-    let _watch = Watchdog::new(child.id(), "psql COPY of 3M rows".into(), CHILD_TIMEOUT);
     let count = count_leaks(std::io::BufReader::new(child.stdout.take().unwrap()));
     let out = child.wait_with_output().unwrap();
     assert!(

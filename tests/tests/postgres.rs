@@ -4,6 +4,7 @@
 
 use std::process::Command;
 
+use pam_e2e::SpawnWatched;
 use pam_e2e::{
     Agent, Cgroup, OutputWithin, ResourceSpec, TestHost, agent_bin, postgres::PgServer,
     require_root,
@@ -148,10 +149,8 @@ fn allowed_statements_match_a_direct_connection_and_refused_ones_get_42501() {
             .stdin(std::process::Stdio::piped())
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped())
-            .spawn()
+            .spawn_watched()
             .unwrap();
-        let _watch =
-            pam_e2e::Watchdog::new(child.id(), "psql script".into(), pam_e2e::CHILD_TIMEOUT);
         use std::io::Write;
         child
             .stdin

@@ -7,6 +7,7 @@ use std::{os::unix::process::CommandExt, path::Path, process::Command};
 
 use std::time::Duration;
 
+use pam_e2e::SpawnWatched;
 use pam_e2e::{
     Agent, CHILD_TIMEOUT, Cgroup, OutputWithin, ResourceSpec, TestHost, Watchdog, agent_bin,
     postgres::{CREW_POLICY, PgServer, SERVER_DNS_NAME},
@@ -99,7 +100,7 @@ fn workers_verify_the_agent_and_the_agent_verifies_the_server() {
     let show = Command::new(agent_bin())
         .args(["ca", "show", "--config"])
         .arg(&agent.config)
-        .output()
+        .output_within()
         .unwrap();
     assert!(show.status.success());
     assert_eq!(
@@ -109,7 +110,7 @@ fn workers_verify_the_agent_and_the_agent_verifies_the_server() {
     let init = Command::new(agent_bin())
         .args(["ca", "init", "--config"])
         .arg(&agent.config)
-        .output()
+        .output_within()
         .unwrap();
     assert!(
         String::from_utf8_lossy(&init.stdout).contains("kept the existing"),
@@ -208,7 +209,7 @@ fn workers_verify_the_agent_and_the_agent_verifies_the_server() {
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .process_group(0)
-        .spawn()
+        .spawn_watched()
         .unwrap();
     let _watch = Watchdog::new(sleeper.id(), "psql pg_sleep(120)".into(), CHILD_TIMEOUT);
     let running = "select count(*) from pg_stat_activity where query = 'select pg_sleep(120)'";

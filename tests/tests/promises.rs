@@ -7,6 +7,8 @@ use std::{
     time::Duration,
 };
 
+use pam_e2e::OutputWithin;
+use pam_e2e::SpawnWatched;
 use pam_e2e::{
     Agent, Cgroup, ResourceSpec, TestHost, agent_bin, postgres::PgServer, require_root, wait_for,
 };
@@ -50,7 +52,7 @@ fn an_unreachable_database_is_a_clear_error_on_record() {
     )
     .expect("agent");
     let out = psql(&cg, &host.v4.to_string(), 5499, "select 1")
-        .output()
+        .output_within()
         .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
@@ -94,7 +96,7 @@ fn a_stop_with_open_sessions_closes_each_on_record() {
             psql(&cg, &v4, 5432, "select pg_sleep(60)")
                 .stdout(Stdio::null())
                 .stderr(Stdio::piped())
-                .spawn()
+                .spawn_watched()
                 .unwrap()
         })
         .collect();
@@ -174,7 +176,7 @@ fn disable_turns_enforcement_off_even_after_the_governed_cgroup_is_gone() {
     let out = Command::new(agent_bin())
         .args(["disable", "--config"])
         .arg(&agent.config)
-        .output()
+        .output_within()
         .unwrap();
     assert!(
         out.status.success(),
@@ -215,7 +217,7 @@ fn verify_says_permission_denied_not_tampered() {
         .arg(agent_bin())
         .args(["audit", "verify", "--journal"])
         .arg(&journal)
-        .output()
+        .output_within()
         .unwrap();
     let (stdout, stderr) = (
         String::from_utf8_lossy(&out.stdout),
@@ -228,7 +230,7 @@ fn verify_says_permission_denied_not_tampered() {
     let out = Command::new(agent_bin())
         .args(["audit", "verify", "--journal"])
         .arg(&journal)
-        .output()
+        .output_within()
         .unwrap();
     assert!(
         out.status.success(),

@@ -26,8 +26,9 @@ impl Tmpfs {
                 "tmpfs",
             ])
             .arg(&dir)
-            .status()
-            .unwrap();
+            .output_within()
+            .unwrap()
+            .status;
         assert!(ok.success(), "mount tmpfs failed");
         Tmpfs(dir)
     }
@@ -37,7 +38,7 @@ impl Tmpfs {
         let out = Command::new("dd")
             .args(["if=/dev/zero", "bs=4096"])
             .arg(format!("of={}", self.0.join("filler").display()))
-            .output()
+            .output_within()
             .unwrap();
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(err.contains("No space left on device"), "{err}");

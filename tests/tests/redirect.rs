@@ -3,6 +3,7 @@
 //! Each test builds its own host, cgroup and agent (own pin directory) and tears them
 //! down on drop. Run as root, one test at a time (they share the kernel).
 
+use pam_e2e::OutputWithin;
 use pam_e2e::{Agent, Cgroup, ResourceSpec, TestHost, WorkerOpts, require_root, worker};
 
 const PROTECTED: u16 = 7000;
@@ -219,10 +220,15 @@ fn stopped_or_killed_agent_fails_closed_and_restart_resumes_without_duplicates()
 
         let r = worker(host.addr4(PROTECTED), governed(&cg));
         assert!(r.ok(), "{:?}", r.0);
-        assert!(
-            agent.session_of_pid(r.pid()).is_some(),
-            "capture did not resume"
+        let (opened, _) = agent
+            .session_of_pid(r.pid())
+            .expect("capture did not resume: no session for the worker");
+        assert_eq!(
+            opened["destination"],
+            host.addr4(PROTECTED).to_string(),
+            "{opened}"
         );
+        assert_eq!(opened["principal"]["cgroup_id"], cg.id(), "{opened}");
     }
     let kinds: Vec<String> = agent
         .journal()
@@ -357,7 +363,7 @@ fn a_second_agent_on_the_same_pin_directory_is_refused() {
     let out = std::process::Command::new(pam_e2e::agent_bin())
         .args(["run", "--config"])
         .arg(&other)
-        .output()
+        .output_within()
         .unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);

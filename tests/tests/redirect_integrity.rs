@@ -8,11 +8,13 @@ use std::{
     io::{BufRead, BufReader, Write},
     os::unix::fs::PermissionsExt,
     path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
+    process::{Command, Stdio},
     time::{Duration, Instant},
 };
 
+use pam_e2e::OutputWithin;
 use pam_e2e::{Agent, Cgroup, ResourceSpec, TestHost, WorkerOpts, require_root, wait_for, worker};
+use pam_e2e::{SpawnWatched, Watched};
 use serde_json::Value;
 
 const PROTECTED: u16 = 7000;
@@ -98,7 +100,7 @@ impl Script {
         let out = self
             .command(cgroup, uid, wrap)
             .args(args)
-            .output()
+            .output_within()
             .expect("running attacker");
         let stdout = String::from_utf8_lossy(&out.stdout);
         let line = stdout.lines().last().unwrap_or_else(|| {
@@ -114,7 +116,7 @@ impl Script {
 /// An unprivileged squatter binding the listener port in a loop and logging whatever
 /// it receives. Killed on drop.
 struct Squatter {
-    child: Child,
+    child: Watched,
     log: PathBuf,
 }
 
@@ -127,7 +129,7 @@ impl Squatter {
             .command(None, Some(NOBODY), &[])
             .args(["squat", &port.to_string(), &seconds.to_string()])
             .arg(&log)
-            .spawn()
+            .spawn_watched()
             .expect("squatter");
         Squatter { child, log }
     }
@@ -206,9 +208,15 @@ fn a_squatter_on_the_listener_port_receives_nothing_while_the_agent_runs() {
             "{dst}: governed connect did not reach the agent: {:?}",
             r.0
         );
+        let (opened, _) = agent
+            .session_of_pid(r.pid())
+            .unwrap_or_else(|| panic!("{dst}: no session journaled"));
+        assert_eq!(opened["principal"]["cgroup_id"], cg.id(), "{dst}: {opened}");
         assert!(
-            agent.session_of_pid(r.pid()).is_some(),
-            "{dst}: no session journaled"
+            opened["destination"]
+                .as_str()
+                .is_some_and(|d| d.ends_with(&format!(":{PROTECTED}"))),
+            "{dst}: {opened}"
         );
     }
     // A direct connect to the target lands on the agent too (refused there, journaled).
@@ -320,7 +328,7 @@ fn a_restart_under_a_bind_loop_hands_over_without_a_window() {
         .command(Some(&cg), Some(NOBODY), &[])
         .args(["loop", &host.addr4(PROTECTED).to_string(), "4"])
         .stdout(Stdio::piped())
-        .spawn()
+        .spawn_watched()
         .unwrap();
     std::thread::sleep(Duration::from_millis(700));
     agent.stop().unwrap();
@@ -369,8 +377,9 @@ fn a_pin_directory_made_by_another_user_or_open_to_others_is_refused() {
             "mkdir",
         ])
         .arg(&agent.pin_dir)
-        .status()
-        .unwrap();
+        .output_within()
+        .unwrap()
+        .status;
     assert!(
         made.success(),
         "nobody could not create {}",
@@ -407,13 +416,13 @@ fn hold(
     script: &Script,
     cg: &Cgroup,
     dst: std::net::SocketAddr,
-) -> (Child, Value, BufReader<std::process::ChildStdout>) {
+) -> (Watched, Value, BufReader<std::process::ChildStdout>) {
     let mut child = script
         .command(Some(cg), Some(NOBODY), &[])
         .args(["hold", &dst.to_string()])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
-        .spawn()
+        .spawn_watched()
         .unwrap();
     let mut out = BufReader::new(child.stdout.take().unwrap());
     let mut line = String::new();
@@ -620,9 +629,13 @@ fn sockets_made_outside_the_cgroup_are_governed_in_a_governed_task() {
             };
             assert_eq!(peer, dst, "{mode}: {r}");
             let pid = r["pid"].as_u64().unwrap();
-            assert!(
-                agent.session_of_pid(pid).is_some(),
-                "{mode} {dst}: no session for pid {pid}"
+            let (opened, _) = agent
+                .session_of_pid(pid)
+                .unwrap_or_else(|| panic!("{mode} {dst}: no session for pid {pid}"));
+            assert_eq!(
+                opened["destination"],
+                dst.to_string(),
+                "{mode} {dst}: {opened}"
             );
         }
     }
@@ -699,7 +712,7 @@ fn the_executable_is_what_the_kernel_saw_at_connect_never_a_later_or_forged_one(
         .args(["comm", "psql", &dst])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
-        .spawn()
+        .spawn_watched()
         .unwrap();
     let mut line = String::new();
     BufReader::new(forged.stdout.take().unwrap())
@@ -750,7 +763,7 @@ fn the_executable_is_what_the_kernel_saw_at_connect_never_a_later_or_forged_one(
     let mut masked = cmd
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
-        .spawn()
+        .spawn_watched()
         .unwrap();
     let mut line = String::new();
     BufReader::new(masked.stdout.take().unwrap())

@@ -2,7 +2,8 @@
 //! end-to-end tests share kernel state), each to its end whatever the others did; then a
 //! summary with each binary's wall time, every failing binary, and the tests skipped for
 //! want of root (counted from the `SKIP` lines the fixtures append to
-//! `target/debug/pam-skipped.log`).
+//! `target/debug/pam-skipped.log`). A binary that runs past [`BINARY_TIMEOUT`] is killed
+//! and counted as failed.
 
 use std::{
     path::PathBuf,
@@ -11,8 +12,14 @@ use std::{
 };
 
 use anyhow::{Context, bail};
+use std::os::unix::process::CommandExt;
 
 use crate::util::{bin_dir, cargo, run, sweep};
+
+/// Longest a test binary may run (one at a time) before it is killed and counted as
+/// failed: the suite's backstop behind the harness's own per-child deadlines, so one hung
+/// test cannot hang CI. The slowest binary takes a few minutes here.
+const BINARY_TIMEOUT: Duration = Duration::from_secs(20 * 60);
 
 /// One test binary: its target name and the executable cargo built for it.
 struct Binary {
@@ -74,12 +81,28 @@ pub fn run_all() -> anyhow::Result<()> {
         let label = format!("{}::{}", b.package, b.name);
         eprintln!("+ {} --test-threads=1", b.exe.display());
         let start = Instant::now();
-        let ok = Command::new(&b.exe)
+        let mut child = Command::new(&b.exe)
             .arg("--test-threads=1")
             .current_dir(&b.dir)
-            .status()
-            .with_context(|| format!("running {}", b.exe.display()))?
-            .success();
+            .process_group(0)
+            .spawn()
+            .with_context(|| format!("running {}", b.exe.display()))?;
+        let ok = loop {
+            if let Some(status) = child.try_wait()? {
+                break status.success();
+            }
+            if start.elapsed() > BINARY_TIMEOUT {
+                // libtest printed the running test's name (`test NAME ... `) above.
+                eprintln!(
+                    "HUNG: {label} still running after {BINARY_TIMEOUT:?}; killing it (the test named last above)"
+                );
+                // SAFETY: signalling the process group this function spawned.
+                unsafe { libc::kill(-(child.id() as i32), libc::SIGKILL) };
+                let _ = child.wait();
+                break false;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        };
         times.push((label, start.elapsed(), ok));
     }
     let doc = run(cargo().args(["test", "--doc"])).is_ok();
