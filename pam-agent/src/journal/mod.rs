@@ -137,6 +137,15 @@ impl Ack {
     pub async fn stored(self) -> Result<u64, JournalError> {
         self.0.await.map_err(|_| JournalError::Closed)?
     }
+
+    /// The outcome if it is known already (`None`: not yet stored).
+    pub fn outcome(&mut self) -> Option<Result<u64, JournalError>> {
+        match self.0.try_recv() {
+            Ok(r) => Some(r),
+            Err(oneshot::error::TryRecvError::Empty) => None,
+            Err(oneshot::error::TryRecvError::Closed) => Some(Err(JournalError::Closed)),
+        }
+    }
 }
 
 /// Handle used by every part of the agent that produces audit records.
