@@ -131,25 +131,22 @@ fn default_connect_timeout_ms() -> u64 {
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawJournal {
     pub path: PathBuf,
-    /// Older spelling of `sync`: `false` is `sync = "interval"` (default true).
-    #[serde(default = "default_true")]
-    pub fsync: bool,
+    /// Older spelling of `sync`: `false` is `sync = "interval"`, `true` is `"always"`.
+    pub fsync: Option<bool>,
     /// `always`: each group is on disk (fdatasync) before its records are acknowledged;
     /// `interval`: acknowledged once in the OS (survives a kill of the agent), on disk
     /// within `sync_interval_ms`.
     pub sync: Option<String>,
-    /// The power-loss window of `sync = "interval"` (default 100 ms).
+    /// The power-loss window of `sync = "interval"` (default 50 ms).
     #[serde(default = "default_sync_interval_ms")]
     pub sync_interval_ms: u64,
     /// Ed25519 key (PKCS#8 PEM, mode 0600) for checkpoints; default `<path>.key`.
     pub signing_key: Option<PathBuf>,
-    /// Longest wait for companions before a group is committed (0: commit at once).
-    #[serde(default)]
-    pub commit_interval_ms: u64,
-    /// Longest wait of a simple-protocol session's completion record for its next
-    /// statement record, so both share one commit (default 0: commit at once).
-    #[serde(default)]
-    pub completion_wait_ms: u64,
+    /// No longer has an effect (sessions append their own records since the direct
+    /// append); accepted so that older configs still load, with a warning.
+    pub commit_interval_ms: Option<u64>,
+    /// No longer has an effect, as `commit_interval_ms`.
+    pub completion_wait_ms: Option<u64>,
     /// Sign a checkpoint at least every this many records (default 1000)...
     #[serde(default = "default_checkpoint_records")]
     pub checkpoint_records: u64,
@@ -169,17 +166,13 @@ pub(crate) struct RawJournal {
 }
 
 fn default_sync_interval_ms() -> u64 {
-    100
+    50
 }
 fn default_checkpoint_records() -> u64 {
     1000
 }
 fn default_checkpoint_interval_ms() -> u64 {
     10_000
-}
-
-fn default_true() -> bool {
-    true
 }
 
 #[derive(Debug, Deserialize)]
@@ -244,8 +237,6 @@ pub struct JournalConfig {
     /// `sync = "interval"`: how often the log is flushed to disk.
     pub sync_interval: Duration,
     pub signing_key: PathBuf,
-    pub commit_interval: Duration,
-    pub completion_wait: Duration,
     pub checkpoint_records: u64,
     pub checkpoint_interval: Duration,
     pub max_age: Option<Duration>,
@@ -663,20 +654,22 @@ fn validate_journal_settings(raw: RawJournal) -> Result<JournalConfig, (&'static
             "must be greater than 0".into(),
         ));
     }
-    if raw.commit_interval_ms > 1000 {
-        return Err((
-            "journal.commit_interval_ms",
-            "at most 1000: every session waits this long for its record".into(),
-        ));
-    }
-    if raw.completion_wait_ms > 100 {
-        return Err((
-            "journal.completion_wait_ms",
-            "at most 100: a session's completion records wait this long at most".into(),
-        ));
+    for (key, set) in [
+        ("journal.commit_interval_ms", raw.commit_interval_ms),
+        ("journal.completion_wait_ms", raw.completion_wait_ms),
+    ] {
+        if set.is_some() {
+            tracing::warn!(
+                key,
+                "no longer has an effect: sessions append their own records, and groups form \
+                 from what queues during a write; remove it from the config"
+            );
+        }
     }
     let fsync = match raw.sync.as_deref() {
-        None => raw.fsync,
+        // The default: in the OS before the statement goes on (survives the agent's
+        // death), on disk within the interval (docs/journal.md, "Durability").
+        None => raw.fsync.unwrap_or(false),
         Some("always") => true,
         Some("interval") => false,
         Some(other) => {
@@ -724,8 +717,6 @@ fn validate_journal_settings(raw: RawJournal) -> Result<JournalConfig, (&'static
         fsync,
         sync_interval: Duration::from_millis(raw.sync_interval_ms),
         signing_key,
-        commit_interval: Duration::from_millis(raw.commit_interval_ms),
-        completion_wait: Duration::from_millis(raw.completion_wait_ms),
         checkpoint_records: raw.checkpoint_records,
         checkpoint_interval: Duration::from_millis(raw.checkpoint_interval_ms),
         max_age: raw.max_age_days.map(|d| Duration::from_secs(d * 86_400)),
@@ -753,13 +744,9 @@ impl JournalConfig {
         }
     }
 
-    /// The writer's grouping settings.
+    /// The journal's upkeep settings.
     pub fn writer_options(&self) -> crate::journal::WriterOptions {
-        crate::journal::WriterOptions {
-            commit_interval: self.commit_interval,
-            completion_wait: self.completion_wait,
-            ..Default::default()
-        }
+        crate::journal::WriterOptions::default()
     }
 }
 
@@ -890,7 +877,11 @@ port = 22
             )
             .map(|c| (c.journal.fsync, c.journal.sync_interval))
         };
-        assert_eq!(journal("").unwrap(), (true, Duration::from_millis(100)));
+        assert_eq!(journal("").unwrap(), (false, Duration::from_millis(50)));
+        assert_eq!(
+            journal("sync = \"always\"").unwrap(),
+            (true, Duration::from_millis(50))
+        );
         assert_eq!(
             journal("sync = \"interval\"\nsync_interval_ms = 20").unwrap(),
             (false, Duration::from_millis(20))

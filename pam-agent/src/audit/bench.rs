@@ -11,7 +11,7 @@ use std::{
         Arc,
         atomic::{AtomicBool, AtomicU64, Ordering},
     },
-    time::{Duration, Instant},
+    time::Instant,
 };
 
 use clap::Args;
@@ -41,9 +41,6 @@ pub struct BenchArgs {
     /// Concurrent writers (sessions).
     #[arg(long, default_value_t = 256)]
     pub concurrency: u64,
-    /// As journal.commit_interval_ms.
-    #[arg(long, default_value_t = 0)]
-    pub commit_interval_ms: u64,
     /// As journal.fsync = false.
     #[arg(long)]
     pub no_fsync: bool,
@@ -69,13 +66,7 @@ pub fn run(args: BenchArgs) -> Result<(), AuditError> {
     opts.fsync = !args.no_fsync;
     opts.build_index = !args.no_index;
     let store = LogStore::open(opts).map_err(|e| AuditError::Failed(e.to_string()))?;
-    let (journal, writer) = Journal::start_with(
-        store,
-        WriterOptions {
-            commit_interval: Duration::from_millis(args.commit_interval_ms),
-            ..Default::default()
-        },
-    );
+    let (journal, writer) = Journal::start_with(store, WriterOptions::default());
     let rt = tokio::runtime::Runtime::new().map_err(|e| AuditError::Failed(e.to_string()))?;
     let written = Arc::new(AtomicU64::new(0));
     let failed = Arc::new(AtomicBool::new(false));
@@ -134,7 +125,7 @@ pub fn run(args: BenchArgs) -> Result<(), AuditError> {
     let indexed = started.elapsed().as_secs_f64();
     eprintln!(
         "{n} records appended in {appended:.2} s = {:.0} records/s acknowledged {} \
-         (concurrency {}, commit interval {} ms); indexed by {indexed:.2} s = {:.0} records/s",
+         (concurrency {}); indexed by {indexed:.2} s = {:.0} records/s",
         n as f64 / appended,
         if args.no_fsync {
             "in the OS (sync = interval)"
@@ -142,7 +133,6 @@ pub fn run(args: BenchArgs) -> Result<(), AuditError> {
             "on disk (sync = always)"
         },
         args.concurrency,
-        args.commit_interval_ms,
         n as f64 / indexed,
     );
     if failed.load(Ordering::Relaxed) {

@@ -1,55 +1,40 @@
 //! What happened to each forwarded request, after the fact: its completion (rows,
-//! duration, error) and what masking did to its results. Written in order by a companion
-//! task so the data path never waits for these records (decisions, which must precede
-//! the request, are awaited by the gate); a full queue does wait.
+//! duration, error) and what masking did to its results. The data path appends these
+//! records itself without waiting for them to be stored (decisions, which must precede
+//! the request, are awaited by the gate); their outcomes are checked as later records
+//! go in, and all of them before the session ends, so a record the journal refused
+//! still ends the session with that error.
 
-use std::{future::Future, sync::Arc, time::Instant};
-
-use tokio::sync::mpsc;
+use std::{
+    collections::VecDeque,
+    sync::{Arc, Mutex},
+    time::Instant,
+};
 
 use super::Session;
 use crate::{
-    journal::{Event, JournalError, event::MaskedColumn},
+    journal::{Ack, Event, Journal, JournalError, SessionId, event::MaskedColumn},
     mask::{MaskSource, MaskingReport},
 };
 
-/// Completion records waiting for the journal.
-const QUEUE: usize = 1024;
+/// Records whose outcome is not known yet beyond which the next one waits for the
+/// oldest (`sync = "always"` under a slow disk: memory stays bounded).
+const IN_FLIGHT: usize = 1024;
 
-/// The sending side, held by the half of a protocol that sees results.
+/// The session's completion records, held by the half of a protocol that sees results.
 pub struct Completions {
-    tx: mpsc::Sender<Event>,
+    journal: Journal,
+    session: SessionId,
+    in_flight: Mutex<VecDeque<Ack>>,
 }
 
 impl Completions {
-    /// The handle and the writer to run beside the session (it ends once every handle is
-    /// dropped and the queue is drained).
-    pub fn start(
-        session: &Arc<Session>,
-    ) -> (
-        Completions,
-        impl Future<Output = Result<(), JournalError>> + use<>,
-    ) {
-        let (tx, mut rx) = mpsc::channel::<Event>(QUEUE);
-        let (journal, id) = (session.journal.clone(), session.id);
-        let writer = async move {
-            // What queued while the last batch was being stored goes in together: one
-            // commit for many completions of a fast session, order kept.
-            let mut acks = Vec::new();
-            while let Some(event) = rx.recv().await {
-                acks.push(journal.submit(Some(id), event).await?);
-                while acks.len() < QUEUE
-                    && let Ok(event) = rx.try_recv()
-                {
-                    acks.push(journal.submit(Some(id), event).await?);
-                }
-                for ack in acks.drain(..) {
-                    ack.stored().await?;
-                }
-            }
-            Ok(())
-        };
-        (Completions { tx }, writer)
+    pub fn new(session: &Arc<Session>) -> Completions {
+        Completions {
+            journal: session.journal.clone(),
+            session: session.id,
+            in_flight: Mutex::new(VecDeque::new()),
+        }
     }
 
     /// Statement `statement` finished upstream (number 0: nothing to record).
@@ -85,8 +70,44 @@ impl Completions {
         .await
     }
 
+    /// Waits until every record is stored; the first refusal, if any.
+    pub async fn finish(self) -> Result<(), JournalError> {
+        let acks = std::mem::take(&mut *self.lock());
+        for ack in acks {
+            ack.stored().await?;
+        }
+        Ok(())
+    }
+
     async fn send(&self, event: Event) -> Result<(), JournalError> {
-        self.tx.send(event).await.map_err(|_| JournalError::Closed)
+        let ack = self.journal.submit(Some(self.session), event).await?;
+        let oldest = {
+            let mut q = self.lock();
+            // Outcomes already known are checked (and forgotten) now.
+            while let Some(a) = q.front_mut() {
+                match a.outcome() {
+                    Some(Ok(_)) => {
+                        q.pop_front();
+                    }
+                    Some(Err(e)) => return Err(e),
+                    None => break,
+                }
+            }
+            q.push_back(ack);
+            if q.len() > IN_FLIGHT {
+                q.pop_front()
+            } else {
+                None
+            }
+        };
+        if let Some(a) = oldest {
+            a.stored().await?;
+        }
+        Ok(())
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, VecDeque<Ack>> {
+        self.in_flight.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
 

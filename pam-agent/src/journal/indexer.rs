@@ -4,12 +4,16 @@
 //! a record within a second. The index can always be rebuilt from the segments: at open
 //! and after any failure it catches up from the log (`catch_up`). Nothing waits for it;
 //! readers take the records it does not hold yet from the log.
+//!
+//! Groups wait in an [`Inbox`] the thread empties on its own clock: a statement's append
+//! never wakes it (a wake-up per group cost more CPU than the insert), except the first
+//! group after it went idle and a full inbox.
 
 use std::{
     fs::{self, OpenOptions},
     os::unix::fs::OpenOptionsExt,
     path::{Path, PathBuf},
-    sync::{Arc, mpsc},
+    sync::{Arc, Condvar, Mutex, MutexGuard},
     thread,
     time::{Duration, Instant},
 };
@@ -45,10 +49,72 @@ pub struct Group {
     pub signed: Vec<(u8, Signed)>,
 }
 
-enum Msg {
-    Group(Group),
-    /// Index up to this seq (the log's last), then stop.
-    Close(u64),
+/// Groups waiting for the index thread.
+#[derive(Default)]
+struct Inbox {
+    state: Mutex<InboxState>,
+    wake: Condvar,
+}
+
+#[derive(Default)]
+struct InboxState {
+    groups: Vec<Group>,
+    records: usize,
+    /// The thread waits without a deadline (nothing queued): the next group wakes it.
+    idle: bool,
+    /// Stop: `Some(last)` indexes up to the log's last seq first; `None` (the index was
+    /// dropped) stops after what is queued.
+    close: Option<Option<u64>>,
+}
+
+impl Inbox {
+    fn lock(&self) -> MutexGuard<'_, InboxState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn push(&self, group: Group) {
+        let mut s = self.lock();
+        s.records += group.records.len();
+        s.groups.push(group);
+        if s.idle || s.records >= COMMIT_RECORDS {
+            s.idle = false;
+            self.wake.notify_one();
+        }
+    }
+
+    fn close(&self, last: Option<u64>) {
+        self.lock().close = Some(last);
+        self.wake.notify_one();
+    }
+
+    /// What queued, once [`COMMIT_EVERY`] has passed (or `retry` when the index is
+    /// behind), the inbox is full, or the index closes.
+    fn take(&self, retry: Option<Duration>) -> (Vec<Group>, usize, Option<Option<u64>>) {
+        let mut s = self.lock();
+        let deadline = Instant::now() + retry.unwrap_or(COMMIT_EVERY);
+        loop {
+            if s.close.is_some() || s.records >= COMMIT_RECORDS {
+                break;
+            }
+            if s.groups.is_empty() && retry.is_none() {
+                s.idle = true;
+                s = self.wake.wait(s).unwrap_or_else(|p| p.into_inner());
+                continue;
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                break;
+            }
+            s = self
+                .wake
+                .wait_timeout(s, deadline - now)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+        s.idle = false;
+        let records = std::mem::take(&mut s.records);
+        (std::mem::take(&mut s.groups), records, s.close)
+    }
 }
 
 /// Records queued for the thread beyond which groups are not queued but left for a
@@ -70,7 +136,7 @@ pub struct IndexDb {
 /// The index: synchronous until the first group is sent, then a thread.
 pub struct Index {
     db: Option<IndexDb>,
-    worker: Option<(mpsc::Sender<Msg>, thread::JoinHandle<()>)>,
+    worker: Option<(Arc<Inbox>, thread::JoinHandle<()>)>,
     read: Connection,
     queued: Arc<std::sync::atomic::AtomicUsize>,
 }
@@ -128,7 +194,7 @@ impl Index {
         }
         // The index is rebuilt from the log after a power loss: no fsync per commit.
         conn.execute_batch(
-            "PRAGMA synchronous = NORMAL; PRAGMA cache_size = -65536; PRAGMA mmap_size = 268435456;",
+            "PRAGMA synchronous = NORMAL; PRAGMA cache_size = -65536; PRAGMA mmap_size = 268435456; PRAGMA temp_store = MEMORY;",
         )
         .map_err(db)?;
         conn.busy_timeout(Duration::from_secs(5)).map_err(db)?;
@@ -225,13 +291,13 @@ impl Index {
     /// Hands a stored group to the index thread (started on the first call).
     pub fn send(&self, group: Group) {
         use std::sync::atomic::Ordering;
-        if let Some((tx, _)) = &self.worker {
+        if let Some((inbox, _)) = &self.worker {
             let n = group.records.len();
             if n > 0 && self.queued.load(Ordering::Relaxed) + n > MAX_QUEUED {
                 return; // the thread finds the gap and reads these from the log
             }
             self.queued.fetch_add(n, Ordering::Relaxed);
-            let _ = tx.send(Msg::Group(group));
+            inbox.push(group);
         }
     }
 
@@ -241,13 +307,14 @@ impl Index {
             return;
         }
         let Some(db) = self.db.take() else { return };
-        let (tx, rx) = mpsc::channel();
+        let inbox = Arc::new(Inbox::default());
         let queued = self.queued.clone();
+        let theirs = inbox.clone();
         match thread::Builder::new()
             .name("pam-journal-index".into())
-            .spawn(move || db.run(rx, queued))
+            .spawn(move || db.run(&theirs, &queued))
         {
-            Ok(handle) => self.worker = Some((tx, handle)),
+            Ok(handle) => self.worker = Some((inbox, handle)),
             Err(e) => {
                 tracing::error!(error = %e, "cannot start the journal index thread; queries read the log")
             }
@@ -256,12 +323,21 @@ impl Index {
 
     /// Indexes everything sent, then stops the thread.
     pub fn close(mut self, log_last_seq: u64) {
-        if let Some((tx, handle)) = self.worker.take() {
-            let _ = tx.send(Msg::Close(log_last_seq));
+        if let Some((inbox, handle)) = self.worker.take() {
+            inbox.close(Some(log_last_seq));
             let _ = handle.join();
         } else if let Some(mut db) = self.db.take() {
             let _ = db.catch_up();
             db.fold_wal();
+        }
+    }
+}
+
+impl Drop for Index {
+    /// Dropped without [`Index::close`]: the thread indexes what is queued and stops.
+    fn drop(&mut self) {
+        if let Some((inbox, _)) = &self.worker {
+            inbox.close(None);
         }
     }
 }
@@ -274,43 +350,17 @@ fn tip(conn: &Connection) -> Result<u64, JournalError> {
 }
 
 impl IndexDb {
-    fn run(mut self, rx: mpsc::Receiver<Msg>, queued: Arc<std::sync::atomic::AtomicUsize>) {
-        let mut pending: Vec<Group> = Vec::new();
-        let mut pending_records = 0usize;
-        let mut since = Instant::now();
+    fn run(mut self, inbox: &Inbox, queued: &std::sync::atomic::AtomicUsize) {
+        use std::sync::atomic::Ordering;
         let mut behind = false;
         let mut retry_at = Instant::now();
-        let mut close_at: Option<u64> = None;
         loop {
-            let msg = if pending.is_empty() && !behind {
-                rx.recv().map_err(|_| mpsc::RecvTimeoutError::Disconnected)
-            } else {
-                let wait = (since + COMMIT_EVERY).saturating_duration_since(Instant::now());
-                rx.recv_timeout(wait)
-            };
-            let closing = match msg {
-                Ok(Msg::Group(g)) => {
-                    if pending.is_empty() {
-                        since = Instant::now();
-                    }
-                    pending_records += g.records.len();
-                    pending.push(g);
-                    if pending_records < COMMIT_RECORDS && since.elapsed() < COMMIT_EVERY {
-                        continue;
-                    }
-                    false
-                }
-                Ok(Msg::Close(last)) => {
-                    close_at = Some(last);
-                    true
-                }
-                Err(mpsc::RecvTimeoutError::Disconnected) => true,
-                Err(mpsc::RecvTimeoutError::Timeout) => false,
-            };
+            let retry = behind.then(|| retry_at.saturating_duration_since(Instant::now()));
+            let (groups, records, close) = inbox.take(retry);
+            queued.fetch_sub(records, Ordering::Relaxed);
+            let closing = close.is_some();
             if behind && (closing || Instant::now() >= retry_at) {
-                pending.clear();
-                queued.fetch_sub(pending_records, std::sync::atomic::Ordering::Relaxed);
-                pending_records = 0;
+                // The groups are in the log; catching up reads them from there.
                 match self.catch_up() {
                     Ok(_) => behind = false,
                     Err(e) => {
@@ -318,20 +368,16 @@ impl IndexDb {
                         retry_at = Instant::now() + RETRY;
                     }
                 }
+            } else if !behind
+                && !groups.is_empty()
+                && let Err(e) = self.commit(groups)
+            {
+                tracing::error!(error = %e, "journal index write failed; it will catch up from the log");
+                behind = true;
+                retry_at = Instant::now() + RETRY;
             }
-            if !behind && !pending.is_empty() {
-                let groups = std::mem::take(&mut pending);
-                queued.fetch_sub(pending_records, std::sync::atomic::Ordering::Relaxed);
-                pending_records = 0;
-                if let Err(e) = self.commit(groups) {
-                    tracing::error!(error = %e, "journal index write failed; it will catch up from the log");
-                    behind = true;
-                    retry_at = Instant::now() + RETRY;
-                }
-            }
-            since = Instant::now();
-            if closing {
-                if behind || close_at.is_some_and(|last| last > self.tip) {
+            if let Some(last) = close {
+                if behind || last.is_some_and(|last| last > self.tip) {
                     let _ = self.catch_up();
                 }
                 self.fold_wal();

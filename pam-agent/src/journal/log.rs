@@ -28,7 +28,7 @@ use jiff::Timestamp;
 use nix::fcntl::{Flock, FlockArg};
 
 use super::{
-    Event, JournalError, JournalStore, Record, SessionId,
+    AckSender, Event, JournalError, JournalStore, Record, SessionId,
     chain::{self, Hash},
     event::SessionEnd,
     indexer::{self, Group, Index},
@@ -211,11 +211,11 @@ impl LogStore {
             None => opts.segment_bytes,
         };
         let index = Index::open(&path, &dir, header.journal_id, &public, &opts)?;
-        let syncer = if opts.fsync {
+        let syncer = Some(Syncer::start(if opts.fsync {
             None
         } else {
-            Some(Syncer::start(opts.sync_interval))
-        };
+            Some(opts.sync_interval)
+        }));
         let mut store = LogStore {
             dir,
             _lock: lock,
@@ -335,22 +335,20 @@ impl LogStore {
         }
     }
 
-    /// Writes `self.buf` to the current segment as one write (and syncs it, per the
-    /// setting). On failure the segment is cut back to where it was: nothing of the
-    /// group stays, so nothing unacknowledged is ever in the log.
+    /// Writes `self.buf` to the current segment as one write; the syncer flushes it to
+    /// disk (and, with `sync = "always"`, only then are its records acknowledged). On a
+    /// failed write the segment is cut back to where it was: nothing of the group stays.
+    /// After a failed flush every later write is refused (fail closed until a restart
+    /// re-reads the log): the kernel may have dropped pages it could not write.
     fn flush_buf(&mut self) -> Result<(), JournalError> {
         if self.buf.is_empty() {
             return Ok(());
         }
+        if let Some(e) = self.syncer.as_ref().and_then(Syncer::failed) {
+            return Err(JournalError::Write(e));
+        }
         let mut file: &File = &self.current.file;
-        let result = file.write_all(&self.buf).and_then(|()| {
-            if self.syncer.is_none() {
-                file.sync_data()
-            } else {
-                Ok(())
-            }
-        });
-        if let Err(e) = result {
+        if let Err(e) = file.write_all(&self.buf) {
             if let Err(cut) = file.set_len(self.current.len) {
                 tracing::error!(error = %cut, "journal: cannot cut a failed write back; the next start will");
             }
@@ -479,9 +477,7 @@ impl LogStore {
         self.buf.clear();
         segment::encode_anchor(&mut self.buf, &anchor);
         self.flush_buf()?;
-        if self.syncer.is_some() {
-            self.current.file.sync_data()?;
-        }
+        self.current.file.sync_data()?;
         for (f, p) in &segments {
             if *f < next_first {
                 fs::remove_file(p)?;
@@ -682,6 +678,17 @@ impl JournalStore for LogStore {
         Ok(())
     }
 
+    fn acknowledge(&mut self, acks: Vec<(AckSender, u64)>) {
+        match &self.syncer {
+            Some(s) if s.waits() => s.after_flush(acks),
+            _ => {
+                for (ack, seq) in acks {
+                    let _ = ack.send(Ok(seq));
+                }
+            }
+        }
+    }
+
     fn written(&mut self, records: Vec<Record>) {
         let Some(index) = &self.index else { return };
         if records.len() != self.written.len() {
@@ -731,49 +738,48 @@ impl Drop for LogStore {
     }
 }
 
-/// `sync = "interval"`: a thread that `fdatasync`s the current segment at most
-/// `interval` after a write, so a power loss loses at most that window.
+/// The thread that flushes the log to disk behind the appender.
+///
+/// `sync = "interval"`: `fdatasync` at most `interval` after a write, so a power loss
+/// loses at most that window; records are acknowledged once written.
+/// `sync = "always"`: acknowledgements wait here until a flush that covers them: one
+/// `fdatasync` answers every group written before it started, and the appender writes
+/// the next groups meanwhile (pipelined group commit).
 struct Syncer {
     file: Arc<Mutex<Option<Arc<File>>>>,
     dirty: Arc<AtomicBool>,
-    stop: mpsc::Sender<()>,
+    failed: Arc<Mutex<Option<Arc<std::io::Error>>>>,
+    always: bool,
+    tx: mpsc::Sender<SyncMsg>,
     thread: Option<thread::JoinHandle<()>>,
 }
 
+enum SyncMsg {
+    /// Answer these once a flush started after their write has finished.
+    Acks(Vec<(AckSender, u64)>),
+    Stop,
+}
+
 impl Syncer {
-    fn start(interval: Duration) -> Syncer {
+    /// `interval`: `None` for `sync = "always"`.
+    fn start(interval: Option<Duration>) -> Syncer {
         let file: Arc<Mutex<Option<Arc<File>>>> = Arc::new(Mutex::new(None));
         let dirty = Arc::new(AtomicBool::new(false));
-        let (stop, stopped) = mpsc::channel::<()>();
+        let failed: Arc<Mutex<Option<Arc<std::io::Error>>>> = Arc::new(Mutex::new(None));
+        let (tx, rx) = mpsc::channel::<SyncMsg>();
         let thread = {
-            let (file, dirty) = (file.clone(), dirty.clone());
+            let (file, dirty, failed) = (file.clone(), dirty.clone(), failed.clone());
             thread::Builder::new()
                 .name("pam-journal-sync".into())
-                .spawn(move || {
-                    loop {
-                        let done = !matches!(
-                            stopped.recv_timeout(interval),
-                            Err(mpsc::RecvTimeoutError::Timeout)
-                        );
-                        if dirty.swap(false, Ordering::AcqRel) {
-                            let f = file.lock().ok().and_then(|g| g.clone());
-                            if let Some(f) = f
-                                && let Err(e) = f.sync_data()
-                            {
-                                tracing::error!(error = %e, "journal: fdatasync failed; records of the last interval may not survive a power loss");
-                            }
-                        }
-                        if done {
-                            return;
-                        }
-                    }
-                })
+                .spawn(move || sync_loop(interval, &rx, &file, &dirty, &failed))
                 .expect("spawning the journal sync thread")
         };
         Syncer {
             file,
             dirty,
-            stop,
+            failed,
+            always: interval.is_none(),
+            tx,
             thread: Some(thread),
         }
     }
@@ -788,10 +794,88 @@ impl Syncer {
         self.dirty.store(true, Ordering::Release);
     }
 
+    /// Whether acknowledgements wait for a flush (`sync = "always"`).
+    fn waits(&self) -> bool {
+        self.always
+    }
+
+    /// The error of a flush that failed (every later write is refused).
+    fn failed(&self) -> Option<Arc<std::io::Error>> {
+        self.failed.lock().ok().and_then(|g| g.clone())
+    }
+
+    fn after_flush(&self, acks: Vec<(AckSender, u64)>) {
+        if let Err(mpsc::SendError(SyncMsg::Acks(acks))) = self.tx.send(SyncMsg::Acks(acks)) {
+            for (ack, _) in acks {
+                let _ = ack.send(Err(JournalError::Closed));
+            }
+        }
+    }
+
     fn stop(mut self) {
-        let _ = self.stop.send(());
+        let _ = self.tx.send(SyncMsg::Stop);
         if let Some(t) = self.thread.take() {
             let _ = t.join();
+        }
+    }
+}
+
+fn sync_loop(
+    interval: Option<Duration>,
+    rx: &mpsc::Receiver<SyncMsg>,
+    file: &Mutex<Option<Arc<File>>>,
+    dirty: &AtomicBool,
+    failed: &Mutex<Option<Arc<std::io::Error>>>,
+) {
+    let flush = || -> Result<(), Arc<std::io::Error>> {
+        if let Ok(g) = failed.lock()
+            && let Some(e) = g.clone()
+        {
+            return Err(e);
+        }
+        if !dirty.swap(false, Ordering::AcqRel) {
+            return Ok(());
+        }
+        let f = file.lock().ok().and_then(|g| g.clone());
+        match f.map(|f| f.sync_data()) {
+            Some(Err(e)) => {
+                tracing::error!(error = %e, "journal: fdatasync failed; the journal refuses every record until a restart");
+                let e = Arc::new(e);
+                if let Ok(mut g) = failed.lock() {
+                    *g = Some(e.clone());
+                }
+                Err(e)
+            }
+            _ => Ok(()),
+        }
+    };
+    let mut acks: Vec<(AckSender, u64)> = Vec::new();
+    loop {
+        let msg = match interval {
+            Some(i) => match rx.recv_timeout(i) {
+                Ok(m) => Some(m),
+                Err(mpsc::RecvTimeoutError::Timeout) => None,
+                Err(mpsc::RecvTimeoutError::Disconnected) => Some(SyncMsg::Stop),
+            },
+            None => Some(rx.recv().unwrap_or(SyncMsg::Stop)),
+        };
+        let mut stop = false;
+        // Everything that queued during the last flush shares this one.
+        for m in msg
+            .into_iter()
+            .chain(std::iter::from_fn(|| rx.try_recv().ok()))
+        {
+            match m {
+                SyncMsg::Acks(a) => acks.extend(a),
+                SyncMsg::Stop => stop = true,
+            }
+        }
+        let result = flush();
+        for (ack, seq) in acks.drain(..) {
+            let _ = ack.send(result.clone().map(|()| seq).map_err(JournalError::Write));
+        }
+        if stop {
+            return;
         }
     }
 }

@@ -112,17 +112,12 @@ impl<'a> Server<'a> {
     }
 
     pub async fn run(mut self, done: &CancellationToken) -> Result<Option<String>, SessionError> {
-        let (completions, writer) = Completions::start(&self.ctx.session);
-        self.completions = Some(completions);
-        let main = async {
-            let r = self.run_inner(done).await;
-            let _ = write_out(&mut self.worker, &mut self.out, &self.shared).await;
-            // Lets the writer finish once the queue is drained.
-            self.completions = None;
-            r
-        };
-        let (r, w) = tokio::join!(main, writer);
-        w?;
+        self.completions = Some(Completions::new(&self.ctx.session));
+        let r = self.run_inner(done).await;
+        let _ = write_out(&mut self.worker, &mut self.out, &self.shared).await;
+        if let Some(c) = self.completions.take() {
+            c.finish().await?;
+        }
         r
     }
 
