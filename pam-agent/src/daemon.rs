@@ -101,6 +101,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
             cfg.listener.max_sessions,
             cfg.listener.max_sessions_per_principal,
         ),
+        memory: crate::memory_budget::Budget::new(cfg.listener.max_buffered_bytes),
         refusals: crate::proxy::refusals::Refusals::new(
             journal.clone(),
             crate::proxy::refusals::REPORT_EVERY,

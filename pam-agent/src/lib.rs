@@ -32,6 +32,7 @@ pub mod govern;
 pub mod journal;
 pub mod kernel;
 pub mod mask;
+pub mod memory_budget;
 pub mod oidc;
 pub mod policy;
 pub mod principal;
