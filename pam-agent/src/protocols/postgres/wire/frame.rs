@@ -102,8 +102,9 @@ pub struct FrameReader<R> {
 
 /// A frame longer than [`UNCOUNTED_MESSAGE_BYTES`], with its reservation.
 struct LongFrame {
+    /// Filled up to `total` (its capacity, reserved at once).
     data: Vec<u8>,
-    filled: usize,
+    total: usize,
     charge: Charge,
 }
 
@@ -145,7 +146,7 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
     pub async fn next(&mut self) -> Result<Option<Frame>, FrameError> {
         loop {
             if let Some(long) = &mut self.long {
-                if long.filled == long.data.len() {
+                if long.data.len() == long.total {
                     let LongFrame { data, charge, .. } = self.long.take().expect("long frame");
                     let tag = data[0];
                     let raw = Bytes::from_owner(Charged {
@@ -154,11 +155,14 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
                     });
                     return Ok(Some(Frame { tag, raw }));
                 }
-                let n = self.inner.read(&mut long.data[long.filled..]).await?;
+                let want = long.total - long.data.len();
+                let n = (&mut self.inner)
+                    .take(want as u64)
+                    .read_buf(&mut long.data)
+                    .await?;
                 if n == 0 {
                     return Err(FrameError::Truncated);
                 }
-                long.filled += n;
                 self.bytes += n as u64;
                 continue;
             }
@@ -174,13 +178,15 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
                         return Err(e.into());
                     }
                 };
-                let mut data = vec![0u8; total];
+                // Capacity only: pages are touched as bytes arrive, so a lying
+                // length costs what was sent, not what was claimed.
+                let mut data = Vec::with_capacity(total);
                 let have = self.buf.len().min(total);
-                data[..have].copy_from_slice(&self.buf[..have]);
+                data.extend_from_slice(&self.buf[..have]);
                 self.buf.advance(have);
                 self.long = Some(LongFrame {
                     data,
-                    filled: have,
+                    total,
                     charge,
                 });
                 continue;
@@ -225,7 +231,7 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
     /// True when another complete frame is already buffered (so output can wait).
     pub fn has_frame(&self) -> bool {
         if let Some(long) = &self.long {
-            return long.filled == long.data.len();
+            return long.data.len() == long.total;
         }
         self.buf.len() >= 5 && {
             let len = i32::from_be_bytes([self.buf[1], self.buf[2], self.buf[3], self.buf[4]]);
