@@ -108,6 +108,13 @@ pub(crate) struct RawListener {
     /// Sessions open at once for one principal (uid and cgroup; default 256).
     #[serde(default = "default_max_sessions_per_principal")]
     pub max_sessions_per_principal: usize,
+    /// Bytes of messages held in the agent at once, all sessions together (default 256 MiB).
+    #[serde(default = "default_max_buffered_bytes")]
+    pub max_buffered_bytes: usize,
+}
+
+fn default_max_buffered_bytes() -> usize {
+    crate::memory_budget::DEFAULT_BUDGET_BYTES
 }
 
 fn default_max_sessions() -> usize {
@@ -227,6 +234,8 @@ pub struct Listener {
     /// One worker cannot take every session: limits all together and per principal.
     pub max_sessions: usize,
     pub max_sessions_per_principal: usize,
+    /// The memory budget for messages held in userspace ([`crate::memory_budget`]).
+    pub max_buffered_bytes: usize,
 }
 
 #[derive(Debug, Clone)]
@@ -478,6 +487,12 @@ fn validate_listener(raw: &RawListener) -> Result<Listener, Invalid> {
             "must be between 1 and listener.max_sessions",
         );
     }
+    if raw.max_buffered_bytes < 1 << 20 {
+        return err(
+            "listener.max_buffered_bytes",
+            "must be at least 1048576 (1 MiB)",
+        );
+    }
     Ok(Listener {
         ipv4,
         ipv6,
@@ -485,6 +500,7 @@ fn validate_listener(raw: &RawListener) -> Result<Listener, Invalid> {
         upstream_connect_timeout: Duration::from_millis(raw.upstream_connect_timeout_ms),
         max_sessions: raw.max_sessions,
         max_sessions_per_principal: raw.max_sessions_per_principal,
+        max_buffered_bytes: raw.max_buffered_bytes,
     })
 }
 

@@ -101,6 +101,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
             cfg.listener.max_sessions,
             cfg.listener.max_sessions_per_principal,
         ),
+        memory: crate::memory_budget::Budget::new(cfg.listener.max_buffered_bytes),
         refusals: crate::proxy::refusals::Refusals::new(
             journal.clone(),
             crate::proxy::refusals::REPORT_EVERY,
@@ -113,6 +114,11 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     let refresher = crate::resolve::Refresher::new(dns, resolved)
         .map(|r| tokio::spawn(r.run(shared.clone(), shutdown.clone())));
     let refusals_timer = tokio::spawn(shared.refusals.clone().run(shutdown.clone()));
+    let admission = shared.admission.clone();
+    tokio::spawn(crate::allocator::give_back(
+        move || admission.ended(),
+        shutdown.clone(),
+    ));
     let sessions = TaskTracker::new();
     let server = tokio::spawn(proxy::serve(
         listeners,

@@ -21,6 +21,7 @@
 //! - [`config`]: the TOML config and its validation; [`daemon`]: `pam-agent run`, the
 //!   wiring and the shutdown order; [`secret_file`]: private key files.
 
+pub mod allocator;
 pub mod approval_api;
 pub mod audit;
 pub mod config;
@@ -32,6 +33,7 @@ pub mod govern;
 pub mod journal;
 pub mod kernel;
 pub mod mask;
+pub mod memory_budget;
 pub mod oidc;
 pub mod policy;
 pub mod principal;

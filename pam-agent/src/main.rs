@@ -195,6 +195,7 @@ enum PolicyCommand {
 }
 
 fn main() -> ExitCode {
+    pam_agent::allocator::configure();
     let cli = Cli::parse();
     init_logging(cli.log_format);
     if let Command::Audit { journal, command } = cli.command {

@@ -91,6 +91,8 @@ pub struct Dispatch<'a> {
     pub rules: &'a RulesHandle,
     pub approvals: &'a Approvals,
     pub limits: Limits,
+    /// This session's use of the agent's memory budget for messages.
+    pub memory: crate::memory_budget::SessionMemory,
     pub services: &'a Services,
     /// TLS toward the worker, and this resource's client TLS toward its server.
     pub worker_tls: Option<&'a tls::LeafCache>,

@@ -6,7 +6,10 @@
 
 use std::{
     collections::HashMap,
-    sync::{Arc, Mutex},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
 };
 
 /// Who counts as one principal here: the uid and the cgroup the kernel recorded.
@@ -16,6 +19,9 @@ pub struct Admission {
     max: usize,
     per_principal: usize,
     state: Mutex<State>,
+    /// Sessions ended so far: when it moves, memory may be given back
+    /// ([`crate::allocator::give_back`]).
+    ended: AtomicU64,
 }
 
 #[derive(Default)]
@@ -55,7 +61,13 @@ impl Admission {
             max,
             per_principal,
             state: Mutex::new(State::default()),
+            ended: AtomicU64::new(0),
         })
+    }
+
+    /// How many admitted sessions have ended since the start.
+    pub fn ended(&self) -> u64 {
+        self.ended.load(Ordering::Relaxed)
     }
 
     fn state(&self) -> std::sync::MutexGuard<'_, State> {
@@ -87,6 +99,7 @@ impl Admission {
 
 impl Drop for Ticket {
     fn drop(&mut self) {
+        self.admission.ended.fetch_add(1, Ordering::Relaxed);
         let mut st = self.admission.state();
         st.open = st.open.saturating_sub(1);
         if let Some(n) = st.by_principal.get_mut(&self.key) {

@@ -37,6 +37,8 @@ pub struct Shared {
     pub admission: std::sync::Arc<admission::Admission>,
     /// Refused connections, coalesced per principal and reason before the journal.
     pub refusals: std::sync::Arc<refusals::Refusals>,
+    /// Bytes of messages all sessions may hold at once.
+    pub memory: Arc<crate::memory_budget::Budget>,
 }
 
 /// The proxy's listeners: bound before the kernel programs point at them. They are

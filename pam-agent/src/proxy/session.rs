@@ -115,6 +115,7 @@ pub async fn run(
         rules: &shared.rules,
         approvals: &shared.approvals,
         limits: shared.config.limits,
+        memory: shared.memory.session(),
         services: &shared.protocols,
         worker_tls: shared.tls.leaves.as_ref(),
         upstream_tls: shared

@@ -283,6 +283,9 @@ impl Proxy {
                 })
                 .unwrap();
                 let cancels = Arc::new(CancelRegistry::default());
+                let memory = pam_agent::memory_budget::Budget::new(
+                    pam_agent::memory_budget::DEFAULT_BUDGET_BYTES,
+                );
                 let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
                 port_tx.send(listener.local_addr().unwrap().port()).unwrap();
                 let tracker = tokio_util::task::TaskTracker::new();
@@ -302,6 +305,7 @@ impl Proxy {
                     let ctx = postgres::Context {
                         session,
                         limits,
+                        memory: memory.session(),
                         classifier: classifier.clone(),
                         cancels: cancels.clone(),
                         tls: opts.tls.clone(),

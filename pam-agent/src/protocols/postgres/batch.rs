@@ -20,7 +20,7 @@ use super::{
     refusal,
     wire::frontend,
 };
-use crate::policy::Decision;
+use crate::{memory_budget::UNCOUNTED_MESSAGE_BYTES, policy::Decision};
 
 /// Held batch size before it is sent upstream without waiting for Sync.
 pub const MAX_HELD_BYTES: usize = 1 << 20;
@@ -31,7 +31,8 @@ pub const MAX_AWAITING_BYTES: usize = 16 << 20;
 #[derive(Debug)]
 pub enum Out {
     Note(Note),
-    Send(Vec<u8>),
+    /// Bytes for the server (a long message as it was read, never copied).
+    Send(Bytes),
 }
 
 /// What a Sync leads to.
@@ -190,7 +191,7 @@ impl Batch {
             // The server was already made to fail this batch: its Sync ends it.
             (true, true) => {
                 self.out.push(Out::Note(Note::Close));
-                self.out.push(Out::Send(raw.to_vec()));
+                self.out.push(Out::Send(raw));
             }
             (true, false) => self.out.push(Out::Note(Note::Ready)),
         }
@@ -215,7 +216,7 @@ impl Batch {
                 .raw
                 .to_vec();
             bytes.extend_from_slice(&frontend::flush().raw);
-            self.out.push(Out::Send(bytes));
+            self.out.push(Out::Send(bytes.into()));
         } else {
             self.out.push(Out::Note(Note::Refuse(refusal::frame(d))));
         }
@@ -260,13 +261,24 @@ impl Batch {
         }
     }
 
+    /// Short messages go together in one write; a long one goes as it was read, so
+    /// its bytes are never held twice (see [`crate::memory_budget`]).
     fn write_held(&mut self) {
-        let mut buf = Vec::with_capacity(self.held_bytes + 8);
-        for b in self.held.drain(..) {
-            buf.extend_from_slice(&b);
+        let mut buf = Vec::with_capacity(self.held_bytes.min(UNCOUNTED_MESSAGE_BYTES) + 8);
+        for b in std::mem::take(&mut self.held) {
+            if b.len() > UNCOUNTED_MESSAGE_BYTES {
+                if !buf.is_empty() {
+                    self.out.push(Out::Send(std::mem::take(&mut buf).into()));
+                }
+                self.out.push(Out::Send(b));
+            } else {
+                buf.extend_from_slice(&b);
+            }
         }
         self.held_bytes = 0;
-        self.out.push(Out::Send(buf));
+        if !buf.is_empty() {
+            self.out.push(Out::Send(buf.into()));
+        }
     }
 }
 
@@ -534,7 +546,12 @@ mod tests {
         b.push(big.clone());
         assert!(script(&mut b).is_empty());
         b.push(big.clone());
-        assert_eq!(script(&mut b), ["send BBB"], "sent once over the limit");
+        // Sent once over the limit, each long message as it was read (not copied).
+        assert_eq!(
+            script(&mut b),
+            ["send B", "send B", "send B"],
+            "sent once over the limit"
+        );
         let mut h = Batch::new("pam_agent_r_test".into());
         h.push(parse(1));
         h.hold();

@@ -205,12 +205,16 @@ impl<'a> Client<'a> {
     pub async fn run(mut self, done: &CancellationToken) -> Result<Option<String>, SessionError> {
         let before = self.reader.bytes;
         let r = self.run_inner(done).await;
+        if let Err(SessionError::Worker(FrameError::OverBudget(_))) = &r {
+            // The worker reads the refusal once it has sent the message, not a reset.
+            let _ = self.reader.discard_refused().await;
+        }
         self.shared
             .from_worker
             .fetch_add(self.reader.bytes - before, Ordering::Relaxed);
         if let Err(e) = &r {
             let (code, msg) = match e {
-                SessionError::Worker(FrameError::TooLarge { .. }) => {
+                SessionError::Worker(FrameError::TooLarge { .. } | FrameError::OverBudget(_)) => {
                     (sqlstate::TOO_LARGE, format!("pam-agent: {e}"))
                 }
                 SessionError::Journal(_) => (

@@ -374,8 +374,9 @@ async fn relay_auth(
     };
     let (wr, mut ww) = tokio::io::split(worker);
     let (ur, mut uw) = tokio::io::split(upstream);
-    let mut wreader = FrameReader::new(wr, ctx.limits.max_message_bytes);
-    let mut ureader = FrameReader::new(ur, UPSTREAM_MAX_MESSAGE);
+    let mut wreader =
+        FrameReader::new(wr, ctx.limits.max_message_bytes).budgeted(ctx.memory.clone());
+    let mut ureader = FrameReader::new(ur, UPSTREAM_MAX_MESSAGE).budgeted(ctx.memory.clone());
     loop {
         let step = tokio::select! {
             f = ureader.next() => {

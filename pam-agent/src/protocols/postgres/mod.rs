@@ -72,6 +72,8 @@ const UPSTREAM_MAX_MESSAGE: usize = 1 << 30;
 pub struct Context {
     pub session: Arc<Session>,
     pub limits: Limits,
+    /// Long messages, both directions, are read within the agent's memory budget.
+    pub memory: crate::memory_budget::SessionMemory,
     pub classifier: Classifier,
     pub cancels: Arc<CancelRegistry>,
     /// TLS toward the worker; `None` answers SSLRequest with 'N'.
@@ -213,6 +215,7 @@ pub async fn open(d: Dispatch<'_>) -> Outcome {
     let ctx = Context {
         session: d.session,
         limits: d.limits,
+        memory: d.memory,
         classifier: d.services.postgres.classifier.clone(),
         cancels: d.services.postgres.cancels.clone(),
         tls,

@@ -13,6 +13,10 @@ use crate::{
 pub const MAX_PARAMETERS: usize = 64;
 /// And this many bytes of each value's text.
 pub const MAX_VALUE_BYTES: usize = 256;
+/// Only this much of a value is decoded and scanned: the record keeps
+/// [`MAX_VALUE_BYTES`] of its text, and a detector's match that starts there ends well
+/// within this. A huge bound value is then never copied (see [`crate::memory_budget`]).
+const DECODED_BYTES: usize = 4 * MAX_VALUE_BYTES;
 
 /// Days from 1970-01-01 to PostgreSQL's epoch, 2000-01-01.
 const PG_EPOCH_DAYS: i64 = 10_957;
@@ -68,7 +72,7 @@ pub fn record(
             });
             continue;
         };
-        let (ty, text) = decode(oid, *format, bytes);
+        let (ty, text) = decode(oid, *format, &bytes[..bytes.len().min(DECODED_BYTES)]);
         let redacted = match redaction.mode {
             ParameterRecording::None => Some("not recorded".to_owned()),
             ParameterRecording::Full => None,

@@ -23,8 +23,8 @@ use super::{
     masking::{CatalogRow, ColumnResolver, ResultMasking},
     notes::{Catalog, Exec, Injected, LookupAnswer, Note},
     wire::{
-        backend::{self, sqlstate},
-        frame::{Frame, FrameReader},
+        backend::{self, Severity, sqlstate},
+        frame::{Frame, FrameError, FrameReader},
     },
 };
 use crate::{
@@ -114,6 +114,12 @@ impl<'a> Server<'a> {
     pub async fn run(mut self, done: &CancellationToken) -> Result<Option<String>, SessionError> {
         self.completions = Some(Completions::new(&self.ctx.session));
         let r = self.run_inner(done).await;
+        if let Err(SessionError::Upstream(e @ FrameError::OverBudget(_))) = &r {
+            // The worker is told why its session ends, as for its own long messages.
+            let msg = format!("pam-agent: server: {e}");
+            let f = backend::error(Severity::Fatal, sqlstate::TOO_LARGE, &msg, None, None);
+            self.out.extend_from_slice(&f.raw);
+        }
         let _ = write_out(&mut self.worker, &mut self.out, &self.shared).await;
         if let Some(c) = self.completions.take() {
             c.finish().await?;

@@ -4,9 +4,13 @@
 //! packet has no tag. Two steps, as in mini-redis: [`parse_frame`] looks at the buffer
 //! and answers "a frame", "need more bytes" or an error; [`FrameReader`] feeds it.
 //! A [`Frame`] keeps its original bytes: frames not rewritten are forwarded unchanged.
+//! A frame longer than [`UNCOUNTED_MESSAGE_BYTES`] is read into its own buffer once the
+//! agent's memory budget has its length reserved; the reservation goes with its bytes.
 
 use bytes::{Buf, Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt};
+
+use crate::memory_budget::{Charge, OverBudget, SessionMemory, UNCOUNTED_MESSAGE_BYTES};
 
 /// PostgreSQL's own limit for startup packets.
 pub const MAX_STARTUP_PACKET: usize = 10_000;
@@ -21,6 +25,8 @@ pub enum FrameError {
     BadLength(i64),
     #[error("message of {len} bytes exceeds the limit of {max} bytes")]
     TooLarge { len: usize, max: usize },
+    #[error("{0}")]
+    OverBudget(#[from] OverBudget),
 }
 
 /// One tagged message, with its original bytes (tag and length included).
@@ -48,9 +54,9 @@ impl Frame {
     }
 }
 
-/// Takes one complete tagged frame off the front of `buf`, if there is one.
-/// `max` bounds the whole frame (tag + length + body).
-pub fn parse_frame(buf: &mut BytesMut, max: usize) -> Result<Option<Frame>, FrameError> {
+/// The whole length (tag + length + body) of the frame at the front of `buf`, once
+/// its header is in; checked against `max`.
+fn frame_len(buf: &[u8], max: usize) -> Result<Option<usize>, FrameError> {
     if buf.len() < 5 {
         return Ok(None);
     }
@@ -62,6 +68,15 @@ pub fn parse_frame(buf: &mut BytesMut, max: usize) -> Result<Option<Frame>, Fram
     if total > max {
         return Err(FrameError::TooLarge { len: total, max });
     }
+    Ok(Some(total))
+}
+
+/// Takes one complete tagged frame off the front of `buf`, if there is one.
+/// `max` bounds the whole frame (tag + length + body).
+pub fn parse_frame(buf: &mut BytesMut, max: usize) -> Result<Option<Frame>, FrameError> {
+    let Some(total) = frame_len(buf, max)? else {
+        return Ok(None);
+    };
     if buf.len() < total {
         buf.reserve(total - buf.len());
         return Ok(None);
@@ -75,8 +90,35 @@ pub struct FrameReader<R> {
     inner: R,
     buf: BytesMut,
     max: usize,
+    /// The memory budget long frames are reserved from (`None`: not counted).
+    memory: Option<SessionMemory>,
+    /// A long frame being read, into its own buffer.
+    long: Option<LongFrame>,
+    /// The length of a frame refused unread (over the memory budget), at the front.
+    refused: Option<usize>,
     /// Bytes read so far (for the session's closing record).
     pub bytes: u64,
+}
+
+/// A frame longer than [`UNCOUNTED_MESSAGE_BYTES`], with its reservation.
+struct LongFrame {
+    /// Filled up to `total` (its capacity, reserved at once).
+    data: Vec<u8>,
+    total: usize,
+    charge: Charge,
+}
+
+/// The bytes of a long frame, owned by the frame's [`Bytes`]: the reservation is given
+/// back when the last reference to them goes.
+struct Charged {
+    data: Vec<u8>,
+    _charge: Charge,
+}
+
+impl AsRef<[u8]> for Charged {
+    fn as_ref(&self) -> &[u8] {
+        &self.data
+    }
 }
 
 impl<R: AsyncRead + Unpin> FrameReader<R> {
@@ -85,14 +127,70 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
             inner,
             buf: BytesMut::with_capacity(16 * 1024),
             max,
+            memory: None,
+            long: None,
+            refused: None,
             bytes: 0,
         }
+    }
+
+    /// Frames longer than [`UNCOUNTED_MESSAGE_BYTES`] are read only once `memory` has
+    /// their length reserved.
+    pub fn budgeted(mut self, memory: SessionMemory) -> Self {
+        self.memory = Some(memory);
+        self
     }
 
     /// The next frame; `None` on a clean end of stream between frames.
     /// Cancel-safe: bytes read before cancellation stay in the buffer.
     pub async fn next(&mut self) -> Result<Option<Frame>, FrameError> {
         loop {
+            if let Some(long) = &mut self.long {
+                if long.data.len() == long.total {
+                    let LongFrame { data, charge, .. } = self.long.take().expect("long frame");
+                    let tag = data[0];
+                    let raw = Bytes::from_owner(Charged {
+                        data,
+                        _charge: charge,
+                    });
+                    return Ok(Some(Frame { tag, raw }));
+                }
+                let want = long.total - long.data.len();
+                let n = (&mut self.inner)
+                    .take(want as u64)
+                    .read_buf(&mut long.data)
+                    .await?;
+                if n == 0 {
+                    return Err(FrameError::Truncated);
+                }
+                self.bytes += n as u64;
+                continue;
+            }
+            if let Some(memory) = &self.memory
+                && let Some(total) = frame_len(&self.buf, self.max)?
+                && total > UNCOUNTED_MESSAGE_BYTES
+            {
+                // Nothing more is read from this side until the bytes are reserved.
+                let charge = match memory.reserve(total).await {
+                    Ok(c) => c,
+                    Err(e) => {
+                        self.refused = Some(total);
+                        return Err(e.into());
+                    }
+                };
+                // Capacity only: pages are touched as bytes arrive, so a lying
+                // length costs what was sent, not what was claimed.
+                let mut data = Vec::with_capacity(total);
+                let have = self.buf.len().min(total);
+                data.extend_from_slice(&self.buf[..have]);
+                self.buf.advance(have);
+                self.long = Some(LongFrame {
+                    data,
+                    total,
+                    charge,
+                });
+                continue;
+            }
             if let Some(f) = parse_frame(&mut self.buf, self.max)? {
                 return Ok(Some(f));
             }
@@ -108,8 +206,33 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
         }
     }
 
+    /// Reads and drops the frame refused for the memory budget, a chunk at a time, so
+    /// the peer has sent all of it and reads the refusal rather than a reset.
+    pub async fn discard_refused(&mut self) -> Result<(), FrameError> {
+        let Some(total) = self.refused.take() else {
+            return Ok(());
+        };
+        let have = self.buf.len().min(total);
+        self.buf.advance(have);
+        let mut left = total - have;
+        let mut scratch = vec![0u8; 64 * 1024];
+        while left > 0 {
+            let want = left.min(scratch.len());
+            let n = self.inner.read(&mut scratch[..want]).await?;
+            if n == 0 {
+                return Err(FrameError::Truncated);
+            }
+            self.bytes += n as u64;
+            left -= n;
+        }
+        Ok(())
+    }
+
     /// True when another complete frame is already buffered (so output can wait).
     pub fn has_frame(&self) -> bool {
+        if let Some(long) = &self.long {
+            return long.data.len() == long.total;
+        }
         self.buf.len() >= 5 && {
             let len = i32::from_be_bytes([self.buf[1], self.buf[2], self.buf[3], self.buf[4]]);
             len >= 4 && self.buf.len() > len as usize
@@ -254,6 +377,55 @@ mod tests {
             parse_frame(&mut buf, 1024),
             Err(FrameError::TooLarge { .. })
         ));
+    }
+
+    fn long_query(body: usize) -> Vec<u8> {
+        let mut m = vec![b'Q'];
+        m.extend_from_slice(&((body + 4) as i32).to_be_bytes());
+        m.extend(std::iter::repeat_n(b'x', body));
+        m
+    }
+
+    #[tokio::test]
+    async fn a_long_frame_holds_its_reservation_until_its_bytes_go() {
+        let budget = crate::memory_budget::Budget::new(1 << 20);
+        let mut input = long_query(300_000);
+        input.extend_from_slice(b"S\0\0\0\x04");
+        let mut r = FrameReader::new(&input[..], 1 << 20).budgeted(budget.session());
+        let f = r.next().await.unwrap().unwrap();
+        assert_eq!((f.tag, f.raw.len()), (b'Q', 300_005));
+        assert_eq!(f.raw[..], input[..300_005]);
+        assert!(budget.in_use() >= 300_005);
+        let copy = f.raw.slice(10..20);
+        drop(f);
+        assert!(
+            budget.in_use() > 0,
+            "a slice keeps the bytes, and so the reservation"
+        );
+        drop(copy);
+        assert_eq!(budget.in_use(), 0);
+        assert_eq!(r.next().await.unwrap().unwrap().tag, b'S');
+        assert!(r.next().await.unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn a_frame_larger_than_the_budget_is_refused_unread() {
+        let budget = crate::memory_budget::Budget::new(1 << 20);
+        let input = long_query(2 << 20);
+        let mut r = FrameReader::new(&input[..], 64 << 20).budgeted(budget.session());
+        assert!(matches!(
+            r.next().await,
+            Err(FrameError::OverBudget(
+                crate::memory_budget::OverBudget::Never { .. }
+            ))
+        ));
+        assert!(r.bytes < 1 << 20, "read {} bytes of it", r.bytes);
+        r.discard_refused().await.unwrap();
+        assert!(
+            r.next().await.unwrap().is_none(),
+            "the refused frame is gone"
+        );
+        assert_eq!(budget.in_use(), 0);
     }
 
     #[test]
