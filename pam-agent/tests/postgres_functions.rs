@@ -294,3 +294,110 @@ fn drivers_batches_are_looked_up_and_judged_call_by_call() {
         "1|f\n"
     );
 }
+
+/// The analyst, also reading the catalog (drivers read it to learn types): calls that
+/// are volatile or not built in are refused.
+const CATALOG_ANALYST: &str = r#"
+[[rules]]
+name = "no-volatile-or-user-functions"
+action = "deny"
+if_flags = ["volatile_function", "user_function"]
+
+[[rules]]
+name = "analyst-reads"
+action = "allow"
+kinds = ["select"]
+tables = ["public.*", "pg_catalog.*"]
+
+[[rules]]
+name = "housekeeping"
+action = "allow"
+kinds = ["session", "transaction"]
+"#;
+
+#[test]
+fn asyncpg_introspects_composite_types_under_a_no_volatile_functions_policy() {
+    let pg = PgServer::start();
+    pg.direct(SETUP);
+    pg.direct(
+        "CREATE TYPE pair AS (a int, b text);
+         CREATE DOMAIN positive AS int CHECK (VALUE > 0);",
+    );
+    let proxy = Proxy::start(&pg, CATALOG_ANALYST);
+    // Unmodified asyncpg: prepare (Parse, Describe, Flush), then, inside that open
+    // batch, `set_config('jit', ...)` and its introspection query (array_agg, casts).
+    let run = proxy.python("asyncpg_composite.py", &[]);
+    assert!(run.ok, "{run:?}");
+    let out: serde_json::Value = serde_json::from_str(run.stdout.trim()).unwrap();
+    assert_eq!(
+        out,
+        serde_json::json!({
+            "row": [2, "item2", 20],
+            "pair": [1, "x"],
+            "domain": 7,
+            "pairs": [[2, "y"]],
+        })
+    );
+    // The introspection's calls resolved to the built-ins, with their real volatility.
+    let st = statements(&proxy);
+    let intro = st
+        .iter()
+        .find(|s| s.0.starts_with("WITH RECURSIVE typeinfo_tree"))
+        .unwrap_or_else(|| panic!("{st:?}"));
+    assert_eq!(intro.1, "allow");
+    assert_eq!(intro.2, ["pg_catalog.array_agg"]);
+    assert!(intro.3.is_empty(), "{intro:?}");
+    let jit = st
+        .iter()
+        .find(|s| s.0.contains("set_config('jit'"))
+        .unwrap();
+    assert_eq!(
+        (jit.1.as_str(), jit.2.clone()),
+        (
+            "allow",
+            vec![
+                "pg_catalog.current_setting".to_owned(),
+                "pg_catalog.set_config".to_owned()
+            ]
+        )
+    );
+}
+
+#[test]
+fn inside_an_open_batch_a_shadow_of_a_built_in_is_still_what_the_call_is_judged_as() {
+    let pg = PgServer::start();
+    pg.direct(SETUP);
+    // A user function named like a built-in, earlier on the worker's search path, and
+    // a shadow of array_agg's name (an aggregate other argument types could pick).
+    pg.direct(
+        "CREATE SCHEMA shadow;
+         CREATE FUNCTION shadow.array_agg(anyelement) RETURNS text LANGUAGE plpgsql
+           AS $$ BEGIN INSERT INTO public.audit_log(note) VALUES ('shadow ran'); RETURN 'x'; END $$;
+         CREATE FUNCTION shadow.lower(text) RETURNS text LANGUAGE plpgsql
+           AS $$ BEGIN INSERT INTO public.audit_log(note) VALUES ('shadow ran'); RETURN 'x'; END $$;
+         CREATE TYPE public.pair AS (a int, b text);
+         ALTER ROLE postgres SET search_path = shadow, pg_catalog, public;",
+    );
+    let proxy = Proxy::start(&pg, CATALOG_ANALYST);
+    let run = proxy.python("asyncpg_shadow.py", &[]);
+    assert!(run.ok, "{run:?}");
+    let out: serde_json::Value = serde_json::from_str(run.stdout.trim()).unwrap();
+    // Each call is judged as the shadow, also when looked up inside asyncpg's open batch
+    // (its introspection of `pair` calls array_agg).
+    assert_eq!(out["lower"], "42501", "{out}");
+    assert_eq!(out["array_agg"], "42501", "{out}");
+    assert_eq!(out["pair"], "42501", "{out}");
+    assert_eq!(out["after"], 5, "{out}");
+    assert_eq!(pg.direct("SELECT count(*) FROM audit_log"), "0\n");
+    let st = statements(&proxy);
+    let lower = st.iter().find(|s| s.0.contains("lower(")).unwrap();
+    assert_eq!(lower.1, "deny");
+    assert!(lower.2.contains(&"shadow.lower".to_owned()), "{lower:?}");
+    assert!(lower.3.contains(&"user_function".to_owned()), "{lower:?}");
+    let intro = st
+        .iter()
+        .find(|s| s.0.starts_with("WITH RECURSIVE typeinfo_tree"))
+        .unwrap_or_else(|| panic!("{st:?}"));
+    assert_eq!(intro.1, "deny");
+    assert_eq!(intro.2, ["pg_catalog.array_agg", "shadow.array_agg"]);
+}

@@ -16,6 +16,7 @@
 use bytes::Bytes;
 
 use super::{
+    answers,
     notes::{Exec, Note},
     refusal,
     wire::frontend,
@@ -99,6 +100,12 @@ impl Batch {
         !self.sent && !self.refused && !self.awaiting
     }
 
+    /// Part of the worker's open batch is on the server and it may go on: a function
+    /// lookup can be sent inside it.
+    pub fn can_inline(&self) -> bool {
+        !self.refused && !self.awaiting
+    }
+
     /// The outputs produced so far, to be carried out in order.
     pub fn take(&mut self) -> Vec<Out> {
         std::mem::take(&mut self.out)
@@ -171,7 +178,7 @@ impl Batch {
         }
         self.note_held();
         self.sent = true;
-        self.write_held();
+        self.write_held(false);
     }
 
     /// Sync ends the batch.
@@ -184,8 +191,7 @@ impl Batch {
             (false, _) => {
                 self.held.push(raw);
                 self.note_held();
-                self.out.push(Out::Note(Note::Close));
-                self.write_held();
+                self.write_held(true);
             }
             // The server was already made to fail this batch: its Sync ends it.
             (true, true) => {
@@ -219,6 +225,23 @@ impl Batch {
         } else {
             self.out.push(Out::Note(Note::Refuse(refusal::frame(d))));
         }
+        self.refused = true;
+    }
+
+    /// Refuses the batch when the server has already failed it (on an inline lookup,
+    /// or on an earlier message): `show` is the refusal to show now in the failure's
+    /// place, if the worker has seen no error yet. The rest is discarded until Sync,
+    /// which goes upstream.
+    pub fn refuse_failed(&mut self, show: Option<&Decision>) {
+        self.held.clear();
+        self.held_bytes = 0;
+        self.execs.clear();
+        self.describes.clear();
+        self.statement_describes.clear();
+        if let Some(d) = show {
+            self.out.push(Out::Note(Note::Failed(refusal::frame(d))));
+        }
+        self.sent = true;
         self.refused = true;
     }
 
@@ -260,12 +283,21 @@ impl Batch {
         }
     }
 
-    fn write_held(&mut self) {
+    /// The held messages go upstream, after a note of how many answers they close (so
+    /// the server half can count: [`super::answers`]) and, when `close`, of the Sync.
+    fn write_held(&mut self, close: bool) {
         let mut buf = Vec::with_capacity(self.held_bytes + 8);
         for b in self.held.drain(..) {
             buf.extend_from_slice(&b);
         }
         self.held_bytes = 0;
+        let answers = answers::expected(&buf);
+        if answers > 0 {
+            self.out.push(Out::Note(Note::Sent(answers)));
+        }
+        if close {
+            self.out.push(Out::Note(Note::Close));
+        }
         self.out.push(Out::Send(buf));
     }
 }
@@ -306,6 +338,7 @@ mod tests {
     fn script(b: &mut Batch) -> Vec<String> {
         b.take()
             .into_iter()
+            .filter(|o| !matches!(o, Out::Note(Note::Sent(_))))
             .map(|o| match o {
                 Out::Note(Note::Execs(e)) => format!(
                     "execs {:?}",

@@ -157,6 +157,10 @@ pub struct Client<'a> {
     /// Execution records submitted and not yet stored: stored before anything more goes
     /// upstream (write-ahead).
     acks: Vec<Ack>,
+    /// The server already failed the open batch (found by an inline function lookup):
+    /// a refusal of the statement being judged is `Some(true)` shown by the agent, or
+    /// `Some(false)` not shown (the worker saw the server's error).
+    upstream_failed: Option<bool>,
 }
 
 /// Messages a worker may send while a statement of its waits for approval.
@@ -198,6 +202,7 @@ impl<'a> Client<'a> {
             generation: 0,
             bound: HashMap::new(),
             acks: Vec::new(),
+            upstream_failed: None,
         }
     }
 
@@ -374,6 +379,7 @@ impl<'a> Client<'a> {
             return self.reserved_name(&name).await;
         }
         let declared = frontend::parse_types(&f).map_err(protocol)?;
+        self.upstream_failed = None;
         let j = self.judge_text(p.query, Via::Parse).await?;
         // A Parse holds one statement (the server refuses more).
         let first = j.numbered.first().cloned().unwrap_or(Numbered::NONE);
@@ -390,7 +396,10 @@ impl<'a> Client<'a> {
             }
             Verdict::Refuse(d) => {
                 self.prepared.remove(&name);
-                self.batch.refuse(&d);
+                match self.upstream_failed.take() {
+                    Some(show) => self.batch.refuse_failed(show.then_some(&d)),
+                    None => self.batch.refuse(&d),
+                }
             }
             Verdict::Hold(held) => {
                 self.announce(&held).await?;

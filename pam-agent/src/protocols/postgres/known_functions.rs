@@ -77,6 +77,10 @@ pub enum LookupError {
     Malformed,
     #[error("the session ended before the function lookup was answered")]
     Ended,
+    /// Sent inside the worker's open batch after one of its messages had failed: the
+    /// server skipped it (and skips the worker's messages too, until Sync).
+    #[error("the server skipped the function lookup (the batch had already failed)")]
+    Skipped,
 }
 
 /// One schema's functions of one name.
@@ -155,19 +159,37 @@ impl Row {
 /// The group that looks up `names` (see [`LOOKUP_SQL`]) as statement and portal `name`
 /// (the session's reserved one), and the note that announces it.
 pub fn lookup_group(names: &[String], name: &str) -> (Injected, Vec<u8>) {
+    let mut bytes = lookup_messages(names, name);
+    bytes.extend_from_slice(&frontend::sync().raw);
+    (Injected::Functions, bytes)
+}
+
+/// The same lookup sent inside the worker's open batch (after some of its messages went
+/// upstream, before its Sync), ending with Flush instead of Sync so the worker's batch
+/// and implicit transaction go on around it. It only reads the catalog; the server
+/// half tells its answers apart by counting ([`super::answers`]).
+pub fn inline_lookup(names: &[String], name: &str) -> Vec<u8> {
+    let mut bytes = lookup_messages(names, name);
+    bytes.extend_from_slice(&frontend::flush().raw);
+    bytes
+}
+
+/// Close (a statement left by a lookup that failed half way would make the next Parse
+/// fail; closing a missing one is no error), Parse, Bind, Execute, Close, Close.
+fn lookup_messages(names: &[String], name: &str) -> Vec<u8> {
     let array = text_array(names);
     let mut bytes = Vec::with_capacity(LOOKUP_SQL.len() + array.len() + 128);
     for f in [
+        frontend::close_statement(name),
         frontend::parse_message(name, LOOKUP_SQL),
         frontend::bind_text_message(name, name, &[&array]),
         frontend::execute_message(name),
         frontend::close_portal(name),
         frontend::close_statement(name),
-        frontend::sync(),
     ] {
         bytes.extend_from_slice(&f.raw);
     }
-    (Injected::Functions, bytes)
+    bytes
 }
 
 /// A text[] literal of `items`, each quoted (array syntax, independent of the session's
@@ -342,11 +364,15 @@ impl KnownFunctions {
     fn resolve_statement(&self, st: &mut Statement, certain: bool) {
         let called = std::mem::take(&mut st.functions);
         for f in called {
-            let r = if certain {
+            let mut r = if certain {
                 self.resolve(&f)
             } else {
                 unknown(&f)
             };
+            if st.harmless_set_config && r.names == ["pg_catalog.set_config"] {
+                // The built-in alone (no shadow): it changes a harmless setting only.
+                r.flags.remove(&flag::VOLATILE_FUNCTION);
+            }
             st.functions.extend(r.names);
             st.flags.extend(r.flags);
         }
