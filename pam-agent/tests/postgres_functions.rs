@@ -401,3 +401,75 @@ fn inside_an_open_batch_a_shadow_of_a_built_in_is_still_what_the_call_is_judged_
     assert_eq!(intro.1, "deny");
     assert_eq!(intro.2, ["pg_catalog.array_agg", "shadow.array_agg"]);
 }
+
+/// Large objects through libpq's fast path, and nothing else called by OID.
+const LARGE_OBJECTS: &str = r#"
+[[rules]]
+name = "large-objects"
+action = "allow"
+kinds = ["function_call"]
+functions = ["pg_catalog.lo_*", "pg_catalog.lowrite", "pg_catalog.loread"]
+permit_flags = ["volatile_function", "side_effect_function"]
+
+[[rules]]
+name = "housekeeping"
+action = "allow"
+kinds = ["select", "transaction"]
+tables = ["pg_catalog.*"]
+"#;
+
+#[test]
+fn a_function_call_message_is_judged_as_the_function_its_oid_names() {
+    let pg = PgServer::start();
+    pg.direct(SETUP);
+    let proxy = Proxy::start(&pg, LARGE_OBJECTS);
+    // psql's \lo_import: libpq calls lo_creat, lo_open, lowrite, lo_close by OID.
+    let run = proxy.psql_script("\\lo_import '/etc/hostname'\n");
+    assert!(run.stdout.starts_with("lo_import "), "{run:?}");
+    assert_eq!(
+        pg.direct("SELECT count(*) FROM pg_largeobject_metadata"),
+        "1\n"
+    );
+
+    // A worker calling a user function that writes by its OID, and an OID no function
+    // has: both refused, nothing written.
+    let archive = pg.direct("SELECT 'public.archive_orders'::regproc::oid");
+    let archive: u32 = archive.trim().parse().unwrap();
+    let mut r = raw::Raw::login(&proxy);
+    for oid in [archive, 999_999] {
+        r.send(&[raw::function_call(oid)]);
+        let answers = r.until_ready();
+        assert_eq!(answers.len(), 2, "{answers:?}");
+        assert_eq!(raw::sqlstate(&answers[0].1), "42501", "{answers:?}");
+        assert!(
+            raw::field(&answers[0].1, b'M').contains("(rule \"default\")"),
+            "{answers:?}"
+        );
+    }
+    assert_eq!(pg.direct("SELECT count(*) FROM audit_log"), "0\n");
+    drop(r);
+
+    // The journal names what each OID is.
+    let calls: Vec<_> = statements(&proxy)
+        .into_iter()
+        .filter(|s| s.0.starts_with("<FunctionCall oid"))
+        .collect();
+    let lo: Vec<_> = calls.iter().filter(|c| c.1 == "allow").collect();
+    assert!(
+        lo.iter().any(|c| c.2 == ["pg_catalog.lowrite"])
+            && lo.iter().all(|c| c.2[0].starts_with("pg_catalog.lo")),
+        "{calls:?}"
+    );
+    let refused = |name: &str| {
+        calls
+            .iter()
+            .find(|c| c.2 == [name])
+            .unwrap_or_else(|| panic!("{name}: {calls:?}"))
+    };
+    let user = refused("public.archive_orders");
+    assert_eq!(user.1, "deny");
+    assert_eq!(user.3, ["user_function", "volatile_function"]);
+    let unknown = refused("oid:999999");
+    assert_eq!(unknown.1, "deny");
+    assert_eq!(unknown.3, ["user_function", "volatile_function"]);
+}

@@ -3,8 +3,9 @@
 //! worker's half feeds it messages and verdicts and carries out what it returns ([`Out`]:
 //! notes for the server's half, bytes for the server), in order.
 //!
-//! - Messages wait until Sync or Flush (or until [`MAX_HELD_BYTES`]), so a refusal in a
-//!   batch drops the whole unsent batch.
+//! - Messages wait until the worker's half calls [`Batch::send_held`] (it does as soon
+//!   as the worker has sent nothing more for now: batches stream), Flush, Sync, or
+//!   [`MAX_HELD_BYTES`]; a refusal drops what is still held.
 //! - A refusal is answered at once (as the server answers an error), the rest of the
 //!   batch is discarded until Sync, and that Sync gets ReadyForQuery, as PostgreSQL does
 //!   after an error. If part of the batch had already gone upstream, an Execute of a

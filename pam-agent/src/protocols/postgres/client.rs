@@ -4,9 +4,11 @@
 //!
 //! - Query: every statement of the text is judged; if any is refused none runs, and
 //!   the worker gets ErrorResponse 42501 + ReadyForQuery as if the server refused it.
-//! - Extended protocol: Parse is judged; Bind/Describe/Execute/Close wait with it until
-//!   Sync or Flush (see [`super::batch`]).
-//! - FunctionCall is judged as kind `function_call` (refused unless a rule allows it).
+//! - Extended protocol: Parse is judged; Bind/Describe/Execute/Close go on with it as
+//!   soon as the worker has sent nothing more for now (streaming), or at Sync or Flush
+//!   (see [`super::batch`]).
+//! - FunctionCall is judged as kind `function_call` calling the function its OID names
+//!   in the catalog (refused unless a rule allows that kind).
 //! - COPY data, Terminate: forwarded. Anything else ends the session (fail closed).
 //!
 //! On a masked session it also makes sure the server half can plan every result: the
@@ -40,7 +42,7 @@ use super::{
     },
 };
 use crate::{
-    govern::{Ask, Gate, Resolution, UNCLASSIFIABLE_RULE, Verdict, masking_refusal},
+    govern::{Ask, Gate, Request, Resolution, UNCLASSIFIABLE_RULE, Verdict, masking_refusal},
     journal::{Ack, event::Parameter},
     policy::{Action, Decision},
     tls::stream::{UpstreamStream, WorkerStream},
@@ -272,6 +274,12 @@ impl<'a> Client<'a> {
             self.maybe_preload(f.tag).await?;
             if let Some(detail) = self.message(f).await? {
                 return Ok(Some(detail));
+            }
+            if self.stash.is_empty() && !self.reader.has_frame() {
+                // Streaming: the worker has sent nothing more yet, so what the batch
+                // holds (judged, journaled) goes on now rather than at Sync; a failing
+                // batch stops early and a large one never piles up here.
+                self.batch.send_held();
             }
             self.carry_out().await?;
         }
@@ -542,7 +550,11 @@ impl<'a> Client<'a> {
         self.batch.send_held();
         self.carry_out().await?;
         let oid = frontend::function_call(&f).map_err(protocol)?;
-        let request = function_call_request(oid);
+        let request = self
+            .function_by_oid(oid)
+            .await?
+            .map(|r| function_call_request(oid, r));
+        let text = format!("<FunctionCall oid {oid}>");
         let veto = self.masked.then(|| {
             masking_refusal(
                 "a FunctionCall result cannot be masked; call the function in a SELECT".into(),
@@ -551,9 +563,13 @@ impl<'a> Client<'a> {
         if self.shared.lexer_unsafe.load(Ordering::Relaxed) {
             self.gate.mark_unsafe(LEXER_UNSAFE);
         }
+        let requests: Vec<&Request> = request.iter().collect();
         let ask = Ask {
-            text: &request.text,
-            requests: Ok(&[&request]),
+            text: &text,
+            requests: match &request {
+                Ok(_) => Ok(&requests),
+                Err(e) => Err(e.clone()),
+            },
             veto,
             context: Vec::new(),
         };

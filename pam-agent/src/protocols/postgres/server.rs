@@ -504,8 +504,12 @@ impl<'a> Server<'a> {
         }
         let code = backend::error_code(&f);
         let replacement = match self.queue.front_mut() {
+            // Only the failure of the agent's own missing portal (reserved names, which
+            // no worker can use): a worker's own missing portal earlier in a streamed
+            // batch keeps its error.
             Some(Pending::Group { replace, .. })
-                if code.as_deref() == Some(sqlstate::INVALID_CURSOR_NAME) =>
+                if code.as_deref() == Some(sqlstate::INVALID_CURSOR_NAME)
+                    && names_reserved_portal(f.body()) =>
             {
                 replace.take()
             }
@@ -730,4 +734,11 @@ impl<'a> Server<'a> {
         }
         Ok(())
     }
+}
+
+/// Whether an error's text names one of the agent's reserved portals (no quotes
+/// around the name: a server with other `lc_messages` quotes it its own way).
+fn names_reserved_portal(body: &[u8]) -> bool {
+    let needle = super::names::RESERVED_PREFIX.as_bytes();
+    body.windows(needle.len()).any(|w| w == needle)
 }

@@ -10,7 +10,7 @@ use crate::{
     journal::Event,
     protocols::postgres::{
         SessionError,
-        known_functions::{self, LookupError, Row},
+        known_functions::{self, LookupError, Resolved, Row},
         notes::Note,
         sql::Statement,
     },
@@ -97,5 +97,28 @@ impl Client<'_> {
         let r = rx.await.unwrap_or(Err(LookupError::Ended));
         tracing::trace!(session = %self.ctx.session.id, inline, ok = r.is_ok(), "function lookup answered");
         Ok(r)
+    }
+
+    /// The function a FunctionCall names by OID, looked up in the catalog (one injected
+    /// group), or why it cannot be known. Inside an open batch of the worker's nothing
+    /// can be injected: the call then reads as unknown (it may run anything).
+    pub(super) async fn function_by_oid(
+        &mut self,
+        oid: u32,
+    ) -> Result<Result<Resolved, String>, SessionError> {
+        if !self.batch.can_inject() {
+            return Ok(Ok(known_functions::unknown(&format!("oid:{oid}"))));
+        }
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let (what, bytes) = known_functions::oid_lookup_group(oid, &self.names.injected);
+        self.note(Note::Lookup(tx)).await?;
+        self.note(Note::Inject(what)).await?;
+        self.upstream.write_all(&bytes).await?;
+        Ok(match rx.await.unwrap_or(Err(LookupError::Ended)) {
+            Ok(rows) => Ok(known_functions::resolve_oid(oid, &rows)),
+            Err(e) => Err(format!(
+                "{e}: what a FunctionCall runs cannot be known, so it is refused"
+            )),
+        })
     }
 }
