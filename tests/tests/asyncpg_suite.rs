@@ -24,25 +24,12 @@ default = "allow"
 
 /// Tests that end differently through the agent, and why (issue 14 tracks them; each
 /// one fixed comes off this list).
-const KNOWN: &[(&str, &str)] = &[
-    (
-        "tests.test_cancellation.TestCancellation.test_cancellation_03",
-        "the agent's function lookup before a statement fails when the worker's cancel \
+const KNOWN: &[(&str, &str)] = &[(
+    "tests.test_cancellation.TestCancellation.test_cancellation_03",
+    "the agent's function lookup before a statement fails when the worker's cancel \
          lands on it (57014) or its transaction is aborted (25P02); the statement is then \
          refused with 42501 `unclassifiable` where the server would answer 57014 / 25P02",
-    ),
-    (
-        "tests.test_codecs.TestCodecs.test_standard_codecs",
-        "the connection was closed under the test through the agent: the execution \
-         record's decoding of a bound date 'infinity' panicked the session (fixed in \
-         params.rs; stays listed until a run through the agent confirms it)",
-    ),
-    (
-        "tests.test_codecs.TestCodecs.test_custom_codec_override_tuple",
-        "reported with no outcome through the agent after test_standard_codecs lost its \
-         connection (same cause)",
-    ),
-];
+)];
 
 /// A run's outcome per test id: (pass|fail|error|skip|xfail|xpass, why).
 type Outcomes = BTreeMap<String, (String, String)>;
