@@ -294,3 +294,182 @@ fn drivers_batches_are_looked_up_and_judged_call_by_call() {
         "1|f\n"
     );
 }
+
+/// The analyst, also reading the catalog (drivers read it to learn types): calls that
+/// are volatile or not built in are refused.
+const CATALOG_ANALYST: &str = r#"
+[[rules]]
+name = "no-volatile-or-user-functions"
+action = "deny"
+if_flags = ["volatile_function", "user_function"]
+
+[[rules]]
+name = "analyst-reads"
+action = "allow"
+kinds = ["select"]
+tables = ["public.*", "pg_catalog.*"]
+
+[[rules]]
+name = "housekeeping"
+action = "allow"
+kinds = ["session", "transaction"]
+"#;
+
+#[test]
+fn asyncpg_introspects_composite_types_under_a_no_volatile_functions_policy() {
+    let pg = PgServer::start();
+    pg.direct(SETUP);
+    pg.direct(
+        "CREATE TYPE pair AS (a int, b text);
+         CREATE DOMAIN positive AS int CHECK (VALUE > 0);",
+    );
+    let proxy = Proxy::start(&pg, CATALOG_ANALYST);
+    // Unmodified asyncpg: prepare (Parse, Describe, Flush), then, inside that open
+    // batch, `set_config('jit', ...)` and its introspection query (array_agg, casts).
+    let run = proxy.python("asyncpg_composite.py", &[]);
+    assert!(run.ok, "{run:?}");
+    let out: serde_json::Value = serde_json::from_str(run.stdout.trim()).unwrap();
+    assert_eq!(
+        out,
+        serde_json::json!({
+            "row": [2, "item2", 20],
+            "pair": [1, "x"],
+            "domain": 7,
+            "pairs": [[2, "y"]],
+        })
+    );
+    // The introspection's calls resolved to the built-ins, with their real volatility.
+    let st = statements(&proxy);
+    let intro = st
+        .iter()
+        .find(|s| s.0.starts_with("WITH RECURSIVE typeinfo_tree"))
+        .unwrap_or_else(|| panic!("{st:?}"));
+    assert_eq!(intro.1, "allow");
+    assert_eq!(intro.2, ["pg_catalog.array_agg"]);
+    assert!(intro.3.is_empty(), "{intro:?}");
+    let jit = st
+        .iter()
+        .find(|s| s.0.contains("set_config('jit'"))
+        .unwrap();
+    assert_eq!(
+        (jit.1.as_str(), jit.2.clone()),
+        (
+            "allow",
+            vec![
+                "pg_catalog.current_setting".to_owned(),
+                "pg_catalog.set_config".to_owned()
+            ]
+        )
+    );
+}
+
+#[test]
+fn inside_an_open_batch_a_shadow_of_a_built_in_is_still_what_the_call_is_judged_as() {
+    let pg = PgServer::start();
+    pg.direct(SETUP);
+    // A user function named like a built-in, earlier on the worker's search path, and
+    // a shadow of array_agg's name (an aggregate other argument types could pick).
+    pg.direct(
+        "CREATE SCHEMA shadow;
+         CREATE FUNCTION shadow.array_agg(anyelement) RETURNS text LANGUAGE plpgsql
+           AS $$ BEGIN INSERT INTO public.audit_log(note) VALUES ('shadow ran'); RETURN 'x'; END $$;
+         CREATE FUNCTION shadow.lower(text) RETURNS text LANGUAGE plpgsql
+           AS $$ BEGIN INSERT INTO public.audit_log(note) VALUES ('shadow ran'); RETURN 'x'; END $$;
+         CREATE TYPE public.pair AS (a int, b text);
+         ALTER ROLE postgres SET search_path = shadow, pg_catalog, public;",
+    );
+    let proxy = Proxy::start(&pg, CATALOG_ANALYST);
+    let run = proxy.python("asyncpg_shadow.py", &[]);
+    assert!(run.ok, "{run:?}");
+    let out: serde_json::Value = serde_json::from_str(run.stdout.trim()).unwrap();
+    // Each call is judged as the shadow, also when looked up inside asyncpg's open batch
+    // (its introspection of `pair` calls array_agg).
+    assert_eq!(out["lower"], "42501", "{out}");
+    assert_eq!(out["array_agg"], "42501", "{out}");
+    assert_eq!(out["pair"], "42501", "{out}");
+    assert_eq!(out["after"], 5, "{out}");
+    assert_eq!(pg.direct("SELECT count(*) FROM audit_log"), "0\n");
+    let st = statements(&proxy);
+    let lower = st.iter().find(|s| s.0.contains("lower(")).unwrap();
+    assert_eq!(lower.1, "deny");
+    assert!(lower.2.contains(&"shadow.lower".to_owned()), "{lower:?}");
+    assert!(lower.3.contains(&"user_function".to_owned()), "{lower:?}");
+    let intro = st
+        .iter()
+        .find(|s| s.0.starts_with("WITH RECURSIVE typeinfo_tree"))
+        .unwrap_or_else(|| panic!("{st:?}"));
+    assert_eq!(intro.1, "deny");
+    assert_eq!(intro.2, ["pg_catalog.array_agg", "shadow.array_agg"]);
+}
+
+/// Large objects through libpq's fast path, and nothing else called by OID.
+const LARGE_OBJECTS: &str = r#"
+[[rules]]
+name = "large-objects"
+action = "allow"
+kinds = ["function_call"]
+functions = ["pg_catalog.lo_*", "pg_catalog.lowrite", "pg_catalog.loread"]
+permit_flags = ["volatile_function", "side_effect_function"]
+
+[[rules]]
+name = "housekeeping"
+action = "allow"
+kinds = ["select", "transaction"]
+tables = ["pg_catalog.*"]
+"#;
+
+#[test]
+fn a_function_call_message_is_judged_as_the_function_its_oid_names() {
+    let pg = PgServer::start();
+    pg.direct(SETUP);
+    let proxy = Proxy::start(&pg, LARGE_OBJECTS);
+    // psql's \lo_import: libpq calls lo_creat, lo_open, lowrite, lo_close by OID.
+    let run = proxy.psql_script("\\lo_import '/etc/hostname'\n");
+    assert!(run.stdout.starts_with("lo_import "), "{run:?}");
+    assert_eq!(
+        pg.direct("SELECT count(*) FROM pg_largeobject_metadata"),
+        "1\n"
+    );
+
+    // A worker calling a user function that writes by its OID, and an OID no function
+    // has: both refused, nothing written.
+    let archive = pg.direct("SELECT 'public.archive_orders'::regproc::oid");
+    let archive: u32 = archive.trim().parse().unwrap();
+    let mut r = raw::Raw::login(&proxy);
+    for oid in [archive, 999_999] {
+        r.send(&[raw::function_call(oid)]);
+        let answers = r.until_ready();
+        assert_eq!(answers.len(), 2, "{answers:?}");
+        assert_eq!(raw::sqlstate(&answers[0].1), "42501", "{answers:?}");
+        assert!(
+            raw::field(&answers[0].1, b'M').contains("(rule \"default\")"),
+            "{answers:?}"
+        );
+    }
+    assert_eq!(pg.direct("SELECT count(*) FROM audit_log"), "0\n");
+    drop(r);
+
+    // The journal names what each OID is.
+    let calls: Vec<_> = statements(&proxy)
+        .into_iter()
+        .filter(|s| s.0.starts_with("<FunctionCall oid"))
+        .collect();
+    let lo: Vec<_> = calls.iter().filter(|c| c.1 == "allow").collect();
+    assert!(
+        lo.iter().any(|c| c.2 == ["pg_catalog.lowrite"])
+            && lo.iter().all(|c| c.2[0].starts_with("pg_catalog.lo")),
+        "{calls:?}"
+    );
+    let refused = |name: &str| {
+        calls
+            .iter()
+            .find(|c| c.2 == [name])
+            .unwrap_or_else(|| panic!("{name}: {calls:?}"))
+    };
+    let user = refused("public.archive_orders");
+    assert_eq!(user.1, "deny");
+    assert_eq!(user.3, ["user_function", "volatile_function"]);
+    let unknown = refused("oid:999999");
+    assert_eq!(unknown.1, "deny");
+    assert_eq!(unknown.3, ["user_function", "volatile_function"]);
+}

@@ -102,7 +102,8 @@ fn notices_notifications_and_copy_through_psql() {
 fn fastpath_function_calls_are_judged_by_kind() {
     let pg = PgServer::start();
     // psql's \lo_import uses libpq's fast-path FunctionCall messages (lo_creat, lo_open,
-    // lowrite...): refused unless a rule allows kind function_call.
+    // lowrite...): refused unless a rule allows kind function_call (and the flags of
+    // those functions, which the session looks up by OID).
     let proxy = Proxy::start(&pg, CREW_POLICY);
     let run = proxy.psql_script("\\lo_import '/etc/hostname'\nSELECT 'alive';\n");
     assert!(
@@ -123,7 +124,7 @@ fn fastpath_function_calls_are_judged_by_kind() {
     );
 
     let policy = format!(
-        "[[rules]]\nname = \"large-objects\"\naction = \"allow\"\nkinds = [\"function_call\", \"transaction\", \"select\"]\n{CREW_POLICY}"
+        "[[rules]]\nname = \"large-objects\"\naction = \"allow\"\nkinds = [\"function_call\", \"transaction\", \"select\"]\npermit_flags = [\"volatile_function\", \"side_effect_function\"]\n{CREW_POLICY}"
     );
     let proxy = Proxy::start(&pg, &policy);
     let run = proxy.psql_script("\\lo_import '/etc/hostname'\n");

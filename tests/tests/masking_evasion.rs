@@ -31,10 +31,7 @@ kinds = ["transaction", "session", "cursor"]
 name = "analyst"
 action = "allow"
 kinds = ["select", "copy_out", "insert", "update", "ddl"]
-# user_function / volatile_function: asyncpg's type introspection (for the whole-row
-# forms) calls array_agg in a way the per-session function lookup does not resolve yet,
-# so it reads as unknown (issue 14); this corpus is about masking, not function flags.
-permit_flags = ["create_table_as", "update_without_where", "user_function", "volatile_function"]
+permit_flags = ["create_table_as", "update_without_where"]
 tables = ["public.*", "pg_catalog.*", "information_schema.*"]
 
 [masking]

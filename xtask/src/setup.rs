@@ -52,6 +52,7 @@ pub fn run() -> anyhow::Result<()> {
         .and_then(|()| rust())
         .and_then(|()| bpf_linker())
         .and_then(|()| pip())
+        .and_then(|()| asyncpg_suite())
         .and_then(|()| npm())
         .context("setting up prerequisites (cargo xtask setup)")
 }
@@ -191,6 +192,59 @@ fn pip() -> anyhow::Result<()> {
             ])
             .args(&missing),
     )
+}
+
+/// asyncpg's own test suite (the `tests/` of its sdist, pinned by digest), which
+/// tests/tests/asyncpg_suite.rs runs directly and through the agent. Only `tests/` is
+/// kept: the sdist's uncompiled `asyncpg/` beside it would shadow the installed one.
+pub const ASYNCPG_SUITE: &str = "/opt/pam-agent-dev/asyncpg-0.32.0-suite";
+const ASYNCPG_SDIST: &str = "https://files.pythonhosted.org/packages/80/4e/\
+    59dc964f962f09e3ed472e5d2d3ba670a41a2be25080dc62ab3db507ff5e/asyncpg-0.32.0.tar.gz";
+const ASYNCPG_SDIST_SHA256: &str =
+    "45e64e56714d888330b884aad1dfb363d0bf43fb343e3d1a8968525f3bade478";
+
+fn asyncpg_suite() -> anyhow::Result<()> {
+    let dir = std::path::Path::new(ASYNCPG_SUITE);
+    if dir.join("tests/test_execute.py").exists() {
+        return Ok(());
+    }
+    let work = tempfile_dir()?;
+    let tarball = work.join("asyncpg-0.32.0.tar.gz");
+    util::run(
+        Command::new("curl")
+            .args(["--fail", "--silent", "--show-error", "--location", "-o"])
+            .arg(&tarball)
+            .arg(ASYNCPG_SDIST),
+    )
+    .context("downloading asyncpg's sdist (its test suite)")?;
+    let sum = output(Command::new("sha256sum").arg(&tarball))?;
+    if sum.split_whitespace().next() != Some(ASYNCPG_SDIST_SHA256) {
+        anyhow::bail!("asyncpg-0.32.0.tar.gz does not have the pinned digest: {sum}");
+    }
+    util::run(
+        Command::new("tar")
+            .arg("-xzf")
+            .arg(&tarball)
+            .arg("-C")
+            .arg(&work)
+            .arg("asyncpg-0.32.0/tests"),
+    )?;
+    std::fs::create_dir_all(dir)?;
+    util::run(
+        Command::new("cp")
+            .arg("-r")
+            .arg(work.join("asyncpg-0.32.0/tests"))
+            .arg(dir),
+    )?;
+    std::fs::remove_dir_all(&work)?;
+    Ok(())
+}
+
+/// A fresh directory for downloads.
+fn tempfile_dir() -> anyhow::Result<std::path::PathBuf> {
+    let dir = std::env::temp_dir().join(format!("pam-xtask-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    Ok(dir)
 }
 
 /// The test OpenID provider (`oidc-provider`, pinned by `tests/idp/package-lock.json`),

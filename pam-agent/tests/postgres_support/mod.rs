@@ -24,6 +24,7 @@ use pam_agent::{
 use tokio_util::sync::CancellationToken;
 
 mod jsonl;
+pub mod raw;
 pub mod template;
 
 pub const PASSWORD: &str = "s3cret-pw";

@@ -3,8 +3,9 @@
 //! worker's half feeds it messages and verdicts and carries out what it returns ([`Out`]:
 //! notes for the server's half, bytes for the server), in order.
 //!
-//! - Messages wait until Sync or Flush (or until [`MAX_HELD_BYTES`]), so a refusal in a
-//!   batch drops the whole unsent batch.
+//! - Messages wait until the worker's half calls [`Batch::send_held`] (it does as soon
+//!   as the worker has sent nothing more for now: batches stream), Flush, Sync, or
+//!   [`MAX_HELD_BYTES`]; a refusal drops what is still held.
 //! - A refusal is answered at once (as the server answers an error), the rest of the
 //!   batch is discarded until Sync, and that Sync gets ReadyForQuery, as PostgreSQL does
 //!   after an error. If part of the batch had already gone upstream, an Execute of a
@@ -16,6 +17,7 @@
 use bytes::Bytes;
 
 use super::{
+    answers,
     notes::{Exec, Note},
     refusal,
     wire::frontend,
@@ -100,6 +102,12 @@ impl Batch {
         !self.sent && !self.refused && !self.awaiting
     }
 
+    /// Part of the worker's open batch is on the server and it may go on: a function
+    /// lookup can be sent inside it.
+    pub fn can_inline(&self) -> bool {
+        !self.refused && !self.awaiting
+    }
+
     /// The outputs produced so far, to be carried out in order.
     pub fn take(&mut self) -> Vec<Out> {
         std::mem::take(&mut self.out)
@@ -172,7 +180,7 @@ impl Batch {
         }
         self.note_held();
         self.sent = true;
-        self.write_held();
+        self.write_held(false);
     }
 
     /// Sync ends the batch.
@@ -185,8 +193,7 @@ impl Batch {
             (false, _) => {
                 self.held.push(raw);
                 self.note_held();
-                self.out.push(Out::Note(Note::Close));
-                self.write_held();
+                self.write_held(true);
             }
             // The server was already made to fail this batch: its Sync ends it.
             (true, true) => {
@@ -220,6 +227,23 @@ impl Batch {
         } else {
             self.out.push(Out::Note(Note::Refuse(refusal::frame(d))));
         }
+        self.refused = true;
+    }
+
+    /// Refuses the batch when the server has already failed it (on an inline lookup,
+    /// or on an earlier message): `show` is the refusal to show now in the failure's
+    /// place, if the worker has seen no error yet. The rest is discarded until Sync,
+    /// which goes upstream.
+    pub fn refuse_failed(&mut self, show: Option<&Decision>) {
+        self.held.clear();
+        self.held_bytes = 0;
+        self.execs.clear();
+        self.describes.clear();
+        self.statement_describes.clear();
+        if let Some(d) = show {
+            self.out.push(Out::Note(Note::Failed(refusal::frame(d))));
+        }
+        self.sent = true;
         self.refused = true;
     }
 
@@ -261,11 +285,21 @@ impl Batch {
         }
     }
 
-    /// Short messages go together in one write; a long one goes as it was read, so
-    /// its bytes are never held twice (see [`crate::memory_budget`]).
-    fn write_held(&mut self) {
+    /// The held messages go upstream, after a note of how many answers they close (so
+    /// the server half can count: [`super::answers`]) and, when `close`, of the Sync.
+    /// Short messages go together in one write; a long one goes as it was read, so its
+    /// bytes are never held twice (see [`crate::memory_budget`]).
+    fn write_held(&mut self, close: bool) {
+        let held = std::mem::take(&mut self.held);
+        let answers: usize = held.iter().map(|b| answers::expected(b)).sum();
+        if answers > 0 {
+            self.out.push(Out::Note(Note::Sent(answers)));
+        }
+        if close {
+            self.out.push(Out::Note(Note::Close));
+        }
         let mut buf = Vec::with_capacity(self.held_bytes.min(UNCOUNTED_MESSAGE_BYTES) + 8);
-        for b in std::mem::take(&mut self.held) {
+        for b in held {
             if b.len() > UNCOUNTED_MESSAGE_BYTES {
                 if !buf.is_empty() {
                     self.out.push(Out::Send(std::mem::take(&mut buf).into()));
@@ -318,6 +352,7 @@ mod tests {
     fn script(b: &mut Batch) -> Vec<String> {
         b.take()
             .into_iter()
+            .filter(|o| !matches!(o, Out::Note(Note::Sent(_))))
             .map(|o| match o {
                 Out::Note(Note::Execs(e)) => format!(
                     "execs {:?}",

@@ -4,9 +4,11 @@
 //!
 //! - Query: every statement of the text is judged; if any is refused none runs, and
 //!   the worker gets ErrorResponse 42501 + ReadyForQuery as if the server refused it.
-//! - Extended protocol: Parse is judged; Bind/Describe/Execute/Close wait with it until
-//!   Sync or Flush (see [`super::batch`]).
-//! - FunctionCall is judged as kind `function_call` (refused unless a rule allows it).
+//! - Extended protocol: Parse is judged; Bind/Describe/Execute/Close go on with it as
+//!   soon as the worker has sent nothing more for now (streaming), or at Sync or Flush
+//!   (see [`super::batch`]).
+//! - FunctionCall is judged as kind `function_call` calling the function its OID names
+//!   in the catalog (refused unless a rule allows that kind).
 //! - COPY data, Terminate: forwarded. Anything else ends the session (fail closed).
 //!
 //! On a masked session it also makes sure the server half can plan every result: the
@@ -40,7 +42,7 @@ use super::{
     },
 };
 use crate::{
-    govern::{Ask, Gate, Resolution, UNCLASSIFIABLE_RULE, Verdict, masking_refusal},
+    govern::{Ask, Gate, Request, Resolution, UNCLASSIFIABLE_RULE, Verdict, masking_refusal},
     journal::{Ack, event::Parameter},
     policy::{Action, Decision},
     tls::stream::{UpstreamStream, WorkerStream},
@@ -157,6 +159,10 @@ pub struct Client<'a> {
     /// Execution records submitted and not yet stored: stored before anything more goes
     /// upstream (write-ahead).
     acks: Vec<Ack>,
+    /// The server already failed the open batch (found by an inline function lookup):
+    /// a refusal of the statement being judged is `Some(true)` shown by the agent, or
+    /// `Some(false)` not shown (the worker saw the server's error).
+    upstream_failed: Option<bool>,
 }
 
 /// Messages a worker may send while a statement of its waits for approval.
@@ -198,6 +204,7 @@ impl<'a> Client<'a> {
             generation: 0,
             bound: HashMap::new(),
             acks: Vec::new(),
+            upstream_failed: None,
         }
     }
 
@@ -271,6 +278,12 @@ impl<'a> Client<'a> {
             self.maybe_preload(f.tag).await?;
             if let Some(detail) = self.message(f).await? {
                 return Ok(Some(detail));
+            }
+            if self.stash.is_empty() && !self.reader.has_frame() {
+                // Streaming: the worker has sent nothing more yet, so what the batch
+                // holds (judged, journaled) goes on now rather than at Sync; a failing
+                // batch stops early and a large one never piles up here.
+                self.batch.send_held();
             }
             self.carry_out().await?;
         }
@@ -378,6 +391,7 @@ impl<'a> Client<'a> {
             return self.reserved_name(&name).await;
         }
         let declared = frontend::parse_types(&f).map_err(protocol)?;
+        self.upstream_failed = None;
         let j = self.judge_text(p.query, Via::Parse).await?;
         // A Parse holds one statement (the server refuses more).
         let first = j.numbered.first().cloned().unwrap_or(Numbered::NONE);
@@ -394,7 +408,10 @@ impl<'a> Client<'a> {
             }
             Verdict::Refuse(d) => {
                 self.prepared.remove(&name);
-                self.batch.refuse(&d);
+                match self.upstream_failed.take() {
+                    Some(show) => self.batch.refuse_failed(show.then_some(&d)),
+                    None => self.batch.refuse(&d),
+                }
             }
             Verdict::Hold(held) => {
                 self.announce(&held).await?;
@@ -537,7 +554,11 @@ impl<'a> Client<'a> {
         self.batch.send_held();
         self.carry_out().await?;
         let oid = frontend::function_call(&f).map_err(protocol)?;
-        let request = function_call_request(oid);
+        let request = self
+            .function_by_oid(oid)
+            .await?
+            .map(|r| function_call_request(oid, r));
+        let text = format!("<FunctionCall oid {oid}>");
         let veto = self.masked.then(|| {
             masking_refusal(
                 "a FunctionCall result cannot be masked; call the function in a SELECT".into(),
@@ -546,9 +567,13 @@ impl<'a> Client<'a> {
         if self.shared.lexer_unsafe.load(Ordering::Relaxed) {
             self.gate.mark_unsafe(LEXER_UNSAFE);
         }
+        let requests: Vec<&Request> = request.iter().collect();
         let ask = Ask {
-            text: &request.text,
-            requests: Ok(&[&request]),
+            text: &text,
+            requests: match &request {
+                Ok(_) => Ok(&requests),
+                Err(e) => Err(e.clone()),
+            },
             veto,
             context: Vec::new(),
         };

@@ -32,7 +32,7 @@ use std::{
 use super::{
     masking::datarow,
     notes::Injected,
-    sql::{Statement, flag, kind, quote_part},
+    sql::{Statement, flag, is_dynamic_sql_function, is_side_effect_function, kind, quote_part},
     wire::frontend,
 };
 use crate::govern::Flag;
@@ -68,6 +68,18 @@ UNION ALL \
 SELECT 'p', pg_catalog.array_to_string(pg_catalog.current_schemas(true), ','), \
   CURRENT_USER::pg_catalog.text, '', '', ''";
 
+/// The one function with OID `$1` (a FunctionCall names its function by OID), as one
+/// row of [`LOOKUP_SQL`]'s shape; no row when no function has it.
+const OID_LOOKUP_SQL: &str = "SELECT 'f', n.nspname, p.proname, \
+  CASE WHEN p.provolatile OPERATOR(pg_catalog.=) 'v' THEN 'v' ELSE '' END OPERATOR(pg_catalog.||) \
+  CASE WHEN p.prosecdef THEN 's' ELSE '' END OPERATOR(pg_catalog.||) \
+  CASE WHEN p.oid OPERATOR(pg_catalog.>=) 16384::pg_catalog.oid THEN 'u' ELSE '' END, \
+  l.lanname::pg_catalog.text, p.proargtypes::pg_catalog.text \
+  FROM pg_catalog.pg_proc p \
+  JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) p.pronamespace \
+  JOIN pg_catalog.pg_language l ON l.oid OPERATOR(pg_catalog.=) p.prolang \
+  WHERE p.oid OPERATOR(pg_catalog.=) $1::pg_catalog.oid";
+
 /// Why a lookup's answer cannot be used.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum LookupError {
@@ -77,6 +89,10 @@ pub enum LookupError {
     Malformed,
     #[error("the session ended before the function lookup was answered")]
     Ended,
+    /// Sent inside the worker's open batch after one of its messages had failed: the
+    /// server skipped it (and skips the worker's messages too, until Sync).
+    #[error("the server skipped the function lookup (the batch had already failed)")]
+    Skipped,
 }
 
 /// One schema's functions of one name.
@@ -155,11 +171,20 @@ impl Row {
 /// The group that looks up `names` (see [`LOOKUP_SQL`]) as statement and portal `name`
 /// (the session's reserved one), and the note that announces it.
 pub fn lookup_group(names: &[String], name: &str) -> (Injected, Vec<u8>) {
-    let array = text_array(names);
-    let mut bytes = Vec::with_capacity(LOOKUP_SQL.len() + array.len() + 128);
+    let mut bytes = lookup_messages(names, name);
+    bytes.extend_from_slice(&frontend::sync().raw);
+    (Injected::Functions, bytes)
+}
+
+/// The group that looks up the function with OID `oid` (see [`OID_LOOKUP_SQL`]), as
+/// statement and portal `name`; answered like [`lookup_group`].
+pub fn oid_lookup_group(oid: u32, name: &str) -> (Injected, Vec<u8>) {
+    let oid = oid.to_string();
+    let mut bytes = Vec::with_capacity(OID_LOOKUP_SQL.len() + 128);
     for f in [
-        frontend::parse_message(name, LOOKUP_SQL),
-        frontend::bind_text_message(name, name, &[&array]),
+        frontend::close_statement(name),
+        frontend::parse_message(name, OID_LOOKUP_SQL),
+        frontend::bind_text_message(name, name, &[&oid]),
         frontend::execute_message(name),
         frontend::close_portal(name),
         frontend::close_statement(name),
@@ -168,6 +193,68 @@ pub fn lookup_group(names: &[String], name: &str) -> (Injected, Vec<u8>) {
         bytes.extend_from_slice(&f.raw);
     }
     (Injected::Functions, bytes)
+}
+
+/// A FunctionCall's function from the answer to [`oid_lookup_group`]: `schema.name`
+/// with its flags, or an unknown call named `oid:<n>` when no function has that OID.
+pub fn resolve_oid(oid: u32, rows: &[Row]) -> Resolved {
+    let found = rows.iter().find_map(|r| match r {
+        Row::Function { name, group } => Some((name, group)),
+        Row::Path { .. } => None,
+    });
+    let Some((name, g)) = found else {
+        return unknown(&format!("oid:{oid}"));
+    };
+    let mut r = Resolved {
+        names: vec![format!("{}.{}", quote_part(&g.schema), quote_part(name))],
+        flags: BTreeSet::new(),
+    };
+    // What the classifier flags by name for a call written in SQL (`lo_import`,
+    // `pg_read_file`, ...), by the same name.
+    if is_side_effect_function(name) {
+        r.flags.insert(flag::SIDE_EFFECT_FUNCTION);
+    }
+    if is_dynamic_sql_function(name) {
+        r.flags.insert(flag::DYNAMIC_SQL);
+    }
+    if g.volatile {
+        r.flags.insert(flag::VOLATILE_FUNCTION);
+    }
+    if g.user {
+        r.flags.insert(flag::USER_FUNCTION);
+    }
+    if g.security_definer {
+        r.flags.insert(flag::SECURITY_DEFINER);
+    }
+    r
+}
+
+/// The same lookup sent inside the worker's open batch (after some of its messages went
+/// upstream, before its Sync), ending with Flush instead of Sync so the worker's batch
+/// and implicit transaction go on around it. It only reads the catalog; the server
+/// half tells its answers apart by counting ([`super::answers`]).
+pub fn inline_lookup(names: &[String], name: &str) -> Vec<u8> {
+    let mut bytes = lookup_messages(names, name);
+    bytes.extend_from_slice(&frontend::flush().raw);
+    bytes
+}
+
+/// Close (a statement left by a lookup that failed half way would make the next Parse
+/// fail; closing a missing one is no error), Parse, Bind, Execute, Close, Close.
+fn lookup_messages(names: &[String], name: &str) -> Vec<u8> {
+    let array = text_array(names);
+    let mut bytes = Vec::with_capacity(LOOKUP_SQL.len() + array.len() + 128);
+    for f in [
+        frontend::close_statement(name),
+        frontend::parse_message(name, LOOKUP_SQL),
+        frontend::bind_text_message(name, name, &[&array]),
+        frontend::execute_message(name),
+        frontend::close_portal(name),
+        frontend::close_statement(name),
+    ] {
+        bytes.extend_from_slice(&f.raw);
+    }
+    bytes
 }
 
 /// A text[] literal of `items`, each quoted (array syntax, independent of the session's
@@ -342,11 +429,15 @@ impl KnownFunctions {
     fn resolve_statement(&self, st: &mut Statement, certain: bool) {
         let called = std::mem::take(&mut st.functions);
         for f in called {
-            let r = if certain {
+            let mut r = if certain {
                 self.resolve(&f)
             } else {
                 unknown(&f)
             };
+            if st.harmless_set_config && r.names == ["pg_catalog.set_config"] {
+                // The built-in alone (no shadow): it changes a harmless setting only.
+                r.flags.remove(&flag::VOLATILE_FUNCTION);
+            }
             st.functions.extend(r.names);
             st.flags.extend(r.flags);
         }
@@ -408,7 +499,7 @@ impl KnownFunctions {
 }
 
 /// A call nothing is known of: it may run anything.
-fn unknown(written: &str) -> Resolved {
+pub fn unknown(written: &str) -> Resolved {
     Resolved {
         names: vec![written.to_owned()],
         flags: [flag::VOLATILE_FUNCTION, flag::USER_FUNCTION]

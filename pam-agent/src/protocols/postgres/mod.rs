@@ -22,6 +22,7 @@
 //! [`wire`] knows no SQL or policy; [`sql`] is what a statement does; only [`client`]
 //! calls the gate.
 
+mod answers;
 mod batch;
 mod cancel;
 mod client;

@@ -75,6 +75,16 @@ pub enum Note {
     Inject(Injected),
     /// The next injected [`Injected::Functions`] group's rows go here.
     Lookup(LookupAnswer),
+    /// Worker messages now sent upstream in the open group whose answers close this
+    /// many of them (see [`super::answers`]).
+    Sent(usize),
+    /// A function lookup is about to be sent inside the open group, after everything
+    /// sent so far ([`super::known_functions::inline_lookup`]); its answers, told apart
+    /// by counting, go here and are never shown to the worker.
+    InlineLookup(LookupAnswer),
+    /// The server failed the open group on the agent's own message (an inline lookup):
+    /// show the worker this error now, in its place; the server skips to Sync.
+    Failed(Frame),
     /// Show this NoticeResponse now (asynchronous, outside the answers' order).
     Notice(Frame),
     /// End the session with this error.

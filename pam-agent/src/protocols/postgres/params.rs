@@ -165,13 +165,25 @@ fn binary(oid: u32, b: &[u8]) -> Option<String> {
         2950 => uuid::Uuid::from_slice(b).ok()?.to_string(),
         1082 => {
             let days = int(4)?;
+            // The server's infinities; any other day count out of the calendar's range
+            // is shown in hex (`Span::days` would panic on it: `try_days`).
+            match days {
+                d if d == i32::MAX as i64 => return Some("infinity".into()),
+                d if d == i32::MIN as i64 => return Some("-infinity".into()),
+                _ => {}
+            }
             let d = jiff::civil::date(2000, 1, 1)
-                .checked_add(jiff::Span::new().days(days))
+                .checked_add(jiff::Span::new().try_days(days).ok()?)
                 .ok()?;
             d.to_string()
         }
         1114 | 1184 => {
             let micros = int(8)?;
+            match micros {
+                i64::MAX => return Some("infinity".into()),
+                i64::MIN => return Some("-infinity".into()),
+                _ => {}
+            }
             let t = jiff::Timestamp::from_microsecond(
                 micros.checked_add(PG_EPOCH_DAYS.checked_mul(86_400_000_000)?)?,
             )
@@ -345,6 +357,35 @@ mod tests {
         assert_eq!(
             values(&full(), &[23], &[(1, Some(&[1, 2]))]),
             ["int4 \\x0102"]
+        );
+    }
+
+    #[test]
+    fn infinities_and_out_of_range_dates_never_panic() {
+        // asyncpg binds date and timestamp infinities in binary; a worker can send any
+        // day count.
+        let got = values(
+            &full(),
+            &[1082, 1082, 1082, 1114, 1184, 1114],
+            &[
+                (1, Some(&i32::MAX.to_be_bytes())),
+                (1, Some(&i32::MIN.to_be_bytes())),
+                (1, Some(&2_000_000_000i32.to_be_bytes())),
+                (1, Some(&i64::MAX.to_be_bytes())),
+                (1, Some(&i64::MIN.to_be_bytes())),
+                (1, Some(&(i64::MAX - 1).to_be_bytes())),
+            ],
+        );
+        assert_eq!(
+            got,
+            [
+                "date infinity",
+                "date -infinity",
+                "date \\x77359400",
+                "timestamp infinity",
+                "timestamptz -infinity",
+                "timestamp \\x7ffffffffffffffe",
+            ]
         );
     }
 

@@ -17,7 +17,7 @@ use tokio::{
 use tokio_util::sync::CancellationToken;
 
 use super::{
-    Context, SessionError, Shared,
+    Context, SessionError, Shared, answers,
     io::{watch_parameter, write_out},
     known_functions::{LookupError, Row as FunctionRow},
     masking::{CatalogRow, ColumnResolver, ResultMasking},
@@ -48,6 +48,11 @@ enum Pending {
         closed: bool,
         failed: bool,
         replace: Option<Frame>,
+        /// Closing answers due to the worker's messages sent so far, and received.
+        sent: usize,
+        answered: usize,
+        /// Function lookups sent inside this group, in order.
+        inline: VecDeque<InlineLookup>,
     },
     /// A group the worker half sent on its own: every answer is swallowed.
     Injected {
@@ -62,6 +67,18 @@ enum Pending {
     /// A ReadyForQuery to answer likewise (after a refusal).
     Ready,
 }
+
+/// A function lookup sent inside a worker's open group: its answers follow the closing
+/// answer number `at` of the worker's messages.
+struct InlineLookup {
+    at: usize,
+    answer: LookupAnswer,
+    rows: Result<Vec<FunctionRow>, LookupError>,
+    closed: usize,
+}
+
+/// Closing answers of an inline lookup (see [`super::known_functions::inline_lookup`]).
+const INLINE_ANSWERS: usize = 6;
 
 pub struct Server<'a> {
     reader: FrameReader<ReadHalf<UpstreamStream>>,
@@ -203,6 +220,33 @@ impl<'a> Server<'a> {
                 functions: Ok(Vec::new()),
             }),
             Note::Lookup(answer) => self.lookups.push_back(answer),
+            Note::Sent(n) => {
+                if let Some(Pending::Group { sent, .. }) = self.open_group() {
+                    *sent += n;
+                }
+            }
+            Note::InlineLookup(answer) => {
+                if let Some(Pending::Group {
+                    sent,
+                    failed,
+                    inline,
+                    ..
+                }) = self.open_group()
+                {
+                    if *failed {
+                        // The server skips everything until Sync, this lookup too.
+                        let _ = answer.send(Err(LookupError::Skipped));
+                    } else {
+                        inline.push_back(InlineLookup {
+                            at: *sent,
+                            answer,
+                            rows: Ok(Vec::new()),
+                            closed: 0,
+                        });
+                    }
+                }
+            }
+            Note::Failed(f) => self.out.extend_from_slice(&f.raw),
             Note::Close => {
                 if let Some(Pending::Group { closed, .. }) = self.open_group() {
                     *closed = true;
@@ -243,6 +287,9 @@ impl<'a> Server<'a> {
                 closed: false,
                 failed: false,
                 replace: None,
+                sent: 0,
+                answered: 0,
+                inline: VecDeque::new(),
             });
         }
         self.queue.back_mut()
@@ -272,6 +319,13 @@ impl<'a> Server<'a> {
             )
         {
             return self.injected_answer(f).await;
+        }
+        if !matches!(
+            f.tag,
+            backend::NOTICE_RESPONSE | backend::NOTIFICATION_RESPONSE | backend::PARAMETER_STATUS
+        ) && self.inline_answer(&f)
+        {
+            return Ok(());
         }
         match f.tag {
             backend::DATA_ROW => {
@@ -382,6 +436,65 @@ impl<'a> Server<'a> {
             .insert(name, (generation, types));
     }
 
+    /// An answer to an inline function lookup (swallowed: true), or a closing answer of
+    /// the worker's counted toward where the next lookup's answers start.
+    fn inline_answer(&mut self, f: &Frame) -> bool {
+        let Some(Pending::Group {
+            answered,
+            inline,
+            failed,
+            execs,
+            describes,
+            statement_describes,
+            ..
+        }) = self.queue.front_mut()
+        else {
+            return false;
+        };
+        let Some(lookup) = inline.front_mut().filter(|l| l.at == *answered) else {
+            if answers::closes(f.tag) {
+                *answered += 1;
+            }
+            return false;
+        };
+        match f.tag {
+            backend::ERROR_RESPONSE => {
+                let code = backend::error_code(f);
+                tracing::warn!(session = %self.ctx.session.id, code = ?code, "inline function lookup failed");
+                if let Some(l) = inline.pop_front() {
+                    let _ = l
+                        .answer
+                        .send(Err(LookupError::Refused(code.unwrap_or_default())));
+                }
+                // The server skips the rest of the group: later lookups too.
+                for l in inline.drain(..) {
+                    let _ = l.answer.send(Err(LookupError::Skipped));
+                }
+                execs.clear();
+                describes.clear();
+                statement_describes.clear();
+                *failed = true;
+                return true;
+            }
+            backend::DATA_ROW => {
+                if let Ok(found) = &mut lookup.rows {
+                    match FunctionRow::from_data_row(f.body()) {
+                        Ok(r) => found.push(r),
+                        Err(e) => lookup.rows = Err(e),
+                    }
+                }
+            }
+            t if answers::closes(t) => lookup.closed += 1,
+            _ => {}
+        }
+        if lookup.closed == INLINE_ANSWERS
+            && let Some(l) = inline.pop_front()
+        {
+            let _ = l.answer.send(l.rows);
+        }
+        true
+    }
+
     /// The server failed the current execution: its audit completes with the error (or
     /// the worker sees the refusal it stands in for), and the server skips the rest of
     /// the group.
@@ -392,8 +505,12 @@ impl<'a> Server<'a> {
         }
         let code = backend::error_code(&f);
         let replacement = match self.queue.front_mut() {
+            // Only the failure of the agent's own missing portal (reserved names, which
+            // no worker can use): a worker's own missing portal earlier in a streamed
+            // batch keeps its error.
             Some(Pending::Group { replace, .. })
-                if code.as_deref() == Some(sqlstate::INVALID_CURSOR_NAME) =>
+                if code.as_deref() == Some(sqlstate::INVALID_CURSOR_NAME)
+                    && names_reserved_portal(f.body()) =>
             {
                 replace.take()
             }
@@ -406,12 +523,14 @@ impl<'a> Server<'a> {
                 self.complete(None, code).await?;
             }
         }
-        // The server skips the rest of the group (until Sync / end of Query).
+        // The server skips the rest of the group (until Sync / end of Query), lookups
+        // sent inside it included.
         if let Some(Pending::Group {
             execs,
             describes,
             statement_describes,
             failed,
+            inline,
             ..
         }) = self.queue.front_mut()
         {
@@ -419,6 +538,9 @@ impl<'a> Server<'a> {
             describes.clear();
             statement_describes.clear();
             *failed = true;
+            for l in inline.drain(..) {
+                let _ = l.answer.send(Err(LookupError::Skipped));
+            }
         }
         Ok(())
     }
@@ -428,7 +550,10 @@ impl<'a> Server<'a> {
     async fn ready_for_query(&mut self, f: Frame) -> Result<(), SessionError> {
         self.set_status(&f)?;
         self.out.extend_from_slice(&f.raw);
-        if let Some(Pending::Group { execs, .. }) = self.queue.front_mut() {
+        if let Some(Pending::Group { execs, inline, .. }) = self.queue.front_mut() {
+            for l in inline.drain(..) {
+                let _ = l.answer.send(Err(LookupError::Skipped));
+            }
             let rest: Vec<Exec> = execs.drain(..).collect();
             for e in rest {
                 self.record(e, None, None).await?;
@@ -610,4 +735,11 @@ impl<'a> Server<'a> {
         }
         Ok(())
     }
+}
+
+/// Whether an error's text names one of the agent's reserved portals (no quotes
+/// around the name: a server with other `lc_messages` quotes it its own way).
+fn names_reserved_portal(body: &[u8]) -> bool {
+    let needle = super::names::RESERVED_PREFIX.as_bytes();
+    body.windows(needle.len()).any(|w| w == needle)
 }

@@ -10,7 +10,7 @@ use crate::{
     journal::Event,
     protocols::postgres::{
         SessionError,
-        known_functions::{self, LookupError, Row},
+        known_functions::{self, LookupError, Resolved, Row},
         notes::Note,
         sql::Statement,
     },
@@ -27,9 +27,13 @@ impl Client<'_> {
         let calls = statements.iter().any(|st| !st.functions.is_empty());
         let out = if calls {
             let missing = self.known.missing(&statements);
-            let certain = self.known.can_look_up();
-            if certain && !missing.is_empty() && self.batch.can_inject() {
-                match self.look_up(&missing).await? {
+            let mut certain = self.known.can_look_up();
+            // Part of the worker's batch is on the server: the lookup goes inside it
+            // (a Parse only; a Query ends the batch anyway).
+            let inline = !self.batch.can_inject();
+            let possible = !inline || (matches!(via, Via::Parse) && self.batch.can_inline());
+            if certain && !missing.is_empty() && possible {
+                match self.look_up(&missing, inline).await? {
                     Ok(rows) => {
                         self.known.absorb(&missing, rows);
                         if let Some((role, search_path)) = self.known.settings_changed() {
@@ -41,7 +45,18 @@ impl Client<'_> {
                             session.journal.record(Some(session.id), event).await?;
                         }
                     }
+                    Err(LookupError::Skipped) => {
+                        // The batch failed on the server before the lookup: it skips
+                        // this statement too. Judged as unknown calls, never shown.
+                        self.upstream_failed = Some(false);
+                        certain = false;
+                    }
                     Err(e) => {
+                        // Inside the batch, the lookup's failure failed the batch: the
+                        // worker is shown the refusal in its place.
+                        if inline {
+                            self.upstream_failed = Some(true);
+                        }
                         return Ok(Err(format!(
                             "{e}: what a function call runs cannot be known, so statements \
                              that call functions are refused"
@@ -58,16 +73,52 @@ impl Client<'_> {
         Ok(Ok(out))
     }
 
-    /// Looks `names` up on the server (one injected group) and waits for the answer.
+    /// Looks `names` up on the server (one injected group, or `inline` inside the
+    /// worker's open batch after what it holds) and waits for the answer.
     async fn look_up(
         &mut self,
         names: &[String],
+        inline: bool,
     ) -> Result<Result<Vec<Row>, LookupError>, SessionError> {
         let (tx, rx) = tokio::sync::oneshot::channel();
-        let (what, bytes) = known_functions::lookup_group(names, &self.names.injected);
+        if inline {
+            // In order: what the batch holds goes first, so the answers count right.
+            self.batch.send_held();
+            self.carry_out().await?;
+            let bytes = known_functions::inline_lookup(names, &self.names.injected);
+            self.note(Note::InlineLookup(tx)).await?;
+            self.upstream.write_all(&bytes).await?;
+        } else {
+            let (what, bytes) = known_functions::lookup_group(names, &self.names.injected);
+            self.note(Note::Lookup(tx)).await?;
+            self.note(Note::Inject(what)).await?;
+            self.upstream.write_all(&bytes).await?;
+        }
+        let r = rx.await.unwrap_or(Err(LookupError::Ended));
+        tracing::trace!(session = %self.ctx.session.id, inline, ok = r.is_ok(), "function lookup answered");
+        Ok(r)
+    }
+
+    /// The function a FunctionCall names by OID, looked up in the catalog (one injected
+    /// group), or why it cannot be known. Inside an open batch of the worker's nothing
+    /// can be injected: the call then reads as unknown (it may run anything).
+    pub(super) async fn function_by_oid(
+        &mut self,
+        oid: u32,
+    ) -> Result<Result<Resolved, String>, SessionError> {
+        if !self.batch.can_inject() {
+            return Ok(Ok(known_functions::unknown(&format!("oid:{oid}"))));
+        }
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let (what, bytes) = known_functions::oid_lookup_group(oid, &self.names.injected);
         self.note(Note::Lookup(tx)).await?;
         self.note(Note::Inject(what)).await?;
         self.upstream.write_all(&bytes).await?;
-        Ok(rx.await.unwrap_or(Err(LookupError::Ended)))
+        Ok(match rx.await.unwrap_or(Err(LookupError::Ended)) {
+            Ok(rows) => Ok(known_functions::resolve_oid(oid, &rows)),
+            Err(e) => Err(format!(
+                "{e}: what a FunctionCall runs cannot be known, so it is refused"
+            )),
+        })
     }
 }

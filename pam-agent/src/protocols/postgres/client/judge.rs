@@ -10,6 +10,7 @@ use crate::{
     policy::Decision,
     protocols::postgres::{
         SessionError,
+        known_functions::Resolved,
         notes::Catalog,
         sql::{Classifier, CopyOut, Prepared, Statement, kind},
         wire::frontend,
@@ -173,12 +174,15 @@ fn catalog_of(st: &Statement) -> Catalog {
 }
 
 /// A protocol-level FunctionCall (by OID): judged as a request of kind
-/// `function_call` calling `oid:<n>`, so only a rule naming that kind allows it.
-pub(super) fn function_call_request(oid: u32) -> Request {
+/// `function_call` calling the function the OID names in the catalog (`schema.name`,
+/// with its flags; `oid:<n>` read as unknown when it could not be looked up), so only a
+/// rule naming that kind allows it.
+pub(super) fn function_call_request(oid: u32, resolved: Resolved) -> Request {
     Request {
         text: format!("<FunctionCall oid {oid}>"),
         kinds: vec![kind::FUNCTION_CALL],
-        functions: [format!("oid:{oid}")].into_iter().collect(),
+        functions: resolved.names.into_iter().collect(),
+        flags: resolved.flags,
         ..Request::default()
     }
 }

@@ -272,3 +272,23 @@ fn lookup_rows_and_the_bound_names() {
         r#"{"a","b\"c\\d"}"#
     );
 }
+
+#[test]
+fn a_function_call_oid_resolves_to_the_function_it_names_or_reads_as_unknown() {
+    let row = |name: &str, g: Group| Row::Function {
+        name: name.into(),
+        group: g,
+    };
+    let r = resolve_oid(964, &[row("lo_unlink", group("pg_catalog", "v", &["26"]))]);
+    assert_eq!(r.names, ["pg_catalog.lo_unlink"]);
+    assert_eq!(flags(&r), ["side_effect_function", "volatile_function"]);
+    let r = resolve_oid(16390, &[row("wipe", group("public", "vsu", &[""]))]);
+    assert_eq!(r.names, ["public.wipe"]);
+    assert_eq!(
+        flags(&r),
+        ["security_definer", "user_function", "volatile_function"]
+    );
+    let r = resolve_oid(999_999, &[]);
+    assert_eq!(r.names, ["oid:999999"]);
+    assert_eq!(flags(&r), ["user_function", "volatile_function"]);
+}

@@ -16,6 +16,7 @@ use super::{
     statement::{Prepared, Statement, Unclassifiable, flag, kind},
     tree::{node_of, node_of_map},
 };
+use crate::protocols::postgres::wire::options::harmless_setting;
 
 /// Parses `text` and describes each of its statements. An empty text (or only
 /// comments) yields no statements.
@@ -78,6 +79,7 @@ fn classify_at(
             },
             prepared: None,
             commits: false,
+            harmless_set_config: false,
         };
         let (ty, inner) = node_of(&value)
             .ok_or_else(|| Unclassifiable::Unsupported("statement without a node".into()))?;
@@ -93,8 +95,11 @@ fn classify_at(
                 || primary == kind::DCL
                 || primary == kind::ADMIN
                 || primary == kind::MAINTENANCE,
+            set_config: None,
         };
         walk.value(&value, &[]);
+        // Only a plain SELECT: no procedural body merged in below.
+        st.harmless_set_config = primary == kind::SELECT && walk.set_config == Some(true);
         st.columns = columns::references(&value);
         // Inside a procedural body every value is kept (variables, RETURN), never masked.
         st.derived = lineage::derivations(&value, text, depth > 0);
@@ -381,6 +386,8 @@ struct Walk<'a> {
     st: &'a mut Statement,
     /// Every relation of a DDL/DCL/admin statement counts as written.
     ddl: bool,
+    /// set_config calls seen: `Some(true)` while each names a harmless setting.
+    set_config: Option<bool>,
 }
 
 impl Walk<'_> {
@@ -606,11 +613,11 @@ impl Walk<'_> {
                 .and_then(|a| a.first())
                 .and_then(node_of)
                 .and_then(|(t, c)| (t == "AConst").then_some(c))
-                .and_then(|c| c.get("sval"))
-                .and_then(Value::as_object)
-                .and_then(|s| s.get("sval"))
+                .and_then(|c| c.get("val")?.get("Sval")?.get("sval"))
                 .and_then(Value::as_str)
                 .map(str::to_ascii_lowercase);
+            let harmless = first.as_deref().is_some_and(harmless_setting);
+            self.set_config = Some(self.set_config.unwrap_or(true) && harmless);
             match first.as_deref() {
                 Some("role" | "session_authorization") => {
                     self.st.flags.insert(flag::ROLE_CHANGE);

@@ -2,7 +2,7 @@
 //! rows, or SQL run from a string. Names as the server resolves built-ins.
 
 /// Functions whose effects reach beyond the rows of the statement.
-pub(super) fn is_side_effect_function(name: &str) -> bool {
+pub fn is_side_effect_function(name: &str) -> bool {
     const EXACT: &[&str] = &[
         "pg_read_file",
         "pg_read_binary_file",
@@ -56,7 +56,7 @@ pub(super) fn is_side_effect_function(name: &str) -> bool {
 }
 
 /// Functions that run SQL given to them as a string or name a relation by string.
-pub(super) fn is_dynamic_sql_function(name: &str) -> bool {
+pub fn is_dynamic_sql_function(name: &str) -> bool {
     matches!(
         name,
         "query_to_xml"

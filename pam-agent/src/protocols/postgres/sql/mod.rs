@@ -32,7 +32,7 @@ pub use crate::govern::{Flag, Kind, Request};
 pub use classify::classify;
 pub use columns::{Clause, ColumnReference};
 pub use copy::{CopyOut, CopyOutError, copy_out};
-pub use functions::quote_part;
+pub use functions::{is_dynamic_sql_function, is_side_effect_function, quote_part};
 pub use pool::{Classified, Classifier, ClassifierConfig};
 pub use prepared::PreparedStatements;
 pub use statement::{Prepared, Statement, Unclassifiable, flag, kind};

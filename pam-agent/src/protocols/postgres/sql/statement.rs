@@ -150,6 +150,12 @@ pub struct Statement {
     /// session can judge it by what the transaction wrote.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub commits: bool,
+    /// A plain SELECT whose every `set_config` call names, as a literal, a setting a
+    /// worker may choose at startup (`jit`, `statement_timeout`, ...): the built-in's
+    /// volatility then means only that setting changes, so it is not counted as a
+    /// volatile function (asyncpg turns `jit` off this way around its introspection).
+    #[serde(skip)]
+    pub harmless_set_config: bool,
 }
 
 /// A statement is its request plus PostgreSQL's own facts: read it as one.

@@ -48,6 +48,18 @@ pub enum OptionError {
     Value { name: String, value: String },
 }
 
+/// A setting a worker may choose whose value cannot change how SQL text reads (the list
+/// above without `client_encoding` and `standard_conforming_strings`), as `set_config`
+/// names it (any case).
+pub fn harmless_setting(name: &str) -> bool {
+    let name = name.to_ascii_lowercase();
+    ALLOWED.contains(&name.as_str())
+        && !matches!(
+            name.as_str(),
+            "client_encoding" | "standard_conforming_strings"
+        )
+}
+
 /// Checks one startup parameter (not `user`, `database`, `replication`, `options`).
 pub fn check_parameter(key: &str, value: &str) -> Result<(), OptionError> {
     let name = key.to_ascii_lowercase();

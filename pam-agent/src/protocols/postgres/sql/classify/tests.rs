@@ -349,3 +349,21 @@ fn commit_is_told_apart_from_other_transaction_statements() {
         assert_eq!(sts[0].commits, commits, "{sql}");
     }
 }
+
+#[test]
+fn set_config_of_an_ordinary_setting_raises_no_flag() {
+    // asyncpg turns jit off around its type introspection this way.
+    let s =
+        one("SELECT\n  current_setting('jit') AS cur,\n  set_config('jit', 'off', false) AS new");
+    assert!(s.flags.is_empty(), "{s:?}");
+    assert!(s.harmless_set_config);
+    // Settings a worker may not choose at startup keep the built-in's volatility.
+    for sql in [
+        "SELECT set_config('session_replication_role', 'replica', false)",
+        "SELECT set_config('jit', 'off', false), set_config('work_mem', '1GB', false)",
+        "SELECT set_config($1, 'off', false)",
+        "SELECT set_config('client_encoding', 'UTF8', false)",
+    ] {
+        assert!(!one(sql).harmless_set_config, "{sql}");
+    }
+}
