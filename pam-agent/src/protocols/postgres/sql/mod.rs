@@ -25,6 +25,7 @@ mod normalize;
 mod plpgsql;
 mod pool;
 mod prepared;
+mod scope;
 mod statement;
 mod tree;
 
