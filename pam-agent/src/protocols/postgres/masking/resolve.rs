@@ -188,6 +188,7 @@ impl ColumnResolver {
                     Some(ResolvedColumn {
                         name: row.name,
                         base: Vec::new(),
+                        ..ResolvedColumn::default()
                     }),
                 );
             }

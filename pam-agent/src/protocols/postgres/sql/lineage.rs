@@ -81,6 +81,68 @@ enum Source {
 type Rel = scope::Rel<Source>;
 type Scope<'p> = scope::Scope<'p, Source>;
 
+/// One output column of a query the database keeps (a view's definition, a generated
+/// column's expression over its table): the columns (or, `column: None`, whole rows) its
+/// value comes from, and whether PostgreSQL reports it as that one column itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DefinedOutput {
+    pub refs: Vec<DefinedRef>,
+    pub direct: bool,
+}
+
+/// A column a [`DefinedOutput`] comes from, as named in the definition (unqualified parts
+/// `None`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DefinedRef {
+    pub schema: Option<String>,
+    pub table: Option<String>,
+    pub column: Option<String>,
+}
+
+/// The output columns of one query the database keeps (`pg_get_viewdef`'s text, or
+/// `SELECT expr FROM table` for a generated column), in order, by the same analysis as
+/// statements. `None` when it is not one plain query this analysis reads whole (the
+/// caller then fails closed). Parse on a thread with the parser's stack size.
+pub fn defined_outputs(query: &str) -> Option<Vec<DefinedOutput>> {
+    let parsed = pg_query::parse(query, 0).ok()?;
+    let [raw] = parsed.protobuf.stmts.as_slice() else {
+        return None;
+    };
+    let value = serde_json::to_value(raw.stmt.as_ref()?.as_ref()).ok()?;
+    let Some(("SelectStmt", sel)) = node_of(&value) else {
+        return None;
+    };
+    let mut w = Walker {
+        text: query,
+        out: Vec::new(),
+        tokens: None,
+    };
+    let Source::Derived { outputs, stars, .. } = w.select(sel, &Scope::root()) else {
+        return None;
+    };
+    // `pg_get_viewdef` spells out every `*`; one left means a shape not read here.
+    if !stars.is_empty() {
+        return None;
+    }
+    Some(
+        outputs
+            .into_iter()
+            .map(|o| DefinedOutput {
+                direct: o.direct,
+                refs: o
+                    .refs
+                    .into_iter()
+                    .map(|r| DefinedRef {
+                        schema: r.schema,
+                        table: r.table,
+                        column: r.column,
+                    })
+                    .collect(),
+            })
+            .collect(),
+    )
+}
+
 /// The derivations of one statement node (`{"SelectStmt": {...}}` etc.). `text` is the
 /// text the tree's locations point into; `writes`: the statement's results are kept
 /// rather than returned (a procedural body), so even bare columns count.

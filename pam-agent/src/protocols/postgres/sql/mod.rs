@@ -34,6 +34,7 @@ pub use classify::classify;
 pub use columns::{Clause, ColumnReference};
 pub use copy::{CopyOut, CopyOutError, copy_out};
 pub use functions::quote_part;
+pub use lineage::{DefinedOutput, DefinedRef, defined_outputs};
 pub use pool::{Classified, Classifier, ClassifierConfig};
 pub use prepared::PreparedStatements;
 pub use statement::{Prepared, Statement, Unclassifiable, flag, kind};

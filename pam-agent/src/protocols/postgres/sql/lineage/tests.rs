@@ -257,3 +257,32 @@ fn casts_and_functions_in_row_deciding_clauses_derive() {
     let sts = classify("SELECT id FROM t WHERE ssn::int = 0", 1 << 20).unwrap();
     assert_eq!(sts[0].request.derived[0].expression, "WHERE clause");
 }
+
+/// View definitions as `pg_get_viewdef` prints them, and generated columns' expressions.
+#[test]
+fn defined_outputs_follow_renames_and_computations() {
+    let col = |t: &str, c: &str| super::DefinedRef {
+        schema: None,
+        table: Some(t.into()),
+        column: Some(c.into()),
+    };
+    let outs = super::defined_outputs(
+        " SELECT c.id,\n    c.email AS contact,\n    reverse(c.ssn) AS r\n   FROM customers c;",
+    )
+    .unwrap();
+    assert_eq!(outs.len(), 3);
+    assert!(outs[1].direct, "a rename is the column itself");
+    assert_eq!(outs[1].refs, [col("customers", "email")]);
+    assert!(!outs[2].direct, "a computation is derived");
+    assert_eq!(outs[2].refs, [col("customers", "ssn")]);
+    let union = super::defined_outputs("SELECT email FROM a UNION SELECT email FROM b").unwrap();
+    assert!(!union[0].direct);
+    let generated = super::defined_outputs("SELECT (ssn || ''::text) FROM public.t").unwrap();
+    assert!(!generated[0].direct);
+    assert_eq!(generated[0].refs[0].column.as_deref(), Some("ssn"));
+    let copy = super::defined_outputs("SELECT ssn FROM public.t").unwrap();
+    assert!(copy[0].direct);
+    assert_eq!(super::defined_outputs("SELECT 1; SELECT 2"), None);
+    assert_eq!(super::defined_outputs("VALUES (1)"), None);
+    assert_eq!(super::defined_outputs("not sql"), None);
+}
