@@ -362,7 +362,7 @@ impl RowPlan {
             }
             if let Action::Derived { hit } = col.action {
                 if nulled > 0 {
-                    report.add(derived_entry(&compiled, col, hit, nulled));
+                    report.add(derived_entry(compiled, col, hit, nulled));
                 }
                 continue;
             }

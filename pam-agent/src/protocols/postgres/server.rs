@@ -20,7 +20,7 @@ use super::{
     Context, SessionError, Shared,
     io::{watch_parameter, write_out},
     known_functions::{LookupError, Row as FunctionRow},
-    masking::{CatalogRow, ColumnResolver, ResultMasking},
+    masking::{CatalogRow, ColumnResolver, Definition, ResultMasking},
     notes::{Catalog, Exec, Injected, LookupAnswer, Note},
     wire::{
         backend::{self, sqlstate},
@@ -546,6 +546,11 @@ impl<'a> Server<'a> {
                     m.set_horizon(oid);
                     return Ok(());
                 }
+                if let (Some(d), Some(m)) = (Definition::from_data_row(f.body()), &mut self.masking)
+                {
+                    m.add_definition(d);
+                    return Ok(());
+                }
                 match CatalogRow::from_data_row(f.body()) {
                     Ok(r) => rows.push(r),
                     Err(e) => {
@@ -587,6 +592,7 @@ impl<'a> Server<'a> {
                 }
                 if let (Injected::Preload, Some(m)) = (what, &mut self.masking) {
                     if failed {
+                        m.discard_definitions();
                         // Unknown columns stay withheld; try again before the next group.
                         self.shared.mask_stale.store(true, Ordering::Release);
                         let completions = self.completions.as_ref().ok_or(JournalError::Closed)?;

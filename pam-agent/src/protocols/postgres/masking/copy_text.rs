@@ -14,6 +14,9 @@ pub struct CopyTextOptions {
     pub delimiter: u8,
     /// `NULL`: the text standing for NULL.
     pub null: Vec<u8>,
+    /// The rows of a table (no query, no column list): its generated columns are not in
+    /// them, though the describe of `SELECT *` has them.
+    pub whole_table: bool,
 }
 
 impl Default for CopyTextOptions {
@@ -21,6 +24,7 @@ impl Default for CopyTextOptions {
         CopyTextOptions {
             delimiter: b'\t',
             null: b"\\N".to_vec(),
+            whole_table: false,
         }
     }
 }

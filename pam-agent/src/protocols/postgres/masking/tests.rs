@@ -408,6 +408,7 @@ fn copy_text_rows_are_unescaped_masked_and_reescaped() {
     let pipes = CopyTextOptions {
         delimiter: b'|',
         null: b"".to_vec(),
+        whole_table: false,
     };
     let mut ops = p
         .with_rules(&["ops-notes", "crew-pii"])
