@@ -8,9 +8,11 @@
 //!   its systemd notify socket.
 //! - [`worker`]: runs `pam-testpeer connect` as a worker (inside a cgroup or not).
 //! - [`idp::Idp`]: a real OpenID provider on loopback; [`receiver`]: webhook receivers.
+//! - [`oracle`]: the masking tests' search for protected values in what clients received.
 
 pub mod dns;
 pub mod idp;
+pub mod oracle;
 pub mod postgres;
 pub mod receiver;
 

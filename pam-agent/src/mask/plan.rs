@@ -41,7 +41,9 @@ pub(super) struct ColumnPlan {
     pub kind: &'static dyn ValueKind,
     pub name: Option<ColumnName>,
     /// [`Action::Derived`]: the masked column the value is computed from.
-    pub from: Option<ColumnName>,
+    pub from: Option<String>,
+    /// [`Action::Derived`] of a value the statement computes: its expression.
+    pub label: Option<String>,
 }
 
 /// What [`RowPlan::mask_value`] did with one value.
@@ -110,7 +112,7 @@ impl Masker {
                     ),
                     None => match self.derived_rule(n) {
                         Some((hit, source)) => {
-                            from = source;
+                            from = source.as_ref().map(ToString::to_string);
                             (Action::Derived { hit }, Some(n.name.clone()))
                         }
                         None => (scan_or_pass(scanning, c.kind), Some(n.name.clone())),
@@ -123,6 +125,7 @@ impl Masker {
                 kind: c.kind,
                 name,
                 from,
+                label: None,
             });
         }
         let passthrough = columns.iter().all(|c| c.action == Action::Pass);
@@ -182,11 +185,12 @@ fn derived_entry(
                 .name
                 .as_ref()
                 .map(ToString::to_string)
+                .or_else(|| col.label.clone())
                 .unwrap_or_default(),
-            from: col.from.as_ref().map_or_else(
-                || "an unreadable definition".to_owned(),
-                ToString::to_string,
-            ),
+            from: col
+                .from
+                .clone()
+                .unwrap_or_else(|| "an unreadable definition".to_owned()),
         },
         strategy: strategy::StrategyKind::Null,
         count: 0,
@@ -228,6 +232,29 @@ impl RowPlan {
     /// The codec's buffers (see [`CodecScratch`]).
     pub fn codec_scratch(&mut self) -> &mut CodecScratch {
         &mut self.scratch.codec
+    }
+
+    /// Sends these values the statement computes from masked columns as NULL (a rule
+    /// with `on_derived = "withhold"`). A place outside the result means the statement
+    /// and its result do not line up: every column is withheld then.
+    pub fn withhold(&mut self, outputs: &[super::WithheldOutput]) {
+        let count = self.columns.len();
+        for w in outputs {
+            let targets: Vec<usize> = match w.slot.index(count) {
+                Some(i) => vec![i],
+                None => (0..count).collect(),
+            };
+            for i in targets {
+                let col = &mut self.columns[i];
+                col.action = Action::Derived {
+                    hit: Some((w.rule, w.matcher)),
+                };
+                col.name = None;
+                col.from = Some(w.from.clone());
+                col.label = Some(w.expression.clone());
+            }
+        }
+        self.passthrough = self.columns.iter().all(|c| c.action == Action::Pass);
     }
 
     /// Columns sent as NULL because their names were unknown ([`Origin::Withheld`]).

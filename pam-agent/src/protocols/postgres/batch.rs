@@ -286,6 +286,7 @@ mod tests {
             started: Instant::now(),
             catalog: Catalog::Unchanged,
             prepares: None,
+            withhold: None,
         }
     }
 

@@ -70,6 +70,8 @@ struct Numbered {
     writes: Option<(String, std::collections::BTreeSet<String>)>,
     /// Every table it touches (a parameter bound to it may be a masked column's value).
     tables: Option<Arc<std::collections::BTreeSet<String>>>,
+    /// Values of its result to withhold (see [`Exec::withhold`]).
+    withhold: Option<Arc<[crate::mask::WithheldOutput]>>,
 }
 
 impl Numbered {
@@ -80,6 +82,7 @@ impl Numbered {
         prepares: None,
         writes: None,
         tables: None,
+        withhold: None,
     };
 
     fn exec(&self) -> Exec {
@@ -88,6 +91,7 @@ impl Numbered {
             started: Instant::now(),
             catalog: self.catalog,
             prepares: self.prepares.clone(),
+            withhold: self.withhold.clone(),
         }
     }
 }

@@ -45,7 +45,7 @@ pub use resolve::{CatalogRow, ColumnResolver, FieldSource, ResolveError};
 pub use row_description::RowDescriptionError;
 
 use super::{SessionError, wire::frame::Frame};
-use crate::mask::{Masker, MaskingReport, RowPlan};
+use crate::mask::{Masker, MaskingReport, RowPlan, WithheldOutput};
 
 /// Rewriting PostgreSQL rows with a plan (an extension of the neutral engine).
 pub trait RewriteRows {
@@ -149,12 +149,20 @@ impl ResultMasking {
         }
     }
 
-    /// Plans the result this RowDescription announces. Returns true when some column had
-    /// to be withheld: the names need reloading.
-    pub fn row_description(&mut self, f: &Frame) -> Result<bool, SessionError> {
+    /// Plans the result this RowDescription announces, with `withhold`: values its
+    /// statement computes from masked columns, sent as NULL. Returns true when some
+    /// column had to be withheld for want of its name: the names need reloading.
+    pub fn row_description(
+        &mut self,
+        f: &Frame,
+        withhold: &[WithheldOutput],
+    ) -> Result<bool, SessionError> {
         self.finish_result();
-        let plan = self.plan_for(f)?;
+        let mut plan = self.plan_for(f)?;
         let withheld = plan.withheld_columns() > 0;
+        if !withhold.is_empty() {
+            plan.withhold(withhold);
+        }
         self.plan = Some(plan);
         Ok(withheld)
     }

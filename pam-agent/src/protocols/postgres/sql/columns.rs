@@ -13,7 +13,8 @@ use serde_json::{Map, Value};
 
 use super::scope::{self, FromWalk, Relation, Table};
 use super::tree::{
-    column_fields, node_of, node_of_map, non_empty, output_name, star_of, str_field, strings,
+    column_fields, node_of, node_of_map, non_empty, output_name, returning_list, star_of,
+    str_field, strings,
 };
 /// Masking owns the reference types (its side-channel guard is protocol-neutral); this
 /// module produces them.
@@ -468,7 +469,7 @@ impl Walker {
                 }
             }
         }
-        self.expr_opt(st.get("returning_list"), &scope, &mut sink);
+        self.expr_opt(returning_list(st), &scope, &mut sink);
     }
 }
 

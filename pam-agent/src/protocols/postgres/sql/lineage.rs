@@ -18,10 +18,10 @@ use serde_json::{Map, Value};
 
 use super::scope::{self, FromWalk, Relation, Table};
 use super::tree::{
-    column_fields, int_field, items, node_of, node_of_map, non_empty, output_name, star_of,
-    str_field, strings,
+    column_fields, int_field, items, node_of, node_of_map, non_empty, output_name, returning_list,
+    star_of, str_field, strings,
 };
-pub use crate::mask::Derivation;
+pub use crate::mask::{Derivation, Slot};
 
 /// How a derivation found in a row-deciding clause names itself (`WHERE clause`).
 pub(super) const CLAUSE: &str = "clause";
@@ -116,6 +116,7 @@ pub fn defined_outputs(query: &str) -> Option<Vec<DefinedOutput>> {
         text: query,
         out: Vec::new(),
         tokens: None,
+        top: false,
     };
     let Source::Derived { outputs, stars, .. } = w.select(sel, &Scope::root()) else {
         return None;
@@ -151,6 +152,7 @@ pub(super) fn derivations(stmt: &Value, text: &str, writes: bool) -> Vec<Derivat
         text,
         out: Vec::new(),
         tokens: None,
+        top: true,
     };
     w.statement(stmt, &Scope::root(), writes);
     w.out.sort();
@@ -163,6 +165,10 @@ struct Walker<'t> {
     out: Vec<Derivation>,
     /// The text's tokens, scanned once, when an expression is first quoted.
     tokens: Option<Vec<pg_query::protobuf::ScanToken>>,
+    /// The next result met is the statement's own (what the worker receives), so its
+    /// values get a [`Slot`]; cleared once taken, and by statements whose own result is
+    /// not those values (COPY, DECLARE CURSOR, EXPLAIN).
+    top: bool,
 }
 
 /// Every column and whole row a source can give, as refs (for `SELECT s FROM (...) s`
@@ -280,6 +286,34 @@ struct Target<'a> {
     location: i64,
 }
 
+/// The place of each non-`*` output in the result: from the start while no `*` comes
+/// before it, else from the end while none comes after it, else unknown. Without a
+/// select list of its own (a set operation), outputs are in order unless a `*` hides.
+fn slots(outputs: usize, stars: bool, located: &[Target<'_>]) -> Vec<Option<Slot>> {
+    if located.is_empty() {
+        return (0..outputs)
+            .map(|i| (!stars).then_some(Slot::FromStart(i)))
+            .collect();
+    }
+    let is_star: Vec<bool> = located.iter().map(|t| star_of(t.val).is_some()).collect();
+    let plain: Vec<usize> = (0..located.len()).filter(|&j| !is_star[j]).collect();
+    if plain.len() != outputs {
+        return vec![None; outputs];
+    }
+    plain
+        .into_iter()
+        .map(|j| {
+            if !is_star[..j].contains(&true) {
+                Some(Slot::FromStart(j))
+            } else if !is_star[j + 1..].contains(&true) {
+                Some(Slot::FromEnd(located.len() - 1 - j))
+            } else {
+                None
+            }
+        })
+        .collect()
+}
+
 fn targets(list: Option<&Value>) -> Vec<Target<'_>> {
     items(list)
         .filter_map(node_of)
@@ -370,6 +404,10 @@ impl Walker<'_> {
     }
 
     fn emit(&mut self, refs: &[Ref], expression: &str) {
+        self.emit_at(refs, expression, None);
+    }
+
+    fn emit_at(&mut self, refs: &[Ref], expression: &str, output: Option<Slot>) {
         for r in refs {
             self.out.push(Derivation {
                 schema: r.schema.clone(),
@@ -377,13 +415,20 @@ impl Walker<'_> {
                 column: r.column.clone(),
                 through: r.through.clone(),
                 expression: expression.to_owned(),
+                output,
             });
         }
     }
 
+    /// Whether the result met now is the statement's own (and no later one is).
+    fn take_top(&mut self) -> bool {
+        std::mem::replace(&mut self.top, false)
+    }
+
     /// The outputs of a statement's result (or of what it keeps, `writes`): every value
-    /// that is not a column returned as itself becomes a derivation.
-    fn result(&mut self, src: &Source, list: Option<&Value>, writes: bool) {
+    /// that is not a column returned as itself becomes a derivation; in the statement's
+    /// own result (`top`), with its place there.
+    fn result(&mut self, src: &Source, list: Option<&Value>, writes: bool, top: bool) {
         let Source::Derived {
             outputs,
             stars,
@@ -396,6 +441,11 @@ impl Walker<'_> {
             return;
         };
         let located = targets(list);
+        let slots = if top && !writes {
+            slots(outputs.len(), !stars.is_empty(), &located)
+        } else {
+            vec![None; outputs.len()]
+        };
         for (i, o) in outputs.iter().enumerate() {
             if o.direct && !writes {
                 continue;
@@ -406,7 +456,7 @@ impl Walker<'_> {
                 .nth(i)
                 .map(|t| self.expression_at(t.location))
                 .unwrap_or_else(|| o.name.clone());
-            self.emit(&o.refs, &expr);
+            self.emit_at(&o.refs, &expr, slots.get(i).copied().flatten());
         }
         for s in stars {
             self.star_result(s, writes || !stars_direct);
@@ -443,23 +493,44 @@ impl Walker<'_> {
         };
         match ty {
             "SelectStmt" => {
+                let top = self.take_top();
                 let src = self.select(inner, scope);
                 // SELECT ... INTO keeps the rows in a new table.
                 let keeps = writes || inner.get("into_clause").is_some_and(|v| !v.is_null());
-                self.result(&src, inner.get("target_list"), keeps);
+                self.result(&src, inner.get("target_list"), keeps, top);
             }
             "InsertStmt" | "UpdateStmt" | "DeleteStmt" | "MergeStmt" => {
-                self.dml(ty, inner, scope, writes);
+                let top = self.take_top();
+                self.dml(ty, inner, scope, writes, top);
             }
-            // The query's rows are the result.
-            "CopyStmt" | "DeclareCursorStmt" | "PrepareStmt" | "ExplainStmt" => {
+            // The query's rows are the result (of a later EXECUTE, for PREPARE).
+            "PrepareStmt" => {
+                if let Some(q) = inner.get("query") {
+                    self.statement(q, scope, writes);
+                }
+            }
+            // The query's rows leave another way (COPY data, a later FETCH) or not at
+            // all (EXPLAIN): no place in this statement's result.
+            "CopyStmt" | "DeclareCursorStmt" | "ExplainStmt" => {
+                self.top = false;
                 if let Some(q) = inner.get("query") {
                     self.statement(q, scope, writes);
                 }
             }
             // The query's rows are kept (a table, a view, a materialized view).
             "CreateTableAsStmt" | "ViewStmt" => {
-                if let Some(q) = inner.get("query") {
+                let query = inner.get("query");
+                if let Some(("ExecuteStmt", _)) = query.and_then(node_of) {
+                    // `CREATE TABLE t AS EXECUTE p`: what `p` selects is not in this text;
+                    // it may be any table's any column, kept unmasked.
+                    let any = Ref {
+                        schema: None,
+                        table: None,
+                        column: None,
+                        through: Vec::new(),
+                    };
+                    self.emit(&[any], "CREATE TABLE AS EXECUTE");
+                } else if let Some(q) = query {
                     self.statement(q, scope, true);
                 }
             }
@@ -592,6 +663,7 @@ impl Walker<'_> {
         st: &Map<String, Value>,
         parent: &Scope<'_>,
         writes: bool,
+        top: bool,
     ) -> Source {
         let mut scope = Scope::child(parent);
         scope::with(self, st.get("with_clause"), &mut scope);
@@ -641,8 +713,9 @@ impl Walker<'_> {
                 }
             }
         }
-        let src = self.select_list(st.get("returning_list"), &scope);
-        self.result(&src, st.get("returning_list"), writes);
+        let returning = returning_list(st);
+        let src = self.select_list(returning, &scope);
+        self.result(&src, returning, writes, top);
         src
     }
 
@@ -825,7 +898,7 @@ impl FromWalk for Walker<'_> {
     fn query(&mut self, query: Option<&Value>, scope: &Scope<'_>) -> Source {
         match query.and_then(node_of) {
             Some(("SelectStmt", q)) => self.select(q, scope),
-            Some((ty, q)) => self.dml(ty, q, scope, false),
+            Some((ty, q)) => self.dml(ty, q, scope, false, false),
             None => Source::Computed {
                 names: None,
                 refs: Vec::new(),

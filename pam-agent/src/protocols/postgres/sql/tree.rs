@@ -84,3 +84,11 @@ pub(super) fn star_of(val: &Value) -> Option<Vec<&str>> {
         .is_some_and(|(t, _)| t == "AStar");
     last_star.then(|| strings(cr.get("fields")))
 }
+
+/// The RETURNING list of an INSERT, UPDATE, DELETE or MERGE: PostgreSQL 18's parser keeps
+/// it in a `returning_clause` (with `WITH (OLD AS ...)` options), older ones as a list.
+pub(super) fn returning_list(st: &Map<String, Value>) -> Option<&Value> {
+    st.get("returning_clause")
+        .and_then(|r| r.get("exprs"))
+        .or_else(|| st.get("returning_list"))
+}
