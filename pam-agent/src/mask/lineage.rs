@@ -280,14 +280,21 @@ mod tests {
             output: None,
             ..placed.clone()
         };
-        assert!(m.derived_from_masked(std::slice::from_ref(&unplaced)).is_some());
+        assert!(
+            m.derived_from_masked(std::slice::from_ref(&unplaced))
+                .is_some()
+        );
         assert!(m.withheld_outputs(&[unplaced]).is_empty());
         // Passing through `count` is neither.
         let counted = d(Some("customers"), Some("email"), &["count"]);
         assert!(m.withheld_outputs(&[counted]).is_empty());
         // The default refuses.
         let strict = crew(&policy(PII));
-        assert!(strict.derived_from_masked(std::slice::from_ref(&placed)).is_some());
+        assert!(
+            strict
+                .derived_from_masked(std::slice::from_ref(&placed))
+                .is_some()
+        );
         assert!(strict.withheld_outputs(&[placed]).is_empty());
     }
 
