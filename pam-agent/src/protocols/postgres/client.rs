@@ -482,14 +482,20 @@ impl<'a> Client<'a> {
             self.batch.push_describe(true);
             self.batch.push(frontend::describe_portal(&portal).raw);
         }
-        if let Some(p) = self.portals.get(&portal) {
-            if p.statement != 0 {
-                // Write-ahead: stored before the Execute goes upstream (see carry_out).
-                let (parameters, more) = self.bound.get(&portal).cloned().unwrap_or_default();
-                let ack = self.gate.execution(p.statement, parameters, more).await?;
-                self.acks.push(ack);
+        match self.portals.get(&portal) {
+            Some(p) => {
+                if p.statement != 0 {
+                    // Write-ahead: stored before the Execute goes upstream (see carry_out).
+                    let (parameters, more) = self.bound.get(&portal).cloned().unwrap_or_default();
+                    let ack = self.gate.execution(p.statement, parameters, more).await?;
+                    self.acks.push(ack);
+                }
+                self.batch.push_exec(p.exec());
             }
-            self.batch.push_exec(p.exec());
+            // A portal this half did not bind (a cursor DECLAREd in SQL, or one that does
+            // not exist): an execution all the same, so that the server's answers stay
+            // matched to the executions after it (their audit, the values to withhold).
+            None => self.batch.push_exec(Numbered::NONE.exec()),
         }
         self.batch.push(f.raw);
         Ok(())
