@@ -116,7 +116,7 @@ fn analyse(defs: &[Definition]) -> HashMap<FieldSource, Option<DefinedOutput>> {
 }
 
 /// Where a defined column's value comes from, followed to stored columns.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 struct Lineage {
     /// The value is exactly one of these columns (several: which one is not known).
     direct: Option<Vec<ColumnName>>,
@@ -136,6 +136,29 @@ impl Lineage {
     fn all(&self) -> impl Iterator<Item = &ColumnName> {
         self.direct.iter().flatten().chain(&self.derived)
     }
+
+    /// Sorted and without repeats, so that a round that learns nothing new compares equal.
+    fn normalized(mut self) -> Lineage {
+        if let Some(d) = &mut self.direct {
+            d.sort();
+            d.dedup();
+        }
+        self.derived.sort();
+        self.derived.dedup();
+        self
+    }
+}
+
+/// How many rounds [`Linker::solve`] runs before it gives up (every defined column is then
+/// withheld). A chain of views needs one round per level (the preload follows at most
+/// [`MAX_DEPTH`]); names only move up (absent, direct, derived), so it always settles.
+const MAX_ROUNDS: usize = 4 * MAX_DEPTH + 8;
+
+/// What a defined column is read from: its definition's output and, per reference in it,
+/// the columns that reference may be.
+enum Node<'o> {
+    Unreadable,
+    Defined(&'o DefinedOutput, Vec<Vec<FieldSource>>),
 }
 
 struct Linker<'a> {
@@ -147,54 +170,99 @@ struct Linker<'a> {
 }
 
 impl Linker<'_> {
-    /// The stored columns behind `at`, `depth` views in.
-    fn lineage(&self, at: FieldSource, depth: usize) -> Lineage {
-        if depth > MAX_DEPTH {
-            return Lineage::unreadable();
+    /// Whether `at` is a view's column or a generated column (else a stored column).
+    fn is_defined(&self, at: FieldSource) -> bool {
+        self.outputs.contains_key(&at)
+            || self.outputs.contains_key(&FieldSource { attnum: 0, ..at })
+    }
+
+    /// The definition of a defined column.
+    fn node(&self, at: FieldSource) -> Node<'_> {
+        // No entry of its own: a column of a view whose definition could not be read.
+        match self.outputs.get(&at).and_then(Option::as_ref) {
+            Some(o) => Node::Defined(o, o.refs.iter().map(|r| self.candidates(r)).collect()),
+            None => Node::Unreadable,
         }
-        let output = match self.outputs.get(&at) {
-            Some(o) => o.as_ref(),
-            None => match self.outputs.get(&FieldSource { attnum: 0, ..at }) {
-                // A column of a view whose definition could not be read.
-                Some(_) => None,
-                // A stored column: itself.
-                None => {
-                    let name = self
-                        .cache
-                        .get(&at)
-                        .and_then(Option::as_ref)
-                        .map(|c| c.name.clone());
-                    return Lineage {
-                        direct: Some(name.into_iter().collect()),
-                        ..Lineage::default()
-                    };
-                }
-            },
-        };
-        let Some(output) = output else {
-            return Lineage::unreadable();
-        };
-        let mut found = Lineage::default();
-        let mut direct = Vec::new();
-        for r in &output.refs {
-            for at in self.candidates(r) {
-                let l = self.lineage(at, depth + 1);
-                found.unreadable |= l.unreadable;
-                match (&l.direct, output.direct) {
-                    (Some(d), true) => {
-                        direct.extend(d.iter().cloned());
-                        found.derived.extend(l.derived.iter().cloned());
-                    }
-                    _ => found.derived.extend(l.all().cloned()),
+    }
+
+    /// The lineage of every defined column in `defined`: the least fixed point of reading
+    /// each definition over its references' current lineages. Not a recursion: a reference
+    /// that names no table may be any relation with such a column, the view itself or a
+    /// view over it included, so the references form cycles (and following every path of
+    /// them is exponential in the number of views).
+    fn solve(&self, defined: &[FieldSource]) -> HashMap<FieldSource, Lineage> {
+        let nodes: Vec<(FieldSource, Node<'_>)> =
+            defined.iter().map(|&at| (at, self.node(at))).collect();
+        let mut found: HashMap<FieldSource, Lineage> =
+            defined.iter().map(|&at| (at, Lineage::default())).collect();
+        for _ in 0..MAX_ROUNDS {
+            let mut changed = false;
+            for (at, node) in &nodes {
+                let l = self.step(node, &found);
+                if found.get(at) != Some(&l) {
+                    found.insert(*at, l);
+                    changed = true;
                 }
             }
+            if !changed {
+                return found;
+            }
         }
-        if output.direct && found.derived.is_empty() {
-            found.direct = Some(direct);
+        // Not settled: fail closed, every defined column withheld.
+        tracing::warn!(
+            columns = defined.len(),
+            "masking: view and generated column definitions did not settle; withheld"
+        );
+        defined
+            .iter()
+            .map(|&at| (at, Lineage::unreadable()))
+            .collect()
+    }
+
+    /// One column's lineage given the current lineages of the columns it reads.
+    fn step(&self, node: &Node<'_>, found: &HashMap<FieldSource, Lineage>) -> Lineage {
+        let Node::Defined(output, candidates) = node else {
+            return Lineage::unreadable();
+        };
+        let mut out = Lineage::default();
+        let mut direct = Vec::new();
+        for at in candidates.iter().flatten() {
+            let stored;
+            let l = match found.get(at) {
+                Some(l) => l,
+                None => {
+                    stored = self.stored(*at);
+                    &stored
+                }
+            };
+            out.unreadable |= l.unreadable;
+            match (&l.direct, output.direct) {
+                (Some(d), true) => {
+                    direct.extend(d.iter().cloned());
+                    out.derived.extend(l.derived.iter().cloned());
+                }
+                _ => out.derived.extend(l.all().cloned()),
+            }
+        }
+        if output.direct && out.derived.is_empty() {
+            out.direct = Some(direct);
         } else {
-            found.derived.extend(direct);
+            out.derived.extend(direct);
         }
-        found
+        out.normalized()
+    }
+
+    /// A stored column: itself (nothing, when no rule can name it).
+    fn stored(&self, at: FieldSource) -> Lineage {
+        let name = self
+            .cache
+            .get(&at)
+            .and_then(Option::as_ref)
+            .map(|c| c.name.clone());
+        Lineage {
+            direct: Some(name.into_iter().collect()),
+            ..Lineage::default()
+        }
     }
 
     /// The columns a reference may be: by schema (when written), table and column name;
@@ -254,17 +322,9 @@ pub fn link(cache: &mut HashMap<FieldSource, Option<ResolvedColumn>>, defs: &[De
     let defined: Vec<FieldSource> = cache
         .keys()
         .copied()
-        .filter(|at| {
-            linker.outputs.contains_key(at)
-                || linker
-                    .outputs
-                    .contains_key(&FieldSource { attnum: 0, ..*at })
-        })
+        .filter(|at| linker.is_defined(*at))
         .collect();
-    let found: Vec<(FieldSource, Lineage)> = defined
-        .into_iter()
-        .map(|at| (at, linker.lineage(at, 0)))
-        .collect();
+    let found = linker.solve(&defined);
     for (at, l) in found {
         let Some(Some(col)) = cache.get_mut(&at) else {
             continue;
