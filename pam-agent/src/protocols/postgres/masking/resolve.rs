@@ -246,6 +246,8 @@ impl ColumnResolver {
         if values.is_empty() {
             return None;
         }
+        // The sixth column is `text` in the first branch: a UNION takes that branch's
+        // type, and as `name` (attname) every definition would be cut to 63 bytes.
         Some(format!(
             "WITH RECURSIVE pat(s, t, c) AS (VALUES {values}), \
              dep(relid, depth) AS (\
@@ -276,7 +278,7 @@ impl ColumnResolver {
                  AND ba.attname = a.attname \
                WHERE c.relkind IN ('v', 'm') \
                  AND EXISTS (SELECT 1 FROM pat WHERE bn.nspname LIKE pat.s AND bc.relname LIKE pat.t AND ba.attname LIKE pat.c)) \
-             SELECT c.oid, a.attnum, 'c', n.nspname, c.relname, a.attname \
+             SELECT c.oid, a.attnum, 'c', n.nspname, c.relname, a.attname::pg_catalog.text \
              FROM pg_catalog.pg_attribute a \
              JOIN pg_catalog.pg_class c ON c.oid = a.attrelid \
              JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
