@@ -121,6 +121,7 @@ fn plan(rules: &str) -> RowPlan {
             name: Some(ResolvedColumn {
                 name: ColumnName::new("public", "customers", c),
                 base: vec![],
+                ..ResolvedColumn::default()
             }),
             type_oid: *t,
             format: 0,

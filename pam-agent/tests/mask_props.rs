@@ -48,6 +48,7 @@ fn masking_plan(p: &MaskingPolicy, n: usize, format: i16) -> RowPlan {
             name: Some(ResolvedColumn {
                 name: ColumnName::new("public", "t", &format!("c{i}")),
                 base: vec![],
+                ..ResolvedColumn::default()
             }),
             type_oid: [25, 23, 1043, 20, 25, 3802][i % 6],
             format,

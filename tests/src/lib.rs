@@ -10,10 +10,12 @@
 //! - [`idp::Idp`]: a real OpenID provider on loopback; [`receiver`]: webhook receivers.
 //! - [`session::Session`]: one PostgreSQL session kept open and driven statement by
 //!   statement, for what must hold across an event in the agent.
+//! - [`oracle`]: the masking tests' search for protected values in what clients received.
 
 pub mod dns;
 pub mod idp;
 pub mod ocsf;
+pub mod oracle;
 pub mod postgres;
 pub mod receiver;
 pub mod run_id;

@@ -415,6 +415,15 @@ const CORPUS: &[Form] = &[
     ),
     copy("copy_reverse", "SELECT reverse(ssn) FROM customers"),
     copy("copy_whole_row", "SELECT c FROM customers c"),
+    // RETURNING computes like a select list (PostgreSQL 18 parses it as a clause).
+    q(
+        "returning_reverse",
+        &["UPDATE customers SET name = name RETURNING id, reverse(ssn)"],
+    ),
+    q(
+        "returning_base64",
+        &["UPDATE customers SET name = name RETURNING encode(convert_to(token, 'UTF8'), 'base64')"],
+    ),
     // Served, masked: the column as itself, and what reveals nothing.
     served("plain", &["SELECT id, email, ssn, token FROM customers"]),
     served("star", &["SELECT * FROM customers"]),

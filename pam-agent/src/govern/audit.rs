@@ -122,6 +122,15 @@ fn masking_applied(statement: u64, report: MaskingReport) -> Event {
                 MaskSource::Column { pattern, column } => (column, "column", Some(pattern)),
                 MaskSource::Detector { detector } => (detector, "detector", None),
                 MaskSource::Unresolved => ("unresolved".into(), "withheld", None),
+                MaskSource::Derived {
+                    pattern,
+                    column,
+                    from,
+                } => (
+                    format!("{column} (computed from {from})"),
+                    "derived",
+                    (!pattern.is_empty()).then_some(pattern),
+                ),
             };
             MaskedColumn {
                 name,

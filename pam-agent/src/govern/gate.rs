@@ -24,6 +24,9 @@ pub const MASKING_RULE: &str = "masking";
 /// The flag journaled on a statement refused for returning a value computed from a masked
 /// column.
 pub const DERIVED_FROM_MASKED: &str = "derived_from_masked";
+/// The flag journaled on a statement allowed to run with values computed from a masked
+/// column withheld (sent as NULL), by a rule with `on_derived = "withhold"`.
+pub const DERIVED_WITHHELD: &str = "derived_withheld";
 /// Request text kept in a journal record.
 const MAX_AUDIT_TEXT: usize = 16 * 1024;
 
@@ -200,7 +203,10 @@ impl Gate {
                     } else {
                         decision.clone()
                     };
-                    statements.push(self.record(ask.text, Some(r), &own, derived_flag).await?);
+                    let flag = derived_flag.or_else(|| {
+                        (decision.allowed() && self.withholds(r)).then_some(DERIVED_WITHHELD)
+                    });
+                    statements.push(self.record(ask.text, Some(r), &own, flag).await?);
                 }
             }
             _ => {
@@ -327,6 +333,13 @@ impl Gate {
                 hit.pattern
             ),
         })
+    }
+
+    /// Whether some value of the request's result is withheld rather than refused.
+    fn withholds(&self, request: &Request) -> bool {
+        self.masker
+            .as_ref()
+            .is_some_and(|m| !m.withheld_outputs(&request.derived).is_empty())
     }
 
     /// The one place a statement record is built.

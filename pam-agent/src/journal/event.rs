@@ -444,7 +444,8 @@ pub struct MaskedColumn {
     pub method: String,
     /// Values masked (column rules) or matches masked (detectors).
     pub values: u64,
-    /// `column`, `detector`, or `withheld` (a column whose name was unknown, sent as NULL).
+    /// `column`, `detector`, `withheld` (a column whose name was unknown, sent as NULL), or
+    /// `derived` (a value computed from a masked column, sent as NULL).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub by: Option<String>,
     /// The masking rule.

@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use super::value::ValueKind;
 
 /// A stored column's names (unquoted, as the database's catalog stores them).
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Deserialize, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Deserialize, Serialize)]
 pub struct ColumnName {
     pub schema: String,
     pub table: String,
@@ -33,10 +33,16 @@ impl fmt::Display for ColumnName {
 
 /// A named column: its own name and, for a view column, the base columns behind it (a
 /// column rule matches either).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ResolvedColumn {
     pub name: ColumnName,
     pub base: Vec<ColumnName>,
+    /// A view or generated column the database computes from these stored columns: when a
+    /// rule masks one of them, the value is withheld (it is not the masked column itself).
+    pub derived: Vec<ColumnName>,
+    /// A view or generated column whose definition could not be read (or nests too
+    /// deep) while it depends on a column a rule may name: withheld.
+    pub unreadable: bool,
 }
 
 impl ResolvedColumn {

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use super::column::{ColumnName, ResolvedColumn};
 use super::detect::{DetectorKind, Detectors};
-use super::rules::{MaskingConfig, Selector, Strategy, Subject};
+use super::rules::{MaskingConfig, OnDerived, Selector, Strategy, Subject};
 use super::strategy::KeyedHasher;
 use crate::glob;
 
@@ -105,6 +105,8 @@ pub(super) struct CompiledRule {
     pub refuse_side_channels: bool,
     /// Lower-case function names a derivation may pass through (`mask::lineage`).
     pub non_revealing: Vec<String>,
+    /// Computed values are withheld (NULL) rather than refused, where placed.
+    pub withhold_derived: bool,
     pub columns: Vec<ColumnMatcher>,
     /// (detector ids, strategy index)
     pub content: Vec<(Vec<usize>, usize)>,
@@ -194,6 +196,7 @@ impl MaskingPolicy {
                     .iter()
                     .map(|f| f.to_ascii_lowercase())
                     .collect(),
+                withhold_derived: rule.on_derived == OnDerived::Withhold,
                 columns,
                 content,
             });
@@ -413,6 +416,11 @@ impl Masker {
     pub fn column_patterns(&self) -> impl Iterator<Item = &str> {
         self.active_compiled()
             .flat_map(|r| r.columns.iter().map(|m| m.source.as_str()))
+    }
+
+    /// Active rules in order with their indices into the compiled policy.
+    pub(super) fn active_indexed(&self) -> impl Iterator<Item = (usize, &CompiledRule)> {
+        self.active.iter().map(|&i| (i, &self.compiled.rules[i]))
     }
 
     /// Active rules in order, for the side-channel guard.

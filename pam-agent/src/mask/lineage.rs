@@ -4,7 +4,9 @@
 //! result value that is *not* a column returned as itself, which columns (or whole rows)
 //! it is computed from and through which functions ([`Derivation`]); this decides which of
 //! those the active rules forbid. Through a function the rule lists in
-//! `non_revealing_functions` (default `count`) passes; anything else is refused.
+//! `non_revealing_functions` (default `count`) passes; anything else is refused, or, when
+//! the rule says `on_derived = "withhold"` and the value has a place in the statement's own
+//! result ([`Slot`]), sent as NULL ([`WithheldOutput`]).
 
 use serde::{Deserialize, Serialize};
 
@@ -25,6 +27,40 @@ pub struct Derivation {
     /// to the column itself) lets it pass when the rule says so.
     pub through: Vec<String>,
     /// The output expression as written (shortened), for the refusal message.
+    pub expression: String,
+    /// Where the value stands in the statement's own result; `None` when it is not a
+    /// column of that result (a clause, a copy, a `*` over computed values) or its place
+    /// is not known from the text: such a value can only be refused.
+    pub output: Option<Slot>,
+}
+
+/// A column's place in a result, counted from whichever end of the select list has no
+/// `*` before it (a `*` expands to a number of columns only the catalog knows).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Deserialize, Serialize)]
+pub enum Slot {
+    FromStart(usize),
+    FromEnd(usize),
+}
+
+impl Slot {
+    /// The column index in a result of `count` columns; `None` when outside it.
+    pub fn index(self, count: usize) -> Option<usize> {
+        match self {
+            Slot::FromStart(i) => (i < count).then_some(i),
+            Slot::FromEnd(i) => count.checked_sub(i + 1),
+        }
+    }
+}
+
+/// A result value a rule withholds rather than refuses: where it is, which rule and
+/// column rule (indices into the compiled policy), and what it is, for the journal.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WithheldOutput {
+    pub slot: Slot,
+    pub(super) rule: usize,
+    pub(super) matcher: usize,
+    /// The masked column it is computed from (`schema.table.column` as far as known).
+    pub from: String,
     pub expression: String,
 }
 
@@ -62,32 +98,77 @@ fn passes(through: &[String], allowed: &[String]) -> bool {
     })
 }
 
+/// What the active rules make of one derivation.
+enum Judged {
+    /// It reveals nothing a rule masks.
+    Passes,
+    Refused(DerivedHit),
+    Withheld(WithheldOutput),
+}
+
 impl Masker {
-    /// The first derivation that computes a value from a column an active rule masks
-    /// without passing through one of that rule's non-revealing functions. `None`: every
-    /// value either is a column as itself (masked as usual) or reveals nothing masked.
-    pub fn derived_from_masked(&self, derivations: &[Derivation]) -> Option<DerivedHit> {
-        derivations.iter().find_map(|d| {
-            let (rule, pattern) = self.active_compiled().find_map(|rule| {
-                rule.columns
-                    .iter()
-                    .find(|m| match d.column.as_deref() {
-                        Some(c) => {
-                            m.pattern
-                                .matches_parts(d.schema.as_deref(), d.table.as_deref(), c)
-                        }
-                        None => m
-                            .pattern
-                            .matches_relation(d.schema.as_deref(), d.table.as_deref()),
-                    })
-                    .map(|m| (rule, m))
-            })?;
-            (!passes(&d.through, &rule.non_revealing)).then(|| DerivedHit {
+    fn judge_derivation(&self, d: &Derivation) -> Judged {
+        let found = self.active_indexed().find_map(|(r, rule)| {
+            rule.columns
+                .iter()
+                .position(|m| match d.column.as_deref() {
+                    Some(c) => m
+                        .pattern
+                        .matches_parts(d.schema.as_deref(), d.table.as_deref(), c),
+                    None => m
+                        .pattern
+                        .matches_relation(d.schema.as_deref(), d.table.as_deref()),
+                })
+                .map(|m| (r, rule, m))
+        });
+        let Some((r, rule, m)) = found else {
+            return Judged::Passes;
+        };
+        if passes(&d.through, &rule.non_revealing) {
+            return Judged::Passes;
+        }
+        match d.output {
+            Some(slot) if rule.withhold_derived => Judged::Withheld(WithheldOutput {
+                slot,
+                rule: r,
+                matcher: m,
+                from: d.source_name(),
+                expression: d.expression.clone(),
+            }),
+            _ => Judged::Refused(DerivedHit {
                 rule: rule.name.clone(),
-                pattern: pattern.source.clone(),
+                pattern: rule.columns[m].source.clone(),
                 derivation: d.clone(),
+            }),
+        }
+    }
+
+    /// The first derivation that computes a value from a column an active rule masks
+    /// without passing through one of that rule's non-revealing functions, and that the
+    /// rule does not withhold instead. `None`: every value either is a column as itself
+    /// (masked as usual), reveals nothing masked, or is withheld ([`Masker::withheld_outputs`]).
+    pub fn derived_from_masked(&self, derivations: &[Derivation]) -> Option<DerivedHit> {
+        derivations
+            .iter()
+            .find_map(|d| match self.judge_derivation(d) {
+                Judged::Refused(hit) => Some(hit),
+                _ => None,
             })
-        })
+    }
+
+    /// The result values to send as NULL: computed from a column a rule masks that says
+    /// `on_derived = "withhold"`, each with its place in the result.
+    pub fn withheld_outputs(&self, derivations: &[Derivation]) -> Vec<WithheldOutput> {
+        let mut out: Vec<WithheldOutput> = derivations
+            .iter()
+            .filter_map(|d| match self.judge_derivation(d) {
+                Judged::Withheld(w) => Some(w),
+                _ => None,
+            })
+            .collect();
+        out.sort_by_key(|w| w.slot);
+        out.dedup_by(|a, b| a.slot == b.slot);
+        out
     }
 }
 
@@ -103,6 +184,7 @@ mod tests {
             column: column.map(str::to_owned),
             through: through.iter().map(|s| (*s).to_owned()).collect(),
             expression: "e".into(),
+            output: Some(Slot::FromStart(1)),
         }
     }
 
@@ -174,5 +256,53 @@ mod tests {
             m.derived_from_masked(&[d(Some("customers"), Some("email"), &["count"])])
                 .is_some()
         );
+    }
+
+    #[test]
+    fn a_withholding_rule_withholds_what_has_a_place_and_refuses_the_rest() {
+        let rules = PII.replacen(
+            "refuse_side_channels = true",
+            "refuse_side_channels = true\non_derived = \"withhold\"",
+            1,
+        );
+        let m = crew(&policy(&rules));
+        let placed = d(Some("customers"), Some("email"), &["reverse"]);
+        assert!(
+            m.derived_from_masked(std::slice::from_ref(&placed))
+                .is_none()
+        );
+        let w = m.withheld_outputs(std::slice::from_ref(&placed));
+        assert_eq!(w.len(), 1);
+        assert_eq!(w[0].slot, Slot::FromStart(1));
+        assert_eq!(w[0].from, "customers.email");
+        // No place in the result (a clause, a copy, a `*`): refused all the same.
+        let unplaced = Derivation {
+            output: None,
+            ..placed.clone()
+        };
+        assert!(
+            m.derived_from_masked(std::slice::from_ref(&unplaced))
+                .is_some()
+        );
+        assert!(m.withheld_outputs(&[unplaced]).is_empty());
+        // Passing through `count` is neither.
+        let counted = d(Some("customers"), Some("email"), &["count"]);
+        assert!(m.withheld_outputs(&[counted]).is_empty());
+        // The default refuses.
+        let strict = crew(&policy(PII));
+        assert!(
+            strict
+                .derived_from_masked(std::slice::from_ref(&placed))
+                .is_some()
+        );
+        assert!(strict.withheld_outputs(&[placed]).is_empty());
+    }
+
+    #[test]
+    fn slots_count_from_either_end() {
+        assert_eq!(Slot::FromStart(2).index(3), Some(2));
+        assert_eq!(Slot::FromStart(3).index(3), None);
+        assert_eq!(Slot::FromEnd(0).index(3), Some(2));
+        assert_eq!(Slot::FromEnd(3).index(3), None);
     }
 }

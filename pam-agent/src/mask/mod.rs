@@ -45,11 +45,11 @@ pub(crate) mod value;
 pub use column::{ColumnName, ResolvedColumn};
 pub use detect::DetectorKind;
 pub use engine::{ConfigError, Masker, MaskingPolicy};
-pub use lineage::{Derivation, DerivedHit};
+pub use lineage::{Derivation, DerivedHit, Slot, WithheldOutput};
 pub use plan::RowPlan;
 pub use probe::sensitive_value;
 pub use report::{MaskSource, MaskingReport, ReportEntry};
-pub use rules::{MaskingConfig, Selector, Strategy, Subject};
+pub use rules::{MaskingConfig, OnDerived, Selector, Strategy, Subject};
 pub use side_channel::{Clause, ColumnReference, SideChannel};
 pub use strategy::StrategyKind;
 // What a protocol's codecs use (inside the crate only).

@@ -1,7 +1,7 @@
 //! What to do with each column of one result set, decided once before its first row, and
 //! the per-value work every protocol's row rewriter shares ([`RowPlan::mask_value`]).
 
-use super::column::{Column, ColumnName, Origin};
+use super::column::{Column, ColumnName, Origin, ResolvedColumn};
 use super::detect::DetectScratch;
 use super::engine::Masker;
 use super::report::{MaskSource, MaskingReport, ReportEntry};
@@ -27,6 +27,12 @@ pub(super) enum Action {
     /// A table column whose name could not be learned in time (after DDL, or when the
     /// catalog query failed): it might be one a rule names, so it is sent as NULL.
     Withhold,
+    /// A view or generated column the database computes from a column that column rule
+    /// `hit` (rule, matcher) masks, or (`None`) whose definition could not be read: it is
+    /// not the masked column itself, so it is sent as NULL (withheld, with the reason).
+    Derived {
+        hit: Option<(usize, usize)>,
+    },
 }
 
 #[derive(Debug, Clone)]
@@ -34,6 +40,10 @@ pub(super) struct ColumnPlan {
     pub action: Action,
     pub kind: &'static dyn ValueKind,
     pub name: Option<ColumnName>,
+    /// [`Action::Derived`]: the masked column the value is computed from.
+    pub from: Option<String>,
+    /// [`Action::Derived`] of a value the statement computes: its expression.
+    pub label: Option<String>,
 }
 
 /// What [`RowPlan::mask_value`] did with one value.
@@ -88,6 +98,7 @@ impl Masker {
         let scanning = self.scans_content();
         let mut columns = Vec::with_capacity(cols.len());
         for c in cols {
+            let mut from = None;
             let (action, name) = match &c.origin {
                 Origin::Withheld => (Action::Withhold, None),
                 Origin::Named(n) => match self.column_rule(n) {
@@ -99,7 +110,13 @@ impl Masker {
                         },
                         Some(n.name.clone()),
                     ),
-                    None => (scan_or_pass(scanning, c.kind), Some(n.name.clone())),
+                    None => match self.derived_rule(n) {
+                        Some((hit, source)) => {
+                            from = source.as_ref().map(ToString::to_string);
+                            (Action::Derived { hit }, Some(n.name.clone()))
+                        }
+                        None => (scan_or_pass(scanning, c.kind), Some(n.name.clone())),
+                    },
                 },
                 Origin::Unnamed => (scan_or_pass(scanning, c.kind), None),
             };
@@ -107,6 +124,8 @@ impl Masker {
                 action,
                 kind: c.kind,
                 name,
+                from,
+                label: None,
             });
         }
         let passthrough = columns.iter().all(|c| c.action == Action::Pass);
@@ -119,6 +138,63 @@ impl Masker {
             rows: 0,
             scratch: Scratch::default(),
         }
+    }
+}
+
+impl Masker {
+    /// A view or generated column computed from a column an active rule masks: that rule
+    /// and column; `(None, None)` when its definition could not be read.
+    #[allow(clippy::type_complexity)]
+    fn derived_rule(
+        &self,
+        col: &ResolvedColumn,
+    ) -> Option<(Option<(usize, usize)>, Option<ColumnName>)> {
+        if col.unreadable {
+            return Some((None, None));
+        }
+        col.derived.iter().find_map(|d| {
+            let plain = ResolvedColumn {
+                name: d.clone(),
+                ..ResolvedColumn::default()
+            };
+            self.column_rule(&plain)
+                .map(|(rule, matcher, _)| (Some((rule, matcher)), Some(d.clone())))
+        })
+    }
+}
+
+/// The report entry of a withheld derived column: which column, from which masked one.
+fn derived_entry(
+    compiled: &super::engine::Compiled,
+    col: &ColumnPlan,
+    hit: Option<(usize, usize)>,
+    nulled: u64,
+) -> ReportEntry {
+    let (rule, pattern) = match hit {
+        Some((r, m)) => (
+            compiled.rules[r].name.clone(),
+            compiled.rules[r].columns[m].source.clone(),
+        ),
+        None => (String::new(), String::new()),
+    };
+    ReportEntry {
+        rule,
+        source: MaskSource::Derived {
+            pattern,
+            column: col
+                .name
+                .as_ref()
+                .map(ToString::to_string)
+                .or_else(|| col.label.clone())
+                .unwrap_or_default(),
+            from: col
+                .from
+                .clone()
+                .unwrap_or_else(|| "an unreadable definition".to_owned()),
+        },
+        strategy: strategy::StrategyKind::Null,
+        count: 0,
+        nulled_for_type: nulled,
     }
 }
 
@@ -158,6 +234,29 @@ impl RowPlan {
         &mut self.scratch.codec
     }
 
+    /// Sends these values the statement computes from masked columns as NULL (a rule
+    /// with `on_derived = "withhold"`). A place outside the result means the statement
+    /// and its result do not line up: every column is withheld then.
+    pub fn withhold(&mut self, outputs: &[super::WithheldOutput]) {
+        let count = self.columns.len();
+        for w in outputs {
+            let targets: Vec<usize> = match w.slot.index(count) {
+                Some(i) => vec![i],
+                None => (0..count).collect(),
+            };
+            for i in targets {
+                let col = &mut self.columns[i];
+                col.action = Action::Derived {
+                    hit: Some((w.rule, w.matcher)),
+                };
+                col.name = None;
+                col.from = Some(w.from.clone());
+                col.label = Some(w.expression.clone());
+            }
+        }
+        self.passthrough = self.columns.iter().all(|c| c.action == Action::Pass);
+    }
+
     /// Columns sent as NULL because their names were unknown ([`Origin::Withheld`]).
     pub fn withheld_columns(&self) -> usize {
         self.columns
@@ -176,7 +275,7 @@ impl RowPlan {
         let compiled = self.masker.compiled();
         match col.action {
             Action::Pass => Outcome::Unchanged,
-            Action::Withhold => {
+            Action::Withhold | Action::Derived { .. } => {
                 self.column_counts[column][1] += 1;
                 Outcome::Null
             }
@@ -286,6 +385,12 @@ impl RowPlan {
                     count: 0,
                     nulled_for_type: nulled,
                 });
+                continue;
+            }
+            if let Action::Derived { hit } = col.action {
+                if nulled > 0 {
+                    report.add(derived_entry(compiled, col, hit, nulled));
+                }
                 continue;
             }
             let Action::Mask {

@@ -17,6 +17,13 @@ pub enum MaskSource {
     },
     /// Table columns sent as NULL because their names were unknown when the result arrived.
     Unresolved,
+    /// A view or generated column the database computes from `from`, a column the rule's
+    /// `pattern` masks (both empty: a definition that could not be read): sent as NULL.
+    Derived {
+        pattern: String,
+        column: String,
+        from: String,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]

@@ -7,6 +7,7 @@
 //! [[masking.rules]]
 //! name = "crew-pii"
 //! refuse_side_channels = true             # refuse statements that filter/sort on masked columns
+//! on_derived = "withhold"                 # values computed from masked columns: NULL, not refused
 //! when = { users = ["crew"], resources = ["orders-db"] }
 //!
 //! [[masking.rules.columns]]
@@ -57,13 +58,30 @@ pub struct MaskRule {
     pub refuse_side_channels: bool,
     /// Functions whose result reveals nothing of a masked column given to them (`count`):
     /// a result computed through one passes. Any other computation from a masked column is
-    /// refused (see `mask::lineage`). Names are matched unqualified or `pg_catalog.`-qualified.
+    /// refused or withheld, as `on_derived` says (see `mask::lineage`). Names are matched unqualified or `pg_catalog.`-qualified.
     #[serde(default = "default_non_revealing")]
     pub non_revealing_functions: Vec<String>,
+    /// What happens to a statement returning a value computed from a column this rule
+    /// masks: refused before it runs (the default), or run with that value withheld (sent
+    /// as NULL) where the analysis can place it in the result (see `mask::lineage`).
+    #[serde(default)]
+    pub on_derived: OnDerived,
     #[serde(default)]
     pub columns: Vec<ColumnRule>,
     #[serde(default)]
     pub content: Vec<ContentRule>,
+}
+
+/// A rule's answer to a result value computed from a column it masks.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnDerived {
+    /// The statement is refused before it runs (42501, flag `derived_from_masked`).
+    #[default]
+    Refuse,
+    /// The statement runs and that value is sent as NULL (journaled as withheld); values
+    /// the analysis cannot place in the result, and copies, are still refused.
+    Withhold,
 }
 
 /// Who a rule applies to. Each field present must match (a list matches if any entry does);

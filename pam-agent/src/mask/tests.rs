@@ -10,6 +10,7 @@ fn named(schema: &str, table: &str, column: &str, kind: &'static dyn ValueKind) 
         origin: Origin::Named(ResolvedColumn {
             name: ColumnName::new(schema, table, column),
             base: vec![],
+            ..ResolvedColumn::default()
         }),
         kind,
     }

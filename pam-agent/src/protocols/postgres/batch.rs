@@ -332,6 +332,7 @@ mod tests {
             started: Instant::now(),
             catalog: Catalog::Unchanged,
             prepares: None,
+            withhold: None,
         }
     }
 

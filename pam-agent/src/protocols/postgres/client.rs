@@ -72,6 +72,8 @@ struct Numbered {
     writes: Option<(String, std::collections::BTreeSet<String>)>,
     /// Every table it touches (a parameter bound to it may be a masked column's value).
     tables: Option<Arc<std::collections::BTreeSet<String>>>,
+    /// Values of its result to withhold (see [`Exec::withhold`]).
+    withhold: Option<Arc<[crate::mask::WithheldOutput]>>,
 }
 
 impl Numbered {
@@ -82,6 +84,7 @@ impl Numbered {
         prepares: None,
         writes: None,
         tables: None,
+        withhold: None,
     };
 
     fn exec(&self) -> Exec {
@@ -90,6 +93,7 @@ impl Numbered {
             started: Instant::now(),
             catalog: self.catalog,
             prepares: self.prepares.clone(),
+            withhold: self.withhold.clone(),
         }
     }
 }
@@ -499,14 +503,20 @@ impl<'a> Client<'a> {
             self.batch.push_describe(true);
             self.batch.push(frontend::describe_portal(&portal).raw);
         }
-        if let Some(p) = self.portals.get(&portal) {
-            if p.statement != 0 {
-                // Write-ahead: stored before the Execute goes upstream (see carry_out).
-                let (parameters, more) = self.bound.get(&portal).cloned().unwrap_or_default();
-                let ack = self.gate.execution(p.statement, parameters, more).await?;
-                self.acks.push(ack);
+        match self.portals.get(&portal) {
+            Some(p) => {
+                if p.statement != 0 {
+                    // Write-ahead: stored before the Execute goes upstream (see carry_out).
+                    let (parameters, more) = self.bound.get(&portal).cloned().unwrap_or_default();
+                    let ack = self.gate.execution(p.statement, parameters, more).await?;
+                    self.acks.push(ack);
+                }
+                self.batch.push_exec(p.exec());
             }
-            self.batch.push_exec(p.exec());
+            // A portal this half did not bind (a cursor DECLAREd in SQL, or one that does
+            // not exist): an execution all the same, so that the server's answers stay
+            // matched to the executions after it (their audit, the values to withhold).
+            None => self.batch.push_exec(Numbered::NONE.exec()),
         }
         self.batch.push(f.raw);
         Ok(())

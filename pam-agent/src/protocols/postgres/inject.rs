@@ -105,6 +105,7 @@ pub fn copy_describe(copy: CopyOut, name: &str) -> (Injected, Vec<u8>) {
     let options = CopyTextOptions {
         delimiter: copy.delimiter,
         null: copy.null.into_bytes(),
+        whole_table: copy.whole_table,
     };
     (Injected::CopyDescribe(options), bytes)
 }

@@ -9,6 +9,7 @@ use super::{
     sql::Statement,
     wire::frame::Frame,
 };
+use crate::mask::WithheldOutput;
 
 /// One execution whose completion the server half audits.
 #[derive(Debug, Clone)]
@@ -20,6 +21,9 @@ pub struct Exec {
     /// A SQL-level PREPARE / DEALLOCATE / DISCARD: applied to the session's prepared
     /// statements once the server completes it (a failed PREPARE changes nothing).
     pub prepares: Option<Arc<Statement>>,
+    /// Values of its result computed from masked columns, to send as NULL (a rule with
+    /// `on_derived = "withhold"`).
+    pub withhold: Option<Arc<[WithheldOutput]>>,
 }
 
 /// What an execution may change in the catalog, which the masking column names follow.

@@ -20,7 +20,7 @@ use super::{
     Context, SessionError, Shared, answers,
     io::{watch_parameter, write_out},
     known_functions::{LookupError, Row as FunctionRow},
-    masking::{CatalogRow, ColumnResolver, ResultMasking},
+    masking::{CatalogRow, ColumnResolver, Definition, ResultMasking},
     notes::{Catalog, Exec, Injected, LookupAnswer, Note},
     wire::{
         backend::{self, Severity, sqlstate},
@@ -171,7 +171,9 @@ impl<'a> Server<'a> {
                     let Some(f) = f.map_err(SessionError::Upstream)? else {
                         return Ok(Some("server closed the connection".into()));
                     };
+                    let tag = f.tag;
                     self.server_message(f).await?;
+                    self.rows_in_a_run(tag).await?;
                 }
                 _ = done.cancelled(), if !self.notes_open => return Ok(None),
             }
@@ -179,6 +181,26 @@ impl<'a> Server<'a> {
                 write_out(&mut self.worker, &mut self.out, &self.shared).await?;
             }
         }
+    }
+
+    /// The rows of the result streaming now that are already read, handled in one run
+    /// rather than one wakeup each (the hot path of a large result). A row only continues
+    /// a result whose description (and every note before it) was handled already.
+    async fn rows_in_a_run(&mut self, tag: u8) -> Result<(), SessionError> {
+        if !matches!(tag, backend::DATA_ROW | backend::COPY_DATA) {
+            return Ok(());
+        }
+        while self.out.len() < FLUSH_AT {
+            let Some(f) = self
+                .reader
+                .next_buffered(tag)
+                .map_err(SessionError::Upstream)?
+            else {
+                break;
+            };
+            self.server_message(f).await?;
+        }
+        Ok(())
     }
 
     /// Returns true when the session must end (fatal error written).
@@ -395,13 +417,19 @@ impl<'a> Server<'a> {
     /// The columns of a result (or that it has none): planned for masking, and shown to
     /// the worker unless it answers a Describe the proxy added.
     fn row_description(&mut self, f: Frame) -> Result<(), SessionError> {
-        let ours = match self.queue.front_mut() {
-            Some(Pending::Group { describes, .. }) => describes.pop_front().unwrap_or(false),
-            _ => false,
+        let (ours, withhold) = match self.queue.front_mut() {
+            Some(Pending::Group {
+                describes, execs, ..
+            }) => (
+                describes.pop_front().unwrap_or(false),
+                // The execution these rows belong to: the first not completed.
+                execs.front().and_then(|e| e.withhold.clone()),
+            ),
+            _ => (false, None),
         };
         if let Some(m) = &mut self.masking {
             if f.tag == backend::ROW_DESCRIPTION {
-                if m.row_description(&f)? {
+                if m.row_description(&f, withhold.as_deref().unwrap_or_default())? {
                     self.shared.mask_stale.store(true, Ordering::Release);
                 }
             } else {
@@ -672,6 +700,11 @@ impl<'a> Server<'a> {
                     m.set_horizon(oid);
                     return Ok(());
                 }
+                if let (Some(d), Some(m)) = (Definition::from_data_row(f.body()), &mut self.masking)
+                {
+                    m.add_definition(d);
+                    return Ok(());
+                }
                 match CatalogRow::from_data_row(f.body()) {
                     Ok(r) => rows.push(r),
                     Err(e) => {
@@ -713,6 +746,7 @@ impl<'a> Server<'a> {
                 }
                 if let (Injected::Preload, Some(m)) = (what, &mut self.masking) {
                     if failed {
+                        m.discard_definitions();
                         // Unknown columns stay withheld; try again before the next group.
                         self.shared.mask_stale.store(true, Ordering::Release);
                         let completions = self.completions.as_ref().ok_or(JournalError::Closed)?;

@@ -88,6 +88,7 @@ impl Client<'_> {
             context,
         };
         let judged = self.gate.judge(ask).await?;
+        let masker = self.gate.masker();
         let numbered = match &statements {
             Ok(sts) => sts
                 .iter()
@@ -103,6 +104,10 @@ impl Client<'_> {
                     writes: (!st.writes.is_empty() && !st.commits)
                         .then(|| (st.text.clone(), st.writes.clone())),
                     tables: Some(Arc::new(st.tables.clone())),
+                    withhold: masker
+                        .map(|m| m.withheld_outputs(&st.derived))
+                        .filter(|w| !w.is_empty())
+                        .map(Arc::from),
                 })
                 .collect(),
             Err(_) => Vec::new(),

@@ -14,6 +14,8 @@
 //! protocol:
 //! - [`resolve`]: column names from RowDescription's table OID + attnum via one catalog
 //!   query, cached, invalidated on DDL; the preload query.
+//! - [`defined`]: views and generated columns the database defines, followed through
+//!   their definitions to the stored columns behind them.
 //! - [`row_description`]: the RowDescription fields masking needs, and Bind's result formats.
 //! - [`plan`]: fields → the engine's neutral columns ([`PlanResults`] on `Masker`).
 //! - [`pgtype`]: which PostgreSQL types can hold a masked value, per wire format (the
@@ -23,6 +25,7 @@
 
 pub mod copy_text;
 pub mod datarow;
+pub(crate) mod defined;
 pub(crate) mod pgtype;
 pub(crate) mod plan;
 pub(crate) mod resolve;
@@ -36,12 +39,13 @@ use bytes::Buf;
 
 pub use copy_text::{CopyRowError, CopyTextOptions};
 pub use datarow::DataRowError;
+pub use defined::Definition;
 pub use plan::{FieldInfo, PlanError, PlanResults, PlannedColumn};
 pub use resolve::{CatalogRow, ColumnResolver, FieldSource, ResolveError};
 pub use row_description::RowDescriptionError;
 
 use super::{SessionError, wire::frame::Frame};
-use crate::mask::{Masker, MaskingReport, RowPlan};
+use crate::mask::{Masker, MaskingReport, RowPlan, WithheldOutput};
 
 /// Rewriting PostgreSQL rows with a plan (an extension of the neutral engine).
 pub trait RewriteRows {
@@ -85,6 +89,8 @@ pub(crate) struct ResultMasking {
     report: MaskingReport,
     /// The preload's horizon row, applied when the preload is absorbed.
     horizon: Option<u32>,
+    /// The preload's views and generated columns, linked when it is absorbed.
+    definitions: Vec<Definition>,
     /// Some active rule names columns (else no column needs a name, ever).
     names_columns: bool,
 }
@@ -104,6 +110,7 @@ impl ResultMasking {
             copy: None,
             report: MaskingReport::default(),
             horizon: None,
+            definitions: Vec::new(),
             names_columns,
         }
     }
@@ -111,9 +118,21 @@ impl ResultMasking {
     /// The preload's answer: every column an active rule can name.
     pub fn absorb_preload(&mut self, rows: Vec<CatalogRow>) {
         self.resolver.absorb_preload(rows);
+        self.resolver
+            .link_definitions(&std::mem::take(&mut self.definitions));
         if let Some(h) = self.horizon.take() {
             self.resolver.set_horizon(h);
         }
+    }
+
+    /// A kind `d` row of the preload (a view's or generated column's definition).
+    pub fn add_definition(&mut self, d: Definition) {
+        self.definitions.push(d);
+    }
+
+    /// A preload that failed: its definitions are not linked to anything.
+    pub fn discard_definitions(&mut self) {
+        self.definitions.clear();
     }
 
     /// The preload's horizon row: relations created after it (by any session) are not
@@ -130,12 +149,20 @@ impl ResultMasking {
         }
     }
 
-    /// Plans the result this RowDescription announces. Returns true when some column had
-    /// to be withheld: the names need reloading.
-    pub fn row_description(&mut self, f: &Frame) -> Result<bool, SessionError> {
+    /// Plans the result this RowDescription announces, with `withhold`: values its
+    /// statement computes from masked columns, sent as NULL. Returns true when some
+    /// column had to be withheld for want of its name: the names need reloading.
+    pub fn row_description(
+        &mut self,
+        f: &Frame,
+        withhold: &[WithheldOutput],
+    ) -> Result<bool, SessionError> {
         self.finish_result();
-        let plan = self.plan_for(f)?;
+        let mut plan = self.plan_for(f)?;
         let withheld = plan.withheld_columns() > 0;
+        if !withhold.is_empty() {
+            plan.withhold(withhold);
+        }
         self.plan = Some(plan);
         Ok(withheld)
     }
@@ -174,7 +201,17 @@ impl ResultMasking {
         f: &Frame,
         options: CopyTextOptions,
     ) -> Result<(), SessionError> {
-        self.copy_next = Some((self.plan_for(f)?, options));
+        let plan = if options.whole_table {
+            // COPY of a table sends no generated column: plan the others.
+            let mut fields = row_description::parse(f.body()).map_err(upstream)?;
+            fields.retain(|field| !self.resolver.is_generated(field.source));
+            self.masker
+                .plan_or_withhold(&fields, &self.resolver)
+                .map_err(upstream)?
+        } else {
+            self.plan_for(f)?
+        };
+        self.copy_next = Some((plan, options));
         Ok(())
     }
 

@@ -13,6 +13,7 @@
 use std::collections::HashMap;
 
 use super::datarow;
+use super::defined::{self, Definition};
 use crate::mask::{ColumnName, ResolvedColumn};
 
 /// Where a result column comes from, as RowDescription reports it.
@@ -86,6 +87,8 @@ pub struct ColumnResolver {
     /// The highest relation OID when the preload ran: a relation with a higher OID was
     /// created since (by any session), so its columns are not known to be unnamed.
     horizon: Option<u32>,
+    /// Every generated column of the database at the preload (kind `d` rows, attnum > 0).
+    generated: std::collections::HashSet<FieldSource>,
 }
 
 impl ColumnResolver {
@@ -163,6 +166,23 @@ impl ColumnResolver {
         self.horizon = None;
     }
 
+    /// The preload's views and generated columns (kind `d` rows, see `defined`), after
+    /// [`ColumnResolver::absorb_preload`]: each linked to the stored columns behind it.
+    pub fn link_definitions(&mut self, defs: &[Definition]) {
+        self.generated = defs
+            .iter()
+            .filter(|d| d.source.attnum > 0)
+            .map(|d| d.source)
+            .collect();
+        defined::link(&mut self.cache, defs);
+    }
+
+    /// Whether the preload listed this column as generated (COPY of a table leaves those
+    /// out of its rows).
+    pub fn is_generated(&self, field: FieldSource) -> bool {
+        self.generated.contains(&field)
+    }
+
     /// The preload's horizon row (see [`ColumnResolver::horizon_of`]), absorbed with it.
     pub fn set_horizon(&mut self, oid: u32) {
         self.horizon = Some(oid);
@@ -188,6 +208,7 @@ impl ColumnResolver {
                     Some(ResolvedColumn {
                         name: row.name,
                         base: Vec::new(),
+                        ..ResolvedColumn::default()
                     }),
                 );
             }
@@ -225,8 +246,24 @@ impl ColumnResolver {
         if values.is_empty() {
             return None;
         }
+        // The sixth column is `text` in the first branch: a UNION takes that branch's
+        // type, and as `name` (attname) every definition would be cut to 63 bytes.
         Some(format!(
-            "WITH pat(s, t, c) AS (VALUES {values}), \
+            "WITH RECURSIVE pat(s, t, c) AS (VALUES {values}), \
+             dep(relid, depth) AS (\
+               SELECT DISTINCT c.oid, 0 \
+               FROM pg_catalog.pg_attribute a \
+               JOIN pg_catalog.pg_class c ON c.oid = a.attrelid \
+               JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
+               WHERE a.attnum > 0 AND NOT a.attisdropped \
+                 AND EXISTS (SELECT 1 FROM pat WHERE n.nspname LIKE pat.s AND c.relname LIKE pat.t AND a.attname LIKE pat.c) \
+               UNION \
+               SELECT r.ev_class, dep.depth + 1 FROM dep \
+               JOIN pg_catalog.pg_depend d ON d.refclassid = 'pg_catalog.pg_class'::pg_catalog.regclass \
+                 AND d.refobjid = dep.relid AND d.classid = 'pg_catalog.pg_rewrite'::pg_catalog.regclass \
+               JOIN pg_catalog.pg_rewrite r ON r.oid = d.objid \
+               WHERE r.ev_class <> dep.relid AND dep.depth <= {depth}), \
+             deps AS (SELECT relid, pg_catalog.max(depth) AS depth FROM dep GROUP BY relid), \
              base AS (\
                SELECT c.oid AS relid, a.attnum, bn.nspname, bc.relname, ba.attname \
                FROM pg_catalog.pg_class c \
@@ -241,19 +278,34 @@ impl ColumnResolver {
                  AND ba.attname = a.attname \
                WHERE c.relkind IN ('v', 'm') \
                  AND EXISTS (SELECT 1 FROM pat WHERE bn.nspname LIKE pat.s AND bc.relname LIKE pat.t AND ba.attname LIKE pat.c)) \
-             SELECT c.oid, a.attnum, 'c', n.nspname, c.relname, a.attname \
+             SELECT c.oid, a.attnum, 'c', n.nspname, c.relname, a.attname::pg_catalog.text \
              FROM pg_catalog.pg_attribute a \
              JOIN pg_catalog.pg_class c ON c.oid = a.attrelid \
              JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
              WHERE a.attnum > 0 AND NOT a.attisdropped \
                AND (EXISTS (SELECT 1 FROM pat WHERE n.nspname LIKE pat.s AND c.relname LIKE pat.t AND a.attname LIKE pat.c) \
-                 OR EXISTS (SELECT 1 FROM base b WHERE b.relid = c.oid AND b.attnum = a.attnum)) \
+                 OR EXISTS (SELECT 1 FROM base b WHERE b.relid = c.oid AND b.attnum = a.attnum) \
+                 OR c.oid IN (SELECT relid FROM deps)) \
              UNION ALL \
              SELECT relid, attnum, 'b', nspname, relname, attname FROM base \
+             UNION ALL \
+             SELECT c.oid, 0, 'd', n.nspname, c.relname, \
+               CASE WHEN x.depth > {depth} THEN NULL ELSE pg_catalog.pg_get_viewdef(c.oid) END \
+             FROM deps x \
+             JOIN pg_catalog.pg_class c ON c.oid = x.relid AND c.relkind IN ('v', 'm') \
+             JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
+             UNION ALL \
+             SELECT c.oid, a.attnum, 'd', n.nspname, c.relname, \
+               CASE WHEN c.oid IN (SELECT relid FROM deps) THEN pg_catalog.pg_get_expr(ad.adbin, ad.adrelid) END \
+             FROM pg_catalog.pg_class c \
+             JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
+             JOIN pg_catalog.pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated <> '' \
+             JOIN pg_catalog.pg_attrdef ad ON ad.adrelid = a.attrelid AND ad.adnum = a.attnum \
              UNION ALL \
              SELECT (SELECT pg_catalog.max(oid) FROM pg_catalog.pg_class), 0, 'h', '', '', '' \
              ORDER BY 1, 2, 3 DESC, 4, 5",
             values = values.join(", "),
+            depth = defined::MAX_DEPTH,
         ))
     }
 
@@ -275,6 +327,7 @@ impl ColumnResolver {
     /// A preloaded cache stops being complete: preload again, or resolve per result.
     pub fn invalidate_all(&mut self) {
         self.cache.clear();
+        self.generated.clear();
         self.complete = false;
     }
 

@@ -11,6 +11,7 @@ fn col(schema: &str, table: &str, column: &str, type_oid: u32, format: i16) -> P
         name: Some(ResolvedColumn {
             name: ColumnName::new(schema, table, column),
             base: vec![],
+            ..ResolvedColumn::default()
         }),
         type_oid,
         format,
@@ -287,6 +288,7 @@ fn a_view_column_is_masked_by_its_base_column_rule() {
         name: Some(ResolvedColumn {
             name: ColumnName::new("public", "customer_emails", "email"),
             base: vec![ColumnName::new("public", "customers", "email")],
+            ..ResolvedColumn::default()
         }),
         type_oid: 25,
         format: 0,
@@ -406,6 +408,7 @@ fn copy_text_rows_are_unescaped_masked_and_reescaped() {
     let pipes = CopyTextOptions {
         delimiter: b'|',
         null: b"".to_vec(),
+        whole_table: false,
     };
     let mut ops = p
         .with_rules(&["ops-notes", "crew-pii"])

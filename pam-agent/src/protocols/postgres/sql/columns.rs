@@ -11,7 +11,11 @@
 
 use serde_json::{Map, Value};
 
-use super::tree::{node_of, node_of_map};
+use super::scope::{self, FromWalk, Relation, Table};
+use super::tree::{
+    column_fields, node_of, node_of_map, non_empty, output_name, returning_list, star_of,
+    str_field, strings,
+};
 /// Masking owns the reference types (its side-channel guard is protocol-neutral); this
 /// module produces them.
 pub use crate::mask::side_channel::{Clause, ColumnReference};
@@ -37,13 +41,7 @@ impl Col {
 /// What a name in FROM stands for.
 #[derive(Debug, Clone)]
 enum Source {
-    Table {
-        schema: Option<String>,
-        table: String,
-        /// `FROM t AS x(a, b)`: names stand for columns by position, which only the
-        /// catalog knows; a name is then any column of the table (as in `lineage`).
-        renamed: bool,
-    },
+    Table(Table),
     /// A sub-select, CTE or set operation: each output column and the columns it uses;
     /// `stars` are the sources a `*` in its select list expands to.
     Derived {
@@ -54,62 +52,14 @@ enum Source {
     Opaque,
 }
 
-#[derive(Debug, Clone)]
-struct Rel {
-    name: String,
-    source: Source,
-}
-
-/// The names visible at one query level; `parent` is the enclosing query (correlation).
-struct Scope<'p> {
-    rels: Vec<Rel>,
-    ctes: Vec<(String, Source)>,
-    parent: Option<&'p Scope<'p>>,
-}
-
-impl<'p> Scope<'p> {
-    fn child(parent: &'p Scope<'p>) -> Scope<'p> {
-        Scope {
-            rels: Vec::new(),
-            ctes: Vec::new(),
-            parent: Some(parent),
-        }
-    }
-
-    fn cte(&self, name: &str) -> Option<&Source> {
-        self.ctes
-            .iter()
-            .rev()
-            .find(|(n, _)| n == name)
-            .map(|(_, s)| s)
-            .or_else(|| self.parent.and_then(|p| p.cte(name)))
-    }
-
-    fn rel(&self, name: &str) -> Option<&Rel> {
-        self.rels
-            .iter()
-            .find(|r| r.name == name)
-            .or_else(|| self.parent.and_then(|p| p.rel(name)))
-    }
-
-    fn all_rels(&self) -> Vec<&Rel> {
-        let mut v: Vec<&Rel> = self.rels.iter().collect();
-        if let Some(p) = self.parent {
-            v.extend(p.all_rels());
-        }
-        v
-    }
-}
+type Rel = scope::Rel<Source>;
+type Scope<'p> = scope::Scope<'p, Source>;
 
 /// The column references of one statement node (`{"SelectStmt": {...}}` etc.), per clause,
 /// deduplicated, in a stable order.
 pub(super) fn references(stmt: &Value) -> Vec<ColumnReference> {
     let mut w = Walker { out: Vec::new() };
-    let root = Scope {
-        rels: Vec::new(),
-        ctes: Vec::new(),
-        parent: None,
-    };
+    let root = Scope::root();
     let mut sink = Vec::new();
     w.expr(stmt, &root, &mut sink);
     w.out.sort();
@@ -121,30 +71,13 @@ struct Walker {
     out: Vec<ColumnReference>,
 }
 
-fn strings(v: Option<&Value>) -> Vec<&str> {
-    v.and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-        .filter_map(node_of)
-        .filter_map(|(t, s)| (t == "String").then(|| s.get("sval")?.as_str()).flatten())
-        .collect()
-}
-
-fn str_field<'a>(m: &'a Map<String, Value>, k: &str) -> &'a str {
-    m.get(k).and_then(Value::as_str).unwrap_or("")
-}
-
-fn non_empty(s: &str) -> Option<String> {
-    (!s.is_empty()).then(|| s.to_owned())
-}
-
 fn resolve_in(source: &Source, column: &str) -> Vec<Col> {
     match source {
-        Source::Table {
+        Source::Table(Table {
             schema,
             table,
             renamed,
-        } => vec![Col {
+        }) => vec![Col {
             schema: schema.clone(),
             table: Some(table.clone()),
             column: (!renamed).then(|| column.to_owned()),
@@ -175,21 +108,29 @@ fn derived_knows(source: &Source, column: &str) -> bool {
             outputs.iter().any(|(n, _)| n == column)
                 || stars.iter().any(|s| derived_knows(s, column))
         }
-        Source::Table { renamed, .. } => *renamed,
+        Source::Table(t) => t.renamed,
         Source::Opaque => false,
     }
 }
 
-/// Applies `AS x(a, b)` column renames to a derived source, by position.
-fn rename(source: Source, colnames: &[&str]) -> Source {
-    match source {
-        Source::Derived { mut outputs, stars } if !colnames.is_empty() => {
-            for (o, n) in outputs.iter_mut().zip(colnames) {
-                o.0 = (*n).to_owned();
+impl From<Table> for Source {
+    fn from(t: Table) -> Source {
+        Source::Table(t)
+    }
+}
+
+impl Relation for Source {
+    /// Renames a derived source's outputs by position.
+    fn renamed(self, colnames: &[&str]) -> Source {
+        match self {
+            Source::Derived { mut outputs, stars } if !colnames.is_empty() => {
+                for (o, n) in outputs.iter_mut().zip(colnames) {
+                    o.0 = (*n).to_owned();
+                }
+                Source::Derived { outputs, stars }
             }
-            Source::Derived { outputs, stars }
+            other => other,
         }
-        other => other,
     }
 }
 
@@ -272,16 +213,7 @@ impl Walker {
     }
 
     fn column_ref(&mut self, cr: &Map<String, Value>, scope: &Scope<'_>) -> Vec<Col> {
-        let fields: Vec<Option<&str>> = cr
-            .get("fields")
-            .and_then(Value::as_array)
-            .into_iter()
-            .flatten()
-            .map(|f| {
-                node_of(f)
-                    .and_then(|(t, s)| (t == "String").then(|| s.get("sval")?.as_str()).flatten())
-            })
-            .collect();
+        let fields = column_fields(cr);
         // A trailing `*` (AStar): a whole row, not one column; nothing nameable.
         let Some(Some(column)) = fields.last().copied() else {
             return Vec::new();
@@ -318,125 +250,10 @@ impl Walker {
         }
     }
 
-    /// CTEs of a WITH clause into `scope` (each sees the ones before it; all when RECURSIVE).
-    fn with(&mut self, with: Option<&Value>, scope: &mut Scope<'_>) {
-        let Some(with) = with.and_then(Value::as_object) else {
-            return;
-        };
-        for cte in with
-            .get("ctes")
-            .and_then(Value::as_array)
-            .into_iter()
-            .flatten()
-        {
-            let Some(("CommonTableExpr", c)) = node_of(cte) else {
-                continue;
-            };
-            let name = str_field(c, "ctename").to_owned();
-            let source = match node_of(c.get("ctequery").unwrap_or(&Value::Null)) {
-                Some(("SelectStmt", q)) => self.select(q, scope),
-                Some((ty, q)) => {
-                    self.dml(ty, q, scope);
-                    Source::Opaque
-                }
-                None => Source::Opaque,
-            };
-            let source = rename(source, &strings(c.get("aliascolnames")));
-            scope.ctes.push((name, source));
-        }
-    }
-
-    /// One FROM item into `rels`; join conditions recorded against the item's own relations.
-    fn range_item(&mut self, v: &Value, scope: &Scope<'_>, rels: &mut Vec<Rel>) {
-        let Some((ty, inner)) = node_of(v) else {
-            return;
-        };
-        let alias = inner.get("alias").and_then(Value::as_object);
-        let alias_name = alias.map(|a| str_field(a, "aliasname")).unwrap_or("");
-        let colnames = alias
-            .map(|a| strings(a.get("colnames")))
-            .unwrap_or_default();
-        match ty {
-            "RangeVar" => {
-                let schema = str_field(inner, "schemaname");
-                let rel = str_field(inner, "relname");
-                let source = match (schema.is_empty(), scope.cte(rel)) {
-                    (true, Some(cte)) => rename(cte.clone(), &colnames),
-                    _ => Source::Table {
-                        schema: non_empty(schema),
-                        table: rel.to_owned(),
-                        renamed: !colnames.is_empty(),
-                    },
-                };
-                let name = if alias_name.is_empty() {
-                    rel
-                } else {
-                    alias_name
-                };
-                rels.push(Rel {
-                    name: name.to_owned(),
-                    source,
-                });
-            }
-            "RangeSubselect" => {
-                let source = match inner.get("subquery").and_then(node_of) {
-                    Some(("SelectStmt", q)) => self.select(q, scope),
-                    _ => Source::Opaque,
-                };
-                rels.push(Rel {
-                    name: alias_name.to_owned(),
-                    source: rename(source, &colnames),
-                });
-            }
-            "JoinExpr" => {
-                let mut own = Vec::new();
-                for side in ["larg", "rarg"] {
-                    if let Some(s) = inner.get(side) {
-                        self.range_item(s, scope, &mut own);
-                    }
-                }
-                let join_scope = Scope {
-                    rels: own.clone(),
-                    ctes: Vec::new(),
-                    parent: Some(scope),
-                };
-                self.clause(inner.get("quals"), &join_scope, Clause::Join);
-                for col in strings(inner.get("using_clause")) {
-                    let cols = own
-                        .iter()
-                        .flat_map(|r| resolve_in(&r.source, col))
-                        .collect();
-                    self.record(cols, Clause::Join);
-                }
-                if !alias_name.is_empty() {
-                    // `JOIN ... AS j`: j hides the inner names; its columns may be any of them.
-                    rels.push(Rel {
-                        name: alias_name.to_owned(),
-                        source: Source::Derived {
-                            outputs: Vec::new(),
-                            stars: own.into_iter().map(|r| r.source).collect(),
-                        },
-                    });
-                } else {
-                    rels.extend(own);
-                }
-            }
-            _ => {
-                // RangeFunction, RangeTableFunc, ...: arguments may hold sub-selects.
-                let mut sink = Vec::new();
-                self.expr(v, scope, &mut sink);
-                rels.push(Rel {
-                    name: alias_name.to_owned(),
-                    source: Source::Opaque,
-                });
-            }
-        }
-    }
-
     /// Walks a SELECT (recording its clauses) and returns what it outputs.
     fn select(&mut self, sel: &Map<String, Value>, parent: &Scope<'_>) -> Source {
         let mut scope = Scope::child(parent);
-        self.with(sel.get("with_clause"), &mut scope);
+        scope::with(self, sel.get("with_clause"), &mut scope);
         let larg = sel.get("larg").and_then(Value::as_object);
         let rarg = sel.get("rarg").and_then(Value::as_object);
         if let (Some(l), Some(r)) = (larg, rarg) {
@@ -492,14 +309,7 @@ impl Walker {
             return source;
         }
         let mut rels = Vec::new();
-        for item in sel
-            .get("from_clause")
-            .and_then(Value::as_array)
-            .into_iter()
-            .flatten()
-        {
-            self.range_item(item, &scope, &mut rels);
-        }
+        scope::from_list(self, sel.get("from_clause"), &scope, &mut rels);
         scope.rels = rels;
         let targets: Vec<(&str, Option<&Value>)> = sel
             .get("target_list")
@@ -514,20 +324,9 @@ impl Walker {
         let mut stars = Vec::new();
         for (name, val) in &targets {
             let Some(val) = val else { continue };
-            if let Some(("ColumnRef", cr)) = node_of(val) {
-                let f = cr.get("fields").and_then(Value::as_array);
-                let last_star = f
-                    .and_then(|f| f.last())
-                    .and_then(node_of)
-                    .is_some_and(|(t, _)| t == "AStar");
-                if last_star {
-                    let qual = strings(cr.get("fields"));
-                    match qual.first().and_then(|q| scope.rel(q)) {
-                        Some(rel) => stars.push(rel.source.clone()),
-                        None => stars.extend(scope.rels.iter().map(|r| r.source.clone())),
-                    }
-                    continue;
-                }
+            if let Some(qual) = star_of(val) {
+                stars.extend(scope.star(&qual));
+                continue;
             }
             let mut cols = Vec::new();
             self.expr(val, &scope, &mut cols);
@@ -622,15 +421,9 @@ impl Walker {
     /// values are not side channels, but sub-selects in them are walked.
     fn dml(&mut self, ty: &str, st: &Map<String, Value>, parent: &Scope<'_>) {
         let mut scope = Scope::child(parent);
-        self.with(st.get("with_clause"), &mut scope);
+        scope::with(self, st.get("with_clause"), &mut scope);
         let mut rels = Vec::new();
-        if let Some(rel) = st.get("relation").and_then(Value::as_object) {
-            let v = Value::Object(Map::from_iter([(
-                "RangeVar".to_owned(),
-                Value::Object(rel.clone()),
-            )]));
-            self.range_item(&v, &scope, &mut rels);
-        }
+        scope::target_relation(self, st, &scope, &mut rels);
         let mut sink = Vec::new();
         match ty {
             "InsertStmt" => {
@@ -651,21 +444,14 @@ impl Walker {
                 } else {
                     "using_clause"
                 };
-                for item in st
-                    .get(extra)
-                    .and_then(Value::as_array)
-                    .into_iter()
-                    .flatten()
-                {
-                    self.range_item(item, &scope, &mut rels);
-                }
+                scope::from_list(self, st.get(extra), &scope, &mut rels);
                 scope.rels = rels;
                 self.clause(st.get("where_clause"), &scope, Clause::Where);
                 self.expr_opt(st.get("target_list"), &scope, &mut sink);
             }
             _ => {
                 if let Some(src) = st.get("source_relation") {
-                    self.range_item(src, &scope, &mut rels);
+                    scope::range_item(self, src, &scope, &mut rels);
                 }
                 scope.rels = rels;
                 self.clause(st.get("join_condition"), &scope, Clause::Join);
@@ -683,23 +469,64 @@ impl Walker {
                 }
             }
         }
-        self.expr_opt(st.get("returning_list"), &scope, &mut sink);
+        self.expr_opt(returning_list(st), &scope, &mut sink);
     }
 }
 
-/// The name PostgreSQL gives an unnamed select-list item: the column or function name.
-fn output_name(val: &Value) -> String {
-    match node_of(val) {
-        Some(("ColumnRef", cr)) => strings(cr.get("fields"))
-            .last()
-            .map(|s| (*s).to_owned())
-            .unwrap_or_default(),
-        Some(("FuncCall", fc)) => strings(fc.get("funcname"))
-            .last()
-            .map(|s| (*s).to_owned())
-            .unwrap_or_default(),
-        Some(("TypeCast", tc)) => tc.get("arg").map(output_name).unwrap_or_default(),
-        _ => "?column?".to_owned(),
+/// What each FROM item stands for in the side-channel walk (the names: `scope`).
+impl FromWalk for Walker {
+    type Source = Source;
+
+    fn query(&mut self, query: Option<&Value>, scope: &Scope<'_>) -> Source {
+        match query.and_then(node_of) {
+            Some(("SelectStmt", q)) => self.select(q, scope),
+            Some((ty, q)) => {
+                self.dml(ty, q, scope);
+                Source::Opaque
+            }
+            None => Source::Opaque,
+        }
+    }
+
+    /// Join conditions are recorded against the join's own relations.
+    fn join(
+        &mut self,
+        inner: &Map<String, Value>,
+        own: Vec<Rel>,
+        scope: &Scope<'_>,
+        alias: &str,
+        rels: &mut Vec<Rel>,
+    ) {
+        self.clause(inner.get("quals"), scope, Clause::Join);
+        for col in strings(inner.get("using_clause")) {
+            let cols = own
+                .iter()
+                .flat_map(|r| resolve_in(&r.source, col))
+                .collect();
+            self.record(cols, Clause::Join);
+        }
+        if !alias.is_empty() {
+            // `JOIN ... AS j`: j hides the inner names; its columns may be any of them.
+            rels.push(Rel {
+                name: alias.to_owned(),
+                source: Source::Derived {
+                    outputs: Vec::new(),
+                    stars: own.into_iter().map(|r| r.source).collect(),
+                },
+            });
+        } else {
+            rels.extend(own);
+        }
+    }
+
+    /// RangeFunction, RangeTableFunc, ...: arguments may hold sub-selects.
+    fn function(&mut self, item: &Value, scope: &Scope<'_>, alias: &str, _: &[&str]) -> Rel {
+        let mut sink = Vec::new();
+        self.expr(item, scope, &mut sink);
+        Rel {
+            name: alias.to_owned(),
+            source: Source::Opaque,
+        }
     }
 }
 

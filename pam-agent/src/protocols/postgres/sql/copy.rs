@@ -14,6 +14,8 @@ pub struct CopyOut {
     pub delimiter: u8,
     /// How NULL is written (`\N` by default).
     pub null: String,
+    /// A table's rows (no query, no column list): COPY leaves its generated columns out.
+    pub whole_table: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -47,6 +49,7 @@ pub fn copy_out(text: &str) -> Result<CopyOut, CopyOutError> {
         describe: describe_sql(copy)?,
         delimiter: b'\t',
         null: "\\N".into(),
+        whole_table: copy.query.is_none() && copy.attlist.is_empty(),
     };
     for opt in &copy.options {
         let Some(NodeEnum::DefElem(d)) = opt.node.as_ref() else {

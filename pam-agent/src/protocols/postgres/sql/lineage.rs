@@ -16,8 +16,12 @@
 
 use serde_json::{Map, Value};
 
-use super::tree::{node_of, node_of_map};
-pub use crate::mask::Derivation;
+use super::scope::{self, FromWalk, Relation, Table};
+use super::tree::{
+    column_fields, int_field, items, node_of, node_of_map, non_empty, output_name, returning_list,
+    star_of, str_field, strings,
+};
+pub use crate::mask::{Derivation, Slot};
 
 /// How a derivation found in a row-deciding clause names itself (`WHERE clause`).
 pub(super) const CLAUSE: &str = "clause";
@@ -58,13 +62,7 @@ struct Out {
 /// What a name in FROM stands for.
 #[derive(Debug, Clone)]
 enum Source {
-    Table {
-        schema: Option<String>,
-        table: String,
-        /// `FROM t AS x(a, b)`: names stand for columns by position, which only the
-        /// catalog knows; a name is then any column of the table.
-        renamed: bool,
-    },
+    Table(Table),
     /// A sub-select, CTE, set operation or a join with an alias; `stars`: what a `*` in
     /// its select list expanded to, `stars_direct`: whether those keep their origin.
     Derived {
@@ -80,62 +78,70 @@ enum Source {
     },
 }
 
-#[derive(Debug, Clone)]
-struct Rel {
-    name: String,
-    source: Source,
+type Rel = scope::Rel<Source>;
+type Scope<'p> = scope::Scope<'p, Source>;
+
+/// One output column of a query the database keeps (a view's definition, a generated
+/// column's expression over its table): the columns (or, `column: None`, whole rows) its
+/// value comes from, and whether PostgreSQL reports it as that one column itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DefinedOutput {
+    pub refs: Vec<DefinedRef>,
+    pub direct: bool,
 }
 
-/// The names visible at one query level; `parent` is the enclosing query.
-struct Scope<'p> {
-    rels: Vec<Rel>,
-    ctes: Vec<(String, Source)>,
-    parent: Option<&'p Scope<'p>>,
+/// A column a [`DefinedOutput`] comes from, as named in the definition (unqualified parts
+/// `None`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DefinedRef {
+    pub schema: Option<String>,
+    pub table: Option<String>,
+    pub column: Option<String>,
 }
 
-impl<'p> Scope<'p> {
-    fn root() -> Scope<'static> {
-        Scope {
-            rels: Vec::new(),
-            ctes: Vec::new(),
-            parent: None,
-        }
+/// The output columns of one query the database keeps (`pg_get_viewdef`'s text, or
+/// `SELECT expr FROM table` for a generated column), in order, by the same analysis as
+/// statements. `None` when it is not one plain query this analysis reads whole (the
+/// caller then fails closed). Parse on a thread with the parser's stack size.
+pub fn defined_outputs(query: &str) -> Option<Vec<DefinedOutput>> {
+    let parsed = pg_query::parse(query, 0).ok()?;
+    let [raw] = parsed.protobuf.stmts.as_slice() else {
+        return None;
+    };
+    let value = serde_json::to_value(raw.stmt.as_ref()?.as_ref()).ok()?;
+    let Some(("SelectStmt", sel)) = node_of(&value) else {
+        return None;
+    };
+    let mut w = Walker {
+        text: query,
+        out: Vec::new(),
+        tokens: None,
+        top: false,
+    };
+    let Source::Derived { outputs, stars, .. } = w.select(sel, &Scope::root()) else {
+        return None;
+    };
+    // `pg_get_viewdef` spells out every `*`; one left means a shape not read here.
+    if !stars.is_empty() {
+        return None;
     }
-
-    fn child(parent: &'p Scope<'p>) -> Scope<'p> {
-        Scope {
-            rels: Vec::new(),
-            ctes: Vec::new(),
-            parent: Some(parent),
-        }
-    }
-
-    fn cte(&self, name: &str) -> Option<&Source> {
-        self.ctes
-            .iter()
-            .rev()
-            .find(|(n, _)| n == name)
-            .map(|(_, s)| s)
-            .or_else(|| self.parent.and_then(|p| p.cte(name)))
-    }
-
-    fn rel(&self, name: &str) -> Option<&Rel> {
-        self.rels
-            .iter()
-            .find(|r| r.name == name)
-            .or_else(|| self.parent.and_then(|p| p.rel(name)))
-    }
-
-    /// The relations an unqualified column may come from: the innermost level that has
-    /// any (PostgreSQL looks outwards only when a level has no such column; unknown here,
-    /// so every level is a candidate).
-    fn all_rels(&self) -> Vec<&Rel> {
-        let mut v: Vec<&Rel> = self.rels.iter().collect();
-        if let Some(p) = self.parent {
-            v.extend(p.all_rels());
-        }
-        v
-    }
+    Some(
+        outputs
+            .into_iter()
+            .map(|o| DefinedOutput {
+                direct: o.direct,
+                refs: o
+                    .refs
+                    .into_iter()
+                    .map(|r| DefinedRef {
+                        schema: r.schema,
+                        table: r.table,
+                        column: r.column,
+                    })
+                    .collect(),
+            })
+            .collect(),
+    )
 }
 
 /// The derivations of one statement node (`{"SelectStmt": {...}}` etc.). `text` is the
@@ -146,6 +152,7 @@ pub(super) fn derivations(stmt: &Value, text: &str, writes: bool) -> Vec<Derivat
         text,
         out: Vec::new(),
         tokens: None,
+        top: true,
     };
     w.statement(stmt, &Scope::root(), writes);
     w.out.sort();
@@ -158,38 +165,17 @@ struct Walker<'t> {
     out: Vec<Derivation>,
     /// The text's tokens, scanned once, when an expression is first quoted.
     tokens: Option<Vec<pg_query::protobuf::ScanToken>>,
-}
-
-fn strings(v: Option<&Value>) -> Vec<&str> {
-    v.and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-        .filter_map(node_of)
-        .filter_map(|(t, s)| (t == "String").then(|| s.get("sval")?.as_str()).flatten())
-        .collect()
-}
-
-fn str_field<'a>(m: &'a Map<String, Value>, k: &str) -> &'a str {
-    m.get(k).and_then(Value::as_str).unwrap_or("")
-}
-
-fn int_field(m: &Map<String, Value>, k: &str) -> i64 {
-    m.get(k).and_then(Value::as_i64).unwrap_or(0)
-}
-
-fn non_empty(s: &str) -> Option<String> {
-    (!s.is_empty()).then(|| s.to_owned())
-}
-
-fn items(v: Option<&Value>) -> impl Iterator<Item = &Value> {
-    v.and_then(Value::as_array).into_iter().flatten()
+    /// The next result met is the statement's own (what the worker receives), so its
+    /// values get a [`Slot`]; cleared once taken, and by statements whose own result is
+    /// not those values (COPY, DECLARE CURSOR, EXPLAIN).
+    top: bool,
 }
 
 /// Every column and whole row a source can give, as refs (for `SELECT s FROM (...) s`
 /// and a `*` whose values are kept or lose their origin).
 fn whole(source: &Source) -> Vec<Ref> {
     match source {
-        Source::Table { schema, table, .. } => vec![Ref {
+        Source::Table(Table { schema, table, .. }) => vec![Ref {
             schema: schema.clone(),
             table: Some(table.clone()),
             column: None,
@@ -208,11 +194,11 @@ fn whole(source: &Source) -> Vec<Ref> {
 /// `None`: the source cannot have it (as far as known).
 fn resolve(source: &Source, column: &str) -> Option<(Vec<Ref>, bool)> {
     match source {
-        Source::Table {
+        Source::Table(Table {
             schema,
             table,
             renamed,
-        } => Some((
+        }) => Some((
             vec![Ref {
                 schema: schema.clone(),
                 table: Some(table.clone()),
@@ -260,44 +246,36 @@ fn knows(source: &Source, column: &str) -> bool {
     }
 }
 
-/// Applies `AS x(a, b)` column renames to a derived source, by position.
-fn rename(source: Source, colnames: &[&str]) -> Source {
-    match source {
-        Source::Derived {
-            mut outputs,
-            stars,
-            stars_direct,
-        } if !colnames.is_empty() => {
-            for (o, n) in outputs.iter_mut().zip(colnames) {
-                o.name = (*n).to_owned();
-            }
-            Source::Derived {
-                outputs,
-                stars,
-                stars_direct,
-            }
-        }
-        Source::Computed { refs, .. } if !colnames.is_empty() => Source::Computed {
-            names: Some(colnames.iter().map(|s| (*s).to_owned()).collect()),
-            refs,
-        },
-        other => other,
+impl From<Table> for Source {
+    fn from(t: Table) -> Source {
+        Source::Table(t)
     }
 }
 
-/// The name PostgreSQL gives an unnamed select-list item.
-fn output_name(val: &Value) -> String {
-    match node_of(val) {
-        Some(("ColumnRef", cr)) => strings(cr.get("fields"))
-            .last()
-            .map(|s| (*s).to_owned())
-            .unwrap_or_default(),
-        Some(("FuncCall", fc)) => strings(fc.get("funcname"))
-            .last()
-            .map(|s| (*s).to_owned())
-            .unwrap_or_default(),
-        Some(("TypeCast", tc)) => tc.get("arg").map(output_name).unwrap_or_default(),
-        _ => "?column?".to_owned(),
+impl Relation for Source {
+    /// Renames a derived source's outputs by position.
+    fn renamed(self, colnames: &[&str]) -> Source {
+        match self {
+            Source::Derived {
+                mut outputs,
+                stars,
+                stars_direct,
+            } if !colnames.is_empty() => {
+                for (o, n) in outputs.iter_mut().zip(colnames) {
+                    o.name = (*n).to_owned();
+                }
+                Source::Derived {
+                    outputs,
+                    stars,
+                    stars_direct,
+                }
+            }
+            Source::Computed { refs, .. } if !colnames.is_empty() => Source::Computed {
+                names: Some(colnames.iter().map(|s| (*s).to_owned()).collect()),
+                refs,
+            },
+            other => other,
+        }
     }
 }
 
@@ -306,6 +284,34 @@ struct Target<'a> {
     name: String,
     val: &'a Value,
     location: i64,
+}
+
+/// The place of each non-`*` output in the result: from the start while no `*` comes
+/// before it, else from the end while none comes after it, else unknown. Without a
+/// select list of its own (a set operation), outputs are in order unless a `*` hides.
+fn slots(outputs: usize, stars: bool, located: &[Target<'_>]) -> Vec<Option<Slot>> {
+    if located.is_empty() {
+        return (0..outputs)
+            .map(|i| (!stars).then_some(Slot::FromStart(i)))
+            .collect();
+    }
+    let is_star: Vec<bool> = located.iter().map(|t| star_of(t.val).is_some()).collect();
+    let plain: Vec<usize> = (0..located.len()).filter(|&j| !is_star[j]).collect();
+    if plain.len() != outputs {
+        return vec![None; outputs];
+    }
+    plain
+        .into_iter()
+        .map(|j| {
+            if !is_star[..j].contains(&true) {
+                Some(Slot::FromStart(j))
+            } else if !is_star[j + 1..].contains(&true) {
+                Some(Slot::FromEnd(located.len() - 1 - j))
+            } else {
+                None
+            }
+        })
+        .collect()
 }
 
 fn targets(list: Option<&Value>) -> Vec<Target<'_>> {
@@ -325,19 +331,6 @@ fn targets(list: Option<&Value>) -> Vec<Target<'_>> {
             })
         })
         .collect()
-}
-
-/// `t.*` / `*` in a select list: the qualifier (empty for a bare `*`), if it is one.
-fn star_of(val: &Value) -> Option<Vec<&str>> {
-    let (ty, cr) = node_of(val)?;
-    if ty != "ColumnRef" {
-        return None;
-    }
-    let last_star = items(cr.get("fields"))
-        .last()
-        .and_then(node_of)
-        .is_some_and(|(t, _)| t == "AStar");
-    last_star.then(|| strings(cr.get("fields")))
 }
 
 impl Walker<'_> {
@@ -411,6 +404,10 @@ impl Walker<'_> {
     }
 
     fn emit(&mut self, refs: &[Ref], expression: &str) {
+        self.emit_at(refs, expression, None);
+    }
+
+    fn emit_at(&mut self, refs: &[Ref], expression: &str, output: Option<Slot>) {
         for r in refs {
             self.out.push(Derivation {
                 schema: r.schema.clone(),
@@ -418,13 +415,20 @@ impl Walker<'_> {
                 column: r.column.clone(),
                 through: r.through.clone(),
                 expression: expression.to_owned(),
+                output,
             });
         }
     }
 
+    /// Whether the result met now is the statement's own (and no later one is).
+    fn take_top(&mut self) -> bool {
+        std::mem::replace(&mut self.top, false)
+    }
+
     /// The outputs of a statement's result (or of what it keeps, `writes`): every value
-    /// that is not a column returned as itself becomes a derivation.
-    fn result(&mut self, src: &Source, list: Option<&Value>, writes: bool) {
+    /// that is not a column returned as itself becomes a derivation; in the statement's
+    /// own result (`top`), with its place there.
+    fn result(&mut self, src: &Source, list: Option<&Value>, writes: bool, top: bool) {
         let Source::Derived {
             outputs,
             stars,
@@ -437,6 +441,11 @@ impl Walker<'_> {
             return;
         };
         let located = targets(list);
+        let slots = if top && !writes {
+            slots(outputs.len(), !stars.is_empty(), &located)
+        } else {
+            vec![None; outputs.len()]
+        };
         for (i, o) in outputs.iter().enumerate() {
             if o.direct && !writes {
                 continue;
@@ -447,7 +456,7 @@ impl Walker<'_> {
                 .nth(i)
                 .map(|t| self.expression_at(t.location))
                 .unwrap_or_else(|| o.name.clone());
-            self.emit(&o.refs, &expr);
+            self.emit_at(&o.refs, &expr, slots.get(i).copied().flatten());
         }
         for s in stars {
             self.star_result(s, writes || !stars_direct);
@@ -457,8 +466,8 @@ impl Walker<'_> {
     /// A `*` of the result: each column it expands to, as itself unless derived there.
     fn star_result(&mut self, s: &Source, writes: bool) {
         match s {
-            Source::Table { .. } if writes => self.emit(&whole(s), "*"),
-            Source::Table { .. } => {}
+            Source::Table(_) if writes => self.emit(&whole(s), "*"),
+            Source::Table(_) => {}
             Source::Derived {
                 outputs,
                 stars,
@@ -484,23 +493,44 @@ impl Walker<'_> {
         };
         match ty {
             "SelectStmt" => {
+                let top = self.take_top();
                 let src = self.select(inner, scope);
                 // SELECT ... INTO keeps the rows in a new table.
                 let keeps = writes || inner.get("into_clause").is_some_and(|v| !v.is_null());
-                self.result(&src, inner.get("target_list"), keeps);
+                self.result(&src, inner.get("target_list"), keeps, top);
             }
             "InsertStmt" | "UpdateStmt" | "DeleteStmt" | "MergeStmt" => {
-                self.dml(ty, inner, scope, writes);
+                let top = self.take_top();
+                self.dml(ty, inner, scope, writes, top);
             }
-            // The query's rows are the result.
-            "CopyStmt" | "DeclareCursorStmt" | "PrepareStmt" | "ExplainStmt" => {
+            // The query's rows are the result (of a later EXECUTE, for PREPARE).
+            "PrepareStmt" => {
+                if let Some(q) = inner.get("query") {
+                    self.statement(q, scope, writes);
+                }
+            }
+            // The query's rows leave another way (COPY data, a later FETCH) or not at
+            // all (EXPLAIN): no place in this statement's result.
+            "CopyStmt" | "DeclareCursorStmt" | "ExplainStmt" => {
+                self.top = false;
                 if let Some(q) = inner.get("query") {
                     self.statement(q, scope, writes);
                 }
             }
             // The query's rows are kept (a table, a view, a materialized view).
             "CreateTableAsStmt" | "ViewStmt" => {
-                if let Some(q) = inner.get("query") {
+                let query = inner.get("query");
+                if let Some(("ExecuteStmt", _)) = query.and_then(node_of) {
+                    // `CREATE TABLE t AS EXECUTE p`: what `p` selects is not in this text;
+                    // it may be any table's any column, kept unmasked.
+                    let any = Ref {
+                        schema: None,
+                        table: None,
+                        column: None,
+                        through: Vec::new(),
+                    };
+                    self.emit(&[any], "CREATE TABLE AS EXECUTE");
+                } else if let Some(q) = query {
                     self.statement(q, scope, true);
                 }
             }
@@ -515,210 +545,10 @@ impl Walker<'_> {
         }
     }
 
-    /// WITH: each CTE into `scope` (each sees the ones before it).
-    fn with(&mut self, with: Option<&Value>, scope: &mut Scope<'_>) {
-        let Some(with) = with.and_then(Value::as_object) else {
-            return;
-        };
-        for cte in items(with.get("ctes")) {
-            let Some(("CommonTableExpr", c)) = node_of(cte) else {
-                continue;
-            };
-            let name = str_field(c, "ctename").to_owned();
-            let query = c.get("ctequery").unwrap_or(&Value::Null);
-            let source = match node_of(query) {
-                Some(("SelectStmt", q)) => self.select(q, scope),
-                Some((ty, q)) => self.dml(ty, q, scope, false),
-                None => Source::Computed {
-                    names: None,
-                    refs: Vec::new(),
-                },
-            };
-            let source = rename(source, &strings(c.get("aliascolnames")));
-            scope.ctes.push((name, source));
-        }
-    }
-
-    /// One FROM item into `rels`.
-    fn range_item(&mut self, v: &Value, scope: &Scope<'_>, rels: &mut Vec<Rel>) {
-        let Some((ty, inner)) = node_of(v) else {
-            return;
-        };
-        let alias = inner.get("alias").and_then(Value::as_object);
-        let alias_name = alias.map(|a| str_field(a, "aliasname")).unwrap_or("");
-        let colnames = alias
-            .map(|a| strings(a.get("colnames")))
-            .unwrap_or_default();
-        match ty {
-            "RangeVar" => {
-                let schema = str_field(inner, "schemaname");
-                let rel = str_field(inner, "relname");
-                let source = match (schema.is_empty(), scope.cte(rel)) {
-                    (true, Some(cte)) => rename(cte.clone(), &colnames),
-                    _ => Source::Table {
-                        schema: non_empty(schema),
-                        table: rel.to_owned(),
-                        renamed: !colnames.is_empty(),
-                    },
-                };
-                let name = if alias_name.is_empty() {
-                    rel
-                } else {
-                    alias_name
-                };
-                rels.push(Rel {
-                    name: name.to_owned(),
-                    source,
-                });
-            }
-            "RangeSubselect" => {
-                // LATERAL: the sub-select sees the items before it.
-                let lateral_scope = Scope {
-                    rels: rels.clone(),
-                    ctes: Vec::new(),
-                    parent: Some(scope),
-                };
-                let source = match inner.get("subquery").and_then(node_of) {
-                    Some(("SelectStmt", q)) => self.select(q, &lateral_scope),
-                    _ => Source::Computed {
-                        names: None,
-                        refs: self.expr(v, &lateral_scope),
-                    },
-                };
-                rels.push(Rel {
-                    name: alias_name.to_owned(),
-                    source: rename(source, &colnames),
-                });
-            }
-            "JoinExpr" => {
-                let mut own = Vec::new();
-                for side in ["larg", "rarg"] {
-                    if let Some(s) = inner.get(side) {
-                        self.range_item(s, scope, &mut own);
-                    }
-                }
-                let join_scope = Scope {
-                    rels: own.clone(),
-                    ctes: Vec::new(),
-                    parent: Some(scope),
-                };
-                self.condition(inner.get("quals"), &join_scope, "JOIN");
-                let using: Vec<String> = strings(inner.get("using_clause"))
-                    .into_iter()
-                    .map(str::to_owned)
-                    .collect();
-                let natural = inner
-                    .get("is_natural")
-                    .and_then(Value::as_bool)
-                    .unwrap_or(false);
-                let full =
-                    int_field(inner, "jointype") == pg_query::protobuf::JoinType::JoinFull as i64;
-                // FULL JOIN USING/NATURAL: the merged column is COALESCE(l, r), which
-                // PostgreSQL does not report as a table column.
-                let merged = (full && (natural || !using.is_empty())).then(|| {
-                    let refs = own
-                        .iter()
-                        .flat_map(|r| match &using[..] {
-                            [] => whole(&r.source),
-                            cols => cols
-                                .iter()
-                                .filter_map(|c| resolve(&r.source, c))
-                                .flat_map(|(refs, _)| refs)
-                                .collect(),
-                        })
-                        .collect();
-                    Source::Computed {
-                        names: (!natural).then(|| using.clone()),
-                        refs,
-                    }
-                });
-                if let Some(using_alias) = inner
-                    .get("join_using_alias")
-                    .and_then(Value::as_object)
-                    .map(|a| str_field(a, "aliasname"))
-                    .filter(|a| !a.is_empty())
-                {
-                    let refs = own
-                        .iter()
-                        .flat_map(|r| {
-                            using
-                                .iter()
-                                .filter_map(|c| resolve(&r.source, c))
-                                .flat_map(|(refs, _)| refs)
-                        })
-                        .collect();
-                    rels.push(Rel {
-                        name: using_alias.to_owned(),
-                        source: Source::Computed {
-                            names: Some(using.clone()),
-                            refs,
-                        },
-                    });
-                }
-                if !alias_name.is_empty() {
-                    rels.push(Rel {
-                        name: alias_name.to_owned(),
-                        source: Source::Derived {
-                            outputs: Vec::new(),
-                            stars: own
-                                .into_iter()
-                                .map(|r| r.source)
-                                .chain(merged.clone())
-                                .collect(),
-                            stars_direct: merged.is_none(),
-                        },
-                    });
-                } else {
-                    rels.extend(own);
-                    if let Some(m) = merged {
-                        rels.push(Rel {
-                            name: String::new(),
-                            source: m,
-                        });
-                    }
-                }
-            }
-            _ => {
-                // RangeFunction, RangeTableFunc (XMLTABLE, JSON_TABLE), ...: every column
-                // is computed from what its arguments use (LATERAL: earlier items too).
-                let lateral_scope = Scope {
-                    rels: rels.clone(),
-                    ctes: Vec::new(),
-                    parent: Some(scope),
-                };
-                // The functions themselves are on each ref's way (walked as FuncCalls).
-                let refs = self.expr(v, &lateral_scope);
-                let func = items(inner.get("functions"))
-                    .filter_map(|f| node_of(f)?.1.get("items"))
-                    .flat_map(|i| items(Some(i)))
-                    .filter_map(|f| match node_of(f) {
-                        Some(("FuncCall", fc)) => {
-                            strings(fc.get("funcname")).last().map(|s| (*s).to_owned())
-                        }
-                        _ => None,
-                    })
-                    .next();
-                let name = if alias_name.is_empty() {
-                    func.clone().unwrap_or_default()
-                } else {
-                    alias_name.to_owned()
-                };
-                rels.push(Rel {
-                    name,
-                    source: Source::Computed {
-                        names: (!colnames.is_empty())
-                            .then(|| colnames.iter().map(|s| (*s).to_owned()).collect()),
-                        refs,
-                    },
-                });
-            }
-        }
-    }
-
     /// A SELECT's outputs (set operations and VALUES included).
     fn select(&mut self, sel: &Map<String, Value>, parent: &Scope<'_>) -> Source {
         let mut scope = Scope::child(parent);
-        self.with(sel.get("with_clause"), &mut scope);
+        scope::with(self, sel.get("with_clause"), &mut scope);
         let larg = sel.get("larg").and_then(Value::as_object);
         let rarg = sel.get("rarg").and_then(Value::as_object);
         if let (Some(l), Some(r)) = (larg, rarg) {
@@ -776,27 +606,9 @@ impl Walker<'_> {
             return Source::Computed { names: None, refs };
         }
         let mut rels = Vec::new();
-        for item in items(sel.get("from_clause")) {
-            self.range_item(item, &scope, &mut rels);
-        }
+        scope::from_list(self, sel.get("from_clause"), &scope, &mut rels);
         scope.rels = rels;
-        let mut outputs = Vec::new();
-        let mut stars = Vec::new();
-        for t in targets(sel.get("target_list")) {
-            if let Some(qual) = star_of(t.val) {
-                match qual.first().and_then(|q| scope.rel(q)) {
-                    Some(rel) => stars.push(rel.source.clone()),
-                    None => stars.extend(scope.rels.iter().map(|r| r.source.clone())),
-                }
-                continue;
-            }
-            let (refs, direct) = self.target(t.val, &scope);
-            outputs.push(Out {
-                name: t.name,
-                refs,
-                direct,
-            });
-        }
+        let listed = self.select_list(sel.get("target_list"), &scope);
         for (key, clause) in [
             ("where_clause", "WHERE"),
             ("having_clause", "HAVING"),
@@ -808,6 +620,25 @@ impl Walker<'_> {
             ("limit_offset", "OFFSET"),
         ] {
             self.condition(sel.get(key), &scope, clause);
+        }
+        listed
+    }
+
+    /// A select list or RETURNING list: its outputs, and what its `*`s expand to.
+    fn select_list(&mut self, list: Option<&Value>, scope: &Scope<'_>) -> Source {
+        let mut outputs = Vec::new();
+        let mut stars = Vec::new();
+        for t in targets(list) {
+            if let Some(qual) = star_of(t.val) {
+                stars.extend(scope.star(&qual));
+                continue;
+            }
+            let (refs, direct) = self.target(t.val, scope);
+            outputs.push(Out {
+                name: t.name,
+                refs,
+                direct,
+            });
         }
         Source::Derived {
             outputs,
@@ -832,17 +663,12 @@ impl Walker<'_> {
         st: &Map<String, Value>,
         parent: &Scope<'_>,
         writes: bool,
+        top: bool,
     ) -> Source {
         let mut scope = Scope::child(parent);
-        self.with(st.get("with_clause"), &mut scope);
+        scope::with(self, st.get("with_clause"), &mut scope);
         let mut rels = Vec::new();
-        if let Some(rel) = st.get("relation").and_then(Value::as_object) {
-            let v = Value::Object(Map::from_iter([(
-                "RangeVar".to_owned(),
-                Value::Object(rel.clone()),
-            )]));
-            self.range_item(&v, &scope, &mut rels);
-        }
+        scope::target_relation(self, st, &scope, &mut rels);
         let head = ty.trim_end_matches("Stmt").to_ascii_uppercase();
         match ty {
             "InsertStmt" => {
@@ -862,9 +688,7 @@ impl Walker<'_> {
                 } else {
                     "using_clause"
                 };
-                for item in items(st.get(extra)) {
-                    self.range_item(item, &scope, &mut rels);
-                }
+                scope::from_list(self, st.get(extra), &scope, &mut rels);
                 scope.rels = rels;
                 self.condition(st.get("where_clause"), &scope, "WHERE");
                 for t in targets(st.get("target_list")) {
@@ -875,7 +699,7 @@ impl Walker<'_> {
             }
             _ => {
                 if let Some(src) = st.get("source_relation") {
-                    self.range_item(src, &scope, &mut rels);
+                    scope::range_item(self, src, &scope, &mut rels);
                 }
                 scope.rels = rels;
                 self.condition(st.get("join_condition"), &scope, "MERGE ON");
@@ -889,29 +713,9 @@ impl Walker<'_> {
                 }
             }
         }
-        let mut outputs = Vec::new();
-        let mut stars = Vec::new();
-        for t in targets(st.get("returning_list")) {
-            if let Some(qual) = star_of(t.val) {
-                match qual.first().and_then(|q| scope.rel(q)) {
-                    Some(rel) => stars.push(rel.source.clone()),
-                    None => stars.extend(scope.rels.iter().map(|r| r.source.clone())),
-                }
-                continue;
-            }
-            let (refs, direct) = self.target(t.val, &scope);
-            outputs.push(Out {
-                name: t.name,
-                refs,
-                direct,
-            });
-        }
-        let src = Source::Derived {
-            outputs,
-            stars,
-            stars_direct: true,
-        };
-        self.result(&src, st.get("returning_list"), writes);
+        let returning = returning_list(st);
+        let src = self.select_list(returning, &scope);
+        self.result(&src, returning, writes, top);
         src
     }
 
@@ -1007,21 +811,13 @@ impl Walker<'_> {
 
     /// `t.*` or `*` inside an expression: whole rows.
     fn star_refs(&mut self, qual: &[&str], scope: &Scope<'_>) -> Vec<Ref> {
-        match qual.first().and_then(|q| scope.rel(q)) {
-            Some(rel) => whole(&rel.source),
-            None => scope.rels.iter().flat_map(|r| whole(&r.source)).collect(),
-        }
+        scope.star(qual).iter().flat_map(whole).collect()
     }
 
     /// A column reference: its refs and whether it is a table column as itself. A single
     /// name that is also a relation in scope may be that relation's whole row.
     fn column_ref(&mut self, cr: &Map<String, Value>, scope: &Scope<'_>) -> (Vec<Ref>, bool) {
-        let fields: Vec<Option<&str>> = items(cr.get("fields"))
-            .map(|f| {
-                node_of(f)
-                    .and_then(|(t, s)| (t == "String").then(|| s.get("sval")?.as_str()).flatten())
-            })
-            .collect();
+        let fields = column_fields(cr);
         let Some(Some(column)) = fields.last().copied() else {
             return (Vec::new(), false);
         };
@@ -1035,7 +831,7 @@ impl Walker<'_> {
                     if let Some((rf, d)) = resolve(&r.source, column) {
                         // A table "has" every name; a derived source only its own. A
                         // candidate that yields nothing cannot make the value revealing.
-                        let certain = !matches!(r.source, Source::Table { .. });
+                        let certain = !matches!(r.source, Source::Table(_));
                         if certain || rels.len() == 1 {
                             found = true;
                             direct &= d || rf.is_empty();
@@ -1091,6 +887,136 @@ impl Walker<'_> {
                     true,
                 )
             }
+        }
+    }
+}
+
+/// What each FROM item stands for in the lineage walk (the names: `scope`).
+impl FromWalk for Walker<'_> {
+    type Source = Source;
+
+    fn query(&mut self, query: Option<&Value>, scope: &Scope<'_>) -> Source {
+        match query.and_then(node_of) {
+            Some(("SelectStmt", q)) => self.select(q, scope),
+            Some((ty, q)) => self.dml(ty, q, scope, false, false),
+            None => Source::Computed {
+                names: None,
+                refs: Vec::new(),
+            },
+        }
+    }
+
+    fn join(
+        &mut self,
+        inner: &Map<String, Value>,
+        own: Vec<Rel>,
+        scope: &Scope<'_>,
+        alias_name: &str,
+        rels: &mut Vec<Rel>,
+    ) {
+        self.condition(inner.get("quals"), scope, "JOIN");
+        let using: Vec<String> = strings(inner.get("using_clause"))
+            .into_iter()
+            .map(str::to_owned)
+            .collect();
+        let natural = inner
+            .get("is_natural")
+            .and_then(Value::as_bool)
+            .unwrap_or(false);
+        let full = int_field(inner, "jointype") == pg_query::protobuf::JoinType::JoinFull as i64;
+        // FULL JOIN USING/NATURAL: the merged column is COALESCE(l, r), which
+        // PostgreSQL does not report as a table column.
+        let merged = (full && (natural || !using.is_empty())).then(|| {
+            let refs = own
+                .iter()
+                .flat_map(|r| match &using[..] {
+                    [] => whole(&r.source),
+                    cols => cols
+                        .iter()
+                        .filter_map(|c| resolve(&r.source, c))
+                        .flat_map(|(refs, _)| refs)
+                        .collect(),
+                })
+                .collect();
+            Source::Computed {
+                names: (!natural).then(|| using.clone()),
+                refs,
+            }
+        });
+        if let Some(using_alias) = inner
+            .get("join_using_alias")
+            .and_then(Value::as_object)
+            .map(|a| str_field(a, "aliasname"))
+            .filter(|a| !a.is_empty())
+        {
+            let refs = own
+                .iter()
+                .flat_map(|r| {
+                    using
+                        .iter()
+                        .filter_map(|c| resolve(&r.source, c))
+                        .flat_map(|(refs, _)| refs)
+                })
+                .collect();
+            rels.push(Rel {
+                name: using_alias.to_owned(),
+                source: Source::Computed {
+                    names: Some(using.clone()),
+                    refs,
+                },
+            });
+        }
+        if !alias_name.is_empty() {
+            rels.push(Rel {
+                name: alias_name.to_owned(),
+                source: Source::Derived {
+                    outputs: Vec::new(),
+                    stars: own
+                        .into_iter()
+                        .map(|r| r.source)
+                        .chain(merged.clone())
+                        .collect(),
+                    stars_direct: merged.is_none(),
+                },
+            });
+        } else {
+            rels.extend(own);
+            if let Some(m) = merged {
+                rels.push(Rel {
+                    name: String::new(),
+                    source: m,
+                });
+            }
+        }
+    }
+
+    /// Every column is computed from what its arguments use (LATERAL: earlier items too).
+    fn function(&mut self, item: &Value, scope: &Scope<'_>, alias: &str, colnames: &[&str]) -> Rel {
+        let inner = node_of(item).map(|(_, m)| m);
+        // The functions themselves are on each ref's way (walked as FuncCalls).
+        let refs = self.expr(item, scope);
+        let func = items(inner.and_then(|i| i.get("functions")))
+            .filter_map(|f| node_of(f)?.1.get("items"))
+            .flat_map(|i| items(Some(i)))
+            .filter_map(|f| match node_of(f) {
+                Some(("FuncCall", fc)) => {
+                    strings(fc.get("funcname")).last().map(|s| (*s).to_owned())
+                }
+                _ => None,
+            })
+            .next();
+        let name = if alias.is_empty() {
+            func.clone().unwrap_or_default()
+        } else {
+            alias.to_owned()
+        };
+        Rel {
+            name,
+            source: Source::Computed {
+                names: (!colnames.is_empty())
+                    .then(|| colnames.iter().map(|s| (*s).to_owned()).collect()),
+                refs,
+            },
         }
     }
 }

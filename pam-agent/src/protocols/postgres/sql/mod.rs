@@ -25,6 +25,7 @@ mod normalize;
 mod plpgsql;
 mod pool;
 mod prepared;
+mod scope;
 mod statement;
 mod tree;
 
@@ -33,6 +34,7 @@ pub use classify::classify;
 pub use columns::{Clause, ColumnReference};
 pub use copy::{CopyOut, CopyOutError, copy_out};
 pub use functions::{is_dynamic_sql_function, is_side_effect_function, quote_part};
+pub use lineage::{DefinedOutput, DefinedRef, defined_outputs};
 pub use pool::{Classified, Classifier, ClassifierConfig};
 pub use prepared::PreparedStatements;
 pub use statement::{Prepared, Statement, Unclassifiable, flag, kind};

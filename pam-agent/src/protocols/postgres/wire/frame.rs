@@ -85,6 +85,10 @@ pub fn parse_frame(buf: &mut BytesMut, max: usize) -> Result<Option<Frame>, Fram
     Ok(Some(Frame { tag: raw[0], raw }))
 }
 
+/// Least free buffer space a read is given, and how much is added when there is less.
+const MIN_READ: usize = 16 * 1024;
+const READ_SIZE: usize = 64 * 1024;
+
 /// Reads frames from one side of the connection.
 pub struct FrameReader<R> {
     inner: R,
@@ -194,6 +198,11 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
             if let Some(f) = parse_frame(&mut self.buf, self.max)? {
                 return Ok(Some(f));
             }
+            // Room for a large read: a result streams as many small frames, and a read
+            // into a nearly full buffer would fetch only a few of them per syscall.
+            if self.buf.capacity() - self.buf.len() < MIN_READ {
+                self.buf.reserve(READ_SIZE);
+            }
             let n = self.inner.read_buf(&mut self.buf).await?;
             if n == 0 {
                 return if self.buf.is_empty() {
@@ -226,6 +235,16 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
             left -= n;
         }
         Ok(())
+    }
+
+    /// The next frame if it is already buffered and has tag `tag`: taken without
+    /// waiting (a result's rows are handled in a run, not one wakeup each).
+    pub fn next_buffered(&mut self, tag: u8) -> Result<Option<Frame>, FrameError> {
+        // A long message being read comes first; it is taken by `next`.
+        if self.long.is_some() || self.buf.first() != Some(&tag) || !self.has_frame() {
+            return Ok(None);
+        }
+        parse_frame(&mut self.buf, self.max)
     }
 
     /// True when another complete frame is already buffered (so output can wait).

@@ -257,3 +257,126 @@ fn casts_and_functions_in_row_deciding_clauses_derive() {
     let sts = classify("SELECT id FROM t WHERE ssn::int = 0", 1 << 20).unwrap();
     assert_eq!(sts[0].request.derived[0].expression, "WHERE clause");
 }
+
+/// View definitions as `pg_get_viewdef` prints them, and generated columns' expressions.
+#[test]
+fn defined_outputs_follow_renames_and_computations() {
+    let col = |t: &str, c: &str| super::DefinedRef {
+        schema: None,
+        table: Some(t.into()),
+        column: Some(c.into()),
+    };
+    let outs = super::defined_outputs(
+        " SELECT c.id,\n    c.email AS contact,\n    reverse(c.ssn) AS r\n   FROM customers c;",
+    )
+    .unwrap();
+    assert_eq!(outs.len(), 3);
+    assert!(outs[1].direct, "a rename is the column itself");
+    assert_eq!(outs[1].refs, [col("customers", "email")]);
+    assert!(!outs[2].direct, "a computation is derived");
+    assert_eq!(outs[2].refs, [col("customers", "ssn")]);
+    let union = super::defined_outputs("SELECT email FROM a UNION SELECT email FROM b").unwrap();
+    assert!(!union[0].direct);
+    let generated = super::defined_outputs("SELECT (ssn || ''::text) FROM public.t").unwrap();
+    assert!(!generated[0].direct);
+    assert_eq!(generated[0].refs[0].column.as_deref(), Some("ssn"));
+    let copy = super::defined_outputs("SELECT ssn FROM public.t").unwrap();
+    assert!(copy[0].direct);
+    assert_eq!(super::defined_outputs("SELECT 1; SELECT 2"), None);
+    assert_eq!(super::defined_outputs("VALUES (1)"), None);
+    assert_eq!(super::defined_outputs("not sql"), None);
+}
+
+/// Each derivation's place in the statement's own result (`-`: none).
+fn slots(sql: &str) -> Vec<String> {
+    use crate::mask::Slot;
+    let sts = classify(sql, 1 << 20).unwrap();
+    let mut out: Vec<String> = sts
+        .into_iter()
+        .flat_map(|s| s.request.derived)
+        .map(|d| {
+            let at = match d.output {
+                Some(Slot::FromStart(i)) => format!("+{i}"),
+                Some(Slot::FromEnd(i)) => format!("-{i}"),
+                None => "-".into(),
+            };
+            format!("{} {at}", d.column.as_deref().unwrap_or("*"))
+        })
+        .collect();
+    out.sort();
+    out.dedup();
+    out
+}
+
+#[test]
+fn computed_values_of_the_result_know_their_place() {
+    let cases: &[(&str, &[&str])] = &[
+        ("SELECT id, reverse(ssn) FROM t", &["ssn +1"]),
+        (
+            "SELECT reverse(ssn), upper(email) AS e FROM t",
+            &["email +1", "ssn +0"],
+        ),
+        // After a `*`, counted from the end; between two, unknown.
+        ("SELECT *, reverse(ssn), id FROM t", &["ssn -1"]),
+        ("SELECT t.*, md5(ssn), u.* FROM t, u", &["ssn -"]),
+        (
+            "SELECT ssn || '' FROM t UNION SELECT name FROM u",
+            &["name +0", "ssn +0"],
+        ),
+        ("SELECT c FROM t c", &["* +0", "c +0"]),
+        (
+            "SELECT (SELECT reverse(ssn) FROM t LIMIT 1) AS x",
+            &["ssn +0"],
+        ),
+        (
+            "UPDATE t SET name = 'x' RETURNING id, reverse(ssn)",
+            &["ssn +1"],
+        ),
+        // Rows that leave another way, or are kept: no place.
+        ("COPY (SELECT reverse(ssn) FROM t) TO STDOUT", &["ssn -"]),
+        (
+            "DECLARE c CURSOR FOR SELECT reverse(ssn) FROM t",
+            &["ssn -"],
+        ),
+        ("EXPLAIN ANALYZE SELECT reverse(ssn) FROM t", &["ssn -"]),
+        ("CREATE TABLE x AS SELECT reverse(ssn) FROM t", &["ssn -"]),
+        // What a prepared statement selects is kept: any column of any table.
+        ("CREATE TABLE x AS EXECUTE p", &["* -"]),
+        (
+            "INSERT INTO x SELECT reverse(ssn) FROM t RETURNING id",
+            &["ssn -"],
+        ),
+        ("SELECT id FROM t WHERE ssn::int = 0", &["ssn -"]),
+        ("SELECT * FROM (SELECT reverse(ssn) FROM t) s", &["ssn -"]),
+        (
+            "WITH d AS (DELETE FROM t RETURNING reverse(ssn) AS r) SELECT 1",
+            &["ssn -"],
+        ),
+        // PREPARE: the place in a later EXECUTE's result.
+        ("PREPARE p AS SELECT id, reverse(ssn) FROM t", &["ssn +1"]),
+    ];
+    for (sql, want) in cases {
+        assert_eq!(slots(sql), *want, "{sql}");
+    }
+}
+
+#[test]
+fn returning_lists_are_read_as_results() {
+    // PostgreSQL 18's parser keeps RETURNING in a clause of its own: a value computed
+    // there is derived like one in a select list.
+    has(
+        "UPDATE t SET name = 'x' RETURNING reverse(ssn)",
+        "?.t.ssn via reverse",
+    );
+    has("DELETE FROM t RETURNING md5(ssn)", "?.t.ssn via md5");
+    has(
+        "INSERT INTO t(id) VALUES (1) RETURNING ssn || ''",
+        "?.t.ssn",
+    );
+    // `old`/`new` aliases are not placed in a table: matched by the column name alone.
+    has(
+        "INSERT INTO t(id) VALUES (1) RETURNING WITH (OLD AS o) upper(o.ssn)",
+        "?.?.ssn via upper",
+    );
+    none("UPDATE t SET name = 'x' RETURNING ssn, id");
+}
