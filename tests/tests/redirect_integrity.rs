@@ -566,6 +566,13 @@ fn a_worker_in_another_network_namespace_fails_closed() {
     let (host, cg, agent) = setup("netns");
     let script = Script::new();
     let port = agent.port.to_string();
+    // The local port both the worker (in its namespace) and the host user bind: one the
+    // host has free now (a fixed number can be some other connection's ephemeral port).
+    let local_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free local port")
+        .port()
+        .to_string();
     // An unprivileged governed worker makes its own user + network namespace, listens
     // on that namespace's loopback at the agent's port, and connects to the resource.
     for dst in [host.addr4(PROTECTED), host.addr6(PROTECTED)] {
@@ -580,7 +587,7 @@ fn a_worker_in_another_network_namespace_fails_closed() {
                 "ip link set lo up && exec \"$@\"",
                 "sh",
             ],
-            &["netns", &port, &dst.to_string(), "41234"],
+            &["netns", &port, &dst.to_string(), &local_port],
         );
         assert_eq!(r["connected"], false, "{dst}: {r}");
         assert_eq!(r["errno"], libc::EPERM, "{dst}: {r}");
@@ -589,7 +596,19 @@ fn a_worker_in_another_network_namespace_fails_closed() {
     // Nothing was recorded for those attempts, so nothing can be borrowed: a host user
     // connecting from the same local port gets no session.
     assert_eq!(agent.map_entries("PAM_CONNECTS"), 0);
-    let scan = script.run(None, Some(NOBODY), &[], &["scan", &port, "41234", "41234"]);
+    let scan = wait_for(
+        "the host user binding the worker's local port",
+        Duration::from_secs(10),
+        || {
+            let scan = script.run(
+                None,
+                Some(NOBODY),
+                &[],
+                &["scan", &port, &local_port, &local_port],
+            );
+            (scan["bound"] == 1).then_some(scan)
+        },
+    );
     assert_eq!(scan["connected"], 1, "{scan}");
     assert_eq!(scan["got_data"], 0, "{scan}");
     std::thread::sleep(Duration::from_millis(300));
