@@ -21,8 +21,10 @@ const HEADING: &str = "Audit journal, format 2 (issue 15)";
 const RECORDS: u64 = 500_000;
 const WRITERS: u64 = 2048;
 
-/// (appended records/s, indexed records/s) from `audit bench`'s summary line.
-fn bench(journal: &Path, args: &[&str]) -> anyhow::Result<(f64, f64)> {
+/// (appended records/s, indexed records/s, CPU seconds) from `audit bench`'s summary
+/// line and its rusage.
+fn bench(journal: &Path, args: &[&str]) -> anyhow::Result<(f64, f64, f64)> {
+    let cpu0 = children_cpu();
     let out = Command::new(util::bin_dir(true).join("pam-agent"))
         .args(["audit", "bench", "--journal"])
         .arg(journal)
@@ -50,6 +52,7 @@ fn bench(journal: &Path, args: &[&str]) -> anyhow::Result<(f64, f64)> {
             .and_then(|t| t.split_whitespace().next())
             .and_then(|n| n.parse().ok())
             .context("indexed rate")?,
+        children_cpu() - cpu0,
     ))
 }
 
@@ -99,12 +102,12 @@ pub fn run() -> anyhow::Result<()> {
         std::fs::create_dir_all(dir.path().join(name))?;
     }
     eprintln!("journal: the log alone, sync = interval...");
-    let (log, _) = bench(&j("log"), &["--no-fsync", "--no-index"])?;
+    let (log, _, log_cpu) = bench(&j("log"), &["--no-fsync", "--no-index"])?;
     eprintln!("journal: the log alone, sync = always...");
-    let (log_sync, _) = bench(&j("log-sync"), &["--no-index"])?;
+    let (log_sync, _, sync_cpu) = bench(&j("log-sync"), &["--no-index"])?;
     std::fs::remove_dir_all(dir.path().join("log-sync"))?;
     eprintln!("journal: with the index behind the log...");
-    let (with_index, indexed) = bench(&j("indexed"), &["--no-fsync"])?;
+    let (with_index, indexed, indexed_cpu) = bench(&j("indexed"), &["--no-fsync"])?;
     eprintln!("journal: verify, query...");
     let (seg_wall, seg_cpu, _) = timed(&["verify"], &j("log"))?;
     let (all_wall, all_cpu, _) = timed(&["verify"], &j("indexed"))?;
@@ -121,6 +124,15 @@ pub fn run() -> anyhow::Result<()> {
         &j("indexed"),
     )?;
     let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    let peak_mib = {
+        let mut u = std::mem::MaybeUninit::<libc::rusage>::zeroed();
+        // SAFETY: getrusage fills the struct it is given.
+        let u = unsafe {
+            libc::getrusage(libc::RUSAGE_CHILDREN, u.as_mut_ptr());
+            u.assume_init()
+        };
+        u.ru_maxrss as f64 / 1024.0
+    };
     let n = RECORDS as f64;
 
     let mut md = String::new();
@@ -146,7 +158,18 @@ pub fn run() -> anyhow::Result<()> {
     )?;
     writeln!(
         md,
+        "| ... CPU time per record (both cores: {:.0} records/s if the CPUs were the agent's alone) | {:.2} µs | |",
+        2.0 * n / log_cpu,
+        log_cpu / n * 1e6
+    )?;
+    writeln!(
+        md,
         "| appended, the log alone, one fdatasync per group (`sync = \"always\"`) | {log_sync:.0} | ≥ 100k |"
+    )?;
+    writeln!(
+        md,
+        "| ... CPU time per record | {:.2} µs | |",
+        sync_cpu / n * 1e6
     )?;
     writeln!(
         md,
@@ -155,6 +178,12 @@ pub fn run() -> anyhow::Result<()> {
     writeln!(
         md,
         "| the index built behind the log (from the first record to caught up) | {indexed:.0} | |"
+    )?;
+    writeln!(
+        md,
+        "| ... CPU time per record, log and index (the index's share: {:.2} µs) | {:.2} µs | |",
+        (indexed_cpu - log_cpu) / n * 1e6,
+        indexed_cpu / n * 1e6
     )?;
     writeln!(
         md,
@@ -180,8 +209,14 @@ pub fn run() -> anyhow::Result<()> {
     writeln!(
         md,
         "\n`audit query --principal worker3 --since 1d --format jsonl` ({q_rows} of the \
-         {RECORDS} records, 16 principals): **{q_wall:.2} s** (an index range scan on \
-         `(user, ts_us)`, so its time follows the rows it returns, not the journal's size)."
+         {RECORDS} records, 16 principals): **{q_wall:.2} s** (the principal's sessions from \
+         their opening records, then each session's records by `(session, ts_us)`: its time \
+         follows the rows it returns, not the journal's size)."
+    )?;
+    writeln!(
+        md,
+        "\nPeak resident memory of the largest of these runs (2,048 writers, the index queue \
+         full while it lags): **{peak_mib:.0} MiB**."
     )?;
     util::replace_section(
         "docs/benchmarks.md",

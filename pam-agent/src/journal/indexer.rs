@@ -118,8 +118,10 @@ impl Inbox {
 }
 
 /// Records queued for the thread beyond which groups are not queued but left for a
-/// catch-up from the log: memory stays bounded when appends outrun the index.
-const MAX_QUEUED: usize = 200_000;
+/// catch-up from the log: memory stays bounded when appends outrun the index. A queued
+/// record takes about 2.5 KB (its frame and its parsed form), so this is ~125 MB; the
+/// log is the source either way, so a smaller queue costs only re-reading a segment.
+const MAX_QUEUED: usize = COMMIT_RECORDS;
 
 fn db(e: rusqlite::Error) -> JournalError {
     JournalError::Database(Arc::new(e))
@@ -352,6 +354,17 @@ fn tip(conn: &Connection) -> Result<u64, JournalError> {
 impl IndexDb {
     fn run(mut self, inbox: &Inbox, queued: &std::sync::atomic::AtomicUsize) {
         use std::sync::atomic::Ordering;
+        let started = Instant::now();
+        match schema::upgrade_indexes(&self.conn) {
+            Ok(true) => tracing::info!(
+                seconds = started.elapsed().as_secs_f64(),
+                "journal index: indexes reorganised for this version"
+            ),
+            Ok(false) => {}
+            Err(e) => {
+                tracing::warn!(error = %e, "journal index: cannot reorganise its indexes; queries stay correct but slower")
+            }
+        }
         let mut behind = false;
         let mut retry_at = Instant::now();
         loop {
@@ -452,7 +465,8 @@ impl IndexDb {
         }
     }
 
-    /// Indexes the log's records after the tip, reading the segments.
+    /// Indexes the log's records after the tip, reading the segments, in transactions
+    /// of at most [`COMMIT_RECORDS`] records. One segment is in memory at a time.
     fn catch_up(&mut self) -> Result<u64, JournalError> {
         self.tip = tip(&self.conn)?;
         let segments = segment::list(&self.dir)?;
@@ -460,14 +474,24 @@ impl IndexDb {
             .iter()
             .rposition(|(first, _)| *first <= self.tip + 1)
             .unwrap_or(0);
-        let mut added = 0u64;
+        let before = self.tip;
         for (_, path) in &segments[start..] {
             let bytes = fs::read(path)?;
-            let tx = self.conn.unchecked_transaction().map_err(db)?;
-            let mut undo = Vec::new();
-            let mut tip = self.tip;
-            let mut n = 0usize;
-            for (_, frame) in segment::Frames::new(&bytes) {
+            let mut frames = segment::Frames::new(&bytes);
+            while self.index_frames(&mut frames)? {}
+        }
+        Ok(self.tip - before)
+    }
+
+    /// Indexes frames in one transaction until [`COMMIT_RECORDS`] went in (`true`: more
+    /// may follow), the frames end, or a record is not the next seq (`false`).
+    fn index_frames(&mut self, frames: &mut segment::Frames) -> Result<bool, JournalError> {
+        let tx = self.conn.unchecked_transaction().map_err(db)?;
+        let mut undo = Vec::new();
+        let mut tip = self.tip;
+        let mut n = 0usize;
+        let mut walk = || -> Result<bool, JournalError> {
+            for (_, frame) in frames.by_ref() {
                 match frame {
                     Frame::Record { prev, json, hash } => {
                         let Some(seq) = segment::seq_of(json) else {
@@ -477,27 +501,22 @@ impl IndexDb {
                             continue;
                         }
                         if seq != tip + 1 {
-                            break;
+                            return Ok(false);
                         }
                         let text = std::str::from_utf8(json)
                             .map_err(|e| JournalError::Schema(e.to_string()))?;
-                        let record: Record = match serde_json::from_str(text) {
-                            Ok(r) => r,
-                            Err(_) => {
-                                insert_unknown(&tx, seq, text, prev, hash)?;
-                                tip = seq;
-                                continue;
-                            }
-                        };
-                        insert_record(
-                            &tx,
-                            &mut self.sessions,
-                            &mut undo,
-                            &record,
-                            text,
-                            prev,
-                            hash,
-                        )?;
+                        match serde_json::from_str::<Record>(text) {
+                            Ok(record) => insert_record(
+                                &tx,
+                                &mut self.sessions,
+                                &mut undo,
+                                &record,
+                                text,
+                                prev,
+                                hash,
+                            )?,
+                            Err(_) => insert_unknown(&tx, seq, text, prev, hash)?,
+                        }
                         tip = seq;
                         n += 1;
                     }
@@ -505,25 +524,22 @@ impl IndexDb {
                     Frame::Anchor(a) => insert_signed(&tx, b'A', &a)?,
                 }
                 if n >= COMMIT_RECORDS {
-                    break;
+                    return Ok(true);
                 }
             }
-            match tx.commit() {
-                Ok(()) => {
-                    added += tip - self.tip;
-                    self.tip = tip;
-                }
-                Err(e) => {
-                    self.sessions.undo(undo.into_iter());
-                    return Err(db(e));
-                }
+            Ok(false)
+        };
+        let more = walk();
+        match more.and_then(|more| tx.commit().map_err(db).map(|()| more)) {
+            Ok(more) => {
+                self.tip = tip;
+                Ok(more)
             }
-            if n >= COMMIT_RECORDS {
-                // A long catch-up goes on in more transactions.
-                return Ok(added + self.catch_up()?);
+            Err(e) => {
+                self.sessions.undo(undo.into_iter());
+                Err(e)
             }
         }
-        Ok(added)
     }
 }
 

@@ -51,6 +51,10 @@ impl StoredRecord {
     }
 }
 
+/// The partial indexes' condition on principal columns (schema.rs): repeated word for
+/// word in queries, which is how SQLite knows it may use them.
+const FIRST: &str = "(session IS NULL OR kind = 'session_opened')";
+
 /// Which records a query returns. Empty filter: all of them.
 #[derive(Debug, Clone, Default)]
 pub struct Filter {
@@ -122,12 +126,6 @@ impl Filter {
         if let Some(t) = self.until_us {
             add("ts_us < ?", Value::Integer(t));
         }
-        if let Some(u) = self.uid {
-            add("uid = ?", Value::Integer(u.into()));
-        }
-        if let Some(r) = &self.resource {
-            add("resource = ?", Value::Text(r.clone()));
-        }
         if let Some(s) = &self.session {
             add("session = ?", Value::Text(s.clone()));
         }
@@ -137,14 +135,31 @@ impl Filter {
         if let Some(s) = self.after_seq {
             add("seq > ?", Value::Integer(s as i64));
         }
+        // A principal column is indexed only where it is first said (see schema.rs):
+        // records outside sessions carry it, a session's records are found through the
+        // session that said it.
+        let first = |column: &str| {
+            format!(
+                "(({column} = ? AND {FIRST}) OR session IN \
+                 (SELECT session FROM records WHERE {column} = ? AND {FIRST} AND kind = 'session_opened'))"
+            )
+        };
+        if let Some(u) = self.uid {
+            clauses.push(first("uid"));
+            values.extend([Value::Integer(u.into()), Value::Integer(u.into())]);
+        }
+        if let Some(r) = &self.resource {
+            clauses.push(first("resource"));
+            values.extend([Value::Text(r.clone()), Value::Text(r.clone())]);
+        }
         if let Some(u) = &self.user {
-            clauses.push(
-                "(user = ? OR session IN (SELECT session FROM records WHERE kind = 'session_opened' \
+            clauses.push(format!(
+                "(((user = ? AND {FIRST}) OR session IN \
+                 (SELECT session FROM records WHERE user = ? AND {FIRST} AND kind = 'session_opened')) \
+                 OR session IN (SELECT session FROM records WHERE kind = 'session_opened' \
                  AND json_extract(record, '$.principal.name') = ?))"
-                    .into(),
-            );
-            values.push(Value::Text(u.clone()));
-            values.push(Value::Text(u.clone()));
+            ));
+            values.extend([0, 1, 2].map(|_| Value::Text(u.clone())));
         }
         if let Some(p) = &self.process {
             clauses.push("(instr(comm, ?) > 0 OR instr(exe, ?) > 0)".into());
@@ -440,5 +455,82 @@ impl Reader {
     /// The journal's meta value for `key`.
     pub fn meta(&self, key: &str) -> Result<Option<String>, JournalError> {
         schema::meta(&self.conn, key).map_err(|e| JournalError::Database(e.into()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// SQLite's plan for a filter's query, one line per step.
+    fn plan(filter: &Filter) -> Vec<String> {
+        let conn = Connection::open_in_memory().unwrap();
+        conn.execute_batch(schema::DDL).unwrap();
+        assert!(schema::upgrade_indexes(&conn).unwrap());
+        assert!(!schema::upgrade_indexes(&conn).unwrap());
+        let (clause, values) = filter.sql();
+        let sql = format!(
+            "EXPLAIN QUERY PLAN SELECT {} FROM records{clause} ORDER BY seq",
+            StoredRecord::COLUMNS
+        );
+        let mut st = conn.prepare(&sql).unwrap();
+        st.query_map(rusqlite::params_from_iter(values), |r| {
+            r.get::<_, String>(3)
+        })
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap()
+    }
+
+    /// A principal's records are found through indexes, on any journal size: the
+    /// partial indexes are usable only if the query repeats their condition, so a
+    /// wording change here would silently turn every such query into a full scan.
+    #[test]
+    fn principal_and_resource_queries_never_scan_the_whole_journal() {
+        let day = |f: Filter| Filter {
+            since_us: Some(1),
+            until_us: Some(2),
+            ..f
+        };
+        let filters = [
+            day(Filter {
+                user: Some("alice".into()),
+                ..Default::default()
+            }),
+            day(Filter {
+                uid: Some(1001),
+                ..Default::default()
+            }),
+            day(Filter {
+                resource: Some("orders-db".into()),
+                ..Default::default()
+            }),
+            Filter {
+                uid: Some(1001),
+                resource: Some("orders-db".into()),
+                ..Default::default()
+            },
+        ];
+        for f in filters {
+            let plan = plan(&f);
+            let scans: Vec<_> = plan
+                .iter()
+                .filter(|l| l.starts_with("SCAN records") && !l.contains("INDEX"))
+                .collect();
+            assert!(scans.is_empty(), "{f:?} scans the journal: {plan:#?}");
+            assert!(
+                plan.iter().any(|l| l.contains("_first")),
+                "{f:?} does not use a principal index: {plan:#?}"
+            );
+        }
+        // Control: a filter the indexes cannot serve is a scan, as the check would see.
+        let plan = plan(&Filter {
+            text: Some("x".into()),
+            ..Default::default()
+        });
+        assert!(
+            plan.iter().any(|l| l.starts_with("SCAN records")),
+            "{plan:#?}"
+        );
     }
 }

@@ -159,6 +159,7 @@ impl SqliteStore {
         conn.execute_batch("PRAGMA cache_size = -65536; PRAGMA mmap_size = 268435456;")
             .map_err(db_err)?;
         conn.execute_batch(schema::DDL).map_err(db_err)?;
+        schema::upgrade_indexes(&conn).map_err(db_err)?;
 
         let journal_id = init_meta(&conn, &opts, &public)?;
         // SQLite creates -wal and -shm with the database's mode and owner; fix any left
