@@ -4,7 +4,10 @@
 
 use std::sync::{Arc, atomic::Ordering};
 
-use super::{Client, Judgement, LEXER_UNSAFE, Numbered, Via};
+use super::{
+    Client, Judgement, LEXER_UNSAFE, Numbered, Via,
+    functions::{Unresolved, lookup_failed},
+};
 use crate::{
     govern::{Ask, Request, masking_refusal},
     policy::Decision,
@@ -41,6 +44,7 @@ impl Client<'_> {
                 numbered: Vec::new(),
                 copy: None,
                 commits: false,
+                failed: None,
             });
         };
         let classified = self.ctx.classifier.classify(text).await;
@@ -64,7 +68,21 @@ impl Client<'_> {
         };
         // Calls as the server will resolve them (looked up first if need be).
         let statements = match statements {
-            Ok(sts) => self.resolve_functions(sts, via).await?,
+            Ok(sts) => match self.resolve_functions(sts, via).await? {
+                Ok(sts) => Ok(sts),
+                Err(Unresolved::Unknown(why)) => Err(why),
+                Err(Unresolved::Server(error)) => {
+                    // Never run unjudged: on record, and the server's error shown.
+                    let judged = self.gate.refuse(text, lookup_failed(&error)).await?;
+                    return Ok(Judgement {
+                        verdict: judged.verdict,
+                        numbered: Vec::new(),
+                        copy: None,
+                        commits: false,
+                        failed: Some(error),
+                    });
+                }
+            },
             Err(e) => Err(e),
         };
         let (veto, copy) = match &statements {
@@ -118,6 +136,7 @@ impl Client<'_> {
             numbered,
             copy,
             commits,
+            failed: None,
         })
     }
     /// The statements with each COMMIT's request naming the tables its transaction
