@@ -7,9 +7,13 @@
 //! The suite is installed by `cargo xtask setup` (into [`SUITE_DIR`]); each run takes
 //! about a minute.
 
-use std::{collections::BTreeMap, path::Path, process::Command, time::Duration};
+use std::path::Path;
 
-use pam_e2e::{Agent, Cgroup, ResourceSpec, TestHost, agent_bin, output_within, require_root};
+use pam_e2e::{
+    Agent, Cgroup, ResourceSpec, TestHost,
+    peer_suite::{self, Outcomes, count},
+    require_root,
+};
 
 /// Where `cargo xtask setup` puts the sdist's `tests/` (see xtask/src/setup.rs).
 const SUITE_DIR: &str = "/opt/pam-agent-dev/asyncpg-0.32.0-suite";
@@ -22,23 +26,11 @@ const CONFIG: &str = r#"
 default = "allow"
 "#;
 
-/// A run's outcome per test id: (pass|fail|error|skip|xfail|xpass, why).
-type Outcomes = BTreeMap<String, (String, String)>;
-
 /// Runs the whole suite (`only` empty) or the tests named, directly or `through` the
 /// agent (from the governed cgroup).
 fn run_suite(host: &TestHost, through: Option<&Cgroup>, only: &[String]) -> Outcomes {
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/clients/asyncpg_suite.py");
-    let mut cmd = match through {
-        Some(cg) => {
-            let mut c = Command::new(agent_bin());
-            c.args(["exec", "--cgroup"])
-                .arg(&cg.path)
-                .args(["--", "python3"]);
-            c
-        }
-        None => Command::new("python3"),
-    };
+    let mut cmd = peer_suite::python(through);
     cmd.args([script, SUITE_DIR])
         .args(only)
         .env("PGHOST", host.v4.to_string())
@@ -47,59 +39,7 @@ fn run_suite(host: &TestHost, through: Option<&Cgroup>, only: &[String]) -> Outc
         .env("PGPASSWORD", PASSWORD)
         .env("PGDATABASE", "postgres")
         .env_remove("USE_UVLOOP");
-    let out = output_within(&mut cmd, Duration::from_secs(600));
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    let tail: String = stderr
-        .lines()
-        .rev()
-        .take(40)
-        .collect::<Vec<_>>()
-        .into_iter()
-        .rev()
-        .collect::<Vec<_>>()
-        .join("\n");
-    let json = stdout
-        .lines()
-        .last()
-        .unwrap_or_else(|| panic!("the suite printed no result:\n{tail}"));
-    let raw: BTreeMap<String, (String, String)> =
-        serde_json::from_str(json).unwrap_or_else(|e| panic!("{e}: {json}\n{tail}"));
-    raw
-}
-
-/// Runs again, `through` the agent or not, the tests that passed in `other` and not in
-/// `mine`, and takes their new outcomes; those that passed now.
-fn retry(
-    host: &TestHost,
-    through: Option<&Cgroup>,
-    mine: &mut Outcomes,
-    other: &Outcomes,
-) -> Vec<String> {
-    let again: Vec<String> = other
-        .iter()
-        .filter(|(test, (outcome, _))| {
-            outcome == "pass"
-                && mine.get(*test).is_some_and(|(o, _)| o != "pass")
-                && !test.contains(' ')
-        })
-        .map(|(test, _)| test.clone())
-        .collect();
-    if again.is_empty() {
-        return Vec::new();
-    }
-    let mut passed = Vec::new();
-    for (test, result) in run_suite(host, through, &again) {
-        if result.0 == "pass" {
-            passed.push(test.clone());
-        }
-        mine.insert(test, result);
-    }
-    passed
-}
-
-fn count(o: &Outcomes, what: &str) -> usize {
-    o.values().filter(|(outcome, _)| outcome == what).count()
+    peer_suite::outcomes(&mut cmd)
 }
 
 #[test]
@@ -129,8 +69,10 @@ fn asyncpg_own_suite_ends_the_same_through_the_agent_as_directly() {
     // way it did not pass before it counts as a difference.
     let mut flaky = Vec::new();
     for _ in 0..2 {
-        flaky.extend(retry(&host, Some(&cg), &mut proxied, &direct));
-        flaky.extend(retry(&host, None, &mut direct, &proxied));
+        let through = |only: &[String]| run_suite(&host, Some(&cg), only);
+        flaky.extend(peer_suite::retry(through, &mut proxied, &direct));
+        let directly = |only: &[String]| run_suite(&host, None, only);
+        flaky.extend(peer_suite::retry(directly, &mut direct, &proxied));
     }
 
     // The suite really ran, and really went through the agent.
@@ -152,23 +94,7 @@ fn asyncpg_own_suite_ends_the_same_through_the_agent_as_directly() {
     // Differences: a test that passed one way and not the other, or that the suite
     // skipped one way and not the other; the sets of passed and skipped tests must be
     // the same.
-    let mut differences = Vec::new();
-    let none = ("missing".to_string(), String::new());
-    for test in direct
-        .keys()
-        .chain(proxied.keys().filter(|t| !direct.contains_key(*t)))
-    {
-        let (ours, why) = direct.get(test).unwrap_or(&none);
-        let (theirs, their_why) = proxied.get(test).unwrap_or(&none);
-        let differs = ["pass", "skip"]
-            .iter()
-            .any(|o| (ours == o) != (theirs == o));
-        if differs {
-            differences.push(format!(
-                "{test}: directly {ours} {why:?}, through the agent {theirs} {their_why:?}"
-            ));
-        }
-    }
+    let differences = peer_suite::differences(&direct, &proxied);
     let refused: Vec<String> = journal
         .iter()
         .filter(|r| r["kind"] == "statement" && r["decision"] != "allow")

@@ -43,6 +43,8 @@ const PIP: &[(&str, &str)] = &[
     // The OCSF export is validated against the published schema (pam-agent/tests/ocsf).
     ("jsonschema", "jsonschema==4.26.0"),
     ("ocsf_json_schema", "ocsf-json-schema==1.2.0"),
+    // psycopg's own test suite runs with it (tests/tests/psycopg_suite.rs).
+    ("pytest", "pytest==8.4.2"),
 ];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";
@@ -53,6 +55,7 @@ pub fn run() -> anyhow::Result<()> {
         .and_then(|()| bpf_linker())
         .and_then(|()| pip())
         .and_then(|()| asyncpg_suite())
+        .and_then(|()| psycopg_suite())
         .and_then(|()| npm())
         .context("setting up prerequisites (cargo xtask setup)")
 }
@@ -237,6 +240,47 @@ fn asyncpg_suite() -> anyhow::Result<()> {
             .arg(dir),
     )?;
     std::fs::remove_dir_all(&work)?;
+    Ok(())
+}
+
+/// psycopg's own test suite, which tests/tests/psycopg_suite.rs runs directly and
+/// through the agent. Its sdist carries no `tests/`: they come from its repository, at a
+/// pinned commit (fetched by hash, so the content is the one pinned).
+pub const PSYCOPG_SUITE: &str = "/opt/pam-agent-dev/psycopg-suite";
+const PSYCOPG_REPO: &str = "https://github.com/psycopg/psycopg";
+const PSYCOPG_COMMIT: &str = "c079c37c959a89a8684a3d3858cbaff7e5543e71";
+
+fn psycopg_suite() -> anyhow::Result<()> {
+    let dir = std::path::Path::new(PSYCOPG_SUITE);
+    if dir.join("tests/test_cursor.py").exists() {
+        return Ok(());
+    }
+    let tmp = tempfile_dir()?;
+    let work = tmp.join("psycopg");
+    let git = |args: &[&str]| {
+        util::run(Command::new("git").arg("-C").arg(&work).args(args))
+            .context("fetching psycopg's test suite")
+    };
+    std::fs::create_dir_all(&work)?;
+    git(&["init", "-q"])?;
+    git(&["fetch", "-q", "--depth", "1", PSYCOPG_REPO, PSYCOPG_COMMIT])?;
+    std::fs::create_dir_all(dir)?;
+    let archive = work.join("tests.tar");
+    git(&[
+        "archive",
+        "-o",
+        &archive.to_string_lossy(),
+        PSYCOPG_COMMIT,
+        "tests",
+    ])?;
+    util::run(
+        Command::new("tar")
+            .arg("-xf")
+            .arg(&archive)
+            .arg("-C")
+            .arg(dir),
+    )?;
+    std::fs::remove_dir_all(&tmp)?;
     Ok(())
 }
 
