@@ -116,8 +116,9 @@ struct Judgement {
     copy: Option<CopyOut>,
     /// The message ends a transaction with COMMIT.
     commits: bool,
-    /// The server failed the agent's function lookup before the statements with this
-    /// error: shown in their place (the verdict refuses them).
+    /// The error shown in place of the refusal's 42501 (the verdict refuses): the
+    /// server's own error to the agent's function lookup before the statements, or the
+    /// syntax error of a text that does not parse.
     failed: Option<Frame>,
 }
 

@@ -9,13 +9,14 @@ use super::{
     functions::{Unresolved, lookup_failed},
 };
 use crate::{
-    govern::{Ask, Request, masking_refusal},
+    govern::{Ask, Request, Verdict, masking_refusal, unreadable},
     policy::Decision,
     protocols::postgres::{
         SessionError,
         known_functions::Resolved,
         notes::Catalog,
-        sql::{Classifier, CopyOut, Prepared, Statement, kind},
+        refusal,
+        sql::{Classifier, CopyOut, Prepared, Statement, Unclassifiable, kind},
         wire::frontend,
     },
 };
@@ -106,6 +107,16 @@ impl Client<'_> {
             context,
         };
         let judged = self.gate.judge(ask).await?;
+        // Text the server's parser (the agent's) rejects: refused all the same, with
+        // the server's SQLSTATE for it (not when refused for another reason first).
+        let failed = match (&judged.verdict, classified.as_ref()) {
+            (Verdict::Refuse(d), Err(e @ Unclassifiable::Grammar(_)))
+                if d.reason == unreadable(e).reason =>
+            {
+                Some(refusal::syntax_error(d))
+            }
+            _ => None,
+        };
         let masker = self.gate.masker();
         let numbered = match &statements {
             Ok(sts) => sts
@@ -136,7 +147,7 @@ impl Client<'_> {
             numbered,
             copy,
             commits,
-            failed: None,
+            failed,
         })
     }
     /// The statements with each COMMIT's request naming the tables its transaction

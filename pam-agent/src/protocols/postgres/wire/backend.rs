@@ -27,6 +27,9 @@ pub const NOTIFICATION_RESPONSE: u8 = b'A';
 pub mod sqlstate {
     /// insufficient_privilege: a policy refusal.
     pub const REFUSED: &str = "42501";
+    /// syntax_error: the refusal of a text that does not parse (the server's parser,
+    /// which the agent's is, would have answered so).
+    pub const SYNTAX_ERROR: &str = "42601";
     /// protocol_violation.
     pub const PROTOCOL_VIOLATION: &str = "08P01";
     /// program_limit_exceeded.
