@@ -77,7 +77,7 @@ impl Inbox {
     fn push(&self, group: Group) {
         let mut s = self.lock();
         s.records += group.records.len();
-        s.bytes += group.buf.len();
+        s.bytes += 2 * group.buf.len();
         s.groups.push(group);
         if s.idle || s.records >= COMMIT_RECORDS {
             s.idle = false;
@@ -126,9 +126,9 @@ impl Inbox {
 /// Records queued for the thread beyond which groups are not queued but left for a
 /// catch-up from the log: memory stays bounded when appends outrun the index.
 const MAX_QUEUED: usize = 200_000;
-/// The same bound on the queued records' bytes (their JSON; the parsed records take
-/// about as much again): records carrying bound parameters are kilobytes each, and a
-/// burst of them (a large `executemany`) outran the index by 100 MB before.
+/// The same bound on the queued records' bytes (their JSON and parsed form): records
+/// carrying bound parameters are kilobytes each, and a burst of them (a large
+/// `executemany`) outran the index by 100 MB before.
 const MAX_QUEUED_BYTES: usize = 16 << 20;
 
 /// What is queued for the index thread.
@@ -317,7 +317,8 @@ impl Index {
         use std::sync::atomic::Ordering;
         if let Some((inbox, _)) = &self.worker {
             let n = group.records.len();
-            let bytes = group.buf.len();
+            // A queued record costs its JSON and, about as much again, its parsed form.
+            let bytes = 2 * group.buf.len();
             let q = &self.queued;
             if n > 0
                 && (q.records.load(Ordering::Relaxed) + n > MAX_QUEUED
@@ -493,12 +494,13 @@ impl IndexDb {
             .unwrap_or(0);
         let mut added = 0u64;
         for (_, path) in &segments[start..] {
-            let bytes = fs::read(path)?;
+            // A frame at a time: a segment is up to 64 MiB, more than the agent may hold.
+            let mut frames = segment::FileFrames::open(path)?;
             let tx = self.conn.unchecked_transaction().map_err(db)?;
             let mut undo = Vec::new();
             let mut tip = self.tip;
             let mut n = 0usize;
-            for (_, frame) in segment::Frames::new(&bytes) {
+            while let Some(frame) = frames.next_frame()? {
                 match frame {
                     Frame::Record { prev, json, hash } => {
                         let Some(seq) = segment::seq_of(json) else {
