@@ -266,7 +266,7 @@ fn when_the_catalog_cannot_be_read_calls_are_refused_and_the_rest_runs() {
     assert!(run.stdout.ends_with("still here\n"), "{run:?}");
     assert!(
         run.stderr.contains(
-            "the server refused the function lookup (42501): what a function call runs cannot be known"
+            "the server failed the function lookup (42501): what a function call runs cannot be known"
         ),
         "{run:?}"
     );

@@ -16,6 +16,7 @@ pub mod dns;
 pub mod idp;
 pub mod ocsf;
 pub mod oracle;
+pub mod peer_suite;
 pub mod postgres;
 pub mod receiver;
 pub mod run_id;

@@ -1,15 +1,19 @@
 //! A peer's own test suite as the judge of wire fidelity (issue 14): asyncpg's 0.32.0
 //! tests, unmodified, run twice against one real PostgreSQL 15, once directly and once
 //! from a governed cgroup through the real eBPF redirect and agent (every statement
-//! allowed). Through the agent every test must end as it ends directly, except the few
-//! listed in [`KNOWN`], each with its cause.
+//! allowed). Through the agent the same tests must pass as directly, and the same be
+//! skipped.
 //!
 //! The suite is installed by `cargo xtask setup` (into [`SUITE_DIR`]); each run takes
 //! about a minute.
 
-use std::{collections::BTreeMap, path::Path, process::Command, time::Duration};
+use std::path::Path;
 
-use pam_e2e::{Agent, Cgroup, ResourceSpec, TestHost, agent_bin, output_within, require_root};
+use pam_e2e::{
+    Agent, Cgroup, ResourceSpec, TestHost,
+    peer_suite::{self, Outcomes, count},
+    require_root,
+};
 
 /// Where `cargo xtask setup` puts the sdist's `tests/` (see xtask/src/setup.rs).
 const SUITE_DIR: &str = "/opt/pam-agent-dev/asyncpg-0.32.0-suite";
@@ -22,32 +26,11 @@ const CONFIG: &str = r#"
 default = "allow"
 "#;
 
-/// Tests that end differently through the agent, and why (issue 14 tracks them; each
-/// one fixed comes off this list).
-const KNOWN: &[(&str, &str)] = &[(
-    "tests.test_cancellation.TestCancellation.test_cancellation_03",
-    "the agent's function lookup before a statement fails when the worker's cancel \
-         lands on it (57014) or its transaction is aborted (25P02); the statement is then \
-         refused with 42501 `unclassifiable` where the server would answer 57014 / 25P02",
-)];
-
-/// A run's outcome per test id: (pass|fail|error|skip|xfail|xpass, why).
-type Outcomes = BTreeMap<String, (String, String)>;
-
 /// Runs the whole suite (`only` empty) or the tests named, directly or `through` the
 /// agent (from the governed cgroup).
 fn run_suite(host: &TestHost, through: Option<&Cgroup>, only: &[String]) -> Outcomes {
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/clients/asyncpg_suite.py");
-    let mut cmd = match through {
-        Some(cg) => {
-            let mut c = Command::new(agent_bin());
-            c.args(["exec", "--cgroup"])
-                .arg(&cg.path)
-                .args(["--", "python3"]);
-            c
-        }
-        None => Command::new("python3"),
-    };
+    let mut cmd = peer_suite::python(through);
     cmd.args([script, SUITE_DIR])
         .args(only)
         .env("PGHOST", host.v4.to_string())
@@ -56,29 +39,7 @@ fn run_suite(host: &TestHost, through: Option<&Cgroup>, only: &[String]) -> Outc
         .env("PGPASSWORD", PASSWORD)
         .env("PGDATABASE", "postgres")
         .env_remove("USE_UVLOOP");
-    let out = output_within(&mut cmd, Duration::from_secs(600));
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    let tail: String = stderr
-        .lines()
-        .rev()
-        .take(40)
-        .collect::<Vec<_>>()
-        .into_iter()
-        .rev()
-        .collect::<Vec<_>>()
-        .join("\n");
-    let json = stdout
-        .lines()
-        .last()
-        .unwrap_or_else(|| panic!("the suite printed no result:\n{tail}"));
-    let raw: BTreeMap<String, (String, String)> =
-        serde_json::from_str(json).unwrap_or_else(|e| panic!("{e}: {json}\n{tail}"));
-    raw
-}
-
-fn count(o: &Outcomes, what: &str) -> usize {
-    o.values().filter(|(outcome, _)| outcome == what).count()
+    peer_suite::outcomes(&mut cmd)
 }
 
 #[test]
@@ -101,31 +62,17 @@ fn asyncpg_own_suite_ends_the_same_through_the_agent_as_directly() {
     )
     .expect("agent");
 
-    let direct = run_suite(&host, None, &[]);
+    let mut direct = run_suite(&host, None, &[]);
     let mut proxied = run_suite(&host, Some(&cg), &[]);
-    // A few of the suite's tests are timing-dependent (they fail now and then directly
-    // too): one that passed directly and not through the agent gets two more tries
-    // through the agent before it counts as a difference.
+    // A few of the suite's tests are timing-dependent (they fail now and then, directly
+    // or not): a test that passed one way and not the other gets two more tries the
+    // way it did not pass before it counts as a difference.
     let mut flaky = Vec::new();
     for _ in 0..2 {
-        let again: Vec<String> = direct
-            .iter()
-            .filter(|(test, (outcome, _))| {
-                outcome == "pass"
-                    && proxied.get(*test).is_some_and(|(o, _)| o != "pass")
-                    && !test.contains(' ')
-            })
-            .map(|(test, _)| test.clone())
-            .collect();
-        if again.is_empty() {
-            break;
-        }
-        for (test, result) in run_suite(&host, Some(&cg), &again) {
-            if result.0 == "pass" {
-                flaky.push(test.clone());
-            }
-            proxied.insert(test, result);
-        }
+        let through = |only: &[String]| run_suite(&host, Some(&cg), only);
+        flaky.extend(peer_suite::retry(through, &mut proxied, &direct));
+        let directly = |only: &[String]| run_suite(&host, None, only);
+        flaky.extend(peer_suite::retry(directly, &mut direct, &proxied));
     }
 
     // The suite really ran, and really went through the agent.
@@ -144,32 +91,10 @@ fn asyncpg_own_suite_ends_the_same_through_the_agent_as_directly() {
         "only {sessions} sessions went through the agent"
     );
 
-    // Differences: a test that passed directly and not through the agent, or that the
-    // suite skipped one way and not the other (a test failing directly may pass through
-    // the agent: that is the server's or the suite's flakiness, not the agent's).
-    let mut differences = Vec::new();
-    for (test, (outcome, why)) in &direct {
-        let (theirs, their_why) = proxied
-            .get(test)
-            .cloned()
-            .unwrap_or_else(|| ("missing".into(), String::new()));
-        let differs = match (outcome.as_str(), theirs.as_str()) {
-            ("pass", t) => t != "pass",
-            ("skip", t) => t != "skip",
-            (_, "skip") => true,
-            _ => false,
-        };
-        if differs && !KNOWN.iter().any(|(k, _)| k == test) {
-            differences.push(format!(
-                "{test}: directly {outcome} {why:?}, through the agent {theirs} {their_why:?}"
-            ));
-        }
-    }
-    for (test, (outcome, why)) in &proxied {
-        if !direct.contains_key(test) {
-            differences.push(format!("{test}: only through the agent: {outcome} {why:?}"));
-        }
-    }
+    // Differences: a test that passed one way and not the other, or that the suite
+    // skipped one way and not the other; the sets of passed and skipped tests must be
+    // the same.
+    let differences = peer_suite::differences(&direct, &proxied);
     let refused: Vec<String> = journal
         .iter()
         .filter(|r| r["kind"] == "statement" && r["decision"] != "allow")
@@ -184,13 +109,6 @@ fn asyncpg_own_suite_ends_the_same_through_the_agent_as_directly() {
         count(&proxied, "pass"),
         refused.len()
     );
-    for (test, cause) in KNOWN {
-        eprintln!(
-            "known difference {test}: directly {:?}, through the agent {:?} ({cause})",
-            direct.get(*test),
-            proxied.get(*test)
-        );
-    }
     assert!(
         differences.is_empty(),
         "{} tests end differently through the agent:\n{}\nrefused:\n{}",

@@ -43,6 +43,8 @@ const PIP: &[(&str, &str)] = &[
     // The OCSF export is validated against the published schema (pam-agent/tests/ocsf).
     ("jsonschema", "jsonschema==4.26.0"),
     ("ocsf_json_schema", "ocsf-json-schema==1.2.0"),
+    // psycopg's own test suite runs with it (tests/tests/psycopg_suite.rs).
+    ("pytest", "pytest==8.4.2"),
 ];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";

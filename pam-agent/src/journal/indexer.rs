@@ -60,6 +60,8 @@ struct Inbox {
 struct InboxState {
     groups: Vec<Group>,
     records: usize,
+    /// The groups' record bytes (see [`MAX_QUEUED_BYTES`]).
+    bytes: usize,
     /// The thread waits without a deadline (nothing queued): the next group wakes it.
     idle: bool,
     /// Stop: `Some(last)` indexes up to the log's last seq first; `None` (the index was
@@ -75,6 +77,7 @@ impl Inbox {
     fn push(&self, group: Group) {
         let mut s = self.lock();
         s.records += group.records.len();
+        s.bytes += 2 * group.buf.len();
         s.groups.push(group);
         if s.idle || s.records >= COMMIT_RECORDS {
             s.idle = false;
@@ -89,7 +92,7 @@ impl Inbox {
 
     /// What queued, once [`COMMIT_EVERY`] has passed (or `retry` when the index is
     /// behind), the inbox is full, or the index closes.
-    fn take(&self, retry: Option<Duration>) -> (Vec<Group>, usize, Option<Option<u64>>) {
+    fn take(&self, retry: Option<Duration>) -> (Vec<Group>, Queued, Option<Option<u64>>) {
         let mut s = self.lock();
         let deadline = Instant::now() + retry.unwrap_or(COMMIT_EVERY);
         loop {
@@ -112,16 +115,37 @@ impl Inbox {
                 .0;
         }
         s.idle = false;
-        let records = std::mem::take(&mut s.records);
-        (std::mem::take(&mut s.groups), records, s.close)
+        let taken = Queued {
+            records: std::mem::take(&mut s.records),
+            bytes: std::mem::take(&mut s.bytes),
+        };
+        (std::mem::take(&mut s.groups), taken, s.close)
     }
 }
 
 /// Records queued for the thread beyond which groups are not queued but left for a
 /// catch-up from the log: memory stays bounded when appends outrun the index. A queued
-/// record takes about 2.5 KB (its frame and its parsed form), so this is ~125 MB; the
-/// log is the source either way, so a smaller queue costs only re-reading a segment.
+/// record takes about 2.5 KB (its frame and its parsed form); the log is the source
+/// either way, so a smaller queue costs only re-reading from the log.
 const MAX_QUEUED: usize = COMMIT_RECORDS;
+/// The same bound on the queued records' bytes (their JSON and parsed form): records
+/// carrying bound parameters are kilobytes each, and a burst of them (a large
+/// `executemany`) outran the index by 100 MB before.
+const MAX_QUEUED_BYTES: usize = 16 << 20;
+
+/// What is queued for the index thread.
+#[derive(Debug, Default)]
+struct Queued {
+    records: usize,
+    bytes: usize,
+}
+
+/// [`Queued`], shared by the log (adding) and the index thread (taking).
+#[derive(Debug, Default)]
+struct QueuedCount {
+    records: std::sync::atomic::AtomicUsize,
+    bytes: std::sync::atomic::AtomicUsize,
+}
 
 fn db(e: rusqlite::Error) -> JournalError {
     JournalError::Database(Arc::new(e))
@@ -140,7 +164,7 @@ pub struct Index {
     db: Option<IndexDb>,
     worker: Option<(Arc<Inbox>, thread::JoinHandle<()>)>,
     read: Connection,
-    queued: Arc<std::sync::atomic::AtomicUsize>,
+    queued: Arc<QueuedCount>,
 }
 
 /// Whether `path` is a v1 journal (SQLite, `schema_version` 1, no segments).
@@ -196,7 +220,7 @@ impl Index {
         }
         // The index is rebuilt from the log after a power loss: no fsync per commit.
         conn.execute_batch(
-            "PRAGMA synchronous = NORMAL; PRAGMA cache_size = -65536; PRAGMA mmap_size = 268435456; PRAGMA temp_store = MEMORY;",
+            "PRAGMA synchronous = NORMAL; PRAGMA cache_size = -16384; PRAGMA mmap_size = 268435456; PRAGMA temp_store = MEMORY;",
         )
         .map_err(db)?;
         conn.busy_timeout(Duration::from_secs(5)).map_err(db)?;
@@ -295,10 +319,17 @@ impl Index {
         use std::sync::atomic::Ordering;
         if let Some((inbox, _)) = &self.worker {
             let n = group.records.len();
-            if n > 0 && self.queued.load(Ordering::Relaxed) + n > MAX_QUEUED {
+            // A queued record costs its JSON and, about as much again, its parsed form.
+            let bytes = 2 * group.buf.len();
+            let q = &self.queued;
+            if n > 0
+                && (q.records.load(Ordering::Relaxed) + n > MAX_QUEUED
+                    || q.bytes.load(Ordering::Relaxed) + bytes > MAX_QUEUED_BYTES)
+            {
                 return; // the thread finds the gap and reads these from the log
             }
-            self.queued.fetch_add(n, Ordering::Relaxed);
+            q.records.fetch_add(n, Ordering::Relaxed);
+            q.bytes.fetch_add(bytes, Ordering::Relaxed);
             inbox.push(group);
         }
     }
@@ -352,7 +383,7 @@ fn tip(conn: &Connection) -> Result<u64, JournalError> {
 }
 
 impl IndexDb {
-    fn run(mut self, inbox: &Inbox, queued: &std::sync::atomic::AtomicUsize) {
+    fn run(mut self, inbox: &Inbox, queued: &QueuedCount) {
         use std::sync::atomic::Ordering;
         let started = Instant::now();
         match schema::upgrade_indexes(&self.conn) {
@@ -369,8 +400,9 @@ impl IndexDb {
         let mut retry_at = Instant::now();
         loop {
             let retry = behind.then(|| retry_at.saturating_duration_since(Instant::now()));
-            let (groups, records, close) = inbox.take(retry);
-            queued.fetch_sub(records, Ordering::Relaxed);
+            let (groups, taken, close) = inbox.take(retry);
+            queued.records.fetch_sub(taken.records, Ordering::Relaxed);
+            queued.bytes.fetch_sub(taken.bytes, Ordering::Relaxed);
             let closing = close.is_some();
             if behind && (closing || Instant::now() >= retry_at) {
                 // The groups are in the log; catching up reads them from there.
@@ -466,7 +498,7 @@ impl IndexDb {
     }
 
     /// Indexes the log's records after the tip, reading the segments, in transactions
-    /// of at most [`COMMIT_RECORDS`] records. One segment is in memory at a time.
+    /// of at most [`COMMIT_RECORDS`] records.
     fn catch_up(&mut self) -> Result<u64, JournalError> {
         self.tip = tip(&self.conn)?;
         let segments = segment::list(&self.dir)?;
@@ -476,8 +508,8 @@ impl IndexDb {
             .unwrap_or(0);
         let before = self.tip;
         for (_, path) in &segments[start..] {
-            let bytes = fs::read(path)?;
-            let mut frames = segment::Frames::new(&bytes);
+            // A frame at a time: a segment is up to 64 MiB, more than the agent may hold.
+            let mut frames = segment::FileFrames::open(path)?;
             while self.index_frames(&mut frames)? {}
         }
         Ok(self.tip - before)
@@ -485,13 +517,13 @@ impl IndexDb {
 
     /// Indexes frames in one transaction until [`COMMIT_RECORDS`] went in (`true`: more
     /// may follow), the frames end, or a record is not the next seq (`false`).
-    fn index_frames(&mut self, frames: &mut segment::Frames) -> Result<bool, JournalError> {
+    fn index_frames(&mut self, frames: &mut segment::FileFrames) -> Result<bool, JournalError> {
         let tx = self.conn.unchecked_transaction().map_err(db)?;
         let mut undo = Vec::new();
         let mut tip = self.tip;
         let mut n = 0usize;
         let mut walk = || -> Result<bool, JournalError> {
-            for (_, frame) in frames.by_ref() {
+            while let Some(frame) = frames.next_frame()? {
                 match frame {
                     Frame::Record { prev, json, hash } => {
                         let Some(seq) = segment::seq_of(json) else {

@@ -694,7 +694,10 @@ impl JournalStore for LogStore {
         if records.len() != self.written.len() {
             return;
         }
-        let buf = std::mem::replace(&mut self.buf, Vec::with_capacity(1 << 20));
+        // Only the group's bytes: the buffer (1 MiB and more) stays for the next group.
+        // Handing it over whole cost every queued group its capacity's touched pages.
+        let buf = self.buf.clone();
+        self.buf.clear();
         index.send(Group {
             buf,
             records,

@@ -235,6 +235,78 @@ impl<'a> Iterator for Frames<'a> {
     }
 }
 
+/// Reads a segment file a frame at a time, so a reader (the index's catch-up) holds one
+/// frame, not the segment (up to [`SEGMENT_BYTES`]): it stops where [`Frames`] stops
+/// (the end, a torn tail, an unknown tag).
+pub struct FileFrames {
+    file: std::io::BufReader<fs::File>,
+    /// Bytes of the file not read yet (a torn record's length cannot make it allocate
+    /// more than the file holds).
+    left: u64,
+    buf: Vec<u8>,
+}
+
+impl FileFrames {
+    pub fn open(path: &Path) -> std::io::Result<FileFrames> {
+        use std::io::Read;
+        let file = fs::File::open(path)?;
+        let len = file.metadata()?.len();
+        let mut file = std::io::BufReader::with_capacity(256 << 10, file);
+        let mut header = [0u8; HEADER_LEN];
+        let left = match file.read_exact(&mut header) {
+            Ok(()) => len - HEADER_LEN as u64,
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => 0,
+            Err(e) => return Err(e),
+        };
+        Ok(FileFrames {
+            file,
+            left,
+            buf: Vec::new(),
+        })
+    }
+
+    /// The next frame; `None` where [`Frames`] would stop.
+    pub fn next_frame(&mut self) -> std::io::Result<Option<Frame<'_>>> {
+        use std::io::Read;
+        let total = match self.peek_len()? {
+            Some(t) => t,
+            None => return Ok(None),
+        };
+        let have = self.buf.len();
+        self.buf.resize(total, 0);
+        self.file.read_exact(&mut self.buf[have..])?;
+        self.left -= (total - have) as u64;
+        Ok(Frames::at(&self.buf, 0).next().map(|(_, f)| f))
+    }
+
+    /// Reads the next frame's tag (and a record's length) into `buf`: the frame's whole
+    /// length, or `None` at the end or where the file cannot hold the frame.
+    fn peek_len(&mut self) -> std::io::Result<Option<usize>> {
+        use std::io::Read;
+        self.buf.clear();
+        let head = match self.left {
+            0 => return Ok(None),
+            n if n < 5 => 1,
+            _ => 5,
+        };
+        self.buf.resize(head, 0);
+        self.file.read_exact(&mut self.buf)?;
+        self.left -= head as u64;
+        let total = match self.buf[0] {
+            b'R' if head == 5 => {
+                let n = u32::from_be_bytes([self.buf[1], self.buf[2], self.buf[3], self.buf[4]]);
+                RECORD_OVERHEAD + n as usize
+            }
+            b'C' | b'A' => SIGNED_FRAME_LEN,
+            _ => return Ok(None),
+        };
+        if total < head || (total - head) as u64 > self.left {
+            return Ok(None);
+        }
+        Ok(Some(total))
+    }
+}
+
 /// The seq a canonical record's JSON starts with (`{"seq":N,`): read without parsing the
 /// rest, so verification need not parse records.
 pub fn seq_of(json: &[u8]) -> Option<u64> {
@@ -316,5 +388,69 @@ mod tests {
         assert_eq!(it.by_ref().count(), 1);
         assert!(matches!(it.stop, Some((_, Stop::Incomplete))));
         assert_eq!(Header::decode(&b).unwrap().first_seq, 7);
+    }
+
+    /// Read from a file a frame at a time, a segment gives the frames [`Frames`] gives,
+    /// and stops where it stops (a torn tail, a length the file cannot hold).
+    #[test]
+    fn file_frames_are_the_frames_of_the_bytes() {
+        let dir = std::env::temp_dir().join(format!("pam-seg-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        let mut b = Vec::new();
+        Header {
+            journal_id: [1; 16],
+            first_seq: 1,
+            checkpoint_every: 10,
+            prev_hash: [2; 32],
+        }
+        .encode(&mut b);
+        for seq in 1..=50u64 {
+            let json = format!(
+                r#"{{"seq":{seq},"kind":"{}"}}"#,
+                "x".repeat(seq as usize * 97)
+            );
+            encode_record(&mut b, &[2; 32], json.as_bytes(), &[3; 32]);
+            if seq % 20 == 0 {
+                let cp = Signed {
+                    seq,
+                    hash: [3; 32],
+                    ts_us: 1,
+                    public_key: [4; 32],
+                    signature: [5; 64],
+                };
+                encode_checkpoint(&mut b, &cp);
+            }
+        }
+        let cases: [(&str, &[u8]); 4] = [
+            ("whole", &b),
+            ("torn", &b[..b.len() - 40]),
+            ("header only", &b[..HEADER_LEN]),
+            ("short header", &b[..10]),
+        ];
+        for (name, bytes) in cases {
+            let path = dir.join(format!("{}.seg", name.replace(' ', "-")));
+            fs::write(&path, bytes).unwrap();
+            let want: Vec<Frame<'_>> = Frames::new(bytes).map(|(_, f)| f).collect();
+            let mut got = Vec::new();
+            let mut frames = FileFrames::open(&path).unwrap();
+            while let Some(f) = frames.next_frame().unwrap() {
+                got.push(format!("{f:?}"));
+            }
+            let want: Vec<String> = want.iter().map(|f| format!("{f:?}")).collect();
+            assert_eq!(got, want, "{name}");
+        }
+        // A record length larger than the file: no frame, no allocation of it.
+        let mut lying = b[..HEADER_LEN].to_vec();
+        lying.extend_from_slice(&[b'R', 0xff, 0xff, 0xff, 0xff, 0]);
+        let path = dir.join("lying.seg");
+        fs::write(&path, &lying).unwrap();
+        assert!(
+            FileFrames::open(&path)
+                .unwrap()
+                .next_frame()
+                .unwrap()
+                .is_none()
+        );
+        fs::remove_dir_all(&dir).unwrap();
     }
 }

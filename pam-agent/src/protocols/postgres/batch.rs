@@ -20,7 +20,7 @@ use super::{
     answers,
     notes::{Exec, Note},
     refusal,
-    wire::frontend,
+    wire::{frame::Frame, frontend},
 };
 use crate::{memory_budget::UNCOUNTED_MESSAGE_BYTES, policy::Decision};
 
@@ -210,6 +210,12 @@ impl Batch {
     /// Refuses the batch: drops its unsent part, answers the refusal now, and discards
     /// the rest until Sync.
     pub fn refuse(&mut self, d: &Decision) {
+        self.fail(refusal::frame(d));
+    }
+
+    /// Fails the batch with `error` (a refusal, or the server's own error to the agent's
+    /// lookup before the message): as [`Batch::refuse`].
+    pub fn fail(&mut self, error: Frame) {
         self.held.clear();
         self.held_bytes = 0;
         self.execs.clear();
@@ -218,30 +224,30 @@ impl Batch {
         if self.sent {
             // Part of the batch is on the server: make it fail there, so its implicit
             // transaction is rolled back and it skips to Sync like after any error.
-            self.out.push(Out::Note(Note::Replace(refusal::frame(d))));
+            self.out.push(Out::Note(Note::Replace(error)));
             let mut bytes = frontend::execute_missing_portal(&self.missing_portal)
                 .raw
                 .to_vec();
             bytes.extend_from_slice(&frontend::flush().raw);
             self.out.push(Out::Send(bytes.into()));
         } else {
-            self.out.push(Out::Note(Note::Refuse(refusal::frame(d))));
+            self.out.push(Out::Note(Note::Refuse(error)));
         }
         self.refused = true;
     }
 
     /// Refuses the batch when the server has already failed it (on an inline lookup,
-    /// or on an earlier message): `show` is the refusal to show now in the failure's
-    /// place, if the worker has seen no error yet. The rest is discarded until Sync,
-    /// which goes upstream.
-    pub fn refuse_failed(&mut self, show: Option<&Decision>) {
+    /// or on an earlier message): `show` is the error to show now in the failure's
+    /// place, if the worker has seen none yet. The rest is discarded until Sync, which
+    /// goes upstream.
+    pub fn refuse_failed(&mut self, show: Option<Frame>) {
         self.held.clear();
         self.held_bytes = 0;
         self.execs.clear();
         self.describes.clear();
         self.statement_describes.clear();
-        if let Some(d) = show {
-            self.out.push(Out::Note(Note::Failed(refusal::frame(d))));
+        if let Some(f) = show {
+            self.out.push(Out::Note(Note::Failed(f)));
         }
         self.sent = true;
         self.refused = true;

@@ -116,6 +116,10 @@ struct Judgement {
     copy: Option<CopyOut>,
     /// The message ends a transaction with COMMIT.
     commits: bool,
+    /// The error shown in place of the refusal's 42501 (the verdict refuses): the
+    /// server's own error to the agent's function lookup before the statements, or the
+    /// syntax error of a text that does not parse.
+    failed: Option<Frame>,
 }
 
 /// The answer to a held statement, still to come (dropping it withdraws the request).
@@ -375,7 +379,8 @@ impl<'a> Client<'a> {
                     self.note(Note::Inject(Injected::Rollback)).await?;
                     self.upstream.write_all(&rollback.raw).await?;
                 }
-                self.note(Note::Refuse(refusal::frame(&d))).await?;
+                let shown = j.failed.unwrap_or_else(|| refusal::frame(&d));
+                self.note(Note::Refuse(shown)).await?;
                 self.note(Note::Ready).await?;
             }
         }
@@ -412,9 +417,10 @@ impl<'a> Client<'a> {
             }
             Verdict::Refuse(d) => {
                 self.prepared.remove(&name);
+                let shown = j.failed.unwrap_or_else(|| refusal::frame(&d));
                 match self.upstream_failed.take() {
-                    Some(show) => self.batch.refuse_failed(show.then_some(&d)),
-                    None => self.batch.refuse(&d),
+                    Some(show) => self.batch.refuse_failed(show.then_some(shown)),
+                    None => self.batch.fail(shown),
                 }
             }
             Verdict::Hold(held) => {
@@ -564,10 +570,19 @@ impl<'a> Client<'a> {
         self.batch.send_held();
         self.carry_out().await?;
         let oid = frontend::function_call(&f).map_err(protocol)?;
-        let request = self
-            .function_by_oid(oid)
-            .await?
-            .map(|r| function_call_request(oid, r));
+        let request = match self.function_by_oid(oid).await? {
+            Ok(r) => Ok(function_call_request(oid, r)),
+            Err(functions::Unresolved::Unknown(why)) => Err(why),
+            Err(functions::Unresolved::Server(error)) => {
+                // Not run: on record, and the server's error in its place.
+                let text = format!("<FunctionCall oid {oid}>");
+                self.gate
+                    .refuse(&text, functions::lookup_failed(&error))
+                    .await?;
+                self.note(Note::Refuse(error)).await?;
+                return self.note(Note::Ready).await;
+            }
+        };
         let text = format!("<FunctionCall oid {oid}>");
         let veto = self.masked.then(|| {
             masking_refusal(

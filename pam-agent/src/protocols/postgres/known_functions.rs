@@ -33,7 +33,7 @@ use super::{
     masking::datarow,
     notes::Injected,
     sql::{Statement, flag, is_dynamic_sql_function, is_side_effect_function, kind, quote_part},
-    wire::frontend,
+    wire::{frame::Frame, frontend},
 };
 use crate::govern::Flag;
 
@@ -83,8 +83,13 @@ const OID_LOOKUP_SQL: &str = "SELECT 'f', n.nspname, p.proname, \
 /// Why a lookup's answer cannot be used.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum LookupError {
-    #[error("the server refused the function lookup ({0})")]
-    Refused(String),
+    /// The server answered the lookup with an error of its own (a worker's cancel that
+    /// landed on it, the worker's aborted transaction, a timeout): the ErrorResponse.
+    #[error(
+        "the server failed the function lookup ({})",
+        super::wire::backend::error_code(.0).unwrap_or_default()
+    )]
+    Failed(Frame),
     #[error("function lookup row is not what the query returns")]
     Malformed,
     #[error("the session ended before the function lookup was answered")]

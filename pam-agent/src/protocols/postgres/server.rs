@@ -490,9 +490,7 @@ impl<'a> Server<'a> {
                 let code = backend::error_code(f);
                 tracing::warn!(session = %self.ctx.session.id, code = ?code, "inline function lookup failed");
                 if let Some(l) = inline.pop_front() {
-                    let _ = l
-                        .answer
-                        .send(Err(LookupError::Refused(code.unwrap_or_default())));
+                    let _ = l.answer.send(Err(LookupError::Failed(f.clone())));
                 }
                 // The server skips the rest of the group: later lookups too.
                 for l in inline.drain(..) {
@@ -723,7 +721,7 @@ impl<'a> Server<'a> {
                 tracing::warn!(session = %self.ctx.session.id, code = ?code, what = ?what, "injected query failed");
                 *failed = true;
                 if matches!(what, Injected::Functions) {
-                    *functions = Err(LookupError::Refused(code.unwrap_or_default()));
+                    *functions = Err(LookupError::Failed(f.clone()));
                 }
             }
             backend::READY_FOR_QUERY => {

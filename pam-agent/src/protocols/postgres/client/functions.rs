@@ -8,22 +8,76 @@ use tokio::io::AsyncWriteExt;
 use super::{Client, Via};
 use crate::{
     journal::Event,
+    policy::{Action, Decision},
     protocols::postgres::{
         SessionError,
         known_functions::{self, LookupError, Resolved, Row},
         notes::Note,
         sql::Statement,
+        wire::{backend, frame::Frame},
     },
 };
 
+/// The rule name recorded when the server failed the agent's lookup before a statement
+/// (the statement is not run; the worker gets the server's error).
+pub(super) const LOOKUP_FAILED_RULE: &str = "function_lookup_failed";
+
+/// Why a message's calls could not be resolved.
+#[derive(Debug)]
+pub(super) enum Unresolved {
+    /// What a call runs cannot be known: statements that call functions are refused.
+    Unknown(String),
+    /// The server failed the lookup with an error of the session's state (the worker's
+    /// cancel landed on it, its transaction is aborted, a timeout): the statement is not
+    /// run, and the worker sees this error in its place, as the statement would have.
+    Server(Frame),
+}
+
+impl Unresolved {
+    /// From a lookup's failure; `what` names what cannot be known then.
+    fn from_lookup(e: LookupError, what: &str) -> Unresolved {
+        if let LookupError::Failed(f) = &e
+            && backend::error_code(f).is_some_and(|c| session_error(&c))
+            && let Some(shown) = backend::error_for_another_statement(f)
+        {
+            return Unresolved::Server(shown);
+        }
+        Unresolved::Unknown(format!("{e}: {what}"))
+    }
+}
+
+/// Whether an error the server gave the agent's lookup comes from the session's state,
+/// so the worker's statement would have met it in the lookup's place: class 57
+/// (operator intervention: a cancel, `statement_timeout`, a shutdown) and 25P02 (the
+/// transaction is aborted). Other errors are about the lookup itself (the role may not
+/// read `pg_proc`): the statement is refused as unclassifiable instead.
+fn session_error(code: &str) -> bool {
+    code.starts_with("57") || code == "25P02"
+}
+
+/// The record of a statement the server's failure of the lookup before it stopped.
+pub(super) fn lookup_failed(error: &Frame) -> Decision {
+    let code = backend::error_code(error).unwrap_or_default();
+    let message = backend::error_field(error, b'M').unwrap_or_default();
+    Decision {
+        action: Action::Deny,
+        rule: LOOKUP_FAILED_RULE.into(),
+        reason: format!(
+            "the server failed the function lookup before this statement with {code} \
+             ({message}); the statement was not run and the worker got that error"
+        ),
+    }
+}
+
 impl Client<'_> {
     /// `statements` with every call resolved, or why they cannot be judged (the catalog
-    /// could not be read: statements that call functions are refused).
+    /// could not be read: statements that call functions are refused; the server
+    /// failed the lookup: its error stands for the statement's).
     pub(super) async fn resolve_functions<'s>(
         &mut self,
         statements: Cow<'s, [Statement]>,
         via: Via,
-    ) -> Result<Result<Cow<'s, [Statement]>, String>, SessionError> {
+    ) -> Result<Result<Cow<'s, [Statement]>, Unresolved>, SessionError> {
         let calls = statements.iter().any(|st| !st.functions.is_empty());
         let out = if calls {
             let missing = self.known.missing(&statements);
@@ -57,9 +111,10 @@ impl Client<'_> {
                         if inline {
                             self.upstream_failed = Some(true);
                         }
-                        return Ok(Err(format!(
-                            "{e}: what a function call runs cannot be known, so statements \
-                             that call functions are refused"
+                        return Ok(Err(Unresolved::from_lookup(
+                            e,
+                            "what a function call runs cannot be known, so statements \
+                             that call functions are refused",
                         )));
                     }
                 }
@@ -105,7 +160,7 @@ impl Client<'_> {
     pub(super) async fn function_by_oid(
         &mut self,
         oid: u32,
-    ) -> Result<Result<Resolved, String>, SessionError> {
+    ) -> Result<Result<Resolved, Unresolved>, SessionError> {
         if !self.batch.can_inject() {
             return Ok(Ok(known_functions::unknown(&format!("oid:{oid}"))));
         }
@@ -116,8 +171,9 @@ impl Client<'_> {
         self.upstream.write_all(&bytes).await?;
         Ok(match rx.await.unwrap_or(Err(LookupError::Ended)) {
             Ok(rows) => Ok(known_functions::resolve_oid(oid, &rows)),
-            Err(e) => Err(format!(
-                "{e}: what a FunctionCall runs cannot be known, so it is refused"
+            Err(e) => Err(Unresolved::from_lookup(
+                e,
+                "what a FunctionCall runs cannot be known, so it is refused",
             )),
         })
     }

@@ -4,15 +4,19 @@
 
 use std::sync::{Arc, atomic::Ordering};
 
-use super::{Client, Judgement, LEXER_UNSAFE, Numbered, Via};
+use super::{
+    Client, Judgement, LEXER_UNSAFE, Numbered, Via,
+    functions::{Unresolved, lookup_failed},
+};
 use crate::{
-    govern::{Ask, Request, masking_refusal},
+    govern::{Ask, Request, Verdict, masking_refusal, unreadable},
     policy::Decision,
     protocols::postgres::{
         SessionError,
         known_functions::Resolved,
         notes::Catalog,
-        sql::{Classifier, CopyOut, Prepared, Statement, kind},
+        refusal,
+        sql::{Classifier, CopyOut, Prepared, Statement, Unclassifiable, kind},
         wire::frontend,
     },
 };
@@ -41,6 +45,7 @@ impl Client<'_> {
                 numbered: Vec::new(),
                 copy: None,
                 commits: false,
+                failed: None,
             });
         };
         let classified = self.ctx.classifier.classify(text).await;
@@ -64,7 +69,21 @@ impl Client<'_> {
         };
         // Calls as the server will resolve them (looked up first if need be).
         let statements = match statements {
-            Ok(sts) => self.resolve_functions(sts, via).await?,
+            Ok(sts) => match self.resolve_functions(sts, via).await? {
+                Ok(sts) => Ok(sts),
+                Err(Unresolved::Unknown(why)) => Err(why),
+                Err(Unresolved::Server(error)) => {
+                    // Never run unjudged: on record, and the server's error shown.
+                    let judged = self.gate.refuse(text, lookup_failed(&error)).await?;
+                    return Ok(Judgement {
+                        verdict: judged.verdict,
+                        numbered: Vec::new(),
+                        copy: None,
+                        commits: false,
+                        failed: Some(error),
+                    });
+                }
+            },
             Err(e) => Err(e),
         };
         let (veto, copy) = match &statements {
@@ -88,6 +107,16 @@ impl Client<'_> {
             context,
         };
         let judged = self.gate.judge(ask).await?;
+        // Text the server's parser (the agent's) rejects: refused all the same, with
+        // the server's SQLSTATE for it (not when refused for another reason first).
+        let failed = match (&judged.verdict, classified.as_ref()) {
+            (Verdict::Refuse(d), Err(e @ Unclassifiable::Grammar(_)))
+                if d.reason == unreadable(e).reason =>
+            {
+                Some(refusal::syntax_error(d))
+            }
+            _ => None,
+        };
         let masker = self.gate.masker();
         let numbered = match &statements {
             Ok(sts) => sts
@@ -118,6 +147,7 @@ impl Client<'_> {
             numbered,
             copy,
             commits,
+            failed,
         })
     }
     /// The statements with each COMMIT's request naming the tables its transaction

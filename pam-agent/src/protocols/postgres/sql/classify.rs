@@ -54,7 +54,13 @@ fn classify_at(
     if text.as_bytes().contains(&0) {
         return Err(Unclassifiable::Nul);
     }
-    let parsed = pg_query::parse(text, mode).map_err(|e| Unclassifiable::Syntax(error_text(e)))?;
+    let parsed = pg_query::parse(text, mode).map_err(|e| {
+        if depth == 0 && mode == 0 {
+            Unclassifiable::Grammar(error_text(e))
+        } else {
+            Unclassifiable::Syntax(error_text(e))
+        }
+    })?;
     let mut out = Vec::with_capacity(parsed.protobuf.stmts.len());
     for raw in &parsed.protobuf.stmts {
         let stmt_text = slice(text, raw.stmt_location, raw.stmt_len);

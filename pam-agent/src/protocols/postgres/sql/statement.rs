@@ -191,6 +191,11 @@ pub enum Unclassifiable {
     TooLong { len: usize, max: usize },
     #[error("statement contains a NUL byte")]
     Nul,
+    /// The message's text itself does not parse: the server's parser (which the
+    /// agent's is) would reject it too, with a syntax error.
+    #[error("statement does not parse: {0}")]
+    Grammar(String),
+    /// Something inside it does not parse (a procedural body, a fragment of one).
     #[error("statement does not parse: {0}")]
     Syntax(String),
     #[error("statement of type {0} is not understood")]

@@ -27,6 +27,9 @@ pub const NOTIFICATION_RESPONSE: u8 = b'A';
 pub mod sqlstate {
     /// insufficient_privilege: a policy refusal.
     pub const REFUSED: &str = "42501";
+    /// syntax_error: the refusal of a text that does not parse (the server's parser,
+    /// which the agent's is, would have answered so).
+    pub const SYNTAX_ERROR: &str = "42601";
     /// protocol_violation.
     pub const PROTOCOL_VIOLATION: &str = "08P01";
     /// program_limit_exceeded.
@@ -124,6 +127,12 @@ pub fn parameter_types(f: &Frame) -> Result<Vec<u32>, Malformed> {
 
 /// The SQLSTATE of an ErrorResponse.
 pub fn error_code(f: &Frame) -> Option<String> {
+    error_field(f, b'C')
+}
+
+/// One field of an ErrorResponse or NoticeResponse (`b'M'`: the message), lossily
+/// decoded.
+pub fn error_field(f: &Frame, field: u8) -> Option<String> {
     let mut r = Fields::new(f.body());
     loop {
         let t = r.u8().ok()?;
@@ -131,10 +140,39 @@ pub fn error_code(f: &Frame) -> Option<String> {
             return None;
         }
         let v = r.cstr().ok()?;
-        if t == b'C' {
-            return std::str::from_utf8(v).ok().map(str::to_owned);
+        if t == field {
+            return Some(String::from_utf8_lossy(v).into_owned());
         }
     }
+}
+
+/// The fields of an ErrorResponse that point into the statement it answers (position,
+/// internal position and query, context): meaningless for another statement's text.
+const STATEMENT_FIELDS: &[u8] = b"PpqW";
+
+/// An ErrorResponse the server gave the agent's own statement, shown in place of a
+/// worker's statement: every field kept but those pointing into the agent's text.
+/// `None` if it is not a well-formed ErrorResponse.
+pub fn error_for_another_statement(f: &Frame) -> Option<Frame> {
+    if f.tag != ERROR_RESPONSE {
+        return None;
+    }
+    let mut r = Fields::new(f.body());
+    let mut body = Vec::with_capacity(f.body().len());
+    loop {
+        let t = r.u8().ok()?;
+        if t == 0 {
+            break;
+        }
+        let v = r.cstr().ok()?;
+        if !STATEMENT_FIELDS.contains(&t) {
+            body.push(t);
+            body.extend_from_slice(v);
+            body.push(0);
+        }
+    }
+    body.push(0);
+    Some(Frame::build(ERROR_RESPONSE, &body))
 }
 
 /// Rows reported by a CommandComplete tag: the last number of `INSERT 0 5`,
@@ -201,5 +239,20 @@ mod tests {
     fn error_round_trip() {
         let e = error(Severity::Error, "42501", "no", Some("d"), None);
         assert_eq!(error_code(&e).as_deref(), Some("42501"));
+    }
+
+    #[test]
+    fn another_statements_error_loses_only_its_positions() {
+        let body = b"SERROR\0C57014\0Mcanceling statement due to user request\0P12\0\
+                     Wwhile scanning\0q\x53ELECT 1\0p3\0Rfile.c\0\0";
+        let e = Frame::build(ERROR_RESPONSE, body);
+        let shown = error_for_another_statement(&e).expect("well formed");
+        assert_eq!(
+            shown.body(),
+            b"SERROR\0C57014\0Mcanceling statement due to user request\0Rfile.c\0\0"
+        );
+        assert_eq!(error_code(&shown).as_deref(), Some("57014"));
+        let truncated = Frame::build(ERROR_RESPONSE, b"SERROR\0C570");
+        assert_eq!(error_for_another_statement(&truncated), None);
     }
 }

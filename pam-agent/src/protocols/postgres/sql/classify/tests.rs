@@ -242,7 +242,9 @@ fn unanalysable_procedural_code_is_refused() {
         assert!(
             matches!(
                 classify(sql, 1 << 20),
-                Err(Unclassifiable::Unsupported(_) | Unclassifiable::Syntax(_))
+                Err(Unclassifiable::Unsupported(_)
+                    | Unclassifiable::Syntax(_)
+                    | Unclassifiable::Grammar(_))
             ),
             "{sql}: {:?}",
             classify(sql, 1 << 20)
@@ -319,7 +321,7 @@ fn multi_statement_is_split() {
 fn unclassifiable() {
     assert!(matches!(
         classify("SELEC 1", 100),
-        Err(Unclassifiable::Syntax(_))
+        Err(Unclassifiable::Grammar(_))
     ));
     assert!(matches!(
         classify("SELECT 1", 3),

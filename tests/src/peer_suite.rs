@@ -1,0 +1,97 @@
+//! A peer's own test suite as the judge of wire fidelity (issue 14): the suite runs
+//! directly and from a governed cgroup through the agent, and the two runs must pass and
+//! skip the same tests. The runners (`tests/clients/*_suite.py`) print one JSON object
+//! as their last line: test id -> [outcome, why].
+
+use std::{collections::BTreeMap, process::Command, time::Duration};
+
+use crate::{Cgroup, agent_bin, output_within};
+
+/// A run's outcome per test id: (pass|fail|error|skip|xfail|xpass, why).
+pub type Outcomes = BTreeMap<String, (String, String)>;
+
+/// `python3 args...`, directly or `through` the agent (from the governed cgroup).
+pub fn python(through: Option<&Cgroup>) -> Command {
+    match through {
+        Some(cg) => {
+            let mut c = Command::new(agent_bin());
+            c.args(["exec", "--cgroup"])
+                .arg(&cg.path)
+                .args(["--", "python3"]);
+            c
+        }
+        None => Command::new("python3"),
+    }
+}
+
+/// Runs a suite runner to its end (10 minutes at most) and reads its outcomes.
+pub fn outcomes(cmd: &mut Command) -> Outcomes {
+    let out = output_within(cmd, Duration::from_secs(600));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let lines: Vec<&str> = stderr.lines().collect();
+    let tail = lines[lines.len().saturating_sub(40)..].join("\n");
+    let json = stdout
+        .lines()
+        .last()
+        .unwrap_or_else(|| panic!("the suite printed no result:\n{tail}"));
+    serde_json::from_str(json).unwrap_or_else(|e| panic!("{e}: {json}\n{tail}"))
+}
+
+/// Runs again (with `run`) the tests that passed in `other` and not in `mine`, and takes
+/// their new outcomes; returns those that passed now. Ids with a space (parametrised
+/// subtests some runners cannot name alone) are not run again.
+pub fn retry(
+    run: impl FnOnce(&[String]) -> Outcomes,
+    mine: &mut Outcomes,
+    other: &Outcomes,
+) -> Vec<String> {
+    let again: Vec<String> = other
+        .iter()
+        .filter(|(test, (outcome, _))| {
+            outcome == "pass"
+                && mine.get(*test).is_some_and(|(o, _)| o != "pass")
+                && !test.contains(' ')
+        })
+        .map(|(test, _)| test.clone())
+        .collect();
+    if again.is_empty() {
+        return Vec::new();
+    }
+    let mut passed = Vec::new();
+    for (test, result) in run(&again) {
+        if result.0 == "pass" {
+            passed.push(test.clone());
+        }
+        mine.insert(test, result);
+    }
+    passed
+}
+
+/// Tests that passed one way and not the other, or were skipped one way and not the
+/// other, each with both outcomes.
+pub fn differences(direct: &Outcomes, proxied: &Outcomes) -> Vec<String> {
+    let none = ("missing".to_string(), String::new());
+    let mut out = Vec::new();
+    for test in direct
+        .keys()
+        .chain(proxied.keys().filter(|t| !direct.contains_key(*t)))
+    {
+        let (ours, why) = direct.get(test).unwrap_or(&none);
+        let (theirs, their_why) = proxied.get(test).unwrap_or(&none);
+        if ["pass", "skip"]
+            .iter()
+            .any(|o| (ours == o) != (theirs == o))
+        {
+            out.push(format!(
+                "{test}: directly {ours} {why:?}, through the agent {theirs} {their_why:?}"
+            ));
+        }
+    }
+    out
+}
+
+/// How many tests ended `what`.
+pub fn count(o: &Outcomes, what: &str) -> usize {
+    o.values().filter(|(outcome, _)| outcome == what).count()
+}
