@@ -7,7 +7,6 @@ use std::{
     collections::BTreeSet,
     io::{BufRead, BufReader},
     process::Stdio,
-    time::Duration,
 };
 
 use common::*;
@@ -266,26 +265,12 @@ fn tail_follow_prints_new_records() {
         ])
         .arg(&path)
         .stdout(Stdio::piped())
-        .spawn()
+        // Killed on every exit from this test, also a failing one (a leftover `tail -f`
+        // would keep the harness waiting), and at its deadline, so the read below ends
+        // (and fails) instead of waiting forever. How fast it follows is not asserted.
+        .spawn_watched()
         .unwrap();
     let stdout = child.stdout.take().unwrap();
-    // Killed on every exit from this test, also a failing one: a leftover `tail -f`
-    // would keep the test harness waiting.
-    let mut child = KillOnDrop(child);
-    // Only against a hang: a `tail -f` that never prints is killed after a long while,
-    // so the read below ends (and fails) instead of waiting forever. How fast it
-    // follows is not asserted here.
-    let (done, hang) = std::sync::mpsc::channel::<()>();
-    let pid = child.0.id() as i32;
-    std::thread::spawn(move || {
-        if let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
-            hang.recv_timeout(Duration::from_secs(120))
-        {
-            // SAFETY: kill has no memory preconditions; the child is not reaped
-            // before `done` drops, so the pid is still the `tail -f`.
-            unsafe { libc::kill(pid, libc::SIGKILL) };
-        }
-    });
     let mut lines = BufReader::new(stdout).lines();
     let first: Record = serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap();
     assert_eq!(first.seq, 16);
@@ -301,9 +286,7 @@ fn tail_follow_prints_new_records() {
     h.join().unwrap();
     let next: Record = serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap();
     assert_eq!(next.seq, 17);
-    drop(done);
-    child.0.kill().unwrap();
-    child.0.wait().unwrap();
+    drop(child);
 }
 
 #[test]
@@ -356,15 +339,6 @@ fn statement_completion_and_policy_reload_are_read_back() {
     );
     assert!(table.contains("4 rules"), "{table}");
     assert!(audit(&path, &["verify"]).status.success());
-}
-
-struct KillOnDrop(std::process::Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 /// The records issue 14 added: a session's login and settings, an execution with its

@@ -53,7 +53,7 @@ fn kill_9_under_load_loses_nothing_acknowledged() {
         if round > 0 {
             cmd.arg("--append");
         }
-        let mut child = cmd.spawn().unwrap();
+        let mut child = cmd.spawn_watched().unwrap();
         let acked = Arc::new(Mutex::new(Vec::new()));
         let reader = {
             let acked = acked.clone();

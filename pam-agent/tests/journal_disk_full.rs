@@ -26,7 +26,7 @@ impl Tmpfs {
         let ok = Command::new("mount")
             .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
             .arg(&dir)
-            .status()
+            .status_within()
             .unwrap();
         assert!(ok.success(), "mount tmpfs failed");
         Tmpfs(dir)
@@ -36,7 +36,7 @@ impl Tmpfs {
         let ok = Command::new("mount")
             .args(["-o", &format!("remount,size={size}")])
             .arg(&self.0)
-            .status()
+            .status_within()
             .unwrap();
         assert!(ok.success());
     }
@@ -44,7 +44,10 @@ impl Tmpfs {
 
 impl Drop for Tmpfs {
     fn drop(&mut self) {
-        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+        let _ = Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status_within();
     }
 }
 

@@ -268,7 +268,7 @@ fn journal_is_0640_for_the_read_group_and_the_key_0600() {
                 .arg(&path)
                 .uid(uid)
                 .gid(gid)
-                .output()
+                .output_within()
                 .unwrap()
         };
         let reader = as_user(65534, 65534);

@@ -19,6 +19,8 @@ use pam_agent::protocols::postgres::masking::{
 #[path = "postgres_support/template.rs"]
 mod pg_template;
 
+use pg_template::deadline::Deadline;
+
 const BIN: &str = "/usr/lib/postgresql/15/bin";
 
 /// A throwaway server, stopped and removed on drop.
@@ -31,7 +33,7 @@ fn postgres_ids() -> (u32, u32) {
     let id = |flag| {
         let out = Command::new("id")
             .args([flag, "postgres"])
-            .output()
+            .output_within()
             .expect("id");
         assert!(
             out.status.success(),
@@ -87,7 +89,7 @@ impl Server {
             .arg("-l")
             .arg(dir.path().join("log"))
             .args(["-w", "start"])
-            .output()
+            .output_within()
             .expect("pg_ctl start");
         assert!(
             out.status.success(),
@@ -110,7 +112,7 @@ impl Drop for Server {
             .arg("-D")
             .arg(self.data())
             .args(["-m", "immediate", "-w", "stop"])
-            .output();
+            .output_within();
     }
 }
 

@@ -152,7 +152,7 @@ fn psql_sees_masked_values_by_column_and_content() {
     let derived = proxy.psql("SELECT lower(email) || '' FROM customers WHERE id = 1");
     assert!(
         !derived.ok
-            && derived.stderr.contains("42501")
+            && derived.stderr.contains("ERROR:  42501: pam-agent refused")
             && derived.stderr.contains("customers.email")
             && derived.stderr.contains("lower(email) || ?"),
         "{derived:?}"
@@ -286,7 +286,8 @@ fn copy_to_stdout_is_masked_and_unmaskable_forms_are_refused() {
         let run = proxy.psql(sql);
         assert!(!run.ok, "{sql}: {run:?}");
         assert!(
-            run.stderr.contains("42501") && run.stderr.contains("cannot be masked"),
+            run.stderr.contains("ERROR:  42501: pam-agent refused")
+                && run.stderr.contains("cannot be masked"),
             "{sql}: {}",
             run.stderr
         );
@@ -477,7 +478,7 @@ fn filtering_or_sorting_on_a_masked_column_is_refused() {
         let run = proxy.psql(sql);
         assert!(!run.ok, "{sql}: {run:?}");
         assert!(
-            run.stderr.contains("42501")
+            run.stderr.contains("ERROR:  42501: pam-agent refused")
                 && run.stderr.contains("rule \"crew-pii\"")
                 && run.stderr.contains(column),
             "{sql}: {}",

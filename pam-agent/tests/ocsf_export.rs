@@ -32,7 +32,7 @@ fn validate(lines: &str) -> (Option<i32>, Value) {
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
-        .spawn()
+        .spawn_watched()
         .expect("python3");
     child
         .stdin

@@ -150,7 +150,7 @@ tables = ["public.pgbench_*", "pg_catalog.*"]
             .arg(proxy.port.to_string())
             .args(args)
             .arg("postgres")
-            .output()
+            .output_within()
             .unwrap();
         let text = format!(
             "{}{}",

@@ -259,7 +259,7 @@ fn when_the_catalog_cannot_be_read_calls_are_refused_and_the_rest_runs() {
             "-c",
             "SELECT 'still here'",
         ])
-        .output()
+        .output_within()
         .unwrap();
     let run = PsqlRun::from(out);
     assert!(run.stdout.starts_with("3\n"), "{run:?}");

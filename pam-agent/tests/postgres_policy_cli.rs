@@ -3,6 +3,11 @@
 
 use std::process::Command;
 
+#[path = "common/deadline.rs"]
+mod deadline;
+
+use deadline::Deadline;
+
 mod tempdir {
     pub struct Dir(pub std::path::PathBuf);
     impl Dir {
@@ -58,7 +63,7 @@ fn explain(principal: &str, sql: &str) -> (i32, String) {
         .args(["policy", "explain", "--config"])
         .arg(&path)
         .args(["--principal", principal, "--resource", "orders-db", sql])
-        .output()
+        .output_within()
         .unwrap();
     let text = format!(
         "{}{}",

@@ -39,7 +39,7 @@ fn psql_verifies_the_agent_certificate() {
             "-c",
             "DELETE FROM orders",
         ])
-        .output()
+        .output_within()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -66,7 +66,7 @@ fn psql_verifies_the_agent_certificate() {
             &other_file.display().to_string(),
         ))
         .args(["-c", "SELECT 1"])
-        .output()
+        .output_within()
         .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("certificate verify failed"));

@@ -10,10 +10,12 @@
 //! - [`idp::Idp`]: a real OpenID provider on loopback; [`receiver`]: webhook receivers.
 //! - [`session::Session`]: one PostgreSQL session kept open and driven statement by
 //!   statement, for what must hold across an event in the agent.
+//! - [`masking::MaskFixture`]: the masking tests' database, cgroup and agent.
 //! - [`oracle`]: the masking tests' search for protected values in what clients received.
 
 pub mod dns;
 pub mod idp;
+pub mod masking;
 pub mod ocsf;
 pub mod oracle;
 pub mod peer_suite;
@@ -409,6 +411,9 @@ pub struct Agent {
     pub journal: PathBuf,
     pub pin_dir: PathBuf,
     pub port: u16,
+    /// More environment for the agent's process from its next (re)start on
+    /// (`LD_PRELOAD` of a fault-injecting shim, say).
+    pub env: Vec<(String, String)>,
 }
 
 /// A free TCP port on loopback for the agent's listener.
@@ -512,6 +517,7 @@ impl Agent {
             journal,
             pin_dir,
             port,
+            env: Vec::new(),
         };
         agent.restart()?;
         Ok(agent)
@@ -548,6 +554,7 @@ impl Agent {
         let mut child = Command::new(agent_bin())
             .args(["run", "--config"])
             .arg(&self.config)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .env("NOTIFY_SOCKET", &notify_path)
             .env(
                 "RUST_LOG",

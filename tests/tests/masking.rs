@@ -3,16 +3,9 @@
 //! workers (psql, CrewAI's NL2SQLTool). Governed workers see masked values; a process
 //! outside the governed cgroup, connecting directly, sees the real ones.
 
-use std::{
-    io::BufRead,
-    process::{Command, Stdio},
-};
+use std::{io::BufRead, process::Stdio};
 
-use pam_e2e::SpawnWatched;
-use pam_e2e::{
-    Agent, Cgroup, OutputWithin, ResourceSpec, TestHost, agent_bin, postgres::PgServer,
-    require_root,
-};
+use pam_e2e::{OutputWithin, SpawnWatched, masking::MaskFixture, require_root};
 
 const PASSWORD: &str = "pg-mask-password";
 
@@ -51,61 +44,25 @@ detectors = ["email", "payment_card", "us_ssn", "iban"]
 strategy = { kind = "redact", text = "[redacted]" }
 "#;
 
-struct Fixture {
-    // Field order is drop order: the agent and database go before the test host.
-    agent: Agent,
-    cg: Cgroup,
-    pg: PgServer,
-    host: TestHost,
+const SCHEMA: &str = "
+create table customers(id int primary key, name text, email text, ssn text,
+                       card text, iban text);
+insert into customers values
+  (1, 'Maria Garcia', 'maria.garcia@example.com', '123-45-6789',
+   '4111 1111 1111 1111', 'GB82WEST12345698765432'),
+  (2, 'Wei Chen', 'wei.chen@example.net', '078-05-1120',
+   '5500 0055 5555 5559', 'DE89370400440532013000');";
+
+fn setup() -> MaskFixture {
+    MaskFixture::start("mask", PASSWORD, SCHEMA, CONFIG)
 }
 
-fn setup() -> Fixture {
-    let host = TestHost::new().expect("test host");
-    let pg = PgServer::start(&host, 5432, PASSWORD).expect("postgres");
-    pg.admin_sql("postgres", "create database crm").unwrap();
-    pg.admin_sql(
-        "crm",
-        "create table customers(id int primary key, name text, email text, ssn text,
-                                card text, iban text);
-         insert into customers values
-           (1, 'Maria Garcia', 'maria.garcia@example.com', '123-45-6789',
-            '4111 1111 1111 1111', 'GB82WEST12345698765432'),
-           (2, 'Wei Chen', 'wei.chen@example.net', '078-05-1120',
-            '5500 0055 5555 5559', 'DE89370400440532013000');",
-    )
-    .unwrap();
-    let cg = Cgroup::new("mask").expect("cgroup");
-    let agent = Agent::start_with(
-        &[&cg],
-        &[ResourceSpec::postgres("crm-db", host.v4, 5432)],
-        CONFIG,
-    )
-    .expect("agent");
-    Fixture {
-        agent,
-        cg,
-        pg,
-        host,
-    }
-}
-
-/// A command run inside the governed cgroup, or directly (ungoverned) with `None`.
-fn command(cg: Option<&Cgroup>, program: &str) -> Command {
-    match cg {
-        Some(cg) => {
-            let mut c = Command::new(agent_bin());
-            c.args(["exec", "--cgroup"])
-                .arg(&cg.path)
-                .args(["--", program]);
-            c
-        }
-        None => Command::new(program),
-    }
-}
-
-fn psql(cg: Option<&Cgroup>, host: &str, sql: &str) -> String {
-    let out = command(cg, "psql")
-        .args(["-h", host, "-U", "postgres", "-d", "crm", "-XAt", "-c", sql])
+/// psql as the superuser running `sql` (governed or not); its rows, after it succeeded.
+fn psql(f: &MaskFixture, governed: bool, sql: &str) -> String {
+    let out = f
+        .command(governed, "psql")
+        .args(["-h", &f.host.v4.to_string(), "-U", "postgres", "-d", "crm"])
+        .args(["-XAt", "-c", sql])
         .env("PGPASSWORD", PASSWORD)
         .env("PGCONNECT_TIMEOUT", "5")
         .output_within()
@@ -127,26 +84,27 @@ fn governed_workers_see_masked_values_and_others_the_real_ones() {
     let v4 = f.host.v4.to_string();
     let sql = "select name, email, ssn, card, iban from customers order by id";
     assert_eq!(
-        psql(None, &v4, sql),
+        psql(&f, false, sql),
         "Maria Garcia|maria.garcia@example.com|123-45-6789|4111 1111 1111 1111|GB82WEST12345698765432\n\
          Wei Chen|wei.chen@example.net|078-05-1120|5500 0055 5555 5559|DE89370400440532013000\n"
     );
     assert_eq!(
-        psql(Some(&f.cg), &v4, sql),
+        psql(&f, true, sql),
         "Maria Garcia|m***@example.com|*******6789|[redacted]|[redacted]\n\
          Wei Chen|w***@example.net|*******1120|[redacted]|[redacted]\n"
     );
     // Aliases and expressions, and COPY TO STDOUT.
     assert_eq!(
         psql(
-            Some(&f.cg),
-            &v4,
+            &f,
+            true,
             "select email as contact, upper(iban) from customers where id = 1"
         ),
         "m***@example.com|[redacted]\n"
     );
     // A value computed from a masked column is refused before it runs (issue 13).
-    let out = command(Some(&f.cg), "psql")
+    let out = f
+        .command(true, "psql")
         .args(["-h", &v4, "-U", "postgres", "-d", "crm", "-XAt", "-c"])
         .arg("select upper(email) from customers where id = 1")
         .env("PGPASSWORD", PASSWORD)
@@ -159,7 +117,7 @@ fn governed_workers_see_masked_values_and_others_the_real_ones() {
         "{stderr}"
     );
     assert_eq!(
-        psql(Some(&f.cg), &v4, "copy customers (id, email) to stdout"),
+        psql(&f, true, "copy customers (id, email) to stdout"),
         "1\tm***@example.com\n2\tw***@example.net\n"
     );
 
@@ -247,8 +205,9 @@ fn crewai_nl2sql_tool_gets_masked_rows() {
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/clients/crewai_nl2sql.py");
     let uri = format!("postgresql://postgres:{PASSWORD}@{}:5432/crm", f.host.v4);
     let sql = "select name, email, ssn from customers order by id";
-    let run = |cg: Option<&Cgroup>| {
-        let out = command(cg, "python3")
+    let run = |governed: bool| {
+        let out = f
+            .command(governed, "python3")
             .args([script, &uri, sql])
             .output_within()
             .unwrap();
@@ -259,9 +218,9 @@ fn crewai_nl2sql_tool_gets_masked_rows() {
         );
         serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()
     };
-    let direct = run(None);
+    let direct = run(false);
     assert_eq!(direct[0]["email"], "maria.garcia@example.com", "{direct}");
-    let governed = run(Some(&f.cg));
+    let governed = run(true);
     assert_eq!(
         governed,
         serde_json::json!([
@@ -286,11 +245,7 @@ fn millions_of_streamed_rows_are_all_masked_and_a_planted_leak_is_found() {
     )
     .unwrap();
     // Warm up (journal, parser, caches), then measure the peak around a big result.
-    psql(
-        Some(&f.cg),
-        &v4,
-        "select email from customers where id < 10",
-    );
+    psql(&f, true, "select email from customers where id < 10");
     let (before, _) = f.agent.memory_kib().expect("agent memory");
     // About 3M rows and 150 MB of masked text; COPY so psql streams instead of buffering,
     // counted here as it streams. The control row's `name` (no rule masks it, and its
@@ -302,7 +257,8 @@ fn millions_of_streamed_rows_are_all_masked_and_a_planted_leak_is_found() {
                                        'user3000003@example.com', '123-45-6789', '', '')",
     )
     .unwrap();
-    let mut child = command(Some(&f.cg), "psql")
+    let mut child = f
+        .command(true, "psql")
         .args(["-h", &v4, "-U", "postgres", "-d", "crm", "-XAt", "-c"])
         .arg("copy customers (id, email, ssn, name) to stdout")
         .env("PGPASSWORD", PASSWORD)

@@ -8,11 +8,9 @@
 //! oracle is this file's own code, not the agent's. The same corpus run by an ungoverned
 //! process shows the forms are real: each revealing form does give the values away there.
 
-use std::process::Command;
-
 use pam_e2e::{
-    Agent, Cgroup, OutputWithin, ResourceSpec, TestHost, agent_bin, postgres::PgServer,
-    require_root,
+    masking::{MaskFixture, received},
+    oracle, require_root,
 };
 use serde_json::{Value, json};
 
@@ -485,154 +483,23 @@ const CORPUS: &[Form] = &[
     ),
 ];
 
-/// Every form in which `secret` could be read back from `cell`.
-fn leak_in(cell: &str, secret: &str) -> Option<&'static str> {
-    let lower = cell.to_lowercase();
-    let s = secret.to_lowercase();
-    let rev: String = s.chars().rev().collect();
-    let alnum = |t: &str| -> String { t.chars().filter(|c| c.is_alphanumeric()).collect() };
-    let digits = |t: &str| -> String { t.chars().filter(|c| c.is_ascii_digit()).collect() };
-    let hex: String = secret.bytes().map(|b| format!("{b:02x}")).collect();
-    let b64 = base64(secret.as_bytes());
-    let (cell_alnum, s_alnum) = (alnum(&lower), alnum(&s));
-    let s_alnum_rev: String = s_alnum.chars().rev().collect();
-    let s_digits = digits(&s);
-    let s_digits_rev: String = s_digits.chars().rev().collect();
-    if lower.contains(&s) {
-        Some("raw")
-    } else if lower.contains(&rev) {
-        Some("reversed")
-    } else if cell_alnum.contains(&s_alnum) {
-        Some("spaced out or separators dropped")
-    } else if cell_alnum.contains(&s_alnum_rev) {
-        Some("reversed, separators dropped")
-    } else if s_digits.len() >= 7
-        && (digits(cell).contains(&s_digits) || digits(cell).contains(&s_digits_rev))
-    {
-        Some("digits only")
-    } else if lower.contains(&hex) {
-        Some("hex")
-    } else if cell.contains(b64.trim_end_matches('=')) {
-        Some("base64")
-    } else {
-        None
-    }
+/// The first protected value found in any cell: (the cell, the form it was in).
+fn leaks(cells: &[String]) -> Option<(String, &'static str)> {
+    oracle::leak(cells, SECRETS)
 }
 
-/// Standard base64 (RFC 4648), written here so the oracle shares nothing with the agent.
-fn base64(input: &[u8]) -> String {
-    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::new();
-    for chunk in input.chunks(3) {
-        let b = [
-            chunk[0],
-            *chunk.get(1).unwrap_or(&0),
-            *chunk.get(2).unwrap_or(&0),
-        ];
-        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
-        for i in 0..4 {
-            if i <= chunk.len() {
-                out.push(ALPHABET[(n >> (18 - 6 * i)) as usize & 63] as char);
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
-}
-
-/// What a client received for one form: its values, and the error message if any.
-fn received(got: &Value) -> Vec<String> {
-    let mut cells: Vec<String> = serde_json::from_value(got["values"].clone()).unwrap();
-    if let Some(e) = got["error"].as_str() {
-        cells.push(e.to_owned());
-    }
-    cells
-}
-
-/// The first protected value found in any cell, with the form it was in.
-fn leaks(cells: &[String]) -> Option<(String, &'static str, String)> {
-    cells.iter().find_map(|c| {
-        SECRETS
-            .iter()
-            .find_map(|s| leak_in(c, s).map(|how| ((*s).to_owned(), how, c.clone())))
-    })
-}
-
-struct Fixture {
-    agent: Agent,
-    cg: Cgroup,
-    pg: PgServer,
-    host: TestHost,
-}
-
-fn setup() -> Fixture {
-    let host = TestHost::new().expect("test host");
-    let pg = PgServer::start(&host, 5432, PASSWORD).expect("postgres");
-    pg.admin_sql("postgres", "create database crm").unwrap();
-    pg.admin_sql("postgres", "alter database crm set jit = off")
-        .unwrap();
-    pg.admin_sql(
-        "crm",
-        "create table customers(id int primary key, name text, email text, ssn text, token text);
-         insert into customers values
-           (1, 'Maria Garcia', 'maria.garcia@example.com', '123-45-6789', 'tok_Zq8Xv3Lm9Kp2Ww'),
-           (2, 'Wei Chen', 'wei.chen@example.net', '078-05-1120', 'tok_Hn4Rt7Yb1Cd6Qs');
-         create view contacts as select id, email as contact from customers;
-         create table notes(id int, body text, tags text[], blob bytea, card_num int8,
-                            amount numeric, doc jsonb);
-         insert into notes values
-           (1, 'write to amara@example.org', array['219-09-9999', 'x'],
-            convert_to('ssn 219-09-9999', 'UTF8'), 4111111111111111, 4111111111111111.00,
-            '{\"contact\": \"amara@example.org\"}');",
-    )
-    .unwrap();
-    let cg = Cgroup::new("evasion").expect("cgroup");
-    let agent = Agent::start_with(
-        &[&cg],
-        &[ResourceSpec::postgres("crm-db", host.v4, 5432)],
-        CONFIG,
-    )
-    .expect("agent");
-    Fixture {
-        agent,
-        cg,
-        pg,
-        host,
-    }
-}
-
-fn command(cg: Option<&Cgroup>, program: &str) -> Command {
-    match cg {
-        Some(cg) => {
-            let mut c = Command::new(agent_bin());
-            c.args(["exec", "--cgroup"])
-                .arg(&cg.path)
-                .args(["--", program]);
-            c
-        }
-        None => Command::new(program),
-    }
-}
-
-/// Runs the corpus with one Python client: per form, `{values, error, sqlstate}`.
-fn run_client(cg: Option<&Cgroup>, client: &str, dsn: &str, corpus: &std::path::Path) -> Value {
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/clients/mask_evasion.py");
-    let out = command(cg, "python3")
-        .arg(script)
-        .arg(client)
-        .arg(dsn)
-        .arg(corpus)
-        .output_within()
-        .expect("python client");
-    assert!(
-        out.status.success(),
-        "{client}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout)
-        .unwrap_or_else(|e| panic!("{client}: {e}: {}", String::from_utf8_lossy(&out.stdout)))
-}
+const SCHEMA: &str = "
+create table customers(id int primary key, name text, email text, ssn text, token text);
+insert into customers values
+  (1, 'Maria Garcia', 'maria.garcia@example.com', '123-45-6789', 'tok_Zq8Xv3Lm9Kp2Ww'),
+  (2, 'Wei Chen', 'wei.chen@example.net', '078-05-1120', 'tok_Hn4Rt7Yb1Cd6Qs');
+create view contacts as select id, email as contact from customers;
+create table notes(id int, body text, tags text[], blob bytea, card_num int8,
+                   amount numeric, doc jsonb);
+insert into notes values
+  (1, 'write to amara@example.org', array['219-09-9999', 'x'],
+   convert_to('ssn 219-09-9999', 'UTF8'), 4111111111111111, 4111111111111111.00,
+   '{\"contact\": \"amara@example.org\"}');";
 
 fn corpus_json() -> Value {
     Value::Array(
@@ -671,7 +538,8 @@ fn corpus_is_large_enough_and_named_uniquely() {
     assert!(evasions >= 60, "{evasions} evasion forms");
 }
 
-/// The oracle itself, on values it must and must not flag (no root needed).
+/// The shared oracle on this corpus's kinds of values: each form it must flag, and the
+/// masked values it must not (no root needed).
 #[test]
 fn oracle_finds_every_form_and_ignores_masked_values() {
     let s = "123-45-6789";
@@ -684,13 +552,21 @@ fn oracle_finds_every_form_and_ignores_masked_values() {
         ("\\x3132332d34352d36373839", "hex"),
         ("MTIzLTQ1LTY3ODk=", "base64"),
     ] {
-        assert_eq!(leak_in(cell, s), Some(how), "{cell}");
+        assert_eq!(oracle::leak_in(cell, s), Some(how), "{cell}");
     }
     for cell in ["*******6789", "m***@example.com", "[token]", "2", "{1,2}"] {
         assert_eq!(leaks(&[cell.to_owned()]), None, "{cell}");
     }
-    assert_eq!(base64(b"ab"), "YWI=");
-    assert_eq!(base64(b"abc"), "YWJj");
+    assert_eq!(oracle::base64(b"ab"), "YWI=");
+    assert_eq!(oracle::base64(b"abc"), "YWJj");
+}
+
+/// Whether `text` (a statement record's) is one of `form`'s statements.
+fn is_statement_of(form: &Form, text: &str) -> bool {
+    form.steps.contains(&text)
+        || form
+            .copy
+            .is_some_and(|q| text.starts_with(&format!("COPY ({q}) TO STDOUT")))
 }
 
 #[test]
@@ -698,17 +574,12 @@ fn evasion_corpus_reveals_nothing_to_any_client_in_text_or_binary() {
     if !require_root("masking evasion") {
         return;
     }
-    let f = setup();
-    let dir = tempfile::tempdir().unwrap();
-    let corpus = dir.path().join("corpus.json");
-    std::fs::write(&corpus, corpus_json().to_string()).unwrap();
-    let dsn = format!(
-        "postgresql://postgres:{PASSWORD}@{}:5432/crm?sslmode=disable",
-        f.host.v4
-    );
+    let f = MaskFixture::start("evasion", PASSWORD, SCHEMA, CONFIG);
+    let dsn = f.uri("postgres", PASSWORD);
+    let corpus = corpus_json();
 
     // Ungoverned, the forms are real: each revealing one gives a value away.
-    let direct = run_client(None, "psycopg-text", &dsn, &corpus);
+    let direct = f.python(false, "psycopg-text", &dsn, &corpus);
     for form in CORPUS {
         let got = &direct[form.name];
         assert_eq!(got["error"].is_null(), !form.fails, "{}: {got}", form.name);
@@ -722,85 +593,81 @@ fn evasion_corpus_reveals_nothing_to_any_client_in_text_or_binary() {
         }
     }
 
-    // Governed: every client, text and binary.
-    let mut refused = 0;
+    // Governed: every client, text and binary. A column as itself is served (masked);
+    // every other form is refused by the agent, by this rule, before it runs.
+    let evasions: Vec<&str> = CORPUS
+        .iter()
+        .filter(|f| !f.allowed)
+        .map(|f| f.name)
+        .collect();
     for client in ["psycopg-text", "psycopg-binary", "asyncpg"] {
-        let out = run_client(Some(&f.cg), client, &dsn, &corpus);
+        let out = f.python(true, client, &dsn, &corpus);
+        let mut refused = Vec::new();
         for form in CORPUS {
             let got = &out[form.name];
             let what = format!("{client} {}", form.name);
             // Values and error messages alike.
-            if let Some((secret, how, cell)) = leaks(&received(got)) {
-                panic!("{what}: {secret} reached the client ({how}) in {cell:?}");
+            if let Some((cell, how)) = leaks(&received(got)) {
+                panic!("{what}: a protected value reached the client ({how}) in {cell:?}");
             }
             if got["error"].is_null() {
                 assert!(!received(got).is_empty(), "{what}: no values");
-            } else {
-                // Refused by the agent before it ran, never a client-side failure.
-                if form.allowed {
-                    let refused: Vec<String> = f
-                        .agent
-                        .journal()
-                        .iter()
-                        .filter(|r| r["kind"] == "statement" && r["decision"] == "deny")
-                        .map(|r| format!("{} {}", r["text"], r["flags"]))
-                        .collect();
-                    panic!(
-                        "{what}: a column as itself must be served: {got}\nrefused: {refused:#?}"
-                    );
-                }
-                assert_eq!(got["sqlstate"], "42501", "{what}: {got}");
-                let msg = got["error"].as_str().unwrap();
-                assert!(
-                    msg.contains("pam-agent refused") && msg.contains("crm-pii"),
-                    "{what}: {msg}"
-                );
-                refused += 1;
+                continue;
             }
+            if form.allowed {
+                let refused: Vec<String> = f
+                    .agent
+                    .journal()
+                    .iter()
+                    .filter(|r| r["kind"] == "statement" && r["decision"] == "deny")
+                    .map(|r| format!("{} {}", r["text"], r["flags"]))
+                    .collect();
+                panic!("{what}: a column as itself must be served: {got}\nrefused: {refused:#?}");
+            }
+            // Refused by the agent (its SQLSTATE, message and rule), never the server's
+            // own error nor a client-side failure.
+            assert_eq!(got["sqlstate"], "42501", "{what}: {got}");
+            let msg = got["error"].as_str().unwrap();
+            assert!(
+                msg.starts_with("pam-agent refused") && msg.contains("crm-pii"),
+                "{what}: {msg}"
+            );
+            refused.push(form.name);
         }
+        assert_eq!(refused, evasions, "{client}: the forms refused");
     }
-    eprintln!(
-        "{} forms x 3 drivers: {refused} refused by the agent, the rest served masked",
-        CORPUS.len()
-    );
-    assert!(refused >= 3 * 60, "only {refused} refusals");
 
     // psql, text format, the whole corpus in one script.
-    let script = dir.path().join("corpus.sql");
-    std::fs::write(&script, psql_script()).unwrap();
-    let out = command(Some(&f.cg), "psql")
-        .args([
-            "-h",
-            &f.host.v4.to_string(),
-            "-U",
-            "postgres",
-            "-d",
-            "crm",
-            "-XAt",
-            "-f",
-        ])
-        .arg(&script)
-        .env("PGPASSWORD", PASSWORD)
-        .env("PGCONNECT_TIMEOUT", "5")
-        .output_within()
-        .expect("psql");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let (_, stdout, stderr) = f.psql(true, "postgres", &psql_script());
     // Rows, and the server's and agent's error messages.
     let cells: Vec<String> = stdout
         .lines()
         .chain(stderr.lines())
         .flat_map(|l| std::iter::once(l.to_owned()).chain(l.split('|').map(str::to_owned)))
         .collect();
-    if let Some((secret, how, cell)) = leaks(&cells) {
-        panic!("psql: {secret} reached the client ({how}) in {cell:?}");
+    if let Some((cell, how)) = leaks(&cells) {
+        panic!("psql: a protected value reached the client ({how}) in {cell:?}");
     }
-    // Served forms did come back (masked), refusals name the rule.
+    // Served forms did come back (masked), refusals name the rule: one per evasion form.
+    // psql goes on after an error, and the agent's refusal leaves the server's transaction
+    // open, so a form's later steps run: two of them the policy refuses (the EXECUTE of
+    // the refused PREPARE, the call of the function whose CREATE was refused), the
+    // others fail on the server (the table, view or cursor was never made).
     assert!(stdout.contains("m***@example.com"), "{stdout}");
     assert!(stdout.contains("*******6789"), "{stdout}");
-    assert!(
-        stderr.matches("pam-agent refused").count() >= 60,
+    assert_eq!(
+        stderr
+            .matches("ERROR:  42501: pam-agent refused the statement (rule \"crm-pii\")")
+            .count(),
+        evasions.len(),
         "psql refusals: {stderr}"
+    );
+    assert_eq!(
+        stderr
+            .matches("ERROR:  42501: pam-agent refused the statement (rule \"default\")")
+            .count(),
+        2,
+        "{stderr}"
     );
     assert!(
         stderr.contains(
@@ -809,23 +676,43 @@ fn evasion_corpus_reveals_nothing_to_any_client_in_text_or_binary() {
         "{stderr}"
     );
 
-    // On record: refused with the flag, and no value in the journal.
+    // On record: each evasion form refused by this rule once per client (three drivers
+    // and psql), by one of its own statements, with the flag; besides them only psql's
+    // two later steps, by the policy.
     let journal = f.agent.settled();
-    let flagged = journal
+    let denied: Vec<&Value> = journal
         .iter()
-        .filter(|r| {
-            r["kind"] == "statement"
-                && r["decision"] == "deny"
-                && r["flags"]
+        .filter(|r| r["kind"] == "statement" && r["decision"] == "deny")
+        .collect();
+    let (masking, policy): (Vec<&Value>, Vec<&Value>) =
+        denied.iter().partition(|r| r["rule"] == "crm-pii");
+    for form in CORPUS.iter().filter(|f| !f.allowed) {
+        let of_form: Vec<&&Value> = masking
+            .iter()
+            .filter(|r| is_statement_of(form, r["text"].as_str().unwrap_or("")))
+            .collect();
+        assert_eq!(
+            of_form.len(),
+            4,
+            "{}: refusals on record {of_form:#?}",
+            form.name
+        );
+        for r in of_form {
+            assert!(
+                r["flags"]
                     .as_array()
-                    .is_some_and(|fl| fl.iter().any(|x| x == "derived_from_masked"))
-        })
-        .count();
-    eprintln!("{flagged} statements refused with derived_from_masked on record");
-    assert!(flagged >= 4 * 60, "{flagged} derived_from_masked records");
+                    .is_some_and(|fl| fl.iter().any(|x| x == "derived_from_masked")),
+                "{}: {r}",
+                form.name
+            );
+        }
+    }
+    assert_eq!(masking.len(), 4 * evasions.len(), "{masking:#?}");
+    let mut policy: Vec<&str> = policy.iter().map(|r| r["text"].as_str().unwrap()).collect();
+    policy.sort();
+    assert_eq!(policy, ["EXECUTE p", "SELECT pg_temp.f()"], "{denied:#?}");
     let text = serde_json::to_string(&journal).unwrap();
     for s in SECRETS {
         assert!(!text.contains(s), "{s} reached the journal");
     }
-    let _ = &f.pg;
 }

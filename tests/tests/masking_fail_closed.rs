@@ -3,12 +3,7 @@
 //! FunctionCall, `COPY ... ENCODING`, and a session whose column-name preload fails (its
 //! role may not read the catalog); COPY of a table with generated columns is masked.
 
-use std::process::Command;
-
-use pam_e2e::{
-    Agent, Cgroup, OutputWithin, ResourceSpec, TestHost, agent_bin, postgres::PgServer,
-    require_root,
-};
+use pam_e2e::{Agent, masking::MaskFixture, oracle, require_root};
 
 const PASSWORD: &str = "pg-failclosed-password";
 
@@ -38,65 +33,22 @@ strategy = { kind = "partial", keep_last = 4 }
 
 const SSN: &str = "123-45-6789";
 
-struct Fixture {
-    agent: Agent,
-    cg: Cgroup,
-    pg: PgServer,
-    host: TestHost,
+fn setup(tag: &str) -> MaskFixture {
+    let schema = format!(
+        "create table customers(id int primary key, ssn text);
+         insert into customers values (1, '{SSN}');
+         create table people(id int, ssn text,
+                             ssn_upper text generated always as (upper(ssn)) stored);
+         insert into people(id, ssn) values (1, '{SSN}');
+         create role analyst login password '{PASSWORD}';
+         grant select on customers, people to analyst;"
+    );
+    MaskFixture::start(tag, PASSWORD, &schema, CONFIG)
 }
 
-fn setup(tag: &str) -> Fixture {
-    let host = TestHost::new().expect("test host");
-    let pg = PgServer::start(&host, 5432, PASSWORD).expect("postgres");
-    pg.admin_sql("postgres", "create database crm").unwrap();
-    pg.admin_sql(
-        "crm",
-        &format!(
-            "create table customers(id int primary key, ssn text);
-             insert into customers values (1, '{SSN}');
-             create table people(id int, ssn text,
-                                 ssn_upper text generated always as (upper(ssn)) stored);
-             insert into people(id, ssn) values (1, '{SSN}');
-             create role analyst login password '{PASSWORD}';
-             grant select on customers, people to analyst;"
-        ),
-    )
-    .unwrap();
-    let cg = Cgroup::new(tag).expect("cgroup");
-    let agent = Agent::start_with(
-        &[&cg],
-        &[ResourceSpec::postgres("crm-db", host.v4, 5432)],
-        CONFIG,
-    )
-    .expect("agent");
-    Fixture {
-        agent,
-        cg,
-        pg,
-        host,
-    }
-}
-
-/// psql in the governed cgroup as `user`, running `script` on stdin: (ok, stdout, stderr).
-fn governed_psql(f: &Fixture, user: &str, script: &str) -> (bool, String, String) {
-    let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("script.sql");
-    std::fs::write(&file, script).unwrap();
-    let out = Command::new(agent_bin())
-        .args(["exec", "--cgroup"])
-        .arg(&f.cg.path)
-        .args(["--", "psql", "-h", &f.host.v4.to_string(), "-U", user])
-        .args(["-d", "crm", "-XAt", "-v", "VERBOSITY=verbose", "-f"])
-        .arg(&file)
-        .env("PGPASSWORD", PASSWORD)
-        .env("PGCONNECT_TIMEOUT", "5")
-        .output_within()
-        .expect("psql");
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+/// psql in the governed cgroup as `user`, running `script`: (ok, stdout, stderr).
+fn governed_psql(f: &MaskFixture, user: &str, script: &str) -> (bool, String, String) {
+    f.psql(true, user, script)
 }
 
 /// Decisions on record: (text, decision, rule).
@@ -128,7 +80,8 @@ fn a_function_call_message_on_a_masked_session_is_refused() {
         "\\lo_import '/etc/hostname'\nSELECT 'alive';\n",
     );
     assert!(
-        stderr.contains("42501") && stderr.contains("a FunctionCall result cannot be masked"),
+        stderr.contains("ERROR:  42501: pam-agent refused")
+            && stderr.contains("a FunctionCall result cannot be masked"),
         "{stderr}"
     );
     assert!(stdout.contains("alive"), "the session goes on: {stdout}");
@@ -197,15 +150,25 @@ fn a_failed_catalog_preload_withholds_columns_instead_of_leaking_them() {
     // Both values withheld (NULL), not sent: neither the masked column nor the one
     // generated from it, which no rule names.
     assert_eq!(stdout, "\n\n", "{stderr}");
+    assert_eq!(oracle::leak(&[stdout, stderr.clone()], &[SSN]), None);
+    // On record: the masking component's error, in the session that ran the statements.
     let all = f.agent.settled();
+    let sessions: Vec<&serde_json::Value> = all
+        .iter()
+        .filter(|r| r["kind"] == "statement" && r["text"] == "SELECT ssn FROM customers")
+        .map(|r| &r["session"])
+        .collect();
+    assert_eq!(sessions.len(), 1, "{all:#?}");
+    let errors: Vec<&serde_json::Value> = all
+        .iter()
+        .filter(|r| r["kind"] == "error" && r["component"] == "masking")
+        .collect();
     assert!(
-        all.iter().any(|r| r["kind"] == "error"
-            && r["detail"]
-                .as_str()
-                .or(r["message"].as_str())
-                .unwrap_or("")
-                .contains("preload failed")
-            || r.to_string().contains("the column-name preload failed")),
-        "the failed preload is on record: {all:?}\n{stderr}"
+        !errors.is_empty()
+            && errors.iter().all(|r| r["session"] == *sessions[0]
+                && r["message"]
+                    .as_str()
+                    .is_some_and(|m| m.starts_with("the column-name preload failed"))),
+        "the failed preload is on record: {errors:#?}\n{all:#?}\n{stderr}"
     );
 }

@@ -2,15 +2,14 @@
 //! exist, read through the real redirect with psql (text) and psycopg 3 (binary). A view
 //! or generated column that is exactly a masked column is masked like it (a rename, a view
 //! over that view, a generated copy); one computed from it is withheld (NULL) and the
-//! journal says which and why. An oracle (not the agent's code) searches everything each
-//! client received for the protected values, raw, reversed, digits only, hex, base64; the
-//! same forms run by an ungoverned process show each does give the values away there.
-
-use std::process::Command;
+//! journal says which and why. The oracle (`pam_e2e::oracle`, not the agent's code)
+//! searches everything each client received, rows and messages, for the protected values:
+//! raw, reversed, spaced out, digits only, hex, base64; the same forms run by an
+//! ungoverned process show each does give the values away there.
 
 use pam_e2e::{
-    Agent, Cgroup, OutputWithin, ResourceSpec, TestHost, agent_bin, postgres::PgServer,
-    require_root,
+    masking::{MaskFixture, received as cells_of},
+    oracle, require_root,
 };
 use serde_json::{Value, json};
 
@@ -102,163 +101,31 @@ const FORMS: &[(&str, &str)] = &[
     ("star of a computing view", "SELECT * FROM computed"),
 ];
 
-/// Every form in which `secret` could be read back from `cell`.
-fn leak_in(cell: &str, secret: &str) -> Option<&'static str> {
-    let lower = cell.to_lowercase();
-    let s = secret.to_lowercase();
-    let rev: String = s.chars().rev().collect();
-    let alnum = |t: &str| -> String { t.chars().filter(|c| c.is_alphanumeric()).collect() };
-    let digits = |t: &str| -> String { t.chars().filter(|c| c.is_ascii_digit()).collect() };
-    let hex: String = secret.bytes().map(|b| format!("{b:02x}")).collect();
-    let b64 = base64(secret.as_bytes());
-    let s_digits = digits(&s);
-    let s_digits_rev: String = s_digits.chars().rev().collect();
-    let s_alnum = alnum(&s);
-    if lower.contains(&s) {
-        Some("raw")
-    } else if lower.contains(&rev) {
-        Some("reversed")
-    } else if alnum(&lower).contains(&s_alnum) {
-        Some("separators dropped")
-    } else if s_digits.len() >= 7
-        && (digits(cell).contains(&s_digits) || digits(cell).contains(&s_digits_rev))
-    {
-        Some("digits only")
-    } else if lower.contains(&hex) {
-        Some("hex")
-    } else if cell.contains(b64.trim_end_matches('=')) {
-        Some("base64")
-    } else {
-        None
-    }
+fn setup(tag: &str) -> MaskFixture {
+    MaskFixture::start(tag, PASSWORD, SCHEMA, CONFIG)
 }
 
-/// Standard base64 (RFC 4648), written here so the oracle shares nothing with the agent.
-fn base64(input: &[u8]) -> String {
-    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::new();
-    for chunk in input.chunks(3) {
-        let b = [
-            chunk[0],
-            *chunk.get(1).unwrap_or(&0),
-            *chunk.get(2).unwrap_or(&0),
-        ];
-        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
-        for i in 0..4 {
-            if i <= chunk.len() {
-                out.push(ALPHABET[(n >> (18 - 6 * i)) as usize & 63] as char);
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
-}
-
-fn leak(cells: &[String]) -> Option<(String, &'static str)> {
-    cells.iter().find_map(|c| {
-        SECRETS
-            .iter()
-            .find_map(|s| leak_in(c, s).map(|how| (c.clone(), how)))
-    })
-}
-
-struct Fixture {
-    agent: Agent,
-    cg: Cgroup,
-    /// Kept alive for the test.
-    _pg: PgServer,
-    host: TestHost,
-}
-
-fn setup(tag: &str) -> Fixture {
-    let host = TestHost::new().expect("test host");
-    let pg = PgServer::start(&host, 5432, PASSWORD).expect("postgres");
-    pg.admin_sql("postgres", "create database crm").unwrap();
-    pg.admin_sql("crm", SCHEMA).unwrap();
-    let cg = Cgroup::new(tag).expect("cgroup");
-    let agent = Agent::start_with(
-        &[&cg],
-        &[ResourceSpec::postgres("crm-db", host.v4, 5432)],
-        CONFIG,
-    )
-    .expect("agent");
-    Fixture {
-        agent,
-        cg,
-        _pg: pg,
-        host,
-    }
-}
-
-fn command(cg: Option<&Cgroup>, program: &str) -> Command {
-    match cg {
-        Some(cg) => {
-            let mut c = Command::new(agent_bin());
-            c.args(["exec", "--cgroup"])
-                .arg(&cg.path)
-                .args(["--", program]);
-            c
-        }
-        None => Command::new(program),
-    }
-}
-
-/// psql (text results), governed or not, running `script`: (ok, stdout, stderr).
-fn psql(f: &Fixture, cg: Option<&Cgroup>, script: &str) -> (bool, String, String) {
-    let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("script.sql");
-    std::fs::write(&file, script).unwrap();
-    let out = command(cg, "psql")
-        .args(["-h", &f.host.v4.to_string(), "-U", "analyst", "-d", "crm"])
-        .args(["-XAt", "-v", "VERBOSITY=verbose", "-f"])
-        .arg(&file)
-        .env("PGPASSWORD", PASSWORD)
-        .env("PGCONNECT_TIMEOUT", "5")
-        .output_within()
-        .expect("psql");
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+/// psql as the analyst (text results), governed or not, running `script`.
+fn psql(f: &MaskFixture, governed: bool, script: &str) -> (bool, String, String) {
+    f.psql(governed, "analyst", script)
 }
 
 /// psycopg 3 with binary results, governed or not: per form, what it received.
-fn psycopg_binary(f: &Fixture, cg: Option<&Cgroup>) -> Value {
+fn psycopg_binary(f: &MaskFixture, governed: bool) -> Value {
     let corpus: Value = FORMS
         .iter()
         .map(|(name, sql)| json!({"name": name, "steps": [sql], "copy": null}))
         .collect();
-    let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("corpus.json");
-    std::fs::write(&file, corpus.to_string()).unwrap();
-    let dsn = format!(
-        "host={} port=5432 user=analyst password={PASSWORD} dbname=crm connect_timeout=5",
-        f.host.v4
-    );
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/clients/mask_evasion.py");
-    let out = command(cg, "python3")
-        .arg(script)
-        .arg("psycopg-binary")
-        .arg(&dsn)
-        .arg(&file)
-        .output_within()
-        .expect("python client");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
+    f.python(
+        governed,
+        "psycopg-binary",
+        &f.dsn("analyst", PASSWORD),
+        &corpus,
+    )
 }
 
-fn cells_of(got: &Value) -> Vec<String> {
-    let mut cells: Vec<String> = serde_json::from_value(got["values"].clone()).unwrap();
-    if let Some(e) = got["error"].as_str() {
-        cells.push(e.to_owned());
-    }
-    cells
+fn leak(cells: &[String]) -> Option<(String, &'static str)> {
+    oracle::leak(cells, &SECRETS)
 }
 
 #[test]
@@ -270,7 +137,7 @@ fn views_and_generated_columns_reveal_nothing_in_text_or_binary() {
     let script: String = FORMS.iter().map(|(_, q)| format!("{q};\n")).collect();
 
     // Ungoverned, every form gives a protected value away (the oracle can fail).
-    let direct = psycopg_binary(&f, None);
+    let direct = psycopg_binary(&f, false);
     for (name, _) in FORMS {
         assert!(
             leak(&cells_of(&direct[name])).is_some(),
@@ -278,14 +145,19 @@ fn views_and_generated_columns_reveal_nothing_in_text_or_binary() {
             direct[name]
         );
     }
-    let (ok, out, err) = psql(&f, None, &script);
+    let (ok, out, err) = psql(&f, false, &script);
     assert!(ok && out.contains(SSN), "{err}");
 
     // Governed: psql, text results.
-    let (ok, out, err) = psql(&f, Some(&f.cg), &script);
+    let (ok, out, err) = psql(&f, true, &script);
     assert!(ok, "{err}");
     let lines: Vec<String> = out.lines().map(str::to_owned).collect();
-    assert_eq!(leak(&lines), None, "psql received: {out}");
+    // Rows and messages alike.
+    assert_eq!(
+        leak(&[out.clone(), err.clone()]),
+        None,
+        "psql received: {out}{err}"
+    );
     // Exactly-a-masked-column forms are masked like the column; computed ones are NULL.
     let expected = [
         "m***@example.com|*******6789", // renamed
@@ -302,7 +174,7 @@ fn views_and_generated_columns_reveal_nothing_in_text_or_binary() {
     assert_eq!(lines, expected, "{err}");
 
     // Governed: psycopg 3, binary results.
-    let got = psycopg_binary(&f, Some(&f.cg));
+    let got = psycopg_binary(&f, true);
     for (name, _) in FORMS {
         let cells = cells_of(&got[name]);
         assert!(got[name]["error"].is_null(), "{name}: {}", got[name]);
@@ -347,9 +219,9 @@ fn copy_of_a_table_with_generated_columns_is_masked() {
     // selects, generated columns included.
     let script = "COPY people TO STDOUT;\nCOPY (SELECT * FROM people) TO STDOUT;\n\
                   COPY computed TO STDOUT;\nCOPY (SELECT r, b FROM computed) TO STDOUT;\n";
-    let (ok, out, err) = psql(&f, None, script);
+    let (ok, out, err) = psql(&f, false, script);
     assert!(ok && out.contains(SSN), "{err}");
-    let (ok, out, err) = psql(&f, Some(&f.cg), script);
+    let (ok, out, err) = psql(&f, true, script);
     assert!(ok, "{err}");
     assert_eq!(
         out,
@@ -358,8 +230,7 @@ fn copy_of_a_table_with_generated_columns_is_masked() {
          \\N\t\\N\n",
         "{err}"
     );
-    let lines: Vec<String> = out.lines().map(str::to_owned).collect();
-    assert_eq!(leak(&lines), None);
+    assert_eq!(leak(&[out.clone(), err.clone()]), None, "{out}{err}");
     // COPY of a view is refused by PostgreSQL itself (only tables can be copied); the
     // query over it is withheld like any result.
     assert!(err.contains("cannot copy from view"), "{err}");

@@ -8,11 +8,9 @@
 //! (a clause, a `*` over computed values, COPY, a cursor) is still refused; the journal
 //! flags the statements `derived_withheld` and names each withheld value.
 
-use std::process::Command;
-
 use pam_e2e::{
-    Agent, Cgroup, OutputWithin, ResourceSpec, TestHost, agent_bin, oracle, postgres::PgServer,
-    require_root,
+    masking::{MaskFixture, received as cells_of},
+    oracle, require_root,
 };
 use serde_json::{Value, json};
 
@@ -127,70 +125,18 @@ const REFUSED: &[(&str, &str)] = &[
     ),
 ];
 
-struct Fixture {
-    agent: Agent,
-    cg: Cgroup,
-    /// Kept alive for the test.
-    _pg: PgServer,
-    host: TestHost,
+fn setup(tag: &str) -> MaskFixture {
+    MaskFixture::start(tag, PASSWORD, SCHEMA, CONFIG)
 }
 
-fn setup(tag: &str) -> Fixture {
-    let host = TestHost::new().expect("test host");
-    let pg = PgServer::start(&host, 5432, PASSWORD).expect("postgres");
-    pg.admin_sql("postgres", "create database crm").unwrap();
-    pg.admin_sql("crm", SCHEMA).unwrap();
-    let cg = Cgroup::new(tag).expect("cgroup");
-    let agent = Agent::start_with(
-        &[&cg],
-        &[ResourceSpec::postgres("crm-db", host.v4, 5432)],
-        CONFIG,
-    )
-    .expect("agent");
-    Fixture {
-        agent,
-        cg,
-        _pg: pg,
-        host,
-    }
-}
-
-fn command(cg: Option<&Cgroup>, program: &str) -> Command {
-    match cg {
-        Some(cg) => {
-            let mut c = Command::new(agent_bin());
-            c.args(["exec", "--cgroup"])
-                .arg(&cg.path)
-                .args(["--", program]);
-            c
-        }
-        None => Command::new(program),
-    }
-}
-
-/// psql (text results) running `script` in one session: (ok, stdout, stderr).
-fn psql(f: &Fixture, cg: Option<&Cgroup>, script: &str) -> (bool, String, String) {
-    let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("script.sql");
-    std::fs::write(&file, script).unwrap();
-    let out = command(cg, "psql")
-        .args(["-h", &f.host.v4.to_string(), "-U", "analyst", "-d", "crm"])
-        .args(["-XAt", "-v", "VERBOSITY=verbose", "-f"])
-        .arg(&file)
-        .env("PGPASSWORD", PASSWORD)
-        .env("PGCONNECT_TIMEOUT", "5")
-        .output_within()
-        .expect("psql");
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+/// psql as the analyst (text results) running `script` in one session.
+fn psql(f: &MaskFixture, governed: bool, script: &str) -> (bool, String, String) {
+    f.psql(governed, "analyst", script)
 }
 
 /// One Python client (`psycopg-text`, `psycopg-binary`, `asyncpg`) running every form,
 /// each in its own transaction: per form, what it received.
-fn python(f: &Fixture, cg: Option<&Cgroup>, client: &str) -> Value {
+fn python(f: &MaskFixture, governed: bool, client: &str) -> Value {
     let corpus: Value = SERVED
         .iter()
         .map(|(name, steps, _)| json!({"name": name, "steps": steps, "copy": null}))
@@ -205,42 +151,12 @@ fn python(f: &Fixture, cg: Option<&Cgroup>, client: &str) -> Value {
             "copy": "SELECT reverse(ssn) FROM customers",
         })))
         .collect();
-    let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("corpus.json");
-    std::fs::write(&file, corpus.to_string()).unwrap();
     let dsn = if client == "asyncpg" {
-        format!(
-            "postgresql://analyst:{PASSWORD}@{}:5432/crm?sslmode=disable",
-            f.host.v4
-        )
+        f.uri("analyst", PASSWORD)
     } else {
-        format!(
-            "host={} port=5432 user=analyst password={PASSWORD} dbname=crm connect_timeout=5",
-            f.host.v4
-        )
+        f.dsn("analyst", PASSWORD)
     };
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/clients/mask_evasion.py");
-    let out = command(cg, "python3")
-        .arg(script)
-        .arg(client)
-        .arg(&dsn)
-        .arg(&file)
-        .output_within()
-        .expect("python client");
-    assert!(
-        out.status.success(),
-        "{client}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
-}
-
-fn cells_of(got: &Value) -> Vec<String> {
-    let mut cells: Vec<String> = serde_json::from_value(got["values"].clone()).unwrap();
-    if let Some(e) = got["error"].as_str() {
-        cells.push(e.to_owned());
-    }
-    cells
+    f.python(governed, client, &dsn, &corpus)
 }
 
 /// The psql script: every served form, then every refused one (psql goes on after an
@@ -263,7 +179,7 @@ fn computed_values_are_withheld_in_place_in_text_and_binary() {
     let f = setup("withhold");
 
     // Ungoverned, every form gives a protected value away (the oracle can fail).
-    let direct = python(&f, None, "psycopg-binary");
+    let direct = python(&f, false, "psycopg-binary");
     for (name, _, _) in SERVED {
         assert!(
             oracle::leak(&cells_of(&direct[name]), &SECRETS).is_some(),
@@ -274,11 +190,7 @@ fn computed_values_are_withheld_in_place_in_text_and_binary() {
 
     // Governed psql, text: each computed value NULL in its place, the rest as usual.
     for (name, steps, expected) in SERVED {
-        let (ok, out, err) = psql(
-            &f,
-            Some(&f.cg),
-            &script(steps.iter().map(|s| s.to_string())),
-        );
+        let (ok, out, err) = psql(&f, true, &script(steps.iter().map(|s| s.to_string())));
         assert!(ok, "{name}: {err}");
         assert_eq!(
             oracle::leak(&[out.clone(), err.clone()], &SECRETS),
@@ -293,14 +205,17 @@ fn computed_values_are_withheld_in_place_in_text_and_binary() {
         assert_eq!(rows.join("\n"), *expected, "{name}: {out}");
     }
     for (name, sql) in REFUSED {
-        let (_, out, err) = psql(&f, Some(&f.cg), &format!("{sql};\n"));
-        assert!(err.contains("42501"), "{name} was not refused: {out} {err}");
+        let (_, out, err) = psql(&f, true, &format!("{sql};\n"));
+        assert!(
+            err.contains("ERROR:  42501: pam-agent refused") && err.contains("crm-pii"),
+            "{name} was not refused by the agent: {out} {err}"
+        );
         assert_eq!(oracle::leak(&[out, err], &SECRETS), None, "{name}");
     }
 
     // Governed Python clients: text and binary results.
     for client in ["psycopg-text", "psycopg-binary", "asyncpg"] {
-        let got = python(&f, Some(&f.cg), client);
+        let got = python(&f, true, client);
         for (name, _, _) in SERVED {
             let cells = cells_of(&got[name]);
             assert!(
@@ -334,55 +249,83 @@ fn computed_values_are_withheld_in_place_in_text_and_binary() {
             .map(|(n, _)| *n)
             .chain(["COPY of a computed value"])
         {
+            // The agent's refusal, not the server's own error.
             assert_eq!(
                 got[name]["sqlstate"], "42501",
                 "{client} {name}: {}",
                 got[name]
             );
+            let msg = got[name]["error"].as_str().unwrap_or("");
+            assert!(
+                msg.starts_with("pam-agent refused") && msg.contains("crm-pii"),
+                "{client} {name}: {msg}"
+            );
             assert_eq!(oracle::leak(&cells_of(&got[name]), &SECRETS), None);
         }
     }
 
-    // The journal: allowed, flagged, and each withheld value named with its source.
+    // The journal: the statement run by psql and each driver allowed and flagged, and
+    // the masking record of that very statement naming the withheld value, its source
+    // and the one row it was withheld from.
     let all = f.agent.settled();
-    let flagged: Vec<&Value> = all
+    let flagged = |r: &Value, flag: &str| {
+        r["flags"]
+            .as_array()
+            .is_some_and(|fl| fl.iter().any(|x| x == flag))
+    };
+    let sql = SERVED[0].1[0];
+    let runs: Vec<&Value> = all
         .iter()
-        .filter(|r| r["kind"] == "statement")
-        .filter(|r| {
-            r["flags"]
-                .as_array()
-                .is_some_and(|fl| fl.iter().any(|x| x == "derived_withheld"))
-        })
+        .filter(|r| r["kind"] == "statement" && r["text"] == sql)
         .collect();
-    assert!(
-        flagged.iter().any(|r| r["text"]
-            .as_str()
-            .unwrap_or("")
-            .contains("reverse(ssn) AS r")
-            && r["decision"] == "allow"),
-        "{flagged:?}"
-    );
-    let derived: Vec<Value> = all
-        .iter()
-        .filter(|r| r["kind"] == "masking_applied")
-        .flat_map(|r| r["columns"].as_array().cloned().unwrap_or_default())
-        .filter(|c| c["by"] == "derived")
-        .collect();
-    assert!(
-        derived.iter().any(
-            |c| c["name"] == "reverse(ssn) (computed from customers.ssn)"
-                && c["rule"] == "crm-pii"
-                && c["pattern"] == "public.customers.ssn"
-                && c["nulled"].as_u64() >= Some(1)
-        ),
-        "{derived:?}"
-    );
-    let refused = all.iter().any(|r| {
-        r["kind"] == "statement"
-            && r["decision"] == "deny"
-            && r["flags"]
-                .as_array()
-                .is_some_and(|fl| fl.iter().any(|x| x == "derived_from_masked"))
-    });
-    assert!(refused, "the refused forms are flagged derived_from_masked");
+    assert_eq!(runs.len(), 4, "psql and three drivers ran {sql}: {runs:#?}");
+    for st in runs {
+        assert!(
+            st["decision"] == "allow" && flagged(st, "derived_withheld"),
+            "{st}"
+        );
+        let masking: Vec<&Value> = all
+            .iter()
+            .filter(|r| {
+                r["kind"] == "masking_applied"
+                    && r["session"] == st["session"]
+                    && r["statement"] == st["statement"]
+            })
+            .collect();
+        assert_eq!(masking.len(), 1, "{st}: {masking:#?}");
+        let derived: Vec<&Value> = masking[0]["columns"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|c| c["by"] == "derived")
+            .collect();
+        assert_eq!(derived.len(), 1, "{derived:#?}");
+        let c = derived[0];
+        assert_eq!(
+            (&c["name"], &c["rule"], &c["pattern"], &c["nulled"]),
+            (
+                &json!("reverse(ssn) (computed from customers.ssn)"),
+                &json!("crm-pii"),
+                &json!("public.customers.ssn"),
+                &json!(1)
+            ),
+            "{c}"
+        );
+    }
+    // Each refused form refused by this rule, flagged, once per client that ran it.
+    for (name, sql) in REFUSED {
+        let denied: Vec<&Value> = all
+            .iter()
+            .filter(|r| r["kind"] == "statement" && r["text"] == *sql)
+            .collect();
+        assert_eq!(denied.len(), 4, "{name}: {denied:#?}");
+        for r in denied {
+            assert!(
+                r["decision"] == "deny"
+                    && r["rule"] == "crm-pii"
+                    && flagged(r, "derived_from_masked"),
+                "{name}: {r}"
+            );
+        }
+    }
 }

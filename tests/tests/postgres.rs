@@ -9,7 +9,7 @@ use pam_e2e::{
     Agent, Cgroup, OutputWithin, ResourceSpec, TestHost, agent_bin, postgres::PgServer,
     require_root,
 };
-use serde_json::Value;
+use serde_json::{Value, json};
 
 const PASSWORD: &str = "pg-e2e-password";
 
@@ -439,16 +439,23 @@ fn executions_are_on_record_with_their_parameters_and_audit_show_prints_them() {
                 {"type": "text", "redacted": "detector email"}
             ])
         );
-        // Stored before the execution it describes completed.
+        // Stored before the execution it describes completed: a completion of that
+        // very statement (same session, same number) follows it, one row, no error.
+        assert!(e["statement"].is_u64(), "{e}");
         let done = journal
             .iter()
             .find(|r| {
                 r["kind"] == "statement_completed"
                     && r["session"] == session
+                    && r["statement"] == e["statement"]
                     && r["seq"].as_u64() > e["seq"].as_u64()
             })
-            .is_some();
-        assert!(done, "{e}");
+            .unwrap_or_else(|| panic!("no completion after {e}"));
+        assert_eq!(
+            (&done["rows"], &done["error"]),
+            (&json!(1), &Value::Null),
+            "{done}"
+        );
     }
     let shown = Command::new(agent_bin())
         .args(["audit", "show", session, "--journal"])

@@ -123,8 +123,17 @@ fn a_stop_with_open_sessions_closes_each_on_record() {
         .collect();
     assert_eq!(opened.len(), 3);
     assert_eq!(closed.len(), 3, "every open session closed on record");
+    // Each opened session closed exactly once, by the stop.
+    let ids = |v: Vec<&serde_json::Value>| -> Vec<String> {
+        let mut v: Vec<String> = v.iter().map(|s| s.to_string()).collect();
+        v.sort();
+        v
+    };
+    assert_eq!(
+        ids(closed.iter().map(|c| &c["session"]).collect()),
+        ids(opened.iter().collect())
+    );
     for c in &closed {
-        assert!(opened.contains(&c["session"]));
         assert_eq!(c["end"], "agent_shutdown", "{c}");
     }
     let stopped = all.last().unwrap();

@@ -2,6 +2,7 @@
 //! event, and running the real `pam-agent` binary.
 #![allow(dead_code)]
 
+pub mod deadline;
 pub mod every_variant;
 pub mod format;
 
@@ -12,6 +13,7 @@ use std::{
     time::Duration,
 };
 
+pub use deadline::Deadline;
 use jiff::Timestamp;
 use pam_agent::{
     journal::{
@@ -59,7 +61,7 @@ pub fn audit(journal: &Path, args: &[&str]) -> Output {
         .args(args)
         .arg("--journal")
         .arg(journal)
-        .output()
+        .output_within()
         .unwrap()
 }
 

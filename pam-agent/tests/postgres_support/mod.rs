@@ -27,6 +27,8 @@ mod jsonl;
 pub mod raw;
 pub mod template;
 
+pub use template::deadline::Deadline;
+
 pub const PASSWORD: &str = "s3cret-pw";
 const BIN: &str = "/usr/lib/postgresql/15/bin";
 
@@ -44,7 +46,7 @@ fn free_port() -> u16 {
 }
 
 fn run(cmd: &mut Command) -> Output {
-    let out = cmd.output().expect("command runs");
+    let out = cmd.output_within().expect("command runs");
     assert!(
         out.status.success(),
         "{cmd:?} failed:\n{}\n{}",
@@ -131,7 +133,7 @@ impl Drop for PgServer {
             .arg("-D")
             .arg(self.dir.join("data"))
             .args(["-m", "immediate", "-w", "stop"])
-            .output();
+            .output_within();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
@@ -435,7 +437,7 @@ impl Proxy {
             .arg(self.conninfo())
             .arg("-c")
             .arg(sql)
-            .output()
+            .output_within()
             .unwrap();
         PsqlRun::from(out)
     }
@@ -456,7 +458,7 @@ impl Proxy {
             .stdin(std::process::Stdio::piped())
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped())
-            .spawn()
+            .spawn_watched()
             .unwrap();
         child
             .stdin
@@ -477,7 +479,7 @@ impl Proxy {
             .arg(self.port.to_string())
             .arg(PASSWORD)
             .args(args)
-            .output()
+            .output_within()
             .unwrap();
         PsqlRun::from(out)
     }

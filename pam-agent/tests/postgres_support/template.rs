@@ -9,6 +9,12 @@ use std::{
     process::Command,
 };
 
+/// Child process deadlines, here so every includer of this file has them.
+#[path = "../common/deadline.rs"]
+pub mod deadline;
+
+use deadline::Deadline;
+
 const BIN: &str = "/usr/lib/postgresql/15/bin";
 
 /// Copies the cluster `initdb ARGS` makes (with `password` for the `postgres` superuser,
@@ -20,7 +26,7 @@ pub fn copy_to(data: &Path, args: &[&str], password: Option<&str>, pg_hba: &str)
         .arg("-a")
         .arg(&template)
         .arg(data)
-        .output()
+        .output_within()
         .expect("cp");
     assert!(
         out.status.success(),
@@ -61,10 +67,10 @@ fn template(args: &[&str], password: Option<&str>, pg_hba: &str) -> PathBuf {
         .arg("-R")
         .arg("postgres")
         .arg(&work)
-        .status()
+        .status_within()
         .expect("chown");
     assert!(chown.success());
-    let out = initdb.output().expect("initdb");
+    let out = initdb.output_within().expect("initdb");
     assert!(
         out.status.success(),
         "initdb: {}",
