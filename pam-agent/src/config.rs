@@ -111,6 +111,23 @@ pub(crate) struct RawListener {
     /// Bytes of messages held in the agent at once, all sessions together (default 256 MiB).
     #[serde(default = "default_max_buffered_bytes")]
     pub max_buffered_bytes: usize,
+    /// How `tcp` resources are relayed: `kernel` (default) or `splice`.
+    #[serde(default)]
+    pub tcp_relay: TcpRelay,
+}
+
+/// How the bytes of `tcp` resources move between the worker and the resource.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TcpRelay {
+    /// In the kernel (sockmap and an sk_skb verdict), once the session is on record;
+    /// the agent only watches for the end. Falls back to `splice` where the kernel
+    /// refuses (the reason is logged once).
+    #[default]
+    Kernel,
+    /// Through the agent with splice(2) (the kernel moves pages; the agent wakes for
+    /// every chunk).
+    Splice,
 }
 
 fn default_max_buffered_bytes() -> usize {
@@ -236,6 +253,7 @@ pub struct Listener {
     pub max_sessions_per_principal: usize,
     /// The memory budget for messages held in userspace ([`crate::memory_budget`]).
     pub max_buffered_bytes: usize,
+    pub tcp_relay: TcpRelay,
 }
 
 #[derive(Debug, Clone)]
@@ -501,6 +519,7 @@ fn validate_listener(raw: &RawListener) -> Result<Listener, Invalid> {
         max_sessions: raw.max_sessions,
         max_sessions_per_principal: raw.max_sessions_per_principal,
         max_buffered_bytes: raw.max_buffered_bytes,
+        tcp_relay: raw.tcp_relay,
     })
 }
 
