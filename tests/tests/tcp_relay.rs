@@ -15,16 +15,21 @@ use pam_e2e::{
 use serde_json::Value;
 
 const SINK: u16 = 7000;
+const ECHO: u16 = 7001;
 
 /// A host with the checking server, a governed cgroup, and an agent relaying the
 /// server's port the given way (`kernel` or `splice`).
 fn setup(tag: &str, relay: &str) -> (TestHost, Cgroup, Agent) {
     let mut host = TestHost::new().expect("test host");
     host.serve_sink(&[SINK]).expect("sink server");
+    host.serve_echo(&[ECHO]).expect("echo server");
     let cg = Cgroup::new(tag).expect("cgroup");
     let agent = Agent::start_with_listener(
         &[&cg],
-        &[ResourceSpec::tcp("sink", host.v4, SINK)],
+        &[
+            ResourceSpec::tcp("sink", host.v4, SINK),
+            ResourceSpec::tcp("echo", host.v4, ECHO),
+        ],
         &format!("tcp_relay = \"{relay}\""),
         "",
     )
@@ -62,11 +67,9 @@ fn transfer(cg: &Cgroup, host: &TestHost, send: u64, reply: u64) -> Value {
 
 /// The close record of the worker's session, once written.
 fn closed_record(agent: &Agent, pid: u64) -> Value {
-    wait_for(
-        "the session's session_closed record",
-        std::time::Duration::from_secs(30),
-        || agent.session_of_pid(pid).and_then(|(_, c)| c),
-    )
+    wait_for("the session's session_closed record", WAIT, || {
+        agent.session_of_pid(pid).and_then(|(_, c)| c)
+    })
 }
 
 /// Asserts that the agent relays `tcp` resources the way the config asks.
@@ -149,6 +152,75 @@ fn a_large_transfer_through_the_kernel_relay_arrives_intact() {
     assert_eq!(closed["bytes_to_worker"], r["received"], "{closed}");
 }
 
+/// A worker whose first request waits in the agent's socket before the hand-over, and
+/// which sends nothing more until it is answered: the hand-over itself must pass it on.
+#[test]
+fn a_worker_that_speaks_first_and_waits_is_answered_through_the_kernel_relay() {
+    if !require_root("tcp_relay") {
+        return;
+    }
+    let (host, cg, agent) = setup("relay-rr", "kernel");
+    let mut cmd = Command::new(agent_bin());
+    cmd.args(["exec", "--cgroup"])
+        .arg(&cg.path)
+        .arg("--")
+        .arg(peer_bin())
+        .args(["rr", &host.addr4(ECHO).to_string(), "200", "64"]);
+    let out = output_within(&mut cmd, CHILD_TIMEOUT);
+    assert!(
+        out.status.success(),
+        "round trips failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let all = agent.settled();
+    let closed: Vec<&Value> = all
+        .iter()
+        .filter(|r| r["kind"] == "session_closed")
+        .collect();
+    assert_eq!(closed.len(), 1, "{all:?}");
+    assert_eq!(closed[0]["end"], "closed", "{all:?}");
+    assert_eq!(closed[0]["bytes_from_worker"], 200 * 64, "{all:?}");
+    assert_eq!(closed[0]["bytes_to_worker"], 200 * 64, "{all:?}");
+}
+
+/// How many sockets the agent process `pid` has in its in-kernel relay (entries of its
+/// `PAM_RELAY_PEERS`, two per session), read with bpftool.
+fn relayed_sockets(pid: u32) -> usize {
+    let bpftool = |args: &[&str]| -> Value {
+        let out = output_within(Command::new("bpftool").arg("-j").args(args), CHILD_TIMEOUT);
+        assert!(out.status.success(), "bpftool {args:?}: {out:?}");
+        serde_json::from_slice(&out.stdout).expect("bpftool JSON")
+    };
+    let maps = bpftool(&["map", "show"]);
+    let id = maps
+        .as_array()
+        .expect("map list")
+        .iter()
+        .find(|m| {
+            m["name"] == "PAM_RELAY_PEERS"
+                && m["pids"]
+                    .as_array()
+                    .is_some_and(|p| p.iter().any(|p| p["pid"] == pid))
+        })
+        .and_then(|m| m["id"].as_u64())
+        .unwrap_or_else(|| panic!("agent {pid} has no PAM_RELAY_PEERS map: {maps}"));
+    bpftool(&["map", "dump", "id", &id.to_string()])
+        .as_array()
+        .map_or(0, Vec::len)
+}
+
+const WAIT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Waits until the agent's one session is relayed in the kernel (its pair in the relay).
+fn wait_in_kernel(agent: &Agent) {
+    let pid = agent.pid().expect("agent pid");
+    wait_for(
+        "the session's two sockets in the kernel relay",
+        WAIT,
+        || (relayed_sockets(pid) == 2).then_some(()),
+    );
+}
+
 /// A worker that has sent `HOLD` bytes of a larger transfer and waits.
 struct Held {
     child: pam_e2e::Watched,
@@ -211,8 +283,11 @@ fn a_killed_agent_cuts_a_kernel_relayed_transfer_and_nothing_goes_around_it() {
     }
     let (host, cg, mut agent) = setup("relay-kill", "kernel");
     let held = start_held(&cg, &host);
-    let (opened, _) = agent.session_of_pid(held.pid).expect("session on record");
+    let (opened, _) = wait_for("the session on record", WAIT, || {
+        agent.session_of_pid(held.pid)
+    });
     assert_eq!(opened["resource"]["name"], "sink");
+    wait_in_kernel(&agent);
     agent.kill().expect("kill -9");
     let r = held.finish();
     assert_cut_off(&r);
@@ -226,6 +301,7 @@ fn a_stopped_agent_journals_the_kernel_relayed_session_closing() {
     }
     let (host, cg, mut agent) = setup("relay-stop", "kernel");
     let held = start_held(&cg, &host);
+    wait_in_kernel(&agent);
     agent.stop().expect("orderly stop");
     let r = held.finish();
     assert_cut_off(&r);
