@@ -191,16 +191,24 @@ fn relayed_sockets(pid: u32) -> usize {
         assert!(out.status.success(), "bpftool {args:?}: {out:?}");
         serde_json::from_slice(&out.stdout).expect("bpftool JSON")
     };
+    // The maps the process holds: the `map_id` of its fds.
+    let held: Vec<u64> = std::fs::read_dir(format!("/proc/{pid}/fdinfo"))
+        .expect("agent fdinfo")
+        .flatten()
+        .filter_map(|e| std::fs::read_to_string(e.path()).ok())
+        .filter_map(|info| {
+            info.lines()
+                .find_map(|l| l.strip_prefix("map_id:"))
+                .and_then(|id| id.trim().parse().ok())
+        })
+        .collect();
     let maps = bpftool(&["map", "show"]);
     let id = maps
         .as_array()
         .expect("map list")
         .iter()
         .find(|m| {
-            m["name"] == "PAM_RELAY_PEERS"
-                && m["pids"]
-                    .as_array()
-                    .is_some_and(|p| p.iter().any(|p| p["pid"] == pid))
+            m["name"] == "PAM_RELAY_PEERS" && m["id"].as_u64().is_some_and(|id| held.contains(&id))
         })
         .and_then(|m| m["id"].as_u64())
         .unwrap_or_else(|| panic!("agent {pid} has no PAM_RELAY_PEERS map: {maps}"));
@@ -320,4 +328,67 @@ fn a_stopped_agent_journals_the_kernel_relayed_session_closing() {
 
 fn held_pid(r: &Value) -> u64 {
     r["pid"].as_u64().expect("pid in report")
+}
+
+#[test]
+#[ignore]
+fn probe_cpu() {
+    for relay in ["kernel", "splice"] {
+        let (host, cg, agent) = setup(&format!("probe-{relay}"), relay);
+        let stat = |pid: u32| -> (u64, u64) {
+            let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+            let f: Vec<&str> = s.rsplit(')').next().unwrap().split_whitespace().collect();
+            (f[11].parse().unwrap(), f[12].parse().unwrap())
+        };
+        let all = || -> u64 {
+            let s = std::fs::read_to_string("/proc/stat").unwrap();
+            let f: Vec<u64> = s
+                .lines()
+                .next()
+                .unwrap()
+                .split_whitespace()
+                .skip(1)
+                .map(|x| x.parse().unwrap())
+                .collect();
+            f[0] + f[1] + f[2] + f[5] + f[6]
+        };
+        let pid = agent.pid().unwrap();
+        let (u0, s0) = stat(pid);
+        let a0 = all();
+        let t = std::time::Instant::now();
+        let mut cmd = Command::new(agent_bin());
+        cmd.args(["exec", "--cgroup"])
+            .arg(&cg.path)
+            .arg("--")
+            .arg(peer_bin())
+            .args([
+                "bulk",
+                &host.addr4(ECHO).to_string(),
+                &(1u64 << 30).to_string(),
+            ]);
+        let out = output_within(&mut cmd, CHILD_TIMEOUT);
+        let (u1, s1) = stat(pid);
+        let a1 = all();
+        eprintln!(
+            "{relay}: {} agent user {} sys {} ticks; machine busy {} ticks; wall {:?}",
+            String::from_utf8_lossy(&out.stdout).trim(),
+            u1 - u0,
+            s1 - s0,
+            a1 - a0,
+            t.elapsed()
+        );
+        let mut cmd = Command::new(peer_bin());
+        cmd.args([
+            "bulk",
+            &host.addr4(ECHO).to_string(),
+            &(1u64 << 30).to_string(),
+        ]);
+        let a0 = all();
+        let out = output_within(&mut cmd, CHILD_TIMEOUT);
+        eprintln!(
+            "direct: {} machine busy {} ticks",
+            String::from_utf8_lossy(&out.stdout).trim(),
+            all() - a0
+        );
+    }
 }

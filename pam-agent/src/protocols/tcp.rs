@@ -38,33 +38,44 @@ pub async fn relay(
     kernel: Option<&SockRelay>,
     shutdown: &CancellationToken,
 ) -> Outcome {
-    if let Some(kernel) = kernel {
-        let handed = in_kernel::Before::take(&worker, &upstream)
-            .map_err(|source| PairError::Refused {
-                what: "reading the sockets' counters",
-                source,
-            })
-            .and_then(|before| Ok((before, kernel.join(worker.as_fd(), upstream.as_fd())?)));
-        match handed {
-            Ok((before, pair)) => {
-                return in_kernel::relay(&worker, &upstream, before, pair, shutdown).await;
-            }
-            Err(PairError::Closed) => {}
-            Err(e @ PairError::Refused { .. }) => FALLBACK_LOGGED.call_once(|| {
-                tracing::warn!(error = %e, "relaying tcp sessions with splice instead");
-            }),
-            // Bytes may be in the kernel's hands already: this session cannot go on.
-            Err(e) => {
-                return Outcome {
-                    from_worker: 0,
-                    to_worker: 0,
-                    end: SessionEnd::Error,
-                    detail: Some(e.to_string()),
-                };
-            }
+    let Some(kernel) = kernel else {
+        return splice_relay(worker, upstream, shutdown).await;
+    };
+    // Out of tokio's reactor: in the kernel relay only the sockets' ends wake the agent.
+    let (worker, upstream) = match (worker.into_std(), upstream.into_std()) {
+        (Ok(w), Ok(u)) => (w, u),
+        (Err(e), _) | (_, Err(e)) => return failed(format!("leaving the reactor: {e}")),
+    };
+    let handed = in_kernel::Before::take(&worker, &upstream)
+        .map_err(|source| PairError::Refused {
+            what: "reading the sockets' counters",
+            source,
+        })
+        .and_then(|before| Ok((before, kernel.join(worker.as_fd(), upstream.as_fd())?)));
+    match handed {
+        Ok((before, pair)) => {
+            return in_kernel::relay(&worker, &upstream, before, pair, shutdown).await;
         }
+        Err(PairError::Closed) => {}
+        Err(e @ PairError::Refused { .. }) => FALLBACK_LOGGED.call_once(|| {
+            tracing::warn!(error = %e, "relaying tcp sessions with splice instead");
+        }),
+        // Bytes may be in the kernel's hands already: this session cannot go on.
+        Err(e) => return failed(e.to_string()),
     }
-    splice_relay(worker, upstream, shutdown).await
+    match (TcpStream::from_std(worker), TcpStream::from_std(upstream)) {
+        (Ok(w), Ok(u)) => splice_relay(w, u, shutdown).await,
+        (Err(e), _) | (_, Err(e)) => failed(format!("back into the reactor: {e}")),
+    }
+}
+
+fn failed(detail: String) -> Outcome {
+    Outcome {
+        from_worker: 0,
+        to_worker: 0,
+        end: SessionEnd::Error,
+        detail: Some(detail),
+    }
 }
 
 async fn splice_relay(

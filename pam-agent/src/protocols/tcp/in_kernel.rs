@@ -10,10 +10,18 @@
 //!   need no work per byte.
 //! - The end: both directions closed, either socket failed (RST, error), or the agent
 //!   shuts down; the sockets are then closed, which takes them out of the relay.
+//! - Waking: the sockets leave tokio's reactor (which would wake for every segment the
+//!   kernel signals and then relays itself); an epoll set of their own asks only for
+//!   the end (RDHUP, ERR, HUP), edge-triggered, so the agent sleeps while bytes flow.
 
-use std::{io, os::fd::AsRawFd, time::Duration};
+use std::{
+    io,
+    net::TcpStream,
+    os::fd::{AsRawFd, FromRawFd, OwnedFd},
+    time::Duration,
+};
 
-use tokio::{io::Interest, net::TcpStream};
+use tokio::io::unix::AsyncFd;
 use tokio_util::sync::CancellationToken;
 
 use crate::{journal::event::SessionEnd, kernel::Pair, protocols::Outcome};
@@ -122,6 +130,7 @@ pub async fn relay(
 
 /// Until both directions have ended (Ok) or a socket failed (Err(Some(why))).
 async fn watch<'s>(up: &mut Direction<'s>, down: &mut Direction<'s>) -> Result<(), Option<String>> {
+    let ends = Ends::new([up.from, down.from]).map_err(|e| Some(e.to_string()))?;
     loop {
         for d in [&mut *up, &mut *down] {
             if let Some(e) = failure(d.from) {
@@ -134,28 +143,57 @@ async fn watch<'s>(up: &mut Direction<'s>, down: &mut Direction<'s>) -> Result<(
         if up.done.is_some() && down.done.is_some() {
             return Ok(());
         }
-        // A socket whose reading side has ended stays "read closed" for good: from
-        // then on only its errors are worth a wake-up.
-        let interest = |d: &Direction<'_>| {
-            if d.done.is_none() {
-                Interest::READABLE | Interest::ERROR
-            } else {
-                Interest::ERROR
-            }
-        };
-        tokio::select! {
-            r = up.from.ready(interest(up)) => r.map_err(|e| Some(e.to_string()))?,
-            r = down.from.ready(interest(down)) => r.map_err(|e| Some(e.to_string()))?,
-        };
-        // Wake-ups without an end (the kernel signals data it then relays itself) are
-        // cleared, so the next wait sleeps until something new happens.
-        for d in [&*up, &*down] {
-            if d.done.is_none() && !ended(d.from) {
-                let _ = d.from.try_io(Interest::READABLE, || {
-                    Err::<(), _>(io::ErrorKind::WouldBlock.into())
-                });
+        ends.wait().await.map_err(|e| Some(e.to_string()))?;
+    }
+}
+
+/// An epoll set that reports only the sockets' ends, edge-triggered: one wake-up per
+/// change of state (FIN, RST, error), never for data.
+struct Ends {
+    epoll: AsyncFd<OwnedFd>,
+}
+
+impl Ends {
+    fn new(sockets: [&TcpStream; 2]) -> io::Result<Ends> {
+        // SAFETY: plain syscall; the fd is owned from here on.
+        let fd = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: a new fd nobody else owns.
+        let epoll = unsafe { OwnedFd::from_raw_fd(fd) };
+        for s in sockets {
+            let mut ev = libc::epoll_event {
+                events: (libc::EPOLLRDHUP | libc::EPOLLET) as u32,
+                u64: s.as_raw_fd() as u64,
+            };
+            // SAFETY: a valid epoll fd, socket fd and event.
+            if unsafe { libc::epoll_ctl(fd, libc::EPOLL_CTL_ADD, s.as_raw_fd(), &mut ev) } != 0 {
+                return Err(io::Error::last_os_error());
             }
         }
+        // SAFETY: the AsyncFd owns the epoll fd, which stays open and the same for as
+        // long as it lives.
+        let epoll =
+            unsafe { AsyncFd::register_with_interest(epoll, tokio::io::Interest::READABLE)? };
+        Ok(Ends { epoll })
+    }
+
+    /// Returns after a change of state of either socket (the caller looks at both).
+    async fn wait(&self) -> io::Result<()> {
+        let mut guard = self.epoll.readable().await?;
+        let mut events = [libc::epoll_event { events: 0, u64: 0 }; 4];
+        // SAFETY: a valid epoll fd and buffer; zero timeout.
+        unsafe {
+            libc::epoll_wait(
+                self.epoll.get_ref().as_raw_fd(),
+                events.as_mut_ptr(),
+                events.len() as i32,
+                0,
+            )
+        };
+        guard.clear_ready();
+        Ok(())
     }
 }
 
