@@ -253,9 +253,9 @@ fn redirect(bulk_bytes: u64, connects: usize) -> anyhow::Result<String> {
     writeln!(md, "### Relay through the agent vs direct\n")?;
     writeln!(
         md,
-        "`tcp` resources, relayed in the kernel (`listener.tcp_relay = \"kernel\"`, the \
-         default: sockmap and the `pam_relay` sk_skb verdict) and with splice(2) (`splice`, \
-         the fallback); each against direct runs taken next to it in the same run.\n"
+        "`tcp` resources, relayed in the kernel (`listener.tcp_relay = \"kernel\"`: \
+         sockmap and the `pam_relay` sk_skb verdict) and with splice(2) (`splice`, the \
+         default); each against direct runs taken next to it in the same run.\n"
     )?;
     writeln!(
         md,
@@ -308,9 +308,13 @@ fn redirect(bulk_bytes: u64, connects: usize) -> anyhow::Result<String> {
          chunk wakes the agent twice (socket to pipe, pipe to socket) although it never \
          copies the payload; in the kernel relay the worker-side socket's received segments \
          are queued straight onto the server-side socket (and back) by the `pam_relay` \
-         verdict, and the agent only waits for the connection's end. Both still cross two \
-         more TCP endpoints than a direct connection (worker → agent over loopback, agent → \
-         server). `postgres` resources need the bytes in userspace to judge them and are not \
+         verdict, and the agent only waits for the connection's end (it spends no CPU per \
+         byte), but the kernel sends a redirected segment out from a workqueue, which costs \
+         more CPU in all and a scheduling delay per round trip than splice here: splice \
+         stays the default. Both still cross two more TCP endpoints than a direct \
+         connection (worker → agent over loopback, agent → server); the next step toward \
+         0.95 is to skip the loopback hop (an sk_msg verdict on the worker's own socket \
+         sending into the server-side socket). `postgres` resources need the bytes in userspace to judge them and are not \
          relayed in the kernel. The redirect hook's cost is paid once per governed connect \
          to a protected resource (it records pid, uid, gid, cgroup, comm and the original \
          destination); connects that pass through pay only the lookup."
