@@ -150,23 +150,27 @@ impl SockRelay {
                     .map_err(|e| refused("naming the peers")(io::Error::other(e)))?;
             }
         }
+        // The agent's own connection goes in first: the worker's side is the one that
+        // may be closing right now (a request and its FIN sent at once), and a side that
+        // cannot go in any more is best met second, while the first is still untouched.
+        let (first, c_first, second, c_second) = (b, cb, a, ca);
         {
             let mut sockets = self.sockets.lock().unwrap_or_else(|p| p.into_inner());
-            if let Err(e) = sockets.insert(ca, a.as_raw_fd(), 0) {
-                return Err(if untouched(a) {
+            if let Err(e) = sockets.insert(c_first, first.as_raw_fd(), 0) {
+                return Err(if untouched(first) {
                     refused("adding a socket to the sockhash")(io::Error::other(e))
                 } else {
                     // It closed meanwhile (nothing was taken: it was never in).
                     PairError::Closed
                 });
             }
-            if let Err(e) = sockets.insert(cb, b.as_raw_fd(), 0) {
+            if let Err(e) = sockets.insert(c_second, second.as_raw_fd(), 0) {
                 // The second side closed meanwhile. The first one is out again; if the
                 // kernel took none of its bytes (the hold kept them), another relay
                 // can still carry the session whole.
-                let _ = sockets.remove(&ca);
+                let _ = sockets.remove(&c_first);
                 let source = io::Error::other(e);
-                return Err(if untouched(a) {
+                return Err(if untouched(first) {
                     PairError::Closed
                 } else {
                     PairError::HalfWay {
