@@ -2,6 +2,13 @@
 //! verdict program (`pam_relay`) is attached to, and the pairing of a session's two
 //! sockets in it.
 //!
+//! Known limit of the hand-over: the two sockets go in one after the other, with their
+//! wake-ups held (SO_RCVLOWAT) so nothing reaches the verdict before both are in. A FIN
+//! overrides that hold: if the server's FIN lands on the agent's own connection in the
+//! microseconds between the two inserts, the bytes that came with it find no peer and
+//! are dropped, and the session then waits for them. A worker's FIN in that window is
+//! handled (its socket cannot go in; the session falls back to splice untouched).
+//!
 //! Nothing here is pinned: the relay belongs to the running agent. A socket leaves the
 //! sockhash when it closes, and the agent's sockets close when it exits or is killed,
 //! so nothing is relayed around an agent that is gone (fail closed).
