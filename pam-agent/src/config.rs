@@ -111,6 +111,25 @@ pub(crate) struct RawListener {
     /// Bytes of messages held in the agent at once, all sessions together (default 256 MiB).
     #[serde(default = "default_max_buffered_bytes")]
     pub max_buffered_bytes: usize,
+    /// How `tcp` resources are relayed: `splice` (default) or `kernel`.
+    #[serde(default)]
+    pub tcp_relay: TcpRelay,
+}
+
+/// How the bytes of `tcp` resources move between the worker and the resource.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TcpRelay {
+    /// In the kernel (sockmap and an sk_skb verdict), once the session is on record;
+    /// the agent only watches for the end and spends no CPU per byte. Falls back to
+    /// `splice` where the kernel refuses (the reason is logged once). Not the default:
+    /// on Linux 6.18 the kernel's egress redirect (a workqueue per socket) moved bulk
+    /// data slower than splice and added latency per round trip (docs/benchmarks.md).
+    Kernel,
+    /// Through the agent with splice(2) (the kernel moves pages; the agent wakes for
+    /// every chunk).
+    #[default]
+    Splice,
 }
 
 fn default_max_buffered_bytes() -> usize {
@@ -236,6 +255,7 @@ pub struct Listener {
     pub max_sessions_per_principal: usize,
     /// The memory budget for messages held in userspace ([`crate::memory_budget`]).
     pub max_buffered_bytes: usize,
+    pub tcp_relay: TcpRelay,
 }
 
 #[derive(Debug, Clone)]
@@ -501,6 +521,7 @@ fn validate_listener(raw: &RawListener) -> Result<Listener, Invalid> {
         max_sessions: raw.max_sessions,
         max_sessions_per_principal: raw.max_sessions_per_principal,
         max_buffered_bytes: raw.max_buffered_bytes,
+        tcp_relay: raw.tcp_relay,
     })
 }
 
@@ -817,6 +838,19 @@ port = 22
         assert!(!cfg.resources[0].covers("10.1.2.3:5433".parse().unwrap()));
         assert!(cfg.resources[1].covers("[fd00::5]:22".parse().unwrap()));
         assert_eq!(cfg.resources[1].protocol, Protocol::Tcp);
+    }
+
+    #[test]
+    fn tcp_relay_defaults_to_splice_and_takes_kernel() {
+        let parse = |text: &str| Config::from_toml(Path::new("t.toml"), text);
+        assert_eq!(
+            parse(&base("")).unwrap().listener.tcp_relay,
+            TcpRelay::Splice
+        );
+        let kernel = base("").replace("port = 15432", "port = 15432\ntcp_relay = \"kernel\"");
+        assert_eq!(parse(&kernel).unwrap().listener.tcp_relay, TcpRelay::Kernel);
+        let e = err(&base("").replace("port = 15432", "port = 15432\ntcp_relay = \"pipe\""));
+        assert!(e.contains("tcp_relay") || e.contains("pipe"), "{e}");
     }
 
     #[test]

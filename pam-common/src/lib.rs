@@ -34,6 +34,13 @@ pub mod maps {
     /// Read from userspace, a value is the socket's cookie (hence 8-byte values).
     /// A socket leaves the map when it is closed, so an entry is proof the listener lives.
     pub const LISTENERS: &str = "PAM_LISTENERS";
+    /// Sockhash: socket cookie (u64) -> a socket the agent relays in the kernel (`tcp`
+    /// resources). Not pinned: it belongs to the running agent, and a socket leaves it
+    /// when it closes, so nothing is relayed around an agent that is gone.
+    pub const RELAY: &str = "PAM_RELAY";
+    /// Hash: socket cookie (u64) -> the cookie of its peer in [`RELAY`]. Filled by the
+    /// agent for each relayed pair; the verdict program sends a socket's bytes there.
+    pub const RELAY_PEERS: &str = "PAM_RELAY_PEERS";
 }
 
 /// Sockmap index of the agent's IPv4 listener (target of IPv4 and `::ffff:` connects).
@@ -54,12 +61,17 @@ pub mod programs {
     pub const SOCK_RELEASE: &str = "pam_sock_release";
     /// Attached to the agent's network namespace, not to a cgroup.
     pub const SK_LOOKUP: &str = "pam_sk_lookup";
+    /// sk_skb stream verdict attached to [`maps::RELAY`]: each relayed socket's
+    /// received bytes go out of its peer.
+    pub const RELAY_VERDICT: &str = "pam_relay";
 }
 
 pub const MAX_PROTECTED: u32 = 4096;
 /// Sized for many concurrent governed connections; entries leave at socket release.
 pub const MAX_CONNECTS: u32 = 65536;
 pub const MAX_GOVERNED: u32 = 1024;
+/// Sockets relayed in the kernel at once (two per `tcp` session).
+pub const MAX_RELAYED: u32 = 65536;
 
 /// Prefix bits taken by the port in a [`ResourceKey`] (the port is matched exactly).
 pub const PORT_PREFIX_BITS: u32 = 16;

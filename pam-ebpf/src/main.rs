@@ -31,10 +31,15 @@
 //!   delivered to the agent's socket from `PAM_LISTENERS`, or dropped when it is absent,
 //!   whoever else has bound that port.
 //!
+//! Attached to the agent's relay sockhash (see [`relay`]):
+//! - `pam_relay`: sk_skb stream verdict; a relayed socket's bytes go out of its peer.
+//!
 //! Every entry point is a thin wrapper around a `try_` function; anything that goes
 //! wrong for a protected destination refuses the connect (fail closed).
 #![no_std]
 #![no_main]
+
+mod relay;
 
 use aya_ebpf::{
     EbpfContext,

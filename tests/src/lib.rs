@@ -198,6 +198,12 @@ impl TestHost {
         self.serve("serve-close", ports)
     }
 
+    /// Starts the `transfer` checker (`pam-testpeer serve-sink`): it checks each byte a
+    /// client sends and answers only after the client's half-close.
+    pub fn serve_sink(&mut self, ports: &[u16]) -> anyhow::Result<()> {
+        self.serve("serve-sink", ports)
+    }
+
     fn serve(&mut self, mode: &str, ports: &[u16]) -> anyhow::Result<()> {
         let mut cmd = self.command(peer_bin());
         std::os::unix::process::CommandExt::process_group(&mut cmd, 0);

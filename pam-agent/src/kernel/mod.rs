@@ -19,6 +19,7 @@ mod listener;
 mod peer;
 mod pins;
 mod probe;
+mod relay;
 
 use std::{
     collections::HashSet,
@@ -49,6 +50,7 @@ use crate::{config::Config, principal::Captured};
 pub use listener::ListenerProof;
 pub use pins::{PinnedLink, disable, pinned_links};
 pub use probe::KernelError;
+pub use relay::{Pair, PairError, SockRelay};
 
 /// The programs a governed cgroup needs and that `links` lack: those attached to the
 /// cgroup itself and those attached to the cgroup2 root.
@@ -261,6 +263,8 @@ pub struct Redirector {
     netns_cookie: u64,
     /// The redirect targets: accepted connections must have reached one of them.
     targets: [SocketAddr; 2],
+    /// The in-kernel relay of `tcp` resources; None: they are relayed with splice.
+    relay: Option<SockRelay>,
 }
 
 impl Redirector {
@@ -363,6 +367,20 @@ impl Redirector {
         }
 
         let connects = take_hash(&mut ebpf, maps::CONNECTS)?;
+        let relay = match cfg.listener.tcp_relay {
+            crate::config::TcpRelay::Splice => None,
+            crate::config::TcpRelay::Kernel => match SockRelay::start(&mut ebpf) {
+                Ok(r) => Some(r),
+                Err(e) => {
+                    tracing::warn!(error = %e, "tcp resources are relayed with splice: the kernel refused the in-kernel relay");
+                    None
+                }
+            },
+        };
+        tracing::info!(
+            tcp_relay = if relay.is_some() { "kernel" } else { "splice" },
+            "relay of tcp resources"
+        );
         Ok(Redirector {
             _ebpf: ebpf,
             _layout: layout,
@@ -374,7 +392,13 @@ impl Redirector {
                 SocketAddr::new(cfg.listener.ipv4.into(), cfg.listener.port),
                 SocketAddr::new(cfg.listener.ipv6.into(), cfg.listener.port),
             ],
+            relay,
         })
+    }
+
+    /// The in-kernel relay for `tcp` resources, when configured and the kernel took it.
+    pub fn sock_relay(&self) -> Option<&SockRelay> {
+        self.relay.as_ref()
     }
 
     /// Makes the protected-resource map hold exactly `protected`: new entries go in

@@ -97,6 +97,8 @@ pub struct Dispatch<'a> {
     /// TLS toward the worker, and this resource's client TLS toward its server.
     pub worker_tls: Option<&'a tls::LeafCache>,
     pub upstream_tls: Option<tls::ClientTls>,
+    /// The in-kernel relay for `tcp` resources (None: splice).
+    pub tcp_relay: Option<&'a crate::kernel::SockRelay>,
     pub shutdown: &'a CancellationToken,
 }
 
@@ -179,7 +181,7 @@ pub async fn refuse(protocol: Protocol, worker: TcpStream, reason: &str) {
 pub async fn serve(d: Dispatch<'_>) -> Outcome {
     match d.protocol {
         Protocol::Tcp => match d.upstream.dial().await {
-            Ok(upstream) => tcp::relay(d.worker, upstream, d.shutdown).await,
+            Ok(upstream) => tcp::relay(d.worker, upstream, d.tcp_relay, d.shutdown).await,
             Err(detail) => Outcome {
                 from_worker: 0,
                 to_worker: 0,

@@ -124,6 +124,7 @@ pub async fn run(
             .get(redirected.resource_id as usize)
             .cloned()
             .flatten(),
+        tcp_relay: shared.redirector.sock_relay(),
         shutdown: &shutdown,
     })
     .await;

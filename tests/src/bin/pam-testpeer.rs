@@ -9,7 +9,13 @@
 //! pam-testpeer connect-close ADDR N     N times: connect and close at once (a flood)
 //! pam-testpeer bulk ADDR BYTES          send BYTES, read them back, report duration
 //! pam-testpeer rr ADDR N SIZE           N request/response round trips of SIZE bytes
+//! pam-testpeer serve-sink ADDR...       check a `transfer`, answer after its end
+//! pam-testpeer transfer ADDR SEND REPLY [HOLD_AT]
+//!                                       send, half-close, check the reply (transfer.rs)
 //! ```
+
+#[path = "pam-testpeer/transfer.rs"]
+mod transfer;
 
 use std::{
     io::{Read, Write},
@@ -24,6 +30,8 @@ fn main() {
     match mode {
         "serve" => serve(&args[1..], echo),
         "serve-close" => serve(&args[1..], drop),
+        "serve-sink" => serve(&args[1..], transfer::serve),
+        "transfer" => transfer::client(&args[1..]),
         "connect" => connect(
             &args[1],
             args.get(2).map(|n| n.parse().unwrap()).unwrap_or(4096),
