@@ -533,4 +533,173 @@ mod tests {
             "{plan:#?}"
         );
     }
+    /// The seqs a filter selects on `conn`.
+    fn seqs(conn: &Connection, filter: &Filter) -> Vec<i64> {
+        let (clause, values) = filter.sql();
+        let mut st = conn
+            .prepare(&format!("SELECT seq FROM records{clause} ORDER BY seq"))
+            .unwrap();
+        st.query_map(rusqlite::params_from_iter(values), |r| r.get(0))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap()
+    }
+
+    fn index_names(conn: &Connection) -> Vec<String> {
+        let mut st = conn
+            .prepare("SELECT name FROM sqlite_schema WHERE type = 'index' AND name LIKE 'records%' ORDER BY name")
+            .unwrap();
+        st.query_map([], |r| r.get(0))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap()
+    }
+
+    /// A journal indexed by an earlier version answers the same before and after the
+    /// index thread moves it to this layout, and the same as a plain comparison of the
+    /// derived columns (every record of a session carries its principal's columns).
+    #[test]
+    fn the_index_layout_upgrade_keeps_every_answer() {
+        let conn = Connection::open_in_memory().unwrap();
+        conn.execute_batch(schema::DDL).unwrap();
+        conn.execute_batch(
+            "CREATE INDEX records_session  ON records (session) WHERE session IS NOT NULL;
+             CREATE INDEX records_uid      ON records (uid, ts_us) WHERE uid IS NOT NULL;
+             CREATE INDEX records_user     ON records (user, ts_us) WHERE user IS NOT NULL;
+             CREATE INDEX records_resource ON records (resource, ts_us) WHERE resource IS NOT NULL;",
+        )
+        .unwrap();
+        // (kind, session, uid, user, resource): two sessions, records outside sessions.
+        let rows: &[(&str, Option<&str>, Option<u32>, Option<&str>, Option<&str>)] = &[
+            ("agent_started", None, None, None, None),
+            (
+                "session_opened",
+                Some("a"),
+                Some(1001),
+                Some("alice"),
+                Some("orders-db"),
+            ),
+            (
+                "statement",
+                Some("a"),
+                Some(1001),
+                Some("alice"),
+                Some("orders-db"),
+            ),
+            (
+                "session_opened",
+                Some("b"),
+                Some(1002),
+                Some("bob"),
+                Some("crm-db"),
+            ),
+            (
+                "statement",
+                Some("b"),
+                Some(1002),
+                Some("bob"),
+                Some("crm-db"),
+            ),
+            (
+                "connection_refused",
+                None,
+                Some(1001),
+                Some("alice"),
+                Some("crm-db"),
+            ),
+            (
+                "statement_completed",
+                Some("a"),
+                Some(1001),
+                Some("alice"),
+                Some("orders-db"),
+            ),
+            (
+                "session_closed",
+                Some("b"),
+                Some(1002),
+                Some("bob"),
+                Some("crm-db"),
+            ),
+            (
+                "session_closed",
+                Some("a"),
+                Some(1001),
+                Some("alice"),
+                Some("orders-db"),
+            ),
+        ];
+        for (i, (kind, session, uid, user, resource)) in rows.iter().enumerate() {
+            conn.execute(
+                "INSERT INTO records (seq, ts_us, kind, session, uid, user, resource, record, prev_hash, hash)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, '{}', x'00', x'00')",
+                rusqlite::params![i as i64 + 1, 1000 + i as i64, kind, session, uid, user, resource],
+            )
+            .unwrap();
+        }
+        let filters = [
+            Filter {
+                user: Some("alice".into()),
+                ..Default::default()
+            },
+            Filter {
+                uid: Some(1002),
+                ..Default::default()
+            },
+            Filter {
+                resource: Some("crm-db".into()),
+                ..Default::default()
+            },
+            Filter {
+                user: Some("alice".into()),
+                since_us: Some(1002),
+                until_us: Some(1007),
+                ..Default::default()
+            },
+        ];
+        let plain = |f: &Filter| -> Vec<i64> {
+            let (column, value) = match (&f.user, f.uid, &f.resource) {
+                (Some(u), _, _) => ("user", rusqlite::types::Value::Text(u.clone())),
+                (_, Some(u), _) => ("uid", rusqlite::types::Value::Integer(u.into())),
+                (_, _, Some(r)) => ("resource", rusqlite::types::Value::Text(r.clone())),
+                _ => unreachable!(),
+            };
+            let mut st = conn
+                .prepare(&format!(
+                    "SELECT seq FROM records WHERE {column} = ?1 AND ts_us >= ?2 AND ts_us < ?3 ORDER BY seq"
+                ))
+                .unwrap();
+            st.query_map(
+                rusqlite::params![
+                    value,
+                    f.since_us.unwrap_or(0),
+                    f.until_us.unwrap_or(i64::MAX)
+                ],
+                |r| r.get(0),
+            )
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap()
+        };
+        let expected: Vec<Vec<i64>> = filters.iter().map(plain).collect();
+        assert_eq!(expected[0], vec![2, 3, 6, 7, 9]);
+        assert_eq!(expected[3], vec![3, 6, 7]);
+        let before: Vec<Vec<i64>> = filters.iter().map(|f| seqs(&conn, f)).collect();
+        assert_eq!(before, expected, "old layout");
+        assert!(schema::upgrade_indexes(&conn).unwrap());
+        let after: Vec<Vec<i64>> = filters.iter().map(|f| seqs(&conn, f)).collect();
+        assert_eq!(after, expected, "new layout");
+        assert_eq!(
+            index_names(&conn),
+            [
+                "records_decision",
+                "records_kind",
+                "records_resource_first",
+                "records_session_ts",
+                "records_ts",
+                "records_uid_first",
+                "records_user_first"
+            ]
+        );
+    }
 }
