@@ -570,7 +570,14 @@ mod tests {
         )
         .unwrap();
         // (kind, session, uid, user, resource): two sessions, records outside sessions.
-        let rows: &[(&str, Option<&str>, Option<u32>, Option<&str>, Option<&str>)] = &[
+        type Row<'a> = (
+            &'a str,
+            Option<&'a str>,
+            Option<u32>,
+            Option<&'a str>,
+            Option<&'a str>,
+        );
+        let rows: &[Row] = &[
             ("agent_started", None, None, None, None),
             (
                 "session_opened",
