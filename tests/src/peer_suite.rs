@@ -95,3 +95,67 @@ pub fn differences(direct: &Outcomes, proxied: &Outcomes) -> Vec<String> {
 pub fn count(o: &Outcomes, what: &str) -> usize {
     o.values().filter(|(outcome, _)| outcome == what).count()
 }
+
+/// What a comparison must see before it counts: the suite really ran, and really went
+/// through the agent.
+pub struct Expect {
+    pub name: &'static str,
+    pub min_passed: usize,
+    pub min_sessions: usize,
+}
+
+/// Runs the suite directly and through the agent (`run(through, only)`), gives a test
+/// that passed one way and not the other two more tries the way it did not pass (a
+/// few peer tests are timing-dependent), and asserts both runs pass and skip the same
+/// tests, printing the agent's refusals with any difference.
+pub fn assert_same_through_agent(
+    agent: &crate::Agent,
+    cg: &Cgroup,
+    expect: Expect,
+    run: impl Fn(Option<&Cgroup>, &[String]) -> Outcomes,
+) {
+    let mut direct = run(None, &[]);
+    let mut proxied = run(Some(cg), &[]);
+    let mut flaky = Vec::new();
+    for _ in 0..2 {
+        flaky.extend(retry(|only| run(Some(cg), only), &mut proxied, &direct));
+        flaky.extend(retry(|only| run(None, only), &mut direct, &proxied));
+    }
+    let name = expect.name;
+    assert!(
+        count(&direct, "pass") >= expect.min_passed,
+        "{name}: the direct run passed only {} tests",
+        count(&direct, "pass")
+    );
+    let journal = agent.journal();
+    let sessions = journal
+        .iter()
+        .filter(|r| r["kind"] == "session_opened")
+        .count();
+    assert!(
+        sessions >= expect.min_sessions,
+        "{name}: only {sessions} sessions went through the agent"
+    );
+    let differences = differences(&direct, &proxied);
+    let refused: Vec<String> = journal
+        .iter()
+        .filter(|r| r["kind"] == "statement" && r["decision"] != "allow")
+        .map(|r| format!("{} {} {}", r["rule"], r["reason"], r["text"]))
+        .collect();
+    eprintln!(
+        "{name}: directly {} passed, {} skipped, {} failed/errored; through the agent \
+         {} passed ({sessions} sessions, {} refusals); passed on a retry: {flaky:?}",
+        count(&direct, "pass"),
+        count(&direct, "skip"),
+        count(&direct, "fail") + count(&direct, "error"),
+        count(&proxied, "pass"),
+        refused.len()
+    );
+    assert!(
+        differences.is_empty(),
+        "{name}: {} tests end differently through the agent:\n{}\nrefused:\n{}",
+        differences.len(),
+        differences.join("\n"),
+        refused.join("\n")
+    );
+}

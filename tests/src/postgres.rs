@@ -15,6 +15,30 @@ use crate::{OutputWithin, TestHost};
 
 const BIN: &str = "/usr/lib/postgresql/15/bin";
 
+/// `psql -c "select 'TAG'"` as user postgres from the governed cgroup `cg` to `host`:
+/// (succeeded, stdout, stderr).
+pub fn governed_select(
+    cg: &crate::Cgroup,
+    host: &str,
+    password: &str,
+    tag: &str,
+) -> (bool, String, String) {
+    let out = Command::new(crate::agent_bin())
+        .args(["exec", "--cgroup"])
+        .arg(&cg.path)
+        .args(["--", "psql", "-h", host, "-U", "postgres", "-d", "postgres"])
+        .args(["-XAtc", &format!("select '{tag}'")])
+        .env("PGPASSWORD", password)
+        .env("PGCONNECT_TIMEOUT", "5")
+        .output_within()
+        .expect("psql");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
 /// A crew's statement policy, used by the end-to-end tests and the demo: drivers'
 /// housekeeping and reads of `public.orders` are allowed, single-row writes to it too;
 /// unbounded writes, other tables and everything else are refused.
@@ -254,6 +278,26 @@ impl PgServer {
     /// The server's log (`server.log`, written by pg_ctl).
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("server.log")).unwrap_or_default()
+    }
+
+    /// Logs every connection and statement to [`PgServer::log`] (for tests that show
+    /// nothing reached the server), in effect when this returns.
+    pub fn log_every_statement(&self) {
+        for sql in [
+            "alter system set log_connections = on",
+            "alter system set log_statement = 'all'",
+            "select pg_reload_conf()",
+        ] {
+            self.admin_sql("postgres", sql).expect(sql);
+        }
+        crate::wait_for("log_statement = all", Duration::from_secs(10), || {
+            (self
+                .admin_sql("postgres", "show log_statement")
+                .ok()?
+                .trim()
+                == "all")
+                .then_some(())
+        });
     }
 
     pub fn admin_sql(&self, db: &str, sql: &str) -> anyhow::Result<String> {

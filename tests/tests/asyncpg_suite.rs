@@ -11,7 +11,7 @@ use std::path::Path;
 
 use pam_e2e::{
     Agent, Cgroup, ResourceSpec, TestHost,
-    peer_suite::{self, Outcomes, count},
+    peer_suite::{self, Outcomes},
     require_root,
 };
 
@@ -62,58 +62,14 @@ fn asyncpg_own_suite_ends_the_same_through_the_agent_as_directly() {
     )
     .expect("agent");
 
-    let mut direct = run_suite(&host, None, &[]);
-    let mut proxied = run_suite(&host, Some(&cg), &[]);
-    // A few of the suite's tests are timing-dependent (they fail now and then, directly
-    // or not): a test that passed one way and not the other gets two more tries the
-    // way it did not pass before it counts as a difference.
-    let mut flaky = Vec::new();
-    for _ in 0..2 {
-        let through = |only: &[String]| run_suite(&host, Some(&cg), only);
-        flaky.extend(peer_suite::retry(through, &mut proxied, &direct));
-        let directly = |only: &[String]| run_suite(&host, None, only);
-        flaky.extend(peer_suite::retry(directly, &mut direct, &proxied));
-    }
-
-    // The suite really ran, and really went through the agent.
-    assert!(
-        count(&direct, "pass") >= 300,
-        "direct run passed only {} tests",
-        count(&direct, "pass")
-    );
-    let journal = agent.journal();
-    let sessions = journal
-        .iter()
-        .filter(|r| r["kind"] == "session_opened")
-        .count();
-    assert!(
-        sessions >= 100,
-        "only {sessions} sessions went through the agent"
-    );
-
-    // Differences: a test that passed one way and not the other, or that the suite
-    // skipped one way and not the other; the sets of passed and skipped tests must be
-    // the same.
-    let differences = peer_suite::differences(&direct, &proxied);
-    let refused: Vec<String> = journal
-        .iter()
-        .filter(|r| r["kind"] == "statement" && r["decision"] != "allow")
-        .map(|r| format!("{} {} {}", r["rule"], r["reason"], r["text"]))
-        .collect();
-    eprintln!(
-        "asyncpg suite: directly {} passed, {} skipped, {} failed/errored; through the agent \
-         {} passed ({sessions} sessions, {} refusals); passed on a retry: {flaky:?}",
-        count(&direct, "pass"),
-        count(&direct, "skip"),
-        count(&direct, "fail") + count(&direct, "error"),
-        count(&proxied, "pass"),
-        refused.len()
-    );
-    assert!(
-        differences.is_empty(),
-        "{} tests end differently through the agent:\n{}\nrefused:\n{}",
-        differences.len(),
-        differences.join("\n"),
-        refused.join("\n")
+    peer_suite::assert_same_through_agent(
+        &agent,
+        &cg,
+        peer_suite::Expect {
+            name: "asyncpg suite",
+            min_passed: 300,
+            min_sessions: 100,
+        },
+        |through, only| run_suite(&host, through, only),
     );
 }

@@ -2,11 +2,10 @@
 //! relayed (issue 16), end to end: the journal on a small tmpfs, filled up while the agent
 //! runs; the server's own statement log shows what reached it.
 
-use std::{path::PathBuf, process::Command, time::Duration};
+use std::{path::PathBuf, process::Command};
 
 use pam_e2e::{
-    Agent, Cgroup, OutputWithin, ResourceSpec, TestHost, agent_bin, postgres::PgServer,
-    require_root, wait_for,
+    Agent, Cgroup, OutputWithin, ResourceSpec, TestHost, postgres::PgServer, require_root,
 };
 
 const PASSWORD: &str = "pg-full-password";
@@ -52,20 +51,7 @@ impl Drop for Tmpfs {
 }
 
 fn psql(host: &str, cg: &Cgroup, tag: &str) -> (bool, String, String) {
-    let out = Command::new(agent_bin())
-        .args(["exec", "--cgroup"])
-        .arg(&cg.path)
-        .args(["--", "psql", "-h", host, "-U", "postgres", "-d", "postgres"])
-        .args(["-XAtc", &format!("select '{tag}'")])
-        .env("PGPASSWORD", PASSWORD)
-        .env("PGCONNECT_TIMEOUT", "5")
-        .output_within()
-        .expect("psql");
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    pam_e2e::postgres::governed_select(cg, host, PASSWORD, tag)
 }
 
 #[test]
@@ -75,16 +61,7 @@ fn a_session_whose_opening_cannot_be_stored_is_closed_and_relays_nothing() {
     }
     let host = TestHost::new().expect("test host");
     let pg = PgServer::start(&host, 5432, PASSWORD).expect("postgres");
-    for sql in [
-        "alter system set log_connections = on",
-        "alter system set log_statement = 'all'",
-        "select pg_reload_conf()",
-    ] {
-        pg.admin_sql("postgres", sql).unwrap();
-    }
-    wait_for("log_statement = all", Duration::from_secs(10), || {
-        (pg.admin_sql("postgres", "show log_statement").ok()?.trim() == "all").then_some(())
-    });
+    pg.log_every_statement();
     let dir = tempfile::tempdir().unwrap();
     let fs = Tmpfs::mount(dir.path().to_owned(), "4m");
     let cg = Cgroup::new("jfull").expect("cgroup");

@@ -7,11 +7,11 @@
 //! sees an error and the agent's log says why. The server's own statement log shows what
 //! reached it.
 
-use std::{path::Path, process::Command, time::Duration};
+use std::{path::Path, process::Command};
 
 use pam_e2e::{
-    Agent, Cgroup, OutputWithin, ResourceSpec, TestHost, agent_bin, postgres::PgServer,
-    require_root, session::Session, wait_for,
+    Agent, Cgroup, OutputWithin, ResourceSpec, TestHost, postgres::PgServer, require_root,
+    session::Session,
 };
 
 const PASSWORD: &str = "pg-sync-password";
@@ -37,20 +37,7 @@ fn build_shim(dir: &Path) -> std::path::PathBuf {
 }
 
 fn psql(host: &str, cg: &Cgroup, tag: &str) -> (bool, String, String) {
-    let out = Command::new(agent_bin())
-        .args(["exec", "--cgroup"])
-        .arg(&cg.path)
-        .args(["--", "psql", "-h", host, "-U", "postgres", "-d", "postgres"])
-        .args(["-XAtc", &format!("select '{tag}'")])
-        .env("PGPASSWORD", PASSWORD)
-        .env("PGCONNECT_TIMEOUT", "5")
-        .output_within()
-        .expect("psql");
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    pam_e2e::postgres::governed_select(cg, host, PASSWORD, tag)
 }
 
 #[test]
@@ -60,16 +47,7 @@ fn a_failed_journal_flush_refuses_every_later_record_and_relays_nothing() {
     }
     let host = TestHost::new().expect("test host");
     let pg = PgServer::start(&host, 5432, PASSWORD).expect("postgres");
-    for sql in [
-        "alter system set log_connections = on",
-        "alter system set log_statement = 'all'",
-        "select pg_reload_conf()",
-    ] {
-        pg.admin_sql("postgres", sql).unwrap();
-    }
-    wait_for("log_statement = all", Duration::from_secs(10), || {
-        (pg.admin_sql("postgres", "show log_statement").ok()?.trim() == "all").then_some(())
-    });
+    pg.log_every_statement();
     let scratch = tempfile::tempdir().unwrap();
     let shim = build_shim(scratch.path());
     let trigger = scratch.path().join("fail-sync-now");

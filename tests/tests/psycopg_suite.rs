@@ -12,7 +12,7 @@ use std::path::Path;
 
 use pam_e2e::{
     Agent, Cgroup, ResourceSpec, TestHost,
-    peer_suite::{self, Outcomes, count},
+    peer_suite::{self, Outcomes},
     require_root,
 };
 
@@ -79,54 +79,14 @@ fn psycopg_own_suite_ends_the_same_through_the_agent_as_directly() {
     )
     .expect("agent");
 
-    let mut direct = run_suite(&host, None, &[]);
-    let mut proxied = run_suite(&host, Some(&cg), &[]);
-    // A test that passed one way and not the other gets two more tries the way it did
-    // not pass before it counts as a difference (a few are timing-dependent).
-    let mut flaky = Vec::new();
-    for _ in 0..2 {
-        let through = |only: &[String]| run_suite(&host, Some(&cg), only);
-        flaky.extend(peer_suite::retry(through, &mut proxied, &direct));
-        let directly = |only: &[String]| run_suite(&host, None, only);
-        flaky.extend(peer_suite::retry(directly, &mut direct, &proxied));
-    }
-
-    // The suite really ran, and really went through the agent.
-    assert!(
-        count(&direct, "pass") >= 150,
-        "direct run passed only {} tests",
-        count(&direct, "pass")
-    );
-    let journal = agent.journal();
-    let sessions = journal
-        .iter()
-        .filter(|r| r["kind"] == "session_opened")
-        .count();
-    assert!(
-        sessions >= 150,
-        "only {sessions} sessions went through the agent"
-    );
-
-    let differences = peer_suite::differences(&direct, &proxied);
-    let refused: Vec<String> = journal
-        .iter()
-        .filter(|r| r["kind"] == "statement" && r["decision"] != "allow")
-        .map(|r| format!("{} {} {}", r["rule"], r["reason"], r["text"]))
-        .collect();
-    eprintln!(
-        "psycopg suite: directly {} passed, {} skipped, {} failed/errored; through the agent \
-         {} passed ({sessions} sessions, {} refusals); passed on a retry: {flaky:?}",
-        count(&direct, "pass"),
-        count(&direct, "skip"),
-        count(&direct, "fail") + count(&direct, "error"),
-        count(&proxied, "pass"),
-        refused.len()
-    );
-    assert!(
-        differences.is_empty(),
-        "{} tests end differently through the agent:\n{}\nrefused:\n{}",
-        differences.len(),
-        differences.join("\n"),
-        refused.join("\n")
+    peer_suite::assert_same_through_agent(
+        &agent,
+        &cg,
+        peer_suite::Expect {
+            name: "psycopg suite",
+            min_passed: 150,
+            min_sessions: 150,
+        },
+        |through, only| run_suite(&host, through, only),
     );
 }

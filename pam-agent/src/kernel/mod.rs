@@ -50,7 +50,7 @@ use crate::{config::Config, principal::Captured};
 pub use listener::ListenerProof;
 pub use pins::{PinnedLink, disable, pinned_links};
 pub use probe::KernelError;
-pub use relay::{Pair, PairError, SockRelay};
+pub use relay::{Pair, PairError, SockRelay, tcp_info};
 
 /// The programs a governed cgroup needs and that `links` lack: those attached to the
 /// cgroup itself and those attached to the cgroup2 root.

@@ -216,7 +216,8 @@ fn untouched(fd: BorrowedFd<'_>) -> bool {
     info.tcpi_state == TCP_ESTABLISHED && info.tcpi_bytes_received == queued.max(0) as u64
 }
 
-fn tcp_info(fd: BorrowedFd<'_>) -> io::Result<libc::tcp_info> {
+/// The kernel's TCP_INFO for a socket (state and byte counters).
+pub fn tcp_info(fd: BorrowedFd<'_>) -> io::Result<libc::tcp_info> {
     // SAFETY: tcp_info is plain data; the kernel fills at most `len` bytes of it.
     let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
     let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;

@@ -17,14 +17,18 @@
 use std::{
     io,
     net::TcpStream,
-    os::fd::{AsRawFd, FromRawFd, OwnedFd},
+    os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd},
     time::Duration,
 };
 
 use tokio::io::unix::AsyncFd;
 use tokio_util::sync::CancellationToken;
 
-use crate::{journal::event::SessionEnd, kernel::Pair, protocols::Outcome};
+use crate::{
+    journal::event::SessionEnd,
+    kernel::{Pair, tcp_info},
+    protocols::Outcome,
+};
 
 /// How often a draining direction checks whether its bytes are all out.
 const DRAIN_POLL: Duration = Duration::from_millis(1);
@@ -230,7 +234,7 @@ fn poll_now(s: &TcpStream) -> i16 {
 /// Bytes put into the socket for sending so far: acknowledged by the peer plus still
 /// queued (the SYN of a connection the agent made counts once, in both readings).
 fn written(s: &TcpStream) -> io::Result<u64> {
-    let info = tcp_info(s)?;
+    let info = tcp_info(s.as_fd())?;
     let mut queued: libc::c_int = 0;
     // SAFETY: SIOCOUTQ writes one int.
     if unsafe { libc::ioctl(s.as_raw_fd(), libc::TIOCOUTQ, &mut queued) } != 0 {
@@ -241,26 +245,5 @@ fn written(s: &TcpStream) -> io::Result<u64> {
 
 /// Bytes the socket has received in order (a received FIN counts as one).
 fn received(s: &TcpStream) -> io::Result<u64> {
-    Ok(tcp_info(s)?.tcpi_bytes_received)
-}
-
-fn tcp_info(s: &TcpStream) -> io::Result<libc::tcp_info> {
-    // SAFETY: tcp_info is plain data; the kernel fills at most `len` bytes of it.
-    let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
-    let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
-    // SAFETY: a getsockopt into a tcp_info of the size passed.
-    let rc = unsafe {
-        libc::getsockopt(
-            s.as_raw_fd(),
-            libc::IPPROTO_TCP,
-            libc::TCP_INFO,
-            (&raw mut info).cast(),
-            &mut len,
-        )
-    };
-    if rc == 0 {
-        Ok(info)
-    } else {
-        Err(io::Error::last_os_error())
-    }
+    Ok(tcp_info(s.as_fd())?.tcpi_bytes_received)
 }
