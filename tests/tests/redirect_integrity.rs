@@ -494,8 +494,11 @@ fn a_stale_record_cannot_lend_a_governed_identity_to_another_socket() {
     if !bound.contains(&u64::from(port)) {
         // The worker's port frees once the kernel has finished with the broken
         // connection: try that very port again for a while, the way an attacker would.
+        // connect() shares an ephemeral port among connections to different
+        // destinations, so the worker's port may also be held by another host
+        // connection's TIME_WAIT (60 s), which keeps it from every bind until it ends.
         let p = port.to_string();
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        let deadline = std::time::Instant::now() + Duration::from_secs(65);
         loop {
             let again = script.run(
                 None,
@@ -513,12 +516,15 @@ fn a_stale_record_cannot_lend_a_governed_identity_to_another_socket() {
             }
             assert!(
                 std::time::Instant::now() < deadline,
-                "the worker's port was not reused: {scan}"
+                "the worker's port {port} was never free to bind; its sockets:\n{}",
+                sockets_on(port)
             );
             std::thread::sleep(Duration::from_millis(200));
         }
     }
-    assert!(scan["connected"].as_u64().unwrap() > 800, "{scan}");
+    // connect() takes even ports and other host connections keep some of them in
+    // TIME_WAIT, so on a busy host only about half the range can be bound.
+    assert!(scan["connected"].as_u64().unwrap() > 450, "{scan}");
     assert_eq!(
         scan["got_data"], 0,
         "the attacker's bytes were relayed: {scan}"
@@ -556,6 +562,19 @@ fn a_stale_record_cannot_lend_a_governed_identity_to_another_socket() {
         let _ = child.kill();
         let _ = child.wait();
     }
+}
+
+/// Every TCP socket on a local port, as `ss` shows it (and what `ss` said if it failed).
+fn sockets_on(port: u16) -> String {
+    let out = Command::new("ss")
+        .args(["-tanpe", "state", "all", &format!("( sport = :{port} )")])
+        .output_within()
+        .unwrap();
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
 }
 
 #[test]
