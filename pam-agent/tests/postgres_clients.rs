@@ -31,7 +31,10 @@ fn asyncpg_extended_protocol() {
     refused(&out["denied_fetch"], "default");
     refused(&out["denied_prepare"], "no-unbounded-writes");
     refused(&out["denied_simple"], "no-unbounded-writes");
-    assert_eq!(out["count_after_tx"], json!(5));
+    // The refusal failed the transaction: the next insert was ignored, and the one
+    // before it rolled back with it.
+    assert_eq!(out["in_failed_tx"], json!("25P02"));
+    assert_eq!(out["count_after_tx"], json!(3));
     assert_eq!(out["prepared_again"], json!(50));
     assert_eq!(pg.direct("SELECT count(*) FROM orders"), "5\n");
     // A named prepared statement is judged once at Parse and audited per execution

@@ -334,7 +334,7 @@ fn a_reloaded_policy_applies_to_open_sessions_without_dropping_them() {
 }
 
 #[test]
-fn refusals_report_the_transaction_status_the_server_last_reported() {
+fn a_refusal_fails_the_transaction_block_as_the_servers_own_error_would() {
     let pg = PgServer::start();
     let proxy = Proxy::start(&pg, CREW_POLICY);
     let mut r = Raw::login(&proxy);
@@ -356,13 +356,24 @@ fn refusals_report_the_transaction_status_the_server_last_reported() {
     let refused = "SELECT k FROM secret.keys";
     assert_eq!(query(refused), (b"E".to_vec(), Some("42501".into()), b'I'));
     assert_eq!(query("BEGIN").2, b'T');
-    assert_eq!(query(refused), (b"E".to_vec(), Some("42501".into()), b'T'));
-    // The refusal did not touch the transaction: it is still usable.
     assert_eq!(query("SELECT count(*) FROM orders").2, b'T');
-    assert_eq!(query("SELECT 1/0").1.as_deref(), Some("22012"));
+    // A refusal fails the transaction block as the server's own error would.
     assert_eq!(query(refused), (b"E".to_vec(), Some("42501".into()), b'E'));
+    assert_eq!(
+        query("SELECT count(*) FROM orders"),
+        (b"E".to_vec(), Some("25P02".into()), b'E'),
+        "the server ignores commands until the end of the aborted block"
+    );
+    let (tags, code, status) = query("COMMIT");
+    assert_eq!((tags.as_slice(), code, status), (&b"C"[..], None, b'I'));
+    // In a block the server failed itself, a refused statement gets the server's
+    // answer to any statement there.
+    assert_eq!(query("BEGIN").2, b'T');
+    assert_eq!(query("SELECT 1/0").1.as_deref(), Some("22012"));
+    assert_eq!(query(refused), (b"E".to_vec(), Some("25P02".into()), b'E'));
     assert_eq!(query("ROLLBACK").2, b'I');
-    assert_eq!(query(refused).2, b'I');
+    assert_eq!(query(refused), (b"E".to_vec(), Some("42501".into()), b'I'));
+    assert_eq!(query("SELECT count(*) FROM orders").2, b'I');
 }
 
 impl Raw {

@@ -151,9 +151,17 @@ fn refused_statement_gets_42501_naming_the_rule_and_the_session_continues() {
          SELECT k FROM secret.keys;
          SELECT 'still here';",
     );
+    // The refused DROP failed the transaction block as the server's own error would:
+    // the server ignores the next statement and COMMIT rolls the block back.
     assert_eq!(
-        run.stdout, "5\n5\nBEGIN\nINSERT 0 1\n6\nCOMMIT\nstill here\n",
+        run.stdout, "5\n5\nBEGIN\nINSERT 0 1\nROLLBACK\nstill here\n",
         "{run:?}"
+    );
+    assert!(
+        run.stderr
+            .contains("ERROR:  25P02: current transaction is aborted, commands ignored"),
+        "{}",
+        run.stderr
     );
     assert!(
         run.stderr.contains(
@@ -176,8 +184,9 @@ fn refused_statement_gets_42501_naming_the_rule_and_the_session_continues() {
         "{}",
         run.stderr
     );
-    // Refused statements never reached the server: the table and the insert are there.
-    assert_eq!(pg.direct("SELECT count(*) FROM orders"), "6\n");
+    // Refused statements never reached the server: the table is there, and the insert
+    // went with the block the refusal failed.
+    assert_eq!(pg.direct("SELECT count(*) FROM orders"), "5\n");
 
     // One record per statement, in the order sent, with decision and rule.
     let d: Vec<(String, String)> = proxy
@@ -198,7 +207,12 @@ fn refused_statement_gets_42501_naming_the_rule_and_the_session_continues() {
             "DROP TABLE orders",
             "require_approval by schema-changes-need-approval",
         ),
-        ("SELECT count(*) FROM orders", "allow by crew-public-rw"),
+        // In the failed block the server also fails the agent's own catalog lookup for
+        // the statement: not run, on record as such, the worker sees the server's 25P02.
+        (
+            "SELECT count(*) FROM orders;",
+            "deny by function_lookup_failed",
+        ),
         ("COMMIT", "allow by crew-public-rw"),
         ("SELECT k FROM secret.keys", "deny by default"),
         ("SELECT 'still here'", "allow by crew-public-rw"),

@@ -3,7 +3,8 @@
 //! introspection, which calls built-ins inside an open batch, passes a policy that
 //! refuses volatile and user functions; a large pipelined executemany streams through
 //! whole, every execution journaled, in bounded memory; a cancel that lands on the
-//! agent's own function lookup is the server's cancel of the statement.
+//! agent's own function lookup is the server's cancel of the statement; a refusal inside
+//! a transaction block leaves the block failed, as the server's own error would.
 
 use std::process::Command;
 
@@ -272,4 +273,97 @@ fn a_cancel_during_the_agents_function_lookup_is_the_servers_cancel() {
     }
     let aborted = stopped("SELECT note_other('aborted')", "25P02");
     assert_eq!(aborted.len(), 1, "{aborted:#?}");
+}
+
+/// A refused statement inside a transaction block, with psql (simple protocol) and
+/// psycopg (extended): the worker sees the refusal and then the block failed, as after
+/// the server's own error: the next statement gets 25P02, COMMIT answers ROLLBACK, and
+/// the row written before the refusal is not in the table. Outside a block the session
+/// goes on as before.
+#[test]
+fn a_refusal_inside_a_transaction_block_fails_the_block_as_the_servers_error_would() {
+    if !require_root("wire_fidelity") {
+        return;
+    }
+    let f = setup();
+    f.pg.admin_sql("postgres", "create table bulk(id int)")
+        .unwrap();
+    let script = "BEGIN;\n\
+                  INSERT INTO bulk VALUES (1);\n\
+                  DELETE FROM orders;\n\
+                  \\echo refused :SQLSTATE\n\
+                  SELECT 1;\n\
+                  \\echo next :SQLSTATE\n\
+                  COMMIT;\n\
+                  SELECT count(*) FROM bulk;\n\
+                  DELETE FROM orders;\n\
+                  \\echo outside :SQLSTATE\n\
+                  SELECT count(*) FROM orders;\n";
+    // A file: psql sends each statement as its own Query, as a worker typing them would.
+    let file = f.agent.dir.path().join("refused_in_transaction.sql");
+    std::fs::write(&file, script).unwrap();
+    let out = Command::new(agent_bin())
+        .args(["exec", "--cgroup"])
+        .arg(&f.cg.path)
+        .args(["--", "psql", "-X", "-A", "-t", "-f"])
+        .arg(&file)
+        .arg(dsn(&f))
+        .output_within()
+        .expect("psql");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let lines: Vec<&str> = std::str::from_utf8(&out.stdout).unwrap().lines().collect();
+    assert_eq!(
+        lines,
+        [
+            "BEGIN",
+            "INSERT 0 1",
+            "refused 42501",
+            "next 25P02",
+            "ROLLBACK",
+            "0",
+            "outside 42501",
+            "5",
+        ],
+        "psql's view of the session; stderr: {stderr}"
+    );
+    assert!(
+        stderr.contains("pam-agent refused the statement (rule \"default\")")
+            && stderr.contains("current transaction is aborted"),
+        "{stderr}"
+    );
+
+    let v = client(&f, "refused_in_transaction.py", &[&dsn(&f)]);
+    assert_eq!(v["status_before"], "INTRANS", "{v}");
+    assert_eq!(v["refused"][0], "42501", "{v}");
+    assert!(
+        v["refused"][1]
+            .as_str()
+            .unwrap()
+            .starts_with("pam-agent refused the statement (rule \"default\")"),
+        "{v}"
+    );
+    assert_eq!(v["status_after"], "INERROR", "{v}");
+    assert_eq!(v["next"], "25P02", "{v}");
+    assert_eq!(v["status_end"], "IDLE", "{v}");
+    assert_eq!(
+        v["rows"], 0,
+        "the row written before the refusal committed: {v}"
+    );
+    assert_eq!(v["refused_outside"], "42501", "{v}");
+    assert_eq!(v["status_outside"], "IDLE", "{v}");
+    assert_eq!(v["orders"], 5, "{v}");
+
+    // On record: both refusals inside the blocks, by the default rule.
+    let refused: Vec<_> = f
+        .agent
+        .records("statement")
+        .into_iter()
+        .filter(|r| r["text"] == "DELETE FROM orders")
+        .collect();
+    assert_eq!(refused.len(), 4, "{refused:?}");
+    assert!(
+        refused
+            .iter()
+            .all(|r| r["decision"] == "deny" && r["rule"] == "default")
+    );
 }

@@ -85,8 +85,12 @@ pub fn sweep(release: bool) {
     if unsafe { libc::geteuid() } != 0 {
         return;
     }
-    // SAFETY: called before any thread is spawned; the fixtures read this variable.
-    unsafe { std::env::set_var("PAM_BIN_DIR", bin_dir(release)) };
+    // The fixtures read this variable; one set already names binaries built another
+    // way (for profiling: frame pointers, a separate target directory).
+    if std::env::var_os("PAM_BIN_DIR").is_none() {
+        // SAFETY: called before any thread is spawned.
+        unsafe { std::env::set_var("PAM_BIN_DIR", bin_dir(release)) };
+    }
     let n = pam_e2e::sweep_leftovers();
     if n > 0 {
         eprintln!("removed {n} leftovers of earlier test runs");

@@ -42,8 +42,8 @@ async def main(port, password):
         except asyncpg.PostgresError as e:
             out[name] = [e.sqlstate, e.args[0] if e.args else str(e)]
 
-    # A refusal inside a transaction: the transaction goes on (nothing reached the
-    # server), and commits what was allowed.
+    # A refusal inside a transaction fails it, as the server's own error would: the
+    # next statement is ignored (25P02) and nothing written in it commits.
     tr = conn.transaction()
     await tr.start()
     await conn.execute("INSERT INTO audit_log (note) VALUES ('in-tx-1')")
@@ -51,8 +51,12 @@ async def main(port, password):
         await conn.fetch("SELECT k FROM secret.keys")
     except asyncpg.InsufficientPrivilegeError:
         pass
-    await conn.execute("INSERT INTO audit_log (note) VALUES ('in-tx-2')")
-    await tr.commit()
+    try:
+        await conn.execute("INSERT INTO audit_log (note) VALUES ('in-tx-2')")
+        out["in_failed_tx"] = "not refused"
+    except asyncpg.PostgresError as e:
+        out["in_failed_tx"] = e.sqlstate
+    await tr.rollback()
     out["count_after_tx"] = await conn.fetchval("SELECT count(*) FROM audit_log")
     # The prepared statement is still usable after the refusals.
     out["prepared_again"] = await stmt.fetchval(5)

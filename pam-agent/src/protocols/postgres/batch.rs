@@ -189,18 +189,14 @@ impl Batch {
             self.pending_sync = Some(raw);
             return SyncStep::Await;
         }
-        match (self.refused, self.sent) {
-            (false, _) => {
-                self.held.push(raw);
-                self.note_held();
-                self.write_held(true);
-            }
+        if self.refused {
             // The server was already made to fail this batch: its Sync ends it.
-            (true, true) => {
-                self.out.push(Out::Note(Note::Close));
-                self.out.push(Out::Send(raw));
-            }
-            (true, false) => self.out.push(Out::Note(Note::Ready)),
+            self.out.push(Out::Note(Note::Close));
+            self.out.push(Out::Send(raw));
+        } else {
+            self.held.push(raw);
+            self.note_held();
+            self.write_held(true);
         }
         self.sent = false;
         self.refused = false;
@@ -214,25 +210,24 @@ impl Batch {
     }
 
     /// Fails the batch with `error` (a refusal, or the server's own error to the agent's
-    /// lookup before the message): as [`Batch::refuse`].
+    /// lookup before the message): as [`Batch::refuse`]. The server is made to fail the
+    /// batch (an Execute of a missing portal, shown as `error`), so it does what it does
+    /// after any error: rolls back the batch's implicit transaction, aborts an explicit
+    /// one (nothing written in it can commit any more), and skips to Sync, which it then
+    /// answers with the transaction status the worker must see.
     pub fn fail(&mut self, error: Frame) {
         self.held.clear();
         self.held_bytes = 0;
         self.execs.clear();
         self.describes.clear();
         self.statement_describes.clear();
-        if self.sent {
-            // Part of the batch is on the server: make it fail there, so its implicit
-            // transaction is rolled back and it skips to Sync like after any error.
-            self.out.push(Out::Note(Note::Replace(error)));
-            let mut bytes = frontend::execute_missing_portal(&self.missing_portal)
-                .raw
-                .to_vec();
-            bytes.extend_from_slice(&frontend::flush().raw);
-            self.out.push(Out::Send(bytes.into()));
-        } else {
-            self.out.push(Out::Note(Note::Refuse(error)));
-        }
+        self.out.push(Out::Note(Note::Replace(error)));
+        let mut bytes = frontend::execute_missing_portal(&self.missing_portal)
+            .raw
+            .to_vec();
+        bytes.extend_from_slice(&frontend::flush().raw);
+        self.out.push(Out::Send(bytes.into()));
+        self.sent = true;
         self.refused = true;
     }
 
@@ -439,12 +434,16 @@ mod tests {
         b.push(bind());
         b.push_exec(exec(2));
         b.push(execute());
-        assert_eq!(script(&mut b), ["refuse no-deletes"]);
+        assert_eq!(
+            script(&mut b),
+            ["replace no-deletes", "send EH"],
+            "none of it goes up; the server is made to fail the batch"
+        );
         b.sync(sync());
         assert_eq!(
             script(&mut b),
-            ["ready"],
-            "the Sync is answered by the proxy"
+            ["close", "send S"],
+            "the server answers Sync, with the transaction status after the error"
         );
         assert!(b.is_idle() && !b.discarding());
         // The next batch is judged afresh.
@@ -543,7 +542,10 @@ mod tests {
             reason: "approval required".into(),
         };
         b.resolved(Err(crate::govern::denied(held, "denied by alice")));
-        assert_eq!(script(&mut b), ["refuse approve-deletes", "ready"]);
+        assert_eq!(
+            script(&mut b),
+            ["replace approve-deletes", "send EH", "close", "send S"]
+        );
         assert!(b.is_idle());
     }
 
@@ -605,8 +607,8 @@ mod tests {
             h.push(big.clone());
         }
         let out = script(&mut h);
-        assert_eq!(out.len(), 1, "{out:?}");
-        assert!(out[0].starts_with("refuse "), "too large to hold: {out:?}");
+        assert_eq!(out.len(), 2, "{out:?}");
+        assert!(out[0].starts_with("replace "), "too large to hold: {out:?}");
         assert!(h.discarding() && !h.awaiting());
     }
 }

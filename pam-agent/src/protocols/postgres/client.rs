@@ -379,11 +379,33 @@ impl<'a> Client<'a> {
                     self.note(Note::Inject(Injected::Rollback)).await?;
                     self.upstream.write_all(&rollback.raw).await?;
                 }
-                let shown = j.failed.unwrap_or_else(|| refusal::frame(&d));
-                self.note(Note::Refuse(shown)).await?;
-                self.note(Note::Ready).await?;
+                match j.failed {
+                    // The server's own error (to the agent's lookup for this text): the
+                    // server has already failed what it had to.
+                    Some(error) => {
+                        self.note(Note::Refuse(error)).await?;
+                        self.note(Note::Ready).await?;
+                    }
+                    None => self.refuse_on_the_server(refusal::frame(&d)).await?,
+                }
             }
         }
+        Ok(())
+    }
+
+    /// Answers a refused Query or FunctionCall the way the server answers a failed
+    /// statement, transaction state included: the server is made to fail a statement of
+    /// the agent's own (closing a cursor no worker can name, see [`super::names`]), so
+    /// an open transaction block is aborted there as after any error (the worker reads
+    /// status `E`, later statements get 25P02, COMMIT rolls back) and nothing the worker
+    /// wrote in it before the refusal can commit. The worker sees `refusal` in place of
+    /// that error; in an already aborted transaction it sees the server's 25P02, as it
+    /// would for any statement there.
+    async fn refuse_on_the_server(&mut self, refusal: Frame) -> Result<(), SessionError> {
+        let fail = frontend::query_message(&format!("CLOSE {}", self.names.missing_portal));
+        self.note(Note::Replace(refusal)).await?;
+        self.note(Note::Close).await?;
+        self.upstream.write_all(&fail.raw).await?;
         Ok(())
     }
 
@@ -614,10 +636,7 @@ impl<'a> Client<'a> {
                 self.note(Note::Close).await?;
                 self.upstream.write_all(&f.raw).await?;
             }
-            Err(d) => {
-                self.note(Note::Refuse(refusal::frame(&d))).await?;
-                self.note(Note::Ready).await?;
-            }
+            Err(d) => self.refuse_on_the_server(refusal::frame(&d)).await?,
         }
         Ok(())
     }

@@ -62,8 +62,9 @@ pub enum Note {
     /// The message that ends the current group (Query, Sync, FunctionCall) is sent:
     /// one ReadyForQuery will answer it.
     Close,
-    /// Show this refusal instead of the server's answer to the missing-portal Execute
-    /// just sent in the current group (see [`super::batch`]).
+    /// Show this refusal instead of the server's error to the agent's own failing
+    /// message just sent in the current group: an Execute of a missing portal (see
+    /// [`super::batch`]) or a CLOSE of a missing cursor (a refused Query).
     Replace(Frame),
     /// A refusal answered by the proxy, once every group sent before it is answered.
     Refuse(Frame),

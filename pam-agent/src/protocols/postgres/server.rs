@@ -531,9 +531,9 @@ impl<'a> Server<'a> {
         }
         let code = backend::error_code(&f);
         let replacement = match self.queue.front_mut() {
-            // Only the failure of the agent's own missing portal (reserved names, which
-            // no worker can use): a worker's own missing portal earlier in a streamed
-            // batch keeps its error.
+            // Only the failure of the agent's own missing portal or cursor (reserved
+            // names, which no worker can use): a worker's own missing portal earlier in
+            // a streamed batch keeps its error.
             Some(Pending::Group { replace, .. })
                 if code.as_deref() == Some(sqlstate::INVALID_CURSOR_NAME)
                     && names_reserved_portal(f.body()) =>
