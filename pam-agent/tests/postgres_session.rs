@@ -210,7 +210,7 @@ fn refused_statement_gets_42501_naming_the_rule_and_the_session_continues() {
         // In the failed block the server also fails the agent's own catalog lookup for
         // the statement: not run, on record as such, the worker sees the server's 25P02.
         (
-            "SELECT count(*) FROM orders;",
+            "SELECT count(*) FROM orders",
             "deny by function_lookup_failed",
         ),
         ("COMMIT", "allow by crew-public-rw"),

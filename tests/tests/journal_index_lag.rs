@@ -33,14 +33,14 @@ kinds = ["select", "transaction", "session"]
 /// Statements the clients run while the index is held (each is two records: the
 /// statement and its completion). Well beyond what the index thread queues in memory
 /// (50,000 records), so most must be left to a catch-up from the log.
-const TRANSACTIONS_PER_CLIENT: u64 = 25_000;
+const TRANSACTIONS_PER_CLIENT: u64 = 15_000;
 const CLIENTS: u64 = 4;
 /// Statements of a first session, indexed before the lock is taken.
 const WARM: u64 = 100;
 /// The agent's anonymous memory may grow this much under the load and the catch-up
 /// after it (sessions, their buffers, the index's bounded queue of 16 MiB and SQLite
 /// cache of 16 MiB, allocator arenas); 68-86 MiB measured. Unbounded, the records held for the
-/// index alone would take about 2 KB each: 400 MiB here.
+/// index alone would take about 2 KB each: 240 MiB here.
 const GROWTH_MIB: u64 = 128;
 
 /// Anonymous resident memory of a process, in MiB (what a queue that grows would take).

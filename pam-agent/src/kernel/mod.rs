@@ -430,11 +430,21 @@ impl Redirector {
         let record = match self.connects.get(&far_end.cookie, 0) {
             Ok(r) => r,
             // A socket that is no longer open lost its record when it closed: that is a
-            // connect-and-close, not a connection the kernel let through.
-            Err(aya::maps::MapError::KeyNotFound) if !far_end.open => {
-                return Err(LookupError::RecordGone(peer));
+            // connect-and-close, not a connection the kernel let through. The record goes
+            // at the start of the close, a moment before the socket's state changes, so
+            // a socket seen open before the miss is asked again after it.
+            Err(aya::maps::MapError::KeyNotFound) => {
+                let closed = !far_end.open
+                    || !matches!(
+                        peer::client_socket(peer, local),
+                        Ok(Some(again)) if again.open && again.cookie == far_end.cookie
+                    );
+                return Err(if closed {
+                    LookupError::RecordGone(peer)
+                } else {
+                    LookupError::NotRedirected(peer)
+                });
             }
-            Err(aya::maps::MapError::KeyNotFound) => return Err(LookupError::NotRedirected(peer)),
             Err(e) => return Err(LookupError::Map(e.to_string())),
         };
         if record.epoch != self.epoch || record.netns_cookie != self.netns_cookie {

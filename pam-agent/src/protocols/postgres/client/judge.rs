@@ -73,7 +73,9 @@ impl Client<'_> {
                 Ok(sts) => Ok(sts),
                 Err(Unresolved::Unknown(why)) => Err(why),
                 Err(Unresolved::Server(error)) => {
-                    // Never run unjudged: on record, and the server's error shown.
+                    // Never run unjudged: on record (its text as a statement's is, without
+                    // the terminator), and the server's error shown.
+                    let text = text.trim_end().trim_end_matches(';').trim_end();
                     let judged = self.gate.refuse(text, lookup_failed(&error)).await?;
                     return Ok(Judgement {
                         verdict: judged.verdict,
