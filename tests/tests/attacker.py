@@ -110,9 +110,13 @@ def loop(dst, seconds):
     print(json.dumps(counts), flush=True)
 
 
-def hold(dst):
+def hold(dst, bind_port=0):
     fam, addr = addr_of(dst)
     s = socket.socket(fam, socket.SOCK_STREAM)
+    if bind_port:
+        # A port of its own, shared with nobody (as with SO_REUSEADDR anyone may).
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.bind(("0.0.0.0", bind_port))
     try:
         s.connect(addr)
     except OSError as e:
@@ -326,7 +330,7 @@ def main():
     elif mode == "loop":
         loop(args[0], float(args[1]))
     elif mode == "hold":
-        hold(args[0])
+        hold(args[0], int(args[1]) if len(args) > 1 else 0)
     elif mode == "scan":
         scan(int(args[0]), int(args[1]), int(args[2]))
     elif mode == "netns":

@@ -411,15 +411,17 @@ fn a_pin_directory_made_by_another_user_or_open_to_others_is_refused() {
     assert_eq!(mode & 0o077, 0, "pin dir mode {mode:o}");
 }
 
-/// Spawns a `hold` worker and returns it with its first report.
+/// Spawns a `hold` worker (from local port `bind_port`, 0: the kernel's choice) and
+/// returns it with its first report.
 fn hold(
     script: &Script,
     cg: &Cgroup,
     dst: std::net::SocketAddr,
+    bind_port: u16,
 ) -> (Watched, Value, BufReader<std::process::ChildStdout>) {
     let mut child = script
         .command(Some(cg), Some(NOBODY), &[])
-        .args(["hold", &dst.to_string()])
+        .args(["hold", &dst.to_string(), &bind_port.to_string()])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .spawn_watched()
@@ -442,7 +444,7 @@ fn a_stale_record_cannot_lend_a_governed_identity_to_another_socket() {
     // 1. The case: a governed connect while the agent is stopped. It is
     //    refused, and leaves nothing in the kernel for the socket it keeps.
     agent.stop().unwrap();
-    let (mut refused, report, _out1) = hold(&script, &cg, host.addr4(PROTECTED));
+    let (mut refused, report, _out1) = hold(&script, &cg, host.addr4(PROTECTED), 0);
     assert_eq!(report["connected"], false, "{report}");
     assert_eq!(report["errno"], libc::ECONNREFUSED, "{report}");
     assert_eq!(agent.map_entries("PAM_CONNECTS"), 0);
@@ -450,10 +452,17 @@ fn a_stale_record_cannot_lend_a_governed_identity_to_another_socket() {
 
     // 2. A governed connection that breaks (the agent killed under it) while the
     //    worker keeps its socket: the attempt is over, its record must go, and the
-    //    local port is free for anyone to bind.
-    let (mut held, report, mut out2) = hold(&script, &cg, host.addr4(PROTECTED));
+    //    local port is free for anyone to bind. The worker binds a port no other socket
+    //    holds: one the kernel picked for it by connect() may be shared with another
+    //    host connection's TIME_WAIT, which keeps it from every bind for a minute.
+    let own_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free local port")
+        .port();
+    let (mut held, report, mut out2) = hold(&script, &cg, host.addr4(PROTECTED), own_port);
     assert_eq!(report["connected"], true, "{report}");
     let port = report["local_port"].as_u64().unwrap() as u16;
+    assert_eq!(port, own_port, "{report}");
     assert_eq!(agent.map_entries("PAM_CONNECTS"), 1);
     agent.kill().unwrap();
     held.stdin.as_mut().unwrap().write_all(b"go\n").unwrap();
@@ -494,11 +503,8 @@ fn a_stale_record_cannot_lend_a_governed_identity_to_another_socket() {
     if !bound.contains(&u64::from(port)) {
         // The worker's port frees once the kernel has finished with the broken
         // connection: try that very port again for a while, the way an attacker would.
-        // connect() shares an ephemeral port among connections to different
-        // destinations, so the worker's port may also be held by another host
-        // connection's TIME_WAIT (60 s), which keeps it from every bind until it ends.
         let p = port.to_string();
-        let deadline = std::time::Instant::now() + Duration::from_secs(65);
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
         loop {
             let again = script.run(
                 None,
