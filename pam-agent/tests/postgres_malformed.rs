@@ -376,6 +376,58 @@ fn a_refusal_fails_the_transaction_block_as_the_servers_own_error_would() {
     assert_eq!(query("SELECT count(*) FROM orders").2, b'I');
 }
 
+/// The cursor the agent closes to make the server fail in place of a refusal shows in
+/// `pg_stat_activity` once used. A worker that reads it there and declares a cursor of
+/// that name must not turn its next refusal into a success: every refusal names a fresh
+/// cursor.
+#[test]
+fn a_cursor_named_after_a_past_refusal_cannot_answer_the_next_one() {
+    let pg = PgServer::start();
+    let proxy = Proxy::start(&pg, CREW_POLICY);
+    let mut r = Raw::login(&proxy);
+    let mut query = |sql: &str| -> (Vec<u8>, Option<String>, u8) {
+        r.send(&frame(b'Q', format!("{sql}\0").as_bytes()));
+        let mut tags = Vec::new();
+        let mut code = None;
+        loop {
+            let (tag, body) = r.frame().unwrap();
+            if tag == b'E' {
+                code = Some(fields(&body)[&b'C'].clone());
+            }
+            if tag == b'Z' {
+                return (tags, code, body[0]);
+            }
+            tags.push(tag);
+        }
+    };
+    let refused = "SELECT k FROM secret.keys";
+    let used = || {
+        pg.direct(
+            "SELECT substring(query from 'pam_agent_r_[0-9a-f]+') FROM pg_stat_activity \
+             WHERE query LIKE 'CLOSE pam_agent_r_%'",
+        )
+        .trim()
+        .to_owned()
+    };
+    assert_eq!(query(refused), (b"E".to_vec(), Some("42501".into()), b'I'));
+    let first = used();
+    assert!(first.starts_with("pam_agent_r_"), "{first:?}");
+    assert_eq!(query("BEGIN").2, b'T');
+    let declared = query(&format!("DECLARE {first} CURSOR FOR SELECT 1"));
+    assert_eq!(declared, (b"C".to_vec(), None, b'T'));
+    assert_eq!(
+        query(refused),
+        (b"E".to_vec(), Some("42501".into()), b'E'),
+        "the refusal is an error and fails the block, whatever the worker declared"
+    );
+    let second = used();
+    assert!(
+        second.starts_with("pam_agent_r_") && second != first,
+        "{second:?}"
+    );
+    assert_eq!(query("ROLLBACK").2, b'I');
+}
+
 impl Raw {
     /// Frames up to and including the next ReadyForQuery.
     fn until_ready(&mut self) -> Vec<(u8, Vec<u8>)> {

@@ -49,8 +49,6 @@ pub enum SyncStep {
 
 #[derive(Debug, Default)]
 pub struct Batch {
-    /// The portal whose Execute makes the server fail a partly sent batch (reserved).
-    missing_portal: String,
     held: Vec<Bytes>,
     held_bytes: usize,
     execs: Vec<Exec>,
@@ -72,12 +70,8 @@ pub struct Batch {
 }
 
 impl Batch {
-    /// `missing_portal`: a portal name no worker can create (see [`super::names`]).
-    pub fn new(missing_portal: String) -> Batch {
-        Batch {
-            missing_portal,
-            ..Batch::default()
-        }
+    pub fn new() -> Batch {
+        Batch::default()
     }
 
     /// Messages are discarded until Sync (after a refusal, as the server does).
@@ -222,7 +216,7 @@ impl Batch {
         self.describes.clear();
         self.statement_describes.clear();
         self.out.push(Out::Note(Note::Replace(error)));
-        let mut bytes = frontend::execute_missing_portal(&self.missing_portal)
+        let mut bytes = frontend::execute_missing_portal(&super::names::missing())
             .raw
             .to_vec();
         bytes.extend_from_slice(&frontend::flush().raw);
@@ -409,7 +403,7 @@ mod tests {
 
     #[test]
     fn an_allowed_batch_goes_up_whole_at_sync_with_its_executions_noted_first() {
-        let mut b = Batch::new("pam_agent_r_test".into());
+        let mut b = Batch::new();
         b.push(parse(1));
         b.push(bind());
         b.push_exec(exec(1));
@@ -423,7 +417,7 @@ mod tests {
 
     #[test]
     fn a_refusal_in_the_middle_of_a_pipelined_batch_runs_none_of_it() {
-        let mut b = Batch::new("pam_agent_r_test".into());
+        let mut b = Batch::new();
         b.push(parse(1));
         b.push(bind());
         b.push_exec(exec(1));
@@ -454,7 +448,7 @@ mod tests {
 
     #[test]
     fn flush_sends_without_closing_the_group_and_sync_closes_it() {
-        let mut b = Batch::new("pam_agent_r_test".into());
+        let mut b = Batch::new();
         b.push(parse(1));
         b.push(bind());
         b.push_exec(exec(1));
@@ -468,7 +462,7 @@ mod tests {
 
     #[test]
     fn a_refusal_after_part_of_the_batch_went_up_makes_the_server_fail_it() {
-        let mut b = Batch::new("pam_agent_r_test".into());
+        let mut b = Batch::new();
         b.push(parse(1));
         b.push(bind());
         b.push_exec(exec(1));
@@ -493,7 +487,7 @@ mod tests {
 
     #[test]
     fn a_suspended_portal_executed_again_is_audited_as_the_same_statement() {
-        let mut b = Batch::new("pam_agent_r_test".into());
+        let mut b = Batch::new();
         b.push(parse(1));
         b.push(bind());
         b.push_exec(exec(7));
@@ -509,7 +503,7 @@ mod tests {
 
     #[test]
     fn a_held_batch_waits_for_its_answer_and_then_goes_up_in_order() {
-        let mut b = Batch::new("pam_agent_r_test".into());
+        let mut b = Batch::new();
         b.push(parse(1));
         b.hold();
         b.push(bind());
@@ -529,7 +523,7 @@ mod tests {
 
     #[test]
     fn a_held_batch_denied_later_is_refused_and_its_sync_answered() {
-        let mut b = Batch::new("pam_agent_r_test".into());
+        let mut b = Batch::new();
         b.push(parse(1));
         b.hold();
         b.push(bind());
@@ -551,7 +545,7 @@ mod tests {
 
     #[test]
     fn a_held_batch_flushed_by_the_worker_goes_up_as_soon_as_it_is_approved() {
-        let mut b = Batch::new("pam_agent_r_test".into());
+        let mut b = Batch::new();
         b.push(parse(1));
         b.hold();
         b.push(msg(b'D', 0));
@@ -566,7 +560,7 @@ mod tests {
 
     #[test]
     fn a_held_batch_answered_before_its_sync_continues_normally() {
-        let mut b = Batch::new("pam_agent_r_test".into());
+        let mut b = Batch::new();
         b.push(parse(1));
         b.hold();
         b.resolved(Ok(()));
@@ -585,7 +579,7 @@ mod tests {
             v.resize(1 + len as usize, 0);
             v
         });
-        let mut b = Batch::new("pam_agent_r_test".into());
+        let mut b = Batch::new();
         b.push(big.clone());
         b.push(big.clone());
         assert!(script(&mut b).is_empty());
@@ -596,7 +590,7 @@ mod tests {
             ["send B", "send B", "send B"],
             "sent once over the limit"
         );
-        let mut h = Batch::new("pam_agent_r_test".into());
+        let mut h = Batch::new();
         h.push(parse(1));
         h.hold();
         for _ in 0..3 {

@@ -199,7 +199,7 @@ impl<'a> Client<'a> {
             ctx,
             gate,
             shared,
-            batch: Batch::new(names.missing_portal.clone()),
+            batch: Batch::new(),
             pending: None,
             prepared: HashMap::new(),
             portals: HashMap::new(),
@@ -402,7 +402,7 @@ impl<'a> Client<'a> {
     /// that error; in an already aborted transaction it sees the server's 25P02, as it
     /// would for any statement there.
     async fn refuse_on_the_server(&mut self, refusal: Frame) -> Result<(), SessionError> {
-        let fail = frontend::query_message(&format!("CLOSE {}", self.names.missing_portal));
+        let fail = frontend::query_message(&format!("CLOSE {}", names::missing()));
         self.note(Note::Replace(refusal)).await?;
         self.note(Note::Close).await?;
         self.upstream.write_all(&fail.raw).await?;

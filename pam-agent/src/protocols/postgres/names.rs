@@ -1,9 +1,11 @@
-//! The names the agent gives its own statements and portals on the server. A worker must
-//! not be able to reach them: were a worker to create the portal the agent's deliberate
-//! failure names, a refused batch would run instead of failing; were it to name its own
-//! statement like the column preload, it could clobber it. So the names are random per
-//! session (unguessable), and the whole prefix is reserved: a worker's statement or
-//! portal named with it is refused.
+//! The names the agent gives its own statements, portals and cursors on the server. A
+//! worker must not be able to reach them: were a worker to create the portal or cursor
+//! the agent's deliberate failure names, a refusal would answer with its result instead
+//! of failing; were it to name its own statement like the column preload, it could
+//! clobber it. So the names are random (unguessable): the injected statement's per
+//! session, the failing portal or cursor's per use (the server shows the last query of
+//! each session in `pg_stat_activity`, so a name used once is no secret afterwards); and
+//! the whole prefix is reserved: a worker's statement or portal named with it is refused.
 
 /// Every name the agent uses starts with this; workers' names with it are refused.
 pub const RESERVED_PREFIX: &str = "pam_agent_";
@@ -13,18 +15,20 @@ pub const RESERVED_PREFIX: &str = "pam_agent_";
 pub struct Reserved {
     /// The statement and portal of the agent's injected groups.
     pub injected: String,
-    /// The portal an Execute names to make the server fail a refused batch; never
-    /// created.
-    pub missing_portal: String,
 }
 
 impl Reserved {
     pub fn new() -> Reserved {
         Reserved {
             injected: format!("{RESERVED_PREFIX}i_{}", random_hex()),
-            missing_portal: format!("{RESERVED_PREFIX}r_{}", random_hex()),
         }
     }
+}
+
+/// A fresh name for a portal or cursor that does not exist, which the agent names to make
+/// the server fail in place of a refused message; never created, never used twice.
+pub fn missing() -> String {
+    format!("{RESERVED_PREFIX}r_{}", random_hex())
 }
 
 /// Whether a worker's statement or portal name is one the agent keeps for itself.
@@ -47,12 +51,13 @@ mod tests {
     use super::*;
 
     #[test]
-    fn names_are_reserved_and_differ_per_session() {
+    fn names_are_reserved_and_differ_per_session_and_per_use() {
         let (a, b) = (Reserved::new(), Reserved::new());
         assert_ne!(a.injected, b.injected);
-        assert_ne!(a.missing_portal, b.missing_portal);
-        assert_ne!(a.injected, a.missing_portal);
-        for n in [&a.injected, &a.missing_portal] {
+        let (m1, m2) = (missing(), missing());
+        assert_ne!(m1, m2);
+        assert_ne!(a.injected, m1);
+        for n in [&a.injected, &m1] {
             assert!(is_reserved(n), "{n}");
             assert!(n.len() > RESERVED_PREFIX.len() + 30, "{n}: 128 random bits");
             // PostgreSQL truncates identifiers to 63 bytes: the randomness must fit.
