@@ -377,25 +377,26 @@ fn a_refusal_fails_the_transaction_block_as_the_servers_own_error_would() {
 }
 
 /// The cursor the agent closes to make the server fail in place of a refusal shows in
-/// `pg_stat_activity` once used. A worker that reads it there and declares a cursor of
-/// that name must not turn its next refusal into a success: every refusal names a fresh
-/// cursor.
+/// `pg_stat_activity` once used. A worker that reads it there must not be able to make
+/// its next refusal a success by declaring a cursor of that name: such names are refused
+/// at the SQL level too, and every refusal names a fresh cursor anyway.
 #[test]
 fn a_cursor_named_after_a_past_refusal_cannot_answer_the_next_one() {
     let pg = PgServer::start();
     let proxy = Proxy::start(&pg, CREW_POLICY);
     let mut r = Raw::login(&proxy);
-    let mut query = |sql: &str| -> (Vec<u8>, Option<String>, u8) {
+    let mut query = |sql: &str| -> (Vec<u8>, Option<String>, u8, String) {
         r.send(&frame(b'Q', format!("{sql}\0").as_bytes()));
         let mut tags = Vec::new();
-        let mut code = None;
+        let mut error = (None, String::new());
         loop {
             let (tag, body) = r.frame().unwrap();
             if tag == b'E' {
-                code = Some(fields(&body)[&b'C'].clone());
+                let f = fields(&body);
+                error = (Some(f[&b'C'].clone()), f[&b'M'].clone());
             }
             if tag == b'Z' {
-                return (tags, code, body[0]);
+                return (tags, error.0, body[0], error.1);
             }
             tags.push(tag);
         }
@@ -409,23 +410,45 @@ fn a_cursor_named_after_a_past_refusal_cannot_answer_the_next_one() {
         .trim()
         .to_owned()
     };
-    assert_eq!(query(refused), (b"E".to_vec(), Some("42501".into()), b'I'));
+    let (_, code, status, _) = query(refused);
+    assert_eq!((code.as_deref(), status), (Some("42501"), b'I'));
     let first = used();
     assert!(first.starts_with("pam_agent_r_"), "{first:?}");
     assert_eq!(query("BEGIN").2, b'T');
-    let declared = query(&format!("DECLARE {first} CURSOR FOR SELECT 1"));
-    assert_eq!(declared, (b"C".to_vec(), None, b'T'));
-    assert_eq!(
-        query(refused),
-        (b"E".to_vec(), Some("42501".into()), b'E'),
-        "the refusal is an error and fails the block, whatever the worker declared"
-    );
-    let second = used();
+    for sql in [
+        format!("DECLARE {first} CURSOR FOR SELECT 1"),
+        format!("CLOSE {first}"),
+        format!("PREPARE {first} AS SELECT 1"),
+    ] {
+        let (tags, code, status, message) = query(&sql);
+        assert_eq!(
+            (tags.as_slice(), code.as_deref(), status),
+            (&b"E"[..], Some("42501"), b'E'),
+            "{sql}: {message}"
+        );
+        assert!(
+            message.contains("(rule \"reserved_name\")"),
+            "{sql}: {message}"
+        );
+        assert_eq!(query("ROLLBACK").2, b'I');
+        assert_eq!(query("BEGIN").2, b'T');
+    }
+    // And the next refusal names a cursor of its own.
+    let (_, code, status, _) = query(refused);
+    assert_eq!((code.as_deref(), status), (Some("42501"), b'E'));
+    let last = used();
     assert!(
-        second.starts_with("pam_agent_r_") && second != first,
-        "{second:?}"
+        last.starts_with("pam_agent_r_") && last != first,
+        "{last:?}"
     );
     assert_eq!(query("ROLLBACK").2, b'I');
+    // On record: the three names refused by the reserved-name rule.
+    let reserved = proxy
+        .decisions()
+        .into_iter()
+        .filter(|(_, decision, rule)| decision == "deny" && rule == "reserved_name")
+        .count();
+    assert_eq!(reserved, 3);
 }
 
 impl Raw {

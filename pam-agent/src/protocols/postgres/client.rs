@@ -58,6 +58,18 @@ use judge::function_call_request;
 /// The rule name of refusals of the agent's reserved names.
 const RESERVED_RULE: &str = "reserved_name";
 
+/// The refusal of a name the agent keeps for itself (a statement, portal or cursor).
+fn reserved() -> Decision {
+    Decision {
+        action: Action::Deny,
+        rule: RESERVED_RULE.into(),
+        reason: format!(
+            "statement, portal and cursor names starting with \"{}\" are reserved by pam-agent",
+            names::RESERVED_PREFIX
+        ),
+    }
+}
+
 /// Why every statement of a session is refused once its settings make SQL ambiguous.
 const LEXER_UNSAFE: &str = "the session's client_encoding or standard_conforming_strings \
                             makes SQL text ambiguous; statements are refused";
@@ -669,14 +681,7 @@ impl<'a> Client<'a> {
         if self.batch.discarding() {
             return Ok(());
         }
-        let d = Decision {
-            action: Action::Deny,
-            rule: RESERVED_RULE.into(),
-            reason: format!(
-                "statement and portal names starting with \"{}\" are reserved by pam-agent",
-                names::RESERVED_PREFIX
-            ),
-        };
+        let d = reserved();
         self.gate
             .refuse(&format!("<name {name}>"), d.clone())
             .await?;

@@ -7,6 +7,7 @@ use std::sync::{Arc, atomic::Ordering};
 use super::{
     Client, Judgement, LEXER_UNSAFE, Numbered, Via,
     functions::{Unresolved, lookup_failed},
+    reserved,
 };
 use crate::{
     govern::{Ask, Request, Verdict, masking_refusal, unreadable},
@@ -89,6 +90,7 @@ impl Client<'_> {
             Err(e) => Err(e),
         };
         let (veto, copy) = match &statements {
+            Ok(sts) if sts.iter().any(|s| s.reserved_name.is_some()) => (Some(reserved()), None),
             Ok(sts) if self.masked => match copy_veto(&self.ctx.classifier, sts, via).await {
                 Ok(copy) => (None, copy),
                 Err(d) => (Some(d), None),

@@ -86,12 +86,14 @@ fn classify_at(
             prepared: None,
             commits: false,
             harmless_set_config: false,
+            reserved_name: None,
         };
         let (ty, inner) = node_of(&value)
             .ok_or_else(|| Unclassifiable::Unsupported("statement without a node".into()))?;
         let primary = top_kind(ty, inner, &mut st.flags)?;
         st.kinds.push(primary);
         st.prepared = prepared_of(ty, inner);
+        st.reserved_name = reserved_name_of(ty, inner);
         st.commits = ty == "TransactionStmt"
             && inner.get("kind").and_then(Value::as_i64)
                 == Some(pg_query::protobuf::TransactionStmtKind::TransStmtCommit as i64);
@@ -127,6 +129,21 @@ fn prepared_of(ty: &str, inner: &Map<String, Value>) -> Option<Prepared> {
         "DiscardStmt" => Some(Prepared::Deallocate(None)),
         _ => None,
     }
+}
+
+/// The cursor or SQL-level prepared statement a statement names, when the name is one
+/// the agent keeps for itself (names are case-folded by the parser already).
+fn reserved_name_of(ty: &str, inner: &Map<String, Value>) -> Option<String> {
+    let field = match ty {
+        "PrepareStmt" | "ExecuteStmt" | "DeallocateStmt" => "name",
+        "DeclareCursorStmt" | "FetchStmt" | "ClosePortalStmt" => "portalname",
+        _ => return None,
+    };
+    inner
+        .get(field)
+        .and_then(Value::as_str)
+        .filter(|n| crate::protocols::postgres::names::is_reserved(n))
+        .map(str::to_owned)
 }
 
 /// DO blocks and function bodies: PL/pgSQL is analysed statement by statement, SQL bodies

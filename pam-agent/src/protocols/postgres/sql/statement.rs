@@ -156,6 +156,11 @@ pub struct Statement {
     /// volatile function (asyncpg turns `jit` off this way around its introspection).
     #[serde(skip)]
     pub harmless_set_config: bool,
+    /// A cursor or SQL-level prepared statement named with the agent's reserved prefix
+    /// (DECLARE, FETCH, MOVE, CLOSE, PREPARE, EXECUTE, DEALLOCATE): refused, as such
+    /// names are in the protocol's own messages (see [`crate::protocols::postgres::names`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reserved_name: Option<String>,
 }
 
 /// A statement is its request plus PostgreSQL's own facts: read it as one.
