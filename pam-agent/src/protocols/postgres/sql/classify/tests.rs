@@ -369,3 +369,29 @@ fn set_config_of_an_ordinary_setting_raises_no_flag() {
         assert!(!one(sql).harmless_set_config, "{sql}");
     }
 }
+
+#[test]
+fn cursor_and_prepared_names_with_the_agents_prefix_are_marked_reserved() {
+    for (sql, name) in [
+        (
+            "DECLARE pam_agent_r_ab CURSOR FOR SELECT 1",
+            "pam_agent_r_ab",
+        ),
+        ("FETCH 1 FROM pam_agent_r_ab", "pam_agent_r_ab"),
+        ("MOVE NEXT IN pam_agent_r_ab", "pam_agent_r_ab"),
+        ("CLOSE PAM_AGENT_R_AB", "pam_agent_r_ab"),
+        ("PREPARE pam_agent_i_x AS SELECT 1", "pam_agent_i_x"),
+        ("EXECUTE pam_agent_i_x", "pam_agent_i_x"),
+        ("DEALLOCATE pam_agent_i_x", "pam_agent_i_x"),
+    ] {
+        assert_eq!(one(sql).reserved_name.as_deref(), Some(name), "{sql}");
+    }
+    for sql in [
+        "DECLARE c CURSOR FOR SELECT 'pam_agent_r_ab'",
+        "CLOSE \"PAM_AGENT_R_AB\"",
+        "PREPARE p AS SELECT 1",
+        "SELECT 1 AS pam_agent_x",
+    ] {
+        assert_eq!(one(sql).reserved_name, None, "{sql}");
+    }
+}
