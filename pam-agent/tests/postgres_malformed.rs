@@ -296,17 +296,9 @@ fn a_reloaded_policy_applies_to_open_sessions_without_dropping_them() {
     let pg = PgServer::start();
     let proxy = Proxy::start(&pg, CREW_POLICY);
     let mut r = Raw::login(&proxy);
-    let mut query = |sql: &str| -> Vec<(u8, Vec<u8>)> {
+    let mut query = |sql: &str| {
         r.send(&frame(b'Q', format!("{sql}\0").as_bytes()));
-        let mut out = Vec::new();
-        loop {
-            let f = r.frame().expect("session still open");
-            let done = f.0 == b'Z';
-            out.push(f);
-            if done {
-                return out;
-            }
-        }
+        r.until_ready()
     };
     let secret = "SELECT k FROM secret.keys";
     assert_eq!(query(secret)[0].0, b'E');
@@ -338,21 +330,7 @@ fn a_refusal_fails_the_transaction_block_as_the_servers_own_error_would() {
     let pg = PgServer::start();
     let proxy = Proxy::start(&pg, CREW_POLICY);
     let mut r = Raw::login(&proxy);
-    let mut query = |sql: &str| -> (Vec<u8>, Option<String>, u8) {
-        r.send(&frame(b'Q', format!("{sql}\0").as_bytes()));
-        let mut tags = Vec::new();
-        let mut code = None;
-        loop {
-            let (tag, body) = r.frame().unwrap();
-            if tag == b'E' {
-                code = Some(fields(&body)[&b'C'].clone());
-            }
-            if tag == b'Z' {
-                return (tags, code, body[0]);
-            }
-            tags.push(tag);
-        }
-    };
+    let mut query = |sql: &str| r.query(sql).seen();
     let refused = "SELECT k FROM secret.keys";
     assert_eq!(query(refused), (b"E".to_vec(), Some("42501".into()), b'I'));
     assert_eq!(query("BEGIN").2, b'T');
@@ -385,21 +363,9 @@ fn a_cursor_named_after_a_past_refusal_cannot_answer_the_next_one() {
     let pg = PgServer::start();
     let proxy = Proxy::start(&pg, CREW_POLICY);
     let mut r = Raw::login(&proxy);
-    let mut query = |sql: &str| -> (Vec<u8>, Option<String>, u8, String) {
-        r.send(&frame(b'Q', format!("{sql}\0").as_bytes()));
-        let mut tags = Vec::new();
-        let mut error = (None, String::new());
-        loop {
-            let (tag, body) = r.frame().unwrap();
-            if tag == b'E' {
-                let f = fields(&body);
-                error = (Some(f[&b'C'].clone()), f[&b'M'].clone());
-            }
-            if tag == b'Z' {
-                return (tags, error.0, body[0], error.1);
-            }
-            tags.push(tag);
-        }
+    let mut query = |sql: &str| {
+        let a = r.query(sql);
+        (a.tags, a.code, a.status, a.message)
     };
     let refused = "SELECT k FROM secret.keys";
     let used = || {
@@ -463,6 +429,42 @@ impl Raw {
                 return out;
             }
         }
+    }
+
+    /// Sends a simple Query and reads its answer up to ReadyForQuery.
+    fn query(&mut self, sql: &str) -> Answer {
+        self.send(&frame(b'Q', format!("{sql}\0").as_bytes()));
+        let mut answer = Answer::default();
+        for (tag, body) in self.until_ready() {
+            match tag {
+                b'Z' => answer.status = body[0],
+                b'E' => {
+                    let f = fields(&body);
+                    answer.code = Some(f[&b'C'].clone());
+                    answer.message = f[&b'M'].clone();
+                    answer.tags.push(tag);
+                }
+                _ => answer.tags.push(tag),
+            }
+        }
+        answer
+    }
+}
+
+/// What a simple Query got: the tags of the messages before ReadyForQuery, the error's
+/// SQLSTATE and message if any, and the transaction status.
+#[derive(Debug, Default)]
+struct Answer {
+    tags: Vec<u8>,
+    code: Option<String>,
+    message: String,
+    status: u8,
+}
+
+impl Answer {
+    /// (tags, SQLSTATE, status): what the refusal tests compare.
+    fn seen(&self) -> (Vec<u8>, Option<String>, u8) {
+        (self.tags.clone(), self.code.clone(), self.status)
     }
 }
 
