@@ -880,6 +880,15 @@ impl Drop for Watchdog {
     }
 }
 
+/// Whether a command succeeded, and what it printed (stdout, stderr) as text.
+pub fn printed(out: &Output) -> (bool, String, String) {
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
 /// Like `cmd.output()`, but the child (in its own process group, with everything it
 /// started) is killed after `limit`, and the test fails naming the command and what it
 /// printed so far.

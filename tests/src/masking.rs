@@ -77,11 +77,7 @@ impl MaskFixture {
             .env("PGCONNECT_TIMEOUT", "5")
             .output_within()
             .expect("psql");
-        (
-            out.status.success(),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
+        crate::printed(&out)
     }
 
     /// `clients/mask_evasion.py` with one client (`psycopg-text`, `psycopg-binary`,
@@ -134,4 +130,18 @@ pub fn received(got: &Value) -> Vec<String> {
         cells.push(e.to_owned());
     }
     cells
+}
+
+/// The one `masking_applied` record of a `statement` record (same session and number).
+pub fn masking_record<'j>(journal: &'j [Value], statement: &Value) -> &'j Value {
+    let found: Vec<&Value> = journal
+        .iter()
+        .filter(|r| {
+            r["kind"] == "masking_applied"
+                && r["session"] == statement["session"]
+                && r["statement"] == statement["statement"]
+        })
+        .collect();
+    assert_eq!(found.len(), 1, "{statement}: masking records {found:#?}");
+    found[0]
 }

@@ -5,7 +5,56 @@
 
 use std::{collections::BTreeMap, process::Command, time::Duration};
 
-use crate::{Cgroup, agent_bin, output_within};
+use crate::{Agent, Cgroup, ResourceSpec, TestHost, agent_bin, output_within, postgres::PgServer};
+
+/// The database password of a suite's server.
+pub const PASSWORD: &str = "pg-suite-password";
+
+/// Every statement allowed: what a suite compares is the wire, not the policy.
+const ALLOW_ALL: &str = "[policy]\ndefault = \"allow\"\n";
+
+/// What a suite runs against: a PostgreSQL 15 on a test host at port 5432 (user
+/// `postgres`, [`PASSWORD`]) and an agent governing `cg` that allows every statement.
+pub struct Stage {
+    // Field order is drop order: the agent and database go before the test host.
+    pub agent: Agent,
+    pub cg: Cgroup,
+    _pg: PgServer,
+    pub host: TestHost,
+}
+
+impl Stage {
+    /// `tag` names the governed cgroup.
+    pub fn start(tag: &str) -> Stage {
+        let host = TestHost::new().expect("test host");
+        let pg = PgServer::start(&host, 5432, PASSWORD).expect("postgres");
+        let cg = Cgroup::new(tag).expect("cgroup");
+        let agent = Agent::start_with_journal(
+            &[&cg],
+            &[ResourceSpec::postgres("suite-db", host.v4, 5432)],
+            "fsync = false",
+            ALLOW_ALL,
+        )
+        .expect("agent");
+        Stage {
+            agent,
+            cg,
+            _pg: pg,
+            host,
+        }
+    }
+
+    /// [`assert_same_through_agent`] on this stage.
+    pub fn assert_same(
+        &self,
+        expect: Expect,
+        run: impl Fn(&TestHost, Option<&Cgroup>, &[String]) -> Outcomes,
+    ) {
+        assert_same_through_agent(&self.agent, &self.cg, expect, |through, only| {
+            run(&self.host, through, only)
+        });
+    }
+}
 
 /// A run's outcome per test id: (pass|fail|error|skip|xfail|xpass, why).
 pub type Outcomes = BTreeMap<String, (String, String)>;

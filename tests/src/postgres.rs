@@ -32,11 +32,7 @@ pub fn governed_select(
         .env("PGCONNECT_TIMEOUT", "5")
         .output_within()
         .expect("psql");
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    crate::printed(&out)
 }
 
 /// A crew's statement policy, used by the end-to-end tests and the demo: drivers'

@@ -10,21 +10,13 @@
 use std::path::Path;
 
 use pam_e2e::{
-    Agent, Cgroup, ResourceSpec, TestHost,
-    peer_suite::{self, Outcomes},
+    Cgroup, TestHost,
+    peer_suite::{self, Outcomes, PASSWORD, Stage},
     require_root,
 };
 
 /// Where `cargo xtask setup` puts the sdist's `tests/` (see xtask/src/setup.rs).
 const SUITE_DIR: &str = "/opt/pam-agent-dev/asyncpg-0.32.0-suite";
-
-const PASSWORD: &str = "pg-suite-password";
-
-/// Every statement allowed: what is compared is the wire, not the policy.
-const CONFIG: &str = r#"
-[policy]
-default = "allow"
-"#;
 
 /// Runs the whole suite (`only` empty) or the tests named, directly or `through` the
 /// agent (from the governed cgroup).
@@ -51,25 +43,12 @@ fn asyncpg_own_suite_ends_the_same_through_the_agent_as_directly() {
         Path::new(SUITE_DIR).join("tests/test_execute.py").exists(),
         "asyncpg's test suite is not installed in {SUITE_DIR}: run `cargo xtask setup`"
     );
-    let host = TestHost::new().expect("test host");
-    let _pg = pam_e2e::postgres::PgServer::start(&host, 5432, PASSWORD).expect("postgres");
-    let cg = Cgroup::new("apgsuite").expect("cgroup");
-    let agent = Agent::start_with_journal(
-        &[&cg],
-        &[ResourceSpec::postgres("suite-db", host.v4, 5432)],
-        "fsync = false",
-        CONFIG,
-    )
-    .expect("agent");
-
-    peer_suite::assert_same_through_agent(
-        &agent,
-        &cg,
+    Stage::start("apgsuite").assert_same(
         peer_suite::Expect {
             name: "asyncpg suite",
             min_passed: 300,
             min_sessions: 100,
         },
-        |through, only| run_suite(&host, through, only),
+        run_suite,
     );
 }

@@ -5,7 +5,11 @@
 
 use std::{io::BufRead, process::Stdio};
 
-use pam_e2e::{OutputWithin, SpawnWatched, masking::MaskFixture, require_root};
+use pam_e2e::{
+    OutputWithin, SpawnWatched,
+    masking::{MaskFixture, masking_record},
+    require_root,
+};
 
 const PASSWORD: &str = "pg-mask-password";
 
@@ -134,16 +138,8 @@ fn governed_workers_see_masked_values_and_others_the_real_ones() {
             (&"allow".into(), &"crew-reads-customers".into()),
             "{st}"
         );
-        let m: Vec<&serde_json::Value> = journal
-            .iter()
-            .filter(|r| {
-                r["kind"] == "masking_applied"
-                    && r["session"] == st["session"]
-                    && r["statement"] == st["statement"]
-            })
-            .collect();
-        assert_eq!(m.len(), 1, "{sql}: masking records {m:#?}");
-        let mut cols: Vec<(String, String, u64, u64)> = m[0]["columns"]
+        let m = masking_record(&journal, st);
+        let mut cols: Vec<(String, String, u64, u64)> = m["columns"]
             .as_array()
             .unwrap()
             .iter()
@@ -157,7 +153,7 @@ fn governed_workers_see_masked_values_and_others_the_real_ones() {
                     ),
                     c["method"].as_str().unwrap().to_owned(),
                     c["values"].as_u64().unwrap(),
-                    m[0]["rows"].as_u64().unwrap(),
+                    m["rows"].as_u64().unwrap(),
                 )
             })
             .collect();

@@ -9,7 +9,7 @@
 //! flags the statements `derived_withheld` and names each withheld value.
 
 use pam_e2e::{
-    masking::{MaskFixture, received as cells_of},
+    masking::{MaskFixture, masking_record, received as cells_of},
     oracle, require_root,
 };
 use serde_json::{Value, json};
@@ -284,16 +284,7 @@ fn computed_values_are_withheld_in_place_in_text_and_binary() {
             st["decision"] == "allow" && flagged(st, "derived_withheld"),
             "{st}"
         );
-        let masking: Vec<&Value> = all
-            .iter()
-            .filter(|r| {
-                r["kind"] == "masking_applied"
-                    && r["session"] == st["session"]
-                    && r["statement"] == st["statement"]
-            })
-            .collect();
-        assert_eq!(masking.len(), 1, "{st}: {masking:#?}");
-        let derived: Vec<&Value> = masking[0]["columns"]
+        let derived: Vec<&Value> = masking_record(&all, st)["columns"]
             .as_array()
             .unwrap()
             .iter()

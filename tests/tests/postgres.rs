@@ -76,11 +76,8 @@ fn psql(cg: Option<&Cgroup>, host: &str, sql: &str) -> (String, String) {
     ])
     .env("PGPASSWORD", PASSWORD)
     .env("PGCONNECT_TIMEOUT", "5");
-    let out = c.output_within().expect("psql");
-    (
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    let (_, stdout, stderr) = pam_e2e::printed(&c.output_within().expect("psql"));
+    (stdout, stderr)
 }
 
 #[test]
@@ -266,10 +263,8 @@ fn crewai_nl2sql_tool_is_judged_statement_by_statement() {
             .args(["python3", script, &uri, sql])
             .output_within()
             .unwrap();
-        (
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
+        let (_, stdout, stderr) = pam_e2e::printed(&out);
+        (stdout, stderr)
     };
     let sql = "select customer, total from orders where id <= 3 order by id";
     let (direct, _) = run(None, sql);

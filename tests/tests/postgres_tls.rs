@@ -38,11 +38,7 @@ fn psql(cg: &Cgroup, conninfo: &str, commands: &[&str]) -> (bool, String, String
         c.args(["-c", sql]);
     }
     let out = c.output_within().expect("psql");
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    pam_e2e::printed(&out)
 }
 
 fn shop(pg: &PgServer) {

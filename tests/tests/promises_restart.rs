@@ -184,10 +184,7 @@ fn a_worker_connecting_across_a_restart_never_reaches_the_server_directly() {
             while !stop.load(Ordering::Acquire) {
                 let tag = format!("attempt-{i}");
                 let out = psql(&host, Some(&cg), &tag);
-                let (stdout, stderr) = (
-                    String::from_utf8_lossy(&out.stdout).into_owned(),
-                    String::from_utf8_lossy(&out.stderr).into_owned(),
-                );
+                let (_, stdout, stderr) = pam_e2e::printed(&out);
                 let outcome = if out.status.success() && stdout == format!("{tag}\n") {
                     Outcome::Answered
                 } else if stderr.contains("Connection refused") {

@@ -11,8 +11,8 @@
 use std::path::Path;
 
 use pam_e2e::{
-    Agent, Cgroup, ResourceSpec, TestHost,
-    peer_suite::{self, Outcomes},
+    Cgroup, TestHost,
+    peer_suite::{self, Outcomes, PASSWORD, Stage},
     require_root,
 };
 
@@ -31,14 +31,6 @@ const FILES: &[&str] = &[
 /// open many connections, collect garbage and count objects: the slowest part by far,
 /// timing-dependent, and about Python memory rather than the wire).
 const SELECT: &[&str] = &["-k", "not leak"];
-
-const PASSWORD: &str = "pg-suite-password";
-
-/// Every statement allowed: what is compared is the wire, not the policy.
-const CONFIG: &str = r#"
-[policy]
-default = "allow"
-"#;
 
 /// Runs [`FILES`] (`only` empty) or the tests named, directly or `through` the agent.
 fn run_suite(host: &TestHost, through: Option<&Cgroup>, only: &[String]) -> Outcomes {
@@ -68,25 +60,12 @@ fn psycopg_own_suite_ends_the_same_through_the_agent_as_directly() {
         Path::new(SUITE_DIR).join("tests/test_cursor.py").exists(),
         "psycopg's test suite is not installed in {SUITE_DIR}"
     );
-    let host = TestHost::new().expect("test host");
-    let _pg = pam_e2e::postgres::PgServer::start(&host, 5432, PASSWORD).expect("postgres");
-    let cg = Cgroup::new("psysuite").expect("cgroup");
-    let agent = Agent::start_with_journal(
-        &[&cg],
-        &[ResourceSpec::postgres("suite-db", host.v4, 5432)],
-        "fsync = false",
-        CONFIG,
-    )
-    .expect("agent");
-
-    peer_suite::assert_same_through_agent(
-        &agent,
-        &cg,
+    Stage::start("psysuite").assert_same(
         peer_suite::Expect {
             name: "psycopg suite",
             min_passed: 150,
             min_sessions: 150,
         },
-        |through, only| run_suite(&host, through, only),
+        run_suite,
     );
 }
