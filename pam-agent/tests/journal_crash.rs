@@ -89,12 +89,21 @@ fn kill_9_under_load_loses_nothing_acknowledged() {
         let acked = acked.lock().unwrap().clone();
         assert!(!acked.is_empty());
 
+        // A kill can cut a group's write part-way (the kernel stops a write between
+        // pages for a fatal signal): then the only problem is a torn last frame, which
+        // holds nothing acknowledged and which the next open cuts (checked below).
         let v = audit(&path, &["verify"]);
+        let report = format!("{}{}", stdout(&v), stderr(&v));
+        let problems: Vec<&str> = report
+            .lines()
+            .filter(|l| l.starts_with("TAMPERED"))
+            .collect();
+        let torn_tail = problems.len() == 1
+            && problems[0]
+                .contains("ends inside a frame (a torn write the agent has not recovered yet");
         assert!(
-            v.status.success(),
-            "round {round}: verify after kill -9 failed:\n{}{}",
-            stdout(&v),
-            stderr(&v)
+            v.status.success() || torn_tail,
+            "round {round}: verify after kill -9 failed:\n{report}"
         );
         let records = all_records(&path);
         let seqs: Vec<u64> = records.iter().map(|r| r["seq"].as_u64().unwrap()).collect();
@@ -153,6 +162,19 @@ fn kill_9_under_load_loses_nothing_acknowledged() {
             "acknowledged record {seq} is missing"
         );
     }
+    // Reopened after the last kill (a torn tail cut), the journal verifies whole.
+    {
+        let (j, h) = open(options(&path));
+        drop(j);
+        h.join().unwrap();
+    }
+    let v = audit(&path, &["verify"]);
+    assert!(
+        v.status.success(),
+        "verify after reopening failed:\n{}{}",
+        stdout(&v),
+        stderr(&v)
+    );
 }
 
 /// Half a record at the end of the last segment (a write cut by a crash): the next open
