@@ -67,6 +67,10 @@ struct InboxState {
     /// Stop: `Some(last)` indexes up to the log's last seq first; `None` (the index was
     /// dropped) stops after what is queued.
     close: Option<Option<u64>>,
+    /// The last seq of groups left to the log because the inbox was full. The thread
+    /// must catch up through it even when nothing follows them: a gap is otherwise
+    /// found only by the next group, and a burst's tail would stay unindexed.
+    dropped: Option<u64>,
 }
 
 impl Inbox {
@@ -85,18 +89,30 @@ impl Inbox {
         }
     }
 
+    /// A group was left to the log: wakes the thread, which catches up through `last`.
+    fn dropped(&self, last: u64) {
+        let mut s = self.lock();
+        s.dropped = Some(s.dropped.map_or(last, |d| d.max(last)));
+        s.idle = false;
+        self.wake.notify_one();
+    }
+
     fn close(&self, last: Option<u64>) {
         self.lock().close = Some(last);
         self.wake.notify_one();
     }
 
     /// What queued, once [`COMMIT_EVERY`] has passed (or `retry` when the index is
-    /// behind), the inbox is full, or the index closes.
-    fn take(&self, retry: Option<Duration>) -> (Vec<Group>, Queued, Option<Option<u64>>) {
+    /// behind), the inbox is full, a group was dropped, or the index closes.
+    fn take(&self, retry: Option<Duration>) -> Taken {
         let mut s = self.lock();
         let deadline = Instant::now() + retry.unwrap_or(COMMIT_EVERY);
         loop {
-            if s.close.is_some() || s.records >= COMMIT_RECORDS {
+            // Behind, the retry's catch-up reads dropped groups anyway: no wake per group.
+            if s.close.is_some()
+                || s.records >= COMMIT_RECORDS
+                || (s.dropped.is_some() && retry.is_none())
+            {
                 break;
             }
             if s.groups.is_empty() && retry.is_none() {
@@ -119,8 +135,22 @@ impl Inbox {
             records: std::mem::take(&mut s.records),
             bytes: std::mem::take(&mut s.bytes),
         };
-        (std::mem::take(&mut s.groups), taken, s.close)
+        Taken {
+            groups: std::mem::take(&mut s.groups),
+            queued: taken,
+            dropped: s.dropped.take(),
+            close: s.close,
+        }
     }
+}
+
+/// What one [`Inbox::take`] hands the thread.
+struct Taken {
+    groups: Vec<Group>,
+    queued: Queued,
+    /// Groups through this seq were left to the log (see [`InboxState::dropped`]).
+    dropped: Option<u64>,
+    close: Option<Option<u64>>,
 }
 
 /// Records queued for the thread beyond which groups are not queued but left for a
@@ -322,11 +352,12 @@ impl Index {
             // A queued record costs its JSON and, about as much again, its parsed form.
             let bytes = 2 * group.buf.len();
             let q = &self.queued;
-            if n > 0
+            if let Some(last) = group.records.last()
                 && (q.records.load(Ordering::Relaxed) + n > MAX_QUEUED
                     || q.bytes.load(Ordering::Relaxed) + bytes > MAX_QUEUED_BYTES)
             {
-                return; // the thread finds the gap and reads these from the log
+                inbox.dropped(last.seq); // the thread reads these from the log
+                return;
             }
             q.records.fetch_add(n, Ordering::Relaxed);
             q.bytes.fetch_add(bytes, Ordering::Relaxed);
@@ -398,11 +429,19 @@ impl IndexDb {
         }
         let mut behind = false;
         let mut retry_at = Instant::now();
+        // Groups through this seq were left to the log; the index must reach it.
+        let mut dropped_through = 0;
         loop {
             let retry = behind.then(|| retry_at.saturating_duration_since(Instant::now()));
-            let (groups, taken, close) = inbox.take(retry);
+            let Taken {
+                groups,
+                queued: taken,
+                dropped,
+                close,
+            } = inbox.take(retry);
             queued.records.fetch_sub(taken.records, Ordering::Relaxed);
             queued.bytes.fetch_sub(taken.bytes, Ordering::Relaxed);
+            dropped_through = dropped_through.max(dropped.unwrap_or(0));
             let closing = close.is_some();
             if behind && (closing || Instant::now() >= retry_at) {
                 // The groups are in the log; catching up reads them from there.
@@ -420,6 +459,12 @@ impl IndexDb {
                 tracing::error!(error = %e, "journal index write failed; it will catch up from the log");
                 behind = true;
                 retry_at = Instant::now() + RETRY;
+            }
+            if !behind && self.tip < dropped_through {
+                // A catch-up reads the log as it was when it began (one that waited on a
+                // lock may have begun long before): groups dropped since are still due.
+                behind = true;
+                retry_at = Instant::now();
             }
             if let Some(last) = close {
                 if behind || last.is_some_and(|last| last > self.tip) {
@@ -588,8 +633,10 @@ fn insert_record(
     if let Some(s) = r.session
         && !sessions.knows(&s)
         && !matches!(r.event, Event::SessionOpened { .. })
-        && let Some(info) = opened_info(tx, &s)?
     {
+        // Remembered even when absent (its opening record went with retention): asked
+        // again for each of the session's records, the lookup made indexing quadratic.
+        let info = opened_info(tx, &s)?.unwrap_or_default();
         sessions.remember(s, info);
     }
     let (c, u) = sessions.derive(r);
