@@ -165,6 +165,8 @@ impl Gate {
         let rules = self.rules.current();
         // Set when masking refuses a value computed from a masked column: journaled as a flag.
         let mut derived_flag = None;
+        // Each request's own decision when the policy allows the message (decided once).
+        let mut own = Vec::new();
         let decision = match (&self.unsafe_reason, &ask.requests) {
             (Some(why), _) => Decision {
                 action: Action::Deny,
@@ -174,7 +176,14 @@ impl Gate {
             (None, Err(why)) => unreadable(why),
             (None, Ok(requests)) => {
                 let subject = self.subject();
-                let mut d = rules.policy.decide_all(&subject, requests.iter().copied());
+                let mut d = match rules.policy.decide_each(&subject, requests.iter().copied()) {
+                    Ok(each) => {
+                        let d = each.first().cloned().unwrap_or_else(Decision::empty);
+                        own = each;
+                        d
+                    }
+                    Err(refusal) => refusal,
+                };
                 if d.allowed()
                     && let Some(refusal) = self.masking_guard(requests)
                 {
@@ -195,13 +204,13 @@ impl Gate {
         let mut statements = Vec::new();
         match (&self.unsafe_reason, &ask.requests) {
             (None, Ok(requests)) => {
+                let mut own = own.into_iter();
                 for r in requests.iter() {
                     // Each allowed request is recorded with its own rule; a refused
                     // message with the refusing decision throughout.
-                    let own = if decision.allowed() {
-                        rules.policy.decide(&self.subject(), r)
-                    } else {
-                        decision.clone()
+                    let own = match own.next() {
+                        Some(d) if decision.allowed() => d,
+                        _ => decision.clone(),
                     };
                     let flag = derived_flag.or_else(|| {
                         (decision.allowed() && self.withholds(r)).then_some(DERIVED_WITHHELD)

@@ -115,6 +115,15 @@ impl Decision {
     pub fn allowed(&self) -> bool {
         self.action == Action::Allow
     }
+
+    /// The decision for a message with no statement in it.
+    pub fn empty() -> Decision {
+        Decision {
+            action: Action::Allow,
+            rule: "empty".into(),
+            reason: "empty statement".into(),
+        }
+    }
 }
 
 /// The policy in force, shared by the daemon and every session: a reload replaces it,
@@ -246,19 +255,28 @@ impl Policy {
         who: &Subject<'_>,
         requests: impl IntoIterator<Item = &'r Request>,
     ) -> Decision {
-        let mut allowed: Option<Decision> = None;
+        match self.decide_each(who, requests) {
+            Ok(each) => each.into_iter().next().unwrap_or_else(Decision::empty),
+            Err(refusal) => refusal,
+        }
+    }
+
+    /// Each request's own decision when the policy allows them all (each is recorded
+    /// with its own rule), or the first one's that it does not allow.
+    pub fn decide_each<'r>(
+        &self,
+        who: &Subject<'_>,
+        requests: impl IntoIterator<Item = &'r Request>,
+    ) -> Result<Vec<Decision>, Decision> {
+        let mut each = Vec::new();
         for st in requests {
             let d = self.decide(who, st);
             if !d.allowed() {
-                return d;
+                return Err(d);
             }
-            allowed.get_or_insert(d);
+            each.push(d);
         }
-        allowed.unwrap_or(Decision {
-            action: Action::Allow,
-            rule: "empty".into(),
-            reason: "empty statement".into(),
-        })
+        Ok(each)
     }
 
     /// The approval settings of the rule named `rule`, if it asks for approval.
