@@ -30,6 +30,9 @@ use tokio::sync::oneshot;
 
 use super::{AckSender, Event, JournalError, JournalStore, MAX_BATCH, Record, SessionId};
 
+/// Where a queued record's seq (or the error that refused it) arrives.
+type AckReceiver = oneshot::Receiver<Result<u64, JournalError>>;
+
 struct Pending {
     session: Option<SessionId>,
     event: Event,
@@ -79,15 +82,8 @@ impl Appender {
         &self,
         session: Option<SessionId>,
         event: Event,
-    ) -> Result<oneshot::Receiver<Result<u64, JournalError>>, JournalError> {
-        let (ack, done) = oneshot::channel();
-        lock(&self.queue)
-            .ok_or(JournalError::Closed)?
-            .push(Pending {
-                session,
-                event,
-                ack,
-            });
+    ) -> Result<AckReceiver, JournalError> {
+        let done = self.queue(session, event)?;
         self.drain();
         Ok(done)
     }
@@ -98,7 +94,12 @@ impl Appender {
         &self,
         session: Option<SessionId>,
         event: Event,
-    ) -> Result<(oneshot::Receiver<Result<u64, JournalError>>, bool), JournalError> {
+    ) -> Result<(AckReceiver, bool), JournalError> {
+        let done = self.queue(session, event)?;
+        Ok((done, !self.armed.swap(true, Ordering::AcqRel)))
+    }
+
+    fn queue(&self, session: Option<SessionId>, event: Event) -> Result<AckReceiver, JournalError> {
         let (ack, done) = oneshot::channel();
         lock(&self.queue)
             .ok_or(JournalError::Closed)?
@@ -107,7 +108,7 @@ impl Appender {
                 event,
                 ack,
             });
-        Ok((done, !self.armed.swap(true, Ordering::AcqRel)))
+        Ok(done)
     }
 
     /// Writes what is queued unless someone else holds the store (they will).
