@@ -1,7 +1,6 @@
 //! What happened to each forwarded request, after the fact: its completion (rows,
-//! duration, error) and what masking did to its results. The data path queues these
-//! records for the next group (see [`Journal::submit_later`]) without waiting for them
-//! to be stored (decisions, which must precede
+//! duration, error) and what masking did to its results. The data path appends these
+//! records itself without waiting for them to be stored (decisions, which must precede
 //! the request, are awaited by the gate); their outcomes are checked as later records
 //! go in, and all of them before the session ends, so a record the journal refused
 //! still ends the session with that error.
@@ -73,7 +72,6 @@ impl Completions {
 
     /// Waits until every record is stored; the first refusal, if any.
     pub async fn finish(self) -> Result<(), JournalError> {
-        self.journal.flush();
         let acks = std::mem::take(&mut *self.lock());
         for ack in acks {
             ack.stored().await?;
@@ -82,8 +80,7 @@ impl Completions {
     }
 
     async fn send(&self, event: Event) -> Result<(), JournalError> {
-        // Written with the session's next record (one `write` for both), or soon.
-        let ack = self.journal.submit_later(Some(self.session), event)?;
+        let ack = self.journal.submit(Some(self.session), event).await?;
         let oldest = {
             let mut q = self.lock();
             // Outcomes already known are checked (and forgotten) now.
@@ -104,7 +101,6 @@ impl Completions {
             }
         };
         if let Some(a) = oldest {
-            self.journal.flush();
             a.stored().await?;
         }
         Ok(())

@@ -9,29 +9,17 @@
 //! during a write. Every holder looks at the queue again after letting go, so a record
 //! queued while the store was held is never left behind.
 //!
-//! A record that nothing waits on before going on (a statement's completion) can be
-//! queued [`Appender::submit_later`]: it goes into the log with the next group (the
-//! session's next statement, one `write` for both) or, when none follows, within
-//! [`LATER`] from the upkeep thread.
-//!
-//! The upkeep thread runs [`JournalStore::tick`] on a timer, writes what was queued for
-//! later, and closes the store when the last [`super::Journal`] handle is gone.
+//! The upkeep thread runs [`JournalStore::tick`] on a timer and closes the store when the
+//! last [`super::Journal`] handle is gone.
 
 use std::{
-    sync::{
-        Mutex, MutexGuard, TryLockError,
-        atomic::{AtomicBool, Ordering},
-        mpsc,
-    },
+    sync::{Mutex, MutexGuard, TryLockError, mpsc},
     time::{Duration, Instant},
 };
 
 use tokio::sync::oneshot;
 
 use super::{AckSender, Event, JournalError, JournalStore, MAX_BATCH, Record, SessionId};
-
-/// Where a queued record's seq (or the error that refused it) arrives.
-type AckReceiver = oneshot::Receiver<Result<u64, JournalError>>;
 
 struct Pending {
     session: Option<SessionId>,
@@ -46,15 +34,9 @@ struct Writer {
     closed: bool,
 }
 
-/// How long a record queued for later waits at most when no group follows it.
-pub(super) const LATER: Duration = Duration::from_millis(10);
-
 pub(super) struct Appender {
     queue: Mutex<Vec<Pending>>,
     writer: Mutex<Writer>,
-    /// The upkeep thread will write what is queued within [`LATER`]: a record queued for
-    /// later need not wake it.
-    armed: AtomicBool,
 }
 
 /// A poisoned lock means a store call panicked; the journal is then unusable, which
@@ -73,7 +55,6 @@ impl Appender {
                 next_seq,
                 closed: false,
             }),
-            armed: AtomicBool::new(false),
         }
     }
 
@@ -82,24 +63,7 @@ impl Appender {
         &self,
         session: Option<SessionId>,
         event: Event,
-    ) -> Result<AckReceiver, JournalError> {
-        let done = self.queue(session, event)?;
-        self.drain();
-        Ok(done)
-    }
-
-    /// Queues a record without writing it: the next group takes it, or the upkeep
-    /// thread within [`LATER`]. `true` when the upkeep thread must be woken for it.
-    pub(super) fn submit_later(
-        &self,
-        session: Option<SessionId>,
-        event: Event,
-    ) -> Result<(AckReceiver, bool), JournalError> {
-        let done = self.queue(session, event)?;
-        Ok((done, !self.armed.swap(true, Ordering::AcqRel)))
-    }
-
-    fn queue(&self, session: Option<SessionId>, event: Event) -> Result<AckReceiver, JournalError> {
+    ) -> Result<oneshot::Receiver<Result<u64, JournalError>>, JournalError> {
         let (ack, done) = oneshot::channel();
         lock(&self.queue)
             .ok_or(JournalError::Closed)?
@@ -108,11 +72,12 @@ impl Appender {
                 event,
                 ack,
             });
+        self.drain();
         Ok(done)
     }
 
     /// Writes what is queued unless someone else holds the store (they will).
-    pub(super) fn drain(&self) {
+    fn drain(&self) {
         loop {
             let mut w = match self.writer.try_lock() {
                 Ok(w) => w,
@@ -213,32 +178,18 @@ impl Writer {
     }
 }
 
-/// The upkeep thread: ticks, and writes records queued for later within [`LATER`] of the
-/// nudge that announced them, until every handle is gone (`nudges` disconnects); then
-/// closes.
-pub(super) fn upkeep(appender: &Appender, nudges: &mpsc::Receiver<()>, opts: super::WriterOptions) {
+/// The upkeep thread: ticks until every handle is gone (`gone` disconnects), then closes.
+pub(super) fn upkeep(appender: &Appender, gone: &mpsc::Receiver<()>, opts: super::WriterOptions) {
     let mut next = Instant::now() + opts.tick;
-    let mut later: Option<Instant> = None;
     loop {
-        let until = later.map_or(next, |l| l.min(next));
-        let wait = until.saturating_duration_since(Instant::now());
-        match nudges.recv_timeout(wait.max(Duration::from_millis(1))) {
+        let wait = next.saturating_duration_since(Instant::now());
+        match gone.recv_timeout(wait.max(Duration::from_millis(1))) {
             Err(mpsc::RecvTimeoutError::Disconnected) => break,
-            Ok(()) => {
-                later.get_or_insert_with(|| Instant::now() + LATER);
+            Ok(()) => continue,
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                appender.tick();
+                next = Instant::now() + opts.tick;
             }
-            Err(mpsc::RecvTimeoutError::Timeout) => {}
-        }
-        let now = Instant::now();
-        if later.is_some_and(|l| now >= l) {
-            later = None;
-            // Disarmed first: a record queued after this nudges again.
-            appender.armed.store(false, Ordering::Release);
-            appender.drain();
-        }
-        if now >= next {
-            appender.tick();
-            next = Instant::now() + opts.tick;
         }
     }
     appender.close();
@@ -350,43 +301,6 @@ mod tests {
         h.join().unwrap();
         let written: Vec<u64> = groups.lock().unwrap().iter().flatten().copied().collect();
         assert_eq!(written, (42..42 + 16_000).collect::<Vec<_>>());
-    }
-
-    /// A record queued for later goes in with the next group (one write for both), in
-    /// the order submitted; with nothing after it, the upkeep thread writes it alone.
-    #[test]
-    fn a_record_queued_for_later_joins_the_next_group_or_is_written_alone() {
-        let (s, groups) = store(None);
-        let (j, h) = Journal::start(s);
-        let mut later = j.submit_later(None, stopped()).unwrap();
-        assert_eq!(j.record_blocking(None, stopped()).unwrap(), 43);
-        assert!(matches!(later.outcome(), Some(Ok(42))));
-        assert_eq!(*groups.lock().unwrap(), vec![vec![42, 43]]);
-
-        // Nothing follows: written by the upkeep thread (waited for, never slept on).
-        let mut alone = j.submit_later(None, stopped()).unwrap();
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-        let outcome = loop {
-            if let Some(o) = alone.outcome() {
-                break o;
-            }
-            assert!(std::time::Instant::now() < deadline, "never written");
-            std::thread::sleep(std::time::Duration::from_millis(1));
-        };
-        assert!(matches!(outcome, Ok(44)), "{outcome:?}");
-        assert_eq!(groups.lock().unwrap().last(), Some(&vec![44]));
-
-        // `flush` writes it at once.
-        let mut flushed = j.submit_later(None, stopped()).unwrap();
-        j.flush();
-        assert!(matches!(flushed.outcome(), Some(Ok(45))));
-        drop(j);
-        h.join().unwrap();
-        assert_eq!(
-            groups.lock().unwrap().concat(),
-            vec![42, 43, 44, 45],
-            "every record once, in order"
-        );
     }
 
     #[test]

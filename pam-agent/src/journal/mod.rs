@@ -152,9 +152,8 @@ impl Ack {
 #[derive(Clone)]
 pub struct Journal {
     appender: Arc<append::Appender>,
-    /// Wakes the upkeep thread for records queued for later; dropped with the last
-    /// handle, it tells the thread to close the store.
-    nudge: std::sync::mpsc::Sender<()>,
+    /// Dropped with the last handle: that tells the upkeep thread to close the store.
+    _alive: std::sync::mpsc::Sender<()>,
 }
 
 impl Journal {
@@ -170,15 +169,21 @@ impl Journal {
         opts: WriterOptions,
     ) -> (Journal, thread::JoinHandle<()>) {
         let appender = Arc::new(append::Appender::new(Box::new(store)));
-        let (nudge, nudges) = std::sync::mpsc::channel();
+        let (alive, gone) = std::sync::mpsc::channel();
         let handle = {
             let appender = appender.clone();
             thread::Builder::new()
                 .name("pam-journal".into())
-                .spawn(move || append::upkeep(&appender, &nudges, opts))
+                .spawn(move || append::upkeep(&appender, &gone, opts))
                 .expect("spawning the journal thread")
         };
-        (Journal { appender, nudge }, handle)
+        (
+            Journal {
+                appender,
+                _alive: alive,
+            },
+            handle,
+        )
     }
 
     /// Appends one record and waits until it is stored. Returns its sequence number.
@@ -201,26 +206,6 @@ impl Journal {
         event: Event,
     ) -> Result<Ack, JournalError> {
         Ok(Ack(self.appender.submit(session, event)?))
-    }
-
-    /// Queues a record that nothing waits on before going on (a completion): it is
-    /// written with the next group, or within [`append::LATER`] when none follows.
-    /// Records keep the order submitted, whichever way they were.
-    pub fn submit_later(
-        &self,
-        session: Option<SessionId>,
-        event: Event,
-    ) -> Result<Ack, JournalError> {
-        let (ack, nudge) = self.appender.submit_later(session, event)?;
-        if nudge {
-            let _ = self.nudge.send(());
-        }
-        Ok(Ack(ack))
-    }
-
-    /// Writes what is queued now (before waiting on a record queued for later).
-    pub fn flush(&self) {
-        self.appender.drain();
     }
 
     /// Blocking form of [`Journal::record`] for code outside the runtime.
