@@ -246,6 +246,47 @@ fn every_statement_of_a_multi_statement_query_is_judged() {
     assert_eq!(run.stdout, "INSERT 0 1\n1\n");
 }
 
+/// A message whose statements are allowed by different rules: each statement's record
+/// names the rule that allowed it, not the first statement's.
+#[test]
+fn each_allowed_statement_of_a_message_is_on_record_with_its_own_rule() {
+    let pg = PgServer::start();
+    let policy = r#"
+[[rules]]
+name = "crew-writes"
+action = "allow"
+kinds = ["insert"]
+tables = ["public.audit_log"]
+
+[[rules]]
+name = "crew-reads"
+action = "allow"
+kinds = ["select"]
+tables = ["public.*", "pg_catalog.*"]
+"#;
+    let proxy = Proxy::start(&pg, policy);
+    let run =
+        proxy.psql("INSERT INTO audit_log (note) VALUES ('x'); SELECT count(*) FROM audit_log");
+    assert!(run.ok, "{run:?}");
+    assert_eq!(run.stdout, "INSERT 0 1\n1\n");
+    let d: Vec<(String, String, String)> = proxy.decisions();
+    assert_eq!(
+        d,
+        vec![
+            (
+                "INSERT INTO audit_log (note) VALUES ('x')".to_owned(),
+                "allow".to_owned(),
+                "crew-writes".to_owned()
+            ),
+            (
+                "SELECT count(*) FROM audit_log".to_owned(),
+                "allow".to_owned(),
+                "crew-reads".to_owned()
+            ),
+        ]
+    );
+}
+
 #[test]
 fn evasion_forms_are_refused() {
     let pg = PgServer::start();
