@@ -61,8 +61,10 @@ default = "allow"
 const BUDGET: u64 = 16 << 20;
 /// What the agent may hold beyond the budget: read buffers, parsers, the journal
 /// index's queue (16 MiB of records) and page cache (16 MiB), the allocator's slack.
-/// The constant docs/postgres.md names.
-const BEYOND_BUDGET: u64 = 48 << 20;
+/// The constant docs/postgres.md names. Growth measured 40-67 MiB over runs (debug build,
+/// session 9: 50-52 locally, 66-67 in CI-style runs): the allocator's slack varies with
+/// timing. Holding the batch would add its 80 MiB on top, which this still catches.
+const BEYOND_BUDGET: u64 = 64 << 20;
 
 fn setup() -> Fixture {
     setup_with(CONFIG, "")
